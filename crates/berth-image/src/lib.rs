@@ -1,0 +1,749 @@
+//! berth's image store: references, the content store, layer snapshots, and the
+//! operations on images (import, tag, remove, prune, history, save and load).
+//!
+//! An image is its config blob (its ID is the config's digest) plus an ordered list of
+//! layers. A layer is kept twice: as an uncompressed tar blob in the content store
+//! (digest = diff id; what save and push send) and unpacked as a snapshot keyed by its
+//! chain id (what containers run on). Rows in the metadata database are written last,
+//! in one transaction, so an interrupted import or load leaves nothing visible; files
+//! that no row names are removed at the next start.
+
+pub mod archive;
+pub mod config;
+pub mod content;
+pub mod digest;
+pub mod reference;
+pub mod snapshot;
+pub mod unpack;
+
+use berth_store::{Db, ImageRow, LayerRow, NewImage, StoreError};
+use config::{ChangeError, History, ImageConfigFile, RootFs};
+use content::{ContentError, ContentStore};
+use digest::{Digest, TeeReader};
+use reference::{Reference, ReferenceError};
+use snapshot::{Driver, Snapshots};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use unpack::{UnpackError, WhiteoutMode};
+
+/// What can go wrong with images; the daemon maps each kind to an HTTP status once.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// the named image does not exist (404)
+    #[error("No such image: {0}")]
+    NotFound(String),
+    /// a reference failed to parse (400)
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// bad request data (400)
+    #[error("{0}")]
+    Invalid(String),
+    /// the image is in use or ambiguous (409)
+    #[error("{0}")]
+    Conflict(String),
+    /// an archive or layer is damaged (400)
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ImageError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
+        let context = context.into();
+        move |source| ImageError::Io { context, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ImageError>;
+
+/// An image with everything the API shows about it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: Digest,
+    pub raw_config: Vec<u8>,
+    pub config: ImageConfigFile,
+    pub size: i64,
+    pub created: i64,
+    pub parent: String,
+    pub last_tag_time: String,
+    pub repo_tags: Vec<Reference>,
+    pub repo_digests: Vec<Reference>,
+    pub layers: Vec<LayerRow>,
+}
+
+/// One line of a remove or prune answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteItem {
+    Untagged(String),
+    Deleted(String),
+}
+
+/// One row of `history`.
+#[derive(Debug, Clone)]
+pub struct HistoryItem {
+    pub id: String,
+    pub created: i64,
+    pub created_by: String,
+    pub tags: Vec<String>,
+    pub size: i64,
+    pub comment: String,
+}
+
+pub struct ImportOptions {
+    pub changes: Vec<String>,
+    pub message: String,
+    pub reference: Option<Reference>,
+    /// Where the tar came from, for the default comment (`Imported from -`).
+    pub source: String,
+}
+
+/// A layer unpacked and stored, not yet named by any database row.
+pub(crate) struct NewLayer {
+    pub row: LayerRow,
+    pub fresh: bool,
+}
+
+pub struct ImageStore {
+    db: Arc<Db>,
+    content: ContentStore,
+    snaps: Snapshots,
+    tmp: PathBuf,
+    /// serialises commits and removals so GC never races a new image
+    lock: Mutex<()>,
+}
+
+/// Peeks at the magic bytes and wraps `r` in the matching decompressor.
+pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
+    let mut br = BufReader::with_capacity(1 << 20, r);
+    let head = br.fill_buf().map_err(ImageError::io("reading archive"))?.to_vec();
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(br)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let z = zstd::stream::read::Decoder::with_buffer(br).map_err(ImageError::io("zstd"))?;
+        Ok(Box::new(z))
+    } else if head.starts_with(b"BZh") {
+        Err(ImageError::Invalid("unsupported compression: bzip2".into()))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Err(ImageError::Invalid("unsupported compression: xz".into()))
+    } else {
+        Ok(Box::new(br))
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+impl ImageStore {
+    /// Opens the store under `root` (the data root). `driver` forces a snapshot driver.
+    pub fn open(root: &Path, db: Arc<Db>, driver: Option<Driver>) -> Result<Self> {
+        let tmp = root.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(ImageError::io("creating tmp"))?;
+        let driver = driver.unwrap_or_else(|| {
+            if snapshot::overlay_supported(&tmp) {
+                Driver::Overlay
+            } else {
+                Driver::Copy
+            }
+        });
+        let content = ContentStore::open(&root.join("content"))?;
+        let snaps =
+            Snapshots::open(&root.join("snapshots"), driver).map_err(ImageError::io("snapshots"))?;
+        let s = ImageStore {
+            db,
+            content,
+            snaps,
+            tmp,
+            lock: Mutex::new(()),
+        };
+        s.collect_garbage()?;
+        Ok(s)
+    }
+
+    pub fn driver(&self) -> Driver {
+        self.snaps.driver()
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snaps
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes snapshots and blobs no layer row names (left by a crash mid-import).
+    fn collect_garbage(&self) -> Result<()> {
+        let _g = self.guard();
+        let layers = self.db.layers()?;
+        let chains: HashSet<String> = layers.iter().map(|l| l.chain_id.clone()).collect();
+        let blobs: HashSet<String> = layers.iter().map(|l| l.blob.clone()).collect();
+        for c in self.snaps.list() {
+            if !chains.contains(&c.to_string()) {
+                tracing::info!(chain = %c, "removing unreferenced snapshot");
+                self.snaps.remove(&c);
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.content.path(&Digest::of(b"")).parent().unwrap_or(Path::new("/nonexistent"))) {
+            for e in rd.flatten() {
+                if let Ok(d) = Digest::from_hex(&e.file_name().to_string_lossy()) {
+                    if !blobs.contains(&d.to_string()) {
+                        tracing::info!(blob = %d, "removing unreferenced blob");
+                        self.content.delete(&d);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a name (reference, full or short ID) to an image ID.
+    pub fn resolve(&self, name: &str) -> Result<Digest> {
+        if let Ok(d) = name.parse::<Digest>() {
+            if self.db.image(&d.to_string())?.is_some() {
+                return Ok(d);
+            }
+            return Err(ImageError::NotFound(name.to_string()));
+        }
+        if let Ok(d) = Digest::from_hex(name) {
+            if self.db.image(&d.to_string())?.is_some() {
+                return Ok(d);
+            }
+        }
+        match Reference::parse_tagged_default(name) {
+            Ok(r) => {
+                if let Some(id) = self.db.resolve_ref(&r.to_string())? {
+                    return id
+                        .parse()
+                        .map_err(|_| ImageError::NotFound(name.to_string()));
+                }
+            }
+            Err(e) => {
+                if !is_hex_prefix(name) {
+                    return Err(e.into());
+                }
+            }
+        }
+        if is_hex_prefix(name) {
+            let ids = self.db.images_with_prefix(&format!("sha256:{name}"))?;
+            match ids.as_slice() {
+                [one] => return one.parse().map_err(|_| ImageError::NotFound(name.to_string())),
+                [_, _, ..] => {
+                    return Err(ImageError::Conflict(format!(
+                        "ambiguous image ID prefix {name}: more than one image matches"
+                    )))
+                }
+                [] => {}
+            }
+        }
+        Err(ImageError::NotFound(name.to_string()))
+    }
+
+    fn image_from_row(&self, row: ImageRow, refs: &[(String, bool)]) -> Result<Image> {
+        let id: Digest = row
+            .id
+            .parse()
+            .map_err(|_| ImageError::Invalid(format!("corrupt image id {}", row.id)))?;
+        let config = ImageConfigFile::parse(&row.config)
+            .map_err(|e| ImageError::Invalid(format!("corrupt config of {id}: {e}")))?;
+        let mut repo_tags = Vec::new();
+        let mut repo_digests = Vec::new();
+        for (name, is_digest) in refs {
+            if let Ok(r) = Reference::parse(name) {
+                if *is_digest {
+                    repo_digests.push(r);
+                } else {
+                    repo_tags.push(r);
+                }
+            }
+        }
+        let layers = self.db.image_layers(&row.id)?;
+        Ok(Image {
+            id,
+            raw_config: row.config,
+            config,
+            size: row.size,
+            created: row.created,
+            parent: row.parent,
+            last_tag_time: row.last_tag_time,
+            repo_tags,
+            repo_digests,
+            layers,
+        })
+    }
+
+    pub fn get(&self, id: &Digest) -> Result<Image> {
+        let row = self
+            .db
+            .image(&id.to_string())?
+            .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
+        let refs = self.db.refs_of(&row.id)?;
+        self.image_from_row(row, &refs)
+    }
+
+    /// Looks up by any name.
+    pub fn inspect(&self, name: &str) -> Result<Image> {
+        let id = self.resolve(name)?;
+        self.get(&id)
+    }
+
+    /// All images, newest first.
+    pub fn list(&self) -> Result<Vec<Image>> {
+        let mut by_image: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        for (name, id, d) in self.db.refs()? {
+            by_image.entry(id).or_default().push((name, d));
+        }
+        self.db
+            .images()?
+            .into_iter()
+            .map(|row| {
+                let refs = by_image.remove(&row.id).unwrap_or_default();
+                self.image_from_row(row, &refs)
+            })
+            .collect()
+    }
+
+    pub fn count(&self) -> Result<i64> {
+        Ok(self.db.image_count()?)
+    }
+
+    /// Sum of all layer sizes (shared layers once).
+    pub fn layers_size(&self) -> Result<i64> {
+        Ok(self.db.layers()?.iter().map(|l| l.size).sum())
+    }
+
+    /// Unpacks one layer stream on top of `parent`; the blob and snapshot are on disk
+    /// when this returns, but no row names them yet.
+    pub(crate) fn ingest_layer(
+        &self,
+        reader: &mut dyn Read,
+        parent: Option<&Digest>,
+        expect_diff: Option<&Digest>,
+    ) -> Result<NewLayer> {
+        let plain = decompress(reader)?;
+        let writer = self.content.writer()?;
+        let staged = self.snaps.stage(parent).map_err(ImageError::io("staging snapshot"))?;
+        let mode = match self.snaps.driver() {
+            Driver::Overlay => WhiteoutMode::Overlay,
+            Driver::Copy => WhiteoutMode::Delete,
+        };
+        let mut tee = TeeReader::new(plain, writer);
+        let size = unpack::apply_layer(&mut tee, &staged.fs(), mode)?;
+        // the tar end marker and padding belong to the blob too
+        io::copy(&mut tee, &mut io::sink()).map_err(|e| UnpackError::Tar(e))?;
+        let (_, writer) = tee.into_inner();
+        let blob_size = writer.len();
+        let diff_id = writer.digest();
+        if let Some(want) = expect_diff {
+            if *want != diff_id {
+                return Err(ImageError::Invalid(format!(
+                    "layer content does not match its diff id: expected {want}, got {diff_id}"
+                )));
+            }
+        }
+        let chain = match parent {
+            None => diff_id.clone(),
+            Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
+        };
+        let known = self.db.layer(&chain.to_string())?;
+        let blob = writer.commit(Some(&diff_id))?;
+        let fresh = known.is_none() && !self.snaps.exists(&chain);
+        self.snaps
+            .commit(staged, &chain)
+            .map_err(ImageError::io("committing snapshot"))?;
+        Ok(NewLayer {
+            row: LayerRow {
+                chain_id: chain.to_string(),
+                diff_id: diff_id.to_string(),
+                parent: parent.map(|p| p.to_string()).unwrap_or_default(),
+                size: known.map(|k| k.size).unwrap_or(size as i64),
+                blob: blob.to_string(),
+                blob_size: blob_size as i64,
+            },
+            fresh,
+        })
+    }
+
+    /// Removes what `ingest_layer` made when the operation using it failed.
+    pub(crate) fn discard(&self, layers: &[NewLayer]) {
+        let _g = self.guard();
+        for l in layers.iter().filter(|l| l.fresh) {
+            if let Ok(None) = self.db.layer(&l.row.chain_id) {
+                if let Ok(c) = l.row.chain_id.parse::<Digest>() {
+                    self.snaps.remove(&c);
+                }
+                if let Ok(b) = l.row.blob.parse::<Digest>() {
+                    let still_used = self
+                        .db
+                        .layers()
+                        .map(|ls| ls.iter().any(|x| x.blob == l.row.blob))
+                        .unwrap_or(true);
+                    if !still_used {
+                        self.content.delete(&b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes new images with their layers and references, all or nothing.
+    pub(crate) fn commit_images(&self, images: &[(ImageRow, Vec<LayerRow>, Vec<(String, bool)>)]) -> Result<()> {
+        let _g = self.guard();
+        let news: Vec<NewImage<'_>> = images
+            .iter()
+            .map(|(i, l, r)| NewImage {
+                image: i,
+                layers: l,
+                refs: r,
+            })
+            .collect();
+        self.db.insert_images(&news)?;
+        Ok(())
+    }
+
+    /// `docker import`: a rootfs tarball (plain, gzip or zstd) becomes a one-layer image.
+    pub fn import(&self, reader: &mut dyn Read, opts: ImportOptions) -> Result<Digest> {
+        let mut runtime = serde_json::Map::new();
+        config::apply_changes(&mut runtime, &opts.changes)?;
+        let layer = self.ingest_layer(reader, None, None)?;
+        let result = (|| {
+            let created = now_rfc3339();
+            let msg = if opts.message.is_empty() {
+                format!("Imported from {}", opts.source)
+            } else {
+                opts.message.clone()
+            };
+            let diff: Digest = layer.row.diff_id.parse().map_err(|_| ImageError::Invalid("diff id".into()))?;
+            let cfg = ImageConfigFile {
+                architecture: config::host_arch().to_string(),
+                comment: Some(msg.clone()),
+                config: Some(runtime),
+                created: Some(created.clone()),
+                docker_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+                history: vec![History {
+                    created: Some(created.clone()),
+                    comment: Some(msg),
+                    ..Default::default()
+                }],
+                os: "linux".into(),
+                rootfs: RootFs {
+                    kind: "layers".into(),
+                    diff_ids: vec![diff],
+                },
+                ..Default::default()
+            };
+            let raw = serde_json::to_vec(&cfg).map_err(|e| ImageError::Invalid(e.to_string()))?;
+            let id = Digest::of(&raw);
+            let refs = opts
+                .reference
+                .iter()
+                .map(|r| (r.to_string(), false))
+                .collect::<Vec<_>>();
+            let row = ImageRow {
+                id: id.to_string(),
+                config: raw,
+                size: layer.row.size,
+                created: cfg.created_unix(),
+                parent: String::new(),
+                last_tag_time: if refs.is_empty() { String::new() } else { created },
+            };
+            self.commit_images(&[(row, vec![layer.row.clone()], refs)])?;
+            Ok(id)
+        })();
+        if result.is_err() {
+            self.discard(std::slice::from_ref(&layer));
+        }
+        result
+    }
+
+    /// Points `reference` at the image; returns the image it named before, if another.
+    pub fn tag(&self, id: &Digest, reference: &Reference) -> Result<Option<String>> {
+        if reference.digest().is_some() {
+            return Err(ImageError::Invalid(
+                "refusing to create a tag with a digest reference".into(),
+            ));
+        }
+        let r = if reference.tag().is_none() {
+            reference.with_tag(reference::DEFAULT_TAG)?
+        } else {
+            reference.clone()
+        };
+        Ok(self.db.set_ref(&r.to_string(), &id.to_string(), false, &now_rfc3339())?)
+    }
+
+    /// `docker rmi NAME`. `in_use` says whether a container uses an image (and how, for
+    /// the message). A name that is a reference of an image with other references only
+    /// untags; by ID (or the last reference) the image goes, with any layer no other
+    /// image needs.
+    pub fn remove(
+        &self,
+        name: &str,
+        force: bool,
+        in_use: &dyn Fn(&Digest) -> Option<String>,
+    ) -> Result<Vec<DeleteItem>> {
+        let id = self.resolve(name)?;
+        let img = self.get(&id)?;
+        let by_ref = Reference::parse_tagged_default(name)
+            .ok()
+            .filter(|r| img.repo_tags.contains(r) || img.repo_digests.contains(r));
+        let mut out = Vec::new();
+        let all_refs = img.repo_tags.len() + img.repo_digests.len();
+        if let Some(r) = &by_ref {
+            if all_refs > 1 || (in_use(&id).is_some() && !force) {
+                if all_refs == 1 {
+                    // last reference of an image a container uses: Docker refuses
+                    let why = in_use(&id).unwrap_or_default();
+                    return Err(ImageError::Conflict(format!(
+                        "conflict: unable to remove repository reference \"{name}\" (must force) - {why}"
+                    )));
+                }
+                self.db.delete_ref(&r.to_string())?;
+                out.push(DeleteItem::Untagged(r.familiar()));
+                return Ok(out);
+            }
+        } else if all_refs > 1 && !force {
+            return Err(ImageError::Conflict(format!(
+                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                id.short()
+            )));
+        }
+        if let Some(why) = in_use(&id) {
+            if !force {
+                return Err(ImageError::Conflict(format!(
+                    "conflict: unable to delete {} (cannot be forced) - {why}",
+                    id.short()
+                )));
+            }
+            // forced: untag, leave the image for the container
+            for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
+                self.db.delete_ref(&r.to_string())?;
+                out.push(DeleteItem::Untagged(r.familiar()));
+            }
+            return Ok(out);
+        }
+        if !self.db.children_of(&id.to_string())?.is_empty() && !force {
+            return Err(ImageError::Conflict(format!(
+                "conflict: unable to delete {} (cannot be forced) - image has dependent child images",
+                id.short()
+            )));
+        }
+        for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
+            out.push(DeleteItem::Untagged(r.familiar()));
+        }
+        out.extend(self.delete_image(&id)?);
+        Ok(out)
+    }
+
+    fn delete_image(&self, id: &Digest) -> Result<Vec<DeleteItem>> {
+        let _g = self.guard();
+        let orphans = self.db.delete_image(&id.to_string())?;
+        let mut out = vec![DeleteItem::Deleted(id.to_string())];
+        for l in orphans {
+            if let Ok(c) = l.chain_id.parse::<Digest>() {
+                self.snaps.remove(&c);
+                out.push(DeleteItem::Deleted(c.to_string()));
+            }
+            if let Ok(b) = l.blob.parse::<Digest>() {
+                self.content.delete(&b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `docker image prune`: dangling images (no references, no children), or with
+    /// `all` every image no container uses. `keep` filters further (labels, until).
+    pub fn prune(
+        &self,
+        all: bool,
+        keep: &dyn Fn(&Image) -> bool,
+        in_use: &dyn Fn(&Digest) -> Option<String>,
+    ) -> Result<(Vec<DeleteItem>, u64)> {
+        let mut out = Vec::new();
+        let mut reclaimed = 0u64;
+        let layer_sizes: HashMap<String, i64> = self
+            .db
+            .layers()?
+            .into_iter()
+            .map(|l| (l.chain_id, l.size))
+            .collect();
+        for img in self.list()? {
+            let dangling = img.repo_tags.is_empty() && img.repo_digests.is_empty();
+            if (!all && !dangling) || in_use(&img.id).is_some() || !keep(&img) {
+                continue;
+            }
+            if !self.db.children_of(&img.id.to_string())?.is_empty() {
+                continue;
+            }
+            for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
+                out.push(DeleteItem::Untagged(r.familiar()));
+            }
+            let items = self.delete_image(&img.id)?;
+            for it in &items {
+                if let DeleteItem::Deleted(c) = it {
+                    reclaimed += layer_sizes.get(c).copied().unwrap_or(0) as u64;
+                }
+            }
+            out.extend(items);
+        }
+        Ok((out, reclaimed))
+    }
+
+    /// `docker history`: newest first; the top row carries the ID and tags.
+    pub fn history(&self, id: &Digest) -> Result<Vec<HistoryItem>> {
+        let img = self.get(id)?;
+        let mut layers = img.layers.iter();
+        let mut rows = Vec::new();
+        let history: Vec<History> = if img.config.history.is_empty() {
+            img.layers
+                .iter()
+                .map(|_| History::default())
+                .collect()
+        } else {
+            img.config.history.clone()
+        };
+        for h in &history {
+            let size = if h.empty_layer {
+                0
+            } else {
+                layers.next().map(|l| l.size).unwrap_or(0)
+            };
+            rows.push(HistoryItem {
+                id: "<missing>".into(),
+                created: h
+                    .created
+                    .as_deref()
+                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                    .map(|t| t.timestamp())
+                    .unwrap_or(0),
+                created_by: h.created_by.clone().unwrap_or_default(),
+                tags: Vec::new(),
+                size,
+                comment: h.comment.clone().unwrap_or_default(),
+            });
+        }
+        rows.reverse();
+        if let Some(top) = rows.first_mut() {
+            top.id = id.to_string();
+            top.tags = img.repo_tags.iter().map(|r| r.familiar()).collect();
+        }
+        Ok(rows)
+    }
+
+    /// The snapshot directories of an image's layers, bottom first.
+    pub fn layer_dirs(&self, id: &Digest) -> Result<Vec<PathBuf>> {
+        let img = self.get(id)?;
+        img.layers
+            .iter()
+            .map(|l| {
+                l.chain_id
+                    .parse::<Digest>()
+                    .map(|c| self.snaps.fs_dir(&c))
+                    .map_err(|_| ImageError::Invalid(format!("corrupt chain id {}", l.chain_id)))
+            })
+            .collect()
+    }
+}
+
+fn is_hex_prefix(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(rustix::process::geteuid().as_raw() as u64);
+        h.set_gid(rustix::process::getegid().as_raw() as u64);
+        b.append_data(&mut h, "bin/", &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_size(5);
+        h.set_uid(rustix::process::geteuid().as_raw() as u64);
+        h.set_gid(rustix::process::getegid().as_raw() as u64);
+        b.append_data(&mut h, "bin/sh", &b"#!x\n\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn store(dir: &Path) -> ImageStore {
+        let db = Arc::new(Db::open(&dir.join("berth.db")).unwrap());
+        ImageStore::open(dir, db, Some(Driver::Copy)).unwrap()
+    }
+
+    #[test]
+    fn import_tag_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let t = rootfs_tar();
+        let id = s
+            .import(
+                &mut &t[..],
+                ImportOptions {
+                    changes: vec!["CMD [\"/bin/sh\"]".into()],
+                    message: String::new(),
+                    reference: Some(Reference::parse_tagged_default("test:one").unwrap()),
+                    source: "-".into(),
+                },
+            )
+            .unwrap();
+        let img = s.inspect("test:one").unwrap();
+        assert_eq!(img.id, id);
+        assert_eq!(img.size, 5);
+        assert_eq!(img.config.rootfs.diff_ids[0], Digest::of(&t));
+        assert_eq!(s.resolve(&id.hex()[..6]).unwrap(), id);
+        assert!(matches!(s.inspect("nope"), Err(ImageError::NotFound(_))));
+        s.tag(&id, &Reference::parse("test:two").unwrap()).unwrap();
+        let items = s.remove("test:one", false, &|_| None).unwrap();
+        assert_eq!(items, vec![DeleteItem::Untagged("test:one".into())]);
+        let items = s.remove("test:two", false, &|_| None).unwrap();
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert_eq!(s.count().unwrap(), 0);
+        assert!(s.snapshots().list().is_empty());
+    }
+
+    #[test]
+    fn corrupt_import_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut t = rootfs_tar();
+        t.truncate(700);
+        let opts = ImportOptions {
+            changes: vec![],
+            message: String::new(),
+            reference: None,
+            source: "-".into(),
+        };
+        assert!(s.import(&mut &t[..], opts).is_err());
+        assert_eq!(s.count().unwrap(), 0);
+        assert!(s.snapshots().list().is_empty());
+        let blobs = std::fs::read_dir(dir.path().join("content/blobs/sha256")).unwrap().count();
+        assert_eq!(blobs, 0);
+    }
+}
