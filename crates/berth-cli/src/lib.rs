@@ -1,1 +1,129 @@
-//! placeholder
+//! berth: the command-line client. It speaks the Docker Engine API to berthd (or to any
+//! Docker-compatible daemon) and prints what the docker CLI prints: same commands, flags,
+//! columns, `--format` templates and exit codes.
+//!
+//! The daemon is chosen by `-H/--host`, else `BERTH_HOST`, else `DOCKER_HOST`, else
+//! `unix:///run/berth/berth.sock`.
+
+pub mod client;
+pub mod commands;
+pub mod format;
+pub mod template;
+
+use clap::Parser;
+use client::{Client, DaemonError, TlsOptions};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "A Docker-compatible container engine client", disable_help_subcommand = true)]
+pub struct Cli {
+    /// Daemon socket to connect to
+    #[arg(short = 'H', long = "host", global = false)]
+    pub host: Option<String>,
+    /// Use TLS; implied by --tlsverify
+    #[arg(long)]
+    pub tls: bool,
+    /// Use TLS and verify the daemon's certificate
+    #[arg(long)]
+    pub tlsverify: bool,
+    /// Trust certs signed only by this CA
+    #[arg(long)]
+    pub tlscacert: Option<PathBuf>,
+    /// Path to TLS certificate file
+    #[arg(long)]
+    pub tlscert: Option<PathBuf>,
+    /// Path to TLS key file
+    #[arg(long)]
+    pub tlskey: Option<PathBuf>,
+    /// Enable debug mode
+    #[arg(short = 'D', long)]
+    pub debug: bool,
+    /// Set the logging level
+    #[arg(short = 'l', long = "log-level")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub cmd: commands::Cmd,
+}
+
+/// What a failed command exits with.
+pub struct Exit(pub i32);
+
+fn tls_options(cli: &Cli) -> TlsOptions {
+    let cert_path = std::env::var_os("DOCKER_CERT_PATH").map(PathBuf::from);
+    let from_env = |name: &str| cert_path.as_ref().map(|p| p.join(name)).filter(|p| p.exists());
+    let env_verify = std::env::var("DOCKER_TLS_VERIFY").map(|v| !v.is_empty()).unwrap_or(false);
+    TlsOptions {
+        tls: cli.tls || cli.tlsverify || env_verify,
+        verify: cli.tlsverify || env_verify,
+        ca: cli.tlscacert.clone().or_else(|| from_env("ca.pem")),
+        cert: cli.tlscert.clone().or_else(|| from_env("cert.pem")),
+        key: cli.tlskey.clone().or_else(|| from_env("key.pem")),
+    }
+}
+
+pub fn host_of(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("BERTH_HOST").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| client::DEFAULT_HOST.to_string())
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 125,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        let host = host_of(cli.host.as_deref());
+        let client = match Client::new(&host, &tls_options(&cli)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return 1;
+            }
+        };
+        match commands::run(&client, cli.cmd).await {
+            Ok(()) => 0,
+            Err(e) => {
+                if let Some(exit) = e.downcast_ref::<Exit>() {
+                    return exit.0;
+                }
+                if let Some(d) = e.downcast_ref::<DaemonError>() {
+                    eprintln!("{d}");
+                } else {
+                    eprintln!("Error: {e:#}");
+                }
+                1
+            }
+        }
+    })
+}
+
+impl std::fmt::Debug for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+pub use commands::Cmd;

@@ -1,1 +1,223 @@
-//! placeholder
+//! berthd: serves the Docker Engine API over its sockets and runs the services behind it.
+#![recursion_limit = "256"]
+//!
+//! One tokio process. Start-up takes the data root's lock (one daemon per data root),
+//! writes the pidfile, opens the metadata database and the image store, binds the
+//! sockets and serves until SIGTERM or SIGINT; SIGHUP re-reads daemon.json for what can
+//! change while running (log level, labels, debug).
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod routes;
+pub mod server;
+
+use anyhow::{bail, Context, Result};
+use berth_image::ImageStore;
+use berth_store::Db;
+use config::{Config, Flags};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, RwLock};
+use tracing_subscriber::{reload, EnvFilter};
+
+/// The running daemon's shared state.
+pub struct Daemon {
+    pub config: Config,
+    pub images: ImageStore,
+    pub db: Arc<Db>,
+    pub events: events::Events,
+    pub engine_id: String,
+    labels: RwLock<Vec<String>>,
+    warnings: Vec<String>,
+}
+
+impl Daemon {
+    pub fn labels(&self) -> Vec<String> {
+        self.labels.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    /// Why an image may not be removed (a container uses it); none exist yet.
+    pub fn image_in_use(&self, _id: &berth_image::digest::Digest) -> Option<String> {
+        None
+    }
+}
+
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn filter_for(level: &str) -> EnvFilter {
+    let level = if level == "fatal" { "error" } else { level };
+    EnvFilter::new(format!("warn,berth={level},berthd={level},berth_daemon={level},berth_image={level},berth_store={level}"))
+}
+
+fn init_logging(level: &str) -> LogHandle {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = reload::Layer::new(filter_for(level));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
+    handle
+}
+
+/// Holds the data root's lock for the daemon's lifetime.
+struct Lock(#[allow(dead_code)] File);
+
+fn lock_data_root(cfg: &Config) -> Result<Lock> {
+    std::fs::create_dir_all(&cfg.data_root)
+        .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
+    std::fs::set_permissions(&cfg.data_root, std::os::unix::fs::PermissionsExt::from_mode(0o710))?;
+    let p = cfg.data_root.join("berthd.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!(
+            "another berthd is already running on data root {} (its lock {} is held)",
+            cfg.data_root.display(),
+            p.display()
+        );
+    }
+    Ok(Lock(f))
+}
+
+fn write_pidfile(cfg: &Config) -> Result<()> {
+    if let Ok(old) = std::fs::read_to_string(&cfg.pidfile) {
+        if let Ok(pid) = old.trim().parse::<i32>() {
+            if pid != std::process::id() as i32 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!(
+                    "pid file found, ensure berthd is not running or delete {} (process {pid} is alive)",
+                    cfg.pidfile.display()
+                );
+            }
+        }
+    }
+    if let Some(dir) = cfg.pidfile.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = File::create(&cfg.pidfile).with_context(|| format!("writing {}", cfg.pidfile.display()))?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(())
+}
+
+fn engine_id(cfg: &Config) -> Result<String> {
+    let p = cfg.data_root.join("engine-id");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_string());
+        }
+    }
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    let id = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+    std::fs::write(&p, &id)?;
+    Ok(id)
+}
+
+/// Runs berthd to completion.
+pub fn main_with(flags: Flags) -> Result<()> {
+    let early_level = flags.log_level.clone().unwrap_or_else(|| if flags.debug { "debug".into() } else { "info".into() });
+    let log = init_logging(if config::valid_log_level(&early_level) { &early_level } else { "info" });
+    let cfg = Config::load(flags)?;
+    let _ = log.reload(filter_for(&cfg.log_level));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg, log))
+}
+
+async fn run(cfg: Config, log: LogHandle) -> Result<()> {
+    let _lock = lock_data_root(&cfg)?;
+    std::fs::create_dir_all(&cfg.exec_root).with_context(|| format!("creating exec root {}", cfg.exec_root.display()))?;
+    write_pidfile(&cfg)?;
+    let result = serve(cfg.clone(), log).await;
+    let _ = std::fs::remove_file(&cfg.pidfile);
+    result
+}
+
+async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
+    let db = Arc::new(Db::open(&cfg.data_root.join("berth.db")).context("opening the metadata database")?);
+    let driver = cfg.storage_driver.as_deref().and_then(berth_image::snapshot::Driver::parse);
+    let images = ImageStore::open(&cfg.data_root, db.clone(), driver).context("opening the image store")?;
+    let mut warnings = Vec::new();
+    if cfg.hosts.iter().any(|h| h.starts_with("tcp://")) && !cfg.tls {
+        warnings.push("WARNING: API is accessible on http:// without encryption.\n         Access to the remote API is equivalent to root access on the host.".to_string());
+    }
+    let d = Arc::new(Daemon {
+        engine_id: engine_id(&cfg)?,
+        labels: RwLock::new(cfg.labels.clone()),
+        config: cfg.clone(),
+        images,
+        db,
+        events: events::Events::new(),
+        warnings,
+    });
+    tracing::info!(
+        data_root = %cfg.data_root.display(),
+        driver = d.images.driver().name(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berthd started"
+    );
+    let listeners = server::bind(&cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(server::accept_loop(d.clone(), l, stop_rx.clone())));
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_config(&d, &log),
+        }
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+    }
+    tracing::info!("berthd stopped");
+    Ok(())
+}
+
+fn reload_config(d: &Daemon, log: &LogHandle) {
+    let Some(path) = d.config.config_file.clone() else {
+        tracing::info!("SIGHUP: no configuration file to reload");
+        return;
+    };
+    match config::reload(&path) {
+        Ok(r) => {
+            let level = r.log_level.clone().or_else(|| r.debug.filter(|d| *d).map(|_| "debug".into()));
+            if let Some(l) = &level {
+                let _ = log.reload(filter_for(l));
+            }
+            if let Some(labels) = r.labels {
+                if let Ok(mut w) = d.labels.write() {
+                    *w = labels;
+                }
+            }
+            tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded");
+            d.events.emit(
+                "daemon",
+                "reload",
+                &d.engine_id,
+                BTreeMap::from([("log-level".to_string(), level.unwrap_or_default())]),
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+    }
+}

@@ -88,7 +88,10 @@ pub struct Image {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteItem {
     Untagged(String),
+    /// an image
     Deleted(String),
+    /// a layer no image needs any more
+    DeletedLayer(String),
 }
 
 /// One row of `history`.
@@ -563,7 +566,7 @@ impl ImageStore {
         for l in orphans {
             if let Ok(c) = l.chain_id.parse::<Digest>() {
                 self.snaps.remove(&c);
-                out.push(DeleteItem::Deleted(c.to_string()));
+                out.push(DeleteItem::DeletedLayer(c.to_string()));
             }
             if let Ok(b) = l.blob.parse::<Digest>() {
                 self.content.delete(&b);
@@ -601,7 +604,7 @@ impl ImageStore {
             }
             let items = self.delete_image(&img.id)?;
             for it in &items {
-                if let DeleteItem::Deleted(c) = it {
+                if let DeleteItem::DeletedLayer(c) = it {
                     reclaimed += layer_sizes.get(c).copied().unwrap_or(0) as u64;
                 }
             }
@@ -724,6 +727,7 @@ mod tests {
         assert_eq!(items, vec![DeleteItem::Untagged("test:one".into())]);
         let items = s.remove("test:two", false, &|_| None).unwrap();
         assert_eq!(items.len(), 3, "{items:?}");
+        assert!(matches!(items[2], DeleteItem::DeletedLayer(_)));
         assert_eq!(s.count().unwrap(), 0);
         assert!(s.snapshots().list().is_empty());
     }

@@ -1,1 +1,5 @@
-fn main() {}
+//! `berth`: the command-line client. See the berth-cli crate.
+
+fn main() {
+    std::process::exit(berth_cli::main());
+}

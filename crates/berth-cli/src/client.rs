@@ -1,0 +1,270 @@
+//! The HTTP client for the Docker Engine API: unix socket or TCP (TLS with client
+//! certificates when asked), API version negotiated with `/_ping` once per run.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{mpsc, OnceCell};
+
+pub const DEFAULT_HOST: &str = "unix:///run/berth/berth.sock";
+pub const CLIENT_API_VERSION: (u32, u32) = (1, 50);
+
+/// A request body: nothing, a buffer, or chunks from a channel (an uploaded file).
+pub enum ReqBody {
+    Empty,
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl HttpBody for ReqBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+/// An error the daemon answered with.
+#[derive(Debug)]
+pub struct DaemonError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Error response from daemon: {}", self.message)
+    }
+}
+impl std::error::Error for DaemonError {}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub tls: bool,
+    pub verify: bool,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+enum Target {
+    Unix(PathBuf),
+    Tcp { addr: String, host: String },
+}
+
+pub struct Client {
+    pub host: String,
+    target: Target,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    version: OnceCell<String>,
+}
+
+fn certs(p: &PathBuf) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    Ok(rustls_pemfile::certs(&mut std::io::BufReader::new(f)).collect::<Result<Vec<_>, _>>()?)
+}
+
+impl Client {
+    pub fn new(host: &str, tls: &TlsOptions) -> Result<Self> {
+        let target = if let Some(p) = host.strip_prefix("unix://") {
+            Target::Unix(PathBuf::from(p))
+        } else if let Some(a) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("https://")).or_else(|| host.strip_prefix("http://")) {
+            let a = a.trim_end_matches('/');
+            let addr = if a.contains(':') { a.to_string() } else { format!("{a}:{}", if tls.tls || tls.verify { 2376 } else { 2375 }) };
+            let hostname = addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
+            Target::Tcp { addr, host: hostname }
+        } else {
+            bail!("unable to parse host {host:?}: use unix:///path or tcp://host:port");
+        };
+        let tls_conf = match (&target, tls.tls || tls.verify) {
+            (Target::Tcp { host: h, .. }, true) => {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+                let mut roots = rustls::RootCertStore::empty();
+                if let Some(ca) = &tls.ca {
+                    for c in certs(ca)? {
+                        roots.add(c)?;
+                    }
+                }
+                let b = b.with_root_certificates(roots);
+                let cfg = match (&tls.cert, &tls.key) {
+                    (Some(c), Some(k)) => {
+                        let kf = std::fs::File::open(k).with_context(|| format!("opening {}", k.display()))?;
+                        let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(kf))?
+                            .ok_or_else(|| anyhow!("no private key in {}", k.display()))?;
+                        b.with_client_auth_cert(certs(c)?, key)?
+                    }
+                    _ => b.with_no_client_auth(),
+                };
+                let name = rustls::pki_types::ServerName::try_from(h.clone())?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+            }
+            _ => None,
+        };
+        Ok(Client { host: host.to_string(), target, tls: tls_conf, version: OnceCell::new() })
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("Cannot connect to the berth daemon at {}. Is the berth daemon running? ({e})", self.host)
+    }
+
+    async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>> {
+        macro_rules! go {
+            ($io:expr) => {{
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                });
+                sender.send_request(req).await.map_err(|e| self.unreachable(e))
+            }};
+        }
+        match &self.target {
+            Target::Unix(p) => {
+                let s = UnixStream::connect(p).await.map_err(|e| self.unreachable(e))?;
+                go!(s)
+            }
+            Target::Tcp { addr, .. } => {
+                let s = TcpStream::connect(addr).await.map_err(|e| self.unreachable(e))?;
+                let _ = s.set_nodelay(true);
+                match &self.tls {
+                    None => go!(s),
+                    Some((conn, name)) => {
+                        let t = conn.connect(name.clone(), s).await.map_err(|e| self.unreachable(e))?;
+                        go!(t)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The API version to speak: ours, or the daemon's if older.
+    async fn version(&self) -> Result<String> {
+        let v = self
+            .version
+            .get_or_try_init(|| async {
+                let req = Request::builder().method(Method::GET).uri("/_ping").header(header::HOST, "api").body(ReqBody::Empty)?;
+                let resp = self.send(req).await?;
+                let server = resp.headers().get("API-Version").and_then(|v| v.to_str().ok()).and_then(|v| {
+                    let (a, b) = v.split_once('.')?;
+                    Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
+                });
+                let v = match server {
+                    Some(s) if s < CLIENT_API_VERSION => s,
+                    _ => CLIENT_API_VERSION,
+                };
+                Ok::<_, anyhow::Error>(format!("{}.{}", v.0, v.1))
+            })
+            .await?;
+        Ok(v.clone())
+    }
+
+    /// Sends a request to `/vX.Y{path}`; a non-2xx answer becomes a [`DaemonError`].
+    pub async fn request(&self, method: Method, path: &str, body: ReqBody, headers: &[(&str, String)]) -> Result<Response<Incoming>> {
+        let v = self.version().await?;
+        let mut b = Request::builder().method(method).uri(format!("/v{v}{path}")).header(header::HOST, "api");
+        for (k, val) in headers {
+            b = b.header(*k, val);
+        }
+        let resp = self.send(b.body(body)?).await?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NOT_MODIFIED || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp);
+        }
+        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+        Err(DaemonError { status, message }.into())
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let resp = self.request(Method::GET, path, ReqBody::Empty, &[]).await?;
+        read_json(resp).await
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str) -> Result<Value> {
+        let resp = self.request(method, path, ReqBody::Empty, &[]).await?;
+        read_json(resp).await
+    }
+
+    pub async fn ping(&self) -> Result<Response<Incoming>> {
+        let req = Request::builder().method(Method::GET).uri("/_ping").header(header::HOST, "api").body(ReqBody::Empty)?;
+        self.send(req).await
+    }
+}
+
+pub async fn read_json(resp: Response<Incoming>) -> Result<Value> {
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_slice(&bytes).context("decoding the daemon's answer")?)
+}
+
+/// Reads a JSON-lines progress stream, calling `f` for each message.
+pub async fn each_json_line(resp: Response<Incoming>, mut f: impl FnMut(&Value) -> Result<()>) -> Result<()> {
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(d) = frame.into_data() {
+            buf.extend_from_slice(&d);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let t = String::from_utf8_lossy(&line);
+                let t = t.trim();
+                if !t.is_empty() {
+                    let v: Value = serde_json::from_str(t).with_context(|| format!("decoding stream line {t:?}"))?;
+                    f(&v)?;
+                }
+            }
+        }
+    }
+    let t = String::from_utf8_lossy(&buf);
+    if !t.trim().is_empty() {
+        let v: Value = serde_json::from_str(t.trim())?;
+        f(&v)?;
+    }
+    Ok(())
+}
+
+/// Streams a file (or stdin for `-`) as a request body.
+pub fn file_body(path: Option<&str>) -> Result<ReqBody> {
+    use std::io::Read;
+    let mut src: Box<dyn Read + Send> = match path {
+        None | Some("-") => Box::new(std::io::stdin()),
+        Some(p) => Box::new(std::fs::File::open(p).with_context(|| format!("open {p}"))?),
+    };
+    let (tx, rx) = mpsc::channel(8);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok(ReqBody::Channel(rx))
+}

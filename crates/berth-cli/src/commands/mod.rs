@@ -1,0 +1,137 @@
+//! One module per command group; each command is a function taking its parsed flags.
+
+pub mod containers;
+pub mod images;
+pub mod system;
+
+use crate::client::Client;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Show the berth version information
+    Version(system::VersionArgs),
+    /// Display system-wide information
+    Info(system::InfoArgs),
+    /// Get real time events from the server
+    Events(system::EventsArgs),
+    /// Manage berth
+    #[command(subcommand)]
+    System(SystemCmd),
+    /// List images
+    Images(images::ListArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Return low-level information on berth objects
+    Inspect(images::InspectArgs),
+    /// Show the history of an image
+    History(images::HistoryArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(images::TagArgs),
+    /// Remove one or more images
+    Rmi(images::RmiArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(images::ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(images::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(images::LoadArgs),
+    /// Remove one or more containers
+    Rm(containers::RmArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCmd {
+    /// Show berth disk usage
+    Df(system::DfArgs),
+    /// Display system-wide information
+    Info(system::InfoArgs),
+    /// Get real time events from the server
+    Events(system::EventsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// List images
+    #[command(alias = "list")]
+    Ls(images::ListArgs),
+    /// Display detailed information on one or more images
+    Inspect(images::ImageInspectArgs),
+    /// Show the history of an image
+    History(images::HistoryArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(images::TagArgs),
+    /// Remove one or more images
+    #[command(alias = "remove")]
+    Rm(images::RmiArgs),
+    /// Remove unused images
+    Prune(images::PruneArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(images::ImportArgs),
+    /// Save one or more images to a tar archive
+    Save(images::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(images::LoadArgs),
+}
+
+/// Shared `--format` flag.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FormatArg {
+    /// Format output using a custom template: 'table', 'table TEMPLATE', 'json', or a Go template
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Version(a) => system::version(c, a).await,
+        Cmd::Info(a) | Cmd::System(SystemCmd::Info(a)) => system::info(c, a).await,
+        Cmd::Events(a) | Cmd::System(SystemCmd::Events(a)) => system::events(c, a).await,
+        Cmd::System(SystemCmd::Df(a)) => system::df(c, a).await,
+        Cmd::Images(a) | Cmd::Image(ImageCmd::Ls(a)) => images::list(c, a).await,
+        Cmd::Image(ImageCmd::Inspect(a)) => images::image_inspect(c, a).await,
+        Cmd::Inspect(a) => images::inspect(c, a).await,
+        Cmd::History(a) | Cmd::Image(ImageCmd::History(a)) => images::history(c, a).await,
+        Cmd::Tag(a) | Cmd::Image(ImageCmd::Tag(a)) => images::tag(c, a).await,
+        Cmd::Rmi(a) | Cmd::Image(ImageCmd::Rm(a)) => images::rmi(c, a).await,
+        Cmd::Image(ImageCmd::Prune(a)) => images::prune(c, a).await,
+        Cmd::Import(a) | Cmd::Image(ImageCmd::Import(a)) => images::import(c, a).await,
+        Cmd::Save(a) | Cmd::Image(ImageCmd::Save(a)) => images::save(c, a).await,
+        Cmd::Load(a) | Cmd::Image(ImageCmd::Load(a)) => images::load(c, a).await,
+        Cmd::Rm(a) => containers::rm(c, a).await,
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn q(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// `key=value` filter flags into the API's JSON form.
+pub fn filters_json(filters: &[String]) -> Result<Option<String>> {
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("bad format of filter (expected name=value)"))?;
+        m.entry(k.trim().to_lowercase()).or_default().push(v.to_string());
+    }
+    Ok(Some(serde_json::to_string(&m)?))
+}
+
+/// Asks y/N on the terminal.
+pub fn confirm(prompt: &str) -> bool {
+    use std::io::Write;
+    eprint!("{prompt} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes" | "Yes")
+}

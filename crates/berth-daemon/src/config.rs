@@ -1,0 +1,449 @@
+//! berthd's configuration: command-line flags named as dockerd's, merged with a
+//! daemon.json file. dockerd's keys are accepted where they apply; a key neither knows
+//! is an error, as is a setting given both as a flag and in the file.
+
+use clap::Parser;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_SOCKET: &str = "unix:///run/berth/berth.sock";
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/berth/daemon.json";
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "berthd", version, about = "The berth container engine daemon")]
+pub struct Flags {
+    /// Daemon socket(s) to listen on: unix:///path, tcp://addr:port (repeatable)
+    #[arg(short = 'H', long = "host")]
+    pub hosts: Vec<String>,
+    /// Root directory of persistent state
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Root directory of execution state
+    #[arg(long)]
+    pub exec_root: Option<PathBuf>,
+    /// Path of the daemon's PID file
+    #[arg(short = 'p', long)]
+    pub pidfile: Option<PathBuf>,
+    /// Daemon configuration file (daemon.json)
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Logging level: debug, info, warn, error, fatal
+    #[arg(short = 'l', long)]
+    pub log_level: Option<String>,
+    /// Enable debug logging
+    #[arg(short = 'D', long)]
+    pub debug: bool,
+    /// Use TLS on TCP sockets; implied by --tlsverify
+    #[arg(long)]
+    pub tls: bool,
+    /// Use TLS and require clients to present a certificate signed by --tlscacert
+    #[arg(long)]
+    pub tlsverify: bool,
+    /// CA certificate that client certificates must chain to
+    #[arg(long)]
+    pub tlscacert: Option<PathBuf>,
+    /// The daemon's TLS certificate
+    #[arg(long)]
+    pub tlscert: Option<PathBuf>,
+    /// The daemon's TLS key
+    #[arg(long)]
+    pub tlskey: Option<PathBuf>,
+    /// Allow TCP sockets without TLS (anyone who can connect gets root on this machine)
+    #[arg(long)]
+    pub insecure_tcp: bool,
+    /// Storage driver: overlay2 or vfs (a copy per layer)
+    #[arg(short = 's', long)]
+    pub storage_driver: Option<String>,
+}
+
+/// The merged configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hosts: Vec<String>,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    pub pidfile: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub log_level: String,
+    pub tls: bool,
+    pub tlsverify: bool,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
+    pub insecure_tcp: bool,
+    pub storage_driver: Option<String>,
+    pub labels: Vec<String>,
+    pub registry_mirrors: Vec<String>,
+    pub insecure_registries: Vec<String>,
+    pub debug: bool,
+    pub live_restore: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// the configuration file could not be read
+    #[error("unable to read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// the configuration file is not a JSON object
+    #[error("unable to parse configuration file {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    /// keys neither berth nor dockerd knows
+    #[error("the following directives don't match any configuration option: {0}")]
+    Unknown(String),
+    /// a setting given twice
+    #[error("the following directives are specified both as a flag and in the configuration file: {0}")]
+    Conflict(String),
+    /// a value of the wrong kind or out of range
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Keys berth reads from daemon.json.
+const APPLIED: &[&str] = &[
+    "hosts",
+    "data-root",
+    "exec-root",
+    "pidfile",
+    "log-level",
+    "debug",
+    "tls",
+    "tlsverify",
+    "tlscacert",
+    "tlscert",
+    "tlskey",
+    "storage-driver",
+    "labels",
+    "registry-mirrors",
+    "insecure-registries",
+    "live-restore",
+];
+
+/// dockerd keys berth accepts but does not act on yet (logged at start).
+const ACCEPTED: &[&str] = &[
+    "allow-nondistributable-artifacts",
+    "api-cors-header",
+    "authorization-plugins",
+    "bip",
+    "bridge",
+    "builder",
+    "cgroup-parent",
+    "containerd",
+    "containerd-namespace",
+    "containerd-plugin-namespace",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
+    "default-address-pools",
+    "default-cgroupns-mode",
+    "default-gateway",
+    "default-gateway-v6",
+    "default-ipc-mode",
+    "default-network-opts",
+    "default-runtime",
+    "default-shm-size",
+    "default-ulimits",
+    "dns",
+    "dns-opts",
+    "dns-search",
+    "exec-opts",
+    "experimental",
+    "features",
+    "fixed-cidr",
+    "fixed-cidr-v6",
+    "group",
+    "icc",
+    "init",
+    "init-path",
+    "ip",
+    "ip-forward",
+    "ip-masq",
+    "ip6tables",
+    "iptables",
+    "ipv6",
+    "log-driver",
+    "log-format",
+    "log-opts",
+    "max-concurrent-downloads",
+    "max-concurrent-uploads",
+    "max-download-attempts",
+    "metrics-addr",
+    "mtu",
+    "no-new-privileges",
+    "node-generic-resources",
+    "oom-score-adjust",
+    "proxies",
+    "raw-logs",
+    "runtimes",
+    "seccomp-profile",
+    "selinux-enabled",
+    "shutdown-timeout",
+    "storage-opts",
+    "userland-proxy",
+    "userland-proxy-path",
+    "userns-remap",
+];
+
+fn str_list(v: &Value, key: &str) -> Result<Vec<String>, ConfigError> {
+    v.as_array()
+        .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
+        .ok_or_else(|| ConfigError::Invalid(format!("{key} must be a list of strings")))
+}
+
+fn string(v: &Value, key: &str) -> Result<String, ConfigError> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ConfigError::Invalid(format!("{key} must be a string")))
+}
+
+fn boolean(v: &Value, key: &str) -> Result<bool, ConfigError> {
+    v.as_bool()
+        .ok_or_else(|| ConfigError::Invalid(format!("{key} must be true or false")))
+}
+
+/// Reads daemon.json; checks every key.
+pub fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let Value::Object(m) = v else {
+        return Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: "the file must hold a JSON object".into(),
+        });
+    };
+    let unknown: Vec<&str> = m
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !APPLIED.contains(k) && !ACCEPTED.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ConfigError::Unknown(unknown.join(", ")));
+    }
+    Ok(m)
+}
+
+pub fn valid_log_level(l: &str) -> bool {
+    matches!(l, "debug" | "info" | "warn" | "error" | "fatal" | "trace")
+}
+
+impl Config {
+    /// Flags, then daemon.json for what the flags left unset.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let explicit_file = flags.config_file.clone();
+        let file_path = explicit_file
+            .clone()
+            .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()));
+        let file = match &file_path {
+            Some(p) => read_file(p)?,
+            None => Map::new(),
+        };
+        let mut conflicts = Vec::new();
+        let mut check = |key: &str, flag_set: bool| {
+            if flag_set && file.contains_key(key) {
+                conflicts.push(key.to_string());
+            }
+        };
+        check("hosts", !flags.hosts.is_empty());
+        check("data-root", flags.data_root.is_some());
+        check("exec-root", flags.exec_root.is_some());
+        check("pidfile", flags.pidfile.is_some());
+        check("log-level", flags.log_level.is_some());
+        check("tlscacert", flags.tlscacert.is_some());
+        check("tlscert", flags.tlscert.is_some());
+        check("tlskey", flags.tlskey.is_some());
+        check("storage-driver", flags.storage_driver.is_some());
+        if !conflicts.is_empty() {
+            return Err(ConfigError::Conflict(conflicts.join(", ")));
+        }
+        let get = |k: &str| file.get(k);
+        let path_of = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
+            get(k).map(|v| string(v, k).map(PathBuf::from)).transpose()
+        };
+        let hosts = if !flags.hosts.is_empty() {
+            flags.hosts
+        } else if let Some(v) = get("hosts") {
+            str_list(v, "hosts")?
+        } else {
+            vec![DEFAULT_SOCKET.to_string()]
+        };
+        let data_root = flags
+            .data_root
+            .or(path_of("data-root")?)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/berth"));
+        let exec_root = flags
+            .exec_root
+            .or(path_of("exec-root")?)
+            .unwrap_or_else(|| PathBuf::from("/run/berth"));
+        let pidfile = flags
+            .pidfile
+            .or(path_of("pidfile")?)
+            .unwrap_or_else(|| exec_root.join("berthd.pid"));
+        let debug = flags.debug || get("debug").map(|v| boolean(v, "debug")).transpose()?.unwrap_or(false);
+        let log_level = match flags.log_level {
+            Some(l) => l,
+            None => match get("log-level") {
+                Some(v) => string(v, "log-level")?,
+                None if debug => "debug".into(),
+                None => "info".into(),
+            },
+        };
+        if !valid_log_level(&log_level) {
+            return Err(ConfigError::Invalid(format!("unable to parse logging level: {log_level}")));
+        }
+        let flag_bool = |flag: bool, k: &str| -> Result<bool, ConfigError> {
+            Ok(flag || get(k).map(|v| boolean(v, k)).transpose()?.unwrap_or(false))
+        };
+        let tlsverify = flag_bool(flags.tlsverify, "tlsverify")?;
+        let tls = tlsverify || flag_bool(flags.tls, "tls")?;
+        let storage_driver = match flags.storage_driver {
+            Some(d) => Some(d),
+            None => get("storage-driver").map(|v| string(v, "storage-driver")).transpose()?,
+        };
+        let list = |k: &str| -> Result<Vec<String>, ConfigError> {
+            get(k).map(|v| str_list(v, k)).transpose().map(Option::unwrap_or_default)
+        };
+        let cfg = Config {
+            hosts,
+            data_root,
+            exec_root,
+            pidfile,
+            config_file: file_path,
+            log_level,
+            tls,
+            tlsverify,
+            tlscacert: flags.tlscacert.or(path_of("tlscacert")?),
+            tlscert: flags.tlscert.or(path_of("tlscert")?),
+            tlskey: flags.tlskey.or(path_of("tlskey")?),
+            insecure_tcp: flags.insecure_tcp,
+            storage_driver,
+            labels: list("labels")?,
+            registry_mirrors: list("registry-mirrors")?,
+            insecure_registries: list("insecure-registries")?,
+            debug,
+            live_restore: get("live-restore")
+                .map(|v| boolean(v, "live-restore"))
+                .transpose()?
+                .unwrap_or(true),
+        };
+        for k in file.keys().filter(|k| ACCEPTED.contains(&k.as_str())) {
+            tracing::warn!(key = %k, "daemon.json setting accepted but not used by this berth");
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for h in &self.hosts {
+            let is_tcp = h.starts_with("tcp://");
+            if !is_tcp && !h.starts_with("unix://") && !h.starts_with("fd://") {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid host {h:?}: use unix:///path or tcp://addr:port"
+                )));
+            }
+            if is_tcp && !self.tls && !self.insecure_tcp {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to listen on {h} without TLS: use --tlsverify with --tlscacert, --tlscert and --tlskey, or --insecure-tcp to accept that anyone who can connect gets root"
+                )));
+            }
+        }
+        if self.tls && (self.tlscert.is_none() || self.tlskey.is_none()) {
+            return Err(ConfigError::Invalid("--tls needs --tlscert and --tlskey".into()));
+        }
+        if self.tlsverify && self.tlscacert.is_none() {
+            return Err(ConfigError::Invalid("--tlsverify needs --tlscacert".into()));
+        }
+        if let Some(d) = &self.storage_driver {
+            if berth_image::snapshot::Driver::parse(d).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown storage driver {d:?}: use overlay2 or vfs"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What SIGHUP may change while running.
+#[derive(Debug, Clone)]
+pub struct Reloadable {
+    pub log_level: Option<String>,
+    pub labels: Option<Vec<String>>,
+    pub debug: Option<bool>,
+}
+
+/// Re-reads daemon.json for the settings that apply without a restart.
+pub fn reload(path: &Path) -> Result<Reloadable, ConfigError> {
+    let file = read_file(path)?;
+    let log_level = file.get("log-level").map(|v| string(v, "log-level")).transpose()?;
+    if let Some(l) = &log_level {
+        if !valid_log_level(l) {
+            return Err(ConfigError::Invalid(format!("unable to parse logging level: {l}")));
+        }
+    }
+    Ok(Reloadable {
+        log_level,
+        labels: file.get("labels").map(|v| str_list(v, "labels")).transpose()?,
+        debug: file.get("debug").map(|v| boolean(v, "debug")).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut v = vec!["berthd"];
+        v.extend_from_slice(args);
+        Flags::parse_from(v)
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("daemon.json");
+        std::fs::write(&p, r#"{"log-level":"debug","bogus":1}"#).unwrap();
+        let err = Config::load(flags(&["--config-file", p.to_str().unwrap()])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the following directives don't match any configuration option: bogus"
+        );
+    }
+
+    #[test]
+    fn file_and_flags_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("daemon.json");
+        std::fs::write(&p, r#"{"log-level":"warn","data-root":"/x","mtu":1400}"#).unwrap();
+        let c = Config::load(flags(&["--config-file", p.to_str().unwrap()])).unwrap();
+        assert_eq!(c.log_level, "warn");
+        assert_eq!(c.data_root, PathBuf::from("/x"));
+        let err = Config::load(flags(&["--config-file", p.to_str().unwrap(), "--data-root", "/y"]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict(_)));
+    }
+
+    #[test]
+    fn tcp_needs_tls_or_insecure() {
+        let c = Config::load(flags(&["-H", "tcp://127.0.0.1:2375", "--config-file", "/dev/null"]));
+        assert!(c.is_err());
+        let c = Config::load(flags(&[
+            "-H",
+            "tcp://127.0.0.1:2375",
+            "--insecure-tcp",
+            "--config-file",
+            "/dev/null",
+        ]));
+        assert!(c.is_ok());
+    }
+}

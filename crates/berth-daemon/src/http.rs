@@ -1,0 +1,307 @@
+//! HTTP plumbing: the response body type (whole or streamed), JSON helpers, query
+//! parsing, and bridges between async bodies and the blocking code that reads or
+//! writes archives.
+
+use crate::error::ApiError;
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// A response body: a single buffer, or chunks from a channel (streams, archives).
+pub enum Body {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Body::Full(None)
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => http_body::SizeHint::with_exact(0),
+            Body::Channel(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+pub type Resp = Response<Body>;
+
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
+    let bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    let mut b = bytes;
+    b.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::Full(Some(Bytes::from(b))))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub fn ok_json<T: Serialize + ?Sized>(v: &T) -> Resp {
+    json(StatusCode::OK, v)
+}
+
+pub fn status_only(status: StatusCode) -> Resp {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+pub fn error_response(e: &ApiError) -> Resp {
+    json(e.status, &serde_json::json!({ "message": e.message }))
+}
+
+/// A streamed response with the given content type, fed through the returned sender.
+pub fn stream(content_type: &str) -> (mpsc::Sender<Bytes>, Resp) {
+    let (tx, rx) = mpsc::channel(16);
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::Channel(rx))
+        .unwrap_or_else(|_| Response::new(Body::empty()));
+    (tx, resp)
+}
+
+/// Query parameters; repeated keys keep every value.
+#[derive(Debug, Default)]
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Self {
+        Query {
+            pairs: q
+                .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, k: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Docker's booleans: `1`, `true`, `True` are true; empty or absent is false.
+    pub fn bool(&self, k: &str) -> Result<bool, ApiError> {
+        match self.get(k) {
+            None | Some("") => Ok(false),
+            Some("1" | "true" | "True" | "TRUE" | "yes") => Ok(true),
+            Some("0" | "false" | "False" | "FALSE" | "no") => Ok(false),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "invalid value for {k}: {v:?} is not a boolean"
+            ))),
+        }
+    }
+
+    pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(k) {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("invalid value for {k}: {v:?} is not an integer"))
+            }),
+        }
+    }
+
+    /// The `filters` parameter: `{"key":["v1","v2"]}` or the old `{"key":{"v":true}}`.
+    pub fn filters(&self) -> Result<Filters, ApiError> {
+        let Some(raw) = self.get("filters").filter(|s| !s.is_empty()) else {
+            return Ok(Filters::default());
+        };
+        let v: serde_json::Value = serde_json::from_str(raw)
+            .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("invalid filter: want a JSON object"))?;
+        let mut out = HashMap::new();
+        for (k, vals) in obj {
+            let list: Vec<String> = match vals {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid filter {k:?}")))?,
+                serde_json::Value::Object(m) => m
+                    .iter()
+                    .filter(|(_, on)| on.as_bool() == Some(true))
+                    .map(|(v, _)| v.clone())
+                    .collect(),
+                _ => return Err(ApiError::bad_request(format!("invalid filter {k:?}"))),
+            };
+            out.insert(k.clone(), list);
+        }
+        Ok(Filters { map: out })
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    map: HashMap<String, Vec<String>>,
+}
+
+impl Filters {
+    pub fn get(&self, k: &str) -> &[String] {
+        self.map.get(k).map(Vec::as_slice).unwrap_or(&[])
+    }
+    pub fn contains(&self, k: &str) -> bool {
+        self.map.contains_key(k)
+    }
+    /// Refuses filter keys the endpoint does not know, as Docker does.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for k in self.map.keys() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+            }
+        }
+        Ok(())
+    }
+    /// `label=key` or `label=key=value` against a label map.
+    pub fn labels_match(&self, key: &str, labels: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.get(key).iter().all(|f| match f.split_once('=') {
+            Some((k, v)) => labels.get(k).and_then(|x| x.as_str()) == Some(v),
+            None => labels.contains_key(f.as_str()),
+        })
+    }
+}
+
+/// A blocking `Read` over a request body, fed by an async task.
+pub struct BodyReader {
+    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+    cur: Bytes,
+}
+
+impl io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Pumps `body` into a [`BodyReader`] for blocking code.
+pub fn body_reader<B>(body: B) -> BodyReader
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let item = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => Ok(d),
+                    Err(_) => continue,
+                },
+                Err(e) => Err(io::Error::other(format!("reading request body: {e}"))),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    BodyReader {
+        rx,
+        cur: Bytes::new(),
+    }
+}
+
+/// A blocking `Write` that feeds a streamed response.
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(256 << 10),
+        }
+    }
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 256 << 10 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(256 << 10)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = io::Write::flush(self);
+    }
+}
+
+/// One JSON message line of a progress stream (`{"status": ...}`, `{"stream": ...}`,
+/// `{"errorDetail": ...}`).
+pub fn json_line(v: &serde_json::Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.extend_from_slice(b"\r\n");
+    Bytes::from(b)
+}
+
+pub fn error_line(msg: &str) -> Bytes {
+    json_line(&serde_json::json!({"errorDetail": {"message": msg}, "error": msg}))
+}

@@ -1,0 +1,195 @@
+//! The API router: strips the optional `/v1.NN` prefix (checking the version against
+//! what we serve), then dispatches on method and path. Image names may hold `/`, so
+//! `/images/{name}/...` routes match on prefix and suffix rather than path segments.
+
+pub mod containers;
+pub mod images;
+pub mod system;
+
+use crate::error::ApiError;
+use crate::http::{error_response, Query, Resp};
+use crate::Daemon;
+use http::{Method, Request};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+pub const API_VERSION: &str = "1.50";
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// An API version as (major, minor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiVersion(pub u32, pub u32);
+
+impl ApiVersion {
+    pub const CURRENT: ApiVersion = ApiVersion(1, 50);
+    pub const MIN: ApiVersion = ApiVersion(1, 24);
+
+    fn parse(s: &str) -> Option<Self> {
+        let (a, b) = s.split_once('.')?;
+        Some(ApiVersion(a.parse().ok()?, b.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+/// What a handler gets: the request parts it needs.
+pub struct Ctx {
+    pub method: Method,
+    pub path: String,
+    pub query: Query,
+    pub version: ApiVersion,
+    pub headers: http::HeaderMap,
+    pub body: Incoming,
+}
+
+/// Splits `/v1.45/images/json` into the version and the rest.
+fn split_version(path: &str) -> Result<(ApiVersion, &str), ApiError> {
+    if let Some(rest) = path.strip_prefix("/v") {
+        let (ver, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if let Some(v) = ApiVersion::parse(ver) {
+            if v > ApiVersion::CURRENT {
+                return Err(ApiError::bad_request(format!(
+                    "client version {v} is too new. Maximum supported API version is {API_VERSION}"
+                )));
+            }
+            if v < ApiVersion::MIN {
+                return Err(ApiError::bad_request(format!(
+                    "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
+                )));
+            }
+            return Ok((v, tail));
+        }
+    }
+    Ok((ApiVersion::CURRENT, path))
+}
+
+pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
+    let (parts, body) = req.into_parts();
+    let raw_path = parts.uri.path().to_string();
+    let decoded = percent_decode(&raw_path);
+    let (version, path) = match split_version(&decoded) {
+        Ok(v) => v,
+        Err(e) => return error_response(&e),
+    };
+    let ctx = Ctx {
+        method: parts.method.clone(),
+        path: path.to_string(),
+        query: Query::parse(parts.uri.query()),
+        version,
+        headers: parts.headers,
+        body,
+    };
+    tracing::debug!(method = %ctx.method, path = %raw_path, "request");
+    match route(d, ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(method = %parts.method, path = %raw_path, status = %e.status, error = %e.message, "request failed");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+fn percent_decode(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() && p.is_char_boundary(i + 3) {
+            if let Ok(v) = u8::from_str_radix(&p[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    let m = ctx.method.clone();
+    let path = ctx.path.trim_end_matches('/').to_string();
+    let path = path.as_str();
+    match (&m, path) {
+        (&Method::GET | &Method::HEAD, "/_ping") => Ok(system::ping(&ctx)),
+        (&Method::GET, "/version") => Ok(system::version(&d)),
+        (&Method::GET, "/info") => system::info(&d),
+        (&Method::GET, "/events") => system::events(&d, &ctx),
+        (&Method::GET, "/system/df") => system::df(&d, &ctx),
+
+        (&Method::GET, "/images/json") => images::list(&d, &ctx),
+        (&Method::POST, "/images/create") => images::create(&d, ctx).await,
+        (&Method::POST, "/images/load") => images::load(&d, ctx).await,
+        (&Method::GET, "/images/get") => images::save(&d, &ctx, ctx.query.all("names")).await,
+        (&Method::POST, "/images/prune") => images::prune(&d, &ctx).await,
+        (&Method::GET, "/images/search") => Err(ApiError::not_implemented(
+            "searching registries is not supported by this berth yet",
+        )),
+
+        (&Method::GET, "/containers/json") => containers::list(&d, &ctx),
+
+        _ => {
+            if let Some(rest) = path.strip_prefix("/images/") {
+                return image_route(&d, ctx, rest.to_string()).await;
+            }
+            if let Some(rest) = path.strip_prefix("/containers/") {
+                return containers::by_name(&d, &ctx, rest);
+            }
+            Err(ApiError::not_found("page not found"))
+        }
+    }
+}
+
+async fn image_route(d: &Arc<Daemon>, ctx: Ctx, rest: String) -> Result<Resp, ApiError> {
+    let m = ctx.method.clone();
+    let split = |suffix: &str| rest.strip_suffix(suffix).filter(|n| !n.is_empty()).map(str::to_string);
+    if m == Method::GET {
+        if let Some(name) = split("/json") {
+            return images::inspect(d, &ctx, &name);
+        }
+        if let Some(name) = split("/history") {
+            return images::history(d, &name);
+        }
+        if let Some(name) = split("/get") {
+            return images::save(d, &ctx, vec![name]).await;
+        }
+    }
+    if m == Method::POST {
+        if let Some(name) = split("/tag") {
+            return images::tag(d, &ctx, &name);
+        }
+        if split("/push").is_some() {
+            return Err(ApiError::not_implemented(
+                "pushing to registries is not supported by this berth yet",
+            ));
+        }
+    }
+    if m == Method::DELETE {
+        return images::remove(d, &ctx, &rest).await;
+    }
+    Err(ApiError::not_found("page not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(split_version("/v1.45/info").unwrap(), (ApiVersion(1, 45), "/info"));
+        assert_eq!(split_version("/info").unwrap(), (ApiVersion::CURRENT, "/info"));
+        assert!(split_version("/v1.99/info").is_err());
+        assert!(split_version("/v1.12/info").is_err());
+        assert_eq!(percent_decode("/images/a%2Fb:c/json"), "/images/a/b:c/json");
+    }
+}
