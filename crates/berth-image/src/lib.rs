@@ -235,6 +235,7 @@ impl ImageStore {
                 return Ok(d);
             }
         }
+        let mut shown = name.to_string();
         match Reference::parse_tagged_default(name) {
             Ok(r) => {
                 if let Some(id) = self.db.resolve_ref(&r.to_string())? {
@@ -242,6 +243,7 @@ impl ImageStore {
                         .parse()
                         .map_err(|_| ImageError::NotFound(name.to_string()));
                 }
+                shown = r.familiar();
             }
             Err(e) => {
                 if !is_hex_prefix(name) {
@@ -261,7 +263,7 @@ impl ImageStore {
                 [] => {}
             }
         }
-        Err(ImageError::NotFound(name.to_string()))
+        Err(ImageError::NotFound(shown))
     }
 
     fn image_from_row(&self, row: ImageRow, refs: &[(String, bool)]) -> Result<Image> {

@@ -166,9 +166,10 @@ impl Applier {
             return Ok(0);
         }
 
-        let mode = Mode::from_raw_mode(header.mode().map_err(UnpackError::Tar)? & 0o7777);
-        let uid = header.uid().map_err(UnpackError::Tar)? as u32;
-        let gid = header.gid().map_err(UnpackError::Tar)? as u32;
+        // Empty numeric fields read as zero, as Go's archive/tar (and so Docker) reads them.
+        let mode = Mode::from_raw_mode(header.mode().unwrap_or(0) & 0o7777);
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
         let mtime = header.mtime().unwrap_or(0) as i64;
         let xattrs = pax_xattrs(&mut entry);
         let existing = rfs::statat(&dir, base.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok();

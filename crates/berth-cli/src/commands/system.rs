@@ -21,6 +21,7 @@ pub async fn version(c: &Client, a: VersionArgs) -> Result<()> {
         "Platform": {"Name": ""},
         "Version": env!("CARGO_PKG_VERSION"),
         "ApiVersion": format!("{}.{}", crate::client::CLIENT_API_VERSION.0, crate::client::CLIENT_API_VERSION.1),
+        "APIVersion": format!("{}.{}", crate::client::CLIENT_API_VERSION.0, crate::client::CLIENT_API_VERSION.1),
         "GoVersion": "rust",
         "GitCommit": option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
         "Os": "linux",
@@ -29,7 +30,15 @@ pub async fn version(c: &Client, a: VersionArgs) -> Result<()> {
     });
     let server = c.get_json("/version").await;
     if let Some(f) = a.format.as_deref().filter(|f| !f.is_empty()) {
-        let data = json!({"Client": client, "Server": server.as_ref().ok()});
+        // the docker CLI's template data uses Go field names (APIVersion)
+        let server_v = server.as_ref().ok().map(|s| {
+            let mut s = s.clone();
+            if let Some(v) = s.get("ApiVersion").cloned() {
+                s["APIVersion"] = v;
+            }
+            s
+        });
+        let data = json!({"Client": client, "Server": server_v});
         let t = if f == "json" { "{{json .}}".to_string() } else { f.to_string() };
         println!("{}", Template::parse(&t)?.render(&data)?);
         return server.map(|_| ());

@@ -1,0 +1,380 @@
+//! Shared end-to-end test harness: a real berthd on a private data root and socket,
+//! the berth and docker CLIs pointed at it, raw HTTP over the socket, and test images
+//! built from the host's busybox. Everything is removed when the guard drops.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips (returns true) when not root, saying why.
+pub fn skip_unless_root(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipping {test}: end-to-end tests need root (CI runs them as root)");
+        return true;
+    }
+    false
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+pub fn berthd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berthd")
+}
+
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir_in("/tmp").expect("tempdir");
+        let socket = dir.path().join("b.sock");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            socket,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(berthd_bin());
+        c.arg("--data-root")
+            .arg(self.data_root())
+            .arg("--exec-root")
+            .arg(self.dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.path().join("berthd.pid"));
+        if !self.extra_args.iter().any(|a| a == "--config-file") {
+            c.arg("--config-file").arg("/dev/null");
+        }
+        if !self.extra_args.iter().any(|a| a == "-H") {
+            c.arg("-H").arg(self.host());
+        }
+        c.args(&self.extra_args);
+        c
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("berthd.log")).expect("log");
+        let child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berthd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("berthd exited early ({st}):\n{}", self.log());
+                }
+            }
+            if let Ok(r) = self.try_request("GET", "/_ping", &[], None) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("berthd did not answer within 20s:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn berth(&self, args: &[&str]) -> Output {
+        self.berth_stdin(args, None)
+    }
+
+    pub fn berth_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        run_cli(berth_bin(), &self.host(), args, stdin)
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        run_cli("docker", &self.host(), args, None)
+    }
+
+    pub fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        run_cli("docker", &self.host(), args, stdin)
+    }
+
+    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Resp> {
+        raw_request(&self.socket, method, path, headers, body)
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+        self.try_request(method, path, &[], body).expect("request")
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.request("GET", path, None);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.json()
+    }
+
+    /// Imports `tar` as `name` through the API.
+    pub fn import(&self, tar: &[u8], name: &str) -> String {
+        let r = self.request("POST", &format!("/images/create?fromSrc=-&repo={name}"), Some(tar));
+        assert_eq!(r.status, 200, "import: {}", r.text());
+        let v: serde_json::Value = serde_json::from_str(r.text().lines().last().unwrap_or("{}")).expect("import status");
+        v["status"].as_str().expect("id").to_string()
+    }
+
+    /// Files under the data root's snapshots and blobs (to check nothing was left).
+    pub fn store_entries(&self) -> (usize, usize) {
+        let count = |p: PathBuf| std::fs::read_dir(p).map(|r| r.count()).unwrap_or(0);
+        (
+            count(self.data_root().join("snapshots")),
+            count(self.data_root().join("content/blobs/sha256")),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        unmount_below(self.dir.path());
+    }
+}
+
+/// Lazily unmounts anything a failed test left mounted below `dir`.
+pub fn unmount_below(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|p| p.starts_with(&prefix)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+pub fn run_cli(bin: &str, host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .env("DOCKER_HOST", host)
+        .env("BERTH_HOST", host)
+        .env("DOCKER_CONFIG", "/tmp/berth-e2e-docker-config")
+        .env("DOCKER_CLI_HINTS", "false")
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().expect("stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    child.wait_with_output().expect("wait")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "command failed ({}):\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.iter().find(|(h, _)| h.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
+pub fn raw_request(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Resp> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    if let Some(b) = body {
+        // the daemon may answer (an error) before reading the whole body
+        let _ = s.write_all(b);
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw, method == "HEAD")
+}
+
+pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Resp> {
+    let bad = || std::io::Error::other(format!("bad response: {}", String::from_utf8_lossy(raw)));
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let head_text = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head_text.split("\r\n");
+    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if head {
+        Vec::new()
+    } else if chunked {
+        let mut out = Vec::new();
+        let mut p = rest;
+        loop {
+            let Some(nl) = p.windows(2).position(|w| w == b"\r\n") else { break };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&p[..nl]).trim(), 16).map_err(|_| bad())?;
+            p = &p[nl + 2..];
+            if size == 0 || p.len() < size {
+                break;
+            }
+            out.extend_from_slice(&p[..size]);
+            p = &p[(size + 2).min(p.len())..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Ok(Resp { status, headers, body })
+}
+
+/// A rootfs tarball around the host's static busybox, with a few applets linked.
+pub fn busybox_tar() -> Vec<u8> {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox is installed (apt-get install busybox-static)");
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, name, &[][..]).expect("dir");
+    };
+    for d in ["bin/", "etc/", "tmp/", "proc/", "sys/", "dev/"] {
+        dir(&mut b, d);
+    }
+    let data = std::fs::read(bb).expect("read busybox");
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(data.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "bin/busybox", &data[..]).expect("busybox");
+    for app in ["sh", "true", "echo", "cat", "ls", "sleep", "id", "env"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_link(&mut h, format!("bin/{app}"), "busybox").expect("link");
+    }
+    let mut h = tar::Header::new_gnu();
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
+    h.set_mode(0o644);
+    h.set_size(passwd.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "etc/passwd", &passwd[..]).expect("passwd");
+    b.into_inner().expect("tar")
+}
+
+/// A small tarball holding one file, for distinct test images.
+pub fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(content.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, name, content).expect("file");
+    b.into_inner().expect("tar")
+}
