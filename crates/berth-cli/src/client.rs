@@ -29,7 +29,10 @@ pub enum ReqBody {
 impl HttpBody for ReqBody {
     type Data = Bytes;
     type Error = std::io::Error;
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -69,7 +72,10 @@ enum Target {
 pub struct Client {
     pub host: String,
     target: Target,
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     version: OnceCell<String>,
 }
 
@@ -82,18 +88,33 @@ impl Client {
     pub fn new(host: &str, tls: &TlsOptions) -> Result<Self> {
         let target = if let Some(p) = host.strip_prefix("unix://") {
             Target::Unix(PathBuf::from(p))
-        } else if let Some(a) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("https://")).or_else(|| host.strip_prefix("http://")) {
+        } else if let Some(a) = host
+            .strip_prefix("tcp://")
+            .or_else(|| host.strip_prefix("https://"))
+            .or_else(|| host.strip_prefix("http://"))
+        {
             let a = a.trim_end_matches('/');
-            let addr = if a.contains(':') { a.to_string() } else { format!("{a}:{}", if tls.tls || tls.verify { 2376 } else { 2375 }) };
-            let hostname = addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
-            Target::Tcp { addr, host: hostname }
+            let addr = if a.contains(':') {
+                a.to_string()
+            } else {
+                format!("{a}:{}", if tls.tls || tls.verify { 2376 } else { 2375 })
+            };
+            let hostname = addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                .unwrap_or_default();
+            Target::Tcp {
+                addr,
+                host: hostname,
+            }
         } else {
             bail!("unable to parse host {host:?}: use unix:///path or tcp://host:port");
         };
         let tls_conf = match (&target, tls.tls || tls.verify) {
             (Target::Tcp { host: h, .. }, true) => {
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+                let b = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?;
                 let mut roots = rustls::RootCertStore::empty();
                 if let Some(ca) = &tls.ca {
                     for c in certs(ca)? {
@@ -103,7 +124,8 @@ impl Client {
                 let b = b.with_root_certificates(roots);
                 let cfg = match (&tls.cert, &tls.key) {
                     (Some(c), Some(k)) => {
-                        let kf = std::fs::File::open(k).with_context(|| format!("opening {}", k.display()))?;
+                        let kf = std::fs::File::open(k)
+                            .with_context(|| format!("opening {}", k.display()))?;
                         let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(kf))?
                             .ok_or_else(|| anyhow!("no private key in {}", k.display()))?;
                         b.with_client_auth_cert(certs(c)?, key)?
@@ -115,11 +137,19 @@ impl Client {
             }
             _ => None,
         };
-        Ok(Client { host: host.to_string(), target, tls: tls_conf, version: OnceCell::new() })
+        Ok(Client {
+            host: host.to_string(),
+            target,
+            tls: tls_conf,
+            version: OnceCell::new(),
+        })
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> anyhow::Error {
-        anyhow!("Cannot connect to the berth daemon at {}. Is the berth daemon running? ({e})", self.host)
+        anyhow!(
+            "Cannot connect to the berth daemon at {}. Is the berth daemon running? ({e})",
+            self.host
+        )
     }
 
     async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>> {
@@ -131,21 +161,31 @@ impl Client {
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
                 });
-                sender.send_request(req).await.map_err(|e| self.unreachable(e))
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| self.unreachable(e))
             }};
         }
         match &self.target {
             Target::Unix(p) => {
-                let s = UnixStream::connect(p).await.map_err(|e| self.unreachable(e))?;
+                let s = UnixStream::connect(p)
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
                 go!(s)
             }
             Target::Tcp { addr, .. } => {
-                let s = TcpStream::connect(addr).await.map_err(|e| self.unreachable(e))?;
+                let s = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
                 let _ = s.set_nodelay(true);
                 match &self.tls {
                     None => go!(s),
                     Some((conn, name)) => {
-                        let t = conn.connect(name.clone(), s).await.map_err(|e| self.unreachable(e))?;
+                        let t = conn
+                            .connect(name.clone(), s)
+                            .await
+                            .map_err(|e| self.unreachable(e))?;
                         go!(t)
                     }
                 }
@@ -158,12 +198,20 @@ impl Client {
         let v = self
             .version
             .get_or_try_init(|| async {
-                let req = Request::builder().method(Method::GET).uri("/_ping").header(header::HOST, "api").body(ReqBody::Empty)?;
+                let req = Request::builder()
+                    .method(Method::GET)
+                    .uri("/_ping")
+                    .header(header::HOST, "api")
+                    .body(ReqBody::Empty)?;
                 let resp = self.send(req).await?;
-                let server = resp.headers().get("API-Version").and_then(|v| v.to_str().ok()).and_then(|v| {
-                    let (a, b) = v.split_once('.')?;
-                    Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
-                });
+                let server = resp
+                    .headers()
+                    .get("API-Version")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        let (a, b) = v.split_once('.')?;
+                        Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
+                    });
                 let v = match server {
                     Some(s) if s < CLIENT_API_VERSION => s,
                     _ => CLIENT_API_VERSION,
@@ -175,18 +223,35 @@ impl Client {
     }
 
     /// Sends a request to `/vX.Y{path}`; a non-2xx answer becomes a [`DaemonError`].
-    pub async fn request(&self, method: Method, path: &str, body: ReqBody, headers: &[(&str, String)]) -> Result<Response<Incoming>> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: ReqBody,
+        headers: &[(&str, String)],
+    ) -> Result<Response<Incoming>> {
         let v = self.version().await?;
-        let mut b = Request::builder().method(method).uri(format!("/v{v}{path}")).header(header::HOST, "api");
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("/v{v}{path}"))
+            .header(header::HOST, "api");
         for (k, val) in headers {
             b = b.header(*k, val);
         }
         let resp = self.send(b.body(body)?).await?;
         let status = resp.status();
-        if status.is_success() || status == StatusCode::NOT_MODIFIED || status == StatusCode::SWITCHING_PROTOCOLS {
+        if status.is_success()
+            || status == StatusCode::NOT_MODIFIED
+            || status == StatusCode::SWITCHING_PROTOCOLS
+        {
             return Ok(resp);
         }
-        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let message = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
@@ -205,7 +270,11 @@ impl Client {
     }
 
     pub async fn ping(&self) -> Result<Response<Incoming>> {
-        let req = Request::builder().method(Method::GET).uri("/_ping").header(header::HOST, "api").body(ReqBody::Empty)?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("/_ping")
+            .header(header::HOST, "api")
+            .body(ReqBody::Empty)?;
         self.send(req).await
     }
 }
@@ -215,11 +284,14 @@ pub async fn read_json(resp: Response<Incoming>) -> Result<Value> {
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    Ok(serde_json::from_slice(&bytes).context("decoding the daemon's answer")?)
+    serde_json::from_slice(&bytes).context("decoding the daemon's answer")
 }
 
 /// Reads a JSON-lines progress stream, calling `f` for each message.
-pub async fn each_json_line(resp: Response<Incoming>, mut f: impl FnMut(&Value) -> Result<()>) -> Result<()> {
+pub async fn each_json_line(
+    resp: Response<Incoming>,
+    mut f: impl FnMut(&Value) -> Result<()>,
+) -> Result<()> {
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -231,7 +303,8 @@ pub async fn each_json_line(resp: Response<Incoming>, mut f: impl FnMut(&Value) 
                 let t = String::from_utf8_lossy(&line);
                 let t = t.trim();
                 if !t.is_empty() {
-                    let v: Value = serde_json::from_str(t).with_context(|| format!("decoding stream line {t:?}"))?;
+                    let v: Value = serde_json::from_str(t)
+                        .with_context(|| format!("decoding stream line {t:?}"))?;
                     f(&v)?;
                 }
             }

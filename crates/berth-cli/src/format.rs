@@ -89,7 +89,10 @@ pub fn since(unix: i64) -> String {
     if unix <= 0 {
         return "N/A".into();
     }
-    format!("{} ago", human_duration(chrono::Utc::now().timestamp() - unix))
+    format!(
+        "{} ago",
+        human_duration(chrono::Utc::now().timestamp() - unix)
+    )
 }
 
 /// Go's `time.Time.String()` for a unix time (UTC here).
@@ -143,7 +146,9 @@ impl Format {
             None | Some("") | Some("table") => Format::Table(default.to_string()),
             Some("json") => Format::Raw("{{json .}}".into()),
             Some(f) => match f.strip_prefix("table") {
-                Some(rest) if rest.starts_with(char::is_whitespace) => Format::Table(rest.trim_start().to_string()),
+                Some(rest) if rest.starts_with(char::is_whitespace) => {
+                    Format::Table(rest.trim_start().to_string())
+                }
                 _ => Format::Raw(f.to_string()),
             },
         }
@@ -213,18 +218,29 @@ mod tests {
     #[test]
     fn tabwriter_like_go() {
         let t = tabwrite("REPOSITORY\tTAG\tSIZE\nbusybox\tlatest\t1MB\n");
-        assert_eq!(t, "REPOSITORY   TAG       SIZE\nbusybox      latest    1MB\n");
+        assert_eq!(
+            t,
+            "REPOSITORY   TAG       SIZE\nbusybox      latest    1MB\n"
+        );
     }
 
     #[test]
     fn formats() {
         let rows = vec![serde_json::json!({"ID": "a", "Tag": "t"})];
         let h = serde_json::json!({"ID": "IMAGE ID", "Tag": "TAG"});
-        assert_eq!(Format::new(Some("{{.ID}}"), "").render(&rows, &h).unwrap(), "a\n");
         assert_eq!(
-            Format::new(Some("table {{.ID}}\\t{{.Tag}}"), "").render(&rows, &h).unwrap(),
+            Format::new(Some("{{.ID}}"), "").render(&rows, &h).unwrap(),
+            "a\n"
+        );
+        assert_eq!(
+            Format::new(Some("table {{.ID}}\\t{{.Tag}}"), "")
+                .render(&rows, &h)
+                .unwrap(),
             "IMAGE ID   TAG\na          t\n"
         );
-        assert_eq!(Format::new(Some("json"), "").render(&rows, &h).unwrap(), "{\"ID\":\"a\",\"Tag\":\"t\"}\n");
+        assert_eq!(
+            Format::new(Some("json"), "").render(&rows, &h).unwrap(),
+            "{\"ID\":\"a\",\"Tag\":\"t\"}\n"
+        );
     }
 }

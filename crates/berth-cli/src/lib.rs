@@ -15,7 +15,12 @@ use client::{Client, DaemonError, TlsOptions};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "A Docker-compatible container engine client", disable_help_subcommand = true)]
+#[command(
+    name = "berth",
+    version,
+    about = "A Docker-compatible container engine client",
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// Daemon socket to connect to
     #[arg(short = 'H', long = "host", global = false)]
@@ -50,8 +55,15 @@ pub struct Exit(pub i32);
 
 fn tls_options(cli: &Cli) -> TlsOptions {
     let cert_path = std::env::var_os("DOCKER_CERT_PATH").map(PathBuf::from);
-    let from_env = |name: &str| cert_path.as_ref().map(|p| p.join(name)).filter(|p| p.exists());
-    let env_verify = std::env::var("DOCKER_TLS_VERIFY").map(|v| !v.is_empty()).unwrap_or(false);
+    let from_env = |name: &str| {
+        cert_path
+            .as_ref()
+            .map(|p| p.join(name))
+            .filter(|p| p.exists())
+    };
+    let env_verify = std::env::var("DOCKER_TLS_VERIFY")
+        .map(|v| !v.is_empty())
+        .unwrap_or(false);
     TlsOptions {
         tls: cli.tls || cli.tlsverify || env_verify,
         verify: cli.tlsverify || env_verify,
@@ -81,7 +93,10 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: {e}");

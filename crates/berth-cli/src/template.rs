@@ -62,7 +62,11 @@ fn lex_action(s: &str) -> Result<Vec<Tok>, TemplateError> {
                 out.push(Tok::RParen);
                 i += 1;
                 // (pipeline).Field
-                while i < c.len() && c[i] == '.' && c.get(i + 1).is_some_and(|x| x.is_alphanumeric() || *x == '_') {
+                while i < c.len()
+                    && c[i] == '.'
+                    && c.get(i + 1)
+                        .is_some_and(|x| x.is_alphanumeric() || *x == '_')
+                {
                     let start = i + 1;
                     i = start;
                     while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
@@ -117,7 +121,10 @@ fn lex_action(s: &str) -> Result<Vec<Tok>, TemplateError> {
             }
             '`' => {
                 let start = i + 1;
-                let end = c[start..].iter().position(|x| *x == '`').ok_or_else(|| TemplateError("unterminated raw quoted string".into()))?;
+                let end = c[start..]
+                    .iter()
+                    .position(|x| *x == '`')
+                    .ok_or_else(|| TemplateError("unterminated raw quoted string".into()))?;
                 out.push(Tok::Str(c[start..start + end].iter().collect()));
                 i = start + end + 1;
             }
@@ -136,7 +143,11 @@ fn lex_action(s: &str) -> Result<Vec<Tok>, TemplateError> {
                     out.push(Tok::Field(name));
                 }
                 // chained fields: .A.B or $x.A
-                while i < c.len() && c[i] == '.' && c.get(i + 1).is_some_and(|x| x.is_alphanumeric() || *x == '_') {
+                while i < c.len()
+                    && c[i] == '.'
+                    && c.get(i + 1)
+                        .is_some_and(|x| x.is_alphanumeric() || *x == '_')
+                {
                     let s2 = i + 1;
                     i = s2;
                     while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
@@ -145,14 +156,18 @@ fn lex_action(s: &str) -> Result<Vec<Tok>, TemplateError> {
                     out.push(Tok::Chain(c[s2..i].iter().collect()));
                 }
             }
-            c0 if c0.is_ascii_digit() || (c0 == '-' && c.get(i + 1).is_some_and(|x| x.is_ascii_digit())) => {
+            c0 if c0.is_ascii_digit()
+                || (c0 == '-' && c.get(i + 1).is_some_and(|x| x.is_ascii_digit())) =>
+            {
                 let start = i;
                 i += 1;
                 while i < c.len() && (c[i].is_ascii_digit() || c[i] == '.' || c[i] == 'e') {
                     i += 1;
                 }
                 let t: String = c[start..i].iter().collect();
-                out.push(Tok::Num(t.parse().map_err(|_| TemplateError(format!("bad number syntax: {t:?}")))?));
+                out.push(Tok::Num(t.parse().map_err(|_| {
+                    TemplateError(format!("bad number syntax: {t:?}"))
+                })?));
             }
             c0 if c0.is_alphabetic() || c0 == '_' => {
                 let start = i;
@@ -259,7 +274,10 @@ impl P<'_> {
     }
 
     fn operand(&mut self) -> Result<Arg, TemplateError> {
-        let t = self.peek().cloned().ok_or_else(|| TemplateError("unexpected end of action".into()))?;
+        let t = self
+            .peek()
+            .cloned()
+            .ok_or_else(|| TemplateError("unexpected end of action".into()))?;
         self.pos += 1;
         let base = match t {
             Tok::Dot => Arg::Dot,
@@ -270,7 +288,11 @@ impl P<'_> {
             }
             Tok::Var(v) => Arg::Var(v),
             Tok::Str(s) => Arg::Lit(Value::String(s)),
-            Tok::Num(n) => Arg::Lit(serde_json::Number::from_f64(n).map(Value::Number).unwrap_or(Value::Null)),
+            Tok::Num(n) => Arg::Lit(
+                serde_json::Number::from_f64(n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null),
+            ),
             Tok::Ident(i) => match i.as_str() {
                 "true" => Arg::Lit(Value::Bool(true)),
                 "false" => Arg::Lit(Value::Bool(false)),
@@ -289,7 +311,11 @@ impl P<'_> {
         };
         let mut fields = Vec::new();
         self.fields(&mut fields);
-        Ok(if fields.is_empty() { base } else { Arg::Chain(Box::new(base), fields) })
+        Ok(if fields.is_empty() {
+            base
+        } else {
+            Arg::Chain(Box::new(base), fields)
+        })
     }
 
     fn fields(&mut self, out: &mut Vec<String>) {
@@ -321,12 +347,15 @@ fn split_items(src: &str) -> Result<Vec<Item>, TemplateError> {
             text = text.trim_start();
         }
         let after = &rest[start + 2..];
-        let trim_left = after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
+        let trim_left =
+            after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
         if trim_left {
             text = text.trim_end();
         }
         items.push(Item::Text(text.to_string()));
-        let end = after.find("}}").ok_or_else(|| TemplateError("unclosed action".into()))?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| TemplateError("unclosed action".into()))?;
         let mut inner = &after[..end];
         if trim_left {
             inner = &inner[1..];
@@ -352,7 +381,9 @@ enum Stop {
     Eof,
 }
 
-fn parse_list(items: &mut std::iter::Peekable<std::vec::IntoIter<Item>>) -> Result<(Vec<Node>, Stop), TemplateError> {
+fn parse_list(
+    items: &mut std::iter::Peekable<std::vec::IntoIter<Item>>,
+) -> Result<(Vec<Node>, Stop), TemplateError> {
     let mut nodes = Vec::new();
     while let Some(item) = items.next() {
         match item {
@@ -368,7 +399,16 @@ fn parse_list(items: &mut std::iter::Peekable<std::vec::IntoIter<Item>>) -> Resu
                 };
                 match kw {
                     "end" => return Ok((nodes, Stop::End)),
-                    "else" => return Ok((nodes, Stop::Else(if rest.is_empty() { None } else { Some(rest.to_string()) }))),
+                    "else" => {
+                        return Ok((
+                            nodes,
+                            Stop::Else(if rest.is_empty() {
+                                None
+                            } else {
+                                Some(rest.to_string())
+                            }),
+                        ))
+                    }
                     "if" | "range" | "with" => nodes.push(parse_block(kw, rest, items)?),
                     "define" | "template" | "block" | "break" | "continue" => {
                         return err(format!("{kw} is not supported in --format templates"))
@@ -386,7 +426,10 @@ fn parse_pipeline(src: &str) -> Result<Pipeline, TemplateError> {
     if toks.is_empty() {
         return err("missing value for command");
     }
-    let mut p = P { toks: &toks, pos: 0 };
+    let mut p = P {
+        toks: &toks,
+        pos: 0,
+    };
     let pl = p.pipeline()?;
     if p.pos != toks.len() {
         return err(format!("unexpected {:?} in operand", toks[p.pos]));
@@ -394,7 +437,11 @@ fn parse_pipeline(src: &str) -> Result<Pipeline, TemplateError> {
     Ok(pl)
 }
 
-fn parse_block(kw: &str, cond: &str, items: &mut std::iter::Peekable<std::vec::IntoIter<Item>>) -> Result<Node, TemplateError> {
+fn parse_block(
+    kw: &str,
+    cond: &str,
+    items: &mut std::iter::Peekable<std::vec::IntoIter<Item>>,
+) -> Result<Node, TemplateError> {
     let pipe = parse_pipeline(cond)?;
     let (body, stop) = parse_list(items)?;
     let alt = match stop {
@@ -409,7 +456,9 @@ fn parse_block(kw: &str, cond: &str, items: &mut std::iter::Peekable<std::vec::I
         }
         Stop::Else(Some(chain)) => {
             // `else if ...` / `else with ...`: a nested block sharing our end
-            let (k2, r2) = chain.split_once(char::is_whitespace).unwrap_or((chain.as_str(), ""));
+            let (k2, r2) = chain
+                .split_once(char::is_whitespace)
+                .unwrap_or((chain.as_str(), ""));
             if k2 != "if" && k2 != "with" {
                 return err(format!("unexpected else {chain}"));
             }
@@ -484,7 +533,10 @@ pub fn go_print(v: &Value) -> String {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();
             keys.sort();
-            let parts: Vec<String> = keys.iter().map(|k| format!("{k}:{}", go_print(&o[*k]))).collect();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{k}:{}", go_print(&o[*k])))
+                .collect();
             format!("map[{}]", parts.join(" "))
         }
     }
@@ -492,10 +544,18 @@ pub fn go_print(v: &Value) -> String {
 
 fn field(v: &Value, name: &str) -> Result<Value, TemplateError> {
     match v {
-        Value::Object(o) => Ok(o.get(name).cloned().unwrap_or_else(|| Value::String(NO_VALUE.into()))),
+        Value::Object(o) => Ok(o
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Value::String(NO_VALUE.into()))),
         Value::Null => err(format!("nil pointer evaluating interface {{}}.{name}")),
-        Value::String(s) if s == NO_VALUE => err(format!("nil pointer evaluating interface {{}}.{name}")),
-        _ => err(format!("can't evaluate field {name} in type {}", type_name(v))),
+        Value::String(s) if s == NO_VALUE => {
+            err(format!("nil pointer evaluating interface {{}}.{name}"))
+        }
+        _ => err(format!(
+            "can't evaluate field {name} in type {}",
+            type_name(v)
+        )),
     }
 }
 
@@ -510,7 +570,12 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn exec_nodes(nodes: &[Node], dot: &Value, vars: &mut Vec<(String, Value)>, out: &mut String) -> Result<(), TemplateError> {
+fn exec_nodes(
+    nodes: &[Node],
+    dot: &Value,
+    vars: &mut Vec<(String, Value)>,
+    out: &mut String,
+) -> Result<(), TemplateError> {
     for n in nodes {
         match n {
             Node::Text(t) => out.push_str(t),
@@ -546,11 +611,17 @@ fn exec_nodes(nodes: &[Node], dot: &Value, vars: &mut Vec<(String, Value)>, out:
                 let names = std::mem::take(&mut pl.decl);
                 let v = eval_pipeline(&pl, dot, vars)?;
                 let items: Vec<(Value, Value)> = match &v {
-                    Value::Array(a) => a.iter().enumerate().map(|(i, x)| (Value::from(i), x.clone())).collect(),
+                    Value::Array(a) => a
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| (Value::from(i), x.clone()))
+                        .collect(),
                     Value::Object(o) => {
                         let mut keys: Vec<&String> = o.keys().collect();
                         keys.sort();
-                        keys.into_iter().map(|k| (Value::from(k.clone()), o[k].clone())).collect()
+                        keys.into_iter()
+                            .map(|k| (Value::from(k.clone()), o[k].clone()))
+                            .collect()
                     }
                     Value::Null => Vec::new(),
                     Value::String(s) if s == NO_VALUE => Vec::new(),
@@ -580,7 +651,11 @@ fn exec_nodes(nodes: &[Node], dot: &Value, vars: &mut Vec<(String, Value)>, out:
 }
 
 fn lookup_var(vars: &[(String, Value)], name: &str) -> Result<Value, TemplateError> {
-    let key = if name.is_empty() { "$".to_string() } else { format!("${name}") };
+    let key = if name.is_empty() {
+        "$".to_string()
+    } else {
+        format!("${name}")
+    };
     vars.iter()
         .rev()
         .find(|(k, _)| *k == key)
@@ -588,7 +663,11 @@ fn lookup_var(vars: &[(String, Value)], name: &str) -> Result<Value, TemplateErr
         .ok_or_else(|| TemplateError(format!("undefined variable: {key}")))
 }
 
-fn eval_pipeline(p: &Pipeline, dot: &Value, vars: &mut Vec<(String, Value)>) -> Result<Value, TemplateError> {
+fn eval_pipeline(
+    p: &Pipeline,
+    dot: &Value,
+    vars: &mut Vec<(String, Value)>,
+) -> Result<Value, TemplateError> {
     let mut last: Option<Value> = None;
     for c in &p.cmds {
         last = Some(eval_command(c, dot, vars, last)?);
@@ -626,7 +705,12 @@ fn eval_arg(a: &Arg, dot: &Value, vars: &mut Vec<(String, Value)>) -> Result<Val
     }
 }
 
-fn eval_command(c: &Command, dot: &Value, vars: &mut Vec<(String, Value)>, piped: Option<Value>) -> Result<Value, TemplateError> {
+fn eval_command(
+    c: &Command,
+    dot: &Value,
+    vars: &mut Vec<(String, Value)>,
+    piped: Option<Value>,
+) -> Result<Value, TemplateError> {
     if let Arg::Func(name) = &c.args[0] {
         let mut args = Vec::new();
         for a in &c.args[1..] {
@@ -652,12 +736,17 @@ fn as_str(v: &Value) -> String {
 }
 
 fn as_int(v: &Value) -> Result<i64, TemplateError> {
-    v.as_f64().map(|f| f as i64).ok_or_else(|| TemplateError(format!("expected integer; found {}", go_print(v))))
+    v.as_f64()
+        .map(|f| f as i64)
+        .ok_or_else(|| TemplateError(format!("expected integer; found {}", go_print(v))))
 }
 
 fn cmp(a: &Value, b: &Value) -> Result<std::cmp::Ordering, TemplateError> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => Ok(x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(std::cmp::Ordering::Equal)),
+        (Value::Number(x), Value::Number(y)) => Ok(x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal)),
         (Value::String(x), Value::String(y)) => Ok(x.cmp(y)),
         _ => err("incompatible types for comparison"),
     }
@@ -665,7 +754,10 @@ fn cmp(a: &Value, b: &Value) -> Result<std::cmp::Ordering, TemplateError> {
 
 fn need(name: &str, args: &[Value], n: usize) -> Result<(), TemplateError> {
     if args.len() != n {
-        return err(format!("wrong number of args for {name}: want {n} got {}", args.len()));
+        return err(format!(
+            "wrong number of args for {name}: want {n} got {}",
+            args.len()
+        ));
     }
     Ok(())
 }
@@ -701,15 +793,24 @@ fn printf(args: &[Value]) -> Result<String, TemplateError> {
         }
         let arg = rest.next().cloned().unwrap_or(Value::Null);
         let s = match verb {
-            'd' => as_int(&arg).map(|i| i.to_string()).unwrap_or_else(|_| go_print(&arg)),
+            'd' => as_int(&arg)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|_| go_print(&arg)),
             'q' => serde_json::to_string(&as_str(&arg)).unwrap_or_default(),
             'f' => {
-                let prec: usize = width.split_once('.').and_then(|(_, p)| p.parse().ok()).unwrap_or(6);
+                let prec: usize = width
+                    .split_once('.')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(6);
                 format!("{:.*}", prec, arg.as_f64().unwrap_or(0.0))
             }
             _ => as_str(&arg),
         };
-        let w: usize = width.split('.').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let w: usize = width
+            .split('.')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
         if left {
             let _ = write!(out, "{s:<w$}");
         } else {
@@ -725,7 +826,9 @@ fn to_json(v: &Value) -> String {
         other => serde_json::to_string(other).unwrap_or_default(),
     };
     // Go's encoder escapes HTML characters
-    s.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
+    s.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 fn call(name: &str, args: &[Value]) -> Result<Value, TemplateError> {
@@ -754,26 +857,40 @@ fn call(name: &str, args: &[Value]) -> Result<Value, TemplateError> {
         "split" => {
             need(name, args, 2)?;
             Ok(Value::from(
-                as_str(&args[0]).split(as_str(&args[1]).as_str()).map(str::to_string).collect::<Vec<_>>(),
+                as_str(&args[0])
+                    .split(as_str(&args[1]).as_str())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
             ))
         }
         "join" => {
             need(name, args, 2)?;
-            let list: Vec<String> = args[0].as_array().map(|a| a.iter().map(as_str).collect()).unwrap_or_default();
+            let list: Vec<String> = args[0]
+                .as_array()
+                .map(|a| a.iter().map(as_str).collect())
+                .unwrap_or_default();
             s(list.join(&as_str(&args[1])))
         }
         "pad" => {
             need(name, args, 3)?;
             let l = as_int(&args[1])?.max(0) as usize;
             let r = as_int(&args[2])?.max(0) as usize;
-            s(format!("{}{}{}", " ".repeat(l), as_str(&args[0]), " ".repeat(r)))
+            s(format!(
+                "{}{}{}",
+                " ".repeat(l),
+                as_str(&args[0]),
+                " ".repeat(r)
+            ))
         }
         "truncate" => {
             need(name, args, 2)?;
             let n = as_int(&args[1])?.max(0) as usize;
             s(as_str(&args[0]).chars().take(n).collect())
         }
-        "println" => s(format!("{}\n", args.iter().map(go_print).collect::<Vec<_>>().join(" "))),
+        "println" => s(format!(
+            "{}\n",
+            args.iter().map(go_print).collect::<Vec<_>>().join(" ")
+        )),
         "print" => s(args.iter().map(go_print).collect::<Vec<_>>().join("")),
         "printf" => s(printf(args)?),
         "len" => {
@@ -790,7 +907,10 @@ fn call(name: &str, args: &[Value]) -> Result<Value, TemplateError> {
             let mut v = args.first().cloned().unwrap_or(Value::Null);
             for k in args.iter().skip(1) {
                 v = match (&v, k) {
-                    (Value::Array(a), _) => a.get(as_int(k)? as usize).cloned().ok_or_else(|| TemplateError("index out of range".into()))?,
+                    (Value::Array(a), _) => a
+                        .get(as_int(k)? as usize)
+                        .cloned()
+                        .ok_or_else(|| TemplateError("index out of range".into()))?,
                     (Value::Object(o), _) => o.get(&as_str(k)).cloned().unwrap_or(Value::Null),
                     (Value::Null, _) => Value::Null,
                     _ => return err(format!("can't index item of type {}", type_name(&v))),
@@ -802,13 +922,25 @@ fn call(name: &str, args: &[Value]) -> Result<Value, TemplateError> {
             need(name, args, 1)?;
             Ok(Value::Bool(!truthy(&args[0])))
         }
-        "and" => Ok(args.iter().find(|a| !truthy(a)).or(args.last()).cloned().unwrap_or(Value::Null)),
-        "or" => Ok(args.iter().find(|a| truthy(a)).or(args.last()).cloned().unwrap_or(Value::Null)),
+        "and" => Ok(args
+            .iter()
+            .find(|a| !truthy(a))
+            .or(args.last())
+            .cloned()
+            .unwrap_or(Value::Null)),
+        "or" => Ok(args
+            .iter()
+            .find(|a| truthy(a))
+            .or(args.last())
+            .cloned()
+            .unwrap_or(Value::Null)),
         "eq" => {
             if args.len() < 2 {
                 return err("missing argument for comparison");
             }
-            Ok(Value::Bool(args[1..].iter().any(|b| eq_values(&args[0], b))))
+            Ok(Value::Bool(
+                args[1..].iter().any(|b| eq_values(&args[0], b)),
+            ))
         }
         "ne" => {
             need(name, args, 2)?;
@@ -865,18 +997,33 @@ mod tests {
         assert_eq!(r("{{.Size}}", v.clone()), "1234567");
         assert_eq!(r("{{json .Cmd}}", v.clone()), "[\"sh\",\"-c\"]");
         assert_eq!(r("{{join .Cmd \",\"}}", v.clone()), "sh,-c");
-        assert_eq!(r("{{.Id | printf \"%-6s|\"}}", json!({"Id": "ab"})), "ab    |");
+        assert_eq!(
+            r("{{.Id | printf \"%-6s|\"}}", json!({"Id": "ab"})),
+            "ab    |"
+        );
     }
 
     #[test]
     fn control_flow() {
         let v = json!({"T": ["a", "b"], "E": [], "M": {"k": "v"}, "B": true});
         assert_eq!(r("{{range .T}}<{{.}}>{{end}}", v.clone()), "<a><b>");
-        assert_eq!(r("{{range $i, $e := .T}}{{$i}}={{$e}} {{end}}", v.clone()), "0=a 1=b ");
+        assert_eq!(
+            r("{{range $i, $e := .T}}{{$i}}={{$e}} {{end}}", v.clone()),
+            "0=a 1=b "
+        );
         assert_eq!(r("{{range .E}}x{{else}}empty{{end}}", v.clone()), "empty");
-        assert_eq!(r("{{range $k, $v := .M}}{{$k}}:{{$v}}{{end}}", v.clone()), "k:v");
+        assert_eq!(
+            r("{{range $k, $v := .M}}{{$k}}:{{$v}}{{end}}", v.clone()),
+            "k:v"
+        );
         assert_eq!(r("{{if .B}}yes{{else}}no{{end}}", v.clone()), "yes");
-        assert_eq!(r("{{if not .B}}yes{{else if .T}}t{{else}}no{{end}}", v.clone()), "t");
+        assert_eq!(
+            r(
+                "{{if not .B}}yes{{else if .T}}t{{else}}no{{end}}",
+                v.clone()
+            ),
+            "t"
+        );
         assert_eq!(r("{{with .M}}{{.k}}{{end}}", v.clone()), "v");
         assert_eq!(r("{{$x := .M.k}}{{$x}}{{$.B}}", v.clone()), "vtrue");
         assert_eq!(r("a  {{- .M.k -}}  b", v.clone()), "avb");
@@ -891,6 +1038,9 @@ mod tests {
         assert!(Template::parse("{{.A").is_err());
         assert!(Template::parse("{{if .A}}x").is_err());
         assert!(Template::parse("{{end}}").is_err());
-        assert!(Template::parse("{{nope .A}}").unwrap().render(&json!({})).is_err());
+        assert!(Template::parse("{{nope .A}}")
+            .unwrap()
+            .render(&json!({}))
+            .is_err());
     }
 }

@@ -95,7 +95,9 @@ pub enum ConfigError {
     #[error("the following directives don't match any configuration option: {0}")]
     Unknown(String),
     /// a setting given twice
-    #[error("the following directives are specified both as a flag and in the configuration file: {0}")]
+    #[error(
+        "the following directives are specified both as a flag and in the configuration file: {0}"
+    )]
     Conflict(String),
     /// a value of the wrong kind or out of range
     #[error("invalid configuration: {0}")]
@@ -289,7 +291,11 @@ impl Config {
             .pidfile
             .or(path_of("pidfile")?)
             .unwrap_or_else(|| exec_root.join("berthd.pid"));
-        let debug = flags.debug || get("debug").map(|v| boolean(v, "debug")).transpose()?.unwrap_or(false);
+        let debug = flags.debug
+            || get("debug")
+                .map(|v| boolean(v, "debug"))
+                .transpose()?
+                .unwrap_or(false);
         let log_level = match flags.log_level {
             Some(l) => l,
             None => match get("log-level") {
@@ -299,7 +305,9 @@ impl Config {
             },
         };
         if !valid_log_level(&log_level) {
-            return Err(ConfigError::Invalid(format!("unable to parse logging level: {log_level}")));
+            return Err(ConfigError::Invalid(format!(
+                "unable to parse logging level: {log_level}"
+            )));
         }
         let flag_bool = |flag: bool, k: &str| -> Result<bool, ConfigError> {
             Ok(flag || get(k).map(|v| boolean(v, k)).transpose()?.unwrap_or(false))
@@ -308,10 +316,15 @@ impl Config {
         let tls = tlsverify || flag_bool(flags.tls, "tls")?;
         let storage_driver = match flags.storage_driver {
             Some(d) => Some(d),
-            None => get("storage-driver").map(|v| string(v, "storage-driver")).transpose()?,
+            None => get("storage-driver")
+                .map(|v| string(v, "storage-driver"))
+                .transpose()?,
         };
         let list = |k: &str| -> Result<Vec<String>, ConfigError> {
-            get(k).map(|v| str_list(v, k)).transpose().map(Option::unwrap_or_default)
+            get(k)
+                .map(|v| str_list(v, k))
+                .transpose()
+                .map(Option::unwrap_or_default)
         };
         let cfg = Config {
             hosts,
@@ -358,7 +371,9 @@ impl Config {
             }
         }
         if self.tls && (self.tlscert.is_none() || self.tlskey.is_none()) {
-            return Err(ConfigError::Invalid("--tls needs --tlscert and --tlskey".into()));
+            return Err(ConfigError::Invalid(
+                "--tls needs --tlscert and --tlskey".into(),
+            ));
         }
         if self.tlsverify && self.tlscacert.is_none() {
             return Err(ConfigError::Invalid("--tlsverify needs --tlscacert".into()));
@@ -385,15 +400,23 @@ pub struct Reloadable {
 /// Re-reads daemon.json for the settings that apply without a restart.
 pub fn reload(path: &Path) -> Result<Reloadable, ConfigError> {
     let file = read_file(path)?;
-    let log_level = file.get("log-level").map(|v| string(v, "log-level")).transpose()?;
+    let log_level = file
+        .get("log-level")
+        .map(|v| string(v, "log-level"))
+        .transpose()?;
     if let Some(l) = &log_level {
         if !valid_log_level(l) {
-            return Err(ConfigError::Invalid(format!("unable to parse logging level: {l}")));
+            return Err(ConfigError::Invalid(format!(
+                "unable to parse logging level: {l}"
+            )));
         }
     }
     Ok(Reloadable {
         log_level,
-        labels: file.get("labels").map(|v| str_list(v, "labels")).transpose()?,
+        labels: file
+            .get("labels")
+            .map(|v| str_list(v, "labels"))
+            .transpose()?,
         debug: file.get("debug").map(|v| boolean(v, "debug")).transpose()?,
     })
 }
@@ -428,14 +451,24 @@ mod tests {
         let c = Config::load(flags(&["--config-file", p.to_str().unwrap()])).unwrap();
         assert_eq!(c.log_level, "warn");
         assert_eq!(c.data_root, PathBuf::from("/x"));
-        let err = Config::load(flags(&["--config-file", p.to_str().unwrap(), "--data-root", "/y"]))
-            .unwrap_err();
+        let err = Config::load(flags(&[
+            "--config-file",
+            p.to_str().unwrap(),
+            "--data-root",
+            "/y",
+        ]))
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Conflict(_)));
     }
 
     #[test]
     fn tcp_needs_tls_or_insecure() {
-        let c = Config::load(flags(&["-H", "tcp://127.0.0.1:2375", "--config-file", "/dev/null"]));
+        let c = Config::load(flags(&[
+            "-H",
+            "tcp://127.0.0.1:2375",
+            "--config-file",
+            "/dev/null",
+        ]));
         assert!(c.is_err());
         let c = Config::load(flags(&[
             "-H",

@@ -3,7 +3,7 @@
 //! Clients rely on the codes: 400 bad input, 404 missing object, 409 conflict, 304 no
 //! change, 500 everything else; the body is always `{"message": "..."}`.
 
-use berth_image::{ImageError, reference::ReferenceError};
+use berth_image::{reference::ReferenceError, ImageError};
 use http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]

@@ -65,7 +65,10 @@ impl Events {
         let ev = Event {
             status: legacy.then(|| action.to_string()),
             id: legacy.then(|| id.to_string()),
-            from: attributes.get("image").filter(|_| kind == "container").cloned(),
+            from: attributes
+                .get("image")
+                .filter(|_| kind == "container")
+                .cloned(),
             kind: kind.to_string(),
             action: action.to_string(),
             actor: Actor {

@@ -101,7 +101,11 @@ impl Query {
     pub fn parse(q: Option<&str>) -> Self {
         Query {
             pairs: q
-                .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .map(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .into_owned()
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -195,7 +199,11 @@ impl Filters {
         Ok(())
     }
     /// `label=key` or `label=key=value` against a label map.
-    pub fn labels_match(&self, key: &str, labels: &serde_json::Map<String, serde_json::Value>) -> bool {
+    pub fn labels_match(
+        &self,
+        key: &str,
+        labels: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
         self.get(key).iter().all(|f| match f.split_once('=') {
             Some((k, v)) => labels.get(k).and_then(|x| x.as_str()) == Some(v),
             None => labels.contains_key(f.as_str()),
@@ -281,7 +289,10 @@ impl io::Write for ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(256 << 10)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(256 << 10),
+        ));
         self.tx
             .blocking_send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))

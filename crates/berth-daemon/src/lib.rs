@@ -72,7 +72,10 @@ struct Lock(#[allow(dead_code)] File);
 fn lock_data_root(cfg: &Config) -> Result<Lock> {
     std::fs::create_dir_all(&cfg.data_root)
         .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
-    std::fs::set_permissions(&cfg.data_root, std::os::unix::fs::PermissionsExt::from_mode(0o710))?;
+    std::fs::set_permissions(
+        &cfg.data_root,
+        std::os::unix::fs::PermissionsExt::from_mode(0o710),
+    )?;
     let p = cfg.data_root.join("berthd.lock");
     let f = File::options()
         .create(true)
@@ -93,7 +96,9 @@ fn lock_data_root(cfg: &Config) -> Result<Lock> {
 fn write_pidfile(cfg: &Config) -> Result<()> {
     if let Ok(old) = std::fs::read_to_string(&cfg.pidfile) {
         if let Ok(pid) = old.trim().parse::<i32>() {
-            if pid != std::process::id() as i32 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if pid != std::process::id() as i32
+                && std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
                 bail!(
                     "pid file found, ensure berthd is not running or delete {} (process {pid} is alive)",
                     cfg.pidfile.display()
@@ -104,7 +109,8 @@ fn write_pidfile(cfg: &Config) -> Result<()> {
     if let Some(dir) = cfg.pidfile.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = File::create(&cfg.pidfile).with_context(|| format!("writing {}", cfg.pidfile.display()))?;
+    let mut f =
+        File::create(&cfg.pidfile).with_context(|| format!("writing {}", cfg.pidfile.display()))?;
     writeln!(f, "{}", std::process::id())?;
     Ok(())
 }
@@ -118,15 +124,32 @@ fn engine_id(cfg: &Config) -> Result<String> {
     }
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    let id = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
     std::fs::write(&p, &id)?;
     Ok(id)
 }
 
 /// Runs berthd to completion.
 pub fn main_with(flags: Flags) -> Result<()> {
-    let early_level = flags.log_level.clone().unwrap_or_else(|| if flags.debug { "debug".into() } else { "info".into() });
-    let log = init_logging(if config::valid_log_level(&early_level) { &early_level } else { "info" });
+    let early_level = flags.log_level.clone().unwrap_or_else(|| {
+        if flags.debug {
+            "debug".into()
+        } else {
+            "info".into()
+        }
+    });
+    let log = init_logging(if config::valid_log_level(&early_level) {
+        &early_level
+    } else {
+        "info"
+    });
     let cfg = Config::load(flags)?;
     let _ = log.reload(filter_for(&cfg.log_level));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +162,8 @@ pub fn main_with(flags: Flags) -> Result<()> {
 
 async fn run(cfg: Config, log: LogHandle) -> Result<()> {
     let _lock = lock_data_root(&cfg)?;
-    std::fs::create_dir_all(&cfg.exec_root).with_context(|| format!("creating exec root {}", cfg.exec_root.display()))?;
+    std::fs::create_dir_all(&cfg.exec_root)
+        .with_context(|| format!("creating exec root {}", cfg.exec_root.display()))?;
     write_pidfile(&cfg)?;
     let result = serve(cfg.clone(), log).await;
     let _ = std::fs::remove_file(&cfg.pidfile);
@@ -147,9 +171,15 @@ async fn run(cfg: Config, log: LogHandle) -> Result<()> {
 }
 
 async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
-    let db = Arc::new(Db::open(&cfg.data_root.join("berth.db")).context("opening the metadata database")?);
-    let driver = cfg.storage_driver.as_deref().and_then(berth_image::snapshot::Driver::parse);
-    let images = ImageStore::open(&cfg.data_root, db.clone(), driver).context("opening the image store")?;
+    let db = Arc::new(
+        Db::open(&cfg.data_root.join("berth.db")).context("opening the metadata database")?,
+    );
+    let driver = cfg
+        .storage_driver
+        .as_deref()
+        .and_then(berth_image::snapshot::Driver::parse);
+    let images =
+        ImageStore::open(&cfg.data_root, db.clone(), driver).context("opening the image store")?;
     let mut warnings = Vec::new();
     if cfg.hosts.iter().any(|h| h.starts_with("tcp://")) && !cfg.tls {
         warnings.push("WARNING: API is accessible on http:// without encryption.\n         Access to the remote API is equivalent to root access on the host.".to_string());
@@ -173,7 +203,11 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for l in listeners {
-        tasks.push(tokio::spawn(server::accept_loop(d.clone(), l, stop_rx.clone())));
+        tasks.push(tokio::spawn(server::accept_loop(
+            d.clone(),
+            l,
+            stop_rx.clone(),
+        )));
     }
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -201,7 +235,10 @@ fn reload_config(d: &Daemon, log: &LogHandle) {
     };
     match config::reload(&path) {
         Ok(r) => {
-            let level = r.log_level.clone().or_else(|| r.debug.filter(|d| *d).map(|_| "debug".into()));
+            let level = r
+                .log_level
+                .clone()
+                .or_else(|| r.debug.filter(|d| *d).map(|_| "debug".into()));
             if let Some(l) = &level {
                 let _ = log.reload(filter_for(l));
             }

@@ -46,15 +46,21 @@ fn tls_acceptor(cfg: &Config) -> Result<tokio_rustls::TlsAcceptor> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let server = if cfg.tlsverify {
-        let ca = cfg.tlscacert.as_ref().context("--tlsverify needs --tlscacert")?;
+        let ca = cfg
+            .tlscacert
+            .as_ref()
+            .context("--tlsverify needs --tlscacert")?;
         let mut roots = rustls::RootCertStore::empty();
         for c in load_certs(ca)? {
             roots.add(c).context("adding CA certificate")?;
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .context("building the client certificate verifier")?;
-        builder.with_client_cert_verifier(verifier).with_single_cert(certs, key)?
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("building the client certificate verifier")?;
+        builder
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?
     } else {
         builder.with_no_client_auth().with_single_cert(certs, key)?
     };
@@ -66,21 +72,32 @@ pub async fn bind(cfg: &Config) -> Result<Vec<Listener>> {
     let mut out = Vec::new();
     for h in &cfg.hosts {
         if let Some(p) = h.strip_prefix("unix://") {
-            let path = PathBuf::from(if p.is_empty() { "/run/berth/berth.sock" } else { p });
+            let path = PathBuf::from(if p.is_empty() {
+                "/run/berth/berth.sock"
+            } else {
+                p
+            });
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", path.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing stale socket {}", path.display()))
+                }
             }
-            let l = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+            let l = UnixListener::bind(&path)
+                .with_context(|| format!("listening on {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
             tracing::info!(socket = %path.display(), "API listening");
             out.push(Listener::Unix(l, path));
         } else if let Some(addr) = h.strip_prefix("tcp://") {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
             let tls = if cfg.tls {
                 Some(tls_acceptor(cfg)?)
             } else {

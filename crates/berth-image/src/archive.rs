@@ -94,9 +94,16 @@ impl ImageStore {
                 }
             }
             let id = self.resolve(name)?;
-            let as_tag = Reference::parse_tagged_default(name)
-                .ok()
-                .filter(|r| r.digest().is_none() && self.db.resolve_ref(&r.to_string()).ok().flatten().as_deref() == Some(&id.to_string()));
+            let as_tag = Reference::parse_tagged_default(name).ok().filter(|r| {
+                r.digest().is_none()
+                    && self
+                        .db
+                        .resolve_ref(&r.to_string())
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(&id.to_string())
+            });
             add(id, as_tag);
         }
         Ok(picked)
@@ -133,10 +140,9 @@ impl ImageStore {
                     .map_err(|_| ImageError::Invalid(format!("corrupt blob digest {}", l.blob)))?;
                 let path = format!("blobs/sha256/{}", blob.hex());
                 if written.insert(path.clone()) {
-                    let size = self
-                        .content
-                        .size(&blob)
-                        .ok_or_else(|| ImageError::Invalid(format!("layer blob {blob} is missing")))?;
+                    let size = self.content.size(&blob).ok_or_else(|| {
+                        ImageError::Invalid(format!("layer blob {blob} is missing"))
+                    })?;
                     let f = self.content.open_blob(&blob)?;
                     let mut h = tar::Header::new_ustar();
                     h.set_size(size);
@@ -160,11 +166,13 @@ impl ImageStore {
                 "config": {"mediaType": MEDIA_CONFIG, "digest": id.to_string(), "size": img.raw_config.len()},
                 "layers": layer_descs,
             });
-            let mbytes = serde_json::to_vec(&manifest).map_err(|e| ImageError::Invalid(e.to_string()))?;
+            let mbytes =
+                serde_json::to_vec(&manifest).map_err(|e| ImageError::Invalid(e.to_string()))?;
             let mdigest = Digest::of(&mbytes);
             let mpath = format!("blobs/sha256/{}", mdigest.hex());
             if written.insert(mpath.clone()) {
-                append_bytes(&mut tar, &mpath, &mbytes).map_err(ImageError::io("writing archive"))?;
+                append_bytes(&mut tar, &mpath, &mbytes)
+                    .map_err(ImageError::io("writing archive"))?;
             }
             let desc = |annotations: Option<Value>| {
                 let mut d = json!({"mediaType": MEDIA_MANIFEST, "digest": mdigest.to_string(), "size": mbytes.len()});
@@ -182,10 +190,10 @@ impl ImageStore {
                     ANNOT_REF_NAME: r.tag().unwrap_or_default(),
                 }))));
                 if let (Some(tag), Some(top)) = (r.tag(), img.layers.last()) {
-                    repositories
-                        .entry(r.familiar_name())
-                        .or_default()
-                        .insert(tag.to_string(), top.diff_id.trim_start_matches("sha256:").to_string());
+                    repositories.entry(r.familiar_name()).or_default().insert(
+                        tag.to_string(),
+                        top.diff_id.trim_start_matches("sha256:").to_string(),
+                    );
                 }
             }
             manifest_json.push(json!({
@@ -195,10 +203,16 @@ impl ImageStore {
             }));
         }
         let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": index});
-        let to_vec = |v: &Value| serde_json::to_vec(v).map_err(|e| ImageError::Invalid(e.to_string()));
-        append_bytes(&mut tar, "index.json", &to_vec(&index)?).map_err(ImageError::io("writing archive"))?;
-        append_bytes(&mut tar, "manifest.json", &to_vec(&Value::from(manifest_json))?)
+        let to_vec =
+            |v: &Value| serde_json::to_vec(v).map_err(|e| ImageError::Invalid(e.to_string()));
+        append_bytes(&mut tar, "index.json", &to_vec(&index)?)
             .map_err(ImageError::io("writing archive"))?;
+        append_bytes(
+            &mut tar,
+            "manifest.json",
+            &to_vec(&Value::from(manifest_json))?,
+        )
+        .map_err(ImageError::io("writing archive"))?;
         append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(ImageError::io("writing archive"))?;
         if !repositories.is_empty() {
@@ -283,7 +297,13 @@ impl ImageStore {
         Ok(rows)
     }
 
-    fn image_row(id: &Digest, raw: Vec<u8>, cfg: &ImageConfigFile, rows: &[berth_store::LayerRow], tagged: bool) -> ImageRow {
+    fn image_row(
+        id: &Digest,
+        raw: Vec<u8>,
+        cfg: &ImageConfigFile,
+        rows: &[berth_store::LayerRow],
+        tagged: bool,
+    ) -> ImageRow {
         ImageRow {
             id: id.to_string(),
             size: rows.iter().map(|l| l.size).sum(),
@@ -298,11 +318,17 @@ impl ImageStore {
         }
     }
 
-    fn finish_load(&self, images: Vec<(ImageRow, Vec<berth_store::LayerRow>, Vec<Reference>)>) -> Result<Vec<LoadEvent>> {
+    fn finish_load(
+        &self,
+        images: Vec<(ImageRow, Vec<berth_store::LayerRow>, Vec<Reference>)>,
+    ) -> Result<Vec<LoadEvent>> {
         let mut events = Vec::new();
         let mut commits = Vec::new();
         for (row, layers, refs) in images {
-            let id: Digest = row.id.parse().map_err(|_| ImageError::Invalid("image id".into()))?;
+            let id: Digest = row
+                .id
+                .parse()
+                .map_err(|_| ImageError::Invalid("image id".into()))?;
             if refs.is_empty() {
                 events.push(LoadEvent::Untagged(id.clone()));
             }
@@ -329,21 +355,26 @@ impl ImageStore {
 
     fn load_docker(&self, bundle: &Bundle, layers: &mut Vec<NewLayer>) -> Result<Vec<LoadEvent>> {
         let manifest: Value = bundle.json("manifest.json")?;
-        let entries = manifest
-            .as_array()
-            .ok_or_else(|| ImageError::Invalid("invalid image archive: manifest.json is not a list".into()))?;
+        let entries = manifest.as_array().ok_or_else(|| {
+            ImageError::Invalid("invalid image archive: manifest.json is not a list".into())
+        })?;
         let mut images = Vec::new();
         for e in entries {
-            let cfg_path = e["Config"]
-                .as_str()
-                .ok_or_else(|| ImageError::Invalid("invalid image archive: manifest entry without Config".into()))?;
+            let cfg_path = e["Config"].as_str().ok_or_else(|| {
+                ImageError::Invalid("invalid image archive: manifest entry without Config".into())
+            })?;
             let raw = bundle.read(cfg_path)?;
             let id = Digest::of(&raw);
-            let cfg = ImageConfigFile::parse(&raw)
-                .map_err(|e| ImageError::Invalid(format!("invalid image archive: config {cfg_path}: {e}")))?;
+            let cfg = ImageConfigFile::parse(&raw).map_err(|e| {
+                ImageError::Invalid(format!("invalid image archive: config {cfg_path}: {e}"))
+            })?;
             let sources: Vec<(String, Option<Digest>)> = e["Layers"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(|s| (s.to_string(), None))).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(|s| (s.to_string(), None)))
+                        .collect()
+                })
                 .unwrap_or_default();
             let rows = self.load_layers(bundle, &cfg, &sources, layers)?;
             let mut refs = Vec::new();
@@ -381,7 +412,10 @@ impl ImageStore {
                 sources.push((format!("blobs/sha256/{}", d.hex()), Some(d)));
             }
             let rows = self.load_layers(bundle, &cfg, &sources, layers)?;
-            if let Some(existing) = images.iter_mut().find(|(r, _, _)| r.id == cfg_digest.to_string()) {
+            if let Some(existing) = images
+                .iter_mut()
+                .find(|(r, _, _)| r.id == cfg_digest.to_string())
+            {
                 existing.2.extend(refs);
                 continue;
             }
@@ -389,7 +423,9 @@ impl ImageStore {
             images.push((row, rows, refs));
         }
         if images.is_empty() {
-            return Err(ImageError::Invalid("invalid image archive: index.json lists no images".into()));
+            return Err(ImageError::Invalid(
+                "invalid image archive: index.json lists no images".into(),
+            ));
         }
         self.finish_load(images)
     }
@@ -422,25 +458,44 @@ struct Bundle {
 impl Bundle {
     fn clean(&self, name: &str) -> Result<String> {
         let mut path = clean_components(name)
-            .ok_or_else(|| ImageError::Invalid(format!("invalid image archive: path {name:?} escapes the archive")))?
+            .ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "invalid image archive: path {name:?} escapes the archive"
+                ))
+            })?
             .join("/");
         for _ in 0..16 {
             match self.links.get(&path) {
                 Some(target) => {
-                    let base = Path::new(&path).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-                    let joined = if target.starts_with('/') { target.clone() } else { format!("{base}/{target}") };
+                    let base = Path::new(&path)
+                        .parent()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let joined = if target.starts_with('/') {
+                        target.clone()
+                    } else {
+                        format!("{base}/{target}")
+                    };
                     path = clean_components(&joined)
-                        .ok_or_else(|| ImageError::Invalid(format!("invalid image archive: link {name:?} escapes the archive")))?
+                        .ok_or_else(|| {
+                            ImageError::Invalid(format!(
+                                "invalid image archive: link {name:?} escapes the archive"
+                            ))
+                        })?
                         .join("/");
                 }
                 None => return Ok(path),
             }
         }
-        Err(ImageError::Invalid(format!("invalid image archive: too many links at {name:?}")))
+        Err(ImageError::Invalid(format!(
+            "invalid image archive: too many links at {name:?}"
+        )))
     }
 
     fn exists(&self, name: &str) -> bool {
-        self.clean(name).map(|p| self.root.join(p).is_file()).unwrap_or(false)
+        self.clean(name)
+            .map(|p| self.root.join(p).is_file())
+            .unwrap_or(false)
     }
 
     fn open(&self, name: &str) -> Result<File> {
@@ -478,26 +533,33 @@ impl Bundle {
     /// Follows nested indexes to the manifest for this platform.
     fn resolve_manifest(&self, desc: &Value, depth: usize) -> Result<Value> {
         if depth > 4 {
-            return Err(ImageError::Invalid("invalid image archive: indexes nested too deep".into()));
+            return Err(ImageError::Invalid(
+                "invalid image archive: indexes nested too deep".into(),
+            ));
         }
         let d: Digest = desc["digest"]
             .as_str()
             .unwrap_or_default()
             .parse()
             .map_err(|e| ImageError::Invalid(format!("invalid image archive: {e}")))?;
-        let v: Value = serde_json::from_slice(&self.blob(&d)?)
-            .map_err(|e| ImageError::Invalid(format!("invalid image archive: manifest {d}: {e}")))?;
+        let v: Value = serde_json::from_slice(&self.blob(&d)?).map_err(|e| {
+            ImageError::Invalid(format!("invalid image archive: manifest {d}: {e}"))
+        })?;
         if v.get("manifests").is_some() {
             let list = v["manifests"].as_array().cloned().unwrap_or_default();
             let pick = list
                 .iter()
-                .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == host_arch())
+                .find(|m| {
+                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == host_arch()
+                })
                 .or_else(|| list.first())
                 .ok_or_else(|| ImageError::Invalid("invalid image archive: empty index".into()))?;
             return self.resolve_manifest(pick, depth + 1);
         }
         if v.get("config").is_none() {
-            return Err(ImageError::Invalid(format!("invalid image archive: {d} is not an image manifest")));
+            return Err(ImageError::Invalid(format!(
+                "invalid image archive: {d} is not an image manifest"
+            )));
         }
         Ok(v)
     }
@@ -532,8 +594,11 @@ fn extract(reader: &mut dyn Read, dir: &Path) -> Result<HashMap<String, String>>
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let comps = clean_components(&name)
-            .ok_or_else(|| ImageError::Invalid(format!("invalid image archive: path {name:?} escapes the archive")))?;
+        let comps = clean_components(&name).ok_or_else(|| {
+            ImageError::Invalid(format!(
+                "invalid image archive: path {name:?} escapes the archive"
+            ))
+        })?;
         if comps.is_empty() {
             continue;
         }

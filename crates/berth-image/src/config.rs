@@ -47,7 +47,11 @@ pub struct ImageConfigFile {
     pub history: Vec<History>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -194,9 +198,7 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                 cfg.insert("Entrypoint".into(), command_value(rest));
             }
             "ENV" => {
-                let env = cfg
-                    .entry("Env")
-                    .or_insert_with(|| Value::Array(vec![]));
+                let env = cfg.entry("Env").or_insert_with(|| Value::Array(vec![]));
                 if !env.is_array() {
                     *env = Value::Array(vec![]);
                 }
@@ -272,9 +274,7 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                 if rest.is_empty() {
                     return Err(need("at least one argument"));
                 }
-                let ob = cfg
-                    .entry("OnBuild")
-                    .or_insert_with(|| Value::Array(vec![]));
+                let ob = cfg.entry("OnBuild").or_insert_with(|| Value::Array(vec![]));
                 if let Value::Array(list) = ob {
                     list.push(Value::from(rest));
                 }
@@ -308,9 +308,15 @@ mod tests {
         assert_eq!(m["Cmd"], serde_json::json!(["/bin/sh"]));
         assert_eq!(m["Env"], serde_json::json!(["B=two words", "A=3"]));
         assert_eq!(m["Labels"], serde_json::json!({"x": "y"}));
-        assert_eq!(m["ExposedPorts"], serde_json::json!({"80/tcp": {}, "53/udp": {}}));
+        assert_eq!(
+            m["ExposedPorts"],
+            serde_json::json!({"80/tcp": {}, "53/udp": {}})
+        );
         assert_eq!(m["WorkingDir"], "/w");
-        assert_eq!(m["Entrypoint"], serde_json::json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(
+            m["Entrypoint"],
+            serde_json::json!(["/bin/sh", "-c", "echo hi"])
+        );
         assert_eq!(
             apply_changes(&mut m, &["RUN true".into()]).unwrap_err(),
             ChangeError::Unknown("RUN".into())

@@ -113,6 +113,9 @@ pub struct ImportOptions {
     pub source: String,
 }
 
+/// An image about to be written: its row, its layers, its references (name, is digest).
+pub(crate) type PendingImage = (ImageRow, Vec<LayerRow>, Vec<(String, bool)>);
+
 /// A layer unpacked and stored, not yet named by any database row.
 pub(crate) struct NewLayer {
     pub row: LayerRow,
@@ -131,7 +134,10 @@ pub struct ImageStore {
 /// Peeks at the magic bytes and wraps `r` in the matching decompressor.
 pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
     let mut br = BufReader::with_capacity(1 << 20, r);
-    let head = br.fill_buf().map_err(ImageError::io("reading archive"))?.to_vec();
+    let head = br
+        .fill_buf()
+        .map_err(ImageError::io("reading archive"))?
+        .to_vec();
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(br)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -164,8 +170,8 @@ impl ImageStore {
             }
         });
         let content = ContentStore::open(&root.join("content"))?;
-        let snaps =
-            Snapshots::open(&root.join("snapshots"), driver).map_err(ImageError::io("snapshots"))?;
+        let snaps = Snapshots::open(&root.join("snapshots"), driver)
+            .map_err(ImageError::io("snapshots"))?;
         let s = ImageStore {
             db,
             content,
@@ -209,7 +215,12 @@ impl ImageStore {
                 self.snaps.remove(&c);
             }
         }
-        if let Ok(rd) = std::fs::read_dir(self.content.path(&Digest::of(b"")).parent().unwrap_or(Path::new("/nonexistent"))) {
+        if let Ok(rd) = std::fs::read_dir(
+            self.content
+                .path(&Digest::of(b""))
+                .parent()
+                .unwrap_or(Path::new("/nonexistent")),
+        ) {
             for e in rd.flatten() {
                 if let Ok(d) = Digest::from_hex(&e.file_name().to_string_lossy()) {
                     if !blobs.contains(&d.to_string()) {
@@ -254,7 +265,11 @@ impl ImageStore {
         if is_hex_prefix(name) {
             let ids = self.db.images_with_prefix(&format!("sha256:{name}"))?;
             match ids.as_slice() {
-                [one] => return one.parse().map_err(|_| ImageError::NotFound(name.to_string())),
+                [one] => {
+                    return one
+                        .parse()
+                        .map_err(|_| ImageError::NotFound(name.to_string()))
+                }
                 [_, _, ..] => {
                     return Err(ImageError::Conflict(format!(
                         "ambiguous image ID prefix {name}: more than one image matches"
@@ -349,7 +364,10 @@ impl ImageStore {
     ) -> Result<NewLayer> {
         let plain = decompress(reader)?;
         let writer = self.content.writer()?;
-        let staged = self.snaps.stage(parent).map_err(ImageError::io("staging snapshot"))?;
+        let staged = self
+            .snaps
+            .stage(parent)
+            .map_err(ImageError::io("staging snapshot"))?;
         let mode = match self.snaps.driver() {
             Driver::Overlay => WhiteoutMode::Overlay,
             Driver::Copy => WhiteoutMode::Delete,
@@ -357,7 +375,7 @@ impl ImageStore {
         let mut tee = TeeReader::new(plain, writer);
         let size = unpack::apply_layer(&mut tee, &staged.fs(), mode)?;
         // the tar end marker and padding belong to the blob too
-        io::copy(&mut tee, &mut io::sink()).map_err(|e| UnpackError::Tar(e))?;
+        io::copy(&mut tee, &mut io::sink()).map_err(UnpackError::Tar)?;
         let (_, writer) = tee.into_inner();
         let blob_size = writer.len();
         let diff_id = writer.digest();
@@ -414,7 +432,10 @@ impl ImageStore {
     }
 
     /// Writes new images with their layers and references, all or nothing.
-    pub(crate) fn commit_images(&self, images: &[(ImageRow, Vec<LayerRow>, Vec<(String, bool)>)]) -> Result<()> {
+    pub(crate) fn commit_images(
+        &self,
+        images: &[PendingImage],
+    ) -> Result<()> {
         let _g = self.guard();
         let news: Vec<NewImage<'_>> = images
             .iter()
@@ -440,7 +461,11 @@ impl ImageStore {
             } else {
                 opts.message.clone()
             };
-            let diff: Digest = layer.row.diff_id.parse().map_err(|_| ImageError::Invalid("diff id".into()))?;
+            let diff: Digest = layer
+                .row
+                .diff_id
+                .parse()
+                .map_err(|_| ImageError::Invalid("diff id".into()))?;
             let cfg = ImageConfigFile {
                 architecture: config::host_arch().to_string(),
                 comment: Some(msg.clone()),
@@ -472,7 +497,11 @@ impl ImageStore {
                 size: layer.row.size,
                 created: cfg.created_unix(),
                 parent: String::new(),
-                last_tag_time: if refs.is_empty() { String::new() } else { created },
+                last_tag_time: if refs.is_empty() {
+                    String::new()
+                } else {
+                    created
+                },
             };
             self.commit_images(&[(row, vec![layer.row.clone()], refs)])?;
             Ok(id)
@@ -495,7 +524,9 @@ impl ImageStore {
         } else {
             reference.clone()
         };
-        Ok(self.db.set_ref(&r.to_string(), &id.to_string(), false, &now_rfc3339())?)
+        Ok(self
+            .db
+            .set_ref(&r.to_string(), &id.to_string(), false, &now_rfc3339())?)
     }
 
     /// `docker rmi NAME`. `in_use` says whether a container uses an image (and how, for
@@ -621,10 +652,7 @@ impl ImageStore {
         let mut layers = img.layers.iter();
         let mut rows = Vec::new();
         let history: Vec<History> = if img.config.history.is_empty() {
-            img.layers
-                .iter()
-                .map(|_| History::default())
-                .collect()
+            img.layers.iter().map(|_| History::default()).collect()
         } else {
             img.config.history.clone()
         };
@@ -749,7 +777,9 @@ mod tests {
         assert!(s.import(&mut &t[..], opts).is_err());
         assert_eq!(s.count().unwrap(), 0);
         assert!(s.snapshots().list().is_empty());
-        let blobs = std::fs::read_dir(dir.path().join("content/blobs/sha256")).unwrap().count();
+        let blobs = std::fs::read_dir(dir.path().join("content/blobs/sha256"))
+            .unwrap()
+            .count();
         assert_eq!(blobs, 0);
     }
 }

@@ -313,7 +313,9 @@ mod tests {
             "busybox:1"
         );
         assert_eq!(
-            Reference::parse("docker.io/library/a/b").unwrap().familiar(),
+            Reference::parse("docker.io/library/a/b")
+                .unwrap()
+                .familiar(),
             "library/a/b"
         );
     }
@@ -321,8 +323,22 @@ mod tests {
     #[test]
     fn rejects_bad_references() {
         for bad in [
-            "", ":", "a b", "UPPER:tag/x", "a/", "/a", "a//b", "a:", "a:-x", "-a", "a-", "a..b",
-            "a@sha256:12", "a:b:c", "a/b@", "localhost:port/a",
+            "",
+            ":",
+            "a b",
+            "UPPER:tag/x",
+            "a/",
+            "/a",
+            "a//b",
+            "a:",
+            "a:-x",
+            "-a",
+            "a-",
+            "a..b",
+            "a@sha256:12",
+            "a:b:c",
+            "a/b@",
+            "localhost:port/a",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }

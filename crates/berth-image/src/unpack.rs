@@ -111,7 +111,13 @@ impl Applier {
         for c in comps {
             prefix.push(c);
             let shown = prefix.display().to_string();
-            match rfs::openat2(&self.root, &prefix, RESOLVE_DIR_FLAGS, Mode::empty(), in_root()) {
+            match rfs::openat2(
+                &self.root,
+                &prefix,
+                RESOLVE_DIR_FLAGS,
+                Mode::empty(),
+                in_root(),
+            ) {
                 Ok(f) => fd = f,
                 Err(Errno::NOENT) => {
                     rfs::mkdirat(&fd, c.as_str(), Mode::from_raw_mode(0o755))
@@ -135,7 +141,8 @@ impl Applier {
 
     fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<u64, UnpackError> {
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let comps = clean_components(&raw_name).ok_or_else(|| UnpackError::Breakout(raw_name.clone()))?;
+        let comps =
+            clean_components(&raw_name).ok_or_else(|| UnpackError::Breakout(raw_name.clone()))?;
         let Some((base, parent)) = comps.split_last() else {
             // the root itself: nothing to create
             return Ok(0);
@@ -160,8 +167,14 @@ impl Applier {
             }
             self.remove_all(&dir, hidden)?;
             if self.mode == WhiteoutMode::Overlay {
-                rfs::mknodat(&dir, hidden, FileType::CharacterDevice, Mode::empty(), rfs::makedev(0, 0))
-                    .map_err(fs_err(&raw_name))?;
+                rfs::mknodat(
+                    &dir,
+                    hidden,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rfs::makedev(0, 0),
+                )
+                .map_err(fs_err(&raw_name))?;
             }
             return Ok(0);
         }
@@ -185,7 +198,11 @@ impl Applier {
                 let fd = rfs::openat(
                     &dir,
                     base.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(fs_err(&raw_name))?;
@@ -222,7 +239,9 @@ impl Applier {
                 let tcomps = clean_components(&target)
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| UnpackError::Breakout(format!("{raw_name} -> {target}")))?;
-                let (tbase, tparent) = tcomps.split_last().ok_or_else(|| UnpackError::Breakout(target.clone()))?;
+                let (tbase, tparent) = tcomps
+                    .split_last()
+                    .ok_or_else(|| UnpackError::Breakout(target.clone()))?;
                 let tdir = rfs::openat2(
                     &self.root,
                     tparent.iter().fold(PathBuf::from("."), |p, c| p.join(c)),
@@ -246,7 +265,12 @@ impl Applier {
                     .map_err(fs_err(&raw_name))?;
                 self.chown_at(&dir, base, &raw_name, uid, gid)?;
                 let _ = rfs::chmodat(&dir, base.as_str(), mode, AtFlags::empty());
-                let _ = rfs::utimensat(&dir, base.as_str(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW);
+                let _ = rfs::utimensat(
+                    &dir,
+                    base.as_str(),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(0),
             other => {
@@ -291,8 +315,21 @@ impl Applier {
         Ok(())
     }
 
-    fn chown_at(&self, dir: &OwnedFd, base: &str, name: &str, uid: u32, gid: u32) -> Result<(), UnpackError> {
-        match rfs::chownat(dir, base, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW) {
+    fn chown_at(
+        &self,
+        dir: &OwnedFd,
+        base: &str,
+        name: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), UnpackError> {
+        match rfs::chownat(
+            dir,
+            base,
+            Some(uid_of(uid)),
+            Some(gid_of(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
             Err(e) if self.euid_root => Err(fs_err(name)(e)),
             _ => Ok(()),
         }
@@ -301,8 +338,8 @@ impl Applier {
     /// Delete mode's opaque whiteout: drop every child the lower layers left here.
     fn clear_unwritten(&mut self, dir: &OwnedFd, parent: &[String]) -> Result<(), UnpackError> {
         let mut names = Vec::new();
-        let mut d = rfs::Dir::read_from(dir).map_err(fs_err("opaque directory"))?;
-        while let Some(e) = d.next() {
+        let d = rfs::Dir::read_from(dir).map_err(fs_err("opaque directory"))?;
+        for e in d {
             let e = e.map_err(fs_err("opaque directory"))?;
             let n = e.file_name().to_string_lossy().into_owned();
             if n == "." || n == ".." {
@@ -375,8 +412,8 @@ pub fn remove_all_at(dir: &OwnedFd, name: &str) -> Result<(), Errno> {
     }
     let sub = rfs::openat(dir, name, DIR_FLAGS, Mode::empty())?;
     let mut children = Vec::new();
-    let mut d = rfs::Dir::read_from(&sub)?;
-    while let Some(e) = d.next() {
+    let d = rfs::Dir::read_from(&sub)?;
+    for e in d {
         let e = e?;
         let n = e.file_name().to_string_lossy().into_owned();
         if n != "." && n != ".." {
@@ -394,8 +431,13 @@ pub fn remove_all_at(dir: &OwnedFd, name: &str) -> Result<(), Errno> {
 
 /// Applies the layer tar read from `reader` onto `root`; returns the bytes of file data
 /// written (the layer's size as Docker reports it).
-pub fn apply_layer<R: Read>(reader: R, root: &Path, mode: WhiteoutMode) -> Result<u64, UnpackError> {
-    let root_fd = rfs::open(root, DIR_FLAGS, Mode::empty()).map_err(fs_err(&root.display().to_string()))?;
+pub fn apply_layer<R: Read>(
+    reader: R,
+    root: &Path,
+    mode: WhiteoutMode,
+) -> Result<u64, UnpackError> {
+    let root_fd =
+        rfs::open(root, DIR_FLAGS, Mode::empty()).map_err(fs_err(&root.display().to_string()))?;
     let mut a = Applier {
         root: root_fd,
         mode,
@@ -420,7 +462,10 @@ mod tests {
 
     #[test]
     fn cleans_names() {
-        assert_eq!(clean_components("/a/./b/"), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            clean_components("/a/./b/"),
+            Some(vec!["a".into(), "b".into()])
+        );
         assert_eq!(clean_components("a/../b"), Some(vec!["b".into()]));
         assert_eq!(clean_components("../x"), None);
         assert_eq!(clean_components("a/../../x"), None);
@@ -476,7 +521,10 @@ mod tests {
         apply_layer(&t[..], &dest, WhiteoutMode::Delete).unwrap();
         assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
         assert!(dest.join("victim/hello").exists());
-        assert!(dest.join(victim.strip_prefix("/").unwrap()).join("hello").exists());
+        assert!(dest
+            .join(victim.strip_prefix("/").unwrap())
+            .join("hello")
+            .exists());
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub enum StoreError {
     #[error("metadata database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// the database was written by a newer berth
-    #[error("metadata database schema version {found} is newer than this berth supports ({supported})")]
+    #[error(
+        "metadata database schema version {found} is newer than this berth supports ({supported})"
+    )]
     TooNew { found: i64, supported: i64 },
 }
 
@@ -236,7 +238,9 @@ impl Db {
     pub fn resolve_ref(&self, name: &str) -> Result<Option<String>> {
         let conn = self.lock();
         Ok(conn
-            .query_row("SELECT image_id FROM refs WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT image_id FROM refs WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -257,11 +261,19 @@ impl Db {
     }
 
     /// Points `name` at `image_id`; returns the image it named before, if another.
-    pub fn set_ref(&self, name: &str, image_id: &str, is_digest: bool, now: &str) -> Result<Option<String>> {
+    pub fn set_ref(
+        &self,
+        name: &str,
+        image_id: &str,
+        is_digest: bool,
+        now: &str,
+    ) -> Result<Option<String>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let old: Option<String> = tx
-            .query_row("SELECT image_id FROM refs WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT image_id FROM refs WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?;
         tx.execute(
             "INSERT INTO refs (name, image_id, is_digest) VALUES (?1, ?2, ?3)
@@ -277,7 +289,10 @@ impl Db {
     }
 
     pub fn delete_ref(&self, name: &str) -> Result<bool> {
-        Ok(self.lock().execute("DELETE FROM refs WHERE name = ?1", [name])? > 0)
+        Ok(self
+            .lock()
+            .execute("DELETE FROM refs WHERE name = ?1", [name])?
+            > 0)
     }
 
     /// Deletes an image row (its references and layer links go with it); returns the
@@ -327,7 +342,8 @@ impl Db {
 
     pub fn layers(&self) -> Result<Vec<LayerRow>> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT chain_id, diff_id, parent, size, blob, blob_size FROM layers")?;
+        let mut st =
+            conn.prepare("SELECT chain_id, diff_id, parent, size, blob, blob_size FROM layers")?;
         let rows = st.query_map([], Self::layer_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -397,7 +413,7 @@ mod tests {
         let l1 = layer("l1");
         db.insert_images(&[NewImage {
             image: &image("a"),
-            layers: &[l1.clone()],
+            layers: std::slice::from_ref(&l1),
             refs: &[("x:latest".into(), false)],
         }])
         .unwrap();

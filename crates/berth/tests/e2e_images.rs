@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Images end to end: the berth CLI and the real docker CLI against one berthd give the
 //! same results for import, images, inspect, history, tag, rmi, prune, save, load,
 //! events, system df, version and info.
@@ -24,31 +25,64 @@ fn import_list_inspect_tag_remove_with_both_clis() {
     let tarfile = tarfile.to_str().unwrap();
 
     // import with changes, through berth
-    let out = ok(d.berth(&["import", "-c", "CMD [\"/bin/sh\"]", "-c", "ENV A=1", "-m", "hello", tarfile, "bb:one"]));
+    let out = ok(d.berth(&[
+        "import",
+        "-c",
+        "CMD [\"/bin/sh\"]",
+        "-c",
+        "ENV A=1",
+        "-m",
+        "hello",
+        tarfile,
+        "bb:one",
+    ]));
     let id = out.trim().to_string();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{out}");
 
     let docker = docker_available();
     // the same table from both
     let ours = ok(d.berth(&["images"]));
-    assert!(ours.starts_with("REPOSITORY   TAG       IMAGE ID       CREATED"), "{ours}");
-    assert!(ours.contains(&format!("bb           one       {}", &id[7..19])), "{ours}");
+    assert!(
+        ours.starts_with("REPOSITORY   TAG       IMAGE ID       CREATED"),
+        "{ours}"
+    );
+    assert!(
+        ours.contains(&format!("bb           one       {}", &id[7..19])),
+        "{ours}"
+    );
     if docker {
         assert_eq!(ok(d.docker(&["images"])), ours);
-        assert_eq!(ok(d.docker(&["images", "-q"])), ok(d.berth(&["images", "-q"])));
-        assert_eq!(ok(d.docker(&["images", "--no-trunc", "--digests"])), ok(d.berth(&["images", "--no-trunc", "--digests"])));
+        assert_eq!(
+            ok(d.docker(&["images", "-q"])),
+            ok(d.berth(&["images", "-q"]))
+        );
+        assert_eq!(
+            ok(d.docker(&["images", "--no-trunc", "--digests"])),
+            ok(d.berth(&["images", "--no-trunc", "--digests"]))
+        );
     }
 
     // inspect, with a template
     let fmt = "{{.Id}} {{.Config.Cmd}} {{.Config.Env}} {{.Comment}} {{json .RootFS.Layers}} {{.Os}}/{{.Architecture}}";
     let ours = ok(d.berth(&["image", "inspect", "-f", fmt, "bb:one"]));
-    assert!(ours.starts_with(&format!("{id} [/bin/sh] [A=1] hello [\"sha256:")), "{ours}");
+    assert!(
+        ours.starts_with(&format!("{id} [/bin/sh] [A=1] hello [\"sha256:")),
+        "{ours}"
+    );
     if docker {
-        assert_eq!(ok(d.docker(&["image", "inspect", "-f", fmt, "bb:one"])), ours);
-        assert_eq!(ok(d.docker(&["inspect", "-f", "{{.Id}}", "bb:one"])), format!("{id}\n"));
+        assert_eq!(
+            ok(d.docker(&["image", "inspect", "-f", fmt, "bb:one"])),
+            ours
+        );
+        assert_eq!(
+            ok(d.docker(&["inspect", "-f", "{{.Id}}", "bb:one"])),
+            format!("{id}\n")
+        );
         // full JSON documents agree too
-        let a: serde_json::Value = serde_json::from_str(&ok(d.docker(&["image", "inspect", "bb:one"]))).unwrap();
-        let b: serde_json::Value = serde_json::from_str(&ok(d.berth(&["image", "inspect", "bb:one"]))).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(&ok(d.docker(&["image", "inspect", "bb:one"]))).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(&ok(d.berth(&["image", "inspect", "bb:one"]))).unwrap();
         assert_eq!(a, b);
     }
 
@@ -62,32 +96,57 @@ fn import_list_inspect_tag_remove_with_both_clis() {
     let listed = ok(d.berth(&["images", "--format", "{{.Repository}}:{{.Tag}}"]));
     let mut lines: Vec<&str> = listed.lines().collect();
     lines.sort();
-    assert_eq!(lines, vec!["bb:one", "bb:two", "localhost:5000/team/bb:three"]);
+    assert_eq!(
+        lines,
+        vec!["bb:one", "bb:two", "localhost:5000/team/bb:three"]
+    );
     let hist = ok(d.berth(&["history", "bb:two"]));
     assert!(hist.starts_with("IMAGE          CREATED"), "{hist}");
     assert!(hist.contains("hello"), "{hist}");
     if docker {
         assert_eq!(ok(d.docker(&["history", "bb:two"])), hist);
-        assert_eq!(ok(d.docker(&["images", "--filter", "reference=bb"])), ok(d.berth(&["images", "--filter", "reference=bb"])));
+        assert_eq!(
+            ok(d.docker(&["images", "--filter", "reference=bb"])),
+            ok(d.berth(&["images", "--filter", "reference=bb"]))
+        );
     }
 
     // rmi: untag, then delete with the last reference
     assert_eq!(ok(d.berth(&["rmi", "bb:two"])), "Untagged: bb:two\n");
-    let cli = |args: &[&str]| if docker { d.docker(args) } else { d.berth(args) };
-    assert_eq!(ok(cli(&["rmi", "localhost:5000/team/bb:three"])), "Untagged: localhost:5000/team/bb:three\n");
+    let cli = |args: &[&str]| {
+        if docker {
+            d.docker(args)
+        } else {
+            d.berth(args)
+        }
+    };
+    assert_eq!(
+        ok(cli(&["rmi", "localhost:5000/team/bb:three"])),
+        "Untagged: localhost:5000/team/bb:three\n"
+    );
     let out = ok(cli(&["rmi", "bb:one"]));
-    assert!(out.starts_with(&format!("Untagged: bb:one\nDeleted: {id}\n")), "{out}");
+    assert!(
+        out.starts_with(&format!("Untagged: bb:one\nDeleted: {id}\n")),
+        "{out}"
+    );
     assert_eq!(ok(d.berth(&["images", "-q"])), "");
     assert_eq!(d.store_entries(), (0, 0), "layers and blobs were removed");
 
     // errors are docker's
     let o = d.berth(&["rmi", "bb:one"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "Error response from daemon: No such image: bb:one\n");
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: No such image: bb:one\n"
+    );
     if docker {
         let o = d.docker(&["rmi", "bb:one"]);
         assert_eq!(o.status.code(), Some(1));
-        assert!(stderr(&o).contains("No such image: bb:one"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("No such image: bb:one"),
+            "{}",
+            stderr(&o)
+        );
         let o = d.docker(&["inspect", "nope"]);
         assert_eq!(o.status.code(), Some(1));
         let o2 = d.berth(&["inspect", "nope"]);
@@ -142,12 +201,18 @@ fn save_load_roundtrip_and_prune() {
     let listed = ok(d.berth(&["images", "--filter", "dangling=true", "-q", "--no-trunc"]));
     assert_eq!(listed.trim(), dangling);
     let out = ok(d.berth(&["image", "prune", "-f"]));
-    assert!(out.starts_with(&format!("Deleted Images:\ndeleted: {dangling}\n")), "{out}");
+    assert!(
+        out.starts_with(&format!("Deleted Images:\ndeleted: {dangling}\n")),
+        "{out}"
+    );
     assert!(out.contains("Total reclaimed space: 1B"), "{out}");
     assert_eq!(ok(d.berth(&["images", "-q"])).lines().count(), 1);
     // -a removes everything no container uses
     let out = ok(d.berth(&["image", "prune", "-a", "-f"]));
-    assert!(out.contains(&format!("untagged: bb:latest\ndeleted: {id}")), "{out}");
+    assert!(
+        out.contains(&format!("untagged: bb:latest\ndeleted: {id}")),
+        "{out}"
+    );
     assert_eq!(d.store_entries(), (0, 0));
 }
 
@@ -162,34 +227,87 @@ fn events_system_df_version_info() {
     ok(d.berth(&["tag", "bb", "bb:2"]));
     ok(d.berth(&["rmi", "bb:2"]));
     let until = chrono_now() + 1;
-    let out = ok(d.berth(&["events", "--since", &start.to_string(), "--until", &until.to_string(), "--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"]));
-    assert_eq!(out, format!("image import {id}\nimage tag bb:latest\nimage tag bb:2\nimage untag bb:2\n"));
-    let filtered = ok(d.berth(&["events", "--since", &start.to_string(), "--until", &until.to_string(), "--filter", "event=untag"]));
+    let out = ok(d.berth(&[
+        "events",
+        "--since",
+        &start.to_string(),
+        "--until",
+        &until.to_string(),
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+    ]));
+    assert_eq!(
+        out,
+        format!("image import {id}\nimage tag bb:latest\nimage tag bb:2\nimage untag bb:2\n")
+    );
+    let filtered = ok(d.berth(&[
+        "events",
+        "--since",
+        &start.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "event=untag",
+    ]));
     assert_eq!(filtered.lines().count(), 1, "{filtered}");
-    assert!(filtered.contains(" image untag bb:2 (name=bb:2)"), "{filtered}");
+    assert!(
+        filtered.contains(" image untag bb:2 (name=bb:2)"),
+        "{filtered}"
+    );
     if have("docker") {
-        let theirs = ok(d.docker(&["events", "--since", &start.to_string(), "--until", &until.to_string()]));
-        let ours = ok(d.berth(&["events", "--since", &start.to_string(), "--until", &until.to_string()]));
+        let theirs = ok(d.docker(&[
+            "events",
+            "--since",
+            &start.to_string(),
+            "--until",
+            &until.to_string(),
+        ]));
+        let ours = ok(d.berth(&[
+            "events",
+            "--since",
+            &start.to_string(),
+            "--until",
+            &until.to_string(),
+        ]));
         assert_eq!(theirs, ours);
-        assert_eq!(ok(d.docker(&["system", "df"])), ok(d.berth(&["system", "df"])));
+        assert_eq!(
+            ok(d.docker(&["system", "df"])),
+            ok(d.berth(&["system", "df"]))
+        );
         let f = "{{.Server.APIVersion}} {{.Server.MinAPIVersion}}";
         let v = ok(d.docker(&["version", "--format", f]));
         assert_eq!(v, "1.50 1.24\n");
         assert_eq!(ok(d.berth(&["version", "--format", f])), v);
-        let i = ok(d.docker(&["info", "--format", "{{.Images}} {{.Driver}} {{.DockerRootDir}}"]));
+        let i = ok(d.docker(&[
+            "info",
+            "--format",
+            "{{.Images}} {{.Driver}} {{.DockerRootDir}}",
+        ]));
         assert!(i.starts_with("1 "), "{i}");
-        assert!(i.trim_end().ends_with(&d.data_root().display().to_string()), "{i}");
+        assert!(
+            i.trim_end().ends_with(&d.data_root().display().to_string()),
+            "{i}"
+        );
     }
     let df = ok(d.berth(&["system", "df"]));
     assert!(df.starts_with("TYPE            TOTAL     ACTIVE    SIZE      RECLAIMABLE\nImages          1         0"), "{df}");
     let v = ok(d.berth(&["version"]));
-    assert!(v.contains("API version:      1.50 (minimum version 1.24)"), "{v}");
+    assert!(
+        v.contains("API version:      1.50 (minimum version 1.24)"),
+        "{v}"
+    );
     let info = ok(d.berth(&["info", "--format", "{{.Images}} {{.OSType}}"]));
     assert_eq!(info, "1 linux\n");
 
     // a live stream sees an event that happens after it starts
     let mut child = std::process::Command::new(berth_bin())
-        .args(["events", "--filter", "type=image", "--format", "{{.Action}}"])
+        .args([
+            "events",
+            "--filter",
+            "type=image",
+            "--format",
+            "{{.Action}}",
+        ])
         .env("BERTH_HOST", d.host())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -205,5 +323,8 @@ fn events_system_df_version_info() {
 }
 
 fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

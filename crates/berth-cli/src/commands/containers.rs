@@ -23,7 +23,13 @@ pub struct RmArgs {
 pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
     let mut failed = false;
     for name in &a.containers {
-        let path = format!("/containers/{}?force={}&v={}&link={}", super::q(name), a.force, a.volumes, a.link);
+        let path = format!(
+            "/containers/{}?force={}&v={}&link={}",
+            super::q(name),
+            a.force,
+            a.volumes,
+            a.link
+        );
         match c.request(Method::DELETE, &path, ReqBody::Empty, &[]).await {
             Ok(_) => println!("{name}"),
             Err(e) => {

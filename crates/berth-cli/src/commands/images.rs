@@ -65,8 +65,18 @@ pub async fn list(c: &Client, a: ListArgs) -> Result<()> {
         let id = img["Id"].as_str().unwrap_or_default();
         let created = img["Created"].as_i64().unwrap_or(0);
         let size = img["Size"].as_i64().unwrap_or(0);
-        let tags: Vec<&str> = img["RepoTags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let digests: Vec<&str> = img["RepoDigests"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let tags: Vec<&str> = img["RepoTags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let digests: Vec<&str> = img["RepoDigests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         let mut pairs: Vec<(String, String, String)> = Vec::new();
         for t in &tags {
             let (repo, tag) = split_repo_tag(t);
@@ -88,16 +98,35 @@ pub async fn list(c: &Client, a: ListArgs) -> Result<()> {
         }
         for (repo, tag, digest) in pairs {
             rows.push(row(vec![
-                ("Containers", json!(if img["Containers"].as_i64().unwrap_or(-1) < 0 { "N/A".to_string() } else { img["Containers"].to_string() })),
+                (
+                    "Containers",
+                    json!(if img["Containers"].as_i64().unwrap_or(-1) < 0 {
+                        "N/A".to_string()
+                    } else {
+                        img["Containers"].to_string()
+                    }),
+                ),
                 ("CreatedAt", json!(go_time(created))),
                 ("CreatedSince", json!(since(created))),
                 ("Digest", json!(digest)),
                 ("ID", json!(short_id(id, a.no_trunc))),
                 ("Repository", json!(repo)),
-                ("SharedSize", json!(if img["SharedSize"].as_i64().unwrap_or(-1) < 0 { "N/A".to_string() } else { human_size(img["SharedSize"].as_i64().unwrap_or(0)) })),
+                (
+                    "SharedSize",
+                    json!(if img["SharedSize"].as_i64().unwrap_or(-1) < 0 {
+                        "N/A".to_string()
+                    } else {
+                        human_size(img["SharedSize"].as_i64().unwrap_or(0))
+                    }),
+                ),
                 ("Size", json!(human_size(size))),
                 ("Tag", json!(tag)),
-                ("UniqueSize", json!(human_size(size - img["SharedSize"].as_i64().unwrap_or(0).max(0)))),
+                (
+                    "UniqueSize",
+                    json!(human_size(
+                        size - img["SharedSize"].as_i64().unwrap_or(0).max(0)
+                    )),
+                ),
                 ("VirtualSize", json!(human_size(size))),
             ]));
         }
@@ -107,7 +136,11 @@ pub async fn list(c: &Client, a: ListArgs) -> Result<()> {
     } else {
         "{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
     };
-    let fmt = if a.quiet { Format::Raw("{{.ID}}".into()) } else { Format::new(a.format.format.as_deref(), default) };
+    let fmt = if a.quiet {
+        Format::Raw("{{.ID}}".into())
+    } else {
+        Format::new(a.format.format.as_deref(), default)
+    };
     let headers = json!({
         "Containers": "CONTAINERS", "CreatedAt": "CREATED AT", "CreatedSince": "CREATED", "Digest": "DIGEST",
         "ID": "IMAGE ID", "Repository": "REPOSITORY", "SharedSize": "SHARED SIZE", "Size": "SIZE", "Tag": "TAG",
@@ -165,7 +198,8 @@ fn print_inspected(objs: &[Value], format: Option<&str>) -> Result<()> {
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<DaemonError>().is_some_and(|d| d.status == StatusCode::NOT_FOUND)
+    e.downcast_ref::<DaemonError>()
+        .is_some_and(|d| d.status == StatusCode::NOT_FOUND)
 }
 
 pub async fn image_inspect(c: &Client, a: ImageInspectArgs) -> Result<()> {
@@ -190,7 +224,10 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     let kinds: Vec<&str> = match a.kind.as_deref() {
         None | Some("") => vec!["container", "image"],
         Some(k @ ("container" | "image")) => vec![k],
-        Some(k @ ("network" | "volume" | "config" | "node" | "plugin" | "secret" | "service" | "task")) => vec![k],
+        Some(
+            k @ ("network" | "volume" | "config" | "node" | "plugin" | "secret" | "service"
+            | "task"),
+        ) => vec![k],
         Some(k) => bail!("\"{k}\" is not a valid value for --type"),
     };
     let mut objs = Vec::new();
@@ -248,24 +285,56 @@ pub async fn history(c: &Client, a: HistoryArgs) -> Result<()> {
     for h in rows_in.as_array().into_iter().flatten() {
         let id = h["Id"].as_str().unwrap_or_default();
         let created = h["Created"].as_i64().unwrap_or(0);
-        let mut by = h["CreatedBy"].as_str().unwrap_or_default().replace('\t', " ");
+        let mut by = h["CreatedBy"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('\t', " ");
         if !a.no_trunc && by.chars().count() > 45 {
             by = format!("{}…", by.chars().take(44).collect::<String>());
         }
         let size = h["Size"].as_i64().unwrap_or(0);
         rows.push(row(vec![
-            ("ID", json!(if id == "<missing>" { id.to_string() } else { short_id(id, a.no_trunc) })),
-            ("CreatedSince", json!(if a.human { since(created) } else { go_time(created) })),
-            ("CreatedAt", json!(chrono::DateTime::from_timestamp(created, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default())),
+            (
+                "ID",
+                json!(if id == "<missing>" {
+                    id.to_string()
+                } else {
+                    short_id(id, a.no_trunc)
+                }),
+            ),
+            (
+                "CreatedSince",
+                json!(if a.human {
+                    since(created)
+                } else {
+                    go_time(created)
+                }),
+            ),
+            (
+                "CreatedAt",
+                json!(chrono::DateTime::from_timestamp(created, 0)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()),
+            ),
             ("CreatedBy", json!(by)),
-            ("Size", json!(if a.human { human_size(size) } else { size.to_string() })),
+            (
+                "Size",
+                json!(if a.human {
+                    human_size(size)
+                } else {
+                    size.to_string()
+                }),
+            ),
             ("Comment", json!(h["Comment"].as_str().unwrap_or_default())),
         ]));
     }
     let fmt = if a.quiet {
         Format::Raw("{{.ID}}".into())
     } else {
-        Format::new(a.format.format.as_deref(), "{{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}")
+        Format::new(
+            a.format.format.as_deref(),
+            "{{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
+        )
     };
     let headers = json!({"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"});
     print!("{}", fmt.render(&rows, &headers)?);
@@ -354,7 +423,9 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
     let mut filters = a.filter.clone();
     filters.push(format!("dangling={}", !a.all));
     let f = filters_json(&filters)?.unwrap_or_default();
-    let report = c.send_json(Method::POST, &format!("/images/prune?filters={}", q(&f))).await?;
+    let report = c
+        .send_json(Method::POST, &format!("/images/prune?filters={}", q(&f)))
+        .await?;
     let deleted = &report["ImagesDeleted"];
     if deleted.as_array().is_some_and(|a| !a.is_empty()) {
         println!("Deleted Images:");
@@ -368,7 +439,10 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
         }
         println!();
     }
-    println!("Total reclaimed space: {}", human_size(report["SpaceReclaimed"].as_i64().unwrap_or(0)));
+    println!(
+        "Total reclaimed space: {}",
+        human_size(report["SpaceReclaimed"].as_i64().unwrap_or(0))
+    );
     Ok(())
 }
 
@@ -429,7 +503,14 @@ pub async fn import(c: &Client, a: ImportArgs) -> Result<()> {
         path.push_str(&format!("&changes={}", q(ch)));
     }
     let body = file_body(Some(&a.file))?;
-    let resp = c.request(Method::POST, &path, body, &[("Content-Type", "application/x-tar".into())]).await?;
+    let resp = c
+        .request(
+            Method::POST,
+            &path,
+            body,
+            &[("Content-Type", "application/x-tar".into())],
+        )
+        .await?;
     print_stream(resp).await
 }
 
@@ -450,9 +531,18 @@ pub async fn save(c: &Client, a: SaveArgs) -> Result<()> {
         bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
     }
     let names: Vec<String> = a.images.iter().map(|n| format!("names={}", q(n))).collect();
-    let resp = c.request(Method::GET, &format!("/images/get?{}", names.join("&")), ReqBody::Empty, &[]).await?;
+    let resp = c
+        .request(
+            Method::GET,
+            &format!("/images/get?{}", names.join("&")),
+            ReqBody::Empty,
+            &[],
+        )
+        .await?;
     let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| anyhow!("failed to save image: {p}: {e}"))?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| anyhow!("failed to save image: {p}: {e}"))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut body = resp.into_body();
@@ -484,7 +574,12 @@ pub async fn load(c: &Client, a: LoadArgs) -> Result<()> {
     }
     let body = file_body(a.input.as_deref())?;
     let resp = c
-        .request(Method::POST, &format!("/images/load?quiet={}", a.quiet), body, &[("Content-Type", "application/x-tar".into())])
+        .request(
+            Method::POST,
+            &format!("/images/load?quiet={}", a.quiet),
+            body,
+            &[("Content-Type", "application/x-tar".into())],
+        )
         .await?;
     print_stream(resp).await
 }

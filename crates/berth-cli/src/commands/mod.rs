@@ -119,7 +119,9 @@ pub fn filters_json(filters: &[String]) -> Result<Option<String>> {
         let (k, v) = f
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("bad format of filter (expected name=value)"))?;
-        m.entry(k.trim().to_lowercase()).or_default().push(v.to_string());
+        m.entry(k.trim().to_lowercase())
+            .or_default()
+            .push(v.to_string());
     }
     Ok(Some(serde_json::to_string(&m)?))
 }

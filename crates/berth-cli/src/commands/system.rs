@@ -39,35 +39,73 @@ pub async fn version(c: &Client, a: VersionArgs) -> Result<()> {
             s
         });
         let data = json!({"Client": client, "Server": server_v});
-        let t = if f == "json" { "{{json .}}".to_string() } else { f.to_string() };
+        let t = if f == "json" {
+            "{{json .}}".to_string()
+        } else {
+            f.to_string()
+        };
         println!("{}", Template::parse(&t)?.render(&data)?);
         return server.map(|_| ());
     }
     println!("Client:");
-    println!(" Version:           {}", client["Version"].as_str().unwrap_or_default());
-    println!(" API version:       {}", client["ApiVersion"].as_str().unwrap_or_default());
+    println!(
+        " Version:           {}",
+        client["Version"].as_str().unwrap_or_default()
+    );
+    println!(
+        " API version:       {}",
+        client["ApiVersion"].as_str().unwrap_or_default()
+    );
     println!(" Go version:        rust");
-    println!(" Git commit:        {}", client["GitCommit"].as_str().unwrap_or_default());
-    println!(" OS/Arch:           linux/{}", client["Arch"].as_str().unwrap_or_default());
+    println!(
+        " Git commit:        {}",
+        client["GitCommit"].as_str().unwrap_or_default()
+    );
+    println!(
+        " OS/Arch:           linux/{}",
+        client["Arch"].as_str().unwrap_or_default()
+    );
     println!(" Context:           default");
     let s = server?;
     println!();
-    println!("Server: {}", s["Platform"]["Name"].as_str().unwrap_or_default());
+    println!(
+        "Server: {}",
+        s["Platform"]["Name"].as_str().unwrap_or_default()
+    );
     for comp in s["Components"].as_array().into_iter().flatten() {
         let d = &comp["Details"];
         println!(" {}:", comp["Name"].as_str().unwrap_or_default());
-        println!("  Version:          {}", comp["Version"].as_str().unwrap_or_default());
+        println!(
+            "  Version:          {}",
+            comp["Version"].as_str().unwrap_or_default()
+        );
         if comp["Name"] == "Engine" {
             println!(
                 "  API version:      {} (minimum version {})",
                 d["ApiVersion"].as_str().unwrap_or_default(),
                 d["MinAPIVersion"].as_str().unwrap_or_default()
             );
-            println!("  Go version:       {}", d["GoVersion"].as_str().unwrap_or_default());
-            println!("  Git commit:       {}", d["GitCommit"].as_str().unwrap_or_default());
-            println!("  Built:            {}", d["BuildTime"].as_str().unwrap_or_default());
-            println!("  OS/Arch:          {}/{}", d["Os"].as_str().unwrap_or_default(), d["Arch"].as_str().unwrap_or_default());
-            println!("  Experimental:     {}", d["Experimental"].as_str().unwrap_or("false"));
+            println!(
+                "  Go version:       {}",
+                d["GoVersion"].as_str().unwrap_or_default()
+            );
+            println!(
+                "  Git commit:       {}",
+                d["GitCommit"].as_str().unwrap_or_default()
+            );
+            println!(
+                "  Built:            {}",
+                d["BuildTime"].as_str().unwrap_or_default()
+            );
+            println!(
+                "  OS/Arch:          {}/{}",
+                d["Os"].as_str().unwrap_or_default(),
+                d["Arch"].as_str().unwrap_or_default()
+            );
+            println!(
+                "  Experimental:     {}",
+                d["Experimental"].as_str().unwrap_or("false")
+            );
         }
     }
     Ok(())
@@ -83,7 +121,11 @@ pub struct InfoArgs {
 pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
     let i = c.get_json("/info").await?;
     if let Some(f) = a.format.as_deref().filter(|f| !f.is_empty()) {
-        let t = if f == "json" { "{{json .}}".to_string() } else { f.to_string() };
+        let t = if f == "json" {
+            "{{json .}}".to_string()
+        } else {
+            f.to_string()
+        };
         println!("{}", Template::parse(&t)?.render(&i)?);
         return Ok(());
     }
@@ -106,25 +148,46 @@ pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
     println!(" Server Version: {}", s("ServerVersion"));
     println!(" Storage Driver: {}", s("Driver"));
     for kv in i["DriverStatus"].as_array().into_iter().flatten() {
-        println!("  {}: {}", kv[0].as_str().unwrap_or_default(), kv[1].as_str().unwrap_or_default());
+        println!(
+            "  {}: {}",
+            kv[0].as_str().unwrap_or_default(),
+            kv[1].as_str().unwrap_or_default()
+        );
     }
     println!(" Logging Driver: {}", s("LoggingDriver"));
     println!(" Cgroup Driver: {}", s("CgroupDriver"));
     println!(" Cgroup Version: {}", s("CgroupVersion"));
-    println!(" Swarm: {}", i["Swarm"]["LocalNodeState"].as_str().unwrap_or("inactive"));
-    println!(" Runtimes: {}", i["Runtimes"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default());
+    println!(
+        " Swarm: {}",
+        i["Swarm"]["LocalNodeState"].as_str().unwrap_or("inactive")
+    );
+    println!(
+        " Runtimes: {}",
+        i["Runtimes"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
     println!(" Default Runtime: {}", s("DefaultRuntime"));
     println!(" Kernel Version: {}", s("KernelVersion"));
     println!(" Operating System: {}", s("OperatingSystem"));
     println!(" OSType: {}", s("OSType"));
     println!(" Architecture: {}", s("Architecture"));
     println!(" CPUs: {}", s("NCPU"));
-    println!(" Total Memory: {}", crate::format::human_size_prec(i["MemTotal"].as_f64().unwrap_or(0.0), 4));
+    println!(
+        " Total Memory: {}",
+        crate::format::human_size_prec(i["MemTotal"].as_f64().unwrap_or(0.0), 4)
+    );
     println!(" Name: {}", s("Name"));
     println!(" ID: {}", s("ID"));
     println!(" Docker Root Dir: {}", s("DockerRootDir"));
     println!(" Debug Mode: {}", s("Debug"));
-    let labels: Vec<&str> = i["Labels"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let labels: Vec<&str> = i["Labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     if !labels.is_empty() {
         println!(" Labels:");
         for l in labels {
@@ -133,7 +196,12 @@ pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
     }
     println!(" Experimental: {}", s("ExperimentalBuild"));
     println!(" Live Restore Enabled: {}", s("LiveRestoreEnabled"));
-    for w in i["Warnings"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for w in i["Warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         eprintln!("{w}");
     }
     Ok(())
@@ -189,10 +257,17 @@ fn event_time(s: &str) -> Result<String> {
         return Ok(s.to_string());
     }
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(format!("{}.{:09}", t.timestamp(), t.timestamp_subsec_nanos()));
+        return Ok(format!(
+            "{}.{:09}",
+            t.timestamp(),
+            t.timestamp_subsec_nanos()
+        ));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp().to_string()).unwrap_or_default());
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp().to_string())
+            .unwrap_or_default());
     }
     Err(anyhow!("invalid timestamp {s:?}"))
 }
@@ -222,13 +297,25 @@ pub async fn events(c: &Client, a: EventsArgs) -> Result<()> {
             Some(t) => t.render(e)?,
             None => {
                 let nanos = e["timeNano"].as_i64().unwrap_or(0);
-                let t = chrono::DateTime::from_timestamp(nanos / 1_000_000_000, (nanos % 1_000_000_000) as u32).unwrap_or_default();
+                let t = chrono::DateTime::from_timestamp(
+                    nanos / 1_000_000_000,
+                    (nanos % 1_000_000_000) as u32,
+                )
+                .unwrap_or_default();
                 let mut attrs: Vec<(String, String)> = e["Actor"]["Attributes"]
                     .as_object()
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 attrs.sort();
-                let attrs = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+                let attrs = attrs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let mut l = format!(
                     "{} {} {} {}",
                     t.format("%Y-%m-%dT%H:%M:%S.%9fZ"),
@@ -264,7 +351,10 @@ pub async fn df(c: &Client, a: DfArgs) -> Result<()> {
     let hs = |n: i64| human_size_prec(n as f64, 4);
     let images = d["Images"].as_array().cloned().unwrap_or_default();
     let total = images.len();
-    let active = images.iter().filter(|i| i["Containers"].as_i64().unwrap_or(0) > 0).count();
+    let active = images
+        .iter()
+        .filter(|i| i["Containers"].as_i64().unwrap_or(0) > 0)
+        .count();
     let size = d["LayersSize"].as_i64().unwrap_or(0);
     let reclaimable: i64 = images
         .iter()
@@ -272,31 +362,91 @@ pub async fn df(c: &Client, a: DfArgs) -> Result<()> {
         .map(|i| i["Size"].as_i64().unwrap_or(0) - i["SharedSize"].as_i64().unwrap_or(0).max(0))
         .sum::<i64>()
         .min(size);
-    let pct = if size > 0 { format!(" ({}%)", reclaimable * 100 / size) } else { String::new() };
+    let pct = if size > 0 {
+        format!(" ({}%)", reclaimable * 100 / size)
+    } else {
+        String::new()
+    };
     let count = |k: &str| d[k].as_array().map(|a| a.len()).unwrap_or(0);
     let rows = vec![
-        row(vec![("Type", json!("Images")), ("TotalCount", json!(total.to_string())), ("Active", json!(active.to_string())), ("Size", json!(hs(size))), ("Reclaimable", json!(format!("{}{pct}", hs(reclaimable))))]),
-        row(vec![("Type", json!("Containers")), ("TotalCount", json!(count("Containers").to_string())), ("Active", json!("0")), ("Size", json!(hs(0))), ("Reclaimable", json!(hs(0)))]),
-        row(vec![("Type", json!("Local Volumes")), ("TotalCount", json!(count("Volumes").to_string())), ("Active", json!("0")), ("Size", json!(hs(0))), ("Reclaimable", json!(hs(0)))]),
-        row(vec![("Type", json!("Build Cache")), ("TotalCount", json!(count("BuildCache").to_string())), ("Active", json!("0")), ("Size", json!(hs(0))), ("Reclaimable", json!(hs(0)))]),
+        row(vec![
+            ("Type", json!("Images")),
+            ("TotalCount", json!(total.to_string())),
+            ("Active", json!(active.to_string())),
+            ("Size", json!(hs(size))),
+            ("Reclaimable", json!(format!("{}{pct}", hs(reclaimable)))),
+        ]),
+        row(vec![
+            ("Type", json!("Containers")),
+            ("TotalCount", json!(count("Containers").to_string())),
+            ("Active", json!("0")),
+            ("Size", json!(hs(0))),
+            ("Reclaimable", json!(hs(0))),
+        ]),
+        row(vec![
+            ("Type", json!("Local Volumes")),
+            ("TotalCount", json!(count("Volumes").to_string())),
+            ("Active", json!("0")),
+            ("Size", json!(hs(0))),
+            ("Reclaimable", json!(hs(0))),
+        ]),
+        row(vec![
+            ("Type", json!("Build Cache")),
+            ("TotalCount", json!(count("BuildCache").to_string())),
+            ("Active", json!("0")),
+            ("Size", json!(hs(0))),
+            ("Reclaimable", json!(hs(0))),
+        ]),
     ];
     let headers = json!({"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE"});
-    let fmt = Format::new(a.format.format.as_deref(), "{{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}");
+    let fmt = Format::new(
+        a.format.format.as_deref(),
+        "{{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}",
+    );
     print!("{}", fmt.render(&rows, &headers)?);
     if a.verbose {
         println!("\nImages space usage:\n");
         let mut irows = Vec::new();
         for i in &images {
-            let tags: Vec<&str> = i["RepoTags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let (repo, tag) = tags.first().and_then(|t| t.rsplit_once(':')).unwrap_or(("<none>", "<none>"));
-            let id = i["Id"].as_str().unwrap_or_default().trim_start_matches("sha256:").chars().take(12).collect::<String>();
+            let tags: Vec<&str> = i["RepoTags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let (repo, tag) = tags
+                .first()
+                .and_then(|t| t.rsplit_once(':'))
+                .unwrap_or(("<none>", "<none>"));
+            let id = i["Id"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>();
             irows.push(row(vec![
-                ("Repository", json!(repo)), ("Tag", json!(tag)), ("ID", json!(id)),
-                ("CreatedSince", json!(crate::format::since(i["Created"].as_i64().unwrap_or(0)))),
+                ("Repository", json!(repo)),
+                ("Tag", json!(tag)),
+                ("ID", json!(id)),
+                (
+                    "CreatedSince",
+                    json!(crate::format::since(i["Created"].as_i64().unwrap_or(0))),
+                ),
                 ("Size", json!(hs(i["Size"].as_i64().unwrap_or(0)))),
-                ("SharedSize", json!(hs(i["SharedSize"].as_i64().unwrap_or(0).max(0)))),
-                ("UniqueSize", json!(hs(i["Size"].as_i64().unwrap_or(0) - i["SharedSize"].as_i64().unwrap_or(0).max(0)))),
-                ("Containers", json!(i["Containers"].as_i64().unwrap_or(0).to_string())),
+                (
+                    "SharedSize",
+                    json!(hs(i["SharedSize"].as_i64().unwrap_or(0).max(0))),
+                ),
+                (
+                    "UniqueSize",
+                    json!(hs(i["Size"].as_i64().unwrap_or(0)
+                        - i["SharedSize"].as_i64().unwrap_or(0).max(0))),
+                ),
+                (
+                    "Containers",
+                    json!(i["Containers"].as_i64().unwrap_or(0).to_string()),
+                ),
             ]));
         }
         let h = json!({"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID", "CreatedSince": "CREATED", "Size": "SIZE", "SharedSize": "SHARED SIZE", "UniqueSize": "UNIQUE SIZE", "Containers": "CONTAINERS"});

@@ -9,8 +9,21 @@ use crate::Daemon;
 
 pub fn list(_d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
     ctx.query.filters()?.only(&[
-        "ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task", "label", "name",
-        "network", "publish", "since", "status", "volume",
+        "ancestor",
+        "before",
+        "expose",
+        "exited",
+        "health",
+        "id",
+        "isolation",
+        "is-task",
+        "label",
+        "name",
+        "network",
+        "publish",
+        "since",
+        "status",
+        "volume",
     ])?;
     Ok(ok_json(&Vec::<()>::new()))
 }

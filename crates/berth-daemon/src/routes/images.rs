@@ -83,8 +83,16 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         }
     };
     let created_of = |name: &str| -> Result<i64, ApiError> { Ok(d.images.inspect(name)?.created) };
-    let before = f.get("before").iter().map(|n| created_of(n)).collect::<Result<Vec<_>, _>>()?;
-    let since = f.get("since").iter().map(|n| created_of(n)).collect::<Result<Vec<_>, _>>()?;
+    let before = f
+        .get("before")
+        .iter()
+        .map(|n| created_of(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let since = f
+        .get("since")
+        .iter()
+        .map(|n| created_of(n))
+        .collect::<Result<Vec<_>, _>>()?;
     let refs = f.get("reference");
     imgs.retain(|i| {
         let is_dangling = i.repo_tags.is_empty() && i.repo_digests.is_empty();
@@ -94,11 +102,17 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
             && since.iter().all(|s| i.created > *s)
     });
     let mut out = Vec::new();
-    let all = if ctx.query.bool("shared-size")? { Some(d.images.list()?) } else { None };
+    let all = if ctx.query.bool("shared-size")? {
+        Some(d.images.list()?)
+    } else {
+        None
+    };
     for mut i in imgs {
         if !refs.is_empty() {
-            i.repo_tags.retain(|r| refs.iter().any(|p| reference_matches(p, r)));
-            i.repo_digests.retain(|r| refs.iter().any(|p| reference_matches(p, r)));
+            i.repo_tags
+                .retain(|r| refs.iter().any(|p| reference_matches(p, r)));
+            i.repo_digests
+                .retain(|r| refs.iter().any(|p| reference_matches(p, r)));
             if i.repo_tags.is_empty() && i.repo_digests.is_empty() {
                 continue;
             }
@@ -131,7 +145,10 @@ pub fn inspect_json(d: &Daemon, i: &Image, v: ApiVersion) -> Value {
                     data.insert("LowerDir".into(), json!(l.join(":")));
                 }
                 data.insert("UpperDir".into(), json!(top));
-                let base = std::path::Path::new(top).parent().map(|p| p.display().to_string()).unwrap_or_default();
+                let base = std::path::Path::new(top)
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
                 data.insert("MergedDir".into(), json!(format!("{base}/merged")));
                 data.insert("WorkDir".into(), json!(format!("{base}/work")));
             }
@@ -166,7 +183,11 @@ pub fn inspect_json(d: &Daemon, i: &Image, v: ApiVersion) -> Value {
     if v < ApiVersion(1, 44) {
         o["VirtualSize"] = json!(i.size);
         o["Container"] = json!("");
-        o["ContainerConfig"] = cfg.extra.get("container_config").cloned().unwrap_or_else(|| json!({}));
+        o["ContainerConfig"] = cfg
+            .extra
+            .get("container_config")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
     }
     o
 }
@@ -205,7 +226,9 @@ fn repo_tag(repo: &str, tag: &str) -> Result<Reference, ApiError> {
     let r = Reference::parse(repo)?;
     if !tag.is_empty() {
         if r.digest().is_some() {
-            return Err(ApiError::bad_request("cannot specify both a digest and a tag"));
+            return Err(ApiError::bad_request(
+                "cannot specify both a digest and a tag",
+            ));
         }
         return Ok(r.with_tag(tag)?);
     }
@@ -218,12 +241,15 @@ fn repo_tag(repo: &str, tag: &str) -> Result<Reference, ApiError> {
 pub fn tag(d: &Daemon, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
     let repo = ctx.query.get("repo").unwrap_or_default();
     if repo.is_empty() {
-        return Err(ApiError::bad_request("repository name must have at least one component"));
+        return Err(ApiError::bad_request(
+            "repository name must have at least one component",
+        ));
     }
     let r = repo_tag(repo, ctx.query.get("tag").unwrap_or_default())?;
     let id = d.images.resolve(name)?;
     d.images.tag(&id, &r)?;
-    d.events.emit("image", "tag", &id.to_string(), attrs(&r.familiar()));
+    d.events
+        .emit("image", "tag", &id.to_string(), attrs(&r.familiar()));
     Ok(crate::http::status_only(StatusCode::CREATED))
 }
 
@@ -252,9 +278,11 @@ pub async fn remove(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiE
     let _noprune = ctx.query.bool("noprune")?;
     let d2 = d.clone();
     let name = name.to_string();
-    let items = tokio::task::spawn_blocking(move || d2.images.remove(&name, force, &|id| d2.image_in_use(id)))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let items = tokio::task::spawn_blocking(move || {
+        d2.images.remove(&name, force, &|id| d2.image_in_use(id))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     emit_deletes(d, &items);
     Ok(ok_json(&delete_items(&items)))
 }
@@ -266,7 +294,12 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
         [] => false,
         [v] if v == "false" || v == "0" => true,
         [v] if v == "true" || v == "1" => false,
-        other => return Err(ApiError::bad_request(format!("invalid filter 'dangling={}'", other.join(",")))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid filter 'dangling={}'",
+                other.join(",")
+            )))
+        }
     };
     let until = match f.get("until") {
         [] => None,
@@ -292,7 +325,12 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let shown = items;
     emit_deletes(d, &shown);
-    d.events.emit("image", "prune", "", BTreeMap::from([("reclaimed".into(), reclaimed.to_string())]));
+    d.events.emit(
+        "image",
+        "prune",
+        "",
+        BTreeMap::from([("reclaimed".into(), reclaimed.to_string())]),
+    );
     Ok(ok_json(&json!({
         "ImagesDeleted": if shown.is_empty() { Value::Null } else { json!(delete_items(&shown)) },
         "SpaceReclaimed": reclaimed,
@@ -305,7 +343,9 @@ fn parse_until(s: &str) -> Result<i64, ApiError> {
         return Ok(ns / 1_000_000_000);
     }
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().map_err(|_| ApiError::bad_request(format!("invalid until filter {s:?}")))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid until filter {s:?}")))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -342,7 +382,9 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     if let Some(p) = ctx.query.get("platform").filter(|p| !p.is_empty()) {
         let want = format!("linux/{}", berth_image::config::host_arch());
         if p != want && p != "linux" {
-            return Err(ApiError::bad_request(format!("platform {p} is not supported here; this host runs {want}")));
+            return Err(ApiError::bad_request(format!(
+                "platform {p} is not supported here; this host runs {want}"
+            )));
         }
     }
     let opts = ImportOptions {
@@ -352,7 +394,8 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         source: "-".into(),
     };
     // Bad `changes` fail before the body is read, with a proper status.
-    berth_image::config::apply_changes(&mut Map::new(), &opts.changes).map_err(berth_image::ImageError::from)?;
+    berth_image::config::apply_changes(&mut Map::new(), &opts.changes)
+        .map_err(berth_image::ImageError::from)?;
     let mut reader = body_reader(ctx.body);
     let d2 = d.clone();
     let result = tokio::task::spawn_blocking(move || d2.images.import(&mut reader, opts))
@@ -360,9 +403,11 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         .map_err(|e| ApiError::internal(e.to_string()))?;
     match result {
         Ok(id) => {
-            d.events.emit("image", "import", &id.to_string(), attrs(&id.to_string()));
+            d.events
+                .emit("image", "import", &id.to_string(), attrs(&id.to_string()));
             if let Some(r) = &reference {
-                d.events.emit("image", "tag", &id.to_string(), attrs(&r.familiar()));
+                d.events
+                    .emit("image", "tag", &id.to_string(), attrs(&r.familiar()));
             }
             let (tx, resp) = stream("application/json");
             let _ = tx.send(json_line(&json!({"status": id.to_string()}))).await;
@@ -418,11 +463,13 @@ pub async fn load(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     for e in events {
         let line = match &e {
             berth_image::archive::LoadEvent::Tagged { reference, id } => {
-                d.events.emit("image", "load", &id.to_string(), attrs(reference));
+                d.events
+                    .emit("image", "load", &id.to_string(), attrs(reference));
                 format!("Loaded image: {reference}\n")
             }
             berth_image::archive::LoadEvent::Untagged(id) => {
-                d.events.emit("image", "load", &id.to_string(), attrs(&id.to_string()));
+                d.events
+                    .emit("image", "load", &id.to_string(), attrs(&id.to_string()));
                 format!("Loaded image ID: {id}\n")
             }
             berth_image::archive::LoadEvent::Renamed { reference, old } => {

@@ -152,7 +152,11 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 
 async fn image_route(d: &Arc<Daemon>, ctx: Ctx, rest: String) -> Result<Resp, ApiError> {
     let m = ctx.method.clone();
-    let split = |suffix: &str| rest.strip_suffix(suffix).filter(|n| !n.is_empty()).map(str::to_string);
+    let split = |suffix: &str| {
+        rest.strip_suffix(suffix)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+    };
     if m == Method::GET {
         if let Some(name) = split("/json") {
             return images::inspect(d, &ctx, &name);
@@ -186,8 +190,14 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(split_version("/v1.45/info").unwrap(), (ApiVersion(1, 45), "/info"));
-        assert_eq!(split_version("/info").unwrap(), (ApiVersion::CURRENT, "/info"));
+        assert_eq!(
+            split_version("/v1.45/info").unwrap(),
+            (ApiVersion(1, 45), "/info")
+        );
+        assert_eq!(
+            split_version("/info").unwrap(),
+            (ApiVersion::CURRENT, "/info")
+        );
         assert!(split_version("/v1.99/info").is_err());
         assert!(split_version("/v1.12/info").is_err());
         assert_eq!(percent_decode("/images/a%2Fb:c/json"), "/images/a/b:c/json");

@@ -34,15 +34,20 @@ pub fn ping(ctx: &Ctx) -> Resp {
 }
 
 fn kernel_version() -> String {
-    rustix::system::uname().release().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn os_name() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
         })
         .unwrap_or_else(|| "Linux".into())
 }
@@ -96,7 +101,7 @@ fn mem_total() -> i64 {
 /// "1", "2" or "hybrid" reads as Docker's "1"/"2"; hybrid hosts report v1.
 fn cgroup_version() -> &'static str {
     match rustix::fs::statfs("/sys/fs/cgroup") {
-        Ok(s) if s.f_type as i64 == 0x6367_7270 => "2",
+        Ok(s) if s.f_type == 0x6367_7270 => "2",
         _ => "1",
     }
 }
@@ -176,15 +181,20 @@ fn event_matches(e: &Event, f: &Filters) -> bool {
         vals.is_empty() || vals.iter().any(|v| pred(v))
     };
     any("type", &|v| v == e.kind)
-        && any("event", &|v| v == e.action || e.action.starts_with(&format!("{v}:")))
+        && any("event", &|v| {
+            v == e.action || e.action.starts_with(&format!("{v}:"))
+        })
         && any("scope", &|v| v == e.scope)
         && any("image", &|v| {
-            e.kind == "image" && (e.actor.id == v || e.actor.attributes.get("name").map(String::as_str) == Some(v))
+            e.kind == "image"
+                && (e.actor.id == v
+                    || e.actor.attributes.get("name").map(String::as_str) == Some(v))
                 || e.actor.attributes.get("image").map(String::as_str) == Some(v)
         })
         && any("container", &|v| {
             e.kind == "container"
-                && (e.actor.id.starts_with(v) || e.actor.attributes.get("name").map(String::as_str) == Some(v))
+                && (e.actor.id.starts_with(v)
+                    || e.actor.attributes.get("name").map(String::as_str) == Some(v))
         })
         && f.get("label").iter().all(|l| match l.split_once('=') {
             Some((k, v)) => e.actor.attributes.get(k).map(String::as_str) == Some(v),
@@ -193,7 +203,9 @@ fn event_matches(e: &Event, f: &Filters) -> bool {
 }
 
 pub fn events(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
-    let bad_time = |k: &str, v: &str| ApiError::bad_request(format!("invalid value for {k}: {v:?} is not a timestamp"));
+    let bad_time = |k: &str, v: &str| {
+        ApiError::bad_request(format!("invalid value for {k}: {v:?} is not a timestamp"))
+    };
     let since = match ctx.query.get("since").filter(|s| !s.is_empty()) {
         Some(s) => Some(parse_time(s).ok_or_else(|| bad_time("since", s))?),
         None => None,
@@ -203,7 +215,22 @@ pub fn events(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
         None => None,
     };
     let filters = ctx.query.filters()?;
-    filters.only(&["type", "event", "image", "container", "label", "scope", "daemon", "network", "volume", "plugin", "node", "service", "secret", "config"])?;
+    filters.only(&[
+        "type",
+        "event",
+        "image",
+        "container",
+        "label",
+        "scope",
+        "daemon",
+        "network",
+        "volume",
+        "plugin",
+        "node",
+        "service",
+        "secret",
+        "config",
+    ])?;
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let (past, mut rx) = d.events.subscribe(since.unwrap_or(i64::MAX));
     let (tx, resp) = stream("application/json");

@@ -23,7 +23,12 @@ pub fn skip_unless_root(test: &str) -> bool {
 }
 
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 pub struct Daemon {
@@ -47,7 +52,10 @@ impl Daemon {
     }
 
     pub fn start_with(args: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let socket = dir.path().join("b.sock");
         let mut d = Daemon {
             dir,
@@ -159,7 +167,13 @@ impl Daemon {
         run_cli("docker", &self.host(), args, stdin)
     }
 
-    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Resp> {
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Resp> {
         raw_request(&self.socket, method, path, headers, body)
     }
 
@@ -175,9 +189,14 @@ impl Daemon {
 
     /// Imports `tar` as `name` through the API.
     pub fn import(&self, tar: &[u8], name: &str) -> String {
-        let r = self.request("POST", &format!("/images/create?fromSrc=-&repo={name}"), Some(tar));
+        let r = self.request(
+            "POST",
+            &format!("/images/create?fromSrc=-&repo={name}"),
+            Some(tar),
+        );
         assert_eq!(r.status, 200, "import: {}", r.text());
-        let v: serde_json::Value = serde_json::from_str(r.text().lines().last().unwrap_or("{}")).expect("import status");
+        let v: serde_json::Value =
+            serde_json::from_str(r.text().lines().last().unwrap_or("{}")).expect("import status");
         v["status"].as_str().expect("id").to_string()
     }
 
@@ -202,7 +221,11 @@ impl Drop for Daemon {
 pub fn unmount_below(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let prefix = dir.display().to_string();
-    let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|p| p.starts_with(&prefix)).collect();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
         let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
@@ -217,7 +240,11 @@ pub fn run_cli(bin: &str, host: &str, args: &[&str], stdin: Option<&[u8]>) -> Ou
         .env("DOCKER_CONFIG", "/tmp/berth-e2e-docker-config")
         .env("DOCKER_CLI_HINTS", "false")
         .env_remove("DOCKER_CONTEXT")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap_or_else(|e| panic!("running {bin}: {e}"));
@@ -241,7 +268,13 @@ pub fn stderr(o: &Output) -> String {
 
 /// Asserts success and returns stdout.
 pub fn ok(o: Output) -> String {
-    assert!(o.status.success(), "command failed ({}):\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
     stdout(&o)
 }
 
@@ -256,15 +289,25 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
     }
     pub fn header(&self, k: &str) -> Option<&str> {
-        self.headers.iter().find(|(h, _)| h.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
-pub fn raw_request(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Resp> {
+pub fn raw_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n");
@@ -287,21 +330,33 @@ pub fn raw_request(socket: &Path, method: &str, path: &str, headers: &[(&str, &s
 
 pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Resp> {
     let bad = || std::io::Error::other(format!("bad response: {}", String::from_utf8_lossy(raw)));
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let head_text = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head_text.split("\r\n");
-    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     let rest = &raw[end + 4..];
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let body = if head {
         Vec::new()
     } else if chunked {
         let mut out = Vec::new();
         let mut p = rest;
-        loop {
-            let Some(nl) = p.windows(2).position(|w| w == b"\r\n") else { break };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&p[..nl]).trim(), 16).map_err(|_| bad())?;
+        while let Some(nl) = p.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&p[..nl]).trim(), 16)
+                .map_err(|_| bad())?;
             p = &p[nl + 2..];
             if size == 0 || p.len() < size {
                 break;
@@ -313,12 +368,19 @@ pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Resp> {
     } else {
         rest.to_vec()
     };
-    Ok(Resp { status, headers, body })
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// A rootfs tarball around the host's static busybox, with a few applets linked.
 pub fn busybox_tar() -> Vec<u8> {
-    let bb = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox is installed (apt-get install busybox-static)");
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is installed (apt-get install busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
     let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
         let mut h = tar::Header::new_gnu();
@@ -342,7 +404,8 @@ pub fn busybox_tar() -> Vec<u8> {
     h.set_mtime(1_700_000_000);
     h.set_uid(0);
     h.set_gid(0);
-    b.append_data(&mut h, "bin/busybox", &data[..]).expect("busybox");
+    b.append_data(&mut h, "bin/busybox", &data[..])
+        .expect("busybox");
     for app in ["sh", "true", "echo", "cat", "ls", "sleep", "id", "env"] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -353,7 +416,8 @@ pub fn busybox_tar() -> Vec<u8> {
         h.set_gid(0);
         h.set_uid(0);
         h.set_gid(0);
-        b.append_link(&mut h, format!("bin/{app}"), "busybox").expect("link");
+        b.append_link(&mut h, format!("bin/{app}"), "busybox")
+            .expect("link");
     }
     let mut h = tar::Header::new_gnu();
     let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
@@ -362,7 +426,8 @@ pub fn busybox_tar() -> Vec<u8> {
     h.set_mtime(1_700_000_000);
     h.set_uid(0);
     h.set_gid(0);
-    b.append_data(&mut h, "etc/passwd", &passwd[..]).expect("passwd");
+    b.append_data(&mut h, "etc/passwd", &passwd[..])
+        .expect("passwd");
     b.into_inner().expect("tar")
 }
 

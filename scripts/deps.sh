@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing berth needs on Debian 12, as root.
+# Only what is missing is installed, so a second run is quick.
+set -euo pipefail
+pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is needed: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
