@@ -432,10 +432,7 @@ impl ImageStore {
     }
 
     /// Writes new images with their layers and references, all or nothing.
-    pub(crate) fn commit_images(
-        &self,
-        images: &[PendingImage],
-    ) -> Result<()> {
+    pub(crate) fn commit_images(&self, images: &[PendingImage]) -> Result<()> {
         let _g = self.guard();
         let news: Vec<NewImage<'_>> = images
             .iter()

@@ -87,7 +87,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
         body,
     };
     tracing::debug!(method = %ctx.method, path = %raw_path, "request");
-    match route(d, ctx).await {
+    let mut resp = match route(d, ctx).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -95,7 +95,14 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
             }
             error_response(&e)
         }
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&system::server_header()) {
+        resp.headers_mut().insert(http::header::SERVER, v);
     }
+    if let Ok(v) = http::HeaderValue::from_str(API_VERSION) {
+        resp.headers_mut().insert("API-Version", v);
+    }
+    resp
 }
 
 fn percent_decode(p: &str) -> String {

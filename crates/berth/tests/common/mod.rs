@@ -3,6 +3,8 @@
 //! built from the host's busybox. Everything is removed when the guard drops.
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
