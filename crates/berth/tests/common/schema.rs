@@ -130,21 +130,11 @@ impl Spec {
                     }
                 }
             }
-            "integer" => {
-                if !(v.is_i64() || v.is_u64()) {
-                    errs.push(format!("{at}: want an integer, got {v}"));
-                }
+            "integer" if !(v.is_i64() || v.is_u64()) => {
+                errs.push(format!("{at}: want an integer, got {v}"));
             }
-            "number" => {
-                if !v.is_number() {
-                    errs.push(format!("{at}: want a number, got {v}"));
-                }
-            }
-            "boolean" => {
-                if !v.is_boolean() {
-                    errs.push(format!("{at}: want a boolean, got {v}"));
-                }
-            }
+            "number" if !v.is_number() => errs.push(format!("{at}: want a number, got {v}")),
+            "boolean" if !v.is_boolean() => errs.push(format!("{at}: want a boolean, got {v}")),
             _ => {}
         }
     }
