@@ -88,9 +88,8 @@ impl Daemon {
         if !self.extra_args.iter().any(|a| a == "--config-file") {
             c.arg("--config-file").arg("/dev/null");
         }
-        if !self.extra_args.iter().any(|a| a == "-H") {
-            c.arg("-H").arg(self.host());
-        }
+        // the harness always talks to the unix socket; tests may add TCP listeners
+        c.arg("-H").arg(self.host());
         c.args(&self.extra_args);
         c
     }
