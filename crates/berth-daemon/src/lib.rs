@@ -136,8 +136,23 @@ fn engine_id(cfg: &Config) -> Result<String> {
     Ok(id)
 }
 
+/// Hands freed heap back to the kernel after work that allocated a lot (an import's
+/// buffers, a compressor's window), so an idle daemon stays small.
+pub fn release_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap structures; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Runs berthd to completion.
 pub fn main_with(flags: Flags) -> Result<()> {
+    // Few arenas: blocking threads come and go, and each arena of glibc's keeps its
+    // high-water mark of memory. Two are plenty for a daemon that mostly waits.
+    // SAFETY: mallopt sets an allocator tunable; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let early_level = flags.log_level.clone().unwrap_or_else(|| {
         if flags.debug {
             "debug".into()

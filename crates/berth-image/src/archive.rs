@@ -135,21 +135,18 @@ impl ImageStore {
             let mut layer_descs = Vec::new();
             for l in &img.layers {
                 let blob: Digest = l
-                    .blob
+                    .diff_id
                     .parse()
-                    .map_err(|_| ImageError::Invalid(format!("corrupt blob digest {}", l.blob)))?;
+                    .map_err(|_| ImageError::Invalid(format!("corrupt diff id {}", l.diff_id)))?;
                 let path = format!("blobs/sha256/{}", blob.hex());
                 if written.insert(path.clone()) {
-                    let size = self.content.size(&blob).ok_or_else(|| {
-                        ImageError::Invalid(format!("layer blob {blob} is missing"))
-                    })?;
-                    let f = self.content.open_blob(&blob)?;
+                    let reader = self.layer_tar(l)?;
                     let mut h = tar::Header::new_ustar();
-                    h.set_size(size);
+                    h.set_size(l.blob_size as u64);
                     h.set_mode(0o644);
                     h.set_mtime(0);
                     h.set_entry_type(tar::EntryType::Regular);
-                    tar.append_data(&mut h, &path, f)
+                    tar.append_data(&mut h, &path, reader)
                         .map_err(ImageError::io("writing archive"))?;
                 }
                 layer_descs.push(json!({"mediaType": MEDIA_LAYER, "digest": blob.to_string(), "size": l.blob_size}));

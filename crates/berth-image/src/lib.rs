@@ -14,6 +14,7 @@ pub mod content;
 pub mod digest;
 pub mod reference;
 pub mod snapshot;
+pub mod split;
 pub mod unpack;
 
 use berth_store::{Db, ImageRow, LayerRow, NewImage, StoreError};
@@ -22,6 +23,7 @@ use content::{ContentError, ContentStore};
 use digest::{Digest, TeeReader};
 use reference::{Reference, ReferenceError};
 use snapshot::{Driver, Snapshots};
+use split::{SplitReader, SplitWriter};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -363,22 +365,30 @@ impl ImageStore {
         expect_diff: Option<&Digest>,
     ) -> Result<NewLayer> {
         let plain = decompress(reader)?;
-        let writer = self.content.writer()?;
         let staged = self
             .snaps
             .stage(parent)
             .map_err(ImageError::io("staging snapshot"))?;
+        let split = SplitWriter::new(self.content.writer()?)
+            .map_err(ImageError::io("starting the layer writer"))?;
         let mode = match self.snaps.driver() {
             Driver::Overlay => WhiteoutMode::Overlay,
             Driver::Copy => WhiteoutMode::Delete,
         };
-        let mut tee = TeeReader::new(plain, writer);
-        let size = unpack::apply_layer(&mut tee, &staged.fs(), mode)?;
-        // the tar end marker and padding belong to the blob too
+        let started = std::time::Instant::now();
+        let log = unpack::ContentLog::new(split.marker(), staged.dir().join("extra"));
+        let mut tee = TeeReader::new(plain, split);
+        let (size, log) = unpack::apply_layer_logged(&mut tee, &staged.fs(), mode, Some(log))?;
+        let unpacked = started.elapsed();
+        // the tar end marker and padding belong to the layer too
         io::copy(&mut tee, &mut io::sink()).map_err(UnpackError::Tar)?;
-        let (_, writer) = tee.into_inner();
-        let blob_size = writer.len();
-        let diff_id = writer.digest();
+        let (_, split) = tee.into_inner();
+        let table = log.map(unpack::ContentLog::into_table).unwrap_or_default();
+        let done = split
+            .finish(&table)
+            .map_err(ImageError::io("writing the layer"))?;
+        let diff_id = done.diff_id;
+        let blob_size = done.tar_len;
         if let Some(want) = expect_diff {
             if *want != diff_id {
                 return Err(ImageError::Invalid(format!(
@@ -391,7 +401,14 @@ impl ImageStore {
             Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
         };
         let known = self.db.layer(&chain.to_string())?;
-        let blob = writer.commit(Some(&diff_id))?;
+        let blob = done.blob.commit(None)?;
+        tracing::debug!(
+            layer = %diff_id,
+            bytes = blob_size,
+            unpack_ms = unpacked.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "layer stored"
+        );
         let fresh = known.is_none() && !self.snaps.exists(&chain);
         self.snaps
             .commit(staged, &chain)
@@ -681,6 +698,18 @@ impl ImageStore {
         Ok(rows)
     }
 
+    /// The layer's tar, byte for byte as it came in (reassembled from its split).
+    pub fn layer_tar(&self, l: &LayerRow) -> Result<SplitReader> {
+        let bad = |what: &str| {
+            ImageError::Invalid(format!("corrupt layer record {}: {what}", l.chain_id))
+        };
+        let blob: Digest = l.blob.parse().map_err(|_| bad("blob"))?;
+        let chain: Digest = l.chain_id.parse().map_err(|_| bad("chain id"))?;
+        let diff: Digest = l.diff_id.parse().map_err(|_| bad("diff id"))?;
+        SplitReader::open(&self.content.path(&blob), &self.snaps.dir(&chain), diff)
+            .map_err(ImageError::io(format!("reading layer {}", l.diff_id)))
+    }
+
     /// The snapshot directories of an image's layers, bottom first.
     pub fn layer_dirs(&self, id: &Digest) -> Result<Vec<PathBuf>> {
         let img = self.get(id)?;
@@ -757,6 +786,96 @@ mod tests {
         assert!(matches!(items[2], DeleteItem::DeletedLayer(_)));
         assert_eq!(s.count().unwrap(), 0);
         assert!(s.snapshots().list().is_empty());
+    }
+
+    /// A tar whose entries replace and delete each other's files.
+    fn tricky_tar() -> Vec<u8> {
+        let uid = rustix::process::geteuid().as_raw() as u64;
+        let gid = rustix::process::getegid().as_raw() as u64;
+        let mut b = tar::Builder::new(Vec::new());
+        let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_uid(uid);
+            h.set_gid(gid);
+            h.set_mtime(5);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        file(&mut b, "a", b"first a");
+        file(&mut b, "a", b"second a, longer");
+        file(&mut b, "d/x", &[7u8; 3000]);
+        file(&mut b, "empty", b"");
+        file(&mut b, &format!("{}/long-name", "n".repeat(120)), b"long");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        b.append_link(&mut h, "d", "a").unwrap(); // replaces the directory holding d/x
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        b.append_link(&mut h, "h", "a").unwrap();
+        file(&mut b, ".wh.empty", b"");
+        file(&mut b, "z", b"last");
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layers_reassemble_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for t in [tricky_tar(), rootfs_tar()] {
+            let id = s
+                .import(
+                    &mut &t[..],
+                    ImportOptions {
+                        changes: vec![],
+                        message: String::new(),
+                        reference: None,
+                        source: "-".into(),
+                    },
+                )
+                .unwrap();
+            let img = s.get(&id).unwrap();
+            let mut back = Vec::new();
+            s.layer_tar(&img.layers[0])
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back.len(), t.len());
+            assert!(back == t, "reassembled tar differs");
+            let fs = s
+                .snapshots()
+                .fs_dir(&img.layers[0].chain_id.parse().unwrap());
+            if img.layers[0].diff_id == Digest::of(&tricky_tar()).to_string() {
+                assert_eq!(std::fs::read(fs.join("a")).unwrap(), b"second a, longer");
+                assert!(!fs.join("empty").exists());
+            }
+        }
+        // a changed snapshot is caught, not sent
+        let img = &s.list().unwrap()[0];
+        let fs = s
+            .snapshots()
+            .fs_dir(&img.layers[0].chain_id.parse().unwrap());
+        let victim = if fs.join("z").exists() {
+            fs.join("z")
+        } else {
+            fs.join("bin/sh")
+        };
+        let len = std::fs::metadata(&victim).unwrap().len() as usize;
+        std::fs::write(&victim, vec![b'!'; len]).unwrap();
+        let mut back = Vec::new();
+        let err = s
+            .layer_tar(&img.layers[0])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap_err();
+        assert!(err.to_string().contains("digest"), "{err}");
     }
 
     #[test]

@@ -112,6 +112,11 @@ impl Staged {
     pub fn fs(&self) -> PathBuf {
         self.dir.join("fs")
     }
+
+    /// The snapshot's own directory (holding `fs/`, and `extra/` for a split).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for Staged {
@@ -142,7 +147,11 @@ impl Snapshots {
     }
 
     pub fn fs_dir(&self, chain: &Digest) -> PathBuf {
-        self.root.join(chain.hex()).join("fs")
+        self.dir(chain).join("fs")
+    }
+
+    pub fn dir(&self, chain: &Digest) -> PathBuf {
+        self.root.join(chain.hex())
     }
 
     pub fn exists(&self, chain: &Digest) -> bool {

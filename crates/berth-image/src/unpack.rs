@@ -73,7 +73,37 @@ pub fn clean_components(name: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-struct Applier {
+/// What the unpacker tells a [`crate::split`] writer: where each regular file's content
+/// sits in the stream, and where on disk it ends up (moved aside to `extra/` when a later
+/// entry of the same layer replaces or deletes it).
+pub struct ContentLog<'a> {
+    mark: Box<dyn FnMut(u64, u64) + 'a>,
+    extra_dir: PathBuf,
+    extra: Option<OwnedFd>,
+    table: Vec<String>,
+    tracked: std::collections::HashMap<Vec<String>, u32>,
+}
+
+impl<'a> ContentLog<'a> {
+    /// `extra_dir` is created when a file has to be moved aside.
+    pub fn new(mark: impl FnMut(u64, u64) + 'a, extra_dir: PathBuf) -> Self {
+        ContentLog {
+            mark: Box::new(mark),
+            extra_dir,
+            extra: None,
+            table: Vec::new(),
+            tracked: Default::default(),
+        }
+    }
+
+    /// Content paths by index, relative to the snapshot directory (`fs/...`, `extra/N`).
+    pub fn into_table(self) -> Vec<String> {
+        self.table
+    }
+}
+
+struct Applier<'a> {
+    log: Option<ContentLog<'a>>,
     root: OwnedFd,
     mode: WhiteoutMode,
     euid_root: bool,
@@ -98,7 +128,7 @@ fn in_root() -> ResolveFlags {
     ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
 }
 
-impl Applier {
+impl Applier<'_> {
     /// Opens (creating as needed) the directory `comps` inside the root.
     fn open_dir(&mut self, comps: &[String]) -> Result<OwnedFd, UnpackError> {
         if let Some((p, fd)) = &self.cache {
@@ -133,10 +163,63 @@ impl Applier {
         Ok(fd)
     }
 
-    /// Removes `name` in `dir` whatever it is, without following symlinks.
-    fn remove_all(&mut self, dir: &OwnedFd, name: &str) -> Result<(), UnpackError> {
+    /// Removes `name` in `dir` (whose path is `parent`) whatever it is, without following
+    /// symlinks. Files of this layer whose content the split still needs move aside first.
+    fn remove_all(
+        &mut self,
+        dir: &OwnedFd,
+        parent: &[String],
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        self.save_tracked(parent, name)?;
         self.cache = None;
         remove_all_at(dir, name).map_err(fs_err(name))
+    }
+
+    fn save_tracked(&mut self, parent: &[String], name: &str) -> Result<(), UnpackError> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let mut prefix = parent.to_vec();
+        prefix.push(name.to_string());
+        let mut hits: Vec<(Vec<String>, u32)> = log
+            .tracked
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if hits.is_empty() {
+            return Ok(());
+        }
+        hits.sort();
+        if log.extra.is_none() {
+            let shown = log.extra_dir.display().to_string();
+            match rfs::mkdir(&log.extra_dir, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(fs_err(&shown)(e)),
+            }
+            log.extra =
+                Some(rfs::open(&log.extra_dir, DIR_FLAGS, Mode::empty()).map_err(fs_err(&shown))?);
+        }
+        for (comps, idx) in hits {
+            let Some((base, p)) = comps.split_last() else {
+                continue;
+            };
+            let pdir = self.open_dir(p)?;
+            let log = self
+                .log
+                .as_mut()
+                .ok_or_else(|| UnpackError::Breakout(String::new()))?;
+            let extra = log
+                .extra
+                .as_ref()
+                .ok_or_else(|| UnpackError::Breakout(String::new()))?;
+            rfs::renameat(&pdir, base.as_str(), extra, idx.to_string().as_str())
+                .map_err(fs_err(&comps.join("/")))?;
+            log.table[idx as usize] = format!("extra/{idx}");
+            log.tracked.remove(&comps);
+        }
+        Ok(())
     }
 
     fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<u64, UnpackError> {
@@ -165,7 +248,7 @@ impl Applier {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
                 return Err(UnpackError::Breakout(raw_name));
             }
-            self.remove_all(&dir, hidden)?;
+            self.remove_all(&dir, parent, hidden)?;
             if self.mode == WhiteoutMode::Overlay {
                 rfs::mknodat(
                     &dir,
@@ -190,7 +273,7 @@ impl Applier {
             .as_ref()
             .is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
         if existing.is_some() && !(kind.is_dir() && existing_is_dir) {
-            self.remove_all(&dir, base)?;
+            self.remove_all(&dir, parent, base)?;
         }
         let mut size = 0;
         match kind {
@@ -207,6 +290,14 @@ impl Applier {
                 )
                 .map_err(fs_err(&raw_name))?;
                 let mut file = std::fs::File::from(fd);
+                // sparse entries store their data in another shape: those bytes stay raw
+                let logged = kind != tar::EntryType::GNUSparse;
+                if let Some(log) = self.log.as_mut().filter(|_| logged) {
+                    let idx = log.table.len() as u32;
+                    (log.mark)(entry.raw_file_position(), entry.size());
+                    log.table.push(format!("fs/{}", comps.join("/")));
+                    log.tracked.insert(comps.clone(), idx);
+                }
                 size = io::copy(&mut entry, &mut file).map_err(UnpackError::Tar)?;
                 self.finish_fd(file.as_fd(), &raw_name, uid, gid, mode, &xattrs)?;
                 set_times_fd(file.as_fd(), mtime);
@@ -352,7 +443,7 @@ impl Applier {
             }
         }
         for n in names {
-            self.remove_all(dir, &n)?;
+            self.remove_all(dir, parent, &n)?;
         }
         Ok(())
     }
@@ -436,9 +527,20 @@ pub fn apply_layer<R: Read>(
     root: &Path,
     mode: WhiteoutMode,
 ) -> Result<u64, UnpackError> {
+    apply_layer_logged(reader, root, mode, None).map(|(size, _)| size)
+}
+
+/// [`apply_layer`], reporting file contents to `log` for a split of the layer.
+pub fn apply_layer_logged<'a, R: Read>(
+    reader: R,
+    root: &Path,
+    mode: WhiteoutMode,
+    log: Option<ContentLog<'a>>,
+) -> Result<(u64, Option<ContentLog<'a>>), UnpackError> {
     let root_fd =
         rfs::open(root, DIR_FLAGS, Mode::empty()).map_err(fs_err(&root.display().to_string()))?;
     let mut a = Applier {
+        log,
         root: root_fd,
         mode,
         euid_root: rustix::process::geteuid().is_root(),
@@ -453,7 +555,7 @@ pub fn apply_layer<R: Read>(
         total += a.apply(entry)?;
     }
     a.finish_dir_times();
-    Ok(total)
+    Ok((total, a.log))
 }
 
 #[cfg(test)]

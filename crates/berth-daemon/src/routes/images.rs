@@ -398,9 +398,13 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         .map_err(berth_image::ImageError::from)?;
     let mut reader = body_reader(ctx.body);
     let d2 = d.clone();
-    let result = tokio::task::spawn_blocking(move || d2.images.import(&mut reader, opts))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        let r = d2.images.import(&mut reader, opts);
+        crate::release_memory();
+        r
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     match result {
         Ok(id) => {
             d.events
@@ -435,6 +439,8 @@ pub async fn save(d: &Arc<Daemon>, _ctx: &Ctx, names: Vec<String>) -> Result<Res
             // the status line is gone; cutting the stream short is all a client can see
             tracing::warn!(error = %crate::error::chain(&e), "save failed mid-stream");
         }
+        drop(w);
+        crate::release_memory();
     });
     Ok(resp)
 }
@@ -443,9 +449,13 @@ pub async fn load(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let quiet = ctx.query.bool("quiet")?;
     let mut reader = body_reader(ctx.body);
     let d2 = d.clone();
-    let result = tokio::task::spawn_blocking(move || d2.images.load(&mut reader))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        let r = d2.images.load(&mut reader);
+        crate::release_memory();
+        r
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     let events = match result {
         Ok(ev) => ev,
         Err(e) => {

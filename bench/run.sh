@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# berth's benchmarks, side by side with Docker when it is installed (apt-get install
+# docker.io). Prints each figure and the ratio berth/Docker measured in this same run.
+# Needs root. Uses only loopback and private temporary directories; stops what it starts.
+#
+#   bench/run.sh            # all
+#   BENCH_RUNS=3 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${BENCH_RUNS:-5}
+cargo build --release --locked -q
+berth=$PWD/target/release/berth
+berthd=$PWD/target/release/berthd
+cache=${BENCH_CACHE:-/var/tmp/berth-bench}
+mkdir -p "$cache"
+work=$(mktemp -d /tmp/berth-bench-XXXXXX)
+bpid=""; dpid=""
+cleanup() {
+  [ -n "$bpid" ] && kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null || true
+  if [ -n "$dpid" ]; then
+    kill "$dpid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+rss_kib() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo "$t"; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k/1024}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a/b; else print "n/a" }'; }
+
+# --- test images -------------------------------------------------------------------
+small=$work/small
+mkdir -p "$small/rootfs/bin"
+cp /bin/busybox "$small/rootfs/bin/"
+for a in sh true echo; do ln -sf busybox "$small/rootfs/bin/$a"; done
+big=$cache/rootfs.tar
+if [ ! -s "$big" ]; then
+  if command -v debootstrap >/dev/null && debootstrap --variant=minbase bookworm "$cache/debroot" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1; then
+    tar -C "$cache/debroot" -cf "$big" .
+  else
+    echo "(debootstrap unavailable: using a copy of /usr/lib as the big rootfs)"
+    tar -C / -cf "$big" usr/lib 2>/dev/null || true
+  fi
+fi
+big_mb=$(( $(stat -c %s "$big") / 1000000 ))
+
+# --- berth -------------------------------------------------------------------------
+export BERTH_HOST=unix://$work/berth.sock
+"$berthd" --data-root "$work/berth-root" --exec-root "$work/berth-exec" --pidfile "$work/berthd.pid" \
+  -H "$BERTH_HOST" --config-file /dev/null --log-level warn 2>"$work/berthd.log" &
+bpid=$!
+for _ in $(seq 100); do "$berth" version >/dev/null 2>&1 && break; sleep 0.05; done
+sleep 1
+b_idle=$(rss_kib "$bpid")
+for i in $(seq 10); do
+  echo "$i" > "$small/rootfs/id"
+  tar -C "$small/rootfs" -cf "$small/img$i.tar" .
+  "$berth" import "$small/img$i.tar" "bench/small:$i" >/dev/null
+done
+b_after=$(rss_kib "$bpid")
+
+# --- Docker, when installed --------------------------------------------------------
+have_docker=0
+if command -v dockerd >/dev/null; then
+  have_docker=1
+  export DOCKER_HOST=unix://$work/docker.sock
+  dockerd --data-root "$work/docker-root" --exec-root "$work/docker-exec" --pidfile "$work/dockerd.pid" \
+    -H "$DOCKER_HOST" --iptables=false --bridge=none --containerd-namespace berthbench \
+    >"$work/dockerd.log" 2>&1 &
+  dpid=$!
+  for _ in $(seq 300); do docker version >/dev/null 2>&1 && break; sleep 0.1; done
+  sleep 1
+  cpid=$(pgrep -P "$dpid" containerd || true)
+  d_idle=$(rss_kib "$dpid" $cpid)
+  for i in $(seq 10); do docker import "$small/img$i.tar" "bench/small:$i" >/dev/null; done
+  d_after=$(rss_kib "$dpid" $cpid)
+else
+  echo "(Docker not installed: apt-get install docker.io to compare)"
+fi
+
+echo
+echo "== daemon memory (RSS) =="
+printf '%-34s %14s %14s %8s\n' "" berthd "dockerd+ctrd" ratio
+if [ $have_docker = 1 ]; then
+  printf '%-34s %14s %14s %8s\n' "idle after start" "$(mib "$b_idle")" "$(mib "$d_idle")" "$(ratio "$b_idle" "$d_idle")"
+  printf '%-34s %14s %14s %8s\n' "after importing 10 images" "$(mib "$b_after")" "$(mib "$d_after")" "$(ratio "$b_after" "$d_after")"
+else
+  printf '%-34s %14s\n' "idle after start" "$(mib "$b_idle")"
+  printf '%-34s %14s\n' "after importing 10 images" "$(mib "$b_after")"
+fi
+
+echo
+echo "== import of a ${big_mb} MB rootfs tarball ($runs runs) =="
+cmds=("$berth import $big bench/big:latest")
+[ $have_docker = 1 ] && cmds+=("docker import $big bench/big:latest")
+hyperfine -N -w 1 -r "$runs" --prepare sync --export-json "$work/import.json" "${cmds[@]}" >/dev/null 2>&1 || \
+  hyperfine -w 1 -r "$runs" --prepare sync --export-json "$work/import.json" "${cmds[@]}" >/dev/null
+python3 - "$work/import.json" "$big_mb" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+mb = int(sys.argv[2])
+for x in r:
+    name = x["command"].split()[0].rsplit("/", 1)[-1]
+    print(f"{name:8s} median {x['median']:.3f} s  ({mb / x['median']:.0f} MB/s)")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
