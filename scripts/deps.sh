@@ -17,3 +17,5 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# docker-py, for the tests that drive berthd through the Python SDK
+python3 -c 'import docker' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore docker

@@ -328,3 +328,70 @@ fn chrono_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+#[test]
+fn image_filters_agree_with_docker() {
+    if skip_unless_root("image_filters_agree_with_docker") {
+        return;
+    }
+    let d = Daemon::start();
+    for (created, labels, tag, content) in [
+        (
+            "2020-01-01T00:00:00Z",
+            serde_json::json!({"tier": "a", "x": "1"}),
+            "old:1",
+            &b"1"[..],
+        ),
+        (
+            "2021-01-01T00:00:00Z",
+            serde_json::json!({"tier": "b"}),
+            "mid:1",
+            &b"2"[..],
+        ),
+        (
+            "2022-01-01T00:00:00Z",
+            serde_json::json!({"tier": "a"}),
+            "new:1",
+            &b"3"[..],
+        ),
+    ] {
+        let r = d.request(
+            "POST",
+            "/images/load",
+            Some(&archive_with(created, labels, tag, content)),
+        );
+        assert!(r.text().contains("Loaded image"), "{}", r.text());
+    }
+    let cases: [(&[&str], &str); 7] = [
+        (&["--filter", "label=tier=a"], "new:1\nold:1\n"),
+        (&["--filter", "label=x"], "old:1\n"),
+        (&["--filter", "before=new:1"], "mid:1\nold:1\n"),
+        (&["--filter", "since=old:1"], "new:1\nmid:1\n"),
+        (
+            &["--filter", "since=old:1", "--filter", "before=new:1"],
+            "mid:1\n",
+        ),
+        (&["--filter", "reference=*d:*"], "mid:1\nold:1\n"),
+        (
+            &["--filter", "dangling=false", "--filter", "label=tier=b"],
+            "mid:1\n",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["images", "--format", "{{.Repository}}:{{.Tag}}"];
+        a.extend_from_slice(args);
+        assert_eq!(ok(d.berth(&a)), want, "{args:?}");
+        if have("docker") {
+            assert_eq!(ok(d.docker(&a)), want, "docker {args:?}");
+        }
+    }
+    let o = d.berth(&["images", "--filter", "bogus=1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: invalid filter 'bogus'\n"
+    );
+    // the table's CREATED column speaks of years, as docker's does
+    let t = ok(d.berth(&["images", "old"]));
+    assert!(t.contains(" years ago"), "{t}");
+}

@@ -444,3 +444,44 @@ pub fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
     b.append_data(&mut h, name, content).expect("file");
     b.into_inner().expect("tar")
 }
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A docker-archive of a one-layer image with the given creation time, labels and tag.
+pub fn archive_with(
+    created: &str,
+    labels: serde_json::Value,
+    tag: &str,
+    content: &[u8],
+) -> Vec<u8> {
+    let layer = one_file_tar("file", content);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": created,
+        "config": {"Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&layer))]},
+        "history": [{"created": created, "created_by": "test"}],
+    });
+    let config = serde_json::to_vec(&config).expect("config");
+    let manifest = serde_json::to_vec(
+        &serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]),
+    )
+    .expect("manifest");
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("layer.tar", &layer),
+        ("config.json", &config),
+        ("manifest.json", &manifest),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, &data[..]).expect("entry");
+    }
+    b.into_inner().expect("tar")
+}
