@@ -21,25 +21,18 @@ pub struct RmArgs {
 }
 
 pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
-    let mut failed = false;
-    for name in &a.containers {
+    super::for_each_name(&a.containers, |name| async move {
         let path = format!(
             "/containers/{}?force={}&v={}&link={}",
-            super::q(name),
+            super::q(&name),
             a.force,
             a.volumes,
             a.link
         );
-        match c.request(Method::DELETE, &path, ReqBody::Empty, &[]).await {
-            Ok(_) => println!("{name}"),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(crate::Exit(1).into());
-    }
-    Ok(())
+        c.request(Method::DELETE, &path, ReqBody::Empty, &[])
+            .await?;
+        println!("{name}");
+        Ok(())
+    })
+    .await
 }

@@ -381,21 +381,12 @@ fn print_deleted(items: &Value) {
 }
 
 pub async fn rmi(c: &Client, a: RmiArgs) -> Result<()> {
-    let mut failed = false;
-    for img in &a.images {
+    super::for_each_name(&a.images, |img| async move {
         let path = format!("/images/{}?force={}&noprune={}", img, a.force, a.no_prune);
-        match c.send_json(Method::DELETE, &path).await {
-            Ok(items) => print_deleted(&items),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(crate::Exit(1).into());
-    }
-    Ok(())
+        print_deleted(&c.send_json(Method::DELETE, &path).await?);
+        Ok(())
+    })
+    .await
 }
 
 #[derive(Debug, Args)]

@@ -137,3 +137,23 @@ pub fn confirm(prompt: &str) -> bool {
     }
     matches!(line.trim(), "y" | "Y" | "yes" | "Yes")
 }
+
+/// Runs `f` on each name, printing each failure as it comes; fails (exit 1) at the end
+/// if any did, as docker's multi-object commands do.
+pub async fn for_each_name<F, Fut>(names: &[String], mut f: F) -> Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failed = false;
+    for n in names {
+        if let Err(e) = f(n.clone()).await {
+            eprintln!("{e}");
+            failed = true;
+        }
+    }
+    if failed {
+        return Err(crate::Exit(1).into());
+    }
+    Ok(())
+}

@@ -376,6 +376,23 @@ pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Resp> {
     })
 }
 
+/// A root-owned tar header of the given kind, mode and size.
+pub fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn add_file(b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, data: &[u8]) {
+    let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
+    b.append_data(&mut h, name, data).expect("file");
+}
+
 /// A rootfs tarball around the host's static busybox, with a few applets linked.
 pub fn busybox_tar() -> Vec<u8> {
     let bb = ["/bin/busybox", "/usr/bin/busybox"]
@@ -383,65 +400,34 @@ pub fn busybox_tar() -> Vec<u8> {
         .find(|p| Path::new(p).exists())
         .expect("busybox is installed (apt-get install busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
-    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        b.append_data(&mut h, name, &[][..]).expect("dir");
-    };
     for d in ["bin/", "etc/", "tmp/", "proc/", "sys/", "dev/"] {
-        dir(&mut b, d);
+        let mut h = header(tar::EntryType::Directory, 0o755, 0);
+        b.append_data(&mut h, d, &[][..]).expect("dir");
     }
-    let data = std::fs::read(bb).expect("read busybox");
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o755);
-    h.set_size(data.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    b.append_data(&mut h, "bin/busybox", &data[..])
-        .expect("busybox");
+    add_file(
+        &mut b,
+        "bin/busybox",
+        0o755,
+        &std::fs::read(bb).expect("read busybox"),
+    );
     for app in ["sh", "true", "echo", "cat", "ls", "sleep", "id", "env"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_uid(0);
-        h.set_gid(0);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{app}"), "busybox")
             .expect("link");
     }
-    let mut h = tar::Header::new_gnu();
-    let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
-    h.set_mode(0o644);
-    h.set_size(passwd.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    b.append_data(&mut h, "etc/passwd", &passwd[..])
-        .expect("passwd");
+    add_file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n",
+    );
     b.into_inner().expect("tar")
 }
 
 /// A small tarball holding one file, for distinct test images.
 pub fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(content.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    b.append_data(&mut h, name, content).expect("file");
+    add_file(&mut b, name, 0o644, content);
     b.into_inner().expect("tar")
 }
 
