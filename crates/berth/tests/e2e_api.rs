@@ -287,6 +287,25 @@ fn bad_input_gets_docker_errors() {
         404,
         "No such container: nope",
     );
+    // an image under two names is not deleted by ID without force
+    let id = d.get_json("/images/img:1/json")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.request("POST", "/images/img:1/tag?repo=img&tag=2", None)
+            .status,
+        201
+    );
+    let by_id = format!("/images/{}", &id[7..19]);
+    expect(
+        "DELETE",
+        &by_id,
+        None,
+        409,
+        "image is referenced in multiple repositories",
+    );
+    assert_eq!(d.request("DELETE", "/images/img:2", None).status, 200);
     // the failed imports left nothing behind
     assert_eq!(d.get_json("/images/json").as_array().unwrap().len(), 1);
     assert_eq!(d.store_entries(), (1, 1));
