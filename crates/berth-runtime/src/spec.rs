@@ -1,0 +1,230 @@
+//! The OCI runtime spec (`config.json`) berth gives a container: Docker's defaults
+//! (capabilities, mounts, masked and read-only paths, device rules) around the process
+//! the image and the create request describe.
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// its own network namespace (only `lo` until bridge networking)
+    Private,
+    /// no network namespace of its own
+    Host,
+}
+
+/// A bind or tmpfs mount into the container.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub destination: String,
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// What a container runs, resolved from the image config and the create request.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub id: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub hostname: String,
+    pub tty: bool,
+    pub rootfs: PathBuf,
+    pub readonly_rootfs: bool,
+    pub network: Network,
+    pub mounts: Vec<Mount>,
+}
+
+fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
+    json!({"destination": dest, "type": kind, "source": source, "options": options})
+}
+
+/// Devices a container may use, as Docker allows them by default.
+fn device_rules() -> Value {
+    let allow = |kind: &str, major: i64, minor: i64| {
+        // a wildcard minor is left out, as the OCI spec says
+        if minor < 0 {
+            json!({"allow": true, "type": kind, "major": major, "access": "rwm"})
+        } else {
+            json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": "rwm"})
+        }
+    };
+    json!([
+        {"allow": false, "access": "rwm"},
+        allow("c", 1, 3),  // null
+        allow("c", 1, 5),  // zero
+        allow("c", 1, 7),  // full
+        allow("c", 1, 8),  // random
+        allow("c", 1, 9),  // urandom
+        allow("c", 5, 0),  // tty
+        allow("c", 5, 1),  // console
+        allow("c", 5, 2),  // ptmx
+        allow("c", 136, -1), // pts
+        allow("c", 10, 200), // tun
+    ])
+}
+
+/// The `config.json` for `r`.
+pub fn build(r: &RunSpec) -> Value {
+    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+        ),
+    ];
+    for m in &r.mounts {
+        mounts.push(json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options}));
+    }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if r.network == Network::Private {
+        namespaces.push(json!({"type": "network"}));
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": r.tty,
+            "user": {"uid": r.uid, "gid": r.gid, "additionalGids": r.additional_gids},
+            "args": r.args,
+            "env": r.env,
+            "cwd": r.cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": false,
+        },
+        "root": {"path": r.rootfs, "readonly": r.readonly_rootfs},
+        "hostname": r.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": format!("/berth/{}", r.id),
+            "resources": {"devices": device_rules()},
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_as_oci() {
+        let r = RunSpec {
+            id: "abc".into(),
+            args: vec!["/bin/sh".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            hostname: "abc".into(),
+            tty: true,
+            rootfs: "/tmp/rootfs".into(),
+            readonly_rootfs: false,
+            network: Network::Private,
+            mounts: vec![Mount {
+                destination: "/etc/hosts".into(),
+                kind: "bind".into(),
+                source: "/tmp/hosts".into(),
+                options: vec!["rbind".into(), "rprivate".into()],
+            }],
+        };
+        let v = build(&r);
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
+        assert_eq!(spec.hostname().as_deref(), Some("abc"));
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert_eq!(ns.len(), 5);
+    }
+}

@@ -1,0 +1,85 @@
+//! `berth-shim`: one per running container, started by berthd. See berth-runtime's
+//! `shim` module for what it does and its control protocol.
+//!
+//! Usage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin]
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+fn usage(msg: &str) -> ! {
+    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin]");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut id = None;
+    let mut bundle = None;
+    let mut state = None;
+    let mut log = None;
+    let mut ready_fd: Option<i32> = None;
+    let (mut tty, mut stdin) = (false, false);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--id" => id = Some(val()),
+            "--bundle" => bundle = Some(PathBuf::from(val())),
+            "--state" => state = Some(PathBuf::from(val())),
+            "--log" => log = Some(PathBuf::from(val())),
+            "--ready-fd" => {
+                ready_fd = Some(
+                    val()
+                        .parse()
+                        .unwrap_or_else(|_| usage("--ready-fd takes a number")),
+                )
+            }
+            "--tty" => tty = true,
+            "--stdin" => stdin = true,
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    let (Some(id), Some(bundle), Some(state), Some(log), Some(fd)) =
+        (id, bundle, state, log, ready_fd)
+    else {
+        usage("missing arguments");
+    };
+    if fd < 3 {
+        usage("--ready-fd must be above 2");
+    }
+    // SAFETY: the caller handed us this fd number for our exclusive use
+    let ready = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: nothing has started a thread yet
+    match unsafe { berth_runtime::shim::detach() } {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("berth-shim: detaching: {e}");
+            std::process::exit(1);
+        }
+    }
+    // our own stdio goes nowhere: berthd has stopped listening to it
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which we own
+            unsafe {
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target);
+            }
+        }
+    }
+    let args = berth_runtime::shim::Args {
+        id,
+        bundle,
+        state,
+        log,
+        tty,
+        stdin,
+    };
+    std::process::exit(berth_runtime::shim::serve(args, ready));
+}
