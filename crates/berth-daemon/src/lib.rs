@@ -7,11 +7,13 @@
 //! change while running (log level, labels, debug).
 
 pub mod config;
+pub mod containers;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod routes;
 pub mod server;
+pub mod spec;
 
 use anyhow::{bail, Context, Result};
 use berth_image::ImageStore;
@@ -28,7 +30,8 @@ pub struct Daemon {
     pub config: Config,
     pub images: ImageStore,
     pub db: Arc<Db>,
-    pub events: events::Events,
+    pub containers: Arc<containers::Containers>,
+    pub events: Arc<events::Events>,
     pub engine_id: String,
     labels: RwLock<Vec<String>>,
     warnings: Vec<String>,
@@ -43,9 +46,9 @@ impl Daemon {
         self.warnings.clone()
     }
 
-    /// Why an image may not be removed (a container uses it); none exist yet.
-    pub fn image_in_use(&self, _id: &berth_image::digest::Digest) -> Option<String> {
-        None
+    /// Why an image may not be removed: a container uses it.
+    pub fn image_in_use(&self, id: &berth_image::digest::Digest) -> Option<String> {
+        self.containers.uses_image(id)
     }
 }
 
@@ -199,13 +202,18 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     if cfg.hosts.iter().any(|h| h.starts_with("tcp://")) && !cfg.tls {
         warnings.push("WARNING: API is accessible on http:// without encryption.\n         Access to the remote API is equivalent to root access on the host.".to_string());
     }
+    let containers = Arc::new(
+        containers::Containers::open(db.clone(), &cfg.data_root, &cfg.exec_root)
+            .context("opening the container store")?,
+    );
     let d = Arc::new(Daemon {
+        containers,
         engine_id: engine_id(&cfg)?,
         labels: RwLock::new(cfg.labels.clone()),
         config: cfg.clone(),
         images,
         db,
-        events: events::Events::new(),
+        events: Arc::new(events::Events::new()),
         warnings,
     });
     tracing::info!(
@@ -239,6 +247,13 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     for t in tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
     }
+    // the parent cgroups of our containers, if none is left running in them
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_dir(e.path().join("berth"));
+        }
+    }
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/berth");
     tracing::info!("berthd stopped");
     Ok(())
 }

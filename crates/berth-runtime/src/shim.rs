@@ -146,7 +146,7 @@ fn create(args: Args) -> io::Result<Shim> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
     std::fs::create_dir_all(&args.state)?;
-    let runtime_root = args.state.join("runtime");
+    let runtime_root = args.state.join("rt");
     std::fs::create_dir_all(&runtime_root)?;
     let log = File::options().create(true).append(true).open(&args.log)?;
     let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
@@ -488,6 +488,31 @@ impl Shim {
     }
 }
 
+/// Kills and reaps every child of ours (we are a subreaper: orphans of the container
+/// setup end up here).
+fn kill_children() {
+    let me = std::process::id().to_string();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // the parent pid is the second field after the parenthesised command
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+            if ppid.as_deref() == Some(me.as_str()) {
+                // SAFETY: kill(2) on a child of ours
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
+}
+
 /// Removes the container's cgroups (v1 hierarchies and the v2 tree), for a create
 /// that failed half way.
 pub fn remove_cgroups(id: &str) {
@@ -535,6 +560,8 @@ pub fn serve(args: Args, ready: OwnedFd) -> i32 {
     let mut shim = match create(args) {
         Ok(s) => s,
         Err(e) => {
+            // a half-made container's init may already wait for `start`, as our child
+            kill_children();
             remove_cgroups(&id);
             let _ = writeln!(ready, "error {e}");
             return 1;

@@ -55,7 +55,28 @@ const MIGRATIONS: &[&str] = &[
         is_digest INTEGER NOT NULL DEFAULT 0
      );
      CREATE INDEX refs_image ON refs(image_id);",
+    // 2: containers
+    "CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        image_id TEXT NOT NULL,
+        created TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL
+     );
+     CREATE INDEX containers_image ON containers(image_id);",
 ];
+
+/// A container row: its create request and its state, both JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRow {
+    pub id: String,
+    pub name: String,
+    pub image_id: String,
+    pub created: String,
+    pub spec: String,
+    pub state: String,
+}
 
 /// An image row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +388,75 @@ impl Db {
         let mut st = conn.prepare("SELECT id FROM images WHERE parent = ?1")?;
         let rows = st.query_map([image_id], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl Db {
+    fn container_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
+        Ok(ContainerRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            image_id: r.get(2)?,
+            created: r.get(3)?,
+            spec: r.get(4)?,
+            state: r.get(5)?,
+        })
+    }
+
+    /// Inserts a container; false if the name is taken.
+    pub fn insert_container(&self, c: &ContainerRow) -> Result<bool> {
+        let r = self.lock().execute(
+            "INSERT INTO containers (id, name, image_id, created, spec, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![c.id, c.name, c.image_id, c.created, c.spec, c.state],
+        );
+        match r {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRow>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT id, name, image_id, created, spec, state FROM containers ORDER BY created DESC",
+        )?;
+        let rows = st.query_map([], Self::container_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_container_state(&self, id: &str, state: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE containers SET state = ?2 WHERE id = ?1",
+            params![id, state],
+        )?;
+        Ok(())
+    }
+
+    /// Renames; false if the new name is taken.
+    pub fn rename_container(&self, id: &str, name: &str) -> Result<bool> {
+        match self.lock().execute(
+            "UPDATE containers SET name = ?2 WHERE id = ?1",
+            params![id, name],
+        ) {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn delete_container(&self, id: &str) -> Result<()> {
+        self.lock()
+            .execute("DELETE FROM containers WHERE id = ?1", [id])?;
+        Ok(())
     }
 }
 

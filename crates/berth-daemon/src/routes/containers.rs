@@ -1,14 +1,199 @@
-//! `/containers/...`. Containers arrive with the runtime; until then the engine holds
-//! none, and these answer as Docker does for an engine without containers, so that
-//! `docker inspect NAME` and `docker system df` fall through to images correctly.
+//! `/containers/...`: create, start, wait, attach, logs, kill, stop, restart, rename,
+//! resize, remove, prune, list, inspect.
 
 use super::Ctx;
+use crate::containers::{attrs, Ctr, State, ZERO_TIME};
 use crate::error::ApiError;
-use crate::http::{ok_json, Resp};
+use crate::http::{json, ok_json, status_only, stream, Resp};
 use crate::Daemon;
+use bytes::Bytes;
+use http::{header, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-pub fn list(_d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
-    ctx.query.filters()?.only(&[
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+];
+
+/// `9`, `KILL`, `SIGKILL` → 9.
+pub fn parse_signal(s: &str) -> Result<i32, ApiError> {
+    let bad = || ApiError::bad_request(format!("Invalid signal: {s}"));
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(bad)
+}
+
+fn status_text(s: &State) -> String {
+    let since = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| (chrono::Utc::now().timestamp() - t.timestamp()).max(0))
+            .unwrap_or(0)
+    };
+    let human = |secs: i64| {
+        if secs < 1 {
+            "Less than a second".to_string()
+        } else if secs == 1 {
+            "1 second".to_string()
+        } else if secs < 60 {
+            format!("{secs} seconds")
+        } else if secs < 3600 {
+            let m = secs / 60;
+            if m == 1 {
+                "About a minute".into()
+            } else {
+                format!("{m} minutes")
+            }
+        } else {
+            let h = (secs as f64 / 3600.0 + 0.5) as i64;
+            if h == 1 {
+                "About an hour".into()
+            } else {
+                format!("{h} hours")
+            }
+        }
+    };
+    match s.status.as_str() {
+        "running" => format!("Up {}", human(since(&s.started_at))),
+        "exited" if s.finished_at != ZERO_TIME => format!(
+            "Exited ({}) {} ago",
+            s.exit_code,
+            human(since(&s.finished_at))
+        ),
+        "exited" => format!("Exited ({})", s.exit_code),
+        "created" => "Created".into(),
+        other => other.to_string(),
+    }
+}
+
+fn command_of(c: &Ctr) -> String {
+    let mut args: Vec<String> = Vec::new();
+    for k in ["Entrypoint", "Cmd"] {
+        if let Some(a) = c.config()[k].as_array() {
+            args.extend(a.iter().filter_map(|x| x.as_str().map(str::to_string)));
+        }
+    }
+    args.join(" ")
+}
+
+fn summary(c: &Ctr) -> Value {
+    let s = c.state();
+    json!({
+        "Id": c.id,
+        "Names": [format!("/{}", c.name())],
+        "Image": c.spec["Image"],
+        "ImageID": c.image_id,
+        "Command": command_of(c),
+        "Created": chrono::DateTime::parse_from_rfc3339(&c.created).map(|t| t.timestamp()).unwrap_or(0),
+        "Ports": [],
+        "Labels": c.config()["Labels"].as_object().cloned().unwrap_or_default(),
+        "State": s.status,
+        "Status": status_text(&s),
+        "HostConfig": {"NetworkMode": c.host_config()["NetworkMode"].as_str().filter(|m| !m.is_empty()).unwrap_or("default")},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    })
+}
+
+fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
+    let s = c.state();
+    let dir = d.containers.dir(c);
+    let mut args: Vec<Value> = Vec::new();
+    for k in ["Entrypoint", "Cmd"] {
+        if let Some(a) = c.config()[k].as_array() {
+            args.extend(a.iter().cloned());
+        }
+    }
+    let path = if args.is_empty() {
+        Value::from("")
+    } else {
+        args.remove(0)
+    };
+    json!({
+        "Id": c.id,
+        "Created": c.created,
+        "Path": path,
+        "Args": args,
+        "State": {
+            "Status": s.status,
+            "Running": s.status == "running",
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": s.pid,
+            "ExitCode": s.exit_code,
+            "Error": s.error,
+            "StartedAt": s.started_at,
+            "FinishedAt": s.finished_at,
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": dir.join("resolv.conf"),
+        "HostnamePath": dir.join("hostname"),
+        "HostsPath": dir.join("hosts"),
+        "LogPath": d.containers.log_path(c),
+        "Name": format!("/{}", c.name()),
+        "RestartCount": 0,
+        "Driver": d.images.driver().name(),
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": c.host_config(),
+        "GraphDriver": {"Name": d.images.driver().name(), "Data": {"MergedDir": dir.join("rootfs"), "UpperDir": dir.join("upper"), "WorkDir": dir.join("work")}},
+        "Mounts": [],
+        "Config": c.config(),
+        "NetworkSettings": {"Bridge": "", "SandboxID": "", "Ports": {}, "Networks": {}},
+    })
+}
+
+pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+    let f = ctx.query.filters()?;
+    f.only(&[
         "ancestor",
         "before",
         "expose",
@@ -25,13 +210,497 @@ pub fn list(_d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         "status",
         "volume",
     ])?;
-    Ok(ok_json(&Vec::<()>::new()))
+    let all = ctx.query.bool("all")?;
+    let limit = ctx.query.int("limit")?.unwrap_or(-1);
+    let mut out = Vec::new();
+    for c in d.containers.all() {
+        let s = c.state();
+        if !all && s.status != "running" && !f.contains("status") {
+            continue;
+        }
+        let any = |k: &str, pred: &dyn Fn(&str) -> bool| {
+            f.get(k).is_empty() || f.get(k).iter().any(|v| pred(v))
+        };
+        let ok = any("status", &|v| v == s.status)
+            && any("id", &|v| c.id.starts_with(v))
+            && any("name", &|v| c.name().contains(v.trim_start_matches('/')))
+            && any("exited", &|v| {
+                s.status == "exited" && v.parse::<i64>().ok() == Some(s.exit_code)
+            })
+            && any("ancestor", &|v| {
+                c.spec["Image"].as_str() == Some(v)
+                    || d.images
+                        .resolve(v)
+                        .map(|i| i.to_string() == c.image_id)
+                        .unwrap_or(false)
+            })
+            && f.labels_match(
+                "label",
+                c.config()["Labels"]
+                    .as_object()
+                    .unwrap_or(&Default::default()),
+            );
+        if ok {
+            out.push(summary(&c));
+        }
+    }
+    if limit > 0 {
+        out.truncate(limit as usize);
+    }
+    Ok(ok_json(&out))
 }
 
-pub fn by_name(_d: &Daemon, _ctx: &Ctx, rest: &str) -> Result<Resp, ApiError> {
-    let name = rest.split('/').next().unwrap_or_default();
+pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    let name = ctx.query.get("name").map(str::to_string);
+    let body = ctx
+        .body
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .to_bytes();
+    let req: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let image_name = req["Image"].as_str().unwrap_or_default().to_string();
+    if image_name.is_empty() {
+        return Err(ApiError::bad_request(
+            "config cannot be empty in order to create a container",
+        ));
+    }
+    let img = d.images.inspect(&image_name)?;
+    let hc = req.get("HostConfig").cloned().unwrap_or_else(|| json!({}));
+    let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
+    if !matches!(rp, "" | "no" | "always" | "unless-stopped" | "on-failure") {
+        return Err(ApiError::bad_request(format!(
+            "invalid restart policy '{rp}'"
+        )));
+    }
+    if rp != "on-failure"
+        && hc["RestartPolicy"]["MaximumRetryCount"]
+            .as_i64()
+            .unwrap_or(0)
+            != 0
+    {
+        return Err(ApiError::bad_request(format!(
+            "maximum retry count cannot be used with restart policy '{rp}'"
+        )));
+    }
+    if hc["AutoRemove"].as_bool().unwrap_or(false) && !matches!(rp, "" | "no") {
+        return Err(ApiError::bad_request(
+            "can't create 'AutoRemove' container with restart policy",
+        ));
+    }
+    if let Some(t) = req["StopTimeout"].as_i64() {
+        if t < -1 {
+            return Err(ApiError::bad_request("invalid stop timeout"));
+        }
+    }
+    let mode = hc["NetworkMode"].as_str().unwrap_or_default();
+    let mut warnings = Vec::new();
+    if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {
+        return Err(ApiError::not_found(format!("network {mode} not found")));
+    }
+    if matches!(mode, "" | "default" | "bridge") {
+        warnings.push("bridge networking is not available yet: the container gets its own network namespace with only the loopback interface".to_string());
+    }
+    let merged = crate::spec::merge_config(&req, &img.config.config.clone().unwrap_or_default());
+    let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
+    spec["Config"]["Image"] = Value::from(image_name.clone());
+    let c = d.containers.create(name.as_deref(), &img.id, spec)?;
+    d.events.emit("container", "create", &c.id, attrs(&c));
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"Id": c.id, "Warnings": warnings}),
+    ))
+}
+
+pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
+    let (name, action) = match rest.split_once('/') {
+        Some((n, a)) => (n.to_string(), a.to_string()),
+        None => (rest.to_string(), String::new()),
+    };
     if name.is_empty() {
         return Err(ApiError::not_found("page not found"));
     }
-    Err(ApiError::not_found(format!("No such container: {name}")))
+    let c = d.containers.get(&name)?;
+    let m = ctx.method.clone();
+    match (m, action.as_str()) {
+        (Method::GET, "json") => Ok(ok_json(&inspect_json(d, &c))),
+        (Method::POST, "start") => {
+            if c.state().status == "running" {
+                return Ok(status_only(StatusCode::NOT_MODIFIED));
+            }
+            d.containers.start(&c, &d.images, &d.events).await?;
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, "wait") => wait(d, &ctx, c),
+        (Method::POST, "kill") => {
+            let sig = parse_signal(
+                ctx.query
+                    .get("signal")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("KILL"),
+            )?;
+            d.containers.kill(&c, sig).await?;
+            let mut a = attrs(&c);
+            a.insert("signal".into(), sig.to_string());
+            d.events.emit("container", "kill", &c.id, a);
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, "stop") | (Method::POST, "restart") => {
+            let t = ctx
+                .query
+                .int("t")?
+                .or(ctx.query.int("timeout")?)
+                .or_else(|| c.config()["StopTimeout"].as_i64())
+                .unwrap_or(10);
+            let sig = parse_signal(
+                ctx.query
+                    .get("signal")
+                    .filter(|s| !s.is_empty())
+                    .or(c.config()["StopSignal"].as_str())
+                    .unwrap_or("TERM"),
+            )?;
+            let stopped = d.containers.stop(&c, sig, t).await?;
+            if action == "stop" {
+                if !stopped {
+                    return Ok(status_only(StatusCode::NOT_MODIFIED));
+                }
+                d.events.emit("container", "stop", &c.id, attrs(&c));
+                return Ok(status_only(StatusCode::NO_CONTENT));
+            }
+            d.containers.start(&c, &d.images, &d.events).await?;
+            d.events.emit("container", "restart", &c.id, attrs(&c));
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        (Method::DELETE, "") => {
+            let force = ctx.query.bool("force")?;
+            ctx.query.bool("v")?;
+            d.containers.remove(&c, force, &d.events).await?;
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        (Method::GET, "logs") => logs(d, &ctx, c),
+        (Method::POST, "attach") => attach(d, &mut ctx, c),
+        (Method::POST, "resize") => {
+            let h = ctx.query.int("h")?.unwrap_or(0);
+            let w = ctx.query.int("w")?.unwrap_or(0);
+            if c.state().status != "running" {
+                return Err(ApiError::conflict(format!(
+                    "Container {} is not running",
+                    c.id
+                )));
+            }
+            d.containers
+                .shim_call(&c, &format!("resize {h} {w}"))
+                .await?;
+            Ok(status_only(StatusCode::OK))
+        }
+        (Method::POST, "rename") => {
+            let new = ctx
+                .query
+                .get("name")
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            if !crate::containers::valid_name(&new) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                )));
+            }
+            if d.containers.get(&new).is_ok() {
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{new}\" is already in use"
+                )));
+            }
+            if !d.db.rename_container(&c.id, &new)? {
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{new}\" is already in use"
+                )));
+            }
+            if let Ok(mut n) = c.name.lock() {
+                *n = new;
+            }
+            d.events.emit("container", "rename", &c.id, attrs(&c));
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        _ => Err(ApiError::not_found("page not found")),
+    }
+}
+
+fn wait(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+    let cond = ctx
+        .query
+        .get("condition")
+        .unwrap_or("not-running")
+        .to_string();
+    if !matches!(cond.as_str(), "" | "not-running" | "next-exit" | "removed") {
+        return Err(ApiError::bad_request(format!(
+            "invalid condition: \"{cond}\""
+        )));
+    }
+    let _ = d;
+    let mut rx = c.state.subscribe();
+    let mut removed = c.removed.subscribe();
+    let initial = c.state();
+    let (tx, resp) = stream("application/json");
+    tokio::spawn(async move {
+        let done = match cond.as_str() {
+            "next-exit" => rx
+                .wait_for(|s| s.status == "exited" && s.finished_at != initial.finished_at)
+                .await
+                .map(|s| s.clone())
+                .ok(),
+            "removed" => {
+                let _ = removed.wait_for(|r| *r).await;
+                Some(c.state())
+            }
+            _ => rx
+                .wait_for(|s| s.status != "running")
+                .await
+                .map(|s| s.clone())
+                .ok(),
+        };
+        let s = done.unwrap_or_else(|| c.state());
+        let err = if s.error.is_empty() {
+            Value::Null
+        } else {
+            json!({"Message": s.error})
+        };
+        let body = json!({"StatusCode": s.exit_code, "Error": err});
+        let _ = tx.send(Bytes::from(format!("{body}\n"))).await;
+    });
+    Ok(resp)
+}
+
+fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+    let stdout = ctx.query.bool("stdout")?;
+    let stderr = ctx.query.bool("stderr")?;
+    if !stdout && !stderr {
+        return Err(ApiError::bad_request("You must choose at least one stream"));
+    }
+    let follow = ctx.query.bool("follow")?;
+    let timestamps = ctx.query.bool("timestamps")?;
+    let tail: Option<usize> = match ctx.query.get("tail").unwrap_or("all") {
+        "all" | "" => None,
+        n => Some(
+            n.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid tail value {n:?}")))?,
+        ),
+    };
+    let since = ctx
+        .query
+        .get("since")
+        .and_then(crate::events::parse_time)
+        .unwrap_or(0);
+    let until = ctx
+        .query
+        .get("until")
+        .filter(|u| !u.is_empty())
+        .and_then(crate::events::parse_time);
+    let path = d.containers.log_path(&c);
+    let tty = c.tty();
+    let ctype = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    let (tx, resp) = stream(ctype);
+    tokio::spawn(async move {
+        let render = |e: &berth_runtime::logs::Entry| -> Option<Bytes> {
+            let is_err = e.stream == "stderr";
+            if (is_err && !stderr) || (!is_err && !stdout) {
+                return None;
+            }
+            let t = chrono::DateTime::parse_from_rfc3339(&e.time)
+                .ok()?
+                .timestamp_nanos_opt()?;
+            if t < since || until.is_some_and(|u| t > u) {
+                return None;
+            }
+            let mut data = Vec::new();
+            if timestamps {
+                data.extend_from_slice(format!("{} ", e.time).as_bytes());
+            }
+            data.extend_from_slice(e.log.as_bytes());
+            Some(if tty {
+                Bytes::from(data)
+            } else {
+                Bytes::from(berth_runtime::shim::frame(
+                    if is_err { 2 } else { 1 },
+                    &data,
+                ))
+            })
+        };
+        let mut offset = 0usize;
+        let mut first = true;
+        loop {
+            let text = tokio::fs::read(&path).await.unwrap_or_default();
+            let new = &text[offset.min(text.len())..];
+            let complete = new
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|p| p + 1)
+                .unwrap_or(0);
+            let chunk = &new[..complete];
+            offset += complete;
+            let entries: Vec<berth_runtime::logs::Entry> = String::from_utf8_lossy(chunk)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let skip = if first {
+                tail.map(|t| entries.len().saturating_sub(t)).unwrap_or(0)
+            } else {
+                0
+            };
+            first = false;
+            for e in entries.iter().skip(skip) {
+                if let Some(b) = render(e) {
+                    if tx.send(b).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !follow || c.state().status != "running" {
+                // one more read after the exit, for the last lines
+                if follow && c.state().status != "running" && complete > 0 {
+                    continue;
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    Ok(resp)
+}
+
+fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+    let want = |k: &str| ctx.query.bool(k);
+    let (stdin, stdout, stderr) = (want("stdin")?, want("stdout")?, want("stderr")?);
+    let Some(upgrade) = ctx.upgrade.take() else {
+        return Err(ApiError::bad_request(
+            "attach needs an upgraded connection (Upgrade: tcp)",
+        ));
+    };
+    let tty = c.tty();
+    let mut flags = Vec::new();
+    if stdin {
+        flags.push("stdin");
+    }
+    if stdout {
+        flags.push("stdout");
+    }
+    if stderr {
+        flags.push("stderr");
+    }
+    let cmd = format!("attach {}\n", flags.join(" "));
+    let d2 = d.clone();
+    let running = c.state().status == "running";
+    if !running {
+        c.pending_attach.send_modify(|n| *n += 1);
+    }
+    tokio::spawn(async move {
+        let release = |c: &Ctr| {
+            if !running {
+                c.pending_attach.send_modify(|n| *n = n.saturating_sub(1));
+            }
+        };
+        let Ok(up) = upgrade.await else {
+            release(&c);
+            return;
+        };
+        let mut client = TokioIo::new(up);
+        // before start, wait for the shim to appear
+        let sock = d2.containers.shim_socket(&c);
+        let mut shim = None;
+        for _ in 0..600 {
+            if let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
+                shim = Some(s);
+                break;
+            }
+            if c.state().status == "exited" && running {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let Some(mut shim) = shim else {
+            release(&c);
+            let _ = client.shutdown().await;
+            return;
+        };
+        if shim.write_all(cmd.as_bytes()).await.is_err() {
+            release(&c);
+            return;
+        }
+        let mut r = BufReader::new(shim);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line).await;
+        release(&c);
+        let shim = r.into_inner();
+        let (mut sr, mut sw) = shim.into_split();
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let to_client = async {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            let _ = cw.shutdown().await;
+        };
+        let from_client = async {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stdin && sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // stdin closed: with StdinOnce, the container's stdin closes too
+            if stdin && c.config()["StdinOnce"].as_bool().unwrap_or(false) {
+                let _ = d2.containers.shim_call(&c, "close-stdin").await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = to_client => {}
+            _ = from_client => {}
+        }
+    });
+    let ctype = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .header(header::CONTENT_TYPE, ctype)
+        .body(crate::http::Body::empty())
+        .unwrap_or_else(|_| Response::new(crate::http::Body::empty())))
+}
+
+pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+    let f = ctx.query.filters()?;
+    f.only(&["label", "label!", "until"])?;
+    let mut deleted = Vec::new();
+    for c in d.containers.all() {
+        if c.state().status == "running"
+            || !f.labels_match(
+                "label",
+                c.config()["Labels"]
+                    .as_object()
+                    .unwrap_or(&Default::default()),
+            )
+        {
+            continue;
+        }
+        d.containers.remove(&c, false, &d.events).await?;
+        deleted.push(c.id.clone());
+    }
+    d.events.emit("container", "prune", "", Default::default());
+    Ok(ok_json(
+        &json!({"ContainersDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) }, "SpaceReclaimed": 0}),
+    ))
 }

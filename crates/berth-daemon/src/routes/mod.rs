@@ -44,6 +44,8 @@ pub struct Ctx {
     pub version: ApiVersion,
     pub headers: http::HeaderMap,
     pub body: Incoming,
+    /// for attach, which takes over the connection
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Splits `/v1.45/images/json` into the version and the rest.
@@ -71,7 +73,8 @@ fn split_version(path: &str) -> Result<(ApiVersion, &str), ApiError> {
 }
 
 pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let raw_path = parts.uri.path().to_string();
     let decoded = percent_decode(&raw_path);
     let (version, path) = match split_version(&decoded) {
@@ -85,6 +88,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
         version,
         headers: parts.headers,
         body,
+        upgrade,
     };
     tracing::debug!(method = %ctx.method, path = %raw_path, "request");
     let mut resp = match route(d, ctx).await {
@@ -144,13 +148,16 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         )),
 
         (&Method::GET, "/containers/json") => containers::list(&d, &ctx),
+        (&Method::POST, "/containers/create") => containers::create(&d, ctx).await,
+        (&Method::POST, "/containers/prune") => containers::prune(&d, &ctx).await,
 
         _ => {
             if let Some(rest) = path.strip_prefix("/images/") {
                 return image_route(&d, ctx, rest.to_string()).await;
             }
             if let Some(rest) = path.strip_prefix("/containers/") {
-                return containers::by_name(&d, &ctx, rest);
+                let rest = rest.to_string();
+                return containers::by_name(&d, ctx, &rest).await;
             }
             Err(ApiError::not_found("page not found"))
         }

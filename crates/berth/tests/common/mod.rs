@@ -132,6 +132,24 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    /// Removes every container (their shims outlive the daemon otherwise).
+    pub fn remove_containers(&self) {
+        if let Ok(r) = self.try_request("GET", "/containers/json?all=1", &[], None) {
+            if let Ok(list) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+                for c in list.as_array().into_iter().flatten() {
+                    if let Some(id) = c["Id"].as_str() {
+                        let _ = self.try_request(
+                            "DELETE",
+                            &format!("/containers/{id}?force=1"),
+                            &[],
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
@@ -213,6 +231,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.remove_containers();
+        }
         self.stop();
         unmount_below(self.dir.path());
     }

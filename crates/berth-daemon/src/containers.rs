@@ -1,0 +1,696 @@
+//! Containers: records in the metadata database, a rootfs per container (an overlay
+//! mount of the image's layers under a private upper directory, or a copy with the vfs
+//! driver), and a `berth-shim` per running container.
+//!
+//! Start: mount the rootfs, write the bundle (`config.json`, hosts, hostname,
+//! resolv.conf), spawn the shim (it creates the container and reports `ok PID` on a
+//! pipe), let attached clients connect to it, then tell it `start`. A task per running
+//! container holds a `wait` connection to its shim; when the exit comes, it records it,
+//! unmounts the rootfs and removes the container if it was created with AutoRemove.
+
+use crate::error::ApiError;
+use crate::events::Events;
+use berth_image::digest::Digest;
+use berth_image::ImageStore;
+use berth_store::{ContainerRow, Db};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+/// What is stored of a container's state, as the API shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub status: String,
+    pub pid: i64,
+    pub exit_code: i64,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+impl State {
+    fn created() -> Self {
+        State {
+            status: "created".into(),
+            started_at: ZERO_TIME.into(),
+            finished_at: ZERO_TIME.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A container the daemon knows, with a channel that announces state changes.
+pub struct Ctr {
+    pub id: String,
+    pub name: Mutex<String>,
+    pub image_id: String,
+    pub created: String,
+    /// the create request: {Config, HostConfig, Image, ...}
+    pub spec: Value,
+    pub state: watch::Sender<State>,
+    /// attach requests waiting for the shim before `start` is sent
+    pub pending_attach: watch::Sender<usize>,
+    /// a removal is under way
+    removing: std::sync::atomic::AtomicBool,
+    /// the removal is complete
+    pub removed: watch::Sender<bool>,
+}
+
+impl Ctr {
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+    pub fn name(&self) -> String {
+        self.name.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+    pub fn config(&self) -> &Value {
+        &self.spec["Config"]
+    }
+    pub fn host_config(&self) -> &Value {
+        &self.spec["HostConfig"]
+    }
+    pub fn tty(&self) -> bool {
+        self.config()["Tty"].as_bool().unwrap_or(false)
+    }
+}
+
+pub struct Containers {
+    db: Arc<Db>,
+    pub root: PathBuf,
+    pub exec_root: PathBuf,
+    shim: PathBuf,
+    by_id: Mutex<HashMap<String, Arc<Ctr>>>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+    "nimble", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zealous",
+];
+const NOUNS: &[&str] = &[
+    "albatross",
+    "beacon",
+    "cutter",
+    "dinghy",
+    "ferry",
+    "galleon",
+    "harbor",
+    "island",
+    "jetty",
+    "keel",
+    "lighthouse",
+    "mooring",
+    "narwhal",
+    "oar",
+    "pier",
+    "quay",
+    "rudder",
+    "schooner",
+    "tide",
+    "wharf",
+];
+
+/// Container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker requires.
+pub fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    b.len() >= 2
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+impl Containers {
+    pub fn open(db: Arc<Db>, data_root: &Path, exec_root: &Path) -> anyhow::Result<Self> {
+        let root = data_root.join("containers");
+        std::fs::create_dir_all(&root)?;
+        // short: unix socket paths below it must stay under 108 bytes
+        let exec_root = exec_root.join("c");
+        std::fs::create_dir_all(&exec_root)?;
+        let shim = std::env::current_exe()?.with_file_name("berth-shim");
+        let c = Containers {
+            db,
+            root,
+            exec_root,
+            shim,
+            by_id: Mutex::new(HashMap::new()),
+        };
+        for row in c.db.containers()? {
+            let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
+            let mut state: State =
+                serde_json::from_str(&row.state).unwrap_or_else(|_| State::created());
+            if state.status == "running" {
+                // live restore comes with the shim reconnect; until then a container
+                // whose shim recorded an exit shows it, others count as died with us
+                let (code, at) =
+                    berth_runtime::shim::read_exit_file(&c.exec_root.join(short(&row.id)))
+                        .unwrap_or((255, 0));
+                state.status = "exited".into();
+                state.exit_code = code as i64;
+                state.pid = 0;
+                state.finished_at = chrono::DateTime::from_timestamp_nanos(at)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                let _ = c.db.set_container_state(
+                    &row.id,
+                    &serde_json::to_string(&state).unwrap_or_default(),
+                );
+                unmount(&c.root.join(&row.id).join("rootfs"));
+            }
+            c.insert_mem(row, spec, state);
+        }
+        Ok(c)
+    }
+
+    fn insert_mem(&self, row: ContainerRow, spec: Value, state: State) -> Arc<Ctr> {
+        let ctr = Arc::new(Ctr {
+            id: row.id.clone(),
+            name: Mutex::new(row.name),
+            image_id: row.image_id,
+            created: row.created,
+            spec,
+            state: watch::Sender::new(state),
+            pending_attach: watch::Sender::new(0),
+            removing: std::sync::atomic::AtomicBool::new(false),
+            removed: watch::Sender::new(false),
+        });
+        if let Ok(mut m) = self.by_id.lock() {
+            m.insert(row.id, ctr.clone());
+        }
+        ctr
+    }
+
+    pub fn all(&self) -> Vec<Arc<Ctr>> {
+        let mut v: Vec<Arc<Ctr>> = self
+            .by_id
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v
+    }
+
+    /// By full ID, name (with or without `/`), or unique ID prefix.
+    pub fn get(&self, name: &str) -> Result<Arc<Ctr>, ApiError> {
+        let name = name.trim_start_matches('/');
+        let all = self.all();
+        if let Some(c) = all.iter().find(|c| c.id == name || c.name() == name) {
+            return Ok(c.clone());
+        }
+        let hits: Vec<&Arc<Ctr>> = all
+            .iter()
+            .filter(|c| !name.is_empty() && c.id.starts_with(name))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ApiError::not_found(format!("No such container: {name}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "multiple IDs found with provided prefix: {name}"
+            ))),
+        }
+    }
+
+    pub fn uses_image(&self, id: &Digest) -> Option<String> {
+        let id = id.to_string();
+        self.all().into_iter().find(|c| c.image_id == id).map(|c| {
+            let st = c.state();
+            if st.status == "running" {
+                format!("image is being used by running container {}", &c.id[..12])
+            } else {
+                format!("image is being used by stopped container {}", &c.id[..12])
+            }
+        })
+    }
+
+    fn persist(&self, c: &Ctr) {
+        let s = c.state();
+        if let Err(e) = self
+            .db
+            .set_container_state(&c.id, &serde_json::to_string(&s).unwrap_or_default())
+        {
+            tracing::error!(container = %c.id, error = %e, "saving container state failed");
+        }
+    }
+
+    fn set_state(&self, c: &Ctr, f: impl FnOnce(&mut State)) {
+        c.state.send_modify(f);
+        self.persist(c);
+    }
+
+    fn random_name(&self) -> String {
+        loop {
+            let a = ADJECTIVES[rand::random::<u32>() as usize % ADJECTIVES.len()];
+            let n = NOUNS[rand::random::<u32>() as usize % NOUNS.len()];
+            let name = format!("{a}_{n}");
+            if self.get(&name).is_err() {
+                return name;
+            }
+            let name = format!("{a}_{n}{}", rand::random::<u16>() % 100);
+            if self.get(&name).is_err() {
+                return name;
+            }
+        }
+    }
+
+    /// Records a new container from a create request already merged with its image.
+    pub fn create(
+        &self,
+        name: Option<&str>,
+        image_id: &Digest,
+        spec: Value,
+    ) -> Result<Arc<Ctr>, ApiError> {
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let n = n.trim_start_matches('/');
+                if !valid_name(n) {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                n.to_string()
+            }
+            None => self.random_name(),
+        };
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let row = ContainerRow {
+            id: id.clone(),
+            name: name.clone(),
+            image_id: image_id.to_string(),
+            created: now(),
+            spec: spec.to_string(),
+            state: serde_json::to_string(&State::created()).unwrap_or_default(),
+        };
+        if let Ok(existing) = self.get(&name) {
+            return Err(ApiError::conflict(format!(
+                "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                existing.id
+            )));
+        }
+        if !self.db.insert_container(&row)? {
+            return Err(ApiError::conflict(format!(
+                "Conflict. The container name \"/{name}\" is already in use"
+            )));
+        }
+        std::fs::create_dir_all(self.root.join(&id))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(self.insert_mem(row, spec, State::created()))
+    }
+
+    pub fn dir(&self, c: &Ctr) -> PathBuf {
+        self.root.join(&c.id)
+    }
+
+    pub fn state_dir(&self, c: &Ctr) -> PathBuf {
+        self.exec_root.join(short(&c.id))
+    }
+
+    pub fn log_path(&self, c: &Ctr) -> PathBuf {
+        self.dir(c).join(format!("{}-json.log", c.id))
+    }
+
+    pub fn shim_socket(&self, c: &Ctr) -> PathBuf {
+        self.state_dir(c).join("shim.sock")
+    }
+
+    /// Sends one command to the shim and reads its one-line answer.
+    pub async fn shim_call(&self, c: &Ctr, cmd: &str) -> Result<String, ApiError> {
+        let mut s = UnixStream::connect(self.shim_socket(c))
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("container {} has no shim: {e}", &c.id[..12]))
+            })?;
+        s.write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut line = String::new();
+        BufReader::new(s)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        match line.trim().strip_prefix("error ") {
+            Some(e) => Err(ApiError::internal(e.to_string())),
+            None => Ok(line.trim().to_string()),
+        }
+    }
+
+    /// Mounts the rootfs, writes the bundle, starts the shim and the container.
+    pub async fn start(
+        self: &Arc<Self>,
+        c: &Arc<Ctr>,
+        images: &ImageStore,
+        events: &Arc<Events>,
+    ) -> Result<(), ApiError> {
+        let st = c.state();
+        if st.status == "running" {
+            return Err(ApiError::new(
+                http::StatusCode::NOT_MODIFIED,
+                "container already started",
+            ));
+        }
+        let image: Digest = c
+            .image_id
+            .parse()
+            .map_err(|_| ApiError::internal("corrupt image id"))?;
+        let layers = images.layer_dirs(&image)?;
+        let driver = images.driver();
+        let this = self.clone();
+        let c2 = c.clone();
+        let prepared = tokio::task::spawn_blocking(move || this.prepare(&c2, &layers, driver))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = prepared {
+            return Err(self.start_failed(c, e, events).await);
+        }
+        if let Err(e) = self.spawn_shim(c).await {
+            return Err(self.start_failed(c, e, events).await);
+        }
+        // attached clients first, so they see everything
+        let mut pending = c.pending_attach.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            pending.wait_for(|n| *n == 0),
+        )
+        .await;
+        let answer = self.shim_call(c, "start").await;
+        let pid: i64 = match answer {
+            Ok(a) => a.trim_start_matches("ok ").parse().unwrap_or(0),
+            Err(e) => {
+                let _ = self.shim_call(c, "kill 9").await;
+                return Err(self.start_failed(c, e, events).await);
+            }
+        };
+        self.set_state(c, |s| {
+            s.status = "running".into();
+            s.pid = pid;
+            s.exit_code = 0;
+            s.error.clear();
+            s.started_at = now();
+            s.finished_at = ZERO_TIME.into();
+        });
+        events.emit("container", "start", &c.id, attrs(c));
+        let this = self.clone();
+        let c2 = c.clone();
+        let ev = events.clone();
+        tokio::spawn(async move { this.watch_exit(c2, ev).await });
+        Ok(())
+    }
+
+    /// Records a start that failed, as Docker does: exited with 126/127/128 and the
+    /// error; removed if it was created with AutoRemove.
+    async fn start_failed(&self, c: &Ctr, e: ApiError, events: &Events) -> ApiError {
+        unmount(&self.dir(c).join("rootfs"));
+        let msg = e.message.clone();
+        self.set_state(c, |s| {
+            s.status = "exited".into();
+            s.exit_code = exit_code_for(&msg);
+            s.error = msg.clone();
+            s.pid = 0;
+            s.finished_at = now();
+        });
+        if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
+            let _ = self.remove(c, true, events).await;
+        }
+        ApiError::bad_request(msg)
+    }
+
+    /// Blocking part of start: rootfs, hosts files, config.json.
+    fn prepare(
+        &self,
+        c: &Ctr,
+        layers: &[PathBuf],
+        driver: berth_image::snapshot::Driver,
+    ) -> Result<(), ApiError> {
+        let io = |e: std::io::Error| ApiError::internal(e.to_string());
+        let dir = self.dir(c);
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(io)?;
+        match driver {
+            berth_image::snapshot::Driver::Overlay => {
+                let (upper, work) = (dir.join("upper"), dir.join("work"));
+                std::fs::create_dir_all(&upper).map_err(io)?;
+                std::fs::create_dir_all(&work).map_err(io)?;
+                let lower: Vec<String> = layers
+                    .iter()
+                    .rev()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower.join(":"),
+                    upper.display(),
+                    work.display()
+                );
+                let data =
+                    std::ffi::CString::new(opts).map_err(|e| ApiError::internal(e.to_string()))?;
+                rustix::mount::mount(
+                    "overlay",
+                    &rootfs,
+                    "overlay",
+                    rustix::mount::MountFlags::empty(),
+                    Some(data.as_c_str()),
+                )
+                .map_err(|e| ApiError::internal(format!("mounting the container's rootfs: {e}")))?;
+            }
+            berth_image::snapshot::Driver::Copy => {
+                let empty = std::fs::read_dir(&rootfs)
+                    .map(|mut r| r.next().is_none())
+                    .unwrap_or(true);
+                if empty {
+                    if let Some(top) = layers.last() {
+                        let st = std::process::Command::new("cp")
+                            .arg("-a")
+                            .arg("--reflink=auto")
+                            .arg(format!("{}/.", top.display()))
+                            .arg(&rootfs)
+                            .status()
+                            .map_err(io)?;
+                        if !st.success() {
+                            return Err(ApiError::internal(
+                                "copying the image into the container failed",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let cfg = c.config();
+        let hostname = cfg["Hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| c.id[..12].to_string());
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io)?;
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n")).map_err(io)?;
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
+        let run = crate::spec::run_spec(c, &rootfs, &dir, &hostname)?;
+        crate::spec::mkdir_in_root(&rootfs, &run.cwd)?;
+        crate::spec::check_command(&rootfs, &run.args, &run.env)?;
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(io)?;
+        let spec = berth_runtime::spec::build(&run);
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).unwrap_or_default(),
+        )
+        .map_err(io)?;
+        Ok(())
+    }
+
+    async fn spawn_shim(&self, c: &Ctr) -> Result<(), ApiError> {
+        let state = self.state_dir(c);
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut cmd = std::process::Command::new(&self.shim);
+        cmd.arg("--id")
+            .arg(short(&c.id))
+            .arg("--bundle")
+            .arg(self.dir(c).join("bundle"))
+            .arg("--state")
+            .arg(&state)
+            .arg("--log")
+            .arg(self.log_path(c))
+            .arg("--ready-fd")
+            .arg(std::os::fd::AsRawFd::as_raw_fd(&w).to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if c.tty() {
+            cmd.arg("--tty");
+        }
+        if c.config()["OpenStdin"].as_bool().unwrap_or(false) {
+            cmd.arg("--stdin");
+        }
+        let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+        // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it
+        // lets exactly the ready pipe (and no other fd of berthd) reach the shim
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::fcntl(wfd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let line = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let status = cmd.status()?;
+            drop(w);
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "berth-shim failed to start: {status}"
+                )));
+            }
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(std::fs::File::from(r)),
+                &mut line,
+            )?;
+            Ok(line)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        match line.trim().strip_prefix("error ") {
+            Some(e) => Err(ApiError::internal(e.to_string())),
+            None if line.starts_with("ok") => Ok(()),
+            None => Err(ApiError::internal(
+                "berth-shim exited before creating the container",
+            )),
+        }
+    }
+
+    async fn watch_exit(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
+        let code = async {
+            let mut s = UnixStream::connect(self.shim_socket(&c)).await.ok()?;
+            s.write_all(b"wait\n").await.ok()?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).await.ok()?;
+            line.trim().strip_prefix("exit ")?.parse::<i64>().ok()
+        }
+        .await;
+        let code = code
+            .or_else(|| {
+                berth_runtime::shim::read_exit_file(&self.state_dir(&c)).map(|(c, _)| c as i64)
+            })
+            .unwrap_or(255);
+        unmount(&self.dir(&c).join("rootfs"));
+        self.set_state(&c, |s| {
+            s.status = "exited".into();
+            s.exit_code = code;
+            s.pid = 0;
+            s.finished_at = now();
+        });
+        let mut a = attrs(&c);
+        a.insert("exitCode".into(), code.to_string());
+        events.emit("container", "die", &c.id, a);
+        if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
+            let _ = self.remove(&c, true, &events).await;
+        }
+    }
+
+    /// Sends a signal to the container's init.
+    pub async fn kill(&self, c: &Ctr, sig: i32) -> Result<(), ApiError> {
+        if c.state().status != "running" {
+            return Err(ApiError::conflict(format!(
+                "Cannot kill container: {}: container {} is not running",
+                c.name(),
+                c.id
+            )));
+        }
+        self.shim_call(c, &format!("kill {sig}")).await.map(|_| ())
+    }
+
+    /// Signal, then SIGKILL after `timeout` seconds.
+    pub async fn stop(&self, c: &Ctr, sig: i32, timeout: i64) -> Result<bool, ApiError> {
+        if c.state().status != "running" {
+            return Ok(false);
+        }
+        let mut rx = c.state.subscribe();
+        let _ = self.shim_call(c, &format!("kill {sig}")).await;
+        let dur = std::time::Duration::from_secs(timeout.max(0) as u64);
+        if timeout < 0
+            || tokio::time::timeout(dur, rx.wait_for(|s| s.status != "running"))
+                .await
+                .is_err()
+        {
+            let _ = self.shim_call(c, "kill 9").await;
+            let _ = rx.wait_for(|s| s.status != "running").await;
+        }
+        Ok(true)
+    }
+
+    pub async fn remove(&self, c: &Ctr, force: bool, events: &Events) -> Result<(), ApiError> {
+        if c.state().status == "running" {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                    c.name()
+                )));
+            }
+            self.stop(c, 9, 0).await?;
+        }
+        if c.removing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(()); // already being removed
+        }
+        let dir = self.dir(c);
+        unmount(&dir.join("rootfs"));
+        let state = self.state_dir(c);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&state);
+        })
+        .await;
+        self.db.delete_container(&c.id)?;
+        if let Ok(mut m) = self.by_id.lock() {
+            m.remove(&c.id);
+        }
+        events.emit("container", "destroy", &c.id, attrs(c));
+        c.removed.send_replace(true);
+        Ok(())
+    }
+}
+
+/// The ID the shim and the runtime know a container by: short enough for socket paths.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(16)]
+}
+
+/// Docker's codes for a process that could not be started.
+fn exit_code_for(msg: &str) -> i64 {
+    if msg.contains("no such file") || msg.contains("not found") {
+        127
+    } else if msg.contains("ermission denied") || msg.contains("EACCES") {
+        126
+    } else {
+        128
+    }
+}
+
+pub fn attrs(c: &Ctr) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert("name".into(), c.name());
+    a.insert(
+        "image".into(),
+        c.spec["Image"].as_str().unwrap_or_default().to_string(),
+    );
+    if let Some(l) = c.config()["Labels"].as_object() {
+        for (k, v) in l {
+            a.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+        }
+    }
+    a
+}
+
+pub fn unmount(p: &Path) {
+    let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
+}

@@ -1,0 +1,268 @@
+#![allow(clippy::unwrap_used)]
+//! Containers through the real docker CLI and the API: run (attached, detached, with
+//! stdin), logs, ps, stop, wait, inspect, rm; Docker's exit codes; errors for bad input;
+//! and nothing left behind.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn docker_ready(d: &Daemon) -> bool {
+    if !have("docker") {
+        eprintln!("skipping: the docker CLI is not installed");
+        return false;
+    }
+    d.import(&busybox_tar(), "bb:latest");
+    true
+}
+
+fn leftovers(d: &Daemon, id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let root = d.data_root().display().to_string();
+    for m in mounts
+        .lines()
+        .filter(|l| l.contains(&root) && l.contains(id))
+    {
+        found.push(format!("mount {m}"));
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            if e.path().join("berth").join(id).exists() {
+                found.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+    }
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", &format!("berth-shim --id {id}")])
+        .output()
+        .unwrap();
+    if !procs.stdout.is_empty() {
+        found.push(format!("shim {}", stdout(&procs)));
+    }
+    if d.data_root().join("containers").join(id).exists() {
+        found.push("container directory".into());
+    }
+    found
+}
+
+fn wait_gone(d: &Daemon, id: &str) -> Vec<String> {
+    for _ in 0..100 {
+        if leftovers(d, id).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    leftovers(d, id)
+}
+
+#[test]
+fn docker_run_attached_and_exit_codes() {
+    if skip_unless_root("docker_run_attached_and_exit_codes") {
+        return;
+    }
+    let d = Daemon::start();
+    if !docker_ready(&d) {
+        return;
+    }
+    let o = d.docker(&["run", "--rm", "bb", "echo", "hello"]);
+    assert_eq!(stdout(&o), "hello\n");
+    assert!(o.status.success());
+    let o = d.docker(&[
+        "run",
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3));
+    let o = d.docker(&["run", "--rm", "bb", "nosuchcmd"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(stderr(&o).contains("executable file not found in $PATH"));
+    let o = d.docker(&["run", "--rm", "bb", "/etc/passwd"]);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    let o = d.docker(&[
+        "run",
+        "--rm",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/work/dir",
+        "-u",
+        "0:0",
+        "--hostname",
+        "boxy",
+        "bb",
+        "sh",
+        "-c",
+        "echo $FOO $(pwd) $(hostname) $(id -u)",
+    ]);
+    assert_eq!(stdout(&o), "bar /work/dir boxy 0\n");
+    let o = d.docker_stdin(&["run", "--rm", "-i", "bb", "cat"], Some(b"from stdin\n"));
+    assert_eq!(stdout(&o), "from stdin\n");
+    let o = d.docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/echo",
+        "bb",
+        "via",
+        "entrypoint",
+    ]);
+    assert_eq!(stdout(&o), "via entrypoint\n");
+    // --rm removed them all
+    let left = d.get_json("/containers/json?all=1");
+    assert_eq!(left.as_array().unwrap().len(), 0, "{left:#}");
+}
+
+#[test]
+fn detached_lifecycle_logs_ps_stop_rm() {
+    if skip_unless_root("detached_lifecycle_logs_ps_stop_rm") {
+        return;
+    }
+    let d = Daemon::start();
+    if !docker_ready(&d) {
+        return;
+    }
+    let id = ok(d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-l",
+        "tier=front",
+        "bb",
+        "sh",
+        "-c",
+        "echo ready; echo warn >&2; exec sleep 300",
+    ]))
+    .trim()
+    .to_string();
+    assert_eq!(id.len(), 64);
+    let st = d.get_json(&format!("/containers/{id}/json"));
+    assert_eq!(st["State"]["Running"], true);
+    assert!(st["State"]["Pid"].as_i64().unwrap() > 0);
+    assert_eq!(st["Name"], "/web");
+    // logs, split by stream
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = stdout(&d.docker(&["logs", "web"]));
+        if logs.contains("ready") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(logs, "ready\n");
+    let o = d.docker(&["logs", "web"]);
+    assert_eq!(stderr(&o), "warn\n");
+    let ps = ok(d.docker(&["ps", "--format", "{{.Names}} {{.Status}} {{.Labels}}"]));
+    assert!(ps.starts_with("web Up "), "{ps}");
+    assert!(ps.contains("tier=front"), "{ps}");
+    assert_eq!(
+        ok(d.docker(&["ps", "-q", "--filter", "label=tier=front"])).trim(),
+        &id[..12]
+    );
+    // conflicts, as Docker answers them
+    let o = d.docker(&["run", "-d", "--name", "web", "bb", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("is already in use"), "{}", stderr(&o));
+    let r = d.request("DELETE", &format!("/containers/{id}"), None);
+    assert_eq!(r.status, 409);
+    let r = d.request("POST", &format!("/containers/{id}/kill?signal=NOPE"), None);
+    assert_eq!(r.status, 400);
+    let r = d.request("DELETE", "/images/bb:latest", None);
+    assert_eq!(r.status, 409, "an image in use stays: {}", r.text());
+    // stop: SIGTERM reaches sleep (exec'd as PID 1 has no handler: killed after the timeout)
+    ok(d.docker(&["stop", "-t", "1", "web"]));
+    assert_eq!(ok(d.docker(&["wait", "web"])), "137\n");
+    assert_eq!(
+        ok(d.docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "web"
+        ])),
+        "exited 137\n"
+    );
+    let r = d.request("POST", &format!("/containers/{id}/stop"), None);
+    assert_eq!(r.status, 304);
+    let ps = ok(d.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(ps.starts_with("web Exited (137)"), "{ps}");
+    // restart, then rm -f of a running container
+    ok(d.docker(&["start", "web"]));
+    assert_eq!(d.get_json("/containers/web/json")["State"]["Running"], true);
+    ok(d.docker(&["rm", "-f", "web"]));
+    assert_eq!(d.request("GET", "/containers/web/json", None).status, 404);
+    assert_eq!(wait_gone(&d, &id), Vec::<String>::new());
+}
+
+#[test]
+fn create_reports_the_network_warning_and_validates() {
+    if skip_unless_root("create_reports_the_network_warning_and_validates") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"bb","Cmd":["true"]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    assert!(v["Warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("network namespace"));
+    let id = v["Id"].as_str().unwrap().to_string();
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"nope","Cmd":["true"]}"#),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["message"], "No such image: nope:latest");
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"bb","HostConfig":{"RestartPolicy":{"Name":"sometimes"}}}"#),
+    );
+    assert_eq!(r.status, 400);
+    let r = d.request("POST", "/containers/create", Some(b"{not json"));
+    assert_eq!(r.status, 400);
+    let r = d.request(
+        "POST",
+        "/containers/create?name=bad%20name",
+        Some(br#"{"Image":"bb"}"#),
+    );
+    assert_eq!(r.status, 400);
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"bb","HostConfig":{"NetworkMode":"none"}}"#),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["Warnings"], serde_json::json!([]));
+    // a created container starts and its wait returns its code
+    assert_eq!(
+        d.request("POST", &format!("/containers/{id}/start"), None)
+            .status,
+        204
+    );
+    let w = d.request("POST", &format!("/containers/{id}/wait"), None);
+    assert_eq!(w.json()["StatusCode"], 0);
+    assert_eq!(
+        d.request("POST", &format!("/containers/{id}/start"), None)
+            .status,
+        204
+    );
+    assert_eq!(
+        d.request("DELETE", &format!("/containers/{id}?force=1"), None)
+            .status,
+        204
+    );
+    assert!(!Path::new(&d.data_root().join("containers").join(&id)).exists());
+}
