@@ -103,7 +103,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let host = host_of(cli.host.as_deref());
         let client = match Client::new(&host, &tls_options(&cli)) {
             Ok(c) => c,
@@ -126,7 +126,10 @@ pub fn main() -> i32 {
                 1
             }
         }
-    })
+    });
+    // a read of our stdin may still be blocking a runtime thread: do not wait for it
+    rt.shutdown_background();
+    code
 }
 
 impl std::fmt::Debug for Exit {

@@ -266,3 +266,164 @@ fn create_reports_the_network_warning_and_validates() {
     );
     assert!(!Path::new(&d.data_root().join("containers").join(&id)).exists());
 }
+
+#[test]
+fn berth_cli_runs_containers_like_docker() {
+    if skip_unless_root("berth_cli_runs_containers_like_docker") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let o = d.berth(&["run", "--rm", "--network", "none", "bb", "echo", "hello"]);
+    assert_eq!(stdout(&o), "hello\n");
+    assert!(o.status.success());
+    let o = d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(
+        (stdout(&o).as_str(), stderr(&o).as_str(), o.status.code()),
+        ("out\n", "err\n", Some(3))
+    );
+    assert_eq!(
+        d.berth(&["run", "--rm", "bb", "nosuchcmd"]).status.code(),
+        Some(127)
+    );
+    assert_eq!(
+        d.berth(&["run", "--rm", "bb", "/etc/passwd"]).status.code(),
+        Some(126)
+    );
+    assert_eq!(
+        d.berth(&["run", "--rm", "nosuchimage"]).status.code(),
+        Some(125)
+    );
+    let o = d.berth_stdin(
+        &["run", "--rm", "-i", "--network", "none", "bb", "cat"],
+        Some(b"piped\n"),
+    );
+    assert_eq!(stdout(&o), "piped\n");
+    let id = ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "echo up; exec sleep 300",
+    ]))
+    .trim()
+    .to_string();
+    assert_eq!(id.len(), 64);
+    let ps = ok(d.berth(&["ps", "--format", "{{.Names}} {{.State}}"]));
+    assert_eq!(ps, "bg running\n");
+    if have("docker") {
+        // the same table through both clients
+        let cols = "{{.ID}} {{.Image}} {{.Command}} {{.Names}}";
+        assert_eq!(
+            ok(d.berth(&["ps", "-a", "--format", cols])),
+            ok(d.docker(&["ps", "-a", "--format", cols]))
+        );
+        assert_eq!(ok(d.berth(&["ps", "-q"])), ok(d.docker(&["ps", "-q"])));
+    }
+    for _ in 0..50 {
+        if ok(d.berth(&["logs", "bg"])) == "up\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(ok(d.berth(&["logs", "bg"])), "up\n");
+    // sleep as PID 1 ignores SIGTERM (no handler), as under Docker; SIGKILL ends it
+    assert_eq!(ok(d.berth(&["kill", "bg"])), "bg\n");
+    assert_eq!(ok(d.berth(&["wait", "bg"])), "137\n");
+    assert_eq!(ok(d.berth(&["rename", "bg", "bg2"])), "");
+    assert_eq!(ok(d.berth(&["rm", "bg2"])), "bg2\n");
+    let o = d.berth(&["rm", "bg2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: No such container: bg2\n"
+    );
+    assert_eq!(wait_gone(&d, &id), Vec::<String>::new());
+}
+
+/// `run -it` in a real terminal (tmux): the prompt, a command, the window size, the exit code.
+fn interactive_session(d: &Daemon, cli: &str) -> String {
+    let session = format!("berth-e2e-{}-{}", std::process::id(), cli.len());
+    let script = d.dir.path().join(format!("{}.sh", cli.len()));
+    let out = d.dir.path().join(format!("{}.out", cli.len()));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexport DOCKER_HOST={h} BERTH_HOST={h} DOCKER_CONFIG=/tmp/berth-e2e-docker-config\n{cli} run -it --rm --network none bb sh\necho EXITED=$? > {o}\n", h = d.host(), o = out.display()),
+    )
+    .unwrap();
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &format!("sh {}", script.display()),
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "echo $((6*7)) $(stty size)",
+        "Enter",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let screen = stdout(&tmux(&["capture-pane", "-t", &session, "-p"]));
+    tmux(&["send-keys", "-t", &session, "exit 7", "Enter"]);
+    for _ in 0..100 {
+        if out.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tmux(&["kill-session", "-t", &session]);
+    format!(
+        "{screen}{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    )
+}
+
+#[test]
+fn run_it_gives_an_interactive_terminal() {
+    if skip_unless_root("run_it_gives_an_interactive_terminal") {
+        return;
+    }
+    if !have("tmux") {
+        eprintln!("skipping: tmux not installed");
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let mut clis = vec![berth_bin().to_string()];
+    if have("docker") {
+        clis.push("docker".into());
+    }
+    for cli in clis {
+        let s = interactive_session(&d, &cli);
+        assert!(s.contains("42 30 100"), "{cli}: {s}");
+        assert!(s.contains("EXITED=7"), "{cli}: {s}");
+    }
+}

@@ -1,9 +1,785 @@
-//! Container commands.
+//! Container commands: run, create, start, ps, logs, stop, kill, restart, wait, rename,
+//! rm, container prune.
 
-use crate::client::{Client, ReqBody};
-use anyhow::Result;
+use super::{filters_json, q};
+use crate::client::{Client, DaemonError, ReqBody};
+use crate::format::{since, Format};
+use crate::template::row;
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use http::Method;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::io::{IsTerminal, Write};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Args, Clone)]
+pub struct CreateArgs {
+    /// Run container in background and print container ID
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep STDIN open even if not attached
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Automatically remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Assign a name to the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long = "env-file")]
+    pub env_file: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Container host name
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Set meta data on a container
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
+    /// Bind mount a volume (HOST:CONTAINER[:ro])
+    #[arg(short, long = "volume")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs directory
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// Mount the container's root filesystem as read only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Restart policy to apply when a container exits
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Connect a container to a network (none, host)
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Signal to stop the container
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Timeout (in seconds) to stop a container
+    #[arg(long)]
+    pub stop_timeout: Option<i64>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn create_body(a: &CreateArgs) -> Result<Value> {
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).map_err(|e| anyhow!("open {f}: {e}"))?;
+        env.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    for e in &a.env {
+        // `-e NAME` takes the value from our environment, as docker does
+        if e.contains('=') {
+            env.push(e.clone());
+        } else if let Ok(v) = std::env::var(e) {
+            env.push(format!("{e}={v}"));
+        }
+    }
+    let labels: serde_json::Map<String, Value> = a
+        .label
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), Value::from(v)),
+            None => (l.clone(), Value::from("")),
+        })
+        .collect();
+    let tmpfs: serde_json::Map<String, Value> = a
+        .tmpfs
+        .iter()
+        .map(|t| match t.split_once(':') {
+            Some((p, o)) => (p.to_string(), Value::from(o)),
+            None => (t.clone(), Value::from("")),
+        })
+        .collect();
+    let restart = match a.restart.as_deref() {
+        None => json!({"Name": "no", "MaximumRetryCount": 0}),
+        Some(r) => match r.split_once(':') {
+            Some((n, c)) => {
+                json!({"Name": n, "MaximumRetryCount": c.parse::<i64>().map_err(|_| anyhow!("invalid restart policy format"))?})
+            }
+            None => json!({"Name": r, "MaximumRetryCount": 0}),
+        },
+    };
+    let mut cfg = json!({
+        "Image": a.image,
+        "Tty": a.tty,
+        "OpenStdin": a.interactive,
+        "StdinOnce": a.interactive && !a.detach,
+        "AttachStdin": a.interactive && !a.detach,
+        "AttachStdout": !a.detach,
+        "AttachStderr": !a.detach,
+        "Env": env,
+        "Labels": labels,
+        "HostConfig": {
+            "AutoRemove": a.rm,
+            "Binds": a.volume,
+            "Tmpfs": tmpfs,
+            "ReadonlyRootfs": a.read_only,
+            "RestartPolicy": restart,
+            "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
+        },
+    });
+    if !a.command.is_empty() {
+        cfg["Cmd"] = json!(a.command);
+    }
+    if let Some(e) = &a.entrypoint {
+        cfg["Entrypoint"] = if e.is_empty() { json!([]) } else { json!([e]) };
+    }
+    if let Some(w) = &a.workdir {
+        cfg["WorkingDir"] = json!(w);
+    }
+    if let Some(u) = &a.user {
+        cfg["User"] = json!(u);
+    }
+    if let Some(h) = &a.hostname {
+        cfg["Hostname"] = json!(h);
+    }
+    if let Some(s) = &a.stop_signal {
+        cfg["StopSignal"] = json!(s);
+    }
+    if let Some(t) = a.stop_timeout {
+        cfg["StopTimeout"] = json!(t);
+    }
+    Ok(cfg)
+}
+
+/// Creates the container; prints the daemon's warnings. Errors carry docker's exit 125.
+async fn create_container(c: &Client, a: &CreateArgs) -> Result<String> {
+    let body = serde_json::to_vec(&create_body(a)?)?;
+    let mut path = "/containers/create".to_string();
+    if let Some(n) = &a.name {
+        path.push_str(&format!("?name={}", q(n)));
+    }
+    let resp = c
+        .request(
+            Method::POST,
+            &path,
+            ReqBody::Full(Some(body.into())),
+            &[("Content-Type", "application/json".into())],
+        )
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            if e.downcast_ref::<DaemonError>()
+                .is_some_and(|d| d.status == StatusCode::NOT_FOUND)
+            {
+                eprintln!("Unable to find image '{}' locally", a.image);
+            }
+            eprintln!("berth: {e}");
+            return Err(crate::Exit(125).into());
+        }
+    };
+    let v = crate::client::read_json(resp).await?;
+    for w in v["Warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        eprintln!("WARNING: {w}");
+    }
+    v["Id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the daemon answered no container ID"))
+}
+
+pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
+    let id = create_container(c, &a).await?;
+    println!("{id}");
+    Ok(())
+}
+
+/// Exit code docker's CLI gives a failed start.
+fn start_error_code(msg: &str) -> i32 {
+    if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+        127
+    } else if msg.contains("permission denied") {
+        126
+    } else {
+        125
+    }
+}
+
+/// Writes a Docker stream frame's payload to stdout or stderr.
+fn demux(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
+    buf.extend_from_slice(data);
+    while buf.len() >= 8 {
+        let n = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+        if buf.len() < 8 + n {
+            break;
+        }
+        let payload = &buf[8..8 + n];
+        if buf[0] == 2 {
+            let mut e = std::io::stderr().lock();
+            e.write_all(payload)?;
+            e.flush()?;
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(payload)?;
+            o.flush()?;
+        }
+        buf.drain(..8 + n);
+    }
+    Ok(())
+}
+
+/// Puts the terminal in raw mode while alive.
+struct RawTerminal(Option<rustix::termios::Termios>);
+impl RawTerminal {
+    fn enter() -> Self {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return RawTerminal(None);
+        }
+        match rustix::termios::tcgetattr(&stdin) {
+            Ok(old) => {
+                let mut raw = old.clone();
+                raw.make_raw();
+                let _ =
+                    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw);
+                RawTerminal(Some(old))
+            }
+            Err(_) => RawTerminal(None),
+        }
+    }
+}
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                old,
+            );
+        }
+    }
+}
+
+/// Attaches (hijacking the connection) and relays until the container's output ends.
+async fn attach_stream(
+    c: &Client,
+    id: &str,
+    stdin: bool,
+    tty: bool,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let path = format!(
+        "/containers/{id}/attach?stream=1&stdout=1&stderr=1&stdin={}",
+        u8::from(stdin)
+    );
+    let resp = c
+        .request(
+            Method::POST,
+            &path,
+            ReqBody::Empty,
+            &[("Connection", "Upgrade".into()), ("Upgrade", "tcp".into())],
+        )
+        .await?;
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| anyhow!("attach: {e}"))?;
+    let io = TokioIo::new(upgraded);
+    let (mut r, mut w) = tokio::io::split(io);
+    if stdin {
+        tokio::spawn(async move {
+            let mut input = tokio::io::stdin();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = w.shutdown().await;
+        });
+    }
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut pending = Vec::new();
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tty {
+                        let mut o = std::io::stdout().lock();
+                        let _ = o.write_all(&buf[..n]);
+                        let _ = o.flush();
+                    } else if demux(&mut pending, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
+    let id = create_container(c, &a).await?;
+    if a.detach {
+        if let Err(e) = c
+            .request(
+                Method::POST,
+                &format!("/containers/{id}/start"),
+                ReqBody::Empty,
+                &[],
+            )
+            .await
+        {
+            eprintln!("berth: {e}");
+            return Err(crate::Exit(start_error_code(&e.to_string())).into());
+        }
+        println!("{id}");
+        return Ok(());
+    }
+    let relay = attach_stream(c, &id, a.interactive, a.tty).await?;
+    let cond = if a.rm { "removed" } else { "next-exit" };
+    let wait = c
+        .request(
+            Method::POST,
+            &format!("/containers/{id}/wait?condition={cond}"),
+            ReqBody::Empty,
+            &[],
+        )
+        .await?;
+    let _raw = if a.tty && a.interactive {
+        Some(RawTerminal::enter())
+    } else {
+        None
+    };
+    if let Err(e) = c
+        .request(
+            Method::POST,
+            &format!("/containers/{id}/start"),
+            ReqBody::Empty,
+            &[],
+        )
+        .await
+    {
+        drop(_raw);
+        eprintln!("berth: {e}");
+        return Err(crate::Exit(start_error_code(&e.to_string())).into());
+    }
+    if a.tty {
+        if let Some((rows, cols)) = terminal_size() {
+            let _ = c
+                .request(
+                    Method::POST,
+                    &format!("/containers/{id}/resize?h={rows}&w={cols}"),
+                    ReqBody::Empty,
+                    &[],
+                )
+                .await;
+        }
+    }
+    let result = crate::client::read_json(wait).await?;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay).await;
+    drop(_raw);
+    let code = result["StatusCode"].as_i64().unwrap_or(125) as i32;
+    if code != 0 {
+        return Err(crate::Exit(code).into());
+    }
+    Ok(())
+}
+
+fn terminal_size() -> Option<(u16, u16)> {
+    let out = std::io::stdout();
+    if !out.is_terminal() {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&out)
+        .ok()
+        .map(|w| (w.ws_row, w.ws_col))
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach STDOUT/STDERR and forward signals
+    #[arg(short, long)]
+    pub attach: bool,
+    /// Attach container's STDIN
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
+    if a.attach || a.interactive {
+        let id = a.containers.first().cloned().unwrap_or_default();
+        let info = c.get_json(&format!("/containers/{id}/json")).await?;
+        let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+        let relay = attach_stream(c, &id, a.interactive, tty).await?;
+        let wait = c
+            .request(
+                Method::POST,
+                &format!("/containers/{id}/wait?condition=next-exit"),
+                ReqBody::Empty,
+                &[],
+            )
+            .await?;
+        c.request(
+            Method::POST,
+            &format!("/containers/{id}/start"),
+            ReqBody::Empty,
+            &[],
+        )
+        .await?;
+        let result = crate::client::read_json(wait).await?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay).await;
+        let code = result["StatusCode"].as_i64().unwrap_or(1) as i32;
+        if code != 0 {
+            return Err(crate::Exit(code).into());
+        }
+        return Ok(());
+    }
+    super::for_each_name(&a.containers, |name| async move {
+        c.request(
+            Method::POST,
+            &format!("/containers/{name}/start"),
+            ReqBody::Empty,
+            &[],
+        )
+        .await?;
+        println!("{name}");
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Filter output based on conditions provided
+    #[arg(short, long = "filter")]
+    pub filter: Vec<String>,
+    /// Format output using a custom template
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Show n last created containers (includes all states)
+    #[arg(short = 'n', long)]
+    pub last: Option<i64>,
+    /// Show the latest created container (includes all states)
+    #[arg(short, long)]
+    pub latest: bool,
+    /// Don't truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Only display container IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Display total file sizes
+    #[arg(short, long)]
+    pub size: bool,
+}
+
+fn ellipsis(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
+    let limit = if a.latest { Some(1) } else { a.last };
+    let all = a.all || limit.is_some();
+    let mut path = format!("/containers/json?all={all}&size={}", a.size);
+    if let Some(n) = limit {
+        path.push_str(&format!("&limit={n}"));
+    }
+    if let Some(f) = filters_json(&a.filter)? {
+        path.push_str(&format!("&filters={}", q(&f)));
+    }
+    let list = c.get_json(&path).await?;
+    let mut rows = Vec::new();
+    for ct in list.as_array().into_iter().flatten() {
+        let id = ct["Id"].as_str().unwrap_or_default();
+        let cmd = ct["Command"].as_str().unwrap_or_default();
+        let names: Vec<String> = ct["Names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect();
+        let labels: Vec<String> = ct["Labels"]
+            .as_object()
+            .map(|m| {
+                let mut v: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default();
+        rows.push(row(vec![
+            (
+                "ID",
+                json!(if a.no_trunc {
+                    id.to_string()
+                } else {
+                    id.chars().take(12).collect()
+                }),
+            ),
+            ("Image", ct["Image"].clone()),
+            (
+                "Command",
+                json!(if a.no_trunc {
+                    format!("{cmd:?}")
+                } else {
+                    format!("{:?}", ellipsis(cmd, 20))
+                }),
+            ),
+            (
+                "CreatedAt",
+                json!(crate::format::go_time(ct["Created"].as_i64().unwrap_or(0))),
+            ),
+            (
+                "RunningFor",
+                json!(since(ct["Created"].as_i64().unwrap_or(0))),
+            ),
+            ("Status", ct["Status"].clone()),
+            ("State", ct["State"].clone()),
+            ("Ports", json!("")),
+            ("Names", json!(names.join(","))),
+            ("Labels", json!(labels.join(","))),
+            ("Size", json!("0B")),
+            ("Networks", json!("")),
+            ("Mounts", json!("")),
+        ]));
+    }
+    let fmt = if a.quiet {
+        Format::Raw("{{.ID}}".into())
+    } else {
+        Format::new(a.format.as_deref(), "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}")
+    };
+    let headers = json!({"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT", "RunningFor": "CREATED",
+        "Status": "STATUS", "State": "STATE", "Ports": "PORTS", "Names": "NAMES", "Labels": "LABELS", "Size": "SIZE", "Networks": "NETWORKS", "Mounts": "MOUNTS"});
+    print!("{}", fmt.render(&rows, &headers)?);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Follow log output
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Number of lines to show from the end of the logs
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Show timestamps
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Show logs since timestamp (unix seconds or RFC 3339)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show logs before a timestamp
+    #[arg(long)]
+    pub until: Option<String>,
+    pub container: String,
+}
+
+pub async fn logs(c: &Client, a: LogsArgs) -> Result<()> {
+    let info = c
+        .get_json(&format!("/containers/{}/json", a.container))
+        .await?;
+    let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    let mut path = format!(
+        "/containers/{}/logs?stdout=1&stderr=1&follow={}&timestamps={}&tail={}",
+        a.container,
+        a.follow,
+        a.timestamps,
+        q(&a.tail)
+    );
+    if let Some(s) = &a.since {
+        path.push_str(&format!("&since={}", q(s)));
+    }
+    if let Some(u) = &a.until {
+        path.push_str(&format!("&until={}", q(u)));
+    }
+    let resp = c.request(Method::GET, &path, ReqBody::Empty, &[]).await?;
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame?.into_data() {
+            if tty {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&d)?;
+                o.flush()?;
+            } else {
+                demux(&mut pending, &d)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Signal to send to the container
+    #[arg(short, long)]
+    pub signal: Option<String>,
+    /// Seconds to wait before killing the container
+    #[arg(short, long)]
+    pub timeout: Option<i64>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn stop(c: &Client, a: StopArgs, action: &str) -> Result<()> {
+    let mut query = Vec::new();
+    if let Some(t) = a.timeout {
+        query.push(format!("t={t}"));
+    }
+    if let Some(s) = &a.signal {
+        query.push(format!("signal={}", q(s)));
+    }
+    let query = query.join("&");
+    super::for_each_name(&a.containers, |name| {
+        let query = query.clone();
+        async move {
+            c.request(
+                Method::POST,
+                &format!("/containers/{name}/{action}?{query}"),
+                ReqBody::Empty,
+                &[],
+            )
+            .await?;
+            println!("{name}");
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal to send to the container
+    #[arg(short, long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn kill(c: &Client, a: KillArgs) -> Result<()> {
+    let sig = a.signal.clone();
+    super::for_each_name(&a.containers, |name| {
+        let sig = sig.clone();
+        async move {
+            c.request(
+                Method::POST,
+                &format!("/containers/{name}/kill?signal={}", q(&sig)),
+                ReqBody::Empty,
+                &[],
+            )
+            .await?;
+            println!("{name}");
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn wait(c: &Client, a: WaitArgs) -> Result<()> {
+    super::for_each_name(&a.containers, |name| async move {
+        let v = c
+            .send_json(Method::POST, &format!("/containers/{name}/wait"))
+            .await?;
+        println!("{}", v["StatusCode"].as_i64().unwrap_or(-1));
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    pub container: String,
+    pub new_name: String,
+}
+
+pub async fn rename(c: &Client, a: RenameArgs) -> Result<()> {
+    c.request(
+        Method::POST,
+        &format!("/containers/{}/rename?name={}", a.container, q(&a.new_name)),
+        ReqBody::Empty,
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    pub force: bool,
+    /// Provide filter values (e.g. "until=<timestamp>")
+    #[arg(long = "filter")]
+    pub filter: Vec<String>,
+}
+
+pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
+    if !a.force
+        && !super::confirm(
+            "WARNING! This will remove all stopped containers.\nAre you sure you want to continue?",
+        )
+    {
+        return Ok(());
+    }
+    let mut path = "/containers/prune".to_string();
+    if let Some(f) = filters_json(&a.filter)? {
+        path.push_str(&format!("?filters={}", q(&f)));
+    }
+    let v = c.send_json(Method::POST, &path).await?;
+    if let Some(ids) = v["ContainersDeleted"].as_array().filter(|a| !a.is_empty()) {
+        println!("Deleted Containers:");
+        for id in ids.iter().filter_map(Value::as_str) {
+            println!("{id}");
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        crate::format::human_size(v["SpaceReclaimed"].as_i64().unwrap_or(0))
+    );
+    Ok(())
+}
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
@@ -21,14 +797,11 @@ pub struct RmArgs {
 }
 
 pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
+    if a.link {
+        bail!("links are not supported");
+    }
     super::for_each_name(&a.containers, |name| async move {
-        let path = format!(
-            "/containers/{}?force={}&v={}&link={}",
-            super::q(&name),
-            a.force,
-            a.volumes,
-            a.link
-        );
+        let path = format!("/containers/{}?force={}&v={}", q(&name), a.force, a.volumes);
         c.request(Method::DELETE, &path, ReqBody::Empty, &[])
             .await?;
         println!("{name}");

@@ -38,6 +38,40 @@ pub enum Cmd {
     Save(images::SaveArgs),
     /// Load an image from a tar archive or STDIN
     Load(images::LoadArgs),
+    /// Create and run a new container from an image
+    Run(containers::CreateArgs),
+    /// Create a new container
+    Create(containers::CreateArgs),
+    /// Start one or more stopped containers
+    Start(containers::StartArgs),
+    /// List containers
+    Ps(containers::PsArgs),
+    /// Fetch the logs of a container
+    Logs(containers::LogsArgs),
+    /// Stop one or more running containers
+    Stop(containers::StopArgs),
+    /// Restart one or more containers
+    Restart(containers::StopArgs),
+    /// Kill one or more running containers
+    Kill(containers::KillArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(containers::WaitArgs),
+    /// Rename a container
+    Rename(containers::RenameArgs),
+    /// Remove one or more containers
+    Rm(containers::RmArgs),
+    /// Manage containers
+    #[command(subcommand)]
+    Container(ContainerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContainerCmd {
+    /// List containers
+    #[command(alias = "list")]
+    Ls(containers::PsArgs),
+    /// Remove all stopped containers
+    Prune(containers::PruneArgs),
     /// Remove one or more containers
     Rm(containers::RmArgs),
 }
@@ -100,7 +134,18 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Import(a) | Cmd::Image(ImageCmd::Import(a)) => images::import(c, a).await,
         Cmd::Save(a) | Cmd::Image(ImageCmd::Save(a)) => images::save(c, a).await,
         Cmd::Load(a) | Cmd::Image(ImageCmd::Load(a)) => images::load(c, a).await,
-        Cmd::Rm(a) => containers::rm(c, a).await,
+        Cmd::Run(a) => containers::run(c, a).await,
+        Cmd::Create(a) => containers::create(c, a).await,
+        Cmd::Start(a) => containers::start(c, a).await,
+        Cmd::Ps(a) | Cmd::Container(ContainerCmd::Ls(a)) => containers::ps(c, a).await,
+        Cmd::Logs(a) => containers::logs(c, a).await,
+        Cmd::Stop(a) => containers::stop(c, a, "stop").await,
+        Cmd::Restart(a) => containers::stop(c, a, "restart").await,
+        Cmd::Kill(a) => containers::kill(c, a).await,
+        Cmd::Wait(a) => containers::wait(c, a).await,
+        Cmd::Rename(a) => containers::rename(c, a).await,
+        Cmd::Rm(a) | Cmd::Container(ContainerCmd::Rm(a)) => containers::rm(c, a).await,
+        Cmd::Container(ContainerCmd::Prune(a)) => containers::prune(c, a).await,
     }
 }
 
