@@ -146,28 +146,50 @@ impl Containers {
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
-            let mut state: State =
+            let state: State =
                 serde_json::from_str(&row.state).unwrap_or_else(|_| State::created());
-            if state.status == "running" {
-                // live restore comes with the shim reconnect; until then a container
-                // whose shim recorded an exit shows it, others count as died with us
-                let (code, at) =
-                    berth_runtime::shim::read_exit_file(&c.exec_root.join(short(&row.id)))
-                        .unwrap_or((255, 0));
-                state.status = "exited".into();
-                state.exit_code = code as i64;
-                state.pid = 0;
-                state.finished_at = chrono::DateTime::from_timestamp_nanos(at)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-                let _ = c.db.set_container_state(
-                    &row.id,
-                    &serde_json::to_string(&state).unwrap_or_default(),
-                );
-                unmount(&c.root.join(&row.id).join("rootfs"));
-            }
             c.insert_mem(row, spec, state);
         }
         Ok(c)
+    }
+
+    /// Live restore: containers that were running when berthd stopped are reconnected to
+    /// their shims; one whose shim is gone gets the exit its shim recorded (or 255 when
+    /// it died with the machine, as Docker reports).
+    pub async fn restore(self: &Arc<Self>, events: &Arc<Events>) {
+        for c in self
+            .all()
+            .into_iter()
+            .filter(|c| c.state().status == "running")
+        {
+            let alive = UnixStream::connect(self.shim_socket(&c)).await.is_ok();
+            if alive {
+                tracing::info!(container = %c.id, "reconnected to running container");
+                let this = self.clone();
+                let ev = events.clone();
+                tokio::spawn(async move { this.watch_exit(c, ev).await });
+                continue;
+            }
+            let (code, at) =
+                berth_runtime::shim::read_exit_file(&self.state_dir(&c)).unwrap_or((255, 0));
+            unmount(&self.dir(&c).join("rootfs"));
+            self.set_state(&c, |s| {
+                s.status = "exited".into();
+                s.exit_code = code as i64;
+                s.pid = 0;
+                s.finished_at = if at > 0 {
+                    chrono::DateTime::from_timestamp_nanos(at)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                } else {
+                    now()
+                };
+            });
+            tracing::info!(container = %c.id, code, "container exited while berthd was down");
+            let this = self.clone();
+            if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
+                let _ = this.remove(&c, true, events).await;
+            }
+        }
     }
 
     fn insert_mem(&self, row: ContainerRow, spec: Value, state: State) -> Arc<Ctr> {

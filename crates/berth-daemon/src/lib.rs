@@ -222,6 +222,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berthd started"
     );
+    d.containers.restore(&d.events).await;
     let listeners = server::bind(&cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

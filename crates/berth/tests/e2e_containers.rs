@@ -427,3 +427,68 @@ fn run_it_gives_an_interactive_terminal() {
         assert!(s.contains("EXITED=7"), "{cli}: {s}");
     }
 }
+
+#[test]
+fn live_restore_keeps_containers_across_a_daemon_restart() {
+    if skip_unless_root("live_restore_keeps_containers_across_a_daemon_restart") {
+        return;
+    }
+    let mut d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let keep = ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "keep",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "echo before; exec sleep 300",
+    ]))
+    .trim()
+    .to_string();
+    let gone = ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "gone",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "sleep 2; exit 9",
+    ]))
+    .trim()
+    .to_string();
+    let pid = d.get_json("/containers/keep/json")["State"]["Pid"]
+        .as_i64()
+        .unwrap();
+    // the daemon stops; the containers do not
+    assert!(d.stop().unwrap().success());
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the container outlived berthd"
+    );
+    // while berthd is down, `gone` exits
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    d.spawn();
+    let k = d.get_json("/containers/keep/json");
+    assert_eq!(k["State"]["Status"], "running");
+    assert_eq!(k["State"]["Pid"].as_i64().unwrap(), pid);
+    assert_eq!(ok(d.berth(&["logs", "keep"])), "before\n");
+    let g = d.get_json("/containers/gone/json");
+    assert_eq!(g["State"]["Status"], "exited");
+    assert_eq!(
+        g["State"]["ExitCode"], 9,
+        "the real exit code, recorded by the shim"
+    );
+    // stop and wait work on the restored container
+    ok(d.berth(&["stop", "-t", "0", "keep"]));
+    assert_eq!(ok(d.berth(&["wait", "keep"])), "137\n");
+    ok(d.berth(&["rm", "keep", "gone"]));
+    assert_eq!(wait_gone(&d, &keep), Vec::<String>::new());
+    assert_eq!(wait_gone(&d, &gone), Vec::<String>::new());
+}
