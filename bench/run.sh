@@ -11,11 +11,14 @@ runs=${BENCH_RUNS:-5}
 cargo build --release --locked -q
 berth=$PWD/target/release/berth
 berthd=$PWD/target/release/berthd
+# berthd finds berth-shim beside itself
 cache=${BENCH_CACHE:-/var/tmp/berth-bench}
 mkdir -p "$cache"
 work=$(mktemp -d /tmp/berth-bench-XXXXXX)
 bpid=""; dpid=""
 cleanup() {
+  if [ -n "$bpid" ]; then "$berth" ps -aq | xargs -r "$berth" rm -f >/dev/null 2>&1 || true; fi
+  if [ -n "$dpid" ]; then docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1 || true; fi
   [ -n "$bpid" ] && kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null || true
   if [ -n "$dpid" ]; then
     kill "$dpid" 2>/dev/null || true
@@ -34,7 +37,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a/b; else p
 small=$work/small
 mkdir -p "$small/rootfs/bin"
 cp /bin/busybox "$small/rootfs/bin/"
-for a in sh true echo; do ln -sf busybox "$small/rootfs/bin/$a"; done
+for a in sh true echo sleep; do ln -sf busybox "$small/rootfs/bin/$a"; done
 big=$cache/rootfs.tar
 if [ ! -s "$big" ]; then
   if command -v debootstrap >/dev/null && debootstrap --variant=minbase bookworm "$cache/debroot" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1; then
@@ -107,3 +110,55 @@ for x in r:
 if len(r) == 2:
     print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
 PY
+
+# --- containers ----------------------------------------------------------------------
+echo
+echo "== run --rm --network none busybox true ($(( runs * 2 )) runs) =="
+"$berth" tag bench/small:1 bench/busybox >/dev/null
+[ $have_docker = 1 ] && docker tag bench/small:1 bench/busybox >/dev/null
+cmds=("$berth run --rm --network none bench/busybox true")
+[ $have_docker = 1 ] && cmds+=("docker run --rm --network none bench/busybox true")
+hyperfine -N -w 2 -r $(( runs * 2 )) --export-json "$work/run.json" "${cmds[@]}" >/dev/null 2>&1 || \
+  hyperfine -w 2 -r $(( runs * 2 )) --export-json "$work/run.json" "${cmds[@]}" >/dev/null
+python3 - "$work/run.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']*1000:.0f} ms")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+
+echo
+echo "== 20 x run --rm --network none busybox true, in parallel =="
+par() { printf 'for i in $(seq 20); do %s run --rm --network none bench/busybox true & done; wait' "$1"; }
+cmds=("$(par "$berth")")
+[ $have_docker = 1 ] && cmds+=("$(par docker)")
+hyperfine -w 1 -r 3 --export-json "$work/par.json" "${cmds[@]}" >/dev/null
+python3 - "$work/par.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+names = ["berth", "docker"]
+for i, x in enumerate(r):
+    print(f"{names[i]:8s} median {x['median']:.2f} s")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+
+echo
+echo "== per-container monitor RSS (5 running containers) =="
+for i in $(seq 5); do "$berth" run -d --network none --name "rss$i" bench/busybox sleep 600 >/dev/null; done
+sleep 1
+shims=$(pgrep -f "berth-shim --id" || true)
+b_shim=$(( $(rss_kib $shims) / 5 ))
+if [ $have_docker = 1 ]; then
+  for i in $(seq 5); do docker run -d --network none --name "rss$i" bench/busybox sleep 600 >/dev/null; done
+  sleep 1
+  cshims=$(pgrep -f "containerd-shim" || true)
+  d_shim=$(( $(rss_kib $cshims) / 5 ))
+  printf '%-12s %10s\n%-12s %10s\nratio berth/docker: %s\n' berth-shim "$(mib "$b_shim")" containerd-shim "$(mib "$d_shim")" "$(ratio "$b_shim" "$d_shim")"
+  docker rm -f rss1 rss2 rss3 rss4 rss5 >/dev/null
+else
+  printf '%-12s %10s\n' berth-shim "$(mib "$b_shim")"
+fi
+"$berth" rm -f rss1 rss2 rss3 rss4 rss5 >/dev/null
