@@ -24,6 +24,8 @@ cleanup() {
     kill "$dpid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
   fi
+  sleep 0.5
+  for d in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do rmdir "$d" 2>/dev/null || true; done
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
 }

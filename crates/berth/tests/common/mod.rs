@@ -236,6 +236,28 @@ impl Drop for Daemon {
         }
         self.stop();
         unmount_below(self.dir.path());
+        remove_parent_cgroups();
+    }
+}
+
+/// Removes the `berth` parent cgroups once no container of any test is left in them
+/// (a busy one stays for the last test to remove).
+pub fn remove_parent_cgroups() {
+    for _ in 0..20 {
+        let mut left = false;
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let p = e.path().join("berth");
+                if p.exists() && std::fs::remove_dir(&p).is_err() {
+                    left = true;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/berth");
+        if !left {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
 
