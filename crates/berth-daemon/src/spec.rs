@@ -356,7 +356,8 @@ pub fn run_spec(c: &Ctr, rootfs: &Path, dir: &Path, hostname: &str) -> Result<Ru
         }
     }
     Ok(RunSpec {
-        id: c.id.clone(),
+        // the shim's name for it, so the shim can clean up its cgroups by name
+        id: crate::containers::short(&c.id).to_string(),
         args,
         env,
         cwd,

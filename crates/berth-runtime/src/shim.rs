@@ -484,6 +484,7 @@ impl Shim {
             let _ = c.s.shutdown(std::net::Shutdown::Both);
         }
         let _ = self.container.delete(true);
+        remove_cgroups(&self.args.id);
         let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
     }
 }
@@ -522,7 +523,15 @@ pub fn remove_cgroups(id: &str) {
         dirs.extend(rd.flatten().map(|e| e.path().join("berth").join(id)));
     }
     for d in dirs {
-        let _ = std::fs::remove_dir(d);
+        // the last processes may still be leaving: EBUSY for a moment
+        for _ in 0..50 {
+            match std::fs::remove_dir(&d) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break,
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ fn leftovers(d: &Daemon, id: &str) -> Vec<String> {
     }
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in rd.flatten() {
-            if e.path().join("berth").join(id).exists() {
+            if e.path().join("berth").join(&id[..16]).exists() {
                 found.push(format!("cgroup {}", e.path().display()));
             }
         }
