@@ -77,7 +77,13 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub debug: bool,
     pub live_restore: bool,
+    /// OCI runtime binaries by name, besides the built-in `berth` (and `runc` from PATH)
+    pub runtimes: std::collections::BTreeMap<String, PathBuf>,
+    pub default_runtime: String,
 }
+
+/// The built-in runtime's name.
+pub const BUILTIN_RUNTIME: &str = "berth";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -122,6 +128,8 @@ const APPLIED: &[&str] = &[
     "registry-mirrors",
     "insecure-registries",
     "live-restore",
+    "runtimes",
+    "default-runtime",
 ];
 
 /// dockerd keys berth accepts but does not act on yet (logged at start).
@@ -144,7 +152,6 @@ const ACCEPTED: &[&str] = &[
     "default-gateway-v6",
     "default-ipc-mode",
     "default-network-opts",
-    "default-runtime",
     "default-shm-size",
     "default-ulimits",
     "dns",
@@ -178,7 +185,6 @@ const ACCEPTED: &[&str] = &[
     "oom-score-adjust",
     "proxies",
     "raw-logs",
-    "runtimes",
     "seccomp-profile",
     "selinux-enabled",
     "shutdown-timeout",
@@ -326,7 +332,36 @@ impl Config {
                 .transpose()
                 .map(Option::unwrap_or_default)
         };
+        let mut runtimes = std::collections::BTreeMap::new();
+        runtimes.insert("runc".to_string(), PathBuf::from("runc"));
+        if let Some(v) = get("runtimes") {
+            let m = v
+                .as_object()
+                .ok_or_else(|| ConfigError::Invalid("runtimes must be an object".into()))?;
+            for (name, r) in m {
+                let path = r["path"]
+                    .as_str()
+                    .ok_or_else(|| ConfigError::Invalid(format!("runtime {name} needs a path")))?;
+                if name == BUILTIN_RUNTIME {
+                    return Err(ConfigError::Invalid(format!(
+                        "runtime name {name} is reserved for the built-in runtime"
+                    )));
+                }
+                runtimes.insert(name.clone(), PathBuf::from(path));
+            }
+        }
+        let default_runtime = get("default-runtime")
+            .map(|v| string(v, "default-runtime"))
+            .transpose()?
+            .unwrap_or_else(|| BUILTIN_RUNTIME.to_string());
+        if default_runtime != BUILTIN_RUNTIME && !runtimes.contains_key(&default_runtime) {
+            return Err(ConfigError::Invalid(format!(
+                "default-runtime {default_runtime} is not a configured runtime"
+            )));
+        }
         let cfg = Config {
+            runtimes,
+            default_runtime,
             hosts,
             data_root,
             exec_root,

@@ -86,6 +86,7 @@ pub struct Containers {
     pub root: PathBuf,
     pub exec_root: PathBuf,
     shim: PathBuf,
+    runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
 }
 
@@ -130,7 +131,12 @@ pub fn valid_name(n: &str) -> bool {
 }
 
 impl Containers {
-    pub fn open(db: Arc<Db>, data_root: &Path, exec_root: &Path) -> anyhow::Result<Self> {
+    pub fn open(
+        db: Arc<Db>,
+        data_root: &Path,
+        exec_root: &Path,
+        runtimes: std::collections::BTreeMap<String, PathBuf>,
+    ) -> anyhow::Result<Self> {
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
         // short: unix socket paths below it must stay under 108 bytes
@@ -142,6 +148,7 @@ impl Containers {
             root,
             exec_root,
             shim,
+            runtimes,
             by_id: Mutex::new(HashMap::new()),
         };
         for row in c.db.containers()? {
@@ -391,7 +398,7 @@ impl Containers {
         if let Err(e) = prepared {
             return Err(self.start_failed(c, e, events).await);
         }
-        if let Err(e) = self.spawn_shim(c).await {
+        if let Err(e) = self.spawn_shim(c, &self.runtimes).await {
             return Err(self.start_failed(c, e, events).await);
         }
         // attached clients first, so they see everything
@@ -527,7 +534,11 @@ impl Containers {
         Ok(())
     }
 
-    async fn spawn_shim(&self, c: &Ctr) -> Result<(), ApiError> {
+    async fn spawn_shim(
+        &self,
+        c: &Ctr,
+        runtimes: &std::collections::BTreeMap<String, PathBuf>,
+    ) -> Result<(), ApiError> {
         let state = self.state_dir(c);
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -549,6 +560,12 @@ impl Containers {
             .stderr(std::process::Stdio::null());
         if c.tty() {
             cmd.arg("--tty");
+        }
+        if let Some(path) = c.host_config()["Runtime"]
+            .as_str()
+            .and_then(|r| runtimes.get(r))
+        {
+            cmd.arg("--runtime").arg(path);
         }
         if c.config()["OpenStdin"].as_bool().unwrap_or(false) {
             cmd.arg("--stdin");

@@ -203,8 +203,13 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         warnings.push("WARNING: API is accessible on http:// without encryption.\n         Access to the remote API is equivalent to root access on the host.".to_string());
     }
     let containers = Arc::new(
-        containers::Containers::open(db.clone(), &cfg.data_root, &cfg.exec_root)
-            .context("opening the container store")?,
+        containers::Containers::open(
+            db.clone(),
+            &cfg.data_root,
+            &cfg.exec_root,
+            cfg.runtimes.clone(),
+        )
+        .context("opening the container store")?,
     );
     let d = Arc::new(Daemon {
         containers,

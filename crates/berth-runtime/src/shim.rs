@@ -32,6 +32,58 @@ pub struct Args {
     pub log: PathBuf,
     pub tty: bool,
     pub stdin: bool,
+    /// an OCI runtime binary (runc, crun) instead of the built-in runtime
+    pub runtime: Option<PathBuf>,
+}
+
+/// The runtime that made the container.
+enum Backend {
+    Builtin(Box<libcontainer::container::Container>),
+    Oci {
+        binary: PathBuf,
+        root: PathBuf,
+        id: String,
+    },
+}
+
+impl Backend {
+    fn oci(&self, args: &[&str]) -> io::Result<()> {
+        let Backend::Oci { binary, root, id } = self else {
+            return Ok(());
+        };
+        let out = std::process::Command::new(binary)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        match self {
+            Backend::Builtin(c) => c.start().map_err(io_err),
+            Backend::Oci { .. } => self.oci(&["start"]),
+        }
+    }
+
+    fn delete(&mut self) {
+        match self {
+            Backend::Builtin(c) => {
+                let _ = c.delete(true);
+            }
+            Backend::Oci { .. } => {
+                let _ = self.oci(&["delete", "--force"]);
+            }
+        }
+    }
 }
 
 const MAX_PENDING: usize = 1 << 20;
@@ -95,7 +147,7 @@ pub fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
 
 struct Shim {
     args: Args,
-    container: libcontainer::container::Container,
+    container: Backend,
     pid: Option<i32>,
     pidfd: Option<OwnedFd>,
     /// the pty master, or the read ends of stdout and stderr
@@ -149,41 +201,110 @@ fn create(args: Args) -> io::Result<Shim> {
     let runtime_root = args.state.join("rt");
     std::fs::create_dir_all(&runtime_root)?;
     let log = File::options().create(true).append(true).open(&args.log)?;
-    let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
-        .with_executor(libcontainer::workload::default::DefaultExecutor {})
-        .with_root_path(&runtime_root)
-        .map_err(io_err)?;
     let mut outputs = Vec::new();
     let mut stdin = None;
     let console_path = args.state.join("console.sock");
+    // the container's stdio: (stdin, stdout, stderr) ends for the runtime
+    let mut child_stdio: Option<(OwnedFd, OwnedFd, OwnedFd)> = None;
     let console = if args.tty {
         let _ = std::fs::remove_file(&console_path);
-        let l = UnixListener::bind(&console_path)?;
-        builder = builder.with_console_socket(Some(&console_path));
-        Some(l)
+        Some(UnixListener::bind(&console_path)?)
     } else {
         let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        builder = builder.with_stdout(out_w).with_stderr(err_w);
-        if args.stdin {
+        let in_r = if args.stdin {
             let (in_r, in_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-            builder = builder.with_stdin(in_r);
             stdin = Some(in_w);
+            in_r
         } else {
-            builder = builder.with_stdin(OwnedFd::from(File::open("/dev/null")?));
-        }
+            OwnedFd::from(File::open("/dev/null")?)
+        };
+        child_stdio = Some((in_r, out_w, err_w));
         outputs.push((out_r, 1u8));
         outputs.push((err_r, 2u8));
         None
     };
-    let container = builder
-        .validate_id()
-        .map_err(io_err)?
-        .as_init(&args.bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(io_err)?;
+    let (container, pid) = match &args.runtime {
+        None => {
+            let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+                .with_executor(libcontainer::workload::default::DefaultExecutor {})
+                .with_root_path(&runtime_root)
+                .map_err(io_err)?;
+            if console.is_some() {
+                builder = builder.with_console_socket(Some(&console_path));
+            }
+            if let Some((i, o, e)) = child_stdio {
+                builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
+            }
+            let c = builder
+                .validate_id()
+                .map_err(io_err)?
+                .as_init(&args.bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(io_err)?;
+            let pid = c.pid().map(|p| p.as_raw());
+            (Backend::Builtin(Box::new(c)), pid)
+        }
+        Some(binary) => {
+            let pid_file = args.state.join("init.pid");
+            let mut cmd = std::process::Command::new(binary);
+            cmd.arg("--root")
+                .arg(&runtime_root)
+                .arg("create")
+                .arg("--bundle")
+                .arg(&args.bundle)
+                .arg("--pid-file")
+                .arg(&pid_file);
+            if console.is_some() {
+                cmd.arg("--console-socket").arg(&console_path);
+            }
+            cmd.arg(&args.id);
+            // without a tty the runtime hands its own stdio to the container
+            let err_copy = match child_stdio {
+                Some((i, o, e)) => {
+                    let copy = rustix::io::fcntl_dupfd_cloexec(&outputs[1].0, 0)?;
+                    cmd.stdin(i).stdout(o).stderr(e);
+                    Some(copy)
+                }
+                None => {
+                    cmd.stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped());
+                    None
+                }
+            };
+            let out = cmd.output()?;
+            if !out.status.success() {
+                // the runtime's complaint went where the container's stderr goes
+                let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                if let Some(fd) = err_copy {
+                    set_nonblocking(&fd)?;
+                    let mut buf = [0u8; 8192];
+                    if let Ok(n) = rustix::io::read(&fd, &mut buf) {
+                        msg.push_str(String::from_utf8_lossy(&buf[..n]).trim());
+                    }
+                }
+                return Err(io::Error::other(format!(
+                    "{} create failed: {msg}",
+                    binary.display()
+                )));
+            }
+            let pid = std::fs::read_to_string(&pid_file)?
+                .trim()
+                .parse::<i32>()
+                .ok();
+            (
+                Backend::Oci {
+                    binary: binary.clone(),
+                    root: runtime_root.clone(),
+                    id: args.id.clone(),
+                },
+                pid,
+            )
+        }
+    };
     if let Some(l) = console {
         let master = receive_master(&l)?;
         drop(l);
@@ -201,7 +322,6 @@ fn create(args: Args) -> io::Result<Shim> {
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)?;
     listener.set_nonblocking(true)?;
-    let pid = container.pid().map(|p| p.as_raw());
     let pidfd = match pid {
         Some(p) => rustix::process::Pid::from_raw(p)
             .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
@@ -483,7 +603,7 @@ impl Shim {
             c.flush();
             let _ = c.s.shutdown(std::net::Shutdown::Both);
         }
-        let _ = self.container.delete(true);
+        self.container.delete();
         remove_cgroups(&self.args.id);
         let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
     }

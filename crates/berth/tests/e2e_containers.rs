@@ -56,6 +56,76 @@ fn wait_gone(d: &Daemon, id: &str) -> Vec<String> {
     leftovers(d, id)
 }
 
+/// `docker run` with `rt` (runtime flags) before the image: attached output, exit codes,
+/// env/workdir/user/hostname, stdin, entrypoint, --rm, and a detached stop/wait/rm.
+fn attached_runs(d: &Daemon, rt: &[&str]) {
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec!["run"];
+        all.extend_from_slice(rt);
+        all.extend_from_slice(args);
+        d.docker_stdin(&all, stdin)
+    };
+    let o = run(&["--rm", "bb", "echo", "hello"], None);
+    assert_eq!(stdout(&o), "hello\n", "{rt:?}: {}", stderr(&o));
+    assert!(o.status.success());
+    let o = run(
+        &["--rm", "bb", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        None,
+    );
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3));
+    let o = run(&["--rm", "bb", "nosuchcmd"], None);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(stderr(&o).contains("executable file not found in $PATH"));
+    let o = run(&["--rm", "bb", "/etc/passwd"], None);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    let o = run(
+        &[
+            "--rm",
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/work/dir",
+            "-u",
+            "0:0",
+            "--hostname",
+            "boxy",
+            "bb",
+            "sh",
+            "-c",
+            "echo $FOO $(pwd) $(hostname) $(id -u)",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "bar /work/dir boxy 0\n");
+    let o = run(&["--rm", "-i", "bb", "cat"], Some(b"from stdin\n"));
+    assert_eq!(stdout(&o), "from stdin\n");
+    let o = run(
+        &[
+            "--rm",
+            "--entrypoint",
+            "/bin/echo",
+            "bb",
+            "via",
+            "entrypoint",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "via entrypoint\n");
+    let id = stdout(&run(&["-d", "bb", "sleep", "300"], None))
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64);
+    ok(d.docker(&["stop", "-t", "0", &id]));
+    assert_eq!(ok(d.docker(&["wait", &id])), "137\n");
+    ok(d.docker(&["rm", &id]));
+    assert_eq!(wait_gone(d, &id), Vec::<String>::new());
+    // --rm removed them all
+    let left = d.get_json("/containers/json?all=1");
+    assert_eq!(left.as_array().unwrap().len(), 0, "{left:#}");
+}
+
 #[test]
 fn docker_run_attached_and_exit_codes() {
     if skip_unless_root("docker_run_attached_and_exit_codes") {
@@ -65,57 +135,31 @@ fn docker_run_attached_and_exit_codes() {
     if !docker_ready(&d) {
         return;
     }
-    let o = d.docker(&["run", "--rm", "bb", "echo", "hello"]);
-    assert_eq!(stdout(&o), "hello\n");
-    assert!(o.status.success());
-    let o = d.docker(&[
-        "run",
-        "--rm",
-        "bb",
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 3",
-    ]);
-    assert_eq!(stdout(&o), "out\n");
-    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
-    assert_eq!(o.status.code(), Some(3));
-    let o = d.docker(&["run", "--rm", "bb", "nosuchcmd"]);
-    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
-    assert!(stderr(&o).contains("executable file not found in $PATH"));
-    let o = d.docker(&["run", "--rm", "bb", "/etc/passwd"]);
-    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
-    let o = d.docker(&[
-        "run",
-        "--rm",
-        "-e",
-        "FOO=bar",
-        "-w",
-        "/work/dir",
-        "-u",
-        "0:0",
-        "--hostname",
-        "boxy",
-        "bb",
-        "sh",
-        "-c",
-        "echo $FOO $(pwd) $(hostname) $(id -u)",
-    ]);
-    assert_eq!(stdout(&o), "bar /work/dir boxy 0\n");
-    let o = d.docker_stdin(&["run", "--rm", "-i", "bb", "cat"], Some(b"from stdin\n"));
-    assert_eq!(stdout(&o), "from stdin\n");
-    let o = d.docker(&[
-        "run",
-        "--rm",
-        "--entrypoint",
-        "/bin/echo",
-        "bb",
-        "via",
-        "entrypoint",
-    ]);
-    assert_eq!(stdout(&o), "via entrypoint\n");
-    // --rm removed them all
-    let left = d.get_json("/containers/json?all=1");
-    assert_eq!(left.as_array().unwrap().len(), 0, "{left:#}");
+    attached_runs(&d, &[]);
+}
+
+#[test]
+fn the_same_lifecycle_on_runc() {
+    if skip_unless_root("the_same_lifecycle_on_runc") {
+        return;
+    }
+    if !have("runc") {
+        eprintln!("skipping: runc not installed (apt-get install runc)");
+        return;
+    }
+    let d = Daemon::start();
+    if !docker_ready(&d) {
+        return;
+    }
+    assert_eq!(d.get_json("/info")["Runtimes"]["runc"]["path"], "runc");
+    attached_runs(&d, &["--runtime", "runc"]);
+    let o = d.docker(&["run", "--rm", "--runtime", "bogus", "bb", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("unknown or invalid runtime name: bogus"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

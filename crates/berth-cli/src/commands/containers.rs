@@ -73,6 +73,9 @@ pub struct CreateArgs {
     /// Timeout (in seconds) to stop a container
     #[arg(long)]
     pub stop_timeout: Option<i64>,
+    /// Runtime to use for this container (berth, runc, or one from daemon.json)
+    #[arg(long)]
+    pub runtime: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -161,6 +164,9 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     }
     if let Some(t) = a.stop_timeout {
         cfg["StopTimeout"] = json!(t);
+    }
+    if let Some(r) = &a.runtime {
+        cfg["HostConfig"]["Runtime"] = json!(r);
     }
     Ok(cfg)
 }

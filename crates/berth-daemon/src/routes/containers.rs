@@ -267,7 +267,11 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         ));
     }
     let img = d.images.inspect(&image_name)?;
-    let hc = req.get("HostConfig").cloned().unwrap_or_else(|| json!({}));
+    let hc = req
+        .get("HostConfig")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
     let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
     if !matches!(rp, "" | "no" | "always" | "unless-stopped" | "on-failure") {
         return Err(ApiError::bad_request(format!(
@@ -294,6 +298,18 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             return Err(ApiError::bad_request("invalid stop timeout"));
         }
     }
+    let runtime = hc["Runtime"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&d.config.default_runtime)
+        .to_string();
+    if runtime != crate::config::BUILTIN_RUNTIME && !d.config.runtimes.contains_key(&runtime) {
+        return Err(ApiError::bad_request(format!(
+            "unknown or invalid runtime name: {runtime}"
+        )));
+    }
+    let mut hc = hc;
+    hc["Runtime"] = Value::from(runtime);
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
     let mut warnings = Vec::new();
     if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {

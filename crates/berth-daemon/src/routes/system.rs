@@ -106,6 +106,18 @@ fn cgroup_version() -> &'static str {
     }
 }
 
+fn runtimes(d: &Daemon) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        crate::config::BUILTIN_RUNTIME.into(),
+        json!({"path": "built-in (libcontainer)"}),
+    );
+    for (name, path) in &d.config.runtimes {
+        m.insert(name.clone(), json!({"path": path}));
+    }
+    Value::Object(m)
+}
+
 pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
     let images = d.images.count()?;
     let driver = d.images.driver();
@@ -160,8 +172,8 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
         "Labels": labels,
         "ExperimentalBuild": false,
         "ServerVersion": env!("CARGO_PKG_VERSION"),
-        "Runtimes": {"runc": {"path": "runc"}},
-        "DefaultRuntime": "runc",
+        "Runtimes": runtimes(d),
+        "DefaultRuntime": d.config.default_runtime,
         "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
         "LiveRestoreEnabled": d.config.live_restore,
         "Isolation": "",

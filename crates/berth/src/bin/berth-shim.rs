@@ -1,13 +1,13 @@
 //! `berth-shim`: one per running container, started by berthd. See berth-runtime's
 //! `shim` module for what it does and its control protocol.
 //!
-//! Usage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin]
+//! Usage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin]");
+    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]");
     std::process::exit(2);
 }
 
@@ -18,6 +18,7 @@ fn main() {
     let mut log = None;
     let mut ready_fd: Option<i32> = None;
     let (mut tty, mut stdin) = (false, false);
+    let mut runtime = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || {
@@ -36,6 +37,7 @@ fn main() {
                         .unwrap_or_else(|_| usage("--ready-fd takes a number")),
                 )
             }
+            "--runtime" => runtime = Some(PathBuf::from(val())),
             "--tty" => tty = true,
             "--stdin" => stdin = true,
             other => usage(&format!("unknown argument {other}")),
@@ -80,6 +82,7 @@ fn main() {
         log,
         tty,
         stdin,
+        runtime,
     };
     std::process::exit(berth_runtime::shim::serve(args, ready));
 }
