@@ -60,6 +60,40 @@ fn rootfs(d: &Daemon, image: &str, at: &Path) -> Mounted {
     Mounted(merged)
 }
 
+/// Writes `bundle/config.json` for a container running `args` on `rootfs`.
+fn write_bundle(
+    dir: &Path,
+    id: &str,
+    rootfs: &Path,
+    args: Vec<String>,
+    env: Vec<String>,
+    tty: bool,
+) -> PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let r = RunSpec {
+        id: id.to_string(),
+        args,
+        env,
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        hostname: if tty { "tty".into() } else { "boxhost".into() },
+        tty,
+        rootfs: rootfs.to_path_buf(),
+        readonly_rootfs: false,
+        network: Network::Private,
+        mounts: vec![],
+    };
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec::build(&r)).unwrap(),
+    )
+    .unwrap();
+    bundle
+}
+
 struct Shim {
     state: PathBuf,
 }
@@ -162,32 +196,18 @@ fn shim_runs_a_container_on_the_builtin_runtime() {
         .unwrap();
     let id = format!("shimtest{}", std::process::id());
     let root = rootfs(&d, "bb:latest", dir.path());
-    let bundle = dir.path().join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let r = RunSpec {
-        id: id.clone(),
-        args: vec![
+    let bundle = write_bundle(
+        dir.path(),
+        &id,
+        &root.0,
+        vec![
             "/bin/sh".into(),
             "-c".into(),
             "echo hello; echo oops >&2; hostname; exit 3".into(),
         ],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        additional_gids: vec![],
-        hostname: "boxhost".into(),
-        tty: false,
-        rootfs: root.0.clone(),
-        readonly_rootfs: false,
-        network: Network::Private,
-        mounts: vec![],
-    };
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec(&spec::build(&r)).unwrap(),
-    )
-    .unwrap();
+        vec!["PATH=/bin".into()],
+        false,
+    );
     let state = dir.path().join("state");
     let log = dir.path().join("ctr-json.log");
     let (shim, ready) = Shim::spawn(&id, &bundle, &state, &log, false);
@@ -252,32 +272,18 @@ fn shim_gives_a_tty_and_takes_signals() {
         .unwrap();
     let id = format!("shimtty{}", std::process::id());
     let root = rootfs(&d, "bb:latest", dir.path());
-    let bundle = dir.path().join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let r = RunSpec {
-        id: id.clone(),
-        args: vec![
+    let bundle = write_bundle(
+        dir.path(),
+        &id,
+        &root.0,
+        vec![
             "/bin/sh".into(),
             "-c".into(),
             "[ -t 1 ] && echo tty; stty size 2>/dev/null || true; sleep 60".into(),
         ],
-        env: vec!["PATH=/bin".into(), "TERM=xterm".into()],
-        cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        additional_gids: vec![],
-        hostname: "tty".into(),
-        tty: true,
-        rootfs: root.0.clone(),
-        readonly_rootfs: false,
-        network: Network::Private,
-        mounts: vec![],
-    };
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec(&spec::build(&r)).unwrap(),
-    )
-    .unwrap();
+        vec!["PATH=/bin".into(), "TERM=xterm".into()],
+        true,
+    );
     let state = dir.path().join("state");
     let log = dir.path().join("ctr-json.log");
     let (shim, ready) = Shim::spawn(&id, &bundle, &state, &log, true);

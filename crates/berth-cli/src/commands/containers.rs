@@ -465,18 +465,7 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
         }
         return Ok(());
     }
-    super::for_each_name(&a.containers, |name| async move {
-        c.request(
-            Method::POST,
-            &format!("/containers/{name}/start"),
-            ReqBody::Empty,
-            &[],
-        )
-        .await?;
-        println!("{name}");
-        Ok(())
-    })
-    .await
+    post_each(c, &a.containers, "start", "").await
 }
 
 #[derive(Debug, Args)]
@@ -650,6 +639,22 @@ pub async fn logs(c: &Client, a: LogsArgs) -> Result<()> {
     Ok(())
 }
 
+/// `POST /containers/NAME/ACTION?QUERY` for each name, printing each name done.
+async fn post_each(c: &Client, names: &[String], action: &str, query: &str) -> Result<()> {
+    super::for_each_name(names, |name| async move {
+        c.request(
+            Method::POST,
+            &format!("/containers/{name}/{action}?{query}"),
+            ReqBody::Empty,
+            &[],
+        )
+        .await?;
+        println!("{name}");
+        Ok(())
+    })
+    .await
+}
+
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Signal to send to the container
@@ -670,22 +675,7 @@ pub async fn stop(c: &Client, a: StopArgs, action: &str) -> Result<()> {
     if let Some(s) = &a.signal {
         query.push(format!("signal={}", q(s)));
     }
-    let query = query.join("&");
-    super::for_each_name(&a.containers, |name| {
-        let query = query.clone();
-        async move {
-            c.request(
-                Method::POST,
-                &format!("/containers/{name}/{action}?{query}"),
-                ReqBody::Empty,
-                &[],
-            )
-            .await?;
-            println!("{name}");
-            Ok(())
-        }
-    })
-    .await
+    post_each(c, &a.containers, action, &query.join("&")).await
 }
 
 #[derive(Debug, Args)]
@@ -698,21 +688,12 @@ pub struct KillArgs {
 }
 
 pub async fn kill(c: &Client, a: KillArgs) -> Result<()> {
-    let sig = a.signal.clone();
-    super::for_each_name(&a.containers, |name| {
-        let sig = sig.clone();
-        async move {
-            c.request(
-                Method::POST,
-                &format!("/containers/{name}/kill?signal={}", q(&sig)),
-                ReqBody::Empty,
-                &[],
-            )
-            .await?;
-            println!("{name}");
-            Ok(())
-        }
-    })
+    post_each(
+        c,
+        &a.containers,
+        "kill",
+        &format!("signal={}", q(&a.signal)),
+    )
     .await
 }
 

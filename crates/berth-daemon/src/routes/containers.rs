@@ -348,7 +348,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             d.containers.start(&c, &d.images, &d.events).await?;
             Ok(status_only(StatusCode::NO_CONTENT))
         }
-        (Method::POST, "wait") => wait(d, &ctx, c),
+        (Method::POST, "wait") => wait(&ctx, c),
         (Method::POST, "kill") => {
             let sig = parse_signal(
                 ctx.query
@@ -442,7 +442,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
     }
 }
 
-fn wait(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+fn wait(ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
     let cond = ctx
         .query
         .get("condition")
@@ -453,7 +453,6 @@ fn wait(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
             "invalid condition: \"{cond}\""
         )));
     }
-    let _ = d;
     let mut rx = c.state.subscribe();
     let mut removed = c.removed.subscribe();
     let initial = c.state();

@@ -275,7 +275,8 @@ fn emit_deletes(d: &Daemon, items: &[DeleteItem]) {
 
 pub async fn remove(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
     let force = ctx.query.bool("force")?;
-    let _noprune = ctx.query.bool("noprune")?;
+    // checked for shape; untagged parents are always kept (images here have none)
+    ctx.query.bool("noprune")?;
     let d2 = d.clone();
     let name = name.to_string();
     let items = tokio::task::spawn_blocking(move || {
