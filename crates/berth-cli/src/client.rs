@@ -64,11 +64,13 @@ pub struct TlsOptions {
     pub key: Option<PathBuf>,
 }
 
+#[derive(Clone)]
 enum Target {
     Unix(PathBuf),
     Tcp { addr: String, host: String },
 }
 
+#[derive(Clone)]
 pub struct Client {
     pub host: String,
     target: Target,

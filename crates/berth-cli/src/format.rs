@@ -105,13 +105,18 @@ pub fn go_time(unix: i64) -> String {
 /// Aligns tab-separated cells like Go's tabwriter(minwidth 10, tabwidth 1, padding 3).
 /// The last cell of a line (not followed by a tab) is not aligned.
 pub fn tabwrite(text: &str) -> String {
+    tabwrite_min(text, 10)
+}
+
+/// [`tabwrite`] with another minimum cell width (`docker top` uses 20).
+pub fn tabwrite_min(text: &str, min: usize) -> String {
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     let mut widths: Vec<usize> = Vec::new();
     for cells in &lines {
         for (i, c) in cells.iter().enumerate().take(cells.len().saturating_sub(1)) {
             let w = c.chars().count() + 3;
             if widths.len() <= i {
-                widths.resize(i + 1, 10);
+                widths.resize(i + 1, min);
             }
             widths[i] = widths[i].max(w);
         }

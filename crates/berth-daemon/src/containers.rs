@@ -88,6 +88,7 @@ pub struct Containers {
     shim: PathBuf,
     runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
+    pub execs: crate::exec::Execs,
 }
 
 fn now() -> String {
@@ -150,6 +151,7 @@ impl Containers {
             shim,
             runtimes,
             by_id: Mutex::new(HashMap::new()),
+            execs: Default::default(),
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
@@ -345,29 +347,31 @@ impl Containers {
         self.dir(c).join(format!("{}-json.log", c.id))
     }
 
+    pub fn shim_command(&self) -> std::process::Command {
+        std::process::Command::new(&self.shim)
+    }
+
+    /// The OCI runtime binary a container runs on; None for the built-in runtime.
+    pub fn runtime_binary(&self, c: &Ctr) -> Option<&PathBuf> {
+        c.host_config()["Runtime"]
+            .as_str()
+            .and_then(|r| self.runtimes.get(r))
+    }
+
     pub fn shim_socket(&self, c: &Ctr) -> PathBuf {
         self.state_dir(c).join("shim.sock")
     }
 
     /// Sends one command to the shim and reads its one-line answer.
     pub async fn shim_call(&self, c: &Ctr, cmd: &str) -> Result<String, ApiError> {
-        let mut s = UnixStream::connect(self.shim_socket(c))
+        crate::exec::call(&self.shim_socket(c), cmd)
             .await
-            .map_err(|e| {
-                ApiError::internal(format!("container {} has no shim: {e}", &c.id[..12]))
-            })?;
-        s.write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut line = String::new();
-        BufReader::new(s)
-            .read_line(&mut line)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        match line.trim().strip_prefix("error ") {
-            Some(e) => Err(ApiError::internal(e.to_string())),
-            None => Ok(line.trim().to_string()),
-        }
+            .map_err(|e| match e.message.strip_prefix("no shim: ") {
+                Some(m) => {
+                    ApiError::internal(format!("container {} has no shim: {m}", &c.id[..12]))
+                }
+                None => e,
+            })
     }
 
     /// Mounts the rootfs, writes the bundle, starts the shim and the container.
@@ -398,7 +402,7 @@ impl Containers {
         if let Err(e) = prepared {
             return Err(self.start_failed(c, e, events).await);
         }
-        if let Err(e) = self.spawn_shim(c, &self.runtimes).await {
+        if let Err(e) = self.spawn_shim(c).await {
             return Err(self.start_failed(c, e, events).await);
         }
         // attached clients first, so they see everything
@@ -534,17 +538,13 @@ impl Containers {
         Ok(())
     }
 
-    async fn spawn_shim(
-        &self,
-        c: &Ctr,
-        runtimes: &std::collections::BTreeMap<String, PathBuf>,
-    ) -> Result<(), ApiError> {
+    async fn spawn_shim(&self, c: &Ctr) -> Result<(), ApiError> {
         let state = self.state_dir(c);
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(|e| ApiError::internal(e.to_string()))?;
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut cmd = std::process::Command::new(&self.shim);
+        let mut cmd = self.shim_command();
         cmd.arg("--id")
             .arg(short(&c.id))
             .arg("--bundle")
@@ -554,58 +554,17 @@ impl Containers {
             .arg("--log")
             .arg(self.log_path(c))
             .arg("--ready-fd")
-            .arg(std::os::fd::AsRawFd::as_raw_fd(&w).to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .arg(std::os::fd::AsRawFd::as_raw_fd(&w).to_string());
         if c.tty() {
             cmd.arg("--tty");
         }
-        if let Some(path) = c.host_config()["Runtime"]
-            .as_str()
-            .and_then(|r| runtimes.get(r))
-        {
+        if let Some(path) = self.runtime_binary(c) {
             cmd.arg("--runtime").arg(path);
         }
         if c.config()["OpenStdin"].as_bool().unwrap_or(false) {
             cmd.arg("--stdin");
         }
-        let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
-        // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it
-        // lets exactly the ready pipe (and no other fd of berthd) reach the shim
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if libc::fcntl(wfd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let line = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            let status = cmd.status()?;
-            drop(w);
-            if !status.success() {
-                return Err(std::io::Error::other(format!(
-                    "berth-shim failed to start: {status}"
-                )));
-            }
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(std::fs::File::from(r)),
-                &mut line,
-            )?;
-            Ok(line)
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-        match line.trim().strip_prefix("error ") {
-            Some(e) => Err(ApiError::internal(e.to_string())),
-            None if line.starts_with("ok") => Ok(()),
-            None => Err(ApiError::internal(
-                "berth-shim exited before creating the container",
-            )),
-        }
+        launch_shim(cmd, r, w).await
     }
 
     async fn watch_exit(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
@@ -693,9 +652,58 @@ impl Containers {
         if let Ok(mut m) = self.by_id.lock() {
             m.remove(&c.id);
         }
+        self.execs.forget(&c.id);
         events.emit("container", "destroy", &c.id, attrs(c));
         c.removed.send_replace(true);
         Ok(())
+    }
+}
+
+/// Runs a `berth-shim` command with `w` as its ready pipe; the shim detaches at once and
+/// reports `ok PID` or `error MESSAGE` on the pipe once the process is made.
+pub async fn launch_shim(
+    mut cmd: std::process::Command,
+    r: rustix::fd::OwnedFd,
+    w: rustix::fd::OwnedFd,
+) -> Result<(), ApiError> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it
+    // lets exactly the ready pipe (and no other fd of berthd) reach the shim
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::fcntl(wfd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let line = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let status = cmd.status()?;
+        drop(w);
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "berth-shim failed to start: {status}"
+            )));
+        }
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(std::fs::File::from(r)),
+            &mut line,
+        )?;
+        Ok(line)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    match line.trim().strip_prefix("error ") {
+        Some(e) => Err(ApiError::internal(e.to_string())),
+        None if line.starts_with("ok") => Ok(()),
+        None => Err(ApiError::internal(
+            "berth-shim exited before creating the container",
+        )),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod containers;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod http;
 pub mod routes;
 pub mod server;

@@ -8,6 +8,11 @@
 //! the container's init (it is a child subreaper), and writes the exit status to
 //! `exit` (temp file + rename) before it exits: berthd reads that file after a restart.
 //!
+//! An exec shim (`--exec PROCESS_JSON`) is the same program for one `docker exec`: it
+//! joins the running container's namespaces through the same runtime when berthd says
+//! `start` (attached clients are connected by then), serves its stdio the same way and
+//! records its exit, but keeps no log and leaves the container alone when it ends.
+//!
 //! Control protocol, one line per command on `shim.sock`:
 //! `start` → `ok PID`; `wait` → `exit CODE` when the container exits;
 //! `kill SIGNAL` → `ok`; `resize ROWS COLS` → `ok`; `pid` → `ok PID`;
@@ -29,11 +34,25 @@ pub struct Args {
     pub bundle: PathBuf,
     /// the container's directory under the exec root: sockets, runtime state, exit file
     pub state: PathBuf,
-    pub log: PathBuf,
+    /// the json-file log (a container shim; an exec's output is not logged)
+    pub log: Option<PathBuf>,
     pub tty: bool,
     pub stdin: bool,
     /// an OCI runtime binary (runc, crun) instead of the built-in runtime
     pub runtime: Option<PathBuf>,
+    /// an exec shim: the OCI process (`process.json`) to run in the running container
+    /// `id`, whose runtime state is in `runtime_root`
+    pub exec: Option<PathBuf>,
+    pub exec_runtime_root: Option<PathBuf>,
+}
+
+impl Args {
+    /// Where the runtime keeps its state for the container.
+    fn runtime_root(&self) -> PathBuf {
+        self.exec_runtime_root
+            .clone()
+            .unwrap_or_else(|| self.state.join("rt"))
+    }
 }
 
 /// The runtime that made the container.
@@ -44,6 +63,8 @@ enum Backend {
         root: PathBuf,
         id: String,
     },
+    /// an exec process: nothing to start or delete
+    Exec,
 }
 
 impl Backend {
@@ -71,6 +92,7 @@ impl Backend {
         match self {
             Backend::Builtin(c) => c.start().map_err(io_err),
             Backend::Oci { .. } => self.oci(&["start"]),
+            Backend::Exec => Ok(()),
         }
     }
 
@@ -82,6 +104,7 @@ impl Backend {
             Backend::Oci { .. } => {
                 let _ = self.oci(&["delete", "--force"]);
             }
+            Backend::Exec => {}
         }
     }
 }
@@ -153,11 +176,15 @@ struct Shim {
     /// the pty master, or the read ends of stdout and stderr
     outputs: Vec<(OwnedFd, u8)>,
     stdin: Option<OwnedFd>,
+    /// the process's ends of its stdio until the runtime has made it
+    child: Option<ChildStdio>,
     listener: UnixListener,
     clients: Vec<Client>,
-    log: File,
+    log: Option<File>,
     splitters: [LineSplitter; 2],
     exit_code: Option<i32>,
+    /// an exec that could not start
+    failed: Option<String>,
 }
 
 fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
@@ -193,164 +220,250 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Creates the container (not yet started) and binds the control socket.
-fn create(args: Args) -> io::Result<Shim> {
+/// The container's side of its stdio, until the runtime takes it.
+struct ChildStdio {
+    /// (stdin, stdout, stderr) ends for the runtime, without a tty
+    pipes: Option<(OwnedFd, OwnedFd, OwnedFd)>,
+    /// where the runtime sends the pty master, with a tty
+    console: Option<UnixListener>,
+    console_path: PathBuf,
+}
+
+/// Makes the pipes (or the console socket) and our ends of them.
+fn stdio(
+    args: &Args,
+    outputs: &mut Vec<(OwnedFd, u8)>,
+    stdin: &mut Option<OwnedFd>,
+) -> io::Result<ChildStdio> {
+    let console_path = args.state.join("console.sock");
+    if args.tty {
+        let _ = std::fs::remove_file(&console_path);
+        return Ok(ChildStdio {
+            pipes: None,
+            console: Some(UnixListener::bind(&console_path)?),
+            console_path,
+        });
+    }
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let in_r = if args.stdin {
+        let (in_r, in_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        *stdin = Some(in_w);
+        in_r
+    } else {
+        OwnedFd::from(File::open("/dev/null")?)
+    };
+    outputs.push((out_r, 1u8));
+    outputs.push((err_r, 2u8));
+    Ok(ChildStdio {
+        pipes: Some((in_r, out_w, err_w)),
+        console: None,
+        console_path,
+    })
+}
+
+/// Runs an OCI runtime binary's `create` or `exec -d`, with the container's stdio.
+fn run_oci(
+    mut cmd: std::process::Command,
+    io: &mut ChildStdio,
+    err_out: Option<&OwnedFd>,
+    what: &str,
+) -> io::Result<()> {
+    if io.console.is_some() {
+        cmd.arg("--console-socket").arg(&io.console_path);
+    }
+    // without a tty the runtime hands its own stdio to the process
+    let err_copy = match io.pipes.take() {
+        Some((i, o, e)) => {
+            cmd.stdin(i).stdout(o).stderr(e);
+            err_out
+                .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0))
+                .transpose()?
+        }
+        None => {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            None
+        }
+    };
+    let out = cmd.output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    // the runtime's complaint went where the process's stderr goes
+    let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if let Some(fd) = err_copy {
+        set_nonblocking(&fd)?;
+        let mut buf = [0u8; 8192];
+        if let Ok(n) = rustix::io::read(&fd, &mut buf) {
+            msg.push_str(String::from_utf8_lossy(&buf[..n]).trim());
+        }
+    }
+    Err(io::Error::other(format!("{what} failed: {msg}")))
+}
+
+/// Creates the container (not yet started), or starts the exec process, with the
+/// runtime; returns the runtime handle and the process's pid.
+fn launch(
+    args: &Args,
+    io: &mut ChildStdio,
+    err_out: Option<&OwnedFd>,
+) -> io::Result<(Backend, Option<i32>)> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
-    std::fs::create_dir_all(&args.state)?;
-    let runtime_root = args.state.join("rt");
-    std::fs::create_dir_all(&runtime_root)?;
-    let log = File::options().create(true).append(true).open(&args.log)?;
-    let mut outputs = Vec::new();
-    let mut stdin = None;
-    let console_path = args.state.join("console.sock");
-    // the container's stdio: (stdin, stdout, stderr) ends for the runtime
-    let mut child_stdio: Option<(OwnedFd, OwnedFd, OwnedFd)> = None;
-    let console = if args.tty {
-        let _ = std::fs::remove_file(&console_path);
-        Some(UnixListener::bind(&console_path)?)
-    } else {
-        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let in_r = if args.stdin {
-            let (in_r, in_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-            stdin = Some(in_w);
-            in_r
-        } else {
-            OwnedFd::from(File::open("/dev/null")?)
-        };
-        child_stdio = Some((in_r, out_w, err_w));
-        outputs.push((out_r, 1u8));
-        outputs.push((err_r, 2u8));
-        None
-    };
-    let (container, pid) = match &args.runtime {
-        None => {
+    let runtime_root = args.runtime_root();
+    let pid_file = args.state.join("init.pid");
+    match (&args.runtime, &args.exec) {
+        (None, exec) => {
             let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
                 .with_executor(libcontainer::workload::default::DefaultExecutor {})
                 .with_root_path(&runtime_root)
                 .map_err(io_err)?;
-            if console.is_some() {
-                builder = builder.with_console_socket(Some(&console_path));
+            if io.console.is_some() {
+                builder = builder.with_console_socket(Some(&io.console_path));
             }
-            if let Some((i, o, e)) = child_stdio {
+            if let Some((i, o, e)) = io.pipes.take() {
                 builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
             }
-            let c = builder
-                .validate_id()
-                .map_err(io_err)?
-                .as_init(&args.bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map_err(io_err)?;
-            let pid = c.pid().map(|p| p.as_raw());
-            (Backend::Builtin(Box::new(c)), pid)
-        }
-        Some(binary) => {
-            let pid_file = args.state.join("init.pid");
-            let mut cmd = std::process::Command::new(binary);
-            cmd.arg("--root")
-                .arg(&runtime_root)
-                .arg("create")
-                .arg("--bundle")
-                .arg(&args.bundle)
-                .arg("--pid-file")
-                .arg(&pid_file);
-            if console.is_some() {
-                cmd.arg("--console-socket").arg(&console_path);
-            }
-            cmd.arg(&args.id);
-            // without a tty the runtime hands its own stdio to the container
-            let err_copy = match child_stdio {
-                Some((i, o, e)) => {
-                    let copy = rustix::io::fcntl_dupfd_cloexec(&outputs[1].0, 0)?;
-                    cmd.stdin(i).stdout(o).stderr(e);
-                    Some(copy)
+            let builder = builder.validate_id().map_err(io_err)?;
+            match exec {
+                Some(process) => {
+                    let pid = builder
+                        .as_tenant()
+                        .with_process(Some(process))
+                        .with_detach(true)
+                        .build()
+                        .map_err(io_err)?;
+                    Ok((Backend::Exec, Some(pid.as_raw())))
                 }
                 None => {
-                    cmd.stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::piped());
-                    None
+                    let c = builder
+                        .as_init(&args.bundle)
+                        .with_systemd(false)
+                        .with_detach(true)
+                        .build()
+                        .map_err(io_err)?;
+                    let pid = c.pid().map(|p| p.as_raw());
+                    Ok((Backend::Builtin(Box::new(c)), pid))
                 }
-            };
-            let out = cmd.output()?;
-            if !out.status.success() {
-                // the runtime's complaint went where the container's stderr goes
-                let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                if let Some(fd) = err_copy {
-                    set_nonblocking(&fd)?;
-                    let mut buf = [0u8; 8192];
-                    if let Ok(n) = rustix::io::read(&fd, &mut buf) {
-                        msg.push_str(String::from_utf8_lossy(&buf[..n]).trim());
-                    }
-                }
-                return Err(io::Error::other(format!(
-                    "{} create failed: {msg}",
-                    binary.display()
-                )));
             }
+        }
+        (Some(binary), exec) => {
+            let mut cmd = std::process::Command::new(binary);
+            cmd.arg("--root").arg(&runtime_root);
+            match exec {
+                Some(process) => {
+                    cmd.arg("exec").arg("-d").arg("--process").arg(process);
+                }
+                None => {
+                    cmd.arg("create").arg("--bundle").arg(&args.bundle);
+                }
+            }
+            cmd.arg("--pid-file").arg(&pid_file);
+            // the runtime wants the id last
+            let what = format!(
+                "{} {}",
+                binary.display(),
+                if exec.is_some() { "exec" } else { "create" }
+            );
+            let mut with_id = cmd;
+            with_id.arg(&args.id);
+            run_oci(with_id, io, err_out, &what)?;
             let pid = std::fs::read_to_string(&pid_file)?
                 .trim()
                 .parse::<i32>()
                 .ok();
-            (
+            let backend = if exec.is_some() {
+                Backend::Exec
+            } else {
                 Backend::Oci {
                     binary: binary.clone(),
-                    root: runtime_root.clone(),
+                    root: runtime_root,
                     id: args.id.clone(),
-                },
-                pid,
-            )
+                }
+            };
+            Ok((backend, pid))
         }
+    }
+}
+
+/// Sets up stdio and the control socket; creates the container (a container shim) or
+/// waits for `start` (an exec shim).
+fn create(args: Args) -> io::Result<Shim> {
+    std::fs::create_dir_all(&args.state)?;
+    std::fs::create_dir_all(args.runtime_root())?;
+    let log = match &args.log {
+        Some(p) => Some(File::options().create(true).append(true).open(p)?),
+        None => None,
     };
-    if let Some(l) = console {
-        let master = receive_master(&l)?;
-        drop(l);
-        let _ = std::fs::remove_file(&console_path);
-        let dup = rustix::io::fcntl_dupfd_cloexec(&master, 0)?;
-        if args.stdin {
-            stdin = Some(dup);
-        }
-        outputs.push((master, 1u8));
-    }
-    for (fd, _) in &outputs {
-        set_nonblocking(fd)?;
-    }
+    let mut outputs = Vec::new();
+    let mut stdin = None;
+    let child = stdio(&args, &mut outputs, &mut stdin)?;
     let sock = args.state.join("shim.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)?;
     listener.set_nonblocking(true)?;
-    let pidfd = match pid {
-        Some(p) => rustix::process::Pid::from_raw(p)
-            .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
-            .transpose()?,
-        None => None,
-    };
-    Ok(Shim {
+    let mut shim = Shim {
         args,
-        container,
-        pid,
-        pidfd,
+        container: Backend::Exec,
+        pid: None,
+        pidfd: None,
         outputs,
         stdin,
+        child: Some(child),
         listener,
         clients: Vec::new(),
         log,
         splitters: [LineSplitter::default(), LineSplitter::default()],
         exit_code: None,
-    })
+        failed: None,
+    };
+    if shim.args.exec.is_none() {
+        shim.launch()?;
+    }
+    Ok(shim)
 }
 
 impl Shim {
+    /// Has the runtime make the process, then takes our ends of its stdio.
+    fn launch(&mut self) -> io::Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| io::Error::other("already started"))?;
+        let err_out = self.outputs.get(1).map(|(fd, _)| fd);
+        let (backend, pid) = launch(&self.args, &mut child, err_out)?;
+        self.container = backend;
+        self.pid = pid;
+        if let Some(l) = child.console.take() {
+            let master = receive_master(&l)?;
+            drop(l);
+            let _ = std::fs::remove_file(&child.console_path);
+            let dup = rustix::io::fcntl_dupfd_cloexec(&master, 0)?;
+            if self.args.stdin {
+                self.stdin = Some(dup);
+            }
+            self.outputs.push((master, 1u8));
+        }
+        for (fd, _) in &self.outputs {
+            set_nonblocking(fd)?;
+        }
+        self.pidfd = match pid {
+            Some(p) => rustix::process::Pid::from_raw(p)
+                .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+                .transpose()?,
+            None => None,
+        };
+        Ok(())
+    }
+
     fn output(&mut self, stream: u8, data: &[u8]) {
         let name = if stream == 2 { "stderr" } else { "stdout" };
-        let _ = self.splitters[(stream as usize).saturating_sub(1).min(1)].feed(
-            &mut self.log,
-            name,
-            data,
-        );
+        if let Some(log) = &mut self.log {
+            let _ =
+                self.splitters[(stream as usize).saturating_sub(1).min(1)].feed(log, name, data);
+        }
         let tty = self.args.tty;
         for c in &mut self.clients {
             if let Mode::Attach { stdout, stderr, .. } = c.mode {
@@ -385,10 +498,24 @@ impl Shim {
     fn command(&mut self, i: usize, line: &str) {
         let mut words = line.split_whitespace();
         let reply = match words.next() {
-            Some("start") => match self.container.start() {
-                Ok(()) => format!("ok {}\n", self.pid.unwrap_or(0)),
-                Err(e) => format!("error {e}\n"),
-            },
+            Some("start") => {
+                let started = if self.args.exec.is_some() {
+                    self.launch()
+                } else {
+                    self.container.start()
+                };
+                match started {
+                    Ok(()) => format!("ok {}\n", self.pid.unwrap_or(0)),
+                    Err(e) => {
+                        if self.args.exec.is_some() && self.pid.is_none() {
+                            // nothing will ever exit: say so to waiters and stop
+                            self.exit_code = Some(exit_code_for_error(&e.to_string()));
+                            self.failed = Some(e.to_string());
+                        }
+                        format!("error {}\n", e.to_string().replace('\n', " "))
+                    }
+                }
+            }
             Some("pid") => format!("ok {}\n", self.pid.unwrap_or(0)),
             Some("wait") => {
                 self.clients[i].mode = Mode::Waiter;
@@ -513,8 +640,12 @@ impl Shim {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        let mut open: Vec<bool> = vec![true; self.outputs.len()];
+        let mut open: Vec<bool> = Vec::new();
         loop {
+            if self.failed.is_some() {
+                return Ok(());
+            }
+            open.resize(self.outputs.len(), true);
             self.clients.retain(|c| !c.closed);
             let mut fds: Vec<PollFd<'_>> = Vec::new();
             fds.push(PollFd::new(&self.listener, PollFlags::IN));
@@ -591,8 +722,10 @@ impl Shim {
         for i in 0..self.outputs.len() {
             self.read_output(i);
         }
-        let _ = self.splitters[0].flush(&mut self.log, "stdout");
-        let _ = self.splitters[1].flush(&mut self.log, "stderr");
+        if let Some(log) = &mut self.log {
+            let _ = self.splitters[0].flush(log, "stdout");
+            let _ = self.splitters[1].flush(log, "stderr");
+        }
         let code = self.exit_code.unwrap_or(255);
         let _ = write_exit_file(&self.args.state, code);
         for c in &mut self.clients {
@@ -603,9 +736,36 @@ impl Shim {
             c.flush();
             let _ = c.s.shutdown(std::net::Shutdown::Both);
         }
-        self.container.delete();
-        remove_cgroups(&self.args.id);
+        if self.args.exec.is_none() {
+            self.container.delete();
+            remove_cgroups(&self.args.id);
+        } else {
+            reap_remaining();
+        }
         let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
+    }
+}
+
+/// Docker's codes for a process that could not be started: 127 not found, 126 not
+/// executable.
+pub fn exit_code_for_error(msg: &str) -> i32 {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("no such file") || m.contains("not found") {
+        127
+    } else {
+        126
+    }
+}
+
+/// Reaps the children still ours (the runtime's helpers of an exec that failed), for a
+/// moment at most: whatever we leave would become a zombie of the machine's init.
+fn reap_remaining() {
+    for _ in 0..100 {
+        match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+            Ok(Some(_)) => continue,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => return, // ECHILD: none left
+        }
     }
 }
 
@@ -686,12 +846,15 @@ pub fn read_exit_file(state: &Path) -> Option<(i32, i64)> {
 pub fn serve(args: Args, ready: OwnedFd) -> i32 {
     let mut ready = File::from(ready);
     let id = args.id.clone();
+    let exec = args.exec.is_some();
     let mut shim = match create(args) {
         Ok(s) => s,
         Err(e) => {
             // a half-made container's init may already wait for `start`, as our child
             kill_children();
-            remove_cgroups(&id);
+            if !exec {
+                remove_cgroups(&id);
+            }
             let _ = writeln!(ready, "error {e}");
             return 1;
         }

@@ -110,9 +110,34 @@ fn device_rules() -> Value {
     ])
 }
 
+/// An OCI process (a `config.json`'s `process`, or an exec's `process.json`).
+pub struct Process<'a> {
+    pub args: &'a [String],
+    pub env: &'a [String],
+    pub cwd: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: &'a [u32],
+    pub tty: bool,
+}
+
+impl Process<'_> {
+    pub fn to_json(&self) -> Value {
+        let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+        json!({
+            "terminal": self.tty,
+            "user": {"uid": self.uid, "gid": self.gid, "additionalGids": self.additional_gids},
+            "args": self.args,
+            "env": self.env,
+            "cwd": self.cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": false,
+        })
+    }
+}
+
 /// The `config.json` for `r`.
 pub fn build(r: &RunSpec) -> Value {
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
@@ -167,15 +192,15 @@ pub fn build(r: &RunSpec) -> Value {
     }
     json!({
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": r.tty,
-            "user": {"uid": r.uid, "gid": r.gid, "additionalGids": r.additional_gids},
-            "args": r.args,
-            "env": r.env,
-            "cwd": r.cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": false,
-        },
+        "process": Process {
+            args: &r.args,
+            env: &r.env,
+            cwd: &r.cwd,
+            uid: r.uid,
+            gid: r.gid,
+            additional_gids: &r.additional_gids,
+            tty: r.tty,
+        }.to_json(),
         "root": {"path": r.rootfs, "readonly": r.readonly_rootfs},
         "hostname": r.hostname,
         "mounts": mounts,

@@ -399,57 +399,6 @@ fn berth_cli_runs_containers_like_docker() {
     assert_eq!(wait_gone(&d, &id), Vec::<String>::new());
 }
 
-/// `run -it` in a real terminal (tmux): the prompt, a command, the window size, the exit code.
-fn interactive_session(d: &Daemon, cli: &str) -> String {
-    let session = format!("berth-e2e-{}-{}", std::process::id(), cli.len());
-    let script = d.dir.path().join(format!("{}.sh", cli.len()));
-    let out = d.dir.path().join(format!("{}.out", cli.len()));
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\nexport DOCKER_HOST={h} BERTH_HOST={h} DOCKER_CONFIG=/tmp/berth-e2e-docker-config\n{cli} run -it --rm --network none bb sh\necho EXITED=$? > {o}\n", h = d.host(), o = out.display()),
-    )
-    .unwrap();
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &format!("sh {}", script.display()),
-    ]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    tmux(&[
-        "send-keys",
-        "-t",
-        &session,
-        "echo $((6*7)) $(stty size)",
-        "Enter",
-    ]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let screen = stdout(&tmux(&["capture-pane", "-t", &session, "-p"]));
-    tmux(&["send-keys", "-t", &session, "exit 7", "Enter"]);
-    for _ in 0..100 {
-        if out.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    tmux(&["kill-session", "-t", &session]);
-    format!(
-        "{screen}{}",
-        std::fs::read_to_string(&out).unwrap_or_default()
-    )
-}
-
 #[test]
 fn run_it_gives_an_interactive_terminal() {
     if skip_unless_root("run_it_gives_an_interactive_terminal") {
@@ -466,7 +415,7 @@ fn run_it_gives_an_interactive_terminal() {
         clis.push("docker".into());
     }
     for cli in clis {
-        let s = interactive_session(&d, &cli);
+        let s = Terminal::open(&d, &cli, "run -it --rm --network none bb sh").finish("exit 7");
         assert!(s.contains("42 30 100"), "{cli}: {s}");
         assert!(s.contains("EXITED=7"), "{cli}: {s}");
     }

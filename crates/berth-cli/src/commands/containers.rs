@@ -1,6 +1,7 @@
 //! Container commands: run, create, start, ps, logs, stop, kill, restart, wait, rename,
 //! rm, container prune.
 
+use super::stream::{demux, detach_keys, hijack, terminal_size, RawTerminal, Session};
 use super::{filters_json, q};
 use crate::client::{Client, DaemonError, ReqBody};
 use crate::format::{since, Format};
@@ -9,10 +10,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use std::io::{IsTerminal, Write};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::Write;
 
 #[derive(Debug, Args, Clone)]
 pub struct CreateArgs {
@@ -76,6 +75,36 @@ pub struct CreateArgs {
     /// Runtime to use for this container (berth, runc, or one from daemon.json)
     #[arg(long)]
     pub runtime: Option<String>,
+    /// Run an init inside the container that forwards signals and reaps processes
+    #[arg(long)]
+    pub init: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long)]
+    pub detach_keys: Option<String>,
+    /// Proxy received signals to the process
+    #[arg(long, default_value = "true", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub sig_proxy: bool,
+    /// Command to run to check health
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 0s)
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long)]
+    pub health_retries: Option<i64>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 0s)
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Start period for the container to initialize before starting health-retries countdown (ms|s|m|h) (default 0s)
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// Time between running the check during the start period (ms|s|m|h) (default 0s)
+    #[arg(long)]
+    pub health_start_interval: Option<String>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long)]
+    pub no_healthcheck: bool,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -168,7 +197,100 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     if let Some(r) = &a.runtime {
         cfg["HostConfig"]["Runtime"] = json!(r);
     }
+    if a.init {
+        cfg["HostConfig"]["Init"] = json!(true);
+    }
+    if let Some(hc) = healthcheck(a)? {
+        cfg["Healthcheck"] = hc;
+    }
     Ok(cfg)
+}
+
+/// Go's duration syntax (`1h2m3.5s`, `300ms`) in nanoseconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let bad = || anyhow!("invalid duration {s:?}");
+    if s == "0" {
+        return Ok(0);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += n * mult;
+        rest = &rest[unit_len..];
+    }
+    Ok(total as i64)
+}
+
+/// `--health-*` and `--no-healthcheck` as the API's Healthcheck.
+fn healthcheck(a: &CreateArgs) -> Result<Option<Value>> {
+    let any = a.health_cmd.is_some()
+        || a.health_interval.is_some()
+        || a.health_retries.is_some()
+        || a.health_timeout.is_some()
+        || a.health_start_period.is_some()
+        || a.health_start_interval.is_some();
+    if a.no_healthcheck {
+        if any {
+            bail!("--no-healthcheck conflicts with --health-* options");
+        }
+        return Ok(Some(json!({"Test": ["NONE"]})));
+    }
+    if !any {
+        return Ok(None);
+    }
+    let mut hc = json!({});
+    if let Some(cmd) = &a.health_cmd {
+        hc["Test"] = json!(["CMD-SHELL", cmd]);
+    }
+    for (flag, key, v) in [
+        ("--health-interval", "Interval", &a.health_interval),
+        ("--health-timeout", "Timeout", &a.health_timeout),
+        (
+            "--health-start-period",
+            "StartPeriod",
+            &a.health_start_period,
+        ),
+        (
+            "--health-start-interval",
+            "StartInterval",
+            &a.health_start_interval,
+        ),
+    ] {
+        if let Some(v) = v {
+            let n = parse_duration(v)?;
+            if n < 0 {
+                bail!("{flag} cannot be negative");
+            }
+            hc[key] = json!(n);
+        }
+    }
+    if let Some(r) = a.health_retries {
+        if r < 0 {
+            bail!("--health-retries cannot be negative");
+        }
+        hc["Retries"] = json!(r);
+    }
+    Ok(Some(hc))
 }
 
 /// Creates the container; prints the daemon's warnings. Errors carry docker's exit 125.
@@ -230,123 +352,8 @@ fn start_error_code(msg: &str) -> i32 {
     }
 }
 
-/// Writes a Docker stream frame's payload to stdout or stderr.
-fn demux(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
-    buf.extend_from_slice(data);
-    while buf.len() >= 8 {
-        let n = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-        if buf.len() < 8 + n {
-            break;
-        }
-        let payload = &buf[8..8 + n];
-        if buf[0] == 2 {
-            let mut e = std::io::stderr().lock();
-            e.write_all(payload)?;
-            e.flush()?;
-        } else {
-            let mut o = std::io::stdout().lock();
-            o.write_all(payload)?;
-            o.flush()?;
-        }
-        buf.drain(..8 + n);
-    }
-    Ok(())
-}
-
-/// Puts the terminal in raw mode while alive.
-struct RawTerminal(Option<rustix::termios::Termios>);
-impl RawTerminal {
-    fn enter() -> Self {
-        let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
-            return RawTerminal(None);
-        }
-        match rustix::termios::tcgetattr(&stdin) {
-            Ok(old) => {
-                let mut raw = old.clone();
-                raw.make_raw();
-                let _ =
-                    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw);
-                RawTerminal(Some(old))
-            }
-            Err(_) => RawTerminal(None),
-        }
-    }
-}
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = rustix::termios::tcsetattr(
-                std::io::stdin(),
-                rustix::termios::OptionalActions::Now,
-                old,
-            );
-        }
-    }
-}
-
-/// Attaches (hijacking the connection) and relays until the container's output ends.
-async fn attach_stream(
-    c: &Client,
-    id: &str,
-    stdin: bool,
-    tty: bool,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let path = format!(
-        "/containers/{id}/attach?stream=1&stdout=1&stderr=1&stdin={}",
-        u8::from(stdin)
-    );
-    let resp = c
-        .request(
-            Method::POST,
-            &path,
-            ReqBody::Empty,
-            &[("Connection", "Upgrade".into()), ("Upgrade", "tcp".into())],
-        )
-        .await?;
-    let upgraded = hyper::upgrade::on(resp)
-        .await
-        .map_err(|e| anyhow!("attach: {e}"))?;
-    let io = TokioIo::new(upgraded);
-    let (mut r, mut w) = tokio::io::split(io);
-    if stdin {
-        tokio::spawn(async move {
-            let mut input = tokio::io::stdin();
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match input.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if w.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = w.shutdown().await;
-        });
-    }
-    Ok(tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut pending = Vec::new();
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tty {
-                        let mut o = std::io::stdout().lock();
-                        let _ = o.write_all(&buf[..n]);
-                        let _ = o.flush();
-                    } else if demux(&mut pending, &buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    }))
-}
-
 pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
+    let keys = detach_keys(a.detach_keys.as_deref())?;
     let id = create_container(c, &a).await?;
     if a.detach {
         if let Err(e) = c
@@ -364,7 +371,7 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let relay = attach_stream(c, &id, a.interactive, a.tty).await?;
+    let session = attach_session(c, &id, a.interactive, a.tty, &a.detach_keys, keys).await?;
     let cond = if a.rm { "removed" } else { "next-exit" };
     let wait = c
         .request(
@@ -374,11 +381,7 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
             &[],
         )
         .await?;
-    let _raw = if a.tty && a.interactive {
-        Some(RawTerminal::enter())
-    } else {
-        None
-    };
+    let raw = (a.tty && a.interactive).then(RawTerminal::enter);
     if let Err(e) = c
         .request(
             Method::POST,
@@ -388,11 +391,44 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
         )
         .await
     {
-        drop(_raw);
+        drop(raw);
         eprintln!("berth: {e}");
         return Err(crate::Exit(start_error_code(&e.to_string())).into());
     }
-    if a.tty {
+    follow_session(c, &id, a.tty, a.sig_proxy && !a.tty, session, wait, raw).await
+}
+
+/// Attaches to a container for `run` or `start -a`.
+async fn attach_session(
+    c: &Client,
+    id: &str,
+    stdin: bool,
+    tty: bool,
+    keys_flag: &Option<String>,
+    keys: Vec<u8>,
+) -> Result<Session> {
+    let mut path = format!(
+        "/containers/{id}/attach?stream=1&stdout=1&stderr=1&stdin={}",
+        u8::from(stdin)
+    );
+    if let Some(k) = keys_flag {
+        path.push_str(&format!("&detachKeys={}", q(k)));
+    }
+    hijack(c, &path, ReqBody::Empty, stdin, tty, keys).await
+}
+
+/// Follows an attached, started container to its end (or until the user detaches):
+/// window size, signal proxying, then the exit code.
+pub async fn follow_session(
+    c: &Client,
+    id: &str,
+    tty: bool,
+    sig_proxy: bool,
+    session: Session,
+    wait: http::Response<hyper::body::Incoming>,
+    raw: Option<RawTerminal>,
+) -> Result<()> {
+    if tty {
         if let Some((rows, cols)) = terminal_size() {
             let _ = c
                 .request(
@@ -404,9 +440,30 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
                 .await;
         }
     }
-    let result = crate::client::read_json(wait).await?;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay).await;
-    drop(_raw);
+    let proxy = sig_proxy.then(|| proxy_signals(c.clone(), id.to_string()));
+    let Session {
+        output, detached, ..
+    } = session;
+    let detached = async {
+        if detached.await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    let result = tokio::select! {
+        r = crate::client::read_json(wait) => r?,
+        _ = detached => {
+            drop(raw);
+            if let Some(p) = proxy {
+                p.abort();
+            }
+            return Ok(());
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), output).await;
+    drop(raw);
+    if let Some(p) = proxy {
+        p.abort();
+    }
     let code = result["StatusCode"].as_i64().unwrap_or(125) as i32;
     if code != 0 {
         return Err(crate::Exit(code).into());
@@ -414,14 +471,52 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
     Ok(())
 }
 
-fn terminal_size() -> Option<(u16, u16)> {
-    let out = std::io::stdout();
-    if !out.is_terminal() {
-        return None;
-    }
-    rustix::termios::tcgetwinsize(&out)
-        .ok()
-        .map(|w| (w.ws_row, w.ws_col))
+/// `--sig-proxy`: the signals we receive go to the container's process.
+fn proxy_signals(c: Client, id: String) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let kinds = [
+            (libc_sig::SIGINT, SignalKind::interrupt()),
+            (libc_sig::SIGTERM, SignalKind::terminate()),
+            (libc_sig::SIGHUP, SignalKind::hangup()),
+            (libc_sig::SIGQUIT, SignalKind::quit()),
+            (libc_sig::SIGUSR1, SignalKind::user_defined1()),
+            (libc_sig::SIGUSR2, SignalKind::user_defined2()),
+        ];
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<i32>(8);
+        for (n, k) in kinds {
+            let Ok(mut s) = signal(k) else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(n).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        while let Some(n) = rx.recv().await {
+            let _ = c
+                .request(
+                    Method::POST,
+                    &format!("/containers/{id}/kill?signal={n}"),
+                    ReqBody::Empty,
+                    &[],
+                )
+                .await;
+        }
+    })
+}
+
+/// Signal numbers (Linux).
+mod libc_sig {
+    pub const SIGHUP: i32 = 1;
+    pub const SIGINT: i32 = 2;
+    pub const SIGQUIT: i32 = 3;
+    pub const SIGUSR1: i32 = 10;
+    pub const SIGUSR2: i32 = 12;
+    pub const SIGTERM: i32 = 15;
 }
 
 #[derive(Debug, Args)]
@@ -432,16 +527,20 @@ pub struct StartArgs {
     /// Attach container's STDIN
     #[arg(short, long)]
     pub interactive: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long)]
+    pub detach_keys: Option<String>,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
 
 pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
     if a.attach || a.interactive {
+        let keys = detach_keys(a.detach_keys.as_deref())?;
         let id = a.containers.first().cloned().unwrap_or_default();
         let info = c.get_json(&format!("/containers/{id}/json")).await?;
         let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
-        let relay = attach_stream(c, &id, a.interactive, tty).await?;
+        let session = attach_session(c, &id, a.interactive, tty, &a.detach_keys, keys).await?;
         let wait = c
             .request(
                 Method::POST,
@@ -450,6 +549,7 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
                 &[],
             )
             .await?;
+        let raw = (tty && a.interactive).then(RawTerminal::enter);
         c.request(
             Method::POST,
             &format!("/containers/{id}/start"),
@@ -457,13 +557,7 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
             &[],
         )
         .await?;
-        let result = crate::client::read_json(wait).await?;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay).await;
-        let code = result["StatusCode"].as_i64().unwrap_or(1) as i32;
-        if code != 0 {
-            return Err(crate::Exit(code).into());
-        }
-        return Ok(());
+        return follow_session(c, &id, tty, !tty, session, wait, raw).await;
     }
     post_each(c, &a.containers, "start", "").await
 }

@@ -1,7 +1,9 @@
 //! One module per command group; each command is a function taking its parsed flags.
 
 pub mod containers;
+pub mod exec;
 pub mod images;
+pub mod stream;
 pub mod system;
 
 use crate::client::Client;
@@ -60,6 +62,12 @@ pub enum Cmd {
     Rename(containers::RenameArgs),
     /// Remove one or more containers
     Rm(containers::RmArgs),
+    /// Execute a command in a running container
+    Exec(exec::ExecArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(exec::AttachArgs),
+    /// Display the running processes of a container
+    Top(exec::TopArgs),
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCmd),
@@ -74,6 +82,12 @@ pub enum ContainerCmd {
     Prune(containers::PruneArgs),
     /// Remove one or more containers
     Rm(containers::RmArgs),
+    /// Execute a command in a running container
+    Exec(exec::ExecArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(exec::AttachArgs),
+    /// Display the running processes of a container
+    Top(exec::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +160,9 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Rename(a) => containers::rename(c, a).await,
         Cmd::Rm(a) | Cmd::Container(ContainerCmd::Rm(a)) => containers::rm(c, a).await,
         Cmd::Container(ContainerCmd::Prune(a)) => containers::prune(c, a).await,
+        Cmd::Exec(a) | Cmd::Container(ContainerCmd::Exec(a)) => exec::exec(c, a).await,
+        Cmd::Attach(a) | Cmd::Container(ContainerCmd::Attach(a)) => exec::attach(c, a).await,
+        Cmd::Top(a) | Cmd::Container(ContainerCmd::Top(a)) => exec::top(c, a).await,
     }
 }
 

@@ -152,6 +152,12 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
     } else {
         args.remove(0)
     };
+    let exec_ids = d.containers.execs.of(&c.id);
+    let exec_ids = if exec_ids.is_empty() {
+        Value::Null
+    } else {
+        json!(exec_ids)
+    };
     json!({
         "Id": c.id,
         "Created": c.created,
@@ -182,7 +188,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "ExecIDs": null,
+        "ExecIDs": exec_ids,
         "HostConfig": c.host_config(),
         "GraphDriver": {"Name": d.images.driver().name(), "Data": {"MergedDir": dir.join("rootfs"), "UpperDir": dir.join("upper"), "WorkDir": dir.join("work")}},
         "Mounts": [],
@@ -396,6 +402,21 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
         }
         (Method::GET, "logs") => logs(d, &ctx, c),
         (Method::POST, "attach") => attach(d, &mut ctx, c),
+        (Method::POST, "exec") => super::exec::create(d, &mut ctx, &c).await,
+        (Method::GET, "top") => {
+            let args = ctx.query.get("ps_args").unwrap_or("-ef").to_string();
+            let pid = c.state().pid;
+            if c.state().status != "running" || pid <= 0 {
+                return Err(ApiError::conflict(format!(
+                    "container {} is not running",
+                    c.id
+                )));
+            }
+            let v = tokio::task::spawn_blocking(move || top(pid, &args))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))??;
+            Ok(ok_json(&v))
+        }
         (Method::POST, "resize") => {
             let h = ctx.query.int("h")?.unwrap_or(0);
             let w = ctx.query.int("w")?.unwrap_or(0);
@@ -440,6 +461,59 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
         }
         _ => Err(ApiError::not_found("page not found")),
     }
+}
+
+/// The processes in the pid namespace of `init`: the host's `ps` with the client's
+/// arguments, filtered to those pids, as Docker does.
+fn top(init: i64, ps_args: &str) -> Result<Value, ApiError> {
+    let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let target = ns_of(&init.to_string())
+        .ok_or_else(|| ApiError::conflict("the container's process is gone"))?;
+    let pids: std::collections::HashSet<String> = std::fs::read_dir("/proc")
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|n| ns_of(n).as_ref() == Some(&target))
+        .collect();
+    let out = std::process::Command::new("ps")
+        .args(ps_args.split_whitespace())
+        .output()
+        .map_err(|e| ApiError::internal(format!("running ps: {e}")))?;
+    if !out.status.success() {
+        return Err(ApiError::internal(format!(
+            "ps: {}: {}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            ps_args
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let titles: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let pid_col = titles
+        .iter()
+        .position(|t| *t == "PID")
+        .ok_or_else(|| ApiError::internal("Couldn't find PID field in ps output"))?;
+    let mut procs = Vec::new();
+    for l in lines {
+        // the last column (the command) keeps its spaces
+        let mut fields: Vec<String> = Vec::new();
+        let mut rest = l.trim_start();
+        while fields.len() + 1 < titles.len() {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            fields.push(rest[..end].to_string());
+            rest = rest[end..].trim_start();
+        }
+        fields.push(rest.to_string());
+        if fields.get(pid_col).is_some_and(|p| pids.contains(p)) {
+            procs.push(fields);
+        }
+    }
+    Ok(json!({"Titles": titles, "Processes": procs}))
 }
 
 fn wait(ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
@@ -599,6 +673,7 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
         ));
     };
     let tty = c.tty();
+    let scanner = detach_scanner(ctx.query.get("detachKeys"), tty, stdin)?;
     let mut flags = Vec::new();
     if stdin {
         flags.push("stdin");
@@ -653,47 +728,120 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
         let _ = r.read_line(&mut line).await;
         release(&c);
         let shim = r.into_inner();
-        let (mut sr, mut sw) = shim.into_split();
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let to_client = async {
-            let _ = tokio::io::copy(&mut sr, &mut cw).await;
-            let _ = cw.shutdown().await;
-        };
-        let from_client = async {
-            let mut buf = vec![0u8; 8192];
-            loop {
-                match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if stdin && sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
+        // as Docker: the end of the client's input closes the container's only without
+        // a tty (a terminal's input is never "done")
+        let stdin_once = stdin && !tty && c.config()["StdinOnce"].as_bool().unwrap_or(false);
+        let detached = splice(
+            client,
+            shim,
+            stdin,
+            scanner,
+            async {
+                // stdin closed: with StdinOnce, the container's stdin closes too
+                if stdin_once {
+                    let _ = d2.containers.shim_call(&c, "close-stdin").await;
                 }
-            }
-            // stdin closed: with StdinOnce, the container's stdin closes too
-            if stdin && c.config()["StdinOnce"].as_bool().unwrap_or(false) {
-                let _ = d2.containers.shim_call(&c, "close-stdin").await;
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = to_client => {}
-            _ = from_client => {}
+            },
+            async {},
+        )
+        .await;
+        if detached {
+            d2.events.emit("container", "detach", &c.id, attrs(&c));
         }
     });
+    Ok(upgraded(tty))
+}
+
+/// The 101 answer that turns the connection into the container's streams.
+pub fn upgraded(tty: bool) -> Resp {
     let ctype = if tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     };
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "tcp")
         .header(header::CONTENT_TYPE, ctype)
         .body(crate::http::Body::empty())
-        .unwrap_or_else(|_| Response::new(crate::http::Body::empty())))
+        .unwrap_or_else(|_| Response::new(crate::http::Body::empty()))
+}
+
+/// Joins a hijacked client connection and a shim's attach connection: output to the
+/// client until the shim closes it, the client's input to the shim (when `stdin`), then
+/// `on_stdin_eof` when the client has no more input, and `before_close` before the
+/// client's side is shut.
+/// With `detach`, typing the detach keys ends the session (true is returned) and
+/// leaves the process running.
+pub async fn splice<C, F, G>(
+    client: C,
+    shim: tokio::net::UnixStream,
+    stdin: bool,
+    mut detach: Option<berth_proto::detach::Scanner>,
+    on_stdin_eof: F,
+    before_close: G,
+) -> bool
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    F: std::future::Future<Output = ()>,
+    G: std::future::Future<Output = ()>,
+{
+    let (mut sr, mut sw) = shim.into_split();
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let to_client = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        before_close.await;
+        let _ = cw.shutdown().await;
+    };
+    let from_client = async {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !stdin {
+                        continue;
+                    }
+                    let (data, detached) = match detach.as_mut().map(|d| d.feed(&buf[..n])) {
+                        None => (buf[..n].to_vec(), false),
+                        Some(berth_proto::detach::Scan::Pass(d)) => (d, false),
+                        Some(berth_proto::detach::Scan::Detach(d)) => (d, true),
+                    };
+                    if sw.write_all(&data).await.is_err() {
+                        break;
+                    }
+                    if detached {
+                        return true;
+                    }
+                }
+            }
+        }
+        if stdin {
+            on_stdin_eof.await;
+        }
+        std::future::pending::<bool>().await
+    };
+    tokio::select! {
+        _ = to_client => false,
+        d = from_client => d,
+    }
+}
+
+/// The detach-key scanner for a session: only with a tty and stdin, as Docker does.
+pub fn detach_scanner(
+    keys: Option<&str>,
+    tty: bool,
+    stdin: bool,
+) -> Result<Option<berth_proto::detach::Scanner>, ApiError> {
+    if !(tty && stdin) {
+        return Ok(None);
+    }
+    let keys = match keys.filter(|k| !k.is_empty()) {
+        Some(k) => berth_proto::detach::parse(k).map_err(ApiError::bad_request)?,
+        None => berth_proto::detach::DEFAULT.to_vec(),
+    };
+    Ok(Some(berth_proto::detach::Scanner::new(keys)))
 }
 
 pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {

@@ -3,6 +3,7 @@
 //! `/images/{name}/...` routes match on prefix and suffix rather than path segments.
 
 pub mod containers;
+pub mod exec;
 pub mod images;
 pub mod system;
 
@@ -49,6 +50,21 @@ pub struct Ctx {
 }
 
 /// Splits `/v1.45/images/json` into the version and the rest.
+impl Ctx {
+    /// The request body as JSON; an empty body is `null`.
+    pub async fn json_body(&mut self) -> Result<serde_json::Value, ApiError> {
+        let body = http_body_util::BodyExt::collect(&mut self.body)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .to_bytes();
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    }
+}
+
 fn split_version(path: &str) -> Result<(ApiVersion, &str), ApiError> {
     if let Some(rest) = path.strip_prefix("/v") {
         let (ver, tail) = match rest.find('/') {
@@ -154,6 +170,10 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         _ => {
             if let Some(rest) = path.strip_prefix("/images/") {
                 return image_route(&d, ctx, rest.to_string()).await;
+            }
+            if let Some(rest) = path.strip_prefix("/exec/") {
+                let rest = rest.to_string();
+                return exec::route(&d, ctx, &rest).await;
             }
             if let Some(rest) = path.strip_prefix("/containers/") {
                 let rest = rest.to_string();

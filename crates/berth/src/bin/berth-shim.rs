@@ -2,12 +2,13 @@
 //! `shim` module for what it does and its control protocol.
 //!
 //! Usage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]
+//!        berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]");
+    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]\n       berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]");
     std::process::exit(2);
 }
 
@@ -19,6 +20,7 @@ fn main() {
     let mut ready_fd: Option<i32> = None;
     let (mut tty, mut stdin) = (false, false);
     let mut runtime = None;
+    let (mut exec, mut runtime_root) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || {
@@ -38,16 +40,22 @@ fn main() {
                 )
             }
             "--runtime" => runtime = Some(PathBuf::from(val())),
+            "--exec" => exec = Some(PathBuf::from(val())),
+            "--runtime-root" => runtime_root = Some(PathBuf::from(val())),
             "--tty" => tty = true,
             "--stdin" => stdin = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    let (Some(id), Some(bundle), Some(state), Some(log), Some(fd)) =
-        (id, bundle, state, log, ready_fd)
-    else {
+    let (Some(id), Some(state), Some(fd)) = (id, state, ready_fd) else {
         usage("missing arguments");
     };
+    if exec.is_none() && (bundle.is_none() || log.is_none()) {
+        usage("a container shim needs --bundle and --log");
+    }
+    if exec.is_some() != runtime_root.is_some() {
+        usage("--exec and --runtime-root go together");
+    }
     if fd < 3 {
         usage("--ready-fd must be above 2");
     }
@@ -77,12 +85,14 @@ fn main() {
     }
     let args = berth_runtime::shim::Args {
         id,
-        bundle,
+        bundle: bundle.unwrap_or_default(),
         state,
         log,
         tty,
         stdin,
         runtime,
+        exec,
+        exec_runtime_root: runtime_root,
     };
     std::process::exit(berth_runtime::shim::serve(args, ready));
 }

@@ -514,3 +514,93 @@ pub fn archive_with(
     }
     b.into_inner().expect("tar")
 }
+
+/// A CLI session in a real terminal (a detached tmux session, 100×30): `cli ARGS` runs
+/// in it, and its exit code is written to a file when it ends.
+pub struct Terminal {
+    session: String,
+    out: PathBuf,
+}
+
+impl Terminal {
+    pub fn open(d: &Daemon, cli: &str, args: &str) -> Terminal {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let session = format!("berth-e2e-{}-{n}", std::process::id());
+        let script = d.dir.path().join(format!("term{n}.sh"));
+        let out = d.dir.path().join(format!("term{n}.out"));
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nexport DOCKER_HOST={h} BERTH_HOST={h} DOCKER_CONFIG=/tmp/berth-e2e-docker-config\n{cli} {args}\necho EXITED=$? > {o}\nsleep 60\n", h = d.host(), o = out.display()),
+        )
+        .unwrap();
+        let t = Terminal { session, out };
+        t.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &t.session,
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &format!("sh {}", script.display()),
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux").args(args).output().unwrap()
+    }
+
+    /// Types `keys` (tmux key names, e.g. "C-p") and waits a moment.
+    pub fn keys(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", &self.session];
+        a.extend_from_slice(keys);
+        self.tmux(&a);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    /// Types a line: the prompt's command, then Enter.
+    pub fn line(&self, text: &str) {
+        self.keys(&[text, "Enter"]);
+    }
+
+    pub fn screen(&self) -> String {
+        stdout(&self.tmux(&["capture-pane", "-t", &self.session, "-p"]))
+    }
+
+    /// Runs `echo $((6*7)) $(stty size)` (so the screen shows "42 30 100"), types
+    /// `last` (e.g. "exit 7", or nothing), waits for the CLI to end, and returns the
+    /// screen followed by `EXITED=CODE`.
+    pub fn finish(self, last: &str) -> String {
+        self.line("echo $((6*7)) $(stty size)");
+        let screen = self.screen();
+        if !last.is_empty() {
+            self.line(last);
+        }
+        self.wait_exit(screen)
+    }
+
+    /// Waits for the CLI to end; returns `screen`, the last screen, and `EXITED=CODE`.
+    pub fn wait_exit(self, screen: String) -> String {
+        for _ in 0..100 {
+            if self.out.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        format!(
+            "{screen}{}{}",
+            self.screen(),
+            std::fs::read_to_string(&self.out).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.tmux(&["kill-session", "-t", &self.session]);
+    }
+}

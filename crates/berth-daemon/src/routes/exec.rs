@@ -1,0 +1,158 @@
+//! `/containers/{id}/exec` and `/exec/{id}/…`.
+
+use super::containers::{detach_scanner, splice, upgraded};
+use super::Ctx;
+use crate::error::ApiError;
+use crate::exec::call;
+use crate::http::{json, ok_json, status_only, Resp};
+use crate::Daemon;
+use http::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// `POST /containers/{id}/exec`.
+pub async fn create(
+    d: &Arc<Daemon>,
+    ctx: &mut Ctx,
+    c: &Arc<crate::containers::Ctr>,
+) -> Result<Resp, ApiError> {
+    let body = ctx.json_body().await?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request("exec config must be a JSON object"));
+    }
+    let id = d.containers.execs.create(c, body, &d.events)?;
+    Ok(json(StatusCode::CREATED, &json!({"Id": id})))
+}
+
+pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let e = d.containers.execs.get(id)?;
+    match (ctx.method.clone(), action) {
+        (Method::GET, "json") => Ok(ok_json(&e.inspect())),
+        (Method::POST, "resize") => {
+            let h = ctx.query.int("h")?.unwrap_or(0);
+            let w = ctx.query.int("w")?.unwrap_or(0);
+            if !e.state.borrow().running {
+                return Err(ApiError::conflict(format!("Exec {} is not running", e.id)));
+            }
+            call(&d.containers.exec_socket(&e), &format!("resize {h} {w}")).await?;
+            Ok(status_only(StatusCode::OK))
+        }
+        (Method::POST, "start") => start(d, &mut ctx, e).await,
+        _ => Err(ApiError::not_found("page not found")),
+    }
+}
+
+/// `POST /exec/{id}/start`: detached, or attached over the upgraded connection.
+async fn start(
+    d: &Arc<Daemon>,
+    ctx: &mut Ctx,
+    e: Arc<crate::exec::Exec>,
+) -> Result<Resp, ApiError> {
+    let body = ctx.json_body().await?;
+    let detach = body["Detach"].as_bool().unwrap_or(false);
+    let size: Option<(i64, i64)> = body["ConsoleSize"]
+        .as_array()
+        .and_then(|a| Some((a.first()?.as_i64()?, a.get(1)?.as_i64()?)));
+    let prepared = d.containers.prepare_exec(&e).await;
+    if detach {
+        prepared?;
+        d.containers.run_exec(&e, &d.events).await?;
+        return Ok(status_only(StatusCode::OK));
+    }
+    // refusals come back as HTTP errors; a failure to run the process goes into the
+    // stream, where the client shows it, and the exit code says it
+    if let Err(err) = &prepared {
+        if err.status == StatusCode::CONFLICT || err.status == StatusCode::NOT_FOUND {
+            return Err(ApiError::new(err.status, err.message.clone()));
+        }
+    }
+    let Some(upgrade) = ctx.upgrade.take() else {
+        return Err(ApiError::bad_request(
+            "exec start needs an upgraded connection (Upgrade: tcp)",
+        ));
+    };
+    let tty = e.tty();
+    let flag = |k: &str| e.config[k].as_bool().unwrap_or(false);
+    let (stdin, stdout, stderr) = (
+        flag("AttachStdin"),
+        flag("AttachStdout"),
+        flag("AttachStderr"),
+    );
+    let mut flags = Vec::new();
+    for (on, name) in [(stdin, "stdin"), (stdout, "stdout"), (stderr, "stderr")] {
+        if on {
+            flags.push(name);
+        }
+    }
+    let scanner = detach_scanner(e.config["DetachKeys"].as_str(), tty, stdin)?;
+    let d = d.clone();
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else {
+            return;
+        };
+        let mut client = TokioIo::new(up);
+        let fail = |msg: String| {
+            let text = format!("{msg}\r\n");
+            if tty {
+                text.into_bytes()
+            } else {
+                berth_runtime::shim::frame(1, text.as_bytes())
+            }
+        };
+        if let Err(err) = prepared {
+            let _ = client.write_all(&fail(err.message)).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        let sock = d.containers.exec_socket(&e);
+        let shim = async {
+            let mut s = tokio::net::UnixStream::connect(&sock).await.ok()?;
+            s.write_all(format!("attach {}\n", flags.join(" ")).as_bytes())
+                .await
+                .ok()?;
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            r.read_line(&mut line).await.ok()?;
+            Some(r.into_inner())
+        }
+        .await;
+        let Some(shim) = shim else {
+            let _ = client.shutdown().await;
+            return;
+        };
+        if let Err(err) = d.containers.run_exec(&e, &d.events).await {
+            let _ = client.write_all(&fail(err.message)).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        if let (true, Some((h, w))) = (tty, size) {
+            let _ = call(&sock, &format!("resize {h} {w}")).await;
+        }
+        let mut st = e.state.subscribe();
+        splice(
+            client,
+            shim,
+            stdin,
+            scanner,
+            async {
+                // as Docker: without a tty only
+                if !tty {
+                    let _ = call(&sock, "close-stdin").await;
+                }
+            },
+            async {
+                // the exit code is in place before the client, done reading, asks for it
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    st.wait_for(|s| s.exit_code.is_some()),
+                )
+                .await;
+            },
+        )
+        .await;
+    });
+    Ok(upgraded(tty))
+}

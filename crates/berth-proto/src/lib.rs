@@ -1,0 +1,3 @@
+//! Pieces of the Docker protocol that both berthd and the berth CLI need.
+
+pub mod detach;
