@@ -31,6 +31,12 @@ pub struct State {
     pub error: String,
     pub started_at: String,
     pub finished_at: String,
+    /// restarts made by the restart policy since the last start by a user
+    #[serde(default)]
+    pub restart_count: i64,
+    /// stopped by a user (`stop`), which the restart policies respect
+    #[serde(default)]
+    pub manually_stopped: bool,
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -59,6 +65,8 @@ pub struct Ctr {
     pub pending_attach: watch::Sender<usize>,
     /// a removal is under way
     removing: std::sync::atomic::AtomicBool,
+    /// the next restart delay's step
+    backoff: std::sync::atomic::AtomicU32,
     /// the removal is complete
     pub removed: watch::Sender<bool>,
 }
@@ -89,6 +97,7 @@ pub struct Containers {
     runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
     pub execs: crate::exec::Execs,
+    images: Arc<ImageStore>,
 }
 
 fn now() -> String {
@@ -137,6 +146,7 @@ impl Containers {
         data_root: &Path,
         exec_root: &Path,
         runtimes: std::collections::BTreeMap<String, PathBuf>,
+        images: Arc<ImageStore>,
     ) -> anyhow::Result<Self> {
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
@@ -152,6 +162,7 @@ impl Containers {
             runtimes,
             by_id: Mutex::new(HashMap::new()),
             execs: Default::default(),
+            images,
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
@@ -166,6 +177,19 @@ impl Containers {
     /// their shims; one whose shim is gone gets the exit its shim recorded (or 255 when
     /// it died with the machine, as Docker reports).
     pub async fn restore(self: &Arc<Self>, events: &Arc<Events>) {
+        let mut to_start = Vec::new();
+        for c in self.all() {
+            let st = c.state();
+            // a restart was pending when berthd stopped
+            if st.status == "restarting" {
+                self.set_state(&c, |s| s.status = "exited".into());
+                to_start.push(c);
+                continue;
+            }
+            if st.status != "running" && Restart::of(&c).on_daemon_start(st.manually_stopped) {
+                to_start.push(c);
+            }
+        }
         for c in self
             .all()
             .into_iter()
@@ -176,7 +200,7 @@ impl Containers {
                 tracing::info!(container = %c.id, "reconnected to running container");
                 let this = self.clone();
                 let ev = events.clone();
-                tokio::spawn(async move { this.watch_exit(c, ev).await });
+                tokio::spawn(this.watch_exit_boxed(c, ev));
                 continue;
             }
             let (code, at) =
@@ -197,6 +221,25 @@ impl Containers {
             let this = self.clone();
             if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
                 let _ = this.remove(&c, true, events).await;
+                continue;
+            }
+            let st = c.state();
+            let policy = Restart::of(&c);
+            if policy.on_daemon_start(st.manually_stopped)
+                || (!st.manually_stopped && policy.after_exit(code as i64, st.restart_count))
+            {
+                to_start.push(c);
+            }
+        }
+        for c in to_start {
+            // as Docker: a fresh start, the count and a user's stop forgotten
+            match self.start(&c, events).await {
+                Ok(()) => {
+                    tracing::info!(container = %c.id, "started by its restart policy at daemon start");
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.id, error = %e.message, "restart at daemon start failed")
+                }
             }
         }
     }
@@ -211,6 +254,7 @@ impl Containers {
             state: watch::Sender::new(state),
             pending_attach: watch::Sender::new(0),
             removing: std::sync::atomic::AtomicBool::new(false),
+            backoff: std::sync::atomic::AtomicU32::new(0),
             removed: watch::Sender::new(false),
         });
         if let Ok(mut m) = self.by_id.lock() {
@@ -375,10 +419,24 @@ impl Containers {
     }
 
     /// Mounts the rootfs, writes the bundle, starts the shim and the container.
+    /// A user's start: the restart count and a user's stop are forgotten.
     pub async fn start(
         self: &Arc<Self>,
         c: &Arc<Ctr>,
-        images: &ImageStore,
+        events: &Arc<Events>,
+    ) -> Result<(), ApiError> {
+        if c.state().status != "running" {
+            self.set_state(c, |s| {
+                s.restart_count = 0;
+                s.manually_stopped = false;
+            });
+        }
+        self.start_inner(c, events).await
+    }
+
+    async fn start_inner(
+        self: &Arc<Self>,
+        c: &Arc<Ctr>,
         events: &Arc<Events>,
     ) -> Result<(), ApiError> {
         let st = c.state();
@@ -392,8 +450,8 @@ impl Containers {
             .image_id
             .parse()
             .map_err(|_| ApiError::internal("corrupt image id"))?;
-        let layers = images.layer_dirs(&image)?;
-        let driver = images.driver();
+        let layers = self.images.layer_dirs(&image)?;
+        let driver = self.images.driver();
         let this = self.clone();
         let c2 = c.clone();
         let prepared = tokio::task::spawn_blocking(move || this.prepare(&c2, &layers, driver))
@@ -432,7 +490,7 @@ impl Containers {
         let this = self.clone();
         let c2 = c.clone();
         let ev = events.clone();
-        tokio::spawn(async move { this.watch_exit(c2, ev).await });
+        tokio::spawn(this.watch_exit_boxed(c2, ev));
         Ok(())
     }
 
@@ -567,6 +625,16 @@ impl Containers {
         launch_shim(cmd, r, w).await
     }
 
+    /// [`Self::watch_exit`] behind a named Send type: a restart starts the container
+    /// again, which spawns this again.
+    fn watch_exit_boxed(
+        self: Arc<Self>,
+        c: Arc<Ctr>,
+        events: Arc<Events>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.watch_exit(c, events))
+    }
+
     async fn watch_exit(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
         let code = async {
             let mut s = UnixStream::connect(self.shim_socket(&c)).await.ok()?;
@@ -593,6 +661,47 @@ impl Containers {
         events.emit("container", "die", &c.id, a);
         if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
             let _ = self.remove(&c, true, &events).await;
+            return;
+        }
+        let st = c.state();
+        if !st.manually_stopped && Restart::of(&c).after_exit(code, st.restart_count) {
+            self.restart_later(c, events).await;
+        }
+    }
+
+    /// The restart policy's restart: `restarting` for the back-off delay, then start
+    /// (unless a user stopped, started or removed it meanwhile).
+    async fn restart_later(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
+        let st = c.state();
+        let ran = match (
+            chrono::DateTime::parse_from_rfc3339(&st.started_at),
+            chrono::DateTime::parse_from_rfc3339(&st.finished_at),
+        ) {
+            (Ok(a), Ok(b)) => (b - a).num_seconds(),
+            _ => 0,
+        };
+        let n = if ran >= 10 {
+            0
+        } else {
+            c.backoff.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        };
+        if ran >= 10 {
+            c.backoff.store(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.set_state(&c, |s| s.status = "restarting".into());
+        tokio::time::sleep(restart_delay(n)).await;
+        if c.state().status != "restarting" || c.removing.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        self.set_state(&c, |s| s.restart_count += 1);
+        match self.start_inner(&c, &events).await {
+            Ok(()) => {
+                tracing::info!(container = %c.id, count = c.state().restart_count, "restarted by its restart policy");
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id, error = %e.message, "restart failed");
+            }
         }
     }
 
@@ -610,6 +719,12 @@ impl Containers {
 
     /// Signal, then SIGKILL after `timeout` seconds.
     pub async fn stop(&self, c: &Ctr, sig: i32, timeout: i64) -> Result<bool, ApiError> {
+        self.set_state(c, |s| s.manually_stopped = true);
+        if c.state().status == "restarting" {
+            // the pending restart is called off
+            self.set_state(c, |s| s.status = "exited".into());
+            return Ok(true);
+        }
         if c.state().status != "running" {
             return Ok(false);
         }
@@ -628,6 +743,15 @@ impl Containers {
     }
 
     pub async fn remove(&self, c: &Ctr, force: bool, events: &Events) -> Result<(), ApiError> {
+        if c.state().status == "restarting" {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "cannot remove container \"/{}\": container is restarting: stop the container before removing or force remove",
+                    c.name()
+                )));
+            }
+            self.stop(c, 9, 0).await?;
+        }
         if c.state().status == "running" {
             if !force {
                 return Err(ApiError::conflict(format!(
@@ -705,6 +829,53 @@ pub async fn launch_shim(
             "berth-shim exited before creating the container",
         )),
     }
+}
+
+/// A container's restart policy, from its HostConfig.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restart {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure(i64),
+}
+
+impl Restart {
+    pub fn of(c: &Ctr) -> Restart {
+        let rp = &c.host_config()["RestartPolicy"];
+        match rp["Name"].as_str().unwrap_or_default() {
+            "always" => Restart::Always,
+            "unless-stopped" => Restart::UnlessStopped,
+            "on-failure" => Restart::OnFailure(rp["MaximumRetryCount"].as_i64().unwrap_or(0)),
+            _ => Restart::No,
+        }
+    }
+
+    /// Docker's rule after an exit that nobody asked for (a user's `stop` cancels any
+    /// restart; `kill` does not).
+    pub fn after_exit(&self, code: i64, restarts: i64) -> bool {
+        match self {
+            Restart::No => false,
+            Restart::Always | Restart::UnlessStopped => true,
+            Restart::OnFailure(max) => code != 0 && (*max == 0 || restarts < *max),
+        }
+    }
+
+    /// Docker's rule when the daemon starts.
+    pub fn on_daemon_start(&self, manually_stopped: bool) -> bool {
+        match self {
+            Restart::Always => true,
+            Restart::UnlessStopped => !manually_stopped,
+            _ => false,
+        }
+    }
+}
+
+/// The wait before restart number `n` (0-based): 100 ms doubling up to a minute, as
+/// Docker's; back to the start once a run lasted 10 s.
+pub fn restart_delay(n: u32) -> std::time::Duration {
+    let ms = 100u64.saturating_mul(1u64 << n.min(20));
+    std::time::Duration::from_millis(ms.min(60_000))
 }
 
 /// The ID the shim and the runtime know a container by: short enough for socket paths.

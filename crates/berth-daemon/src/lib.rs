@@ -29,7 +29,7 @@ use tracing_subscriber::{reload, EnvFilter};
 /// The running daemon's shared state.
 pub struct Daemon {
     pub config: Config,
-    pub images: ImageStore,
+    pub images: Arc<ImageStore>,
     pub db: Arc<Db>,
     pub containers: Arc<containers::Containers>,
     pub events: Arc<events::Events>,
@@ -197,8 +197,9 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         .storage_driver
         .as_deref()
         .and_then(berth_image::snapshot::Driver::parse);
-    let images =
-        ImageStore::open(&cfg.data_root, db.clone(), driver).context("opening the image store")?;
+    let images = Arc::new(
+        ImageStore::open(&cfg.data_root, db.clone(), driver).context("opening the image store")?,
+    );
     let mut warnings = Vec::new();
     if cfg.hosts.iter().any(|h| h.starts_with("tcp://")) && !cfg.tls {
         warnings.push("WARNING: API is accessible on http:// without encryption.\n         Access to the remote API is equivalent to root access on the host.".to_string());
@@ -209,6 +210,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
             &cfg.data_root,
             &cfg.exec_root,
             cfg.runtimes.clone(),
+            images.clone(),
         )
         .context("opening the container store")?,
     );

