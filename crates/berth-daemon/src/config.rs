@@ -80,6 +80,9 @@ pub struct Config {
     /// OCI runtime binaries by name, besides the built-in `berth` (and `runc` from PATH)
     pub runtimes: std::collections::BTreeMap<String, PathBuf>,
     pub default_runtime: String,
+    /// the default log driver and its options for new containers
+    pub log_driver: String,
+    pub log_opts: std::collections::BTreeMap<String, String>,
 }
 
 /// The built-in runtime's name.
@@ -130,6 +133,8 @@ const APPLIED: &[&str] = &[
     "live-restore",
     "runtimes",
     "default-runtime",
+    "log-driver",
+    "log-opts",
 ];
 
 /// dockerd keys berth accepts but does not act on yet (logged at start).
@@ -172,9 +177,7 @@ const ACCEPTED: &[&str] = &[
     "ip6tables",
     "iptables",
     "ipv6",
-    "log-driver",
     "log-format",
-    "log-opts",
     "max-concurrent-downloads",
     "max-concurrent-uploads",
     "max-download-attempts",
@@ -359,7 +362,24 @@ impl Config {
                 "default-runtime {default_runtime} is not a configured runtime"
             )));
         }
+        let log_driver = get("log-driver")
+            .map(|v| string(v, "log-driver"))
+            .transpose()?
+            .unwrap_or_else(|| "json-file".to_string());
+        let mut log_opts = std::collections::BTreeMap::new();
+        if let Some(v) = get("log-opts") {
+            let m = v
+                .as_object()
+                .ok_or_else(|| ConfigError::Invalid("log-opts must be an object".into()))?;
+            for (k, v) in m {
+                log_opts.insert(k.clone(), string(v, "log-opts")?);
+            }
+        }
+        crate::logconfig::LogConfig::resolve(&log_driver, &log_opts, None)
+            .map_err(ConfigError::Invalid)?;
         let cfg = Config {
+            log_driver,
+            log_opts,
             runtimes,
             default_runtime,
             hosts,

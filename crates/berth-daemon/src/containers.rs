@@ -609,12 +609,18 @@ impl Containers {
             .arg(self.dir(c).join("bundle"))
             .arg("--state")
             .arg(&state)
-            .arg("--log")
-            .arg(self.log_path(c))
             .arg("--ready-fd")
             .arg(std::os::fd::AsRawFd::as_raw_fd(&w).to_string());
         if c.tty() {
             cmd.arg("--tty");
+        }
+        let log = crate::logconfig::LogConfig::of(c.host_config());
+        if log.readable() {
+            cmd.arg("--log").arg(self.log_path(c));
+            cmd.arg("--log-max-file").arg(log.max_file.to_string());
+            if let Some(n) = log.max_size {
+                cmd.arg("--log-max-size").arg(n.to_string());
+            }
         }
         if let Some(path) = self.runtime_binary(c) {
             cmd.arg("--runtime").arg(path);

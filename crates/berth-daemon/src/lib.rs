@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod http;
+pub mod logconfig;
 pub mod routes;
 pub mod server;
 pub mod spec;

@@ -71,6 +71,168 @@ impl LineSplitter {
     }
 }
 
+/// The json-file log on disk, rotated by size as Docker's: when a line would take the
+/// file past `max_size`, `log` becomes `log.1` (`log.1` becomes `log.2`, ...; files
+/// past `max_file` are deleted) and a new `log` starts. With `max_file` 1 the file is
+/// truncated instead.
+pub struct RotatingLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    size: u64,
+    max_size: Option<u64>,
+    max_file: u32,
+}
+
+impl RotatingLog {
+    pub fn open(path: &std::path::Path, max_size: Option<u64>, max_file: u32) -> io::Result<Self> {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            max_file: max_file.max(1),
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        if self.max_file <= 1 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        let name = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            std::path::PathBuf::from(p)
+        };
+        let _ = std::fs::remove_file(name(self.max_file - 1));
+        for n in (1..self.max_file - 1).rev() {
+            let _ = std::fs::rename(name(n), name(n + 1));
+        }
+        std::fs::rename(&self.path, name(1))?;
+        self.file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(max) = self.max_size {
+            if self.size > 0 && self.size + buf.len() as u64 > max {
+                self.rotate()?;
+            }
+        }
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The files of a rotated log, oldest first: `log.N`, ..., `log.1`, `log`.
+pub fn log_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for n in 1.. {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(format!(".{n}"));
+        let p = std::path::PathBuf::from(p);
+        if !p.exists() {
+            break;
+        }
+        files.push(p);
+    }
+    files.reverse();
+    files.push(path.to_path_buf());
+    files
+}
+
+/// Follows a rotated json-file log: the first read returns everything in all its files,
+/// each later read what was added since, also across rotations.
+pub struct LogReader {
+    path: std::path::PathBuf,
+    /// (inode, offset of the first byte not yet returned) of the file being read
+    at: Option<(u64, u64)>,
+}
+
+impl LogReader {
+    pub fn new(path: &std::path::Path) -> Self {
+        LogReader {
+            path: path.to_path_buf(),
+            at: None,
+        }
+    }
+
+    /// Whole lines of `path` from `offset`; returns the entries and the new offset.
+    fn read_from(path: &std::path::Path, offset: u64) -> (Vec<Entry>, u64) {
+        use std::io::{Read, Seek};
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            if f.seek(io::SeekFrom::Start(offset)).is_ok() {
+                let _ = f.read_to_end(&mut buf);
+            }
+        }
+        let complete = buf
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        let entries = String::from_utf8_lossy(&buf[..complete])
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (entries, offset + complete as u64)
+    }
+
+    fn inode(path: &std::path::Path) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| m.ino())
+    }
+
+    pub fn read(&mut self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        match self.at {
+            None => {
+                let files = log_files(&self.path);
+                for f in &files[..files.len() - 1] {
+                    out.extend(Self::read_from(f, 0).0);
+                }
+            }
+            Some((ino, offset)) => {
+                if Self::inode(&self.path) != Some(ino) {
+                    // rotated: finish the file we were reading, now `log.1`
+                    let mut old = self.path.clone().into_os_string();
+                    old.push(".1");
+                    let old = std::path::PathBuf::from(old);
+                    if Self::inode(&old) == Some(ino) {
+                        out.extend(Self::read_from(&old, offset).0);
+                    }
+                    self.at = Some((Self::inode(&self.path).unwrap_or(0), 0));
+                } else if std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0) < offset {
+                    // truncated (a single-file log)
+                    self.at = Some((ino, 0));
+                }
+            }
+        }
+        let offset = self.at.map(|(_, o)| o).unwrap_or(0);
+        let (entries, next) = Self::read_from(&self.path, offset);
+        out.extend(entries);
+        self.at = Some((Self::inode(&self.path).unwrap_or(0), next));
+        out
+    }
+}
+
 /// Reads a log file back.
 pub fn read_entries(path: &std::path::Path) -> io::Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path)?;
@@ -83,6 +245,59 @@ pub fn read_entries(path: &std::path::Path) -> io::Result<Vec<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_keeps_max_file_files_of_whole_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c-json.log");
+        let mut log = RotatingLog::open(&p, Some(200), 3).unwrap();
+        let mut s = LineSplitter::default();
+        for i in 0..40 {
+            s.feed(&mut log, "stdout", format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        let files = log_files(&p);
+        assert_eq!(files.len(), 3, "{files:?}");
+        let mut all = Vec::new();
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= 200);
+            all.extend(read_entries(f).unwrap());
+        }
+        // the newest lines survive, in order
+        assert_eq!(all.last().unwrap().log, "line 39\n");
+        let nums: Vec<usize> = all
+            .iter()
+            .map(|e| e.log.trim().trim_start_matches("line ").parse().unwrap())
+            .collect();
+        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+        assert!(nums[0] > 0, "the oldest were dropped");
+        let mut one = RotatingLog::open(&d.path().join("one"), Some(100), 1).unwrap();
+        for _ in 0..10 {
+            s.feed(&mut one, "stdout", b"0123456789\n").unwrap();
+        }
+        assert!(std::fs::metadata(d.path().join("one")).unwrap().len() <= 100);
+        assert_eq!(log_files(&d.path().join("one")).len(), 1);
+    }
+
+    #[test]
+    fn reader_follows_across_rotations() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c-json.log");
+        let mut log = RotatingLog::open(&p, Some(300), 3).unwrap();
+        let mut s = LineSplitter::default();
+        let mut r = LogReader::new(&p);
+        let mut seen = Vec::new();
+        for i in 0..30 {
+            s.feed(&mut log, "stdout", format!("l{i}\n").as_bytes())
+                .unwrap();
+            if i % 4 == 0 {
+                seen.extend(r.read().into_iter().map(|e| e.log));
+            }
+        }
+        seen.extend(r.read().into_iter().map(|e| e.log));
+        let want: Vec<String> = (0..30).map(|i| format!("l{i}\n")).collect();
+        assert_eq!(seen, want, "nothing lost or repeated while following");
+    }
 
     #[test]
     fn lines_and_pieces() {

@@ -36,6 +36,9 @@ pub struct Args {
     pub state: PathBuf,
     /// the json-file log (a container shim; an exec's output is not logged)
     pub log: Option<PathBuf>,
+    /// rotation of the log: bytes per file (None: unlimited) and files kept
+    pub log_max_size: Option<u64>,
+    pub log_max_file: u32,
     pub tty: bool,
     pub stdin: bool,
     /// an OCI runtime binary (runc, crun) instead of the built-in runtime
@@ -180,7 +183,7 @@ struct Shim {
     child: Option<ChildStdio>,
     listener: UnixListener,
     clients: Vec<Client>,
-    log: Option<File>,
+    log: Option<crate::logs::RotatingLog>,
     splitters: [LineSplitter; 2],
     exit_code: Option<i32>,
     /// an exec that could not start
@@ -394,7 +397,11 @@ fn create(args: Args) -> io::Result<Shim> {
     std::fs::create_dir_all(&args.state)?;
     std::fs::create_dir_all(args.runtime_root())?;
     let log = match &args.log {
-        Some(p) => Some(File::options().create(true).append(true).open(p)?),
+        Some(p) => Some(crate::logs::RotatingLog::open(
+            p,
+            args.log_max_size,
+            args.log_max_file,
+        )?),
         None => None,
     };
     let mut outputs = Vec::new();

@@ -153,3 +153,132 @@ fn restart_policies_and_restart_count() {
         &["rm", "-f", "of", "ok0", "al", "us", "us2", "al2"],
     ));
 }
+
+#[test]
+fn logs_are_capped_rotated_and_still_readable() {
+    if skip_unless_root("logs_are_capped_rotated_and_still_readable") {
+        return;
+    }
+    let mut d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    // capped by default
+    ok(cli(&d, &["create", "--name", "dflt", "bb", "true"]));
+    let lc = &state(&d, "dflt")["HostConfig"]["LogConfig"];
+    assert_eq!(lc["Type"], "json-file");
+    assert_eq!(lc["Config"]["max-size"], "10m");
+    assert_eq!(lc["Config"]["max-file"], "3");
+    // small files: the newest lines survive, whole and in order, in at most 2 files
+    let script = "for i in $(seq 1 400); do echo line $i; done";
+    ok(cli(
+        &d,
+        &[
+            "run",
+            "--name",
+            "rot",
+            "--network",
+            "none",
+            "--log-opt",
+            "max-size=2k",
+            "--log-opt",
+            "max-file=2",
+            "bb",
+            "sh",
+            "-c",
+            script,
+        ],
+    ));
+    let logs = ok(cli(&d, &["logs", "rot"]));
+    let nums: Vec<u32> = logs
+        .lines()
+        .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(*nums.last().unwrap(), 400);
+    assert!(nums.len() < 400, "older lines were rotated away");
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+    let log_path = state(&d, "rot")["LogPath"].as_str().unwrap().to_string();
+    let dir = std::path::Path::new(&log_path).parent().unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-json.log"))
+        .collect();
+    assert_eq!(files.len(), 2);
+    for f in &files {
+        assert!(f.metadata().unwrap().len() <= 2048);
+    }
+    // following across rotations loses nothing
+    let id = ok(cli(
+        &d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "fol",
+            "--network",
+            "none",
+            "--log-opt",
+            "max-size=1k",
+            "--log-opt",
+            "max-file=5",
+            "bb",
+            "sh",
+            "-c",
+            "sleep 0.5; for i in $(seq 1 150); do echo line $i; sleep 0.01; done",
+        ],
+    ));
+    let followed = ok(cli(&d, &["logs", "-f", id.trim()]));
+    let want: String = (1..=150).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(followed, want);
+    // still readable after a daemon restart
+    assert!(d.stop().unwrap().success());
+    d.spawn();
+    assert_eq!(ok(cli(&d, &["logs", "--tail", "1", "rot"])), "line 400\n");
+    // the none driver, and drivers and options berth does not have
+    ok(cli(
+        &d,
+        &[
+            "run",
+            "--name",
+            "quiet",
+            "--log-driver",
+            "none",
+            "bb",
+            "echo",
+            "x",
+        ],
+    ));
+    let o = cli(&d, &["logs", "quiet"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("does not support reading"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli(&d, &["run", "--log-driver", "syslogx", "bb", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("no log driver named 'syslogx'"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli(
+        &d,
+        &[
+            "run",
+            "--log-opt",
+            "max-file=0",
+            "--log-opt",
+            "max-size=1k",
+            "bb",
+            "true",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(125));
+    let o = cli(&d, &["run", "--log-opt", "colour=blue", "bb", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("unknown log opt 'colour'"),
+        "{}",
+        stderr(&o)
+    );
+}

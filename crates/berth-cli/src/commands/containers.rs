@@ -75,6 +75,12 @@ pub struct CreateArgs {
     /// Runtime to use for this container (berth, runc, or one from daemon.json)
     #[arg(long)]
     pub runtime: Option<String>,
+    /// Logging driver for the container
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// Log driver options
+    #[arg(long)]
+    pub log_opt: Vec<String>,
     /// Run an init inside the container that forwards signals and reaps processes
     #[arg(long)]
     pub init: bool,
@@ -199,6 +205,17 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     }
     if a.init {
         cfg["HostConfig"]["Init"] = json!(true);
+    }
+    if a.log_driver.is_some() || !a.log_opt.is_empty() {
+        let mut opts = serde_json::Map::new();
+        for o in &a.log_opt {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| anyhow!("invalid key-value pair {o:?}: expected key=value"))?;
+            opts.insert(k.to_string(), json!(v));
+        }
+        cfg["HostConfig"]["LogConfig"] =
+            json!({"Type": a.log_driver.clone().unwrap_or_default(), "Config": opts});
     }
     if let Some(hc) = healthcheck(a)? {
         cfg["Healthcheck"] = hc;

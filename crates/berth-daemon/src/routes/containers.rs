@@ -319,8 +319,15 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             "unknown or invalid runtime name: {runtime}"
         )));
     }
+    let log = crate::logconfig::LogConfig::resolve(
+        hc["LogConfig"]["Type"].as_str().unwrap_or_default(),
+        &crate::logconfig::opts_of(&hc["LogConfig"]["Config"]),
+        Some((&d.config.log_driver, &d.config.log_opts)),
+    )
+    .map_err(ApiError::bad_request)?;
     let mut hc = hc;
     hc["Runtime"] = Value::from(runtime);
+    hc["LogConfig"] = log.to_json();
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
     let mut warnings = Vec::new();
     if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {
@@ -590,6 +597,11 @@ fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
         .get("until")
         .filter(|u| !u.is_empty())
         .and_then(crate::events::parse_time);
+    if !crate::logconfig::LogConfig::of(c.host_config()).readable() {
+        return Err(ApiError::not_implemented(
+            "configured logging driver does not support reading",
+        ));
+    }
     let path = d.containers.log_path(&c);
     let tty = c.tty();
     let ctype = if tty {
@@ -624,22 +636,11 @@ fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
                 ))
             })
         };
-        let mut offset = 0usize;
+        let mut reader = berth_runtime::logs::LogReader::new(&path);
         let mut first = true;
         loop {
-            let text = tokio::fs::read(&path).await.unwrap_or_default();
-            let new = &text[offset.min(text.len())..];
-            let complete = new
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map(|p| p + 1)
-                .unwrap_or(0);
-            let chunk = &new[..complete];
-            offset += complete;
-            let entries: Vec<berth_runtime::logs::Entry> = String::from_utf8_lossy(chunk)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let entries = reader.read();
+            let complete = entries.len();
             let skip = if first {
                 tail.map(|t| entries.len().saturating_sub(t)).unwrap_or(0)
             } else {

@@ -1,14 +1,14 @@
 //! `berth-shim`: one per running container, started by berthd. See berth-runtime's
 //! `shim` module for what it does and its control protocol.
 //!
-//! Usage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]
+//! Usage: berth-shim --id ID --bundle DIR --state DIR [--log FILE [--log-max-size N] [--log-max-file N]] --ready-fd N [--tty] [--stdin] [--runtime PATH]
 //!        berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR --log FILE --ready-fd N [--tty] [--stdin] [--runtime PATH]\n       berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]");
+    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR [--log FILE [--log-max-size N] [--log-max-file N]] --ready-fd N [--tty] [--stdin] [--runtime PATH]\n       berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]");
     std::process::exit(2);
 }
 
@@ -20,6 +20,7 @@ fn main() {
     let mut ready_fd: Option<i32> = None;
     let (mut tty, mut stdin) = (false, false);
     let mut runtime = None;
+    let (mut log_max_size, mut log_max_file) = (None, 1u32);
     let (mut exec, mut runtime_root) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -40,6 +41,18 @@ fn main() {
                 )
             }
             "--runtime" => runtime = Some(PathBuf::from(val())),
+            "--log-max-size" => {
+                log_max_size = Some(
+                    val()
+                        .parse()
+                        .unwrap_or_else(|_| usage("--log-max-size takes a number")),
+                )
+            }
+            "--log-max-file" => {
+                log_max_file = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--log-max-file takes a number"))
+            }
             "--exec" => exec = Some(PathBuf::from(val())),
             "--runtime-root" => runtime_root = Some(PathBuf::from(val())),
             "--tty" => tty = true,
@@ -50,8 +63,8 @@ fn main() {
     let (Some(id), Some(state), Some(fd)) = (id, state, ready_fd) else {
         usage("missing arguments");
     };
-    if exec.is_none() && (bundle.is_none() || log.is_none()) {
-        usage("a container shim needs --bundle and --log");
+    if exec.is_none() && bundle.is_none() {
+        usage("a container shim needs --bundle");
     }
     if exec.is_some() != runtime_root.is_some() {
         usage("--exec and --runtime-root go together");
@@ -88,6 +101,8 @@ fn main() {
         bundle: bundle.unwrap_or_default(),
         state,
         log,
+        log_max_size,
+        log_max_file,
         tty,
         stdin,
         runtime,
