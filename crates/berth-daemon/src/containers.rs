@@ -37,6 +37,9 @@ pub struct State {
     /// stopped by a user (`stop`), which the restart policies respect
     #[serde(default)]
     pub manually_stopped: bool,
+    /// with a healthcheck: its status and last probes
+    #[serde(default)]
+    pub health: Option<crate::health::Health>,
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -74,6 +77,9 @@ pub struct Ctr {
 impl Ctr {
     pub fn state(&self) -> State {
         self.state.borrow().clone()
+    }
+    pub fn health(&self) -> Option<crate::health::Health> {
+        self.state.borrow().health.clone()
     }
     pub fn name(&self) -> String {
         self.name.lock().map(|n| n.clone()).unwrap_or_default()
@@ -315,6 +321,10 @@ impl Containers {
         }
     }
 
+    pub(crate) fn update_state(&self, c: &Ctr, f: impl FnOnce(&mut State)) {
+        self.set_state(c, f)
+    }
+
     fn set_state(&self, c: &Ctr, f: impl FnOnce(&mut State)) {
         c.state.send_modify(f);
         self.persist(c);
@@ -487,6 +497,7 @@ impl Containers {
             s.finished_at = ZERO_TIME.into();
         });
         events.emit("container", "start", &c.id, attrs(c));
+        self.watch_health(c, events);
         let this = self.clone();
         let c2 = c.clone();
         let ev = events.clone();

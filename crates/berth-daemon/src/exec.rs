@@ -38,6 +38,17 @@ pub struct Exec {
 }
 
 impl Exec {
+    /// An exec of berthd's own (a health probe), not listed in the API.
+    pub fn internal(c: &Arc<Ctr>, cmd: &[String]) -> Arc<Exec> {
+        Arc::new(Exec {
+            id: hex::encode(rand::random::<[u8; 32]>()),
+            container: c.clone(),
+            config: json!({"Cmd": cmd, "AttachStdout": true, "AttachStderr": true}),
+            state: watch::Sender::new(ExecState::default()),
+            started: AtomicBool::new(false),
+        })
+    }
+
     pub fn tty(&self) -> bool {
         self.config["Tty"].as_bool().unwrap_or(false)
     }

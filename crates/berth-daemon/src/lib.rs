@@ -11,6 +11,7 @@ pub mod containers;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod health;
 pub mod http;
 pub mod logconfig;
 pub mod routes;

@@ -76,6 +76,34 @@ pub fn merge_config(req: &Value, image: &Map<String, Value>) -> Value {
         labels.extend(l.clone());
     }
     out.insert("Labels".into(), Value::Object(labels));
+    // a request's Healthcheck takes the image's test and timings where it has none
+    if let (Some(img), Some(req_hc)) = (
+        image.get("Healthcheck").and_then(Value::as_object),
+        out.get_mut("Healthcheck").and_then(Value::as_object_mut),
+    ) {
+        let test_empty = req_hc
+            .get("Test")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+        if test_empty {
+            if let Some(t) = img.get("Test") {
+                req_hc.insert("Test".into(), t.clone());
+            }
+        }
+        for k in [
+            "Interval",
+            "Timeout",
+            "StartPeriod",
+            "StartInterval",
+            "Retries",
+        ] {
+            if req_hc.get(k).and_then(Value::as_i64).unwrap_or(0) == 0 {
+                if let Some(v) = img.get(k) {
+                    req_hc.insert(k.into(), v.clone());
+                }
+            }
+        }
+    }
     for key in ["ExposedPorts", "Volumes", "Healthcheck", "OnBuild", "Shell"] {
         if out.get(key).is_none_or(Value::is_null) {
             if let Some(v) = image.get(key) {

@@ -282,3 +282,149 @@ fn logs_are_capped_rotated_and_still_readable() {
         stderr(&o)
     );
 }
+
+#[test]
+fn healthchecks_report_status_streak_log_and_events() {
+    if skip_unless_root("healthchecks_report_status_streak_log_and_events") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // healthy once /tmp/ok exists; unhealthy after 2 failures once it is gone
+    ok(cli(
+        &d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "hc",
+            "--network",
+            "none",
+            "--health-cmd",
+            "echo probing; test -e /tmp/ok",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            "bb",
+            "sleep",
+            "300",
+        ],
+    ));
+    let s = state(&d, "hc");
+    assert_eq!(s["State"]["Health"]["Status"], "starting");
+    assert_eq!(s["Config"]["Healthcheck"]["Test"][0], "CMD-SHELL");
+    assert_eq!(s["Config"]["Healthcheck"]["Interval"], 200_000_000);
+    until(&d, "hc", 5, "a failing streak", |s| {
+        s["State"]["Health"]["FailingStreak"].as_i64().unwrap_or(0) >= 2
+    });
+    assert_eq!(state(&d, "hc")["State"]["Health"]["Status"], "unhealthy");
+    ok(cli(&d, &["exec", "hc", "sh", "-c", "echo > /tmp/ok"]));
+    until(&d, "hc", 5, "healthy", |s| {
+        s["State"]["Health"]["Status"] == "healthy"
+    });
+    let h = state(&d, "hc")["State"]["Health"].clone();
+    assert_eq!(h["FailingStreak"], 0);
+    let log = h["Log"].as_array().unwrap();
+    assert!(log.len() <= 5 && !log.is_empty());
+    let last = log.last().unwrap();
+    assert_eq!(last["ExitCode"], 0);
+    assert_eq!(last["Output"], "probing\n");
+    let ps = ok(cli(
+        &d,
+        &[
+            "ps",
+            "--filter",
+            "health=healthy",
+            "--format",
+            "{{.Names}} {{.Status}}",
+        ],
+    ));
+    assert!(
+        ps.starts_with("hc Up ") && ps.trim_end().ends_with("(healthy)"),
+        "{ps}"
+    );
+    let o = cli(
+        &d,
+        &[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 1)
+            .to_string(),
+            "--filter",
+            "container=hc",
+            "--format",
+            "{{.Action}}",
+        ],
+    );
+    let actions = ok(o);
+    assert!(actions.contains("health_status: unhealthy"), "{actions}");
+    assert!(actions.contains("health_status: healthy"), "{actions}");
+    assert!(
+        actions.contains("exec_start: /bin/sh -c echo probing; test -e /tmp/ok"),
+        "{actions}"
+    );
+    // a probe that hangs is killed at the timeout and counts as a failure
+    ok(cli(
+        &d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "slow",
+            "--network",
+            "none",
+            "--health-cmd",
+            "sleep 5",
+            "--health-interval",
+            "100ms",
+            "--health-timeout",
+            "300ms",
+            "--health-retries",
+            "1",
+            "bb",
+            "sleep",
+            "300",
+        ],
+    ));
+    until(&d, "slow", 5, "unhealthy by timeout", |s| {
+        s["State"]["Health"]["Status"] == "unhealthy"
+    });
+    let h = state(&d, "slow")["State"]["Health"].clone();
+    let last = h["Log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["ExitCode"], -1);
+    assert!(
+        last["Output"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded timeout"),
+        "{last}"
+    );
+    // --no-healthcheck, and bad values
+    ok(cli(
+        &d,
+        &["create", "--name", "nohc", "--no-healthcheck", "bb", "true"],
+    ));
+    assert_eq!(
+        state(&d, "nohc")["Config"]["Healthcheck"]["Test"][0],
+        "NONE"
+    );
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"bb","Healthcheck":{"Test":["CMD","true"],"Interval":5}}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("cannot be less than 1ms"), "{}", r.text());
+    ok(cli(&d, &["rm", "-f", "hc", "slow", "nohc"]));
+}

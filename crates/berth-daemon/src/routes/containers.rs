@@ -96,8 +96,13 @@ fn status_text(s: &State) -> String {
             }
         }
     };
+    let health = match s.health.as_ref().map(|h| h.status.as_str()) {
+        Some("starting") => " (health: starting)".to_string(),
+        Some(h) if !h.is_empty() => format!(" ({h})"),
+        _ => String::new(),
+    };
     match s.status.as_str() {
-        "running" => format!("Up {}", human(since(&s.started_at))),
+        "running" => format!("Up {}{health}", human(since(&s.started_at))),
         "exited" if s.finished_at != ZERO_TIME => format!(
             "Exited ({}) {} ago",
             s.exit_code,
@@ -157,6 +162,22 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
     } else {
         args.remove(0)
     };
+    let mut state = json!({
+        "Status": s.status,
+        "Running": s.status == "running" || s.status == "restarting",
+        "Paused": false,
+        "Restarting": s.status == "restarting",
+        "OOMKilled": false,
+        "Dead": false,
+        "Pid": s.pid,
+        "ExitCode": s.exit_code,
+        "Error": s.error,
+        "StartedAt": s.started_at,
+        "FinishedAt": s.finished_at,
+    });
+    if let Some(h) = &s.health {
+        state["Health"] = h.to_json();
+    }
     let exec_ids = d.containers.execs.of(&c.id);
     let exec_ids = if exec_ids.is_empty() {
         Value::Null
@@ -168,19 +189,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "Created": c.created,
         "Path": path,
         "Args": args,
-        "State": {
-            "Status": s.status,
-            "Running": s.status == "running" || s.status == "restarting",
-            "Paused": false,
-            "Restarting": s.status == "restarting",
-            "OOMKilled": false,
-            "Dead": false,
-            "Pid": s.pid,
-            "ExitCode": s.exit_code,
-            "Error": s.error,
-            "StartedAt": s.started_at,
-            "FinishedAt": s.finished_at,
-        },
+        "State": state,
         "Image": c.image_id,
         "ResolvConfPath": dir.join("resolv.conf"),
         "HostnamePath": dir.join("hostname"),
@@ -235,6 +244,14 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         let ok = any("status", &|v| v == s.status)
             && any("id", &|v| c.id.starts_with(v))
             && any("name", &|v| c.name().contains(v.trim_start_matches('/')))
+            && any("health", &|v| {
+                let h = s
+                    .health
+                    .as_ref()
+                    .map(|h| h.status.as_str())
+                    .unwrap_or("none");
+                v == h
+            })
             && any("exited", &|v| {
                 s.status == "exited" && v.parse::<i64>().ok() == Some(s.exit_code)
             })
@@ -336,6 +353,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     if matches!(mode, "" | "default" | "bridge") {
         warnings.push("bridge networking is not available yet: the container gets its own network namespace with only the loopback interface".to_string());
     }
+    crate::health::validate(&req)?;
     let merged = crate::spec::merge_config(&req, &img.config.config.clone().unwrap_or_default());
     let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
     spec["Config"]["Image"] = Value::from(image_name.clone());
