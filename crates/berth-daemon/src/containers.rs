@@ -104,6 +104,24 @@ pub struct Containers {
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
     pub execs: crate::exec::Execs,
     images: Arc<ImageStore>,
+    /// berth-init, written out at start, for `--init`
+    init: PathBuf,
+}
+
+/// berth-init, built by build.rs.
+const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-init"));
+/// Where `--init` puts it in the container.
+pub const INIT_PATH: &str = "/sbin/docker-init";
+
+/// Writes berth-init to `dir` (whole or not at all) and returns its path.
+fn write_init(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("berth-init");
+    let tmp = dir.join("berth-init.tmp");
+    std::fs::write(&tmp, INIT_BINARY)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
 }
 
 fn now() -> String {
@@ -157,6 +175,7 @@ impl Containers {
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
         // short: unix socket paths below it must stay under 108 bytes
+        let init = write_init(exec_root)?;
         let exec_root = exec_root.join("c");
         std::fs::create_dir_all(&exec_root)?;
         let shim = std::env::current_exe()?.with_file_name("berth-shim");
@@ -169,6 +188,7 @@ impl Containers {
             by_id: Mutex::new(HashMap::new()),
             execs: Default::default(),
             images,
+            init,
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
@@ -593,9 +613,20 @@ impl Containers {
         std::fs::write(dir.join("hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n")).map_err(io)?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
-        let run = crate::spec::run_spec(c, &rootfs, &dir, &hostname)?;
+        let mut run = crate::spec::run_spec(c, &rootfs, &dir, &hostname)?;
         crate::spec::mkdir_in_root(&rootfs, &run.cwd)?;
         crate::spec::check_command(&rootfs, &run.args, &run.env)?;
+        if c.host_config()["Init"].as_bool().unwrap_or(false) {
+            // our init as PID 1, at the path Docker's init has
+            run.args
+                .splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+            run.mounts.push(berth_runtime::spec::Mount {
+                destination: INIT_PATH.into(),
+                kind: "bind".into(),
+                source: self.init.display().to_string(),
+                options: vec!["bind".into(), "ro".into(), "rprivate".into()],
+            });
+        }
         let bundle = dir.join("bundle");
         std::fs::create_dir_all(&bundle).map_err(io)?;
         let spec = berth_runtime::spec::build(&run);

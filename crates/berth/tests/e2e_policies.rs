@@ -428,3 +428,73 @@ fn healthchecks_report_status_streak_log_and_events() {
     assert!(r.text().contains("cannot be less than 1ms"), "{}", r.text());
     ok(cli(&d, &["rm", "-f", "hc", "slow", "nohc"]));
 }
+
+#[test]
+fn init_reaps_orphans_and_forwards_signals() {
+    if skip_unless_root("init_reaps_orphans_and_forwards_signals") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let ps = ok(cli(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--init",
+            "--network",
+            "none",
+            "bb",
+            "ps",
+            "-o",
+            "pid,args",
+        ],
+    ));
+    let first = ps.lines().nth(1).unwrap_or_default().trim().to_string();
+    assert_eq!(first, "1 /sbin/docker-init -- ps -o pid,args", "{ps}");
+    // an orphan is reaped by the init: no zombie is left
+    let zombies = ok(cli(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--init",
+            "--network",
+            "none",
+            "bb",
+            "sh",
+            "-c",
+            "sh -c 'sleep 0.2 &'; sleep 1; ps -o stat | grep -c Z; true",
+        ],
+    ));
+    assert_eq!(zombies.trim(), "0");
+    // the exit status passes through; a missing command is still 127
+    let o = cli(&d, &["run", "--rm", "--init", "bb", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    let o = cli(&d, &["run", "--rm", "--init", "bb", "nosuchcmd"]);
+    assert_eq!(o.status.code(), Some(127));
+    // a signal reaches the command: sleep as PID 1 would ignore SIGTERM, under the
+    // init it dies of it at once
+    ok(cli(
+        &d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ini",
+            "--init",
+            "--network",
+            "none",
+            "bb",
+            "sleep",
+            "300",
+        ],
+    ));
+    let t = std::time::Instant::now();
+    ok(cli(&d, &["stop", "-t", "20", "ini"]));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let s = state(&d, "ini");
+    assert_eq!(s["State"]["ExitCode"], 143);
+    assert_eq!(s["HostConfig"]["Init"], true);
+    ok(cli(&d, &["rm", "ini"]));
+}

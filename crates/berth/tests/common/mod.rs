@@ -453,7 +453,10 @@ pub fn busybox_tar() -> Vec<u8> {
         0o755,
         &std::fs::read(bb).expect("read busybox"),
     );
-    for app in ["sh", "true", "echo", "cat", "ls", "sleep", "id", "env"] {
+    for app in [
+        "sh", "true", "echo", "cat", "ls", "sleep", "id", "env", "ps", "grep", "seq", "touch",
+        "kill", "mkdir", "stty", "wc", "head", "hostname", "ln", "rm",
+    ] {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{app}"), "busybox")
             .expect("link");
