@@ -343,3 +343,68 @@ pub fn file_body(path: Option<&str>) -> Result<ReqBody> {
     });
     Ok(ReqBody::Channel(rx))
 }
+
+/// A request body written by `produce` on a thread of its own (a tar being built).
+pub fn writer_body(
+    produce: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send + 'static,
+) -> ReqBody {
+    struct Sink(mpsc::Sender<Bytes>, Vec<u8>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.extend_from_slice(b);
+            if self.1.len() >= 256 << 10 {
+                self.flush()?;
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            if !self.1.is_empty() {
+                let chunk = Bytes::from(std::mem::take(&mut self.1));
+                self.0
+                    .blocking_send(chunk)
+                    .map_err(|_| std::io::Error::other("the request was dropped"))?;
+            }
+            Ok(())
+        }
+    }
+    let (tx, rx) = mpsc::channel(8);
+    std::thread::spawn(move || {
+        let mut sink = Sink(tx, Vec::new());
+        if let Err(e) = produce(&mut sink).and_then(|()| std::io::Write::flush(&mut sink)) {
+            eprintln!("berth: {e}");
+        }
+    });
+    ReqBody::Channel(rx)
+}
+
+/// A response body as a blocking reader, for code that reads (tar extraction) on a
+/// blocking thread.
+pub fn blocking_reader(resp: Response<Incoming>) -> impl std::io::Read + Send + 'static {
+    struct ChanRead(mpsc::Receiver<Bytes>, Bytes);
+    impl std::io::Read for ChanRead {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            while self.1.is_empty() {
+                match self.0.blocking_recv() {
+                    Some(b) => self.1 = b,
+                    None => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.1.len());
+            buf[..n].copy_from_slice(&self.1[..n]);
+            self.1 = self.1.slice(n..);
+            Ok(n)
+        }
+    }
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut body = resp.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                if tx.send(data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    ChanRead(rx, Bytes::new())
+}

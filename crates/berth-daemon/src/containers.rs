@@ -70,6 +70,9 @@ pub struct Ctr {
     removing: std::sync::atomic::AtomicBool,
     /// the next restart delay's step
     backoff: std::sync::atomic::AtomicU32,
+    /// held while the rootfs is mounted for a start, or for file work on a stopped
+    /// container
+    pub fs_lock: Mutex<()>,
     /// the removal is complete
     pub removed: watch::Sender<bool>,
 }
@@ -281,6 +284,7 @@ impl Containers {
             pending_attach: watch::Sender::new(0),
             removing: std::sync::atomic::AtomicBool::new(false),
             backoff: std::sync::atomic::AtomicU32::new(0),
+            fs_lock: Mutex::new(()),
             removed: watch::Sender::new(false),
         });
         if let Ok(mut m) = self.by_id.lock() {
@@ -421,6 +425,10 @@ impl Containers {
         self.dir(c).join(format!("{}-json.log", c.id))
     }
 
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
     pub fn shim_command(&self) -> std::process::Command {
         std::process::Command::new(&self.shim)
     }
@@ -544,7 +552,9 @@ impl Containers {
     }
 
     /// Blocking part of start: rootfs, hosts files, config.json.
-    fn prepare(
+    /// The container's rootfs at `rootfs`: an overlay of the image's layers under its
+    /// private upper directory, or (vfs) a copy of the image made once.
+    pub(crate) fn mount_rootfs(
         &self,
         c: &Ctr,
         layers: &[PathBuf],
@@ -603,6 +613,20 @@ impl Containers {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn prepare(
+        &self,
+        c: &Ctr,
+        layers: &[PathBuf],
+        driver: berth_image::snapshot::Driver,
+    ) -> Result<(), ApiError> {
+        let io = |e: std::io::Error| ApiError::internal(e.to_string());
+        let _fs = c.fs_lock.lock();
+        self.mount_rootfs(c, layers, driver)?;
+        let dir = self.dir(c);
+        let rootfs = dir.join("rootfs");
         let cfg = c.config();
         let hostname = cfg["Hostname"]
             .as_str()

@@ -11,6 +11,7 @@ pub mod containers;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod health;
 pub mod http;
 pub mod logconfig;
@@ -153,6 +154,7 @@ pub fn release_memory() {
 
 /// Runs berthd to completion.
 pub fn main_with(flags: Flags) -> Result<()> {
+    berth_runtime::cloexec_inherited(&[]);
     // Few arenas: blocking threads come and go, and each arena of glibc's keeps its
     // high-water mark of memory. Two are plenty for a daemon that mostly waits.
     // SAFETY: mallopt sets an allocator tunable; called before any other thread exists.

@@ -107,6 +107,19 @@ pub struct HistoryItem {
     pub comment: String,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    /// the runtime defaults (the container's Config)
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Dockerfile instructions applied over `config` (`commit -c`)
+    pub changes: Vec<String>,
+    pub comment: String,
+    pub author: String,
+    pub created_by: String,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     pub changes: Vec<String>,
     pub message: String,
@@ -522,6 +535,75 @@ impl ImageStore {
         })();
         if result.is_err() {
             self.discard(std::slice::from_ref(&layer));
+        }
+        result
+    }
+
+    /// `docker commit`: a new image of `parent` plus one layer (`layer`, a tar with OCI
+    /// whiteouts), with the container's config as its runtime defaults.
+    pub fn commit(
+        &self,
+        parent: &Digest,
+        layer: &mut dyn Read,
+        opts: CommitOptions,
+    ) -> Result<Digest> {
+        let base = self.get(parent)?;
+        let top = base
+            .layers
+            .last()
+            .map(|l| l.chain_id.parse::<Digest>())
+            .transpose()
+            .map_err(|_| ImageError::Invalid("corrupt chain id".into()))?;
+        let new = self.ingest_layer(layer, top.as_ref(), None)?;
+        let result = (|| {
+            let created = now_rfc3339();
+            let diff: Digest = new
+                .row
+                .diff_id
+                .parse()
+                .map_err(|_| ImageError::Invalid("diff id".into()))?;
+            let mut cfg = base.config.clone();
+            let mut runtime = opts.config.clone();
+            config::apply_changes(&mut runtime, &opts.changes)?;
+            cfg.config = Some(runtime);
+            cfg.created = Some(created.clone());
+            cfg.author = (!opts.author.is_empty()).then(|| opts.author.clone());
+            cfg.comment = (!opts.comment.is_empty()).then(|| opts.comment.clone());
+            cfg.docker_version = Some(env!("CARGO_PKG_VERSION").to_string());
+            cfg.history.push(History {
+                created: Some(created.clone()),
+                created_by: (!opts.created_by.is_empty()).then(|| opts.created_by.clone()),
+                author: (!opts.author.is_empty()).then(|| opts.author.clone()),
+                comment: (!opts.comment.is_empty()).then(|| opts.comment.clone()),
+                empty_layer: false,
+            });
+            cfg.rootfs.diff_ids.push(diff);
+            let raw = serde_json::to_vec(&cfg).map_err(|e| ImageError::Invalid(e.to_string()))?;
+            let id = Digest::of(&raw);
+            let refs = opts
+                .reference
+                .iter()
+                .map(|r| (r.to_string(), false))
+                .collect::<Vec<_>>();
+            let mut layers: Vec<LayerRow> = base.layers.clone();
+            layers.push(new.row.clone());
+            let row = ImageRow {
+                id: id.to_string(),
+                config: raw,
+                size: layers.iter().map(|l| l.size).sum(),
+                created: cfg.created_unix(),
+                parent: parent.to_string(),
+                last_tag_time: if refs.is_empty() {
+                    String::new()
+                } else {
+                    created
+                },
+            };
+            self.commit_images(&[(row, layers, refs)])?;
+            Ok(id)
+        })();
+        if result.is_err() {
+            self.discard(std::slice::from_ref(&new));
         }
         result
     }

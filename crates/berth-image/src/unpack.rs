@@ -29,6 +29,8 @@ pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 pub enum WhiteoutMode {
     Overlay,
     Delete,
+    /// not a layer (`docker cp`): `.wh.` names are ordinary files
+    Literal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,8 @@ struct Applier<'a> {
     root: OwnedFd,
     mode: WhiteoutMode,
     euid_root: bool,
+    /// every entry's owner, instead of the archive's
+    owner: Option<(u32, u32)>,
     /// paths this layer wrote, for opaque whiteouts in delete mode
     written: HashSet<Vec<String>>,
     /// directory mtimes, applied after all entries (children would change them)
@@ -234,17 +238,22 @@ impl Applier<'_> {
         let kind = header.entry_type();
         let dir = self.open_dir(parent)?;
 
-        if base == OPAQUE_WHITEOUT {
+        if base == OPAQUE_WHITEOUT && self.mode != WhiteoutMode::Literal {
             match self.mode {
                 WhiteoutMode::Overlay => {
                     rfs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())
                         .map_err(fs_err(&raw_name))?;
                 }
-                WhiteoutMode::Delete => self.clear_unwritten(&dir, parent)?,
+                WhiteoutMode::Delete | WhiteoutMode::Literal => {
+                    self.clear_unwritten(&dir, parent)?
+                }
             }
             return Ok(0);
         }
-        if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
+        if let Some(hidden) = base
+            .strip_prefix(WHITEOUT_PREFIX)
+            .filter(|_| self.mode != WhiteoutMode::Literal)
+        {
             if hidden.is_empty() || hidden == "." || hidden == ".." {
                 return Err(UnpackError::Breakout(raw_name));
             }
@@ -264,8 +273,14 @@ impl Applier<'_> {
 
         // Empty numeric fields read as zero, as Go's archive/tar (and so Docker) reads them.
         let mode = Mode::from_raw_mode(header.mode().unwrap_or(0) & 0o7777);
-        let uid = header.uid().unwrap_or(0) as u32;
-        let gid = header.gid().unwrap_or(0) as u32;
+        let uid = match self.owner {
+            Some((u, _)) => u,
+            None => header.uid().unwrap_or(0) as u32,
+        };
+        let gid = match self.owner {
+            Some((_, g)) => g,
+            None => header.gid().unwrap_or(0) as u32,
+        };
         let mtime = header.mtime().unwrap_or(0) as i64;
         let xattrs = pax_xattrs(&mut entry);
         let existing = rfs::statat(&dir, base.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok();
@@ -539,10 +554,32 @@ pub fn apply_layer_logged<'a, R: Read>(
 ) -> Result<(u64, Option<ContentLog<'a>>), UnpackError> {
     let root_fd =
         rfs::open(root, DIR_FLAGS, Mode::empty()).map_err(fs_err(&root.display().to_string()))?;
+    apply_at(reader, root_fd, mode, None, log)
+}
+
+/// Extracts a tar (not a layer: `.wh.` names are ordinary files) into the directory
+/// `root`, an fd the caller resolved safely; nothing is created outside it. With
+/// `owner`, every entry gets that owner instead of the archive's.
+pub fn extract_at<R: Read>(
+    reader: R,
+    root: OwnedFd,
+    owner: Option<(u32, u32)>,
+) -> Result<u64, UnpackError> {
+    apply_at(reader, root, WhiteoutMode::Literal, owner, None).map(|(n, _)| n)
+}
+
+fn apply_at<'a, R: Read>(
+    reader: R,
+    root_fd: OwnedFd,
+    mode: WhiteoutMode,
+    owner: Option<(u32, u32)>,
+    log: Option<ContentLog<'a>>,
+) -> Result<(u64, Option<ContentLog<'a>>), UnpackError> {
     let mut a = Applier {
         log,
         root: root_fd,
         mode,
+        owner,
         euid_root: rustix::process::geteuid().is_root(),
         written: HashSet::new(),
         dir_times: Vec::new(),

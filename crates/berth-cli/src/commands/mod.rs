@@ -2,6 +2,7 @@
 
 pub mod containers;
 pub mod exec;
+pub mod files;
 pub mod images;
 pub mod stream;
 pub mod system;
@@ -68,6 +69,14 @@ pub enum Cmd {
     Attach(exec::AttachArgs),
     /// Display the running processes of a container
     Top(exec::TopArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(files::CpArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(files::DiffArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(files::ExportArgs),
+    /// Create a new image from a container's changes
+    Commit(files::CommitArgs),
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCmd),
@@ -88,6 +97,14 @@ pub enum ContainerCmd {
     Attach(exec::AttachArgs),
     /// Display the running processes of a container
     Top(exec::TopArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(files::CpArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(files::DiffArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(files::ExportArgs),
+    /// Create a new image from a container's changes
+    Commit(files::CommitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +180,10 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Exec(a) | Cmd::Container(ContainerCmd::Exec(a)) => exec::exec(c, a).await,
         Cmd::Attach(a) | Cmd::Container(ContainerCmd::Attach(a)) => exec::attach(c, a).await,
         Cmd::Top(a) | Cmd::Container(ContainerCmd::Top(a)) => exec::top(c, a).await,
+        Cmd::Cp(a) | Cmd::Container(ContainerCmd::Cp(a)) => files::cp(c, a).await,
+        Cmd::Diff(a) | Cmd::Container(ContainerCmd::Diff(a)) => files::diff(c, a).await,
+        Cmd::Export(a) | Cmd::Container(ContainerCmd::Export(a)) => files::export(c, a).await,
+        Cmd::Commit(a) | Cmd::Container(ContainerCmd::Commit(a)) => files::commit(c, a).await,
     }
 }
 

@@ -433,6 +433,11 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
         (Method::GET, "logs") => logs(d, &ctx, c),
         (Method::POST, "attach") => attach(d, &mut ctx, c),
         (Method::POST, "exec") => super::exec::create(d, &mut ctx, &c).await,
+        (Method::GET | Method::HEAD | Method::PUT, "archive") => {
+            super::files::archive(d, ctx, c).await
+        }
+        (Method::GET, "export") => super::files::export(d, c).await,
+        (Method::GET, "changes") => super::files::changes(d, c).await,
         (Method::GET, "top") => {
             let args = ctx.query.get("ps_args").unwrap_or("-ef").to_string();
             let pid = c.state().pid;

@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod exec;
+pub mod files;
 pub mod images;
 pub mod system;
 
@@ -166,6 +167,7 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::GET, "/containers/json") => containers::list(&d, &ctx),
         (&Method::POST, "/containers/create") => containers::create(&d, ctx).await,
         (&Method::POST, "/containers/prune") => containers::prune(&d, &ctx).await,
+        (&Method::POST, "/commit") => files::commit(&d, ctx).await,
 
         _ => {
             if let Some(rest) = path.strip_prefix("/images/") {

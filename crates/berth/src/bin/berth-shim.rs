@@ -72,6 +72,8 @@ fn main() {
     if fd < 3 {
         usage("--ready-fd must be above 2");
     }
+    // nothing else berthd's side may have left open goes further
+    berth_runtime::cloexec_inherited(&[]);
     // SAFETY: the caller handed us this fd number for our exclusive use
     let ready = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: nothing has started a thread yet

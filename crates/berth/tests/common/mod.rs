@@ -106,6 +106,30 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// Starts berthd with `fds` open in it at the given numbers, not close-on-exec, as a
+    /// careless parent would leave them (each `(source, target)`).
+    pub fn spawn_with_fds(&mut self, fds: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.dir.path().join("berthd.log")).expect("log");
+        let fds = fds.to_vec();
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::null()).stderr(log);
+        // SAFETY: only dup2 and fcntl run between fork and exec, both async-signal-safe
+        unsafe {
+            cmd.pre_exec(move || {
+                for (src, dst) in &fds {
+                    if libc::dup2(*src, *dst) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::fcntl(*dst, libc::F_SETFD, 0);
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawn berthd"));
+        self.wait_ready();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
     }
@@ -431,7 +455,7 @@ pub fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn add_file(b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, data: &[u8]) {
+pub fn add_file(b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, data: &[u8]) {
     let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
     b.append_data(&mut h, name, data).expect("file");
 }

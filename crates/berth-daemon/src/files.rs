@@ -1,0 +1,590 @@
+//! Files of a container, done by berthd itself (nothing from the image is executed):
+//! `archive` (stat, copy out, copy in: `docker cp`), `export`, `changes`.
+//!
+//! Paths are resolved inside the container's root with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)`, so `..` and symlinks (absolute ones included) stay in the
+//! container whatever they point at, also if they change while we work
+//! (CVE-2018-15664); below the resolved path, the walk goes fd by fd without following
+//! any symlink. A running container is seen through `/proc/PID/root` (its mounts
+//! included); a stopped one through its rootfs, mounted for the time of the work.
+
+use crate::containers::{Containers, Ctr};
+use crate::error::ApiError;
+use rustix::fd::OwnedFd;
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A container's root directory, open; unmounts what it mounted when dropped.
+pub struct Root {
+    pub fd: OwnedFd,
+    mounted: Option<PathBuf>,
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        if let Some(p) = &self.mounted {
+            crate::containers::unmount(p);
+        }
+    }
+}
+
+fn io_api(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+const DIR: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+fn in_root() -> ResolveFlags {
+    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
+}
+
+impl Containers {
+    /// The container's root: `/proc/PID/root` of a running one (with `mounts`), else its
+    /// rootfs (mounted now if need be; the caller holds `c.fs_lock` for a stopped one).
+    pub fn open_root(&self, c: &Ctr, mounts: bool) -> Result<Root, ApiError> {
+        let st = c.state();
+        if st.status == "running" && st.pid > 0 {
+            let path = if mounts {
+                PathBuf::from(format!("/proc/{}/root", st.pid))
+            } else {
+                self.dir(c).join("rootfs")
+            };
+            let fd = rfs::open(&path, DIR, Mode::empty()).map_err(io_api)?;
+            return Ok(Root { fd, mounted: None });
+        }
+        let image = c
+            .image_id
+            .parse()
+            .map_err(|_| ApiError::internal("corrupt image id"))?;
+        let layers = self.images().layer_dirs(&image)?;
+        let driver = self.images().driver();
+        self.mount_rootfs(c, &layers, driver)?;
+        let rootfs = self.dir(c).join("rootfs");
+        let mounted = (driver == berth_image::snapshot::Driver::Overlay).then(|| rootfs.clone());
+        let fd = match rfs::open(&rootfs, DIR, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let Some(m) = &mounted {
+                    crate::containers::unmount(m);
+                }
+                return Err(io_api(e));
+            }
+        };
+        Ok(Root { fd, mounted })
+    }
+}
+
+/// `path` as components inside the container ("/" joined, `.` dropped); `..` is left
+/// for the kernel to clamp at the root.
+fn rel(path: &str) -> PathBuf {
+    let mut p = PathBuf::from(".");
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        p.push(c);
+    }
+    p
+}
+
+/// Splits a container path into its parent (resolved in the root) and its last name.
+fn split(path: &str) -> (PathBuf, Option<String>) {
+    let r = rel(path);
+    match r.file_name() {
+        Some(n) if r != Path::new(".") => {
+            let name = n.to_string_lossy().into_owned();
+            (
+                r.parent().map(Path::to_path_buf).unwrap_or_default(),
+                Some(name),
+            )
+        }
+        _ => (r, None),
+    }
+}
+
+fn not_found(path: &str, c: &Ctr) -> ApiError {
+    ApiError::not_found(format!(
+        "Could not find the file {path} in container {}",
+        c.name()
+    ))
+}
+
+/// Go's `os.FileMode` bits for a stat, as Docker's path stat carries them.
+fn go_mode(st: &rfs::Stat) -> u32 {
+    let perm = st.st_mode & 0o777;
+    let mut m = perm;
+    if st.st_mode & 0o4000 != 0 {
+        m |= 1 << 23;
+    }
+    if st.st_mode & 0o2000 != 0 {
+        m |= 1 << 22;
+    }
+    if st.st_mode & 0o1000 != 0 {
+        m |= 1 << 20;
+    }
+    m | match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => 1 << 31,
+        FileType::Symlink => 1 << 27,
+        FileType::BlockDevice => 1 << 26,
+        FileType::CharacterDevice => (1 << 26) | (1 << 21),
+        FileType::Fifo => 1 << 25,
+        FileType::Socket => 1 << 24,
+        _ => 0,
+    }
+}
+
+/// The parent directory of `path`, opened inside the root, and the last name.
+fn open_parent(root: &Root, path: &str) -> Result<(OwnedFd, Option<String>), rustix::io::Errno> {
+    let (parent, name) = split(path);
+    let fd = rfs::openat2(&root.fd, &parent, DIR, Mode::empty(), in_root())?;
+    Ok((fd, name))
+}
+
+/// `X-Docker-Container-Path-Stat`: name, size, mode, mtime, linkTarget (a symlink's
+/// target resolved in the container).
+pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, ApiError> {
+    let (dir, name) = open_parent(root, path).map_err(|_| not_found(path, c))?;
+    let name_s = name.clone().unwrap_or_else(|| "/".into());
+    let st = rfs::statat(
+        &dir,
+        name.as_deref().unwrap_or("."),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|_| not_found(path, c))?;
+    let mut link_target = String::new();
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        // where it leads inside the container: resolve it there and name the result
+        if let Ok(fd) = rfs::openat2(
+            &root.fd,
+            rel(path),
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            in_root(),
+        ) {
+            link_target = resolved_name(root, &fd).unwrap_or_default();
+        }
+    }
+    let mtime = chrono::DateTime::from_timestamp(st.st_mtime, st.st_mtime_nsec as u32)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    Ok(json!({
+        "name": name_s,
+        "size": st.st_size,
+        "mode": go_mode(&st),
+        "mtime": mtime,
+        "linkTarget": link_target,
+    }))
+}
+
+/// The container path of an fd opened inside the root, from the two /proc links.
+fn resolved_name(root: &Root, fd: &OwnedFd) -> Option<String> {
+    let base = std::fs::read_link(format!("/proc/self/fd/{}", fd_num(&root.fd))).ok()?;
+    let full = std::fs::read_link(format!("/proc/self/fd/{}", fd_num(fd))).ok()?;
+    let r = full.strip_prefix(&base).ok()?;
+    Some(format!("/{}", r.display()))
+}
+
+fn fd_num(fd: &OwnedFd) -> i32 {
+    std::os::fd::AsRawFd::as_raw_fd(fd)
+}
+
+/// Writes `path` as a tar to `out`: the file itself (a symlink as a symlink) or the
+/// directory with everything in it, named by its last component (`.` for `dir/.`).
+pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<(), ApiError> {
+    let (dir, name) = open_parent(root, path).map_err(|_| not_found(path, c))?;
+    let name = name.unwrap_or_else(|| ".".into());
+    rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(|_| not_found(path, c))?;
+    let rebase = if path.ends_with("/.") {
+        "."
+    } else {
+        name.as_str()
+    };
+    let mut b = tar::Builder::new(out);
+    add_tree(&mut b, &dir, &name, rebase).map_err(io_api)?;
+    b.into_inner().map_err(io_api)?.flush().map_err(io_api)?;
+    Ok(())
+}
+
+/// Writes the whole root (export): every entry below it, named relative to it.
+pub fn tar_root<W: Write>(root: &Root, out: W) -> Result<(), ApiError> {
+    let mut b = tar::Builder::new(out);
+    let mut names = list_dir(&root.fd).map_err(io_api)?;
+    names.sort();
+    for n in names {
+        add_tree(&mut b, &root.fd, &n, &n).map_err(io_api)?;
+    }
+    b.into_inner().map_err(io_api)?.flush().map_err(io_api)?;
+    Ok(())
+}
+
+fn list_dir(fd: &OwnedFd) -> std::io::Result<Vec<String>> {
+    let dup = rfs::openat(fd, ".", DIR, Mode::empty())?;
+    let mut out = Vec::new();
+    for e in rfs::Dir::read_from(&dup)? {
+        let e = e?;
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n != "." && n != ".." {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `name` (in `dir`) as `as_name`, and what is below it, never following a symlink.
+fn add_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    name: &str,
+    as_name: &str,
+) -> std::io::Result<()> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(st.st_uid as u64);
+    h.set_gid(st.st_gid as u64);
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_size(0);
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            h.set_entry_type(tar::EntryType::Directory);
+            b.append_data(&mut h, format!("{as_name}/"), std::io::empty())?;
+            let sub = rfs::openat(dir, name, DIR | OFlags::NOFOLLOW, Mode::empty())?;
+            let mut names = list_dir(&sub)?;
+            names.sort();
+            for n in names {
+                add_tree(b, &sub, &n, &format!("{as_name}/{n}"))?;
+            }
+        }
+        FileType::RegularFile => {
+            let f = rfs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let f = std::fs::File::from(f);
+            let len = f.metadata()?.len();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(len);
+            b.append_data(&mut h, as_name, std::io::Read::take(f, len))?;
+        }
+        FileType::Symlink => {
+            let target = rfs::readlinkat(dir, name, Vec::new())?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, as_name, target.to_string_lossy().as_ref())?;
+        }
+        t @ (FileType::CharacterDevice | FileType::BlockDevice) => {
+            h.set_entry_type(if t == FileType::CharacterDevice {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            h.set_device_major(rfs::major(st.st_rdev))?;
+            h.set_device_minor(rfs::minor(st.st_rdev))?;
+            b.append_data(&mut h, as_name, std::io::empty())?;
+        }
+        FileType::Fifo => {
+            h.set_entry_type(tar::EntryType::Fifo);
+            b.append_data(&mut h, as_name, std::io::empty())?;
+        }
+        // sockets have no place in an archive
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Extracts a tar into the directory `path` (which must exist); with `copy_uid_gid`
+/// the archive's owners are kept, else everything belongs to root, as Docker does.
+pub fn extract<R: std::io::Read>(
+    c: &Ctr,
+    root: &Root,
+    path: &str,
+    reader: R,
+    copy_uid_gid: bool,
+) -> Result<(), ApiError> {
+    let fd = match rfs::openat2(
+        &root.fd,
+        rel(path),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        in_root(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return Err(not_found(path, c)),
+    };
+    let st = rfs::fstat(&fd).map_err(io_api)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return Err(ApiError::bad_request("extraction point is not a directory"));
+    }
+    let dir = rfs::openat2(&root.fd, rel(path), DIR, Mode::empty(), in_root())
+        .map_err(|_| not_found(path, c))?;
+    let owner = (!copy_uid_gid).then_some((0, 0));
+    berth_image::unpack::extract_at(reader, dir, owner)
+        .map_err(|e| ApiError::bad_request(format!("extracting the archive: {e}")))?;
+    Ok(())
+}
+
+/// One change of the container's filesystem against its image: kind 0 changed, 1
+/// added, 2 deleted.
+pub type Change = (String, u8);
+
+/// Paths every container has that Docker leaves out of `changes` (its init layer).
+const INIT_PATHS: &[&str] = &[
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/.dockerenv",
+    crate::containers::INIT_PATH,
+];
+
+/// The changes of an overlay upper directory, `lower` being the image's layers
+/// (topmost last).
+pub fn overlay_changes(upper: &Path, lower: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    walk_upper(upper, "", lower, &mut out)?;
+    finish_changes(out)
+}
+
+fn in_lower(lower: &[PathBuf], rel: &str) -> bool {
+    lower
+        .iter()
+        .any(|l| std::fs::symlink_metadata(l.join(rel.trim_start_matches('/'))).is_ok())
+}
+
+fn walk_upper(
+    dir: &Path,
+    prefix: &str,
+    lower: &[PathBuf],
+    out: &mut Vec<Change>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = format!("{prefix}/{name}");
+        let md = e.metadata()?;
+        if md.file_type().is_char_device() && md.rdev() == 0 {
+            out.push((path, 2));
+            continue;
+        }
+        let existed = in_lower(lower, &path);
+        out.push((path.clone(), if existed { 0 } else { 1 }));
+        if md.is_dir() {
+            walk_upper(&e.path(), &path, lower, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The changes of a copied rootfs against the image's top layer (vfs driver).
+pub fn copy_changes(rootfs: &Path, image: &Path) -> std::io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    compare(rootfs, image, "", &mut out)?;
+    finish_changes(out)
+}
+
+fn compare(now: &Path, was: &Path, prefix: &str, out: &mut Vec<Change>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let names = |d: &Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (a, b) = (names(now), names(was));
+    for n in a.union(&b) {
+        let path = format!("{prefix}/{n}");
+        let (pn, pw) = (now.join(n), was.join(n));
+        match (
+            std::fs::symlink_metadata(&pn),
+            std::fs::symlink_metadata(&pw),
+        ) {
+            (Ok(m), Err(_)) => {
+                out.push((path.clone(), 1));
+                if m.is_dir() {
+                    compare(&pn, &pw, &path, out)?;
+                }
+            }
+            (Err(_), Ok(_)) => out.push((path, 2)),
+            (Ok(m), Ok(o)) => {
+                let differs = m.file_type() != o.file_type()
+                    || m.mode() != o.mode()
+                    || m.uid() != o.uid()
+                    || m.gid() != o.gid()
+                    || (!m.is_dir() && (m.size() != o.size() || m.mtime() != o.mtime()));
+                let before = out.len();
+                if m.is_dir() && o.is_dir() {
+                    compare(&pn, &pw, &path, out)?;
+                }
+                if differs || (m.is_dir() && out.len() > before) {
+                    out.insert(before, (path, 0));
+                }
+            }
+            (Err(_), Err(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Leaves out the container's own mount points, and directories changed only for them.
+fn finish_changes(all: Vec<Change>) -> std::io::Result<Vec<Change>> {
+    let hidden = |p: &str| {
+        INIT_PATHS
+            .iter()
+            .any(|h| p == *h || p.starts_with(&format!("{h}/")))
+    };
+    let kept: Vec<Change> = all.into_iter().filter(|(p, _)| !hidden(p)).collect();
+    let mut out = Vec::new();
+    for (i, (p, k)) in kept.iter().enumerate() {
+        if *k == 0 {
+            let below = format!("{p}/");
+            let is_parent_only = INIT_PATHS.iter().any(|h| h.starts_with(&below));
+            if is_parent_only && !kept[i + 1..].iter().any(|(q, _)| q.starts_with(&below)) {
+                continue;
+            }
+        }
+        out.push((p.clone(), *k));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The container's own layer as a tar with OCI whiteouts, for `commit`: from the
+/// overlay upper directory (whiteouts and opaque directories translated), or from the
+/// changes of a copied rootfs.
+pub fn layer_tar<W: Write>(dir: &Path, changes: Option<&[Change]>, out: W) -> std::io::Result<()> {
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    let hidden = |p: &str| {
+        INIT_PATHS
+            .iter()
+            .any(|h| p == *h || p.starts_with(&format!("{h}/")))
+    };
+    match changes {
+        None => walk_layer(&mut b, dir, "", &hidden)?,
+        Some(list) => {
+            for (p, kind) in list {
+                let rel = p.trim_start_matches('/');
+                if *kind == 2 {
+                    add_whiteout(&mut b, rel)?;
+                    continue;
+                }
+                let full = dir.join(rel);
+                let md = std::fs::symlink_metadata(&full)?;
+                if md.is_dir() {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_metadata(&md);
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+                } else {
+                    b.append_path_with_name(&full, rel)?;
+                }
+            }
+        }
+    }
+    b.finish()
+}
+
+fn add_whiteout<W: Write>(b: &mut tar::Builder<W>, rel: &str) -> std::io::Result<()> {
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (format!("{p}/"), n),
+        None => (String::new(), rel),
+    };
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_size(0);
+    b.append_data(&mut h, format!("{parent}.wh.{name}"), std::io::empty())
+}
+
+fn walk_layer<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    prefix: &str,
+    hidden: &dyn Fn(&str) -> bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if hidden(&format!("/{rel}")) {
+            continue;
+        }
+        let md = e.metadata()?;
+        if md.file_type().is_char_device() && md.rdev() == 0 {
+            add_whiteout(b, &rel)?;
+            continue;
+        }
+        if md.is_dir() {
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata(&md);
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+            let opaque = rfs::getxattr(e.path(), "trusted.overlay.opaque", &mut [0u8; 4])
+                .map(|n| n == 1)
+                .unwrap_or(false);
+            if opaque {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o600);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{rel}/.wh..wh..opq"), std::io::empty())?;
+            }
+            walk_layer(b, &e.path(), &rel, hidden)?;
+        } else {
+            b.append_path_with_name(e.path(), &rel)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_inside_the_root() {
+        assert_eq!(
+            split("/etc/passwd"),
+            (PathBuf::from("./etc"), Some("passwd".into()))
+        );
+        assert_eq!(split("/"), (PathBuf::from("."), None));
+        assert_eq!(split("/a/./b/."), (PathBuf::from("./a"), Some("b".into())));
+        assert_eq!(rel("../../etc"), PathBuf::from("./../../etc"));
+    }
+
+    #[test]
+    fn changes_leave_out_mount_points() {
+        let c = finish_changes(vec![
+            ("/etc".into(), 0),
+            ("/etc/hosts".into(), 1),
+            ("/tmp".into(), 0),
+            ("/tmp/x".into(), 1),
+        ])
+        .unwrap();
+        assert_eq!(c, vec![("/tmp".into(), 0), ("/tmp/x".into(), 1)]);
+    }
+
+    #[test]
+    fn go_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let st = rfs::stat(d.path()).unwrap();
+        assert_eq!(go_mode(&st) & (1 << 31), 1 << 31);
+    }
+}
