@@ -478,6 +478,12 @@ fn live_restore_keeps_containers_across_a_daemon_restart() {
         g["State"]["ExitCode"], 9,
         "the real exit code, recorded by the shim"
     );
+    // exec and top work on the restored container
+    assert_eq!(
+        ok(d.berth(&["exec", "keep", "echo", "still here"])),
+        "still here\n"
+    );
+    assert!(ok(d.berth(&["top", "keep"])).contains("sleep 300"));
     // stop and wait work on the restored container
     ok(d.berth(&["stop", "-t", "0", "keep"]));
     assert_eq!(ok(d.berth(&["wait", "keep"])), "137\n");

@@ -269,3 +269,52 @@ fn exec_it_detach_keys_and_attach_in_a_terminal() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Invalid detach keys"), "{}", stderr(&o));
 }
+
+/// `--sig-proxy` (the default without a tty): a signal to the CLI reaches the
+/// container's process; `--sig-proxy=false` keeps it away.
+#[test]
+fn the_cli_proxies_signals_to_the_container() {
+    if skip_unless_root("the_cli_proxies_signals_to_the_container") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let mut clis = vec![berth_bin().to_string()];
+    if have("docker") {
+        clis.push("docker".into());
+    }
+    for cli in clis {
+        let mut child = std::process::Command::new(&cli)
+            .args([
+                "-H",
+                &d.host(),
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "bb",
+                "sh",
+                "-c",
+                "trap 'echo got-term; exit 5' TERM; echo ready; sleep 100 & wait",
+            ])
+            .env("DOCKER_CONFIG", "/tmp/berth-e2e-docker-config")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+        assert_eq!(&buf, b"ready\n");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: kill(2) on our own child
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(rest, "got-term\n", "{cli}");
+        assert_eq!(status.code(), Some(5), "{cli}");
+    }
+}
