@@ -32,6 +32,8 @@ cleanup() {
 trap cleanup EXIT
 
 rss_kib() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo "$t"; }
+# proportional set size: shared pages (the binary, libc) divided among their users
+pss_kib() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0) )); done; echo "$t"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k/1024}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a/b; else print "n/a" }'; }
 
@@ -153,14 +155,16 @@ for i in $(seq 5); do "$berth" run -d --network none --name "rss$i" bench/busybo
 sleep 1
 shims=$(pgrep -f "berth-shim --id" || true)
 b_shim=$(( $(rss_kib $shims) / 5 ))
+b_pss=$(( $(pss_kib $shims) / 5 ))
 if [ $have_docker = 1 ]; then
   for i in $(seq 5); do docker run -d --network none --name "rss$i" bench/busybox sleep 600 >/dev/null; done
   sleep 1
   cshims=$(pgrep -f "containerd-shim" || true)
   d_shim=$(( $(rss_kib $cshims) / 5 ))
-  printf '%-12s %10s\n%-12s %10s\nratio berth/docker: %s\n' berth-shim "$(mib "$b_shim")" containerd-shim "$(mib "$d_shim")" "$(ratio "$b_shim" "$d_shim")"
+  d_pss=$(( $(pss_kib $cshims) / 5 ))
+  printf '%-12s RSS %10s  PSS %10s\n%-12s RSS %10s  PSS %10s\nratio berth/docker (RSS): %s\n' berth-shim "$(mib "$b_shim")" "$(mib "$b_pss")" containerd-shim "$(mib "$d_shim")" "$(mib "$d_pss")" "$(ratio "$b_shim" "$d_shim")"
   docker rm -f rss1 rss2 rss3 rss4 rss5 >/dev/null
 else
-  printf '%-12s %10s\n' berth-shim "$(mib "$b_shim")"
+  printf '%-12s RSS %10s  PSS %10s\n' berth-shim "$(mib "$b_shim")" "$(mib "$b_pss")"
 fi
 "$berth" rm -f rss1 rss2 rss3 rss4 rss5 >/dev/null

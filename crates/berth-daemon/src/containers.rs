@@ -839,6 +839,15 @@ impl Containers {
         let dir = self.dir(c);
         unmount(&dir.join("rootfs"));
         let state = self.state_dir(c);
+        // exec shims still waiting for their start go now
+        if let Ok(rd) = std::fs::read_dir(&state) {
+            for e in rd.flatten() {
+                let sock = e.path().join("shim.sock");
+                if e.file_name().to_string_lossy().starts_with('x') && sock.exists() {
+                    let _ = crate::exec::call(&sock, "abort").await;
+                }
+            }
+        }
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_dir_all(&state);

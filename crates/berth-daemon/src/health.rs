@@ -208,6 +208,7 @@ impl Containers {
         }
         .await;
         let Some(mut out) = attached else {
+            let _ = crate::exec::call(&sock, "abort").await;
             return (1, "health check: the exec shim did not answer".into());
         };
         if let Err(err) = self.run_exec(&e, events).await {

@@ -16,8 +16,10 @@
 //! Control protocol, one line per command on `shim.sock`:
 //! `start` → `ok PID`; `wait` → `exit CODE` when the container exits;
 //! `kill SIGNAL` → `ok`; `resize ROWS COLS` → `ok`; `pid` → `ok PID`;
-//! `attach [stdin] [stdout] [stderr]` → `ok`, then the connection carries the streams.
-//! Errors answer `error MESSAGE`.
+//! `attach [stdin] [stdout] [stderr]` → `ok`, then the connection carries the streams;
+//! `close-stdin` → `ok`; `abort` (an exec shim not started yet) → `ok`, and it exits.
+//! An exec shim that gets no `start` within a minute exits too. Errors answer
+//! `error MESSAGE`.
 
 use crate::logs::LineSplitter;
 use rustix::event::{PollFd, PollFlags};
@@ -113,6 +115,9 @@ impl Backend {
 }
 
 const MAX_PENDING: usize = 1 << 20;
+
+/// How long an exec shim waits for `start` before it gives up and exits.
+const EXEC_START_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(PartialEq)]
 enum Mode {
@@ -512,7 +517,11 @@ impl Shim {
                     self.container.start()
                 };
                 match started {
-                    Ok(()) => format!("ok {}\n", self.pid.unwrap_or(0)),
+                    Ok(()) => {
+                        // the runtime's work is done: its code and memory can go
+                        release_memory();
+                        format!("ok {}\n", self.pid.unwrap_or(0))
+                    }
                     Err(e) => {
                         if self.args.exec.is_some() && self.pid.is_none() {
                             // nothing will ever exit: say so to waiters and stop
@@ -570,6 +579,12 @@ impl Shim {
                     stdout: flags.contains(&"stdout"),
                     stderr: flags.contains(&"stderr"),
                 };
+                "ok\n".to_string()
+            }
+            Some("abort") if self.pid.is_none() && self.args.exec.is_some() => {
+                // an exec that will not be started after all
+                self.exit_code = Some(126);
+                self.failed = Some("aborted".into());
                 "ok\n".to_string()
             }
             Some("close-stdin") => {
@@ -648,6 +663,7 @@ impl Shim {
 
     fn run(&mut self) -> io::Result<()> {
         let mut open: Vec<bool> = Vec::new();
+        let born = std::time::Instant::now();
         loop {
             if self.failed.is_some() {
                 return Ok(());
@@ -679,7 +695,23 @@ impl Shim {
                 }
                 fds.push(PollFd::new(&c.s, f));
             }
-            match rustix::event::poll(&mut fds, None) {
+            // an exec shim that is never told to start gives up after a while
+            let timeout = match (&self.args.exec, self.pid) {
+                (Some(_), None) => {
+                    let left = EXEC_START_WAIT.saturating_sub(born.elapsed());
+                    if left.is_zero() {
+                        self.exit_code = Some(126);
+                        self.failed = Some("never started".into());
+                        return Ok(());
+                    }
+                    Some(rustix::event::Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: left.subsec_nanos() as i64,
+                    })
+                }
+                _ => None,
+            };
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -874,6 +906,55 @@ pub fn serve(args: Args, ready: OwnedFd) -> i32 {
         1
     } else {
         0
+    }
+}
+
+/// Gives back what the creation needed and the watching does not: the allocator's free
+/// memory, and the pages of our executable and libraries that were only used to create
+/// the container (the runtime's code). Only mappings that are read-only and hold no page
+/// of their own (all identical to the file) are dropped: the kernel reads a page back
+/// from the page cache if it is used again. A shim then keeps about what its poll loop
+/// touches.
+pub fn release_memory() {
+    // SAFETY: malloc_trim only returns free memory to the system
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut drop_ranges = Vec::new();
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or_default();
+        if let Some((a, b)) = first
+            .split_once('-')
+            .filter(|(a, _)| a.bytes().all(|c| c.is_ascii_hexdigit()))
+        {
+            let perms = parts.next().unwrap_or_default();
+            let path = parts.nth(3).unwrap_or_default();
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                current = None;
+                continue;
+            };
+            let candidate = path.starts_with('/') && !perms.contains('w');
+            current = Some((start, end, candidate));
+        } else if first == "Anonymous:" {
+            if let Some((start, end, true)) = current {
+                if parts.next() == Some("0") {
+                    drop_ranges.push((start, end - start));
+                }
+            }
+        }
+    }
+    for (start, len) in drop_ranges {
+        // SAFETY: the range is a whole read-only file mapping with no private pages:
+        // dropping it only makes the next access read the file's page again
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
+        }
     }
 }
 

@@ -127,6 +127,12 @@ fn exec_and_top_through_both_clis_and_both_runtimes() {
         }
         ok(d.berth(&["rm", "-f", &name]));
     }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        d.shims(),
+        Vec::new(),
+        "no shim outlives its exec or container"
+    );
 }
 
 #[test]
@@ -268,6 +274,13 @@ fn exec_it_detach_keys_and_attach_in_a_terminal() {
     let o = d.berth(&["attach", "--detach-keys", "ctrl-1", "term"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Invalid detach keys"), "{}", stderr(&o));
+    let _ = d.berth(&["rm", "-f", "term", "detach0", "detach1"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        d.shims(),
+        Vec::new(),
+        "no shim outlives its exec or container"
+    );
 }
 
 /// `--sig-proxy` (the default without a tty): a signal to the CLI reaches the

@@ -90,7 +90,11 @@ async fn start(
     let scanner = detach_scanner(e.config["DetachKeys"].as_str(), tty, stdin)?;
     let d = d.clone();
     tokio::spawn(async move {
+        let sock = d.containers.exec_socket(&e);
         let Ok(up) = upgrade.await else {
+            if prepared.is_ok() {
+                let _ = call(&sock, "abort").await;
+            }
             return;
         };
         let mut client = TokioIo::new(up);
@@ -107,7 +111,6 @@ async fn start(
             let _ = client.shutdown().await;
             return;
         }
-        let sock = d.containers.exec_socket(&e);
         let shim = async {
             let mut s = tokio::net::UnixStream::connect(&sock).await.ok()?;
             s.write_all(format!("attach {}\n", flags.join(" ")).as_bytes())
@@ -120,6 +123,7 @@ async fn start(
         }
         .await;
         let Some(shim) = shim else {
+            let _ = call(&sock, "abort").await;
             let _ = client.shutdown().await;
             return;
         };

@@ -253,12 +253,45 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Shim processes (container or exec) working for this daemon's exec root.
+    pub fn shims(&self) -> Vec<(i32, String)> {
+        let mine = self.dir.path().display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("berth-shim") && cmd.contains(&mine) {
+                out.push((pid, cmd));
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.remove_containers();
         }
         self.stop();
+        // whatever shim is still there is a leak: say so, and leave the machine clean
+        for _ in 0..50 {
+            if self.shims().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (pid, cmd) in self.shims() {
+            eprintln!("leftover shim {pid}: {cmd}");
+            // SAFETY: kill(2) on a process of this test's daemon
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
         unmount_below(self.dir.path());
         remove_parent_cgroups();
     }
