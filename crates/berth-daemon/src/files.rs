@@ -554,6 +554,43 @@ fn walk_layer<W: Write>(
     Ok(())
 }
 
+/// Bytes in the container's own layer (`SizeRw`): the files of the overlay upper
+/// directory, or the added and changed files of a copied rootfs; hard links once.
+pub fn rw_size(dir: &Path, driver: berth_image::snapshot::Driver, layers: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let mut total = 0;
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                total += walk(&e.path(), seen);
+            } else if md.is_file() && seen.insert((md.dev(), md.ino())) {
+                total += md.len();
+            }
+        }
+        total
+    }
+    match driver {
+        berth_image::snapshot::Driver::Overlay => {
+            walk(&dir.join("upper"), &mut std::collections::HashSet::new())
+        }
+        berth_image::snapshot::Driver::Copy => {
+            let rootfs = dir.join("rootfs");
+            let Some(top) = layers.last() else { return 0 };
+            copy_changes(&rootfs, top)
+                .unwrap_or_default()
+                .iter()
+                .filter(|(_, k)| *k != 2)
+                .filter_map(|(p, _)| {
+                    std::fs::symlink_metadata(rootfs.join(p.trim_start_matches('/'))).ok()
+                })
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,6 +174,22 @@ fn diff_export_and_commit() {
     if have("docker") {
         assert_eq!(ok(d.docker(&["diff", "dc"])), want);
     }
+    // sizes: the container's own bytes (the new file, the changed passwd), with the image's
+    let list = d.get_json("/containers/json?size=1");
+    let rw = list[0]["SizeRw"].as_i64().unwrap();
+    assert_eq!(rw, 3 + 8, "{list:#}");
+    assert!(list[0]["SizeRootFs"].as_i64().unwrap() > rw);
+    assert_eq!(d.get_json("/containers/dc/json?size=1")["SizeRw"], rw);
+    let ps = ok(d.berth(&["ps", "-s", "--format", "{{.Size}}"]));
+    assert!(ps.starts_with("11B (virtual "), "{ps}");
+    if have("docker") {
+        assert_eq!(ok(d.docker(&["ps", "-s", "--format", "{{.Size}}"])), ps);
+        let header = ok(d.docker(&["ps", "-s"]));
+        assert_eq!(
+            ok(d.berth(&["ps", "-s"])).lines().next(),
+            header.lines().next()
+        );
+    }
     let changes = d.get_json("/containers/dc/changes");
     assert_eq!(
         changes[1],
@@ -448,12 +464,9 @@ fn no_descriptor_of_berthd_reaches_a_container() {
     assert_eq!(seen, vec!["0", "1", "2", "3"], "{o}");
     let o = d.berth(&["exec", "-w", "/proc/self/fd/7", "fdx", "ls"]);
     assert!(!stdout(&o).contains("boot"), "{}", stdout(&o));
-    // the shim holds only what it needs: none of the inherited ones
-    let shim = std::process::Command::new("pgrep")
-        .args(["-f", "berth-shim --id"])
-        .output()
-        .unwrap();
-    for pid in stdout(&shim).split_whitespace() {
+    // this daemon's shims hold none of the inherited ones (other tests' shims may be
+    // creating containers, which opens `/` for a moment)
+    for (pid, _) in d.shims() {
         if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
             for e in rd.flatten() {
                 let target = std::fs::read_link(e.path()).unwrap_or_default();

@@ -607,6 +607,18 @@ pub struct PsArgs {
     pub size: bool,
 }
 
+/// docker's SIZE cell: the container's own bytes, and with the image's.
+fn size_text(ct: &Value) -> String {
+    let rw = crate::format::human_size_prec(ct["SizeRw"].as_i64().unwrap_or(0) as f64, 3);
+    match ct["SizeRootFs"].as_i64() {
+        Some(v) if v > 0 => format!(
+            "{rw} (virtual {})",
+            crate::format::human_size_prec(v as f64, 3)
+        ),
+        _ => rw,
+    }
+}
+
 fn ellipsis(s: &str, n: usize) -> String {
     if s.chars().count() > n {
         format!("{}…", s.chars().take(n - 1).collect::<String>())
@@ -679,7 +691,7 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
             ("Ports", json!("")),
             ("Names", json!(names.join(","))),
             ("Labels", json!(labels.join(","))),
-            ("Size", json!("0B")),
+            ("Size", json!(size_text(ct))),
             ("Networks", json!("")),
             ("Mounts", json!("")),
         ]));
@@ -687,7 +699,14 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
     let fmt = if a.quiet {
         Format::Raw("{{.ID}}".into())
     } else {
-        Format::new(a.format.as_deref(), "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}")
+        Format::new(
+            a.format.as_deref(),
+            if a.size {
+                "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}\t{{.Size}}"
+            } else {
+                "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+            },
+        )
     };
     let headers = json!({"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT", "RunningFor": "CREATED",
         "Status": "STATUS", "State": "STATE", "Ports": "PORTS", "Names": "NAMES", "Labels": "LABELS", "Size": "SIZE", "Networks": "NETWORKS", "Mounts": "MOUNTS"});

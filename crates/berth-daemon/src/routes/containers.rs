@@ -129,6 +129,17 @@ fn command_of(c: &Ctr) -> String {
     args.join(" ")
 }
 
+/// (SizeRw, SizeRootFs) of a container.
+fn sizes(d: &Daemon, c: &Ctr) -> (i64, i64) {
+    let Ok(image) = c.image_id.parse::<berth_image::digest::Digest>() else {
+        return (0, 0);
+    };
+    let layers = d.images.layer_dirs(&image).unwrap_or_default();
+    let rw = crate::files::rw_size(&d.containers.dir(c), d.images.driver(), &layers) as i64;
+    let image_size = d.images.get(&image).map(|i| i.size).unwrap_or(0);
+    (rw, image_size + rw)
+}
+
 fn summary(c: &Ctr) -> Value {
     let s = c.state();
     json!({
@@ -231,6 +242,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         "volume",
     ])?;
     let all = ctx.query.bool("all")?;
+    let size = ctx.query.bool("size")?;
     let limit = ctx.query.int("limit")?.unwrap_or(-1);
     let mut out = Vec::new();
     for c in d.containers.all() {
@@ -269,7 +281,13 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
                     .unwrap_or(&Default::default()),
             );
         if ok {
-            out.push(summary(&c));
+            let mut v = summary(&c);
+            if size {
+                let (rw, rootfs) = sizes(d, &c);
+                v["SizeRw"] = json!(rw);
+                v["SizeRootFs"] = json!(rootfs);
+            }
+            out.push(v);
         }
     }
     if limit > 0 {
@@ -376,7 +394,15 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
     let c = d.containers.get(&name)?;
     let m = ctx.method.clone();
     match (m, action.as_str()) {
-        (Method::GET, "json") => Ok(ok_json(&inspect_json(d, &c))),
+        (Method::GET, "json") => {
+            let mut v = inspect_json(d, &c);
+            if ctx.query.bool("size")? {
+                let (rw, rootfs) = sizes(d, &c);
+                v["SizeRw"] = json!(rw);
+                v["SizeRootFs"] = json!(rootfs);
+            }
+            Ok(ok_json(&v))
+        }
         (Method::POST, "start") => {
             if c.state().status == "running" {
                 return Ok(status_only(StatusCode::NOT_MODIFIED));
