@@ -308,9 +308,22 @@ fn cp_under_a_symlink_swap_stays_in_the_container() {
         !Path::new("/").join(format!("{tag}-in")).exists(),
         "cp wrote into the host's root"
     );
-    // the writes went to the container's own root
+    // a link to `/` that stays: the copy lands in the container's own root
+    ok(d.berth(&["exec", "swap", "ln", "-s", "/", "/static"]));
+    ok(d.berth(&["cp", &payload.display().to_string(), "swap:/static/"]));
     let inside = ok(d.berth(&["exec", "swap", "cat", &format!("/{tag}-in")]));
     assert_eq!(inside, "payload\n");
+    assert!(!Path::new("/").join(format!("{tag}-in")).exists());
+    let out = host.path().join("static-out");
+    let o = d.berth(&[
+        "cp",
+        &format!("swap:/static/{tag}-secret"),
+        &out.display().to_string(),
+    ]);
+    assert!(
+        !o.status.success(),
+        "the host's file is not in the container"
+    );
     ok(d.berth(&["rm", "-f", "swap"]));
 }
 
