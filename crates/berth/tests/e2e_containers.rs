@@ -410,10 +410,7 @@ fn run_it_gives_an_interactive_terminal() {
     }
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
-    let mut clis = vec![berth_bin().to_string()];
-    if have("docker") {
-        clis.push("docker".into());
-    }
+    let clis = clis();
     for cli in clis {
         let s = Terminal::open(&d, &cli, "run -it --rm --network none bb sh").finish("exit 7");
         assert!(s.contains("42 30 100"), "{cli}: {s}");

@@ -232,10 +232,7 @@ fn exec_it_detach_keys_and_attach_in_a_terminal() {
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
     start_box(&d, "term", &[]);
-    let mut clis = vec![berth_bin().to_string()];
-    if have("docker") {
-        clis.push("docker".into());
-    }
+    let clis = clis();
     for (i, cli) in clis.iter().enumerate() {
         // exec -it: a prompt, the window size, the exit code
         let s = Terminal::open(&d, cli, "exec -it term sh").finish("exit 3");
@@ -292,10 +289,7 @@ fn the_cli_proxies_signals_to_the_container() {
     }
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
-    let mut clis = vec![berth_bin().to_string()];
-    if have("docker") {
-        clis.push("docker".into());
-    }
+    let clis = clis();
     for cli in clis {
         let mut child = std::process::Command::new(&cli)
             .args([

@@ -8,14 +8,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn clis() -> Vec<String> {
-    let mut v = vec![berth_bin().to_string()];
-    if have("docker") {
-        v.push("docker".into());
-    }
-    v
-}
-
 fn run_cli(d: &Daemon, cli: &str, args: &[&str]) -> std::process::Output {
     if cli == "docker" {
         d.docker(args)

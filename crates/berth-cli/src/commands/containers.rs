@@ -117,24 +117,7 @@ pub struct CreateArgs {
 }
 
 fn create_body(a: &CreateArgs) -> Result<Value> {
-    let mut env = Vec::new();
-    for f in &a.env_file {
-        let text = std::fs::read_to_string(f).map_err(|e| anyhow!("open {f}: {e}"))?;
-        env.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
-    }
-    for e in &a.env {
-        // `-e NAME` takes the value from our environment, as docker does
-        if e.contains('=') {
-            env.push(e.clone());
-        } else if let Ok(v) = std::env::var(e) {
-            env.push(format!("{e}={v}"));
-        }
-    }
+    let env = super::exec::env_list(&a.env, &a.env_file)?;
     let labels: serde_json::Map<String, Value> = a
         .label
         .iter()

@@ -44,6 +44,15 @@ pub fn berthd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berthd")
 }
 
+/// The CLIs to drive a daemon with: berth's, and docker's when it is installed.
+pub fn clis() -> Vec<String> {
+    let mut v = vec![berth_bin().to_string()];
+    if have("docker") {
+        v.push("docker".into());
+    }
+    v
+}
+
 pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
 }
