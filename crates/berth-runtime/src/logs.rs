@@ -211,12 +211,23 @@ impl LogReader {
             }
             Some((ino, offset)) => {
                 if Self::inode(&self.path) != Some(ino) {
-                    // rotated: finish the file we were reading, now `log.1`
-                    let mut old = self.path.clone().into_os_string();
-                    old.push(".1");
-                    let old = std::path::PathBuf::from(old);
-                    if Self::inode(&old) == Some(ino) {
-                        out.extend(Self::read_from(&old, offset).0);
+                    // rotated (maybe more than once): finish the file we were reading,
+                    // now `log.K`, then the newer rotated ones whole
+                    let files = log_files(&self.path);
+                    let rotated = &files[..files.len() - 1];
+                    match rotated.iter().position(|f| Self::inode(f) == Some(ino)) {
+                        Some(k) => {
+                            out.extend(Self::read_from(&rotated[k], offset).0);
+                            for f in &rotated[k + 1..] {
+                                out.extend(Self::read_from(f, 0).0);
+                            }
+                        }
+                        // rotated away entirely: what is still there
+                        None => {
+                            for f in rotated {
+                                out.extend(Self::read_from(f, 0).0);
+                            }
+                        }
                     }
                     self.at = Some((Self::inode(&self.path).unwrap_or(0), 0));
                 } else if std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0) < offset {
@@ -283,14 +294,15 @@ mod tests {
     fn reader_follows_across_rotations() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c-json.log");
-        let mut log = RotatingLog::open(&p, Some(300), 3).unwrap();
+        let mut log = RotatingLog::open(&p, Some(120), 5).unwrap();
         let mut s = LineSplitter::default();
         let mut r = LogReader::new(&p);
         let mut seen = Vec::new();
         for i in 0..30 {
             s.feed(&mut log, "stdout", format!("l{i}\n").as_bytes())
                 .unwrap();
-            if i % 4 == 0 {
+            // sometimes after one rotation, sometimes after several
+            if i % 4 == 0 || i == 13 {
                 seen.extend(r.read().into_iter().map(|e| e.log));
             }
         }
