@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
@@ -345,11 +345,7 @@ impl Containers {
         }
     }
 
-    pub(crate) fn update_state(&self, c: &Ctr, f: impl FnOnce(&mut State)) {
-        self.set_state(c, f)
-    }
-
-    fn set_state(&self, c: &Ctr, f: impl FnOnce(&mut State)) {
+    pub(crate) fn set_state(&self, c: &Ctr, f: impl FnOnce(&mut State)) {
         c.state.send_modify(f);
         self.persist(c);
     }
@@ -708,14 +704,7 @@ impl Containers {
     }
 
     async fn watch_exit(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
-        let code = async {
-            let mut s = UnixStream::connect(self.shim_socket(&c)).await.ok()?;
-            s.write_all(b"wait\n").await.ok()?;
-            let mut line = String::new();
-            BufReader::new(s).read_line(&mut line).await.ok()?;
-            line.trim().strip_prefix("exit ")?.parse::<i64>().ok()
-        }
-        .await;
+        let code = crate::exec::wait_exit_code(&self.shim_socket(&c)).await;
         let code = code
             .or_else(|| {
                 berth_runtime::shim::read_exit_file(&self.state_dir(&c)).map(|(c, _)| c as i64)
@@ -752,14 +741,10 @@ impl Containers {
             (Ok(a), Ok(b)) => (b - a).num_seconds(),
             _ => 0,
         };
-        let n = if ran >= 10 {
-            0
-        } else {
-            c.backoff.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        };
         if ran >= 10 {
-            c.backoff.store(1, std::sync::atomic::Ordering::SeqCst);
+            c.backoff.store(0, std::sync::atomic::Ordering::SeqCst);
         }
+        let n = c.backoff.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.set_state(&c, |s| s.status = "restarting".into());
         tokio::time::sleep(restart_delay(n)).await;
         if c.state().status != "restarting" || c.removing.load(std::sync::atomic::Ordering::SeqCst)

@@ -54,14 +54,7 @@ impl Exec {
     }
 
     pub fn cmd(&self) -> Vec<String> {
-        self.config["Cmd"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::spec::strings(&self.config["Cmd"]).unwrap_or_default()
     }
 
     fn flag(&self, k: &str) -> bool {
@@ -226,15 +219,7 @@ impl Containers {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings = |v: &Value| crate::spec::strings(v).unwrap_or_default();
         let mut env = strings(&bundle["process"]["env"]);
         for kv in strings(&e.config["Env"]) {
             let key = kv.split('=').next().unwrap_or_default().to_string();
@@ -356,16 +341,10 @@ impl Containers {
         let e = e.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            let code = async {
-                let mut s = UnixStream::connect(&sock).await.ok()?;
-                s.write_all(b"wait\n").await.ok()?;
-                let mut line = String::new();
-                BufReader::new(s).read_line(&mut line).await.ok()?;
-                line.trim().strip_prefix("exit ")?.parse::<i64>().ok()
-            }
-            .await
-            .or_else(|| berth_runtime::shim::read_exit_file(&dir).map(|(c, _)| c as i64))
-            .unwrap_or(126);
+            let code = wait_exit_code(&sock)
+                .await
+                .or_else(|| berth_runtime::shim::read_exit_file(&dir).map(|(c, _)| c as i64))
+                .unwrap_or(126);
             e.state.send_modify(|s| {
                 s.running = false;
                 s.pid = 0;
@@ -378,6 +357,28 @@ impl Containers {
         });
         Ok(())
     }
+}
+
+/// Waits on a shim's `wait` for the process's exit code; None if the shim is gone.
+pub async fn wait_exit_code(sock: &Path) -> Option<i64> {
+    let mut s = UnixStream::connect(sock).await.ok()?;
+    s.write_all(b"wait\n").await.ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.ok()?;
+    line.trim().strip_prefix("exit ")?.parse::<i64>().ok()
+}
+
+/// Attaches to a shim's streams (`flags`: stdin, stdout, stderr); the connection then
+/// carries them. None if the shim does not answer.
+pub async fn attach(sock: &Path, flags: &[&str]) -> Option<UnixStream> {
+    let mut s = UnixStream::connect(sock).await.ok()?;
+    s.write_all(format!("attach {}\n", flags.join(" ")).as_bytes())
+        .await
+        .ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok()?;
+    Some(r.into_inner())
 }
 
 /// One command to a shim socket, one line back.

@@ -341,6 +341,13 @@ const INIT_PATHS: &[&str] = &[
     crate::containers::INIT_PATH,
 ];
 
+/// Is `p` one of the container's own mount points, or below one?
+fn is_init_path(p: &str) -> bool {
+    INIT_PATHS
+        .iter()
+        .any(|h| p == *h || p.starts_with(&format!("{h}/")))
+}
+
 /// The changes of an overlay upper directory, `lower` being the image's layers
 /// (topmost last).
 pub fn overlay_changes(upper: &Path, lower: &[PathBuf]) -> std::io::Result<Vec<Change>> {
@@ -436,12 +443,7 @@ fn compare(now: &Path, was: &Path, prefix: &str, out: &mut Vec<Change>) -> std::
 
 /// Leaves out the container's own mount points, and directories changed only for them.
 fn finish_changes(all: Vec<Change>) -> std::io::Result<Vec<Change>> {
-    let hidden = |p: &str| {
-        INIT_PATHS
-            .iter()
-            .any(|h| p == *h || p.starts_with(&format!("{h}/")))
-    };
-    let kept: Vec<Change> = all.into_iter().filter(|(p, _)| !hidden(p)).collect();
+    let kept: Vec<Change> = all.into_iter().filter(|(p, _)| !is_init_path(p)).collect();
     let mut out = Vec::new();
     for (i, (p, k)) in kept.iter().enumerate() {
         if *k == 0 {
@@ -463,13 +465,8 @@ fn finish_changes(all: Vec<Change>) -> std::io::Result<Vec<Change>> {
 pub fn layer_tar<W: Write>(dir: &Path, changes: Option<&[Change]>, out: W) -> std::io::Result<()> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
-    let hidden = |p: &str| {
-        INIT_PATHS
-            .iter()
-            .any(|h| p == *h || p.starts_with(&format!("{h}/")))
-    };
     match changes {
-        None => walk_layer(&mut b, dir, "", &hidden)?,
+        None => walk_layer(&mut b, dir, "")?,
         Some(list) => {
             for (p, kind) in list {
                 let rel = p.trim_start_matches('/');
@@ -480,11 +477,7 @@ pub fn layer_tar<W: Write>(dir: &Path, changes: Option<&[Change]>, out: W) -> st
                 let full = dir.join(rel);
                 let md = std::fs::symlink_metadata(&full)?;
                 if md.is_dir() {
-                    let mut h = tar::Header::new_gnu();
-                    h.set_metadata(&md);
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_size(0);
-                    b.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+                    add_dir(&mut b, rel, &md)?;
                 } else {
                     b.append_path_with_name(&full, rel)?;
                 }
@@ -499,19 +492,32 @@ fn add_whiteout<W: Write>(b: &mut tar::Builder<W>, rel: &str) -> std::io::Result
         Some((p, n)) => (format!("{p}/"), n),
         None => (String::new(), rel),
     };
+    add_marker(b, &format!("{parent}.wh.{name}"))
+}
+
+/// An empty file entry: a whiteout or an opaque-directory marker.
+fn add_marker<W: Write>(b: &mut tar::Builder<W>, name: &str) -> std::io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o600);
     h.set_size(0);
-    b.append_data(&mut h, format!("{parent}.wh.{name}"), std::io::empty())
+    b.append_data(&mut h, name, std::io::empty())
 }
 
-fn walk_layer<W: Write>(
+/// A directory entry with the directory's metadata.
+fn add_dir<W: Write>(
     b: &mut tar::Builder<W>,
-    dir: &Path,
-    prefix: &str,
-    hidden: &dyn Fn(&str) -> bool,
+    rel: &str,
+    md: &std::fs::Metadata,
 ) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata(md);
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    b.append_data(&mut h, format!("{rel}/"), std::io::empty())
+}
+
+fn walk_layer<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> std::io::Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
@@ -522,7 +528,7 @@ fn walk_layer<W: Write>(
         } else {
             format!("{prefix}/{name}")
         };
-        if hidden(&format!("/{rel}")) {
+        if is_init_path(&format!("/{rel}")) {
             continue;
         }
         let md = e.metadata()?;
@@ -531,22 +537,14 @@ fn walk_layer<W: Write>(
             continue;
         }
         if md.is_dir() {
-            let mut h = tar::Header::new_gnu();
-            h.set_metadata(&md);
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-            b.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+            add_dir(b, &rel, &md)?;
             let opaque = rfs::getxattr(e.path(), "trusted.overlay.opaque", &mut [0u8; 4])
                 .map(|n| n == 1)
                 .unwrap_or(false);
             if opaque {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o600);
-                h.set_size(0);
-                b.append_data(&mut h, format!("{rel}/.wh..wh..opq"), std::io::empty())?;
+                add_marker(b, &format!("{rel}/.wh..wh..opq"))?;
             }
-            walk_layer(b, &e.path(), &rel, hidden)?;
+            walk_layer(b, &e.path(), &rel)?;
         } else {
             b.append_path_with_name(e.path(), &rel)?;
         }

@@ -191,23 +191,14 @@ impl Containers {
         check: &Check,
         events: &Arc<Events>,
     ) -> (i64, String) {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        use tokio::io::AsyncReadExt;
         let e = crate::exec::Exec::internal(c, &check.cmd);
         if let Err(err) = self.prepare_exec(&e).await {
             let code = e.state.borrow().exit_code.unwrap_or(1);
             return (code, err.message);
         }
         let sock = self.exec_socket(&e);
-        let attached = async {
-            let mut s = tokio::net::UnixStream::connect(&sock).await.ok()?;
-            s.write_all(b"attach stdout stderr\n").await.ok()?;
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            r.read_line(&mut line).await.ok()?;
-            Some(r)
-        }
-        .await;
-        let Some(mut out) = attached else {
+        let Some(mut out) = crate::exec::attach(&sock, &["stdout", "stderr"]).await else {
             let _ = crate::exec::call(&sock, "abort").await;
             return (1, "health check: the exec shim did not answer".into());
         };
@@ -252,7 +243,7 @@ impl Containers {
     }
 
     fn set_health(&self, c: &Ctr, f: impl FnOnce(&mut Health)) {
-        self.update_state(c, |s| {
+        self.set_state(c, |s| {
             let h = s.health.get_or_insert_with(Health::default);
             f(h);
         });

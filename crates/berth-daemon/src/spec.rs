@@ -9,7 +9,7 @@ use std::path::Path;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn strings(v: &Value) -> Option<Vec<String>> {
+pub fn strings(v: &Value) -> Option<Vec<String>> {
     match v {
         Value::Array(a) => Some(
             a.iter()

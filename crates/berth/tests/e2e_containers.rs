@@ -410,8 +410,7 @@ fn run_it_gives_an_interactive_terminal() {
     }
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
-    let clis = clis();
-    for cli in clis {
+    for cli in clis() {
         let s = Terminal::open(&d, &cli, "run -it --rm --network none bb sh").finish("exit 7");
         assert!(s.contains("42 30 100"), "{cli}: {s}");
         assert!(s.contains("EXITED=7"), "{cli}: {s}");

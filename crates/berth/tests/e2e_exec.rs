@@ -127,12 +127,7 @@ fn exec_and_top_through_both_clis_and_both_runtimes() {
         }
         ok(d.berth(&["rm", "-f", &name]));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(
-        d.shims(),
-        Vec::new(),
-        "no shim outlives its exec or container"
-    );
+    d.assert_no_shims();
 }
 
 #[test]
@@ -232,8 +227,7 @@ fn exec_it_detach_keys_and_attach_in_a_terminal() {
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
     start_box(&d, "term", &[]);
-    let clis = clis();
-    for (i, cli) in clis.iter().enumerate() {
+    for (i, cli) in clis().iter().enumerate() {
         // exec -it: a prompt, the window size, the exit code
         let s = Terminal::open(&d, cli, "exec -it term sh").finish("exit 3");
         assert!(s.contains("42 30 100"), "{cli}: {s}");
@@ -272,16 +266,11 @@ fn exec_it_detach_keys_and_attach_in_a_terminal() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Invalid detach keys"), "{}", stderr(&o));
     let _ = d.berth(&["rm", "-f", "term", "detach0", "detach1"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(
-        d.shims(),
-        Vec::new(),
-        "no shim outlives its exec or container"
-    );
+    d.assert_no_shims();
 }
 
 /// `--sig-proxy` (the default without a tty): a signal to the CLI reaches the
-/// container's process; `--sig-proxy=false` keeps it away.
+/// container's process.
 #[test]
 fn the_cli_proxies_signals_to_the_container() {
     if skip_unless_root("the_cli_proxies_signals_to_the_container") {
@@ -289,8 +278,7 @@ fn the_cli_proxies_signals_to_the_container() {
     }
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
-    let clis = clis();
-    for cli in clis {
+    for cli in clis() {
         let mut child = std::process::Command::new(&cli)
             .args([
                 "-H",

@@ -124,13 +124,12 @@ async fn copy_out(c: &Client, a: &CpArgs, ctr: &str, src: &str, dest: &str) -> R
         .await?;
     let reader = blocking_reader(resp);
     if dest == "-" {
-        let n = tokio::task::spawn_blocking(move || -> Result<u64> {
+        tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut r = reader;
             let mut out = std::io::stdout().lock();
             Ok(std::io::copy(&mut r, &mut out)?)
         })
         .await??;
-        let _ = n;
         return Ok(());
     }
     let dest_path = PathBuf::from(dest);

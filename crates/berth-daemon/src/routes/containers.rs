@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIGNALS: &[(&str, i32)] = &[
     ("HUP", 1),
@@ -119,7 +119,7 @@ fn status_text(s: &State) -> String {
     }
 }
 
-fn command_of(c: &Ctr) -> String {
+pub(crate) fn command_of(c: &Ctr) -> String {
     let mut args: Vec<String> = Vec::new();
     for k in ["Entrypoint", "Cmd"] {
         if let Some(a) = c.config()[k].as_array() {
@@ -739,7 +739,6 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
     if stderr {
         flags.push("stderr");
     }
-    let cmd = format!("attach {}\n", flags.join(" "));
     let d2 = d.clone();
     let running = c.state().status == "running";
     if !running {
@@ -760,29 +759,17 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
         let sock = d2.containers.shim_socket(&c);
         let mut shim = None;
         for _ in 0..600 {
-            if let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
-                shim = Some(s);
-                break;
-            }
-            if c.state().status == "exited" && running {
+            shim = crate::exec::attach(&sock, &flags).await;
+            if shim.is_some() || (c.state().status == "exited" && running) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let Some(mut shim) = shim else {
-            release(&c);
+        release(&c);
+        let Some(shim) = shim else {
             let _ = client.shutdown().await;
             return;
         };
-        if shim.write_all(cmd.as_bytes()).await.is_err() {
-            release(&c);
-            return;
-        }
-        let mut r = BufReader::new(shim);
-        let mut line = String::new();
-        let _ = r.read_line(&mut line).await;
-        release(&c);
-        let shim = r.into_inner();
         // as Docker: the end of the client's input closes the container's only without
         // a tty (a terminal's input is never "done")
         let stdin_once = stdin && !tty && c.config()["StdinOnce"].as_bool().unwrap_or(false);

@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 /// `POST /containers/{id}/exec`.
 pub async fn create(
@@ -111,18 +111,7 @@ async fn start(
             let _ = client.shutdown().await;
             return;
         }
-        let shim = async {
-            let mut s = tokio::net::UnixStream::connect(&sock).await.ok()?;
-            s.write_all(format!("attach {}\n", flags.join(" ")).as_bytes())
-                .await
-                .ok()?;
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            r.read_line(&mut line).await.ok()?;
-            Some(r.into_inner())
-        }
-        .await;
-        let Some(shim) = shim else {
+        let Some(shim) = crate::exec::attach(&sock, &flags).await else {
             let _ = call(&sock, "abort").await;
             let _ = client.shutdown().await;
             return;

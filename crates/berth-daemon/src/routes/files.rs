@@ -198,15 +198,7 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
         changes: ctx.query.all("changes"),
         comment: ctx.query.get("comment").unwrap_or_default().to_string(),
         author: ctx.query.get("author").unwrap_or_default().to_string(),
-        created_by: {
-            let mut cmd: Vec<String> = Vec::new();
-            for k in ["Entrypoint", "Cmd"] {
-                for v in c.config()[k].as_array().into_iter().flatten() {
-                    cmd.push(v.as_str().unwrap_or_default().to_string());
-                }
-            }
-            cmd.join(" ")
-        },
+        created_by: super::containers::command_of(&c),
         reference,
     };
     let parent: berth_image::digest::Digest = c

@@ -281,6 +281,23 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Asserts that no shim of this daemon is left (after a moment for them to end).
+    pub fn assert_no_shims(&self) {
+        for _ in 0..30 {
+            if self.shims().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            self.shims(),
+            Vec::new(),
+            "no shim outlives its exec or container"
+        );
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
