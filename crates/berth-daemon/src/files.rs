@@ -89,8 +89,13 @@ fn rel(path: &str) -> PathBuf {
 }
 
 /// Splits a container path into its parent (resolved in the root) and its last name.
+/// A path ending in `/` or `/.` names a directory: it is resolved whole (a final
+/// symlink followed), as Docker does; otherwise its last component is not followed.
 fn split(path: &str) -> (PathBuf, Option<String>) {
     let r = rel(path);
+    if path.ends_with('/') || path.ends_with("/.") {
+        return (r, None);
+    }
     match r.file_name() {
         Some(n) if r != Path::new(".") => {
             let name = n.to_string_lossy().into_owned();
@@ -134,6 +139,18 @@ fn go_mode(st: &rfs::Stat) -> u32 {
     }
 }
 
+/// The name Docker gives `path` in a stat and as the top of its archive: its last
+/// component (`.` for `dir/.`, `/` for the root).
+fn base_name(path: &str) -> String {
+    if path.ends_with("/.") {
+        return ".".into();
+    }
+    path.split('/')
+        .rfind(|c| !c.is_empty())
+        .unwrap_or("/")
+        .to_string()
+}
+
 /// The parent directory of `path`, opened inside the root, and the last name.
 fn open_parent(root: &Root, path: &str) -> Result<(OwnedFd, Option<String>), rustix::io::Errno> {
     let (parent, name) = split(path);
@@ -145,7 +162,7 @@ fn open_parent(root: &Root, path: &str) -> Result<(OwnedFd, Option<String>), rus
 /// target resolved in the container).
 pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, ApiError> {
     let (dir, name) = open_parent(root, path).map_err(|_| not_found(path, c))?;
-    let name_s = name.clone().unwrap_or_else(|| "/".into());
+    let name_s = base_name(path);
     let st = rfs::statat(
         &dir,
         name.as_deref().unwrap_or("."),
@@ -195,13 +212,12 @@ pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<()
     let (dir, name) = open_parent(root, path).map_err(|_| not_found(path, c))?;
     let name = name.unwrap_or_else(|| ".".into());
     rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(|_| not_found(path, c))?;
-    let rebase = if path.ends_with("/.") {
-        "."
-    } else {
-        name.as_str()
+    let rebase = match base_name(path) {
+        r if r == "/" => ".".to_string(),
+        r => r,
     };
     let mut b = tar::Builder::new(out);
-    add_tree(&mut b, &dir, &name, rebase).map_err(io_api)?;
+    add_tree(&mut b, &dir, &name, &rebase).map_err(io_api)?;
     b.into_inner().map_err(io_api)?.flush().map_err(io_api)?;
     Ok(())
 }
@@ -231,6 +247,27 @@ fn list_dir(fd: &OwnedFd) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Appends an entry named exactly `name`: the tar crate drops `./` from the names it
+/// sets, but Docker's archive of `dir/.` names its entries `./…` and the docker CLI
+/// renames them by that prefix. Names too long for the header go the usual way.
+fn put<W: Write, R: std::io::Read>(
+    b: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &str,
+    data: R,
+) -> std::io::Result<()> {
+    let raw = name.as_bytes();
+    let field = &mut h.as_old_mut().name;
+    if raw.len() < field.len() {
+        field.fill(0);
+        field[..raw.len()].copy_from_slice(raw);
+        h.set_cksum();
+        b.append(h, data)
+    } else {
+        b.append_data(h, name, data)
+    }
+}
+
 /// Adds `name` (in `dir`) as `as_name`, and what is below it, never following a symlink.
 fn add_tree<W: Write>(
     b: &mut tar::Builder<W>,
@@ -248,7 +285,7 @@ fn add_tree<W: Write>(
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {
             h.set_entry_type(tar::EntryType::Directory);
-            b.append_data(&mut h, format!("{as_name}/"), std::io::empty())?;
+            put(b, &mut h, &format!("{as_name}/"), std::io::empty())?;
             let sub = rfs::openat(dir, name, DIR | OFlags::NOFOLLOW, Mode::empty())?;
             let mut names = list_dir(&sub)?;
             names.sort();
@@ -267,12 +304,17 @@ fn add_tree<W: Write>(
             let len = f.metadata()?.len();
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(len);
-            b.append_data(&mut h, as_name, std::io::Read::take(f, len))?;
+            put(b, &mut h, as_name, std::io::Read::take(f, len))?;
         }
         FileType::Symlink => {
             let target = rfs::readlinkat(dir, name, Vec::new())?;
             h.set_entry_type(tar::EntryType::Symlink);
-            b.append_link(&mut h, as_name, target.to_string_lossy().as_ref())?;
+            let target = target.to_string_lossy();
+            if h.set_link_name(target.as_ref()).is_ok() {
+                put(b, &mut h, as_name, std::io::empty())?;
+            } else {
+                b.append_link(&mut h, as_name, target.as_ref())?;
+            }
         }
         t @ (FileType::CharacterDevice | FileType::BlockDevice) => {
             h.set_entry_type(if t == FileType::CharacterDevice {
@@ -282,11 +324,11 @@ fn add_tree<W: Write>(
             });
             h.set_device_major(rfs::major(st.st_rdev))?;
             h.set_device_minor(rfs::minor(st.st_rdev))?;
-            b.append_data(&mut h, as_name, std::io::empty())?;
+            put(b, &mut h, as_name, std::io::empty())?;
         }
         FileType::Fifo => {
             h.set_entry_type(tar::EntryType::Fifo);
-            b.append_data(&mut h, as_name, std::io::empty())?;
+            put(b, &mut h, as_name, std::io::empty())?;
         }
         // sockets have no place in an archive
         _ => {}
@@ -600,7 +642,11 @@ mod tests {
             (PathBuf::from("./etc"), Some("passwd".into()))
         );
         assert_eq!(split("/"), (PathBuf::from("."), None));
-        assert_eq!(split("/a/./b/."), (PathBuf::from("./a"), Some("b".into())));
+        assert_eq!(split("/a/./b/."), (PathBuf::from("./a/b"), None));
+        assert_eq!(split("/a/link/"), (PathBuf::from("./a/link"), None));
+        assert_eq!(base_name("/a/b/"), "b");
+        assert_eq!(base_name("/a/b/."), ".");
+        assert_eq!(base_name("/"), "/");
         assert_eq!(rel("../../etc"), PathBuf::from("./../../etc"));
     }
 

@@ -70,6 +70,13 @@ fn cp_both_ways_running_and_stopped() {
             &["cp", "fc:/data/sub/.", &hs("contents")],
         ));
         assert!(h("contents/f").exists(), "{cli}");
+        // ... and into a new one
+        ok(run_cli(&d, &cli, &["cp", "fc:/data/sub/.", &hs("fresh")]));
+        assert_eq!(
+            std::fs::read_to_string(h("fresh/f")).unwrap(),
+            "hello\n",
+            "{cli}"
+        );
         // in: a file into a directory and as a new name; a directory
         std::fs::write(h("in.txt"), format!("from {cli}\n")).unwrap();
         std::fs::create_dir_all(h("tree/a")).unwrap();

@@ -164,8 +164,9 @@ async fn copy_out(c: &Client, a: &CpArgs, ctr: &str, src: &str, dest: &str) -> R
             let tmp = tempdir_in(&parent)?;
             let r = (|| -> Result<()> {
                 ar.unpack(&tmp)?;
+                // `dir/.` copies the contents: the temporary directory becomes DEST
                 let top = if contents_only {
-                    tmp.join(".")
+                    tmp.clone()
                 } else {
                     tmp.join(&src_name)
                 };
