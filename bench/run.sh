@@ -11,7 +11,7 @@ runs=${BENCH_RUNS:-5}
 cargo build --release --locked -q
 berth=$PWD/target/release/berth
 berthd=$PWD/target/release/berthd
-# berthd finds berth-shim beside itself
+# berthd finds berth-shim and berth-runtime beside itself
 cache=${BENCH_CACHE:-/var/tmp/berth-bench}
 mkdir -p "$cache"
 work=$(mktemp -d /tmp/berth-bench-XXXXXX)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 cargo build --release --locked
-install -m 0755 target/release/berthd target/release/berth target/release/berth-shim /usr/local/bin/
+install -m 0755 target/release/berthd target/release/berth target/release/berth-shim target/release/berth-runtime /usr/local/bin/
 if ! berth version >/dev/null 2>&1; then
   mkdir -p /var/log
   nohup berthd >/var/log/berthd.log 2>&1 &

@@ -103,6 +103,7 @@ pub struct Containers {
     pub root: PathBuf,
     pub exec_root: PathBuf,
     shim: PathBuf,
+    builtin_runtime: PathBuf,
     runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
     pub execs: crate::exec::Execs,
@@ -181,12 +182,15 @@ impl Containers {
         let init = write_init(exec_root)?;
         let exec_root = exec_root.join("c");
         std::fs::create_dir_all(&exec_root)?;
+        // both beside berthd
         let shim = std::env::current_exe()?.with_file_name("berth-shim");
+        let builtin_runtime = std::env::current_exe()?.with_file_name("berth-runtime");
         let c = Containers {
             db,
             root,
             exec_root,
             shim,
+            builtin_runtime,
             runtimes,
             by_id: Mutex::new(HashMap::new()),
             execs: Default::default(),
@@ -429,11 +433,13 @@ impl Containers {
         std::process::Command::new(&self.shim)
     }
 
-    /// The OCI runtime binary a container runs on; None for the built-in runtime.
-    pub fn runtime_binary(&self, c: &Ctr) -> Option<&PathBuf> {
+    /// The OCI runtime command a container runs on: `berth-runtime` for the built-in
+    /// runtime, or one configured (runc, crun).
+    pub fn runtime_binary(&self, c: &Ctr) -> &PathBuf {
         c.host_config()["Runtime"]
             .as_str()
             .and_then(|r| self.runtimes.get(r))
+            .unwrap_or(&self.builtin_runtime)
     }
 
     pub fn shim_socket(&self, c: &Ctr) -> PathBuf {
@@ -660,6 +666,14 @@ impl Containers {
 
     async fn spawn_shim(&self, c: &Ctr) -> Result<(), ApiError> {
         let state = self.state_dir(c);
+        if state.join(berth_runtime::shim::LOCK_FILE).exists() {
+            // the previous run's shim may still be having the runtime delete it
+            let dir = state.clone();
+            tokio::task::spawn_blocking(move || berth_runtime::shim::lock_state(&dir))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(|e| ApiError::internal(e.to_string()))?;
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -684,9 +698,7 @@ impl Containers {
                 cmd.arg("--log-max-size").arg(n.to_string());
             }
         }
-        if let Some(path) = self.runtime_binary(c) {
-            cmd.arg("--runtime").arg(path);
-        }
+        cmd.arg("--runtime").arg(self.runtime_binary(c));
         if c.config()["OpenStdin"].as_bool().unwrap_or(false) {
             cmd.arg("--stdin");
         }

@@ -296,9 +296,7 @@ impl Containers {
         if e.flag("AttachStdin") {
             cmd.arg("--stdin");
         }
-        if let Some(path) = self.runtime_binary(c) {
-            cmd.arg("--runtime").arg(path);
-        }
+        cmd.arg("--runtime").arg(self.runtime_binary(c));
         launch_shim(cmd, r, w).await
     }
 

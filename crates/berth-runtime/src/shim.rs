@@ -1,9 +1,9 @@
 //! The per-container shim: a small single-threaded process that outlives berthd.
 //!
-//! It creates the container with the built-in runtime (youki's libcontainer), keeping
-//! it in the created state until berthd says `start`, so that attached clients see all
-//! output. It owns the container's stdio (pipes, or the pty master received over the
-//! console socket), writes the json-file log, fans output out to attached clients
+//! It creates the container with an OCI runtime command — the built-in `berth-runtime`
+//! (see `builtin`), or runc/crun — keeping it in the created state until berthd says
+//! `start`, so that attached clients see all output. It owns the container's stdio
+//! (pipes, or the pty master received over the console socket), writes the json-file log, fans output out to attached clients
 //! (Docker's 8-byte stream frames without a tty, raw with one), forwards stdin, reaps
 //! the container's init (it is a child subreaper), and writes the exit status to
 //! `exit` (temp file + rename) before it exits: berthd reads that file after a restart.
@@ -43,8 +43,8 @@ pub struct Args {
     pub log_max_file: u32,
     pub tty: bool,
     pub stdin: bool,
-    /// an OCI runtime binary (runc, crun) instead of the built-in runtime
-    pub runtime: Option<PathBuf>,
+    /// the OCI runtime command: `berth-runtime` (built in), runc, crun
+    pub runtime: PathBuf,
     /// an exec shim: the OCI process (`process.json`) to run in the running container
     /// `id`, whose runtime state is in `runtime_root`
     pub exec: Option<PathBuf>,
@@ -60,10 +60,9 @@ impl Args {
     }
 }
 
-/// The runtime that made the container.
+/// The runtime that made the container: an OCI runtime command (runc's interface).
 enum Backend {
-    Builtin(Box<libcontainer::container::Container>),
-    Oci {
+    Container {
         binary: PathBuf,
         root: PathBuf,
         id: String,
@@ -74,7 +73,7 @@ enum Backend {
 
 impl Backend {
     fn oci(&self, args: &[&str]) -> io::Result<()> {
-        let Backend::Oci { binary, root, id } = self else {
+        let Backend::Container { binary, root, id } = self else {
             return Ok(());
         };
         let out = std::process::Command::new(binary)
@@ -94,27 +93,48 @@ impl Backend {
     }
 
     fn start(&mut self) -> io::Result<()> {
-        match self {
-            Backend::Builtin(c) => c.start().map_err(io_err),
-            Backend::Oci { .. } => self.oci(&["start"]),
-            Backend::Exec => Ok(()),
-        }
+        self.oci(&["start"])
     }
 
     fn delete(&mut self) {
-        match self {
-            Backend::Builtin(c) => {
-                let _ = c.delete(true);
-            }
-            Backend::Oci { .. } => {
-                let _ = self.oci(&["delete", "--force"]);
-            }
-            Backend::Exec => {}
-        }
+        let _ = self.oci(&["delete", "--force"]);
     }
 }
 
 const MAX_PENDING: usize = 1 << 20;
+
+/// The lock a container's shim holds in its state directory for its whole life.
+pub const LOCK_FILE: &str = "shim.lock";
+
+/// How long a new run of a container waits for the previous run's shim, which answers
+/// waiters first and then has the runtime delete the container, to finish.
+pub const PREVIOUS_RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the lock in `state` once no shim holds it (the previous run's shim has exited),
+/// waiting [`PREVIOUS_RUN_WAIT`] at most. The lock lasts as long as the returned file.
+pub fn lock_state(state: &Path) -> io::Result<File> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join(LOCK_FILE))?;
+    let deadline = std::time::Instant::now() + PREVIOUS_RUN_WAIT;
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(io::Error::other(
+                    "the container's previous run is still being cleaned up",
+                ))
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// How long an exec shim waits for `start` before it gives up and exits.
 const EXEC_START_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -193,6 +213,8 @@ struct Shim {
     exit_code: Option<i32>,
     /// an exec that could not start
     failed: Option<String>,
+    /// a container shim's [`LOCK_FILE`], held until it exits
+    _lock: Option<File>,
 }
 
 fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
@@ -201,7 +223,7 @@ fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives the pty master libcontainer sends over the console socket.
+/// Receives the pty master the runtime sends over the console socket.
 fn receive_master(listener: &UnixListener) -> io::Result<OwnedFd> {
     let (conn, _) = listener.accept()?;
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -222,10 +244,6 @@ fn receive_master(listener: &UnixListener) -> io::Result<OwnedFd> {
         }
     }
     Err(io::Error::other("no pty received on the console socket"))
-}
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
 }
 
 /// The container's side of its stdio, until the runtime takes it.
@@ -318,88 +336,60 @@ fn launch(
     io: &mut ChildStdio,
     err_out: Option<&OwnedFd>,
 ) -> io::Result<(Backend, Option<i32>)> {
-    use libcontainer::container::builder::ContainerBuilder;
-    use libcontainer::syscall::syscall::SyscallType;
     let runtime_root = args.runtime_root();
     let pid_file = args.state.join("init.pid");
-    match (&args.runtime, &args.exec) {
-        (None, exec) => {
-            let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
-                .with_executor(libcontainer::workload::default::DefaultExecutor {})
-                .with_root_path(&runtime_root)
-                .map_err(io_err)?;
-            if io.console.is_some() {
-                builder = builder.with_console_socket(Some(&io.console_path));
-            }
-            if let Some((i, o, e)) = io.pipes.take() {
-                builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
-            }
-            let builder = builder.validate_id().map_err(io_err)?;
-            match exec {
-                Some(process) => {
-                    let pid = builder
-                        .as_tenant()
-                        .with_process(Some(process))
-                        .with_detach(true)
-                        .build()
-                        .map_err(io_err)?;
-                    Ok((Backend::Exec, Some(pid.as_raw())))
-                }
-                None => {
-                    let c = builder
-                        .as_init(&args.bundle)
-                        .with_systemd(false)
-                        .with_detach(true)
-                        .build()
-                        .map_err(io_err)?;
-                    let pid = c.pid().map(|p| p.as_raw());
-                    Ok((Backend::Builtin(Box::new(c)), pid))
-                }
-            }
+    let binary = &args.runtime;
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--root").arg(&runtime_root);
+    match &args.exec {
+        Some(process) => {
+            cmd.arg("exec").arg("-d").arg("--process").arg(process);
         }
-        (Some(binary), exec) => {
-            let mut cmd = std::process::Command::new(binary);
-            cmd.arg("--root").arg(&runtime_root);
-            match exec {
-                Some(process) => {
-                    cmd.arg("exec").arg("-d").arg("--process").arg(process);
-                }
-                None => {
-                    cmd.arg("create").arg("--bundle").arg(&args.bundle);
-                }
-            }
-            cmd.arg("--pid-file").arg(&pid_file);
-            // the runtime wants the id last
-            let what = format!(
-                "{} {}",
-                binary.display(),
-                if exec.is_some() { "exec" } else { "create" }
-            );
-            let mut with_id = cmd;
-            with_id.arg(&args.id);
-            run_oci(with_id, io, err_out, &what)?;
-            let pid = std::fs::read_to_string(&pid_file)?
-                .trim()
-                .parse::<i32>()
-                .ok();
-            let backend = if exec.is_some() {
-                Backend::Exec
-            } else {
-                Backend::Oci {
-                    binary: binary.clone(),
-                    root: runtime_root,
-                    id: args.id.clone(),
-                }
-            };
-            Ok((backend, pid))
+        None => {
+            cmd.arg("create").arg("--bundle").arg(&args.bundle);
         }
     }
+    cmd.arg("--pid-file").arg(&pid_file);
+    let what = format!(
+        "{} {}",
+        binary
+            .file_name()
+            .unwrap_or(binary.as_os_str())
+            .to_string_lossy(),
+        if args.exec.is_some() {
+            "exec"
+        } else {
+            "create"
+        }
+    );
+    // the runtime wants the id last
+    let mut with_id = cmd;
+    with_id.arg(&args.id);
+    run_oci(with_id, io, err_out, &what)?;
+    let pid = std::fs::read_to_string(&pid_file)?
+        .trim()
+        .parse::<i32>()
+        .ok();
+    let backend = if args.exec.is_some() {
+        Backend::Exec
+    } else {
+        Backend::Container {
+            binary: binary.clone(),
+            root: runtime_root,
+            id: args.id.clone(),
+        }
+    };
+    Ok((backend, pid))
 }
 
 /// Sets up stdio and the control socket; creates the container (a container shim) or
 /// waits for `start` (an exec shim).
 fn create(args: Args) -> io::Result<Shim> {
     std::fs::create_dir_all(&args.state)?;
+    let lock = match args.exec {
+        None => Some(lock_state(&args.state)?),
+        Some(_) => None,
+    };
     std::fs::create_dir_all(args.runtime_root())?;
     let log = match &args.log {
         Some(p) => Some(crate::logs::RotatingLog::open(
@@ -430,6 +420,7 @@ fn create(args: Args) -> io::Result<Shim> {
         splitters: [LineSplitter::default(), LineSplitter::default()],
         exit_code: None,
         failed: None,
+        _lock: lock,
     };
     if shim.args.exec.is_none() {
         shim.launch()?;
@@ -767,6 +758,8 @@ impl Shim {
         }
         let code = self.exit_code.unwrap_or(255);
         let _ = write_exit_file(&self.args.state, code);
+        // gone before the waiters hear: the next shim of the container binds it anew
+        let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
         for c in &mut self.clients {
             if c.mode == Mode::Waiter {
                 c.send(format!("exit {code}\n").as_bytes());
@@ -775,13 +768,14 @@ impl Shim {
             c.flush();
             let _ = c.s.shutdown(std::net::Shutdown::Both);
         }
+        // the runtime's cleanup is off the waiters' path; the next run of the container
+        // waits for our lock (`lock_state`) before it makes it again
         if self.args.exec.is_none() {
             self.container.delete();
             remove_cgroups(&self.args.id);
         } else {
             reap_remaining();
         }
-        let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
     }
 }
 

@@ -107,7 +107,9 @@ impl Shim {
             .arg("--state")
             .arg(state)
             .arg("--log")
-            .arg(log);
+            .arg(log)
+            .arg("--runtime")
+            .arg(env!("CARGO_BIN_EXE_berth-runtime"));
         c.args(["--ready-fd", &w.as_raw_fd().to_string()]);
         if tty {
             c.arg("--tty");
@@ -242,14 +244,13 @@ fn shim_runs_a_container_on_the_builtin_runtime() {
         "{lines:?}"
     );
     assert_eq!(berth_runtime::shim::read_exit_file(&state).unwrap().0, 3);
-    // the shim cleaned up after itself
-    for _ in 0..100 {
-        if !state.join("shim.sock").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // the shim cleaned up after itself, and then let go of its lock
     assert!(!state.join("shim.sock").exists());
+    drop(berth_runtime::shim::lock_state(&state).expect("the shim ends"));
+    assert!(
+        !state.join("rt").join(&id).exists(),
+        "runtime state deleted"
+    );
     assert!(
         cgroup_dirs(&id).is_empty(),
         "cgroups removed: {:?}",

@@ -110,7 +110,9 @@ fn runtimes(d: &Daemon) -> Value {
     let mut m = serde_json::Map::new();
     m.insert(
         crate::config::BUILTIN_RUNTIME.into(),
-        json!({"path": "built-in (libcontainer)"}),
+        json!({"path": std::env::current_exe()
+            .map(|p| p.with_file_name("berth-runtime"))
+            .unwrap_or_default()}),
     );
     for (name, path) in &d.config.runtimes {
         m.insert(name.clone(), json!({"path": path}));

@@ -1,14 +1,14 @@
 //! `berth-shim`: one per running container, started by berthd. See berth-runtime's
 //! `shim` module for what it does and its control protocol.
 //!
-//! Usage: berth-shim --id ID --bundle DIR --state DIR [--log FILE [--log-max-size N] [--log-max-file N]] --ready-fd N [--tty] [--stdin] [--runtime PATH]
-//!        berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]
+//! Usage: berth-shim --id ID --bundle DIR --state DIR [--log FILE [--log-max-size N] [--log-max-file N]] --ready-fd N [--tty] [--stdin] --runtime PATH
+//!        berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] --runtime PATH
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR [--log FILE [--log-max-size N] [--log-max-file N]] --ready-fd N [--tty] [--stdin] [--runtime PATH]\n       berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] [--runtime PATH]");
+    eprintln!("berth-shim: {msg}\nusage: berth-shim --id ID --bundle DIR --state DIR [--log FILE [--log-max-size N] [--log-max-file N]] --ready-fd N [--tty] [--stdin] --runtime PATH\n       berth-shim --exec PROCESS_JSON --runtime-root DIR --id ID --state DIR --ready-fd N [--tty] [--stdin] --runtime PATH");
     std::process::exit(2);
 }
 
@@ -60,7 +60,7 @@ fn main() {
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    let (Some(id), Some(state), Some(fd)) = (id, state, ready_fd) else {
+    let (Some(id), Some(state), Some(fd), Some(runtime)) = (id, state, ready_fd, runtime) else {
         usage("missing arguments");
     };
     if exec.is_none() && bundle.is_none() {

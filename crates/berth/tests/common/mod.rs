@@ -317,9 +317,47 @@ impl Drop for Daemon {
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
+            // and its container's processes, which would otherwise go on as init's
+            let id = cmd.split(' ').skip_while(|w| *w != "--id").nth(1);
+            if let Some(id) = id {
+                kill_container_cgroup(id);
+            }
         }
         unmount_below(self.dir.path());
         remove_parent_cgroups();
+    }
+}
+
+/// Kills every process in container `id`'s cgroups and removes them (after a test that
+/// left a shim behind).
+fn kill_container_cgroup(id: &str) {
+    let dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("berth").join(id))
+        .chain([PathBuf::from("/sys/fs/cgroup/berth").join(id)])
+        .filter(|d| d.is_dir())
+        .collect();
+    for _ in 0..50 {
+        let mut busy = false;
+        for d in &dirs {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                busy = true;
+                // SAFETY: kill(2) on a process of this test's container
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        if !busy {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
