@@ -83,6 +83,8 @@ pub struct Config {
     /// the default log driver and its options for new containers
     pub log_driver: String,
     pub log_opts: std::collections::BTreeMap<String, String>,
+    /// daemon.json `default-ulimits`: `{"nofile": {"Name", "Soft", "Hard"}}`
+    pub default_ulimits: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The built-in runtime's name.
@@ -135,6 +137,7 @@ const APPLIED: &[&str] = &[
     "default-runtime",
     "log-driver",
     "log-opts",
+    "default-ulimits",
 ];
 
 /// dockerd keys berth accepts but does not act on yet (logged at start).
@@ -158,7 +161,6 @@ const ACCEPTED: &[&str] = &[
     "default-ipc-mode",
     "default-network-opts",
     "default-shm-size",
-    "default-ulimits",
     "dns",
     "dns-opts",
     "dns-search",
@@ -377,7 +379,22 @@ impl Config {
         }
         crate::logconfig::LogConfig::resolve(&log_driver, &log_opts, None)
             .map_err(ConfigError::Invalid)?;
+        let mut default_ulimits = serde_json::Map::new();
+        if let Some(v) = get("default-ulimits") {
+            let m = v
+                .as_object()
+                .ok_or_else(|| ConfigError::Invalid("default-ulimits must be an object".into()))?;
+            for (name, u) in m {
+                if !(u["Soft"].is_i64() && u["Hard"].is_i64()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "default-ulimits {name}: Soft and Hard must be numbers"
+                    )));
+                }
+                default_ulimits.insert(name.clone(), u.clone());
+            }
+        }
         let cfg = Config {
+            default_ulimits,
             log_driver,
             log_opts,
             runtimes,

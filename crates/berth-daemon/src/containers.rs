@@ -40,11 +40,26 @@ pub struct State {
     /// with a healthcheck: its status and last probes
     #[serde(default)]
     pub health: Option<crate::health::Health>,
+    /// frozen (`pause`); the status stays "running"
+    #[serde(default)]
+    pub paused: bool,
+    /// the last run ended with the kernel's OOM killer killing in it
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 impl State {
+    /// The status the API shows: "paused" for a paused running container.
+    pub fn api_status(&self) -> &str {
+        if self.paused && self.status == "running" {
+            "paused"
+        } else {
+            &self.status
+        }
+    }
+
     fn created() -> Self {
         State {
             status: "created".into(),
@@ -61,8 +76,8 @@ pub struct Ctr {
     pub name: Mutex<String>,
     pub image_id: String,
     pub created: String,
-    /// the create request: {Config, HostConfig, Image, ...}
-    pub spec: Value,
+    /// the create request: {Config, HostConfig, Image, ...}; `update` changes HostConfig
+    pub spec: std::sync::RwLock<Value>,
     pub state: watch::Sender<State>,
     /// attach requests waiting for the shim before `start` is sent
     pub pending_attach: watch::Sender<usize>,
@@ -87,11 +102,20 @@ impl Ctr {
     pub fn name(&self) -> String {
         self.name.lock().map(|n| n.clone()).unwrap_or_default()
     }
-    pub fn config(&self) -> &Value {
-        &self.spec["Config"]
+    pub fn spec(&self) -> Value {
+        self.spec.read().map(|s| s.clone()).unwrap_or_default()
     }
-    pub fn host_config(&self) -> &Value {
-        &self.spec["HostConfig"]
+    pub fn config(&self) -> Value {
+        self.spec
+            .read()
+            .map(|s| s["Config"].clone())
+            .unwrap_or_default()
+    }
+    pub fn host_config(&self) -> Value {
+        self.spec
+            .read()
+            .map(|s| s["HostConfig"].clone())
+            .unwrap_or_default()
     }
     pub fn tty(&self) -> bool {
         self.config()["Tty"].as_bool().unwrap_or(false)
@@ -104,6 +128,9 @@ pub struct Containers {
     pub exec_root: PathBuf,
     shim: PathBuf,
     builtin_runtime: PathBuf,
+    /// what this machine's cgroups can do
+    pub sys: crate::resources::SysInfo,
+    default_ulimits: serde_json::Map<String, Value>,
     runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
     pub execs: crate::exec::Execs,
@@ -175,6 +202,7 @@ impl Containers {
         exec_root: &Path,
         runtimes: std::collections::BTreeMap<String, PathBuf>,
         images: Arc<ImageStore>,
+        default_ulimits: serde_json::Map<String, Value>,
     ) -> anyhow::Result<Self> {
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
@@ -191,6 +219,8 @@ impl Containers {
             exec_root,
             shim,
             builtin_runtime,
+            sys: crate::resources::SysInfo::detect(),
+            default_ulimits,
             runtimes,
             by_id: Mutex::new(HashMap::new()),
             execs: Default::default(),
@@ -239,10 +269,13 @@ impl Containers {
             let (code, at) =
                 berth_runtime::shim::read_exit_file(&self.state_dir(&c)).unwrap_or((255, 0));
             unmount(&self.dir(&c).join("rootfs"));
+            let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
             self.set_state(&c, |s| {
                 s.status = "exited".into();
                 s.exit_code = code as i64;
                 s.pid = 0;
+                s.paused = false;
+                s.oom_killed = oom;
                 s.finished_at = if at > 0 {
                     chrono::DateTime::from_timestamp_nanos(at)
                         .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -283,7 +316,7 @@ impl Containers {
             name: Mutex::new(row.name),
             image_id: row.image_id,
             created: row.created,
-            spec,
+            spec: spec.into(),
             state: watch::Sender::new(state),
             pending_attach: watch::Sender::new(0),
             removing: std::sync::atomic::AtomicBool::new(false),
@@ -523,6 +556,8 @@ impl Containers {
             s.pid = pid;
             s.exit_code = 0;
             s.error.clear();
+            s.paused = false;
+            s.oom_killed = false;
             s.started_at = now();
             s.finished_at = ZERO_TIME.into();
         });
@@ -639,7 +674,7 @@ impl Containers {
         std::fs::write(dir.join("hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n")).map_err(io)?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
-        let mut run = crate::spec::run_spec(c, &rootfs, &dir, &hostname)?;
+        let mut run = crate::spec::run_spec(c, &rootfs, &dir, &hostname, &self.default_ulimits)?;
         crate::spec::mkdir_in_root(&rootfs, &run.cwd)?;
         crate::spec::check_command(&rootfs, &run.args, &run.env)?;
         if c.host_config()["Init"].as_bool().unwrap_or(false) {
@@ -690,7 +725,7 @@ impl Containers {
         if c.tty() {
             cmd.arg("--tty");
         }
-        let log = crate::logconfig::LogConfig::of(c.host_config());
+        let log = crate::logconfig::LogConfig::of(&c.host_config());
         if log.readable() {
             cmd.arg("--log").arg(self.log_path(c));
             cmd.arg("--log-max-file").arg(log.max_file.to_string());
@@ -723,12 +758,18 @@ impl Containers {
             })
             .unwrap_or(255);
         unmount(&self.dir(&c).join("rootfs"));
+        let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
         self.set_state(&c, |s| {
             s.status = "exited".into();
             s.exit_code = code;
             s.pid = 0;
             s.finished_at = now();
+            s.paused = false;
+            s.oom_killed = oom;
         });
+        if oom {
+            events.emit("container", "oom", &c.id, attrs(&c));
+        }
         let mut a = attrs(&c);
         a.insert("exitCode".into(), code.to_string());
         events.emit("container", "die", &c.id, a);
@@ -774,7 +815,8 @@ impl Containers {
         }
     }
 
-    /// Sends a signal to the container's init.
+    /// Sends a signal to the container's init. A paused container is thawed after a
+    /// SIGKILL so that it dies (other signals wait for `unpause`), as Docker does.
     pub async fn kill(&self, c: &Ctr, sig: i32) -> Result<(), ApiError> {
         if c.state().status != "running" {
             return Err(ApiError::conflict(format!(
@@ -783,7 +825,169 @@ impl Containers {
                 c.id
             )));
         }
-        self.shim_call(c, &format!("kill {sig}")).await.map(|_| ())
+        self.shim_call(c, &format!("kill {sig}")).await?;
+        if sig == 9 {
+            self.thaw_if_paused(c).await;
+        }
+        Ok(())
+    }
+
+    async fn thaw_if_paused(&self, c: &Ctr) {
+        if c.state().paused {
+            match self.runtime_op(c, &["resume"]).await {
+                Ok(()) => self.set_state(c, |s| s.paused = false),
+                Err(e) => {
+                    tracing::warn!(container = %c.id, error = %e.message, "thawing failed")
+                }
+            }
+        }
+    }
+
+    /// Runs the container's runtime command (`--root STATE/rt OP... ID`).
+    pub async fn runtime_op(&self, c: &Ctr, op: &[&str]) -> Result<(), ApiError> {
+        let mut cmd = std::process::Command::new(self.runtime_binary(c));
+        cmd.arg("--root")
+            .arg(self.state_dir(c).join("rt"))
+            .args(op)
+            .arg(short(&c.id))
+            .stdin(std::process::Stdio::null());
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("running the runtime: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ApiError::internal(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    }
+
+    /// `POST /containers/{id}/update`: new limits and restart policy, checked as Docker
+    /// checks them against what is set, stored, and applied at once to a running
+    /// container (through its runtime's `update`). Returns Docker's warnings.
+    pub async fn update(&self, c: &Ctr, body: &Value) -> Result<Vec<String>, ApiError> {
+        let cannot =
+            |msg: &str| ApiError::bad_request(format!("Cannot update container {}: {msg}", c.id));
+        if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::conflict(format!(
+                "Cannot update container {}: container is marked for removal and cannot be \"update\"",
+                c.id
+            )));
+        }
+        let cur = c.host_config();
+        let get = |v: &Value, k: &str| v[k].as_i64().unwrap_or(0);
+        for (new_key, old_key, msg) in [
+            ("NanoCpus", "CpuPeriod", "Conflicting options: Nano CPUs cannot be updated as CPU Period has already been set"),
+            ("NanoCpus", "CpuQuota", "Conflicting options: Nano CPUs cannot be updated as CPU Quota has already been set"),
+            ("CpuPeriod", "NanoCpus", "Conflicting options: CPU Period cannot be updated as NanoCPUs has already been set"),
+            ("CpuQuota", "NanoCpus", "Conflicting options: CPU Quota cannot be updated as NanoCPUs has already been set"),
+        ] {
+            if get(body, new_key) > 0 && get(&cur, old_key) > 0 {
+                return Err(cannot(msg));
+            }
+        }
+        let mut new = cur.clone();
+        // a memory limit above the swap limit already set needs a new swap limit too
+        if get(body, "Memory") != 0
+            && get(body, "Memory") > get(&cur, "MemorySwap")
+            && get(body, "MemorySwap") == 0
+        {
+            return Err(cannot("Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time"));
+        }
+        // Docker's update: a zero (or empty) field leaves the setting as it is
+        for key in [
+            "Memory",
+            "MemorySwap",
+            "MemoryReservation",
+            "NanoCpus",
+            "CpuShares",
+            "CpuPeriod",
+            "CpuQuota",
+            "BlkioWeight",
+        ] {
+            if get(body, key) != 0 {
+                new[key] = body[key].clone();
+            }
+        }
+        for key in ["CpusetCpus", "CpusetMems"] {
+            if body[key].as_str().is_some_and(|s| !s.is_empty()) {
+                new[key] = body[key].clone();
+            }
+        }
+        if !body["PidsLimit"].is_null() {
+            new["PidsLimit"] = body["PidsLimit"].clone();
+        }
+        let rp = &body["RestartPolicy"];
+        if rp["Name"].as_str().is_some_and(|n| !n.is_empty()) {
+            let name = rp["Name"].as_str().unwrap_or_default();
+            if cur["AutoRemove"].as_bool().unwrap_or(false) && name != "no" {
+                return Err(cannot(
+                    "Restart policy cannot be updated because AutoRemove is enabled for the container",
+                ));
+            }
+            Restart::validate(rp).map_err(|e| cannot(&e.message))?;
+            new["RestartPolicy"] = rp.clone();
+        }
+        let warnings =
+            crate::resources::verify(&mut new, &self.sys, true).map_err(|e| cannot(&e.message))?;
+        if c.state().status == "running" {
+            let mut resources = crate::resources::linux_resources(&new);
+            if !body["PidsLimit"].is_null() && get(body, "PidsLimit") <= 0 {
+                // back to unlimited
+                resources["pids"] = serde_json::json!({"limit": -1});
+            }
+            let file = self.state_dir(c).join("resources.json");
+            std::fs::write(&file, resources.to_string())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let path = file.display().to_string();
+            let r = self.runtime_op(c, &["update", "--resources", &path]).await;
+            let _ = std::fs::remove_file(&file);
+            r.map_err(|e| cannot(&e.message))?;
+        }
+        let mut spec = c.spec();
+        spec["HostConfig"] = new;
+        self.db
+            .set_container_spec(&c.id, &spec.to_string())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Ok(mut s) = c.spec.write() {
+            *s = spec;
+        }
+        Ok(warnings)
+    }
+
+    /// Freezes every process of a running container (the cgroup freezer).
+    pub async fn pause(&self, c: &Ctr) -> Result<(), ApiError> {
+        let st = c.state();
+        if st.status != "running" {
+            return Err(ApiError::conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        if st.paused {
+            return Err(ApiError::conflict(format!(
+                "Container {} is already paused",
+                c.id
+            )));
+        }
+        self.runtime_op(c, &["pause"]).await?;
+        self.set_state(c, |s| s.paused = true);
+        Ok(())
+    }
+
+    pub async fn unpause(&self, c: &Ctr) -> Result<(), ApiError> {
+        let st = c.state();
+        if st.status != "running" || !st.paused {
+            return Err(ApiError::conflict(format!(
+                "Container {} is not paused",
+                c.id
+            )));
+        }
+        self.runtime_op(c, &["resume"]).await?;
+        self.set_state(c, |s| s.paused = false);
+        Ok(())
     }
 
     /// Signal, then SIGKILL after `timeout` seconds.
@@ -806,6 +1010,7 @@ impl Containers {
                 .is_err()
         {
             let _ = self.shim_call(c, "kill 9").await;
+            self.thaw_if_paused(c).await;
             let _ = rx.wait_for(|s| s.status != "running").await;
         }
         Ok(true)
@@ -919,6 +1124,22 @@ pub enum Restart {
 }
 
 impl Restart {
+    /// Docker's checks of a `RestartPolicy`.
+    pub fn validate(rp: &Value) -> Result<(), ApiError> {
+        let name = rp["Name"].as_str().unwrap_or_default();
+        if !matches!(name, "" | "no" | "always" | "unless-stopped" | "on-failure") {
+            return Err(ApiError::bad_request(format!(
+                "invalid restart policy '{name}'"
+            )));
+        }
+        if name != "on-failure" && rp["MaximumRetryCount"].as_i64().unwrap_or(0) != 0 {
+            return Err(ApiError::bad_request(format!(
+                "maximum retry count cannot be used with restart policy '{name}'"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn of(c: &Ctr) -> Restart {
         let rp = &c.host_config()["RestartPolicy"];
         match rp["Name"].as_str().unwrap_or_default() {
@@ -977,7 +1198,7 @@ pub fn attrs(c: &Ctr) -> BTreeMap<String, String> {
     a.insert("name".into(), c.name());
     a.insert(
         "image".into(),
-        c.spec["Image"].as_str().unwrap_or_default().to_string(),
+        c.spec()["Image"].as_str().unwrap_or_default().to_string(),
     );
     if let Some(l) = c.config()["Labels"].as_object() {
         for (k, v) in l {

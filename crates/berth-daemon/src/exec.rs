@@ -132,6 +132,12 @@ impl Execs {
                 c.id
             )));
         }
+        if c.state().paused {
+            return Err(ApiError::conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                c.id
+            )));
+        }
         let cmd_ok = config["Cmd"]
             .as_array()
             .is_some_and(|a| !a.is_empty() && a.iter().all(|v| v.is_string()));
@@ -212,6 +218,12 @@ impl Containers {
                 c.id
             )));
         }
+        if c.state().paused {
+            return Err(ApiError::conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                c.id
+            )));
+        }
         let pid = c.state().pid;
         // the container's own view of its files, mounts included
         let root = PathBuf::from(format!("/proc/{pid}/root"));
@@ -261,7 +273,7 @@ impl Containers {
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??
         };
-        let process = berth_runtime::spec::Process {
+        let own = berth_runtime::spec::Process {
             args: &args,
             env: &env,
             cwd: &cwd,
@@ -271,6 +283,18 @@ impl Containers {
             tty: e.tty(),
         }
         .to_json();
+        // the container's process settings (capabilities, rlimits, no-new-privileges)
+        // hold for its execs too, as Docker's; only what the exec says is its own
+        let bundle = self.dir(c).join("bundle").join("config.json");
+        let mut process = std::fs::read(&bundle)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|spec| spec["process"].clone())
+            .filter(Value::is_object)
+            .unwrap_or_else(|| own.clone());
+        for key in ["terminal", "user", "args", "env", "cwd"] {
+            process[key] = own[key].clone();
+        }
         let dir = self.exec_dir(e);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(e.to_string()))?;

@@ -117,7 +117,7 @@ fn now() -> String {
 impl Containers {
     /// Runs the health monitor of a container that just started, until that run ends.
     pub fn watch_health(self: &Arc<Self>, c: &Arc<Ctr>, events: &Arc<Events>) {
-        let Some(check) = Check::of(c.config()) else {
+        let Some(check) = Check::of(&c.config()) else {
             return;
         };
         let started = c.state().started_at;

@@ -15,9 +15,11 @@ pub mod files;
 pub mod health;
 pub mod http;
 pub mod logconfig;
+pub mod resources;
 pub mod routes;
 pub mod server;
 pub mod spec;
+pub mod stats;
 
 use anyhow::{bail, Context, Result};
 use berth_image::ImageStore;
@@ -215,6 +217,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
             &cfg.exec_root,
             cfg.runtimes.clone(),
             images.clone(),
+            cfg.default_ulimits.clone(),
         )
         .context("opening the container store")?,
     );

@@ -289,7 +289,13 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Api
 }
 
 /// The runtime's view of a container about to start.
-pub fn run_spec(c: &Ctr, rootfs: &Path, dir: &Path, hostname: &str) -> Result<RunSpec, ApiError> {
+pub fn run_spec(
+    c: &Ctr,
+    rootfs: &Path,
+    dir: &Path,
+    hostname: &str,
+    default_ulimits: &Map<String, Value>,
+) -> Result<RunSpec, ApiError> {
     let cfg = c.config();
     let hc = c.host_config();
     let mut args = strings(&cfg["Entrypoint"]).unwrap_or_default();
@@ -383,9 +389,16 @@ pub fn run_spec(c: &Ctr, rootfs: &Path, dir: &Path, hostname: &str) -> Result<Ru
             });
         }
     }
+    let short = crate::containers::short(&c.id);
     Ok(RunSpec {
-        // the shim's name for it, so the shim can clean up its cgroups by name
-        id: crate::containers::short(&c.id).to_string(),
+        resources: crate::resources::linux_resources(&hc),
+        rlimits: crate::resources::rlimits(&hc, default_ulimits)?,
+        shm_size: hc["ShmSize"]
+            .as_i64()
+            .filter(|s| *s > 0)
+            .unwrap_or(crate::resources::DEFAULT_SHM),
+        cgroups_path: crate::resources::cgroup_path(&hc, short),
+        id: short.to_string(),
         args,
         env,
         cwd,

@@ -42,6 +42,10 @@ pub enum Op {
     State,
     Pause,
     Resume,
+    /// applies new limits (an OCI `linux.resources` JSON file) to the running container
+    Update {
+        resources: PathBuf,
+    },
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -136,7 +140,36 @@ pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
         }
         Op::Pause => load(root, id)?.pause().map_err(err),
         Op::Resume => load(root, id)?.resume().map_err(err),
+        Op::Update { resources } => update(root, id, &resources),
     }
+}
+
+/// `update --resources FILE`: the new limits go to the container's cgroup.
+fn update(root: &Path, id: &str, resources: &Path) -> Result<(), String> {
+    use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
+    let c = load(root, id)?;
+    let text = std::fs::read(resources).map_err(|e| format!("{}: {e}", resources.display()))?;
+    let res: libcontainer::oci_spec::runtime::LinuxResources =
+        serde_json::from_slice(&text).map_err(|e| format!("invalid resources: {e}"))?;
+    let config = libcontainer::config::YoukiConfig::load(&c.root).map_err(err)?;
+    let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path: config.cgroup_path,
+        systemd_cgroup: false,
+        container_name: id.to_string(),
+    })
+    .map_err(err)?;
+    manager
+        .apply(&ControllerOpt {
+            resources: &res,
+            disable_oom_killer: res
+                .memory()
+                .as_ref()
+                .and_then(|m| m.disable_oom_killer())
+                .unwrap_or(false),
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(err)
 }
 
 #[cfg(test)]

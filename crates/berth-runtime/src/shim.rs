@@ -757,7 +757,8 @@ impl Shim {
             let _ = self.splitters[1].flush(log, "stderr");
         }
         let code = self.exit_code.unwrap_or(255);
-        let _ = write_exit_file(&self.args.state, code);
+        let oom = self.args.exec.is_none() && oom_killed(&cgroups_path(&self.args));
+        let _ = write_exit_file(&self.args.state, code, oom);
         // gone before the waiters hear: the next shim of the container binds it anew
         let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
         for c in &mut self.clients {
@@ -772,7 +773,7 @@ impl Shim {
         // waits for our lock (`lock_state`) before it makes it again
         if self.args.exec.is_none() {
             self.container.delete();
-            remove_cgroups(&self.args.id);
+            remove_cgroups(&cgroups_path(&self.args));
         } else {
             reap_remaining();
         }
@@ -827,13 +828,27 @@ fn kill_children() {
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::empty()) {}
 }
 
-/// Removes the container's cgroups (v1 hierarchies and the v2 tree), for a create
-/// that failed half way.
-pub fn remove_cgroups(id: &str) {
+/// The container's cgroup (`linux.cgroupsPath` of its bundle; berth's default place
+/// if the bundle does not say).
+fn cgroups_path(args: &Args) -> String {
+    std::fs::read(args.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("/berth/{}", args.id))
+}
+
+/// Removes the container's cgroups (v1 hierarchies and the v2 tree) at `path`
+/// ("/berth/ID"), for a create that failed half way or a runtime that left them.
+pub fn remove_cgroups(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return;
+    }
     let base = Path::new("/sys/fs/cgroup");
-    let mut dirs = vec![base.join("berth").join(id)];
+    let mut dirs = vec![base.join(rel)];
     if let Ok(rd) = std::fs::read_dir(base) {
-        dirs.extend(rd.flatten().map(|e| e.path().join("berth").join(id)));
+        dirs.extend(rd.flatten().map(|e| e.path().join(rel)));
     }
     for d in dirs {
         // the last processes may still be leaving: EBUSY for a moment
@@ -859,12 +874,40 @@ fn write_all_fd(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// `exit`: "CODE UNIX_NANOS", written whole or not at all.
-pub fn write_exit_file(state: &Path, code: i32) -> io::Result<()> {
+/// `exit`: "CODE UNIX_NANOS[ oom]", written whole or not at all.
+pub fn write_exit_file(state: &Path, code: i32, oom: bool) -> io::Result<()> {
     let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let tmp = state.join("exit.tmp");
-    std::fs::write(&tmp, format!("{code} {nanos}\n"))?;
+    let oom = if oom { " oom" } else { "" };
+    std::fs::write(&tmp, format!("{code} {nanos}{oom}\n"))?;
     std::fs::rename(tmp, state.join("exit"))
+}
+
+/// Whether the exit file says the kernel's OOM killer killed a process of the container.
+pub fn exit_was_oom(state: &Path) -> bool {
+    std::fs::read_to_string(state.join("exit"))
+        .map(|s| s.split_whitespace().nth(2) == Some("oom"))
+        .unwrap_or(false)
+}
+
+/// Whether the OOM killer has killed in the cgroup at `path` (v1 `memory.oom_control`,
+/// v2 `memory.events`: their `oom_kill` counter).
+pub fn oom_killed(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    let base = Path::new("/sys/fs/cgroup");
+    [
+        base.join("memory").join(rel).join("memory.oom_control"),
+        base.join(rel).join("memory.events"),
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .any(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
 }
 
 /// Reads an exit file: (code, unix nanos).
@@ -878,15 +921,19 @@ pub fn read_exit_file(state: &Path) -> Option<(i32, i64)> {
 /// until the container exits, clean up. Returns the process exit code.
 pub fn serve(args: Args, ready: OwnedFd) -> i32 {
     let mut ready = File::from(ready);
-    let id = args.id.clone();
     let exec = args.exec.is_some();
+    let cgroups = if exec {
+        String::new()
+    } else {
+        cgroups_path(&args)
+    };
     let mut shim = match create(args) {
         Ok(s) => s,
         Err(e) => {
             // a half-made container's init may already wait for `start`, as our child
             kill_children();
             if !exec {
-                remove_cgroups(&id);
+                remove_cgroups(&cgroups);
             }
             let _ = writeln!(ready, "error {e}");
             return 1;
@@ -984,7 +1031,11 @@ mod tests {
     #[test]
     fn exit_file_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        write_exit_file(d.path(), 137).unwrap();
+        write_exit_file(d.path(), 137, false).unwrap();
         assert_eq!(read_exit_file(d.path()).unwrap().0, 137);
+        assert!(!exit_was_oom(d.path()));
+        write_exit_file(d.path(), 137, true).unwrap();
+        assert_eq!(read_exit_file(d.path()).unwrap().0, 137);
+        assert!(exit_was_oom(d.path()));
     }
 }

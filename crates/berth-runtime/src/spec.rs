@@ -79,6 +79,14 @@ pub struct RunSpec {
     pub readonly_rootfs: bool,
     pub network: Network,
     pub mounts: Vec<Mount>,
+    /// OCI `linux.resources` without devices (limits), `{}` for none
+    pub resources: Value,
+    /// OCI `process.rlimits`; empty: the runtime's own are inherited
+    pub rlimits: Vec<Value>,
+    /// bytes of `/dev/shm`
+    pub shm_size: i64,
+    /// `linux.cgroupsPath`
+    pub cgroups_path: String,
 }
 
 fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
@@ -175,7 +183,13 @@ pub fn build(r: &RunSpec) -> Value {
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "mode=1777",
+                &format!("size={}", r.shm_size),
+            ],
         ),
     ];
     for m in &r.mounts {
@@ -190,24 +204,34 @@ pub fn build(r: &RunSpec) -> Value {
     if r.network == Network::Private {
         namespaces.push(json!({"type": "network"}));
     }
+    let mut resources = match &r.resources {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    resources.insert("devices".into(), device_rules());
+    let mut process = Process {
+        args: &r.args,
+        env: &r.env,
+        cwd: &r.cwd,
+        uid: r.uid,
+        gid: r.gid,
+        additional_gids: &r.additional_gids,
+        tty: r.tty,
+    }
+    .to_json();
+    if !r.rlimits.is_empty() {
+        process["rlimits"] = Value::from(r.rlimits.clone());
+    }
     json!({
         "ociVersion": "1.0.2",
-        "process": Process {
-            args: &r.args,
-            env: &r.env,
-            cwd: &r.cwd,
-            uid: r.uid,
-            gid: r.gid,
-            additional_gids: &r.additional_gids,
-            tty: r.tty,
-        }.to_json(),
+        "process": process,
         "root": {"path": r.rootfs, "readonly": r.readonly_rootfs},
         "hostname": r.hostname,
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": format!("/berth/{}", r.id),
-            "resources": {"devices": device_rules()},
+            "cgroupsPath": r.cgroups_path,
+            "resources": resources,
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY,
         },
@@ -239,6 +263,10 @@ mod tests {
                 source: "/tmp/hosts".into(),
                 options: vec!["rbind".into(), "rprivate".into()],
             }],
+            resources: json!({"memory": {"limit": 67108864}, "pids": {"limit": 10}}),
+            rlimits: vec![json!({"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200})],
+            shm_size: 1 << 20,
+            cgroups_path: "/berth/abc".into(),
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
@@ -251,5 +279,23 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ns.len(), 5);
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(67108864));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 10);
+        assert!(res.devices().as_ref().is_some_and(|d| !d.is_empty()));
+        let rl = spec.process().as_ref().unwrap().rlimits().as_ref().unwrap();
+        assert_eq!(rl[0].hard(), 200);
+        let shm = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().as_os_str() == "/dev/shm")
+            .unwrap();
+        assert!(shm
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"size=1048576".to_string()));
     }
 }

@@ -437,6 +437,15 @@ impl Db {
         Ok(())
     }
 
+    /// Replaces the stored create request (after `update`).
+    pub fn set_container_spec(&self, id: &str, spec: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE containers SET spec = ?2 WHERE id = ?1",
+            params![id, spec],
+        )?;
+        Ok(())
+    }
+
     /// Renames; false if the new name is taken.
     pub fn rename_container(&self, id: &str, name: &str) -> Result<bool> {
         match self.lock().execute(

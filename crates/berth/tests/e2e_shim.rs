@@ -85,6 +85,10 @@ fn write_bundle(
         readonly_rootfs: false,
         network: Network::Private,
         mounts: vec![],
+        resources: serde_json::json!({}),
+        rlimits: vec![],
+        shm_size: 64 << 20,
+        cgroups_path: format!("/berth/{id}"),
     };
     std::fs::write(
         bundle.join("config.json"),

@@ -111,6 +111,10 @@ pub struct CreateArgs {
     /// Disable any container-specified HEALTHCHECK
     #[arg(long)]
     pub no_healthcheck: bool,
+    #[command(flatten)]
+    pub limits: super::limits::LimitArgs,
+    #[command(flatten)]
+    pub run_limits: super::limits::RunLimitArgs,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -203,6 +207,8 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     if let Some(hc) = healthcheck(a)? {
         cfg["Healthcheck"] = hc;
     }
+    a.limits.apply(&mut cfg["HostConfig"])?;
+    a.run_limits.apply(&mut cfg["HostConfig"])?;
     Ok(cfg)
 }
 
@@ -753,7 +759,12 @@ pub async fn logs(c: &Client, a: LogsArgs) -> Result<()> {
 }
 
 /// `POST /containers/NAME/ACTION?QUERY` for each name, printing each name done.
-async fn post_each(c: &Client, names: &[String], action: &str, query: &str) -> Result<()> {
+pub(crate) async fn post_each(
+    c: &Client,
+    names: &[String],
+    action: &str,
+    query: &str,
+) -> Result<()> {
     super::for_each_name(names, |name| async move {
         c.request(
             Method::POST,

@@ -4,8 +4,10 @@ pub mod containers;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod limits;
 pub mod stream;
 pub mod system;
+pub mod usage;
 
 use crate::client::Client;
 use anyhow::Result;
@@ -77,6 +79,14 @@ pub enum Cmd {
     Export(files::ExportArgs),
     /// Create a new image from a container's changes
     Commit(files::CommitArgs),
+    /// Pause all processes within one or more containers
+    Pause(usage::PauseArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(usage::PauseArgs),
+    /// Update configuration of one or more containers
+    Update(usage::UpdateArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(usage::StatsArgs),
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCmd),
@@ -105,6 +115,14 @@ pub enum ContainerCmd {
     Export(files::ExportArgs),
     /// Create a new image from a container's changes
     Commit(files::CommitArgs),
+    /// Pause all processes within one or more containers
+    Pause(usage::PauseArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(usage::PauseArgs),
+    /// Update configuration of one or more containers
+    Update(usage::UpdateArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(usage::StatsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +202,10 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Diff(a) | Cmd::Container(ContainerCmd::Diff(a)) => files::diff(c, a).await,
         Cmd::Export(a) | Cmd::Container(ContainerCmd::Export(a)) => files::export(c, a).await,
         Cmd::Commit(a) | Cmd::Container(ContainerCmd::Commit(a)) => files::commit(c, a).await,
+        Cmd::Pause(a) | Cmd::Container(ContainerCmd::Pause(a)) => usage::pause(c, a).await,
+        Cmd::Unpause(a) | Cmd::Container(ContainerCmd::Unpause(a)) => usage::unpause(c, a).await,
+        Cmd::Update(a) | Cmd::Container(ContainerCmd::Update(a)) => usage::update(c, a).await,
+        Cmd::Stats(a) | Cmd::Container(ContainerCmd::Stats(a)) => usage::stats(c, a).await,
     }
 }
 

@@ -102,6 +102,7 @@ fn status_text(s: &State) -> String {
         _ => String::new(),
     };
     match s.status.as_str() {
+        "running" if s.paused => format!("Up {} (Paused)", human(since(&s.started_at))),
         "running" => format!("Up {}{health}", human(since(&s.started_at))),
         "exited" if s.finished_at != ZERO_TIME => format!(
             "Exited ({}) {} ago",
@@ -145,13 +146,13 @@ fn summary(c: &Ctr) -> Value {
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name())],
-        "Image": c.spec["Image"],
+        "Image": c.spec()["Image"],
         "ImageID": c.image_id,
         "Command": command_of(c),
         "Created": chrono::DateTime::parse_from_rfc3339(&c.created).map(|t| t.timestamp()).unwrap_or(0),
         "Ports": [],
         "Labels": c.config()["Labels"].as_object().cloned().unwrap_or_default(),
-        "State": s.status,
+        "State": s.api_status(),
         "Status": status_text(&s),
         "HostConfig": {"NetworkMode": c.host_config()["NetworkMode"].as_str().filter(|m| !m.is_empty()).unwrap_or("default")},
         "NetworkSettings": {"Networks": {}},
@@ -174,11 +175,11 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         args.remove(0)
     };
     let mut state = json!({
-        "Status": s.status,
+        "Status": s.api_status(),
         "Running": s.status == "running" || s.status == "restarting",
-        "Paused": false,
+        "Paused": s.paused,
         "Restarting": s.status == "restarting",
-        "OOMKilled": false,
+        "OOMKilled": s.oom_killed,
         "Dead": false,
         "Pid": s.pid,
         "ExitCode": s.exit_code,
@@ -253,7 +254,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         let any = |k: &str, pred: &dyn Fn(&str) -> bool| {
             f.get(k).is_empty() || f.get(k).iter().any(|v| pred(v))
         };
-        let ok = any("status", &|v| v == s.status)
+        let ok = any("status", &|v| v == s.api_status())
             && any("id", &|v| c.id.starts_with(v))
             && any("name", &|v| c.name().contains(v.trim_start_matches('/')))
             && any("health", &|v| {
@@ -268,7 +269,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
                 s.status == "exited" && v.parse::<i64>().ok() == Some(s.exit_code)
             })
             && any("ancestor", &|v| {
-                c.spec["Image"].as_str() == Some(v)
+                c.spec()["Image"].as_str() == Some(v)
                     || d.images
                         .resolve(v)
                         .map(|i| i.to_string() == c.image_id)
@@ -318,22 +319,8 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         .cloned()
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
+    crate::containers::Restart::validate(&hc["RestartPolicy"])?;
     let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
-    if !matches!(rp, "" | "no" | "always" | "unless-stopped" | "on-failure") {
-        return Err(ApiError::bad_request(format!(
-            "invalid restart policy '{rp}'"
-        )));
-    }
-    if rp != "on-failure"
-        && hc["RestartPolicy"]["MaximumRetryCount"]
-            .as_i64()
-            .unwrap_or(0)
-            != 0
-    {
-        return Err(ApiError::bad_request(format!(
-            "maximum retry count cannot be used with restart policy '{rp}'"
-        )));
-    }
     if hc["AutoRemove"].as_bool().unwrap_or(false) && !matches!(rp, "" | "no") {
         return Err(ApiError::bad_request(
             "can't create 'AutoRemove' container with restart policy",
@@ -363,8 +350,8 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let mut hc = hc;
     hc["Runtime"] = Value::from(runtime);
     hc["LogConfig"] = log.to_json();
+    let mut warnings = crate::resources::verify(&mut hc, &d.containers.sys, false)?;
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
-    let mut warnings = Vec::new();
     if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {
         return Err(ApiError::not_found(format!("network {mode} not found")));
     }
@@ -456,6 +443,23 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             d.containers.remove(&c, force, &d.events).await?;
             Ok(status_only(StatusCode::NO_CONTENT))
         }
+        (Method::POST, "pause") => {
+            d.containers.pause(&c).await?;
+            d.events.emit("container", "pause", &c.id, attrs(&c));
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, "unpause") => {
+            d.containers.unpause(&c).await?;
+            d.events.emit("container", "unpause", &c.id, attrs(&c));
+            Ok(status_only(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, "update") => {
+            let body = ctx.json_body().await?;
+            let warnings = d.containers.update(&c, &body).await?;
+            d.events.emit("container", "update", &c.id, attrs(&c));
+            Ok(ok_json(&json!({"Warnings": warnings})))
+        }
+        (Method::GET, "stats") => super::stats::stats(d, &ctx, c),
         (Method::GET, "logs") => logs(d, &ctx, c),
         (Method::POST, "attach") => attach(d, &mut ctx, c),
         (Method::POST, "exec") => super::exec::create(d, &mut ctx, &c).await,
@@ -646,7 +650,7 @@ fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
         .get("until")
         .filter(|u| !u.is_empty())
         .and_then(crate::events::parse_time);
-    if !crate::logconfig::LogConfig::of(c.host_config()).readable() {
+    if !crate::logconfig::LogConfig::of(&c.host_config()).readable() {
         return Err(ApiError::not_implemented(
             "configured logging driver does not support reading",
         ));

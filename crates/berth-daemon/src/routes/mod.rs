@@ -6,6 +6,7 @@ pub mod containers;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod stats;
 pub mod system;
 
 use crate::error::ApiError;

@@ -85,7 +85,7 @@ pub fn version(d: &Daemon) -> Resp {
     }))
 }
 
-fn mem_total() -> i64 {
+pub(crate) fn mem_total() -> i64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -96,14 +96,6 @@ fn mem_total() -> i64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
-}
-
-/// "1", "2" or "hybrid" reads as Docker's "1"/"2"; hybrid hosts report v1.
-fn cgroup_version() -> &'static str {
-    match rustix::fs::statfs("/sys/fs/cgroup") {
-        Ok(s) if s.f_type == 0x6367_7270 => "2",
-        _ => "1",
-    }
 }
 
 fn runtimes(d: &Daemon) -> Value {
@@ -124,6 +116,9 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
     let images = d.images.count()?;
     let driver = d.images.driver();
     let labels = d.labels();
+    let sys = &d.containers.sys;
+    let mut warnings = d.warnings();
+    warnings.extend(sys.warnings());
     Ok(ok_json(&json!({
         "ID": d.engine_id,
         "Containers": 0,
@@ -134,23 +129,23 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
         "Driver": driver.name(),
         "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]],
         "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "none"], "Authorization": null, "Log": ["json-file"]},
-        "MemoryLimit": true,
-        "SwapLimit": false,
+        "MemoryLimit": sys.memory,
+        "SwapLimit": sys.swap,
         "KernelMemoryTCP": false,
-        "CpuCfsPeriod": true,
-        "CpuCfsQuota": true,
-        "CPUShares": true,
-        "CPUSet": true,
-        "PidsLimit": true,
+        "CpuCfsPeriod": sys.cpu_cfs,
+        "CpuCfsQuota": sys.cpu_cfs,
+        "CPUShares": sys.cpu_shares,
+        "CPUSet": sys.cpuset,
+        "PidsLimit": sys.pids,
         "IPv4Forwarding": true,
         "Debug": d.config.debug,
         "NFd": std::fs::read_dir("/proc/self/fd").map(|r| r.count()).unwrap_or(0),
-        "OomKillDisable": false,
+        "OomKillDisable": sys.oom_kill_disable,
         "NGoroutines": 0,
         "SystemTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         "LoggingDriver": "json-file",
         "CgroupDriver": "cgroupfs",
-        "CgroupVersion": cgroup_version(),
+        "CgroupVersion": sys.version(),
         "NEventsListener": 0,
         "KernelVersion": kernel_version(),
         "OperatingSystem": os_name(),
@@ -185,7 +180,7 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
         "InitCommit": {"ID": ""},
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "CDISpecDirs": [],
-        "Warnings": d.warnings(),
+        "Warnings": warnings,
     })))
 }
 

@@ -75,6 +75,12 @@ enum Cmd {
     Pause { id: String },
     /// thaw a paused container
     Resume { id: String },
+    /// apply new resource limits (an OCI linux.resources JSON file) to a container
+    Update {
+        #[arg(short, long)]
+        resources: PathBuf,
+        id: String,
+    },
 }
 
 fn main() {
@@ -119,6 +125,7 @@ fn main() {
         Cmd::State { id } => (id, Op::State),
         Cmd::Pause { id } => (id, Op::Pause),
         Cmd::Resume { id } => (id, Op::Resume),
+        Cmd::Update { resources, id } => (id, Op::Update { resources }),
     };
     if let Err(e) = run(&cli.root, &id, op) {
         eprintln!("{e}");

@@ -1,0 +1,326 @@
+//! Resource and security flags of `run`/`create` (and the resource flags `update`
+//! shares), turned into HostConfig fields as the docker CLI sends them.
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use serde_json::{json, Value};
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct LimitArgs {
+    /// Memory limit
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Swap limit equal to memory plus swap: '-1' to enable unlimited swap
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Memory soft limit
+    #[arg(long)]
+    pub memory_reservation: Option<String>,
+    /// Number of CPUs
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long)]
+    pub cpu_shares: Option<i64>,
+    /// Limit CPU CFS (Completely Fair Scheduler) period
+    #[arg(long)]
+    pub cpu_period: Option<i64>,
+    /// Limit CPU CFS (Completely Fair Scheduler) quota
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// MEMs in which to allow execution (0-3, 0,1)
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Tune container pids limit (set -1 for unlimited)
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Block IO (relative weight), between 10 and 1000, or 0 to disable
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RunLimitArgs {
+    /// Tune container memory swappiness (0 to 100)
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory_swappiness: Option<i64>,
+    /// Ulimit options (NAME=SOFT[:HARD])
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// Disable OOM Killer
+    #[arg(long)]
+    pub oom_kill_disable: bool,
+    /// Size of /dev/shm
+    #[arg(long)]
+    pub shm_size: Option<String>,
+    /// Optional parent cgroup for the container
+    #[arg(long)]
+    pub cgroup_parent: Option<String>,
+    /// Add Linux capabilities
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// Give extended privileges to this container
+    #[arg(long)]
+    pub privileged: bool,
+    /// Security Options
+    #[arg(long)]
+    pub security_opt: Vec<String>,
+    /// Add a host device to the container
+    #[arg(long)]
+    pub device: Vec<String>,
+    /// Add additional groups to join
+    #[arg(long)]
+    pub group_add: Vec<String>,
+    /// Sysctl options
+    #[arg(long)]
+    pub sysctl: Vec<String>,
+    /// User namespace to use
+    #[arg(long)]
+    pub userns: Option<String>,
+}
+
+/// Docker's size syntax (`64m`, `1g`, `512k`, `100b`, `1.5g`), in bytes (1024-based).
+pub fn parse_bytes(s: &str) -> Result<i64> {
+    let bad = || anyhow!("invalid size: '{s}'");
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let t = t.strip_suffix('i').unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some('p') => (&t[..t.len() - 1], 1 << 50),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if n < 0.0 || !n.is_finite() {
+        return Err(bad());
+    }
+    Ok((n * mult as f64) as i64)
+}
+
+/// `--cpus 1.5` in billionths of a CPU.
+pub fn parse_cpus(s: &str) -> Result<i64> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("invalid argument \"{s}\" for \"--cpus\" flag"))?;
+    if !n.is_finite() || n < 0.0 {
+        bail!("invalid argument \"{s}\" for \"--cpus\" flag");
+    }
+    Ok((n * 1e9).round() as i64)
+}
+
+/// `--ulimit nofile=1024:2048` as the API's `{"Name", "Soft", "Hard"}`.
+pub fn parse_ulimit(s: &str) -> Result<Value> {
+    let (name, vals) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("invalid ulimit argument: {s}"))?;
+    let num = |v: &str| -> Result<i64> {
+        v.parse()
+            .map_err(|_| anyhow!("invalid ulimit argument: {s}"))
+    };
+    let (soft, hard) = match vals.split_once(':') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(vals)?, num(vals)?),
+    };
+    if soft > hard && hard >= 0 {
+        bail!("ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}");
+    }
+    Ok(json!({"Name": name, "Soft": soft, "Hard": hard}))
+}
+
+/// `--device /dev/x[:/dev/y[:rwm]]` as the API's device mapping.
+pub fn parse_device(s: &str) -> Result<Value> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, ctr, perms) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, c] if c.chars().all(|x| "rwm".contains(x)) && !c.starts_with('/') => (*h, *h, *c),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, p] => (*h, *c, *p),
+        _ => bail!("invalid device specification: {s}"),
+    };
+    if perms.is_empty() || !perms.chars().all(|x| "rwm".contains(x)) {
+        bail!("invalid device mode: {perms}");
+    }
+    Ok(json!({"PathOnHost": host, "PathInContainer": ctr, "CgroupPermissions": perms}))
+}
+
+impl LimitArgs {
+    /// Writes the flags given into `hc` (a HostConfig, or an update body).
+    pub fn apply(&self, hc: &mut Value) -> Result<()> {
+        if let Some(m) = &self.memory {
+            hc["Memory"] = json!(parse_bytes(m)?);
+        }
+        if let Some(s) = &self.memory_swap {
+            hc["MemorySwap"] = json!(if s == "-1" { -1 } else { parse_bytes(s)? });
+        }
+        if let Some(m) = &self.memory_reservation {
+            hc["MemoryReservation"] = json!(parse_bytes(m)?);
+        }
+        if let Some(c) = &self.cpus {
+            hc["NanoCpus"] = json!(parse_cpus(c)?);
+        }
+        if let Some(v) = self.cpu_shares {
+            hc["CpuShares"] = json!(v);
+        }
+        if let Some(v) = self.cpu_period {
+            hc["CpuPeriod"] = json!(v);
+        }
+        if let Some(v) = self.cpu_quota {
+            hc["CpuQuota"] = json!(v);
+        }
+        if let Some(v) = &self.cpuset_cpus {
+            hc["CpusetCpus"] = json!(v);
+        }
+        if let Some(v) = &self.cpuset_mems {
+            hc["CpusetMems"] = json!(v);
+        }
+        if let Some(v) = self.pids_limit {
+            hc["PidsLimit"] = json!(v);
+        }
+        if let Some(v) = self.blkio_weight {
+            hc["BlkioWeight"] = json!(v);
+        }
+        Ok(())
+    }
+
+    pub fn any(&self) -> bool {
+        let mut probe = json!({});
+        self.apply(&mut probe).is_err() || probe.as_object().is_some_and(|m| !m.is_empty())
+    }
+}
+
+impl RunLimitArgs {
+    pub fn apply(&self, hc: &mut Value) -> Result<()> {
+        if let Some(v) = self.memory_swappiness {
+            hc["MemorySwappiness"] = json!(v);
+        }
+        if !self.ulimit.is_empty() {
+            hc["Ulimits"] = Value::from(
+                self.ulimit
+                    .iter()
+                    .map(|u| parse_ulimit(u))
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        if self.oom_kill_disable {
+            hc["OomKillDisable"] = json!(true);
+        }
+        if let Some(s) = &self.shm_size {
+            hc["ShmSize"] = json!(parse_bytes(s)?);
+        }
+        if let Some(p) = &self.cgroup_parent {
+            hc["CgroupParent"] = json!(p);
+        }
+        if !self.cap_add.is_empty() {
+            hc["CapAdd"] = json!(self.cap_add);
+        }
+        if !self.cap_drop.is_empty() {
+            hc["CapDrop"] = json!(self.cap_drop);
+        }
+        if self.privileged {
+            hc["Privileged"] = json!(true);
+        }
+        if !self.security_opt.is_empty() {
+            let mut opts = Vec::new();
+            for o in &self.security_opt {
+                // a seccomp profile file is sent as its contents, as the docker CLI does
+                match o.strip_prefix("seccomp=").or(o.strip_prefix("seccomp:")) {
+                    Some(p) if p != "unconfined" && p != "builtin" => {
+                        let text = std::fs::read_to_string(p)
+                            .map_err(|e| anyhow!("opening seccomp profile ({p}) failed: {e}"))?;
+                        opts.push(format!("seccomp={}", compact_json(&text)?));
+                    }
+                    _ => opts.push(o.clone()),
+                }
+            }
+            hc["SecurityOpt"] = json!(opts);
+        }
+        if !self.device.is_empty() {
+            hc["Devices"] = Value::from(
+                self.device
+                    .iter()
+                    .map(|d| parse_device(d))
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        if !self.group_add.is_empty() {
+            hc["GroupAdd"] = json!(self.group_add);
+        }
+        if !self.sysctl.is_empty() {
+            let mut m = serde_json::Map::new();
+            for s in &self.sysctl {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("invalid argument \"{s}\" for \"--sysctl\" flag"))?;
+                m.insert(k.to_string(), json!(v));
+            }
+            hc["Sysctls"] = Value::Object(m);
+        }
+        if let Some(u) = &self.userns {
+            hc["UsernsMode"] = json!(u);
+        }
+        Ok(())
+    }
+}
+
+fn compact_json(text: &str) -> Result<String> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| anyhow!("decoding seccomp profile failed: {e}"))?;
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("512kb").unwrap(), 512 << 10);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("-1m").is_err());
+    }
+
+    #[test]
+    fn cpus_and_ulimits() {
+        assert_eq!(parse_cpus("1.5").unwrap(), 1_500_000_000);
+        assert_eq!(parse_cpus("0.01").unwrap(), 10_000_000);
+        assert!(parse_cpus("x").is_err());
+        assert_eq!(
+            parse_ulimit("nofile=1024:2048").unwrap(),
+            json!({"Name": "nofile", "Soft": 1024, "Hard": 2048})
+        );
+        assert_eq!(parse_ulimit("nproc=10").unwrap()["Hard"], 10);
+        assert!(parse_ulimit("nofile=2:1").is_err());
+        assert!(parse_ulimit("nofile").is_err());
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(
+            parse_device("/dev/fuse").unwrap(),
+            json!({"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse", "CgroupPermissions": "rwm"})
+        );
+        assert_eq!(
+            parse_device("/dev/null:/dev/mynull:r").unwrap()["PathInContainer"],
+            "/dev/mynull"
+        );
+        assert_eq!(
+            parse_device("/dev/null:rw").unwrap()["CgroupPermissions"],
+            "rw"
+        );
+        assert!(parse_device("/dev/null:/x:z").is_err());
+    }
+}
