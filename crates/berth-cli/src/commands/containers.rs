@@ -299,8 +299,9 @@ fn healthcheck(a: &CreateArgs) -> Result<Option<Value>> {
     Ok(Some(hc))
 }
 
-/// Creates the container; prints the daemon's warnings. Errors carry docker's exit 125.
-async fn create_container(c: &Client, a: &CreateArgs) -> Result<String> {
+/// Creates the container; prints the daemon's warnings. Errors carry docker's exit code:
+/// 125 for `run` (whose messages start with the program's name), 1 for `create`.
+async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<String> {
     let body = serde_json::to_vec(&create_body(a)?)?;
     let mut path = "/containers/create".to_string();
     if let Some(n) = &a.name {
@@ -322,8 +323,12 @@ async fn create_container(c: &Client, a: &CreateArgs) -> Result<String> {
             {
                 eprintln!("Unable to find image '{}' locally", a.image);
             }
-            eprintln!("berth: {e}");
-            return Err(crate::Exit(125).into());
+            if run {
+                eprintln!("berth: {e}");
+                return Err(crate::Exit(125).into());
+            }
+            eprintln!("{e}");
+            return Err(crate::Exit(1).into());
         }
     };
     let v = crate::client::read_json(resp).await?;
@@ -342,7 +347,7 @@ async fn create_container(c: &Client, a: &CreateArgs) -> Result<String> {
 }
 
 pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
-    let id = create_container(c, &a).await?;
+    let id = create_container(c, &a, false).await?;
     println!("{id}");
     Ok(())
 }
@@ -360,7 +365,7 @@ fn start_error_code(msg: &str) -> i32 {
 
 pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
     let keys = detach_keys(a.detach_keys.as_deref())?;
-    let id = create_container(c, &a).await?;
+    let id = create_container(c, &a, true).await?;
     if a.detach {
         if let Err(e) = c
             .request(

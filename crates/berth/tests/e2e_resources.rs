@@ -1,0 +1,555 @@
+#![allow(clippy::unwrap_used)]
+//! Resource limits end to end: what `run` asks reaches the cgroup and the process,
+//! `stats`, `pause`/`unpause`, `update`, OOM kills, `info`, and Docker's refusals —
+//! through berth's CLI and the docker CLI where it is installed.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn setup(name: &str) -> Option<Daemon> {
+    if skip_unless_root(name) {
+        return None;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    Some(d)
+}
+
+fn cli(d: &Daemon, bin: &str, args: &[&str]) -> std::process::Output {
+    if bin == "docker" {
+        d.docker(args)
+    } else {
+        d.berth(args)
+    }
+}
+
+fn full_id(d: &Daemon, name: &str) -> String {
+    d.get_json(&format!("/containers/{name}/json"))["Id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A v1 controller's file of the container's cgroup (this machine is v1 or hybrid; on
+/// a v2-only machine the same file names are checked under the unified tree).
+fn cg_file(d: &Daemon, name: &str, controller: &str, file: &str) -> PathBuf {
+    let id = full_id(d, name);
+    let v1 = PathBuf::from("/sys/fs/cgroup")
+        .join(controller)
+        .join("berth")
+        .join(&id[..16]);
+    v1.join(file)
+}
+
+fn v1() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/memory").is_dir()
+}
+
+fn read(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn limits_reach_the_cgroup_and_the_process() {
+    let Some(d) = setup("limits_reach_the_cgroup_and_the_process") else {
+        return;
+    };
+    for bin in clis() {
+        let name = format!("lim-{}", bin.rsplit('/').next().unwrap());
+        ok(cli(
+            &d,
+            &bin,
+            &[
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                &name,
+                "-m",
+                "64m",
+                "--cpus",
+                "0.5",
+                "--cpu-shares",
+                "512",
+                "--cpuset-cpus",
+                "0",
+                "--pids-limit",
+                "10",
+                "--ulimit",
+                "nofile=100:200",
+                "--shm-size",
+                "8m",
+                "--memory-reservation",
+                "32m",
+                "bb",
+                "sleep",
+                "100",
+            ],
+        ));
+        let hc = d.get_json(&format!("/containers/{name}/json"))["HostConfig"].clone();
+        assert_eq!(hc["Memory"], 64 << 20, "{bin}");
+        assert_eq!(hc["MemorySwap"], 128 << 20, "{bin}: Docker's default swap");
+        assert_eq!(hc["NanoCpus"], 500_000_000i64);
+        assert_eq!(hc["ShmSize"], 8 << 20);
+        if v1() {
+            assert_eq!(
+                read(&cg_file(&d, &name, "memory", "memory.limit_in_bytes")),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(
+                read(&cg_file(&d, &name, "memory", "memory.soft_limit_in_bytes")),
+                (32u64 << 20).to_string()
+            );
+            assert_eq!(
+                read(&cg_file(&d, &name, "cpu", "cpu.cfs_quota_us")),
+                "50000"
+            );
+            assert_eq!(
+                read(&cg_file(&d, &name, "cpu", "cpu.cfs_period_us")),
+                "100000"
+            );
+            assert_eq!(read(&cg_file(&d, &name, "cpu", "cpu.shares")), "512");
+            assert_eq!(read(&cg_file(&d, &name, "cpuset", "cpuset.cpus")), "0");
+            assert_eq!(read(&cg_file(&d, &name, "pids", "pids.max")), "10");
+        }
+        // from inside: rlimits, /dev/shm, and the pids limit stopping forks
+        let out = ok(cli(
+            &d,
+            &bin,
+            &[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                "ulimit -n; ulimit -Hn; df -k /dev/shm | tail -1",
+            ],
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(&lines[..2], ["100", "200"], "{bin}: {out}");
+        assert!(lines[2].contains("8192"), "{bin}: {out}");
+        // 20 background sleeps under a limit of 10 processes: some cannot be forked
+        let out = cli(
+            &d,
+            &bin,
+            &[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                "for i in $(seq 20); do sleep 5 & done",
+            ],
+        );
+        assert!(
+            stderr(&out).contains("can't fork"),
+            "{bin}: the pids limit held: {}",
+            stderr(&out)
+        );
+        ok(cli(&d, &bin, &["rm", "-f", &name]));
+    }
+}
+
+/// Reads `n` JSON messages from a streaming stats response.
+fn stream_stats(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /containers/{name}/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for line in BufReader::new(s).lines() {
+        let line = line.unwrap();
+        if line.starts_with('{') {
+            out.push(serde_json::from_str(&line).unwrap());
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn stats_pause_unpause_and_update() {
+    let Some(d) = setup("stats_pause_unpause_and_update") else {
+        return;
+    };
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "st",
+        "-m",
+        "64m",
+        "bb",
+        "sh",
+        "-c",
+        "while true; do :; done",
+    ]));
+    // one-shot: at once, no previous sample
+    let v = d.get_json("/containers/st/stats?stream=false&one-shot=true");
+    assert_eq!(v["name"], "/st");
+    assert!(v["memory_stats"]["usage"].as_u64().unwrap() > 0);
+    assert_eq!(v["memory_stats"]["limit"], 64 << 20);
+    assert_eq!(v["pids_stats"]["current"], 1);
+    assert_eq!(v["precpu_stats"]["cpu_usage"]["total_usage"], 0);
+    // streamed: one a second, each with the previous one's CPU
+    let msgs = stream_stats(&d, "st", 2);
+    let (a, b) = (&msgs[0], &msgs[1]);
+    assert_eq!(
+        b["precpu_stats"]["cpu_usage"]["total_usage"],
+        a["cpu_stats"]["cpu_usage"]["total_usage"]
+    );
+    assert!(
+        b["cpu_stats"]["cpu_usage"]["total_usage"].as_u64()
+            > a["cpu_stats"]["cpu_usage"]["total_usage"].as_u64(),
+        "the busy loop used CPU"
+    );
+    for bin in clis() {
+        let out = ok(cli(&d, &bin, &["stats", "--no-stream", "st"]));
+        let row = out.lines().nth(1).unwrap();
+        assert!(out.starts_with("CONTAINER ID"), "{bin}: {out}");
+        assert!(
+            row.contains(" st ") && row.contains("/ 64MiB"),
+            "{bin}: {out}"
+        );
+        let cpu: f64 = row
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap();
+        assert!(cpu > 20.0, "{bin}: a busy loop shows CPU: {out}");
+        // pause: frozen, shown, exec refused; unpause
+        ok(cli(&d, &bin, &["pause", "st"]));
+        let st = d.get_json("/containers/st/json")["State"].clone();
+        assert_eq!(
+            (
+                st["Status"].as_str(),
+                st["Paused"].as_bool(),
+                st["Running"].as_bool()
+            ),
+            (Some("paused"), Some(true), Some(true))
+        );
+        assert!(ok(cli(&d, &bin, &["ps"])).contains("(Paused)"));
+        let e = cli(&d, &bin, &["exec", "st", "true"]);
+        assert!(
+            !e.status.success()
+                && stderr(&e).contains("is paused, unpause the container before exec"),
+            "{bin}: {}",
+            stderr(&e)
+        );
+        let again = cli(&d, &bin, &["pause", "st"]);
+        assert!(
+            stderr(&again).contains("is already paused"),
+            "{bin}: {}",
+            stderr(&again)
+        );
+        if v1() {
+            let f = PathBuf::from("/sys/fs/cgroup/freezer/berth")
+                .join(&full_id(&d, "st")[..16])
+                .join("freezer.state");
+            assert_eq!(read(&f), "FROZEN");
+        }
+        ok(cli(&d, &bin, &["unpause", "st"]));
+        assert_eq!(
+            d.get_json("/containers/st/json")["State"]["Status"],
+            "running"
+        );
+        ok(cli(&d, &bin, &["exec", "st", "true"]));
+        let again = cli(&d, &bin, &["unpause", "st"]);
+        assert!(
+            stderr(&again).contains("is not paused"),
+            "{bin}: {}",
+            stderr(&again)
+        );
+    }
+    let ev = d.request("GET", &format!("/events?since=0&until={}&filters=%7B%22event%22%3A%5B%22pause%22%2C%22unpause%22%5D%7D", now_secs()), None).text();
+    assert!(
+        ev.matches("\"pause\"").count() >= 1 && ev.matches("\"unpause\"").count() >= 1,
+        "{ev}"
+    );
+    // update a running container: at once in the cgroup, and stored
+    for bin in clis() {
+        ok(cli(
+            &d,
+            &bin,
+            &[
+                "update",
+                "--cpus",
+                "0.25",
+                "--pids-limit",
+                "20",
+                "-m",
+                "100m",
+                "--memory-swap",
+                "200m",
+                "st",
+            ],
+        ));
+        if v1() {
+            assert_eq!(read(&cg_file(&d, "st", "cpu", "cpu.cfs_quota_us")), "25000");
+            assert_eq!(read(&cg_file(&d, "st", "pids", "pids.max")), "20");
+            assert_eq!(
+                read(&cg_file(&d, "st", "memory", "memory.limit_in_bytes")),
+                (100u64 << 20).to_string()
+            );
+        }
+        let hc = d.get_json("/containers/st/json")["HostConfig"].clone();
+        assert_eq!(
+            (
+                hc["NanoCpus"].as_i64(),
+                hc["PidsLimit"].as_i64(),
+                hc["Memory"].as_i64()
+            ),
+            (Some(250_000_000), Some(20), Some(100 << 20))
+        );
+        // Docker's refusal: a memory limit above the swap limit already set
+        let e = cli(&d, &bin, &["update", "-m", "300m", "st"]);
+        assert!(
+            !e.status.success()
+                && stderr(&e)
+                    .contains("Memory limit should be smaller than already set memoryswap limit"),
+            "{bin}: {}",
+            stderr(&e)
+        );
+        let e = cli(&d, &bin, &["update", "--cpu-period", "100000", "st"]);
+        assert!(
+            stderr(&e).contains("CPU Period cannot be updated as NanoCPUs has already been set"),
+            "{bin}: {}",
+            stderr(&e)
+        );
+    }
+    // a paused container still stops and is removed
+    ok(d.berth(&["pause", "st"]));
+    ok(d.berth(&["rm", "-f", "st"]));
+    // a stopped container: stored, applied at its next start; no restart policy with --rm
+    ok(d.berth(&[
+        "create",
+        "--network",
+        "none",
+        "--name",
+        "later",
+        "bb",
+        "sleep",
+        "100",
+    ]));
+    ok(d.berth(&[
+        "update",
+        "-m",
+        "48m",
+        "--memory-swap",
+        "96m",
+        "--restart",
+        "always",
+        "later",
+    ]));
+    ok(d.berth(&["start", "later"]));
+    if v1() {
+        assert_eq!(
+            read(&cg_file(&d, "later", "memory", "memory.limit_in_bytes")),
+            (48u64 << 20).to_string()
+        );
+    }
+    assert_eq!(
+        d.get_json("/containers/later/json")["HostConfig"]["RestartPolicy"]["Name"],
+        "always"
+    );
+    ok(d.berth(&["rm", "-f", "later"]));
+    ok(d.berth(&[
+        "create",
+        "--rm",
+        "--network",
+        "none",
+        "--name",
+        "rmme",
+        "bb",
+        "true",
+    ]));
+    let e = d.berth(&["update", "--restart", "always", "rmme"]);
+    assert!(
+        stderr(&e).contains("Restart policy cannot be updated because AutoRemove is enabled"),
+        "{}",
+        stderr(&e)
+    );
+    ok(d.berth(&["rm", "rmme"]));
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1
+}
+
+#[test]
+fn oom_kills_are_reported() {
+    let Some(d) = setup("oom_kills_are_reported") else {
+        return;
+    };
+    let out = d.berth(&[
+        "run",
+        "--name",
+        "hog",
+        "--network",
+        "none",
+        "-m",
+        "8m",
+        "--memory-swap",
+        "8m",
+        "bb",
+        "sh",
+        "-c",
+        "x=a; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    let st = d.get_json("/containers/hog/json")["State"].clone();
+    assert_eq!(st["OOMKilled"], true, "{st}");
+    assert_eq!(st["ExitCode"], 137);
+    let ev = d
+        .request(
+            "GET",
+            &format!("/events?since=0&until={}", now_secs()),
+            None,
+        )
+        .text();
+    assert!(ev.contains("\"oom\""), "{ev}");
+    // the next start clears it
+    ok(d.berth(&["update", "-m", "64m", "--memory-swap", "128m", "hog"]));
+    let _ = d.berth(&["start", "-a", "hog"]);
+    ok(d.berth(&["rm", "-f", "hog"]));
+}
+
+#[test]
+fn bad_limits_are_refused_with_dockers_words() {
+    let Some(d) = setup("bad_limits_are_refused_with_dockers_words") else {
+        return;
+    };
+    let before = d
+        .get_json("/containers/json?all=1")
+        .as_array()
+        .unwrap()
+        .len();
+    for bin in clis() {
+        for (args, msg) in [
+            (vec!["-m", "4m"], "Minimum memory limit allowed is 6MB"),
+            (
+                vec!["--cpuset-cpus", "0-99"],
+                "Requested CPUs are not available",
+            ),
+            (
+                vec!["--cpuset-cpus", "x"],
+                "Invalid value x for cpuset cpus",
+            ),
+            (vec!["--cpus", "64"], "Range of CPUs is from 0.01 to"),
+            (
+                vec!["-m", "64m", "--memory-swap", "32m"],
+                "Minimum memoryswap limit should be larger than memory limit",
+            ),
+            (
+                vec!["--cpu-period", "10"],
+                "CPU cfs period can not be less than 1ms",
+            ),
+            (
+                vec!["--memory-reservation", "1m"],
+                "Minimum memory reservation allowed is 6MB",
+            ),
+        ] {
+            let mut all = vec!["create", "--network", "none"];
+            all.extend(args.iter());
+            all.extend(["bb", "true"]);
+            let out = cli(&d, &bin, &all);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{bin} {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(msg),
+                "{bin} {args:?}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"bb","HostConfig":{"Memory":1048576}}"#),
+    );
+    assert_eq!(r.status, 400);
+    // nothing half made
+    assert_eq!(
+        d.get_json("/containers/json?all=1")
+            .as_array()
+            .unwrap()
+            .len(),
+        before
+    );
+    // a hard rlimit above ours, which berthd may not raise, is refused naming it
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) fills the struct
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+    let has_cap = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|c| c & (1 << 24) != 0);
+    if !has_cap && hard.rlim_max != libc::RLIM_INFINITY {
+        let want = format!("nofile={0}:{0}", hard.rlim_max + 1);
+        let out = d.berth(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            &want,
+            "bb",
+            "true",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("cannot set ulimit nofile")
+                && stderr(&out).contains("CAP_SYS_RESOURCE"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // info says what the cgroups can do
+    let info = d.get_json("/info");
+    assert_eq!(info["CgroupDriver"], "cgroupfs");
+    let v2_only = !v1();
+    assert_eq!(info["CgroupVersion"], if v2_only { "2" } else { "1" });
+    assert_eq!(info["MemoryLimit"], true);
+    assert_eq!(info["PidsLimit"], true);
+    if v1() && !std::path::Path::new("/sys/fs/cgroup/blkio/blkio.weight").exists() {
+        let w = info["Warnings"].to_string();
+        assert!(w.contains("WARNING: No blkio weight support"), "{w}");
+        // and a weight asked for is dropped with Docker's warning
+        let r = d.request(
+            "POST",
+            "/containers/create",
+            Some(br#"{"Image":"bb","HostConfig":{"BlkioWeight":300}}"#),
+        );
+        assert_eq!(r.status, 201);
+        assert!(r.text().contains("Block I/O weight"), "{}", r.text());
+        let id = r.json()["Id"].as_str().unwrap().to_string();
+        ok(d.berth(&["rm", &id]));
+    }
+}
