@@ -128,6 +128,8 @@ pub struct Containers {
     pub exec_root: PathBuf,
     shim: PathBuf,
     builtin_runtime: PathBuf,
+    /// a sealed copy of `builtin_runtime`, which shims run (CVE-2019-5736)
+    sealed_runtime: Option<std::os::fd::OwnedFd>,
     /// what this machine's cgroups can do
     pub sys: crate::resources::SysInfo,
     default_ulimits: serde_json::Map<String, Value>,
@@ -218,6 +220,13 @@ impl Containers {
             root,
             exec_root,
             shim,
+            sealed_runtime: match berth_runtime::builtin::sealed_copy(&builtin_runtime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no sealed copy of berth-runtime: it will make its own each time");
+                    None
+                }
+            },
             builtin_runtime,
             sys: crate::resources::SysInfo::detect(),
             default_ulimits,
@@ -463,7 +472,10 @@ impl Containers {
     }
 
     pub fn shim_command(&self) -> std::process::Command {
-        std::process::Command::new(&self.shim)
+        let mut cmd = std::process::Command::new(&self.shim);
+        // where the built-in runtime keeps compiled seccomp filters
+        cmd.env("BERTH_SECCOMP_CACHE", self.exec_root.join(".seccomp"));
+        cmd
     }
 
     /// The OCI runtime command a container runs on: `berth-runtime` for the built-in
@@ -473,6 +485,20 @@ impl Containers {
             .as_str()
             .and_then(|r| self.runtimes.get(r))
             .unwrap_or(&self.builtin_runtime)
+    }
+
+    /// The runtime as the shim is to run it, and the descriptor the shim must inherit
+    /// for it: the sealed copy of the built-in runtime (`/proc/self/fd/N`), or the
+    /// configured binary.
+    pub fn shim_runtime(&self, c: &Ctr) -> (PathBuf, Option<i32>) {
+        let path = self.runtime_binary(c);
+        match &self.sealed_runtime {
+            Some(fd) if *path == self.builtin_runtime => {
+                let n = std::os::fd::AsRawFd::as_raw_fd(fd);
+                (PathBuf::from(format!("/proc/self/fd/{n}")), Some(n))
+            }
+            _ => (path.clone(), None),
+        }
     }
 
     pub fn shim_socket(&self, c: &Ctr) -> PathBuf {
@@ -733,11 +759,12 @@ impl Containers {
                 cmd.arg("--log-max-size").arg(n.to_string());
             }
         }
-        cmd.arg("--runtime").arg(self.runtime_binary(c));
+        let (runtime, keep) = self.shim_runtime(c);
+        cmd.arg("--runtime").arg(runtime);
         if c.config()["OpenStdin"].as_bool().unwrap_or(false) {
             cmd.arg("--stdin");
         }
-        launch_shim(cmd, r, w).await
+        launch_shim(cmd, r, w, keep).await
     }
 
     /// [`Self::watch_exit`] behind a named Send type: a restart starts the container
@@ -1072,17 +1099,21 @@ pub async fn launch_shim(
     mut cmd: std::process::Command,
     r: rustix::fd::OwnedFd,
     w: rustix::fd::OwnedFd,
+    keep: Option<i32>,
 ) -> Result<(), ApiError> {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it
-    // lets exactly the ready pipe (and no other fd of berthd) reach the shim
+    // lets exactly the ready pipe and the sealed runtime (and no other fd of berthd)
+    // reach the shim
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::fcntl(wfd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
+            for fd in [Some(wfd), keep].into_iter().flatten() {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

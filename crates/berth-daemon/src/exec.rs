@@ -320,8 +320,9 @@ impl Containers {
         if e.flag("AttachStdin") {
             cmd.arg("--stdin");
         }
-        cmd.arg("--runtime").arg(self.runtime_binary(c));
-        launch_shim(cmd, r, w).await
+        let (runtime, keep) = self.shim_runtime(c);
+        cmd.arg("--runtime").arg(runtime);
+        launch_shim(cmd, r, w, keep).await
     }
 
     /// Tells the exec shim to run the process and watches for its exit.

@@ -17,6 +17,7 @@ pub mod http;
 pub mod logconfig;
 pub mod resources;
 pub mod routes;
+pub mod security;
 pub mod server;
 pub mod spec;
 pub mod stats;

@@ -288,6 +288,16 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Api
     Ok((uid, gid, extra))
 }
 
+/// A group's id by name in the rootfs' /etc/group.
+fn group_id(root: &Path, name: &str) -> Option<u32> {
+    read_in_root(root, "etc/group")?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
 /// The runtime's view of a container about to start.
 pub fn run_spec(
     c: &Ctr,
@@ -390,7 +400,40 @@ pub fn run_spec(
         }
     }
     let short = crate::containers::short(&c.id);
+    let caps = crate::security::capabilities(&hc)?;
+    let privileged = hc["Privileged"].as_bool().unwrap_or(false);
+    let opts = crate::security::options(&hc, false)?;
+    let seccomp = if privileged || opts.seccomp_off {
+        None
+    } else if let Some(p) = &opts.seccomp_profile {
+        Some(crate::security::from_profile(p, &caps))
+    } else {
+        Some(crate::security::default_profile(&caps))
+    };
+    let (devices, device_rules) = crate::security::devices(&hc, privileged)?;
+    let mut additional_gids = additional_gids;
+    for g in strings(&hc["GroupAdd"]).unwrap_or_default() {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_id(rootfs, &g).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Unable to find group {g}: no matching entries in group file"
+                ))
+            })?,
+        };
+        if !additional_gids.contains(&gid) {
+            additional_gids.push(gid);
+        }
+    }
+    let sysctl = crate::security::check_sysctls(&hc, network == Network::Host)?;
     Ok(RunSpec {
+        caps,
+        no_new_privileges: opts.no_new_privileges,
+        seccomp,
+        privileged,
+        devices,
+        device_rules,
+        sysctl,
         resources: crate::resources::linux_resources(&hc),
         rlimits: crate::resources::rlimits(&hc, default_ulimits)?,
         shm_size: hc["ShmSize"]

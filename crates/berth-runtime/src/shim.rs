@@ -350,18 +350,21 @@ fn launch(
         }
     }
     cmd.arg("--pid-file").arg(&pid_file);
-    let what = format!(
-        "{} {}",
+    // the built-in runtime comes as berthd's sealed copy, /proc/self/fd/N
+    let name = if binary.starts_with("/proc/self/fd") {
+        "berth-runtime".into()
+    } else {
         binary
             .file_name()
             .unwrap_or(binary.as_os_str())
-            .to_string_lossy(),
-        if args.exec.is_some() {
-            "exec"
-        } else {
-            "create"
-        }
-    );
+            .to_string_lossy()
+    };
+    let op = if args.exec.is_some() {
+        "exec"
+    } else {
+        "create"
+    };
+    let what = format!("{name} {op}");
     // the runtime wants the id last
     let mut with_id = cmd;
     with_id.arg(&args.id);

@@ -87,6 +87,18 @@ pub struct RunSpec {
     pub shm_size: i64,
     /// `linux.cgroupsPath`
     pub cgroups_path: String,
+    /// the process's capabilities (bounding = effective = permitted; none inheritable)
+    pub caps: Vec<String>,
+    pub no_new_privileges: bool,
+    /// `linux.seccomp`; None: unconfined
+    pub seccomp: Option<Value>,
+    /// `--privileged`: no masked or read-only paths, /sys writable, every device
+    pub privileged: bool,
+    /// `linux.devices` to create, and device cgroup rules to add
+    pub devices: Vec<Value>,
+    pub device_rules: Vec<Value>,
+    /// `linux.sysctl`
+    pub sysctl: serde_json::Map<String, Value>,
 }
 
 fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
@@ -139,7 +151,6 @@ impl Process<'_> {
             "env": self.env,
             "cwd": self.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": false,
         })
     }
 }
@@ -208,7 +219,15 @@ pub fn build(r: &RunSpec) -> Value {
         Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
     };
-    resources.insert("devices".into(), device_rules());
+    let mut rules = if r.privileged {
+        json!([{"allow": true, "access": "rwm"}])
+    } else {
+        device_rules()
+    };
+    if let Some(a) = rules.as_array_mut() {
+        a.extend(r.device_rules.iter().cloned());
+    }
+    resources.insert("devices".into(), rules);
     let mut process = Process {
         args: &r.args,
         env: &r.env,
@@ -222,19 +241,48 @@ pub fn build(r: &RunSpec) -> Value {
     if !r.rlimits.is_empty() {
         process["rlimits"] = Value::from(r.rlimits.clone());
     }
+    process["capabilities"] = json!({"bounding": r.caps, "effective": r.caps, "permitted": r.caps});
+    // set only when asked: libcontainer loads seccomp before dropping capabilities
+    // (as a privileged operation) only when this is absent
+    match process.as_object_mut() {
+        Some(p) if !r.no_new_privileges => {
+            p.remove("noNewPrivileges");
+        }
+        _ => process["noNewPrivileges"] = json!(true),
+    }
+    if r.privileged {
+        // /sys as the host has it, writable
+        for m in mounts.iter_mut() {
+            if m["destination"] == "/sys" {
+                m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
+            }
+        }
+    }
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": r.cgroups_path,
+        "resources": resources,
+    });
+    if !r.privileged {
+        linux["maskedPaths"] = json!(MASKED);
+        linux["readonlyPaths"] = json!(READONLY);
+    }
+    if let Some(sc) = &r.seccomp {
+        linux["seccomp"] = sc.clone();
+    }
+    if !r.devices.is_empty() {
+        linux["devices"] = Value::from(r.devices.clone());
+    }
+    if !r.sysctl.is_empty() {
+        linux["sysctl"] = Value::Object(r.sysctl.clone());
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": r.rootfs, "readonly": r.readonly_rootfs},
         "hostname": r.hostname,
         "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": r.cgroups_path,
-            "resources": resources,
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
-        },
+        "linux": linux,
     })
 }
 
@@ -267,6 +315,13 @@ mod tests {
             rlimits: vec![json!({"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200})],
             shm_size: 1 << 20,
             cgroups_path: "/berth/abc".into(),
+            caps: DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
+            no_new_privileges: true,
+            seccomp: None,
+            privileged: false,
+            devices: vec![],
+            device_rules: vec![],
+            sysctl: Default::default(),
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();

@@ -89,6 +89,13 @@ fn write_bundle(
         rlimits: vec![],
         shm_size: 64 << 20,
         cgroups_path: format!("/berth/{id}"),
+        caps: spec::DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
+        no_new_privileges: false,
+        seccomp: None,
+        privileged: false,
+        devices: vec![],
+        device_rules: vec![],
+        sysctl: Default::default(),
     };
     std::fs::write(
         bundle.join("config.json"),

@@ -352,6 +352,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     hc["LogConfig"] = log.to_json();
     let mut warnings = crate::resources::verify(&mut hc, &d.containers.sys, false)?;
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
+    crate::security::validate(&hc, mode == "host")?;
     if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {
         return Err(ApiError::not_found(format!("network {mode} not found")));
     }

@@ -85,6 +85,13 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Create { .. } | Cmd::Exec { .. }) {
+        // what enters a container runs from a sealed copy of this binary
+        if let Err(e) = berth_runtime::builtin::reexec_sealed() {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
     let (id, op) = match cli.cmd {
         Cmd::Create {
             bundle,
