@@ -134,6 +134,22 @@ if len(r) == 2:
 PY
 
 echo
+echo "== run --rm --network none --memory 64m --cpus 1 --pids-limit 100 busybox true ($(( runs * 2 )) runs) =="
+lim="--memory 64m --cpus 1 --pids-limit 100"
+cmds=("$berth run --rm --network none $lim bench/busybox true")
+[ $have_docker = 1 ] && cmds+=("docker run --rm --network none $lim bench/busybox true")
+hyperfine -N -w 2 -r $(( runs * 2 )) --export-json "$work/runlim.json" "${cmds[@]}" >/dev/null 2>&1 || \
+  hyperfine -w 2 -r $(( runs * 2 )) --export-json "$work/runlim.json" "${cmds[@]}" >/dev/null
+python3 - "$work/runlim.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']*1000:.0f} ms")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+
+echo
 echo "== 20 x run --rm --network none busybox true, in parallel =="
 par() { printf 'for i in $(seq 20); do %s run --rm --network none bench/busybox true & done; wait' "$1"; }
 cmds=("$(par "$berth")")
@@ -168,3 +184,28 @@ else
   printf '%-12s RSS %10s  PSS %10s\n' berth-shim "$(mib "$b_shim")" "$(mib "$b_pss")"
 fi
 "$berth" rm -f rss1 rss2 rss3 rss4 rss5 >/dev/null
+
+echo
+echo "== stats cost: daemon CPU while streaming stats of 20 running containers for 10 s =="
+# CPU seconds (user + system) of processes, from /proc/PID/stat
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo "$t"; }
+# the same client for both daemons when it is there: the docker CLI, one stream per container
+stats_client() { if command -v docker >/dev/null; then echo "docker -H $1"; else echo "$berth -H $1"; fi; }
+stats_cost() { # HOST PIDS... -> CPU ms used by PIDS while a client streams stats of 20 containers
+  local host=$1; shift
+  local c; c=$(stats_client "$host")
+  local before; before=$(cpu_ticks "$@")
+  timeout 10 $c stats >/dev/null 2>&1 || true
+  echo $(( ($(cpu_ticks "$@") - before) * 1000 / $(getconf CLK_TCK) ))
+}
+for i in $(seq 20); do "$berth" run -d --network none --name "st$i" bench/busybox sleep 600 >/dev/null; done
+b_stats=$(stats_cost "$BERTH_HOST" "$bpid")
+"$berth" ps -q --filter name=st | xargs -r "$berth" rm -f >/dev/null
+if [ $have_docker = 1 ]; then
+  for i in $(seq 20); do docker run -d --network none --name "st$i" bench/busybox sleep 600 >/dev/null; done
+  d_stats=$(stats_cost "$DOCKER_HOST" "$dpid" $(pgrep -P "$dpid" containerd || true) $(pgrep -f containerd-shim || true))
+  docker ps -q --filter name=st | xargs -r docker rm -f >/dev/null
+  printf 'berthd                       %6s ms CPU\ndockerd+containerd+shims     %6s ms CPU\nratio berth/docker: %s\n' "$b_stats" "$d_stats" "$(ratio "$b_stats" "$d_stats")"
+else
+  printf 'berthd %s ms CPU\n' "$b_stats"
+fi

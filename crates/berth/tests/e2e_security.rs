@@ -266,10 +266,7 @@ fn devices_groups_sysctls_and_refusals() {
                 vec!["--cap-add", "CAP_NOPE"],
                 "unknown capability: \"CAP_NOPE\"",
             ),
-            (
-                vec!["--sysctl", "vm.swappiness=10"],
-                "is not allowed",
-            ),
+            (vec!["--sysctl", "vm.swappiness=10"], "is not allowed"),
             (
                 vec!["--network", "host", "--sysctl", "net.ipv4.ip_forward=1"],
                 "not allowed in host network namespace",

@@ -235,35 +235,75 @@ pub async fn stats(c: &Client, a: StatsArgs) -> Result<()> {
         a.containers.clone()
     };
     let fmt = Format::new(a.format.as_deref(), DEFAULT);
-    let tty = std::io::stdout().is_terminal();
-    loop {
-        let mut rows = Vec::new();
-        let mut failed = false;
-        for name in &names {
-            // one sample with the CPU measured over a second
-            match c
-                .get_json(&format!("/containers/{name}/stats?stream=false"))
-                .await
-            {
-                Ok(v) => rows.push(stats_row(&v, a.no_trunc)),
+    // one stream per container, as the docker CLI keeps; the table shows the latest
+    // message of each (the first one a second in, with its CPU measured over it)
+    let latest: std::sync::Arc<std::sync::Mutex<Vec<Option<Value>>>> =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![None; names.len()]));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (c, name, latest, failed) = (c.clone(), name.clone(), latest.clone(), failed.clone());
+        let (explicit, one) = (!a.containers.is_empty(), a.no_stream);
+        tasks.push(tokio::spawn(async move {
+            let path = if one {
+                format!("/containers/{name}/stats?stream=false")
+            } else {
+                format!("/containers/{name}/stats?stream=true")
+            };
+            let resp = match c.request(Method::GET, &path, ReqBody::Empty, &[]).await {
+                Ok(r) => r,
                 Err(e) => {
-                    if !a.containers.is_empty() {
+                    if explicit {
                         eprintln!("{e}");
-                        failed = true;
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    return;
+                }
+            };
+            let _ = crate::client::each_json_line(resp, |v| {
+                // a stream's first message has no previous sample: its CPU is unknown
+                if one || !v["precpu_stats"]["system_cpu_usage"].is_null() {
+                    if let Ok(mut l) = latest.lock() {
+                        l[i] = Some(v.clone());
                     }
                 }
-            }
+                Ok(())
+            })
+            .await;
+        }));
+    }
+    let tty = std::io::stdout().is_terminal();
+    if a.no_stream {
+        for t in tasks.iter_mut() {
+            let _ = t.await;
         }
+    }
+    loop {
+        if !a.no_stream {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        let rows: Vec<Value> = latest
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .flatten()
+                    .map(|v| stats_row(v, a.no_trunc))
+                    .collect()
+            })
+            .unwrap_or_default();
         let text = fmt.render(&rows, &headers())?;
         if !a.no_stream && tty {
             // redraw in place, as docker does
             print!("\x1b[2J\x1b[H");
         }
         print!("{text}");
-        if failed {
-            return Err(crate::Exit(1).into());
-        }
         if a.no_stream {
+            if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::Exit(1).into());
+            }
+            return Ok(());
+        }
+        if tasks.iter().all(|t| t.is_finished()) {
             return Ok(());
         }
     }
