@@ -117,37 +117,28 @@ PY
 
 # --- containers ----------------------------------------------------------------------
 echo
-echo "== run --rm --network none busybox true ($(( runs * 2 )) runs) =="
+# run_bench NAME FLAGS: `run --rm --network none FLAGS busybox true`, berth then Docker
+run_bench() {
+  local cmds=("$berth run --rm --network none $2 bench/busybox true")
+  [ $have_docker = 1 ] && cmds+=("docker run --rm --network none $2 bench/busybox true")
+  hyperfine -N -w 2 -r $(( runs * 2 )) --export-json "$work/$1.json" "${cmds[@]}" >/dev/null 2>&1 || \
+    hyperfine -w 2 -r $(( runs * 2 )) --export-json "$work/$1.json" "${cmds[@]}" >/dev/null
+  python3 - "$work/$1.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']*1000:.0f} ms")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+}
 "$berth" tag bench/small:1 bench/busybox >/dev/null
 [ $have_docker = 1 ] && docker tag bench/small:1 bench/busybox >/dev/null
-cmds=("$berth run --rm --network none bench/busybox true")
-[ $have_docker = 1 ] && cmds+=("docker run --rm --network none bench/busybox true")
-hyperfine -N -w 2 -r $(( runs * 2 )) --export-json "$work/run.json" "${cmds[@]}" >/dev/null 2>&1 || \
-  hyperfine -w 2 -r $(( runs * 2 )) --export-json "$work/run.json" "${cmds[@]}" >/dev/null
-python3 - "$work/run.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-for x in r:
-    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']*1000:.0f} ms")
-if len(r) == 2:
-    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
-PY
-
+echo "== run --rm --network none busybox true ($(( runs * 2 )) runs) =="
+run_bench run ""
 echo
 echo "== run --rm --network none --memory 64m --cpus 1 --pids-limit 100 busybox true ($(( runs * 2 )) runs) =="
-lim="--memory 64m --cpus 1 --pids-limit 100"
-cmds=("$berth run --rm --network none $lim bench/busybox true")
-[ $have_docker = 1 ] && cmds+=("docker run --rm --network none $lim bench/busybox true")
-hyperfine -N -w 2 -r $(( runs * 2 )) --export-json "$work/runlim.json" "${cmds[@]}" >/dev/null 2>&1 || \
-  hyperfine -w 2 -r $(( runs * 2 )) --export-json "$work/runlim.json" "${cmds[@]}" >/dev/null
-python3 - "$work/runlim.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-for x in r:
-    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']*1000:.0f} ms")
-if len(r) == 2:
-    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
-PY
+run_bench runlim "--memory 64m --cpus 1 --pids-limit 100"
 
 echo
 echo "== 20 x run --rm --network none busybox true, in parallel =="

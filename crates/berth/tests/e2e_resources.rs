@@ -467,21 +467,7 @@ fn bad_limits_are_refused_with_dockers_words() {
                 "Minimum memory reservation allowed is 6MB",
             ),
         ] {
-            let mut all = vec!["create", "--network", "none"];
-            all.extend(args.iter());
-            all.extend(["bb", "true"]);
-            let out = cli(&d, &bin, &all);
-            assert_eq!(
-                out.status.code(),
-                Some(1),
-                "{bin} {args:?}: {}",
-                stderr(&out)
-            );
-            assert!(
-                stderr(&out).contains(msg),
-                "{bin} {args:?}: {}",
-                stderr(&out)
-            );
+            assert_refused(&d, &bin, &["create"], &args, 1, msg);
         }
     }
     let r = d.request(

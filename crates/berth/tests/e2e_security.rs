@@ -277,24 +277,7 @@ fn devices_groups_sysctls_and_refusals() {
                 "error gathering device information",
             ),
         ] {
-            let mut all = vec!["run", "--rm"];
-            if !args.contains(&"--network") {
-                all.extend(["--network", "none"]);
-            }
-            all.extend(args.iter());
-            all.extend(["bb", "true"]);
-            let out = cli(&d, &bin, &all);
-            assert_eq!(
-                out.status.code(),
-                Some(125),
-                "{bin} {args:?}: {}",
-                stderr(&out)
-            );
-            assert!(
-                stderr(&out).contains(msg),
-                "{bin} {args:?}: {}",
-                stderr(&out)
-            );
+            assert_refused(&d, &bin, &["run", "--rm"], &args, 125, msg);
         }
     }
     // a malformed profile is refused by the daemon

@@ -431,6 +431,34 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `CLI VERB [--network none] ARGS bb true` with `cli` ("docker" or berth's) and
+/// asserts it fails with `code` and says `msg` (the network flag is added unless the
+/// case sets one).
+pub fn assert_refused(d: &Daemon, cli: &str, verb: &[&str], args: &[&str], code: i32, msg: &str) {
+    let mut all = verb.to_vec();
+    if !args.contains(&"--network") {
+        all.extend(["--network", "none"]);
+    }
+    all.extend(args.iter());
+    all.extend(["bb", "true"]);
+    let out = if cli == "docker" {
+        d.docker(&all)
+    } else {
+        d.berth(&all)
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cli} {args:?}: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(msg),
+        "{cli} {args:?}: {}",
+        stderr(&out)
+    );
+}
+
 /// Asserts success and returns stdout.
 pub fn ok(o: Output) -> String {
     assert!(
