@@ -9,23 +9,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn setup(name: &str) -> Option<Daemon> {
-    if skip_unless_root(name) {
-        return None;
-    }
-    let d = Daemon::start();
-    d.import(&busybox_tar(), "bb:latest");
-    Some(d)
-}
-
-fn cli(d: &Daemon, bin: &str, args: &[&str]) -> std::process::Output {
-    if bin == "docker" {
-        d.docker(args)
-    } else {
-        d.berth(args)
-    }
-}
-
 fn full_id(d: &Daemon, name: &str) -> String {
     d.get_json(&format!("/containers/{name}/json"))["Id"]
         .as_str()
@@ -57,13 +40,12 @@ fn read(p: &std::path::Path) -> String {
 
 #[test]
 fn limits_reach_the_cgroup_and_the_process() {
-    let Some(d) = setup("limits_reach_the_cgroup_and_the_process") else {
+    let Some(d) = daemon_with_busybox("limits_reach_the_cgroup_and_the_process") else {
         return;
     };
     for bin in clis() {
         let name = format!("lim-{}", bin.rsplit('/').next().unwrap());
-        ok(cli(
-            &d,
+        ok(d.cli(
             &bin,
             &[
                 "run",
@@ -120,8 +102,7 @@ fn limits_reach_the_cgroup_and_the_process() {
             assert_eq!(read(&cg_file(&d, &name, "pids", "pids.max")), "10");
         }
         // from inside: rlimits, /dev/shm, and the pids limit stopping forks
-        let out = ok(cli(
-            &d,
+        let out = ok(d.cli(
             &bin,
             &[
                 "exec",
@@ -135,8 +116,7 @@ fn limits_reach_the_cgroup_and_the_process() {
         assert_eq!(&lines[..2], ["100", "200"], "{bin}: {out}");
         assert!(lines[2].contains("8192"), "{bin}: {out}");
         // 20 background sleeps under a limit of 10 processes: some cannot be forked
-        let out = cli(
-            &d,
+        let out = d.cli(
             &bin,
             &[
                 "exec",
@@ -151,7 +131,7 @@ fn limits_reach_the_cgroup_and_the_process() {
             "{bin}: the pids limit held: {}",
             stderr(&out)
         );
-        ok(cli(&d, &bin, &["rm", "-f", &name]));
+        ok(d.cli(&bin, &["rm", "-f", &name]));
     }
 }
 
@@ -179,7 +159,7 @@ fn stream_stats(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value> {
 
 #[test]
 fn stats_pause_unpause_and_update() {
-    let Some(d) = setup("stats_pause_unpause_and_update") else {
+    let Some(d) = daemon_with_busybox("stats_pause_unpause_and_update") else {
         return;
     };
     ok(d.berth(&[
@@ -216,7 +196,7 @@ fn stats_pause_unpause_and_update() {
         "the busy loop used CPU"
     );
     for bin in clis() {
-        let out = ok(cli(&d, &bin, &["stats", "--no-stream", "st"]));
+        let out = ok(d.cli(&bin, &["stats", "--no-stream", "st"]));
         let row = out.lines().nth(1).unwrap();
         assert!(out.starts_with("CONTAINER ID"), "{bin}: {out}");
         assert!(
@@ -232,7 +212,7 @@ fn stats_pause_unpause_and_update() {
             .unwrap();
         assert!(cpu > 20.0, "{bin}: a busy loop shows CPU: {out}");
         // pause: frozen, shown, exec refused; unpause
-        ok(cli(&d, &bin, &["pause", "st"]));
+        ok(d.cli(&bin, &["pause", "st"]));
         let st = d.get_json("/containers/st/json")["State"].clone();
         assert_eq!(
             (
@@ -242,15 +222,15 @@ fn stats_pause_unpause_and_update() {
             ),
             (Some("paused"), Some(true), Some(true))
         );
-        assert!(ok(cli(&d, &bin, &["ps"])).contains("(Paused)"));
-        let e = cli(&d, &bin, &["exec", "st", "true"]);
+        assert!(ok(d.cli(&bin, &["ps"])).contains("(Paused)"));
+        let e = d.cli(&bin, &["exec", "st", "true"]);
         assert!(
             !e.status.success()
                 && stderr(&e).contains("is paused, unpause the container before exec"),
             "{bin}: {}",
             stderr(&e)
         );
-        let again = cli(&d, &bin, &["pause", "st"]);
+        let again = d.cli(&bin, &["pause", "st"]);
         assert!(
             stderr(&again).contains("is already paused"),
             "{bin}: {}",
@@ -262,13 +242,13 @@ fn stats_pause_unpause_and_update() {
                 .join("freezer.state");
             assert_eq!(read(&f), "FROZEN");
         }
-        ok(cli(&d, &bin, &["unpause", "st"]));
+        ok(d.cli(&bin, &["unpause", "st"]));
         assert_eq!(
             d.get_json("/containers/st/json")["State"]["Status"],
             "running"
         );
-        ok(cli(&d, &bin, &["exec", "st", "true"]));
-        let again = cli(&d, &bin, &["unpause", "st"]);
+        ok(d.cli(&bin, &["exec", "st", "true"]));
+        let again = d.cli(&bin, &["unpause", "st"]);
         assert!(
             stderr(&again).contains("is not paused"),
             "{bin}: {}",
@@ -282,8 +262,7 @@ fn stats_pause_unpause_and_update() {
     );
     // update a running container: at once in the cgroup, and stored
     for bin in clis() {
-        ok(cli(
-            &d,
+        ok(d.cli(
             &bin,
             &[
                 "update",
@@ -316,7 +295,7 @@ fn stats_pause_unpause_and_update() {
             (Some(250_000_000), Some(20), Some(100 << 20))
         );
         // Docker's refusal: a memory limit above the swap limit already set
-        let e = cli(&d, &bin, &["update", "-m", "300m", "st"]);
+        let e = d.cli(&bin, &["update", "-m", "300m", "st"]);
         assert!(
             !e.status.success()
                 && stderr(&e)
@@ -324,7 +303,7 @@ fn stats_pause_unpause_and_update() {
             "{bin}: {}",
             stderr(&e)
         );
-        let e = cli(&d, &bin, &["update", "--cpu-period", "100000", "st"]);
+        let e = d.cli(&bin, &["update", "--cpu-period", "100000", "st"]);
         assert!(
             stderr(&e).contains("CPU Period cannot be updated as NanoCPUs has already been set"),
             "{bin}: {}",
@@ -396,7 +375,7 @@ fn now_secs() -> u64 {
 
 #[test]
 fn oom_kills_are_reported() {
-    let Some(d) = setup("oom_kills_are_reported") else {
+    let Some(d) = daemon_with_busybox("oom_kills_are_reported") else {
         return;
     };
     let out = d.berth(&[
@@ -434,7 +413,7 @@ fn oom_kills_are_reported() {
 
 #[test]
 fn bad_limits_are_refused_with_dockers_words() {
-    let Some(d) = setup("bad_limits_are_refused_with_dockers_words") else {
+    let Some(d) = daemon_with_busybox("bad_limits_are_refused_with_dockers_words") else {
         return;
     };
     let before = d

@@ -11,23 +11,6 @@ use common::*;
 /// Docker's 14 default capabilities as /proc/PID/status shows them.
 const DEFAULT_CAPS: &str = "00000000a80425fb";
 
-fn setup(name: &str) -> Option<Daemon> {
-    if skip_unless_root(name) {
-        return None;
-    }
-    let d = Daemon::start();
-    d.import(&busybox_tar(), "bb:latest");
-    Some(d)
-}
-
-fn cli(d: &Daemon, bin: &str, args: &[&str]) -> std::process::Output {
-    if bin == "docker" {
-        d.docker(args)
-    } else {
-        d.berth(args)
-    }
-}
-
 /// `Name:\tvalue` lines of /proc/self/status.
 fn field(status: &str, name: &str) -> String {
     status
@@ -46,7 +29,7 @@ const PROBE: &str = "cat /proc/self/status; \
 
 #[test]
 fn defaults_confine_and_options_loosen() {
-    let Some(d) = setup("defaults_confine_and_options_loosen") else {
+    let Some(d) = daemon_with_busybox("defaults_confine_and_options_loosen") else {
         return;
     };
     let runtimes: Vec<&str> = if have("runc") {
@@ -56,8 +39,7 @@ fn defaults_confine_and_options_loosen() {
     };
     for bin in clis() {
         for rt in &runtimes {
-            let out = ok(cli(
-                &d,
+            let out = ok(d.cli(
                 &bin,
                 &[
                     "run",
@@ -89,8 +71,7 @@ fn defaults_confine_and_options_loosen() {
             assert!(out.contains("TIMER_LIST=0"), "{what}: masked: {out}");
         }
         // --privileged: every capability berthd has, no seccomp, nothing masked
-        let out = ok(cli(
-            &d,
+        let out = ok(d.cli(
             &bin,
             &[
                 "run",
@@ -119,8 +100,7 @@ fn defaults_confine_and_options_loosen() {
             "{bin}: nothing masked: {out}"
         );
         // cap-drop ALL + cap-add, cap-add SYS_ADMIN (which the profile follows)
-        let out = ok(cli(
-            &d,
+        let out = ok(d.cli(
             &bin,
             &[
                 "run",
@@ -137,8 +117,7 @@ fn defaults_confine_and_options_loosen() {
             ],
         ));
         assert_eq!(field(&out, "CapEff"), "0000000000000020", "{bin}");
-        let out = ok(cli(
-            &d,
+        let out = ok(d.cli(
             &bin,
             &[
                 "run",
@@ -159,8 +138,7 @@ fn defaults_confine_and_options_loosen() {
         );
         assert_eq!(field(&out, "Seccomp"), "2");
         // seccomp=unconfined, no-new-privileges
-        let out = ok(cli(
-            &d,
+        let out = ok(d.cli(
             &bin,
             &[
                 "run",
@@ -185,8 +163,7 @@ fn defaults_confine_and_options_loosen() {
     std::fs::write(&profile, r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#).unwrap();
     let spec = format!("seccomp={}", profile.display());
     for bin in clis() {
-        let out = cli(
-            &d,
+        let out = d.cli(
             &bin,
             &[
                 "run",
@@ -216,15 +193,14 @@ fn defaults_confine_and_options_loosen() {
         "100",
     ]));
     for bin in clis() {
-        let out = ok(cli(&d, &bin, &["exec", "ex", "sh", "-c", PROBE]));
+        let out = ok(d.cli(&bin, &["exec", "ex", "sh", "-c", PROBE]));
         assert_eq!(field(&out, "Seccomp"), "2", "{bin}: exec");
         assert_eq!(field(&out, "CapEff"), DEFAULT_CAPS, "{bin}: exec");
         assert!(
             out.contains("UNSHARE=refused") && out.contains("MOUNT=refused"),
             "{bin}: {out}"
         );
-        let out = ok(cli(
-            &d,
+        let out = ok(d.cli(
             &bin,
             &["exec", "-u", "1000", "ex", "cat", "/proc/self/status"],
         ));
@@ -240,13 +216,11 @@ fn defaults_confine_and_options_loosen() {
 
 #[test]
 fn devices_groups_sysctls_and_refusals() {
-    let Some(d) = setup("devices_groups_sysctls_and_refusals") else {
+    let Some(d) = daemon_with_busybox("devices_groups_sysctls_and_refusals") else {
         return;
     };
     for bin in clis() {
-        let out = ok(cli(
-            &d,
-            &bin,
+        let out = ok(d.cli(&bin,
             &[
                 "run", "--rm", "--network", "none", "--device", "/dev/null:/dev/mynull",
                 "--group-add", "1234", "--sysctl", "net.ipv4.ip_forward=1", "--sysctl",
@@ -318,7 +292,7 @@ fn sha256(path: &str) -> String {
 /// unchanged, and what enters a container is a sealed in-memory copy.
 #[test]
 fn the_runtime_binary_cannot_be_overwritten() {
-    let Some(d) = setup("the_runtime_binary_cannot_be_overwritten") else {
+    let Some(d) = daemon_with_busybox("the_runtime_binary_cannot_be_overwritten") else {
         return;
     };
     let runtime = std::path::Path::new(berthd_bin()).with_file_name("berth-runtime");

@@ -431,6 +431,28 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A started daemon with busybox imported as `bb:latest`; None (the test skips, saying
+/// so) without root.
+pub fn daemon_with_busybox(test: &str) -> Option<Daemon> {
+    if skip_unless_root(test) {
+        return None;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    Some(d)
+}
+
+impl Daemon {
+    /// Runs `cli` ("docker", or berth's binary from [`clis`]) against this daemon.
+    pub fn cli(&self, cli: &str, args: &[&str]) -> Output {
+        if cli == "docker" {
+            self.docker(args)
+        } else {
+            self.berth(args)
+        }
+    }
+}
+
 /// Runs `CLI VERB [--network none] ARGS bb true` with `cli` ("docker" or berth's) and
 /// asserts it fails with `code` and says `msg` (the network flag is added unless the
 /// case sets one).
