@@ -228,7 +228,15 @@ impl Containers {
                 }
             },
             builtin_runtime,
-            sys: crate::resources::SysInfo::detect(),
+            sys: {
+                let sys = crate::resources::SysInfo::detect();
+                tracing::info!(
+                    version = sys.version(),
+                    hybrid = sys.hybrid,
+                    "cgroups found"
+                );
+                sys
+            },
             default_ulimits,
             runtimes,
             by_id: Mutex::new(HashMap::new()),

@@ -29,7 +29,6 @@ pub struct SysInfo {
     pub cpuset: bool,
     pub pids: bool,
     pub blkio_weight: bool,
-    pub freezer: bool,
     pub ncpu: usize,
     /// the online CPUs and memory nodes, as the kernel lists them ("0-3")
     pub cpus: String,
@@ -78,7 +77,6 @@ impl SysInfo {
                 cpuset: has("cpuset"),
                 pids: has("pids"),
                 blkio_weight: has("io"),
-                freezer: true,
                 ncpu,
                 cpus: first_nonempty(&[cpus, online_cpus, format!("0-{}", ncpu - 1)]),
                 mems: first_nonempty(&[mems, online_mems, "0".into()]),
@@ -97,7 +95,6 @@ impl SysInfo {
             cpuset: ctl("cpuset", "cpuset.cpus"),
             pids: root.join("pids").join("cgroup.procs").exists(),
             blkio_weight: ctl("blkio", "blkio.weight"),
-            freezer: ctl("freezer", "freezer.state") || root.join("freezer").is_dir(),
             ncpu,
             cpus: first_nonempty(&[
                 read(&root.join("cpuset/cpuset.cpus")),
@@ -548,7 +545,6 @@ mod tests {
             cpuset: true,
             pids: true,
             blkio_weight: false,
-            freezer: true,
             ncpu: 2,
             cpus: "0-1".into(),
             mems: "0".into(),

@@ -760,7 +760,11 @@ impl Shim {
             let _ = self.splitters[1].flush(log, "stderr");
         }
         let code = self.exit_code.unwrap_or(255);
-        let oom = self.args.exec.is_none() && oom_killed(&cgroups_path(&self.args));
+        let cgroups = match self.args.exec {
+            None => Some(cgroups_path(&self.args)),
+            Some(_) => None,
+        };
+        let oom = cgroups.as_deref().is_some_and(oom_killed);
         let _ = write_exit_file(&self.args.state, code, oom);
         // gone before the waiters hear: the next shim of the container binds it anew
         let _ = std::fs::remove_file(self.args.state.join("shim.sock"));
@@ -774,11 +778,12 @@ impl Shim {
         }
         // the runtime's cleanup is off the waiters' path; the next run of the container
         // waits for our lock (`lock_state`) before it makes it again
-        if self.args.exec.is_none() {
-            self.container.delete();
-            remove_cgroups(&cgroups_path(&self.args));
-        } else {
-            reap_remaining();
+        match &cgroups {
+            Some(path) => {
+                self.container.delete();
+                remove_cgroups(path);
+            }
+            None => reap_remaining(),
         }
     }
 }

@@ -191,11 +191,6 @@ impl LimitArgs {
         }
         Ok(())
     }
-
-    pub fn any(&self) -> bool {
-        let mut probe = json!({});
-        self.apply(&mut probe).is_err() || probe.as_object().is_some_and(|m| !m.is_empty())
-    }
 }
 
 impl RunLimitArgs {
