@@ -54,6 +54,9 @@ pub struct Flags {
     /// Storage driver: overlay2 or vfs (a copy per layer)
     #[arg(short = 's', long)]
     pub storage_driver: Option<String>,
+    /// Run containers in a user namespace: default, USER[:GROUP] or UID[:GID]
+    #[arg(long)]
+    pub userns_remap: Option<String>,
 }
 
 /// The merged configuration the daemon runs with.
@@ -85,6 +88,8 @@ pub struct Config {
     pub log_opts: std::collections::BTreeMap<String, String>,
     /// daemon.json `default-ulimits`: `{"nofile": {"Name", "Soft", "Hard"}}`
     pub default_ulimits: serde_json::Map<String, serde_json::Value>,
+    /// `userns-remap`: the user whose subordinate IDs containers run as
+    pub userns_remap: Option<String>,
 }
 
 /// The built-in runtime's name.
@@ -138,6 +143,7 @@ const APPLIED: &[&str] = &[
     "log-driver",
     "log-opts",
     "default-ulimits",
+    "userns-remap",
 ];
 
 /// dockerd keys berth accepts but does not act on yet (logged at start).
@@ -196,7 +202,6 @@ const ACCEPTED: &[&str] = &[
     "storage-opts",
     "userland-proxy",
     "userland-proxy-path",
-    "userns-remap",
 ];
 
 fn str_list(v: &Value, key: &str) -> Result<Vec<String>, ConfigError> {
@@ -276,6 +281,7 @@ impl Config {
         check("tlscert", flags.tlscert.is_some());
         check("tlskey", flags.tlskey.is_some());
         check("storage-driver", flags.storage_driver.is_some());
+        check("userns-remap", flags.userns_remap.is_some());
         if !conflicts.is_empty() {
             return Err(ConfigError::Conflict(conflicts.join(", ")));
         }
@@ -393,7 +399,15 @@ impl Config {
                 default_ulimits.insert(name.clone(), u.clone());
             }
         }
+        let userns_remap = match flags.userns_remap {
+            Some(u) => Some(u),
+            None => get("userns-remap")
+                .map(|v| string(v, "userns-remap"))
+                .transpose()?,
+        }
+        .filter(|u| !u.is_empty());
         let cfg = Config {
+            userns_remap,
             default_ulimits,
             log_driver,
             log_opts,

@@ -139,6 +139,8 @@ pub struct Containers {
     images: Arc<ImageStore>,
     /// berth-init, written out at start, for `--init`
     init: PathBuf,
+    /// daemon.json `userns-remap`, when set
+    pub remap: Option<Arc<crate::userns::Remap>>,
 }
 
 /// berth-init, built by build.rs.
@@ -205,6 +207,7 @@ impl Containers {
         runtimes: std::collections::BTreeMap<String, PathBuf>,
         images: Arc<ImageStore>,
         default_ulimits: serde_json::Map<String, Value>,
+        remap: Option<Arc<crate::userns::Remap>>,
     ) -> anyhow::Result<Self> {
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
@@ -243,6 +246,7 @@ impl Containers {
             execs: Default::default(),
             images,
             init,
+            remap,
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
@@ -622,7 +626,13 @@ impl Containers {
         ApiError::bad_request(msg)
     }
 
-    /// Blocking part of start: rootfs, hosts files, config.json.
+    /// The remapping a container runs with: the daemon's, unless it asked for the host's
+    /// user namespace (`--userns=host`).
+    pub fn remap_of(&self, c: &Ctr) -> Option<&crate::userns::Remap> {
+        let host = c.host_config()["UsernsMode"].as_str() == Some("host");
+        self.remap.as_deref().filter(|_| !host)
+    }
+
     /// The container's rootfs at `rootfs`: an overlay of the image's layers under its
     /// private upper directory, or (vfs) a copy of the image made once.
     pub(crate) fn mount_rootfs(
@@ -635,15 +645,24 @@ impl Containers {
         let dir = self.dir(c);
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(io)?;
+        let remap = self.remap_of(c);
         match driver {
             berth_image::snapshot::Driver::Overlay => {
                 let (upper, work) = (dir.join("upper"), dir.join("work"));
                 std::fs::create_dir_all(&upper).map_err(io)?;
                 std::fs::create_dir_all(&work).map_err(io)?;
+                if let Some(r) = remap {
+                    // the container's root owns its root directory
+                    std::os::unix::fs::chown(&upper, Some(r.root_uid()), Some(r.root_gid()))
+                        .map_err(io)?;
+                }
                 let lower: Vec<String> = layers
                     .iter()
                     .rev()
-                    .map(|p| p.display().to_string())
+                    .map(|p| match remap {
+                        Some(r) => r.layer_path(p).display().to_string(),
+                        None => p.display().to_string(),
+                    })
                     .collect();
                 let opts = format!(
                     "lowerdir={},upperdir={},workdir={}",
@@ -680,6 +699,9 @@ impl Containers {
                                 "copying the image into the container failed",
                             ));
                         }
+                        if let Some(r) = remap {
+                            r.shift_tree(&rootfs).map_err(io)?;
+                        }
                     }
                 }
             }
@@ -709,6 +731,16 @@ impl Containers {
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
         let mut run = crate::spec::run_spec(c, &rootfs, &dir, &hostname, &self.default_ulimits)?;
+        if let Some(r) = self.remap_of(c) {
+            for f in ["hostname", "hosts", "resolv.conf"] {
+                std::os::unix::fs::chown(dir.join(f), Some(r.root_uid()), Some(r.root_gid()))
+                    .map_err(io)?;
+            }
+            run.userns = Some((
+                crate::userns::Remap::spec_maps(&r.ids.uids),
+                crate::userns::Remap::spec_maps(&r.ids.gids),
+            ));
+        }
         crate::spec::mkdir_in_root(&rootfs, &run.cwd)?;
         crate::spec::check_command(&rootfs, &run.args, &run.env)?;
         if c.host_config()["Init"].as_bool().unwrap_or(false) {

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 pub struct Root {
     pub fd: OwnedFd,
     mounted: Option<PathBuf>,
+    /// a remapped container's IDs: archives carry the container's view of owners
+    pub ids: Option<crate::userns::Shift>,
 }
 
 impl Drop for Root {
@@ -46,6 +48,7 @@ impl Containers {
     /// The container's root: `/proc/PID/root` of a running one (with `mounts`), else its
     /// rootfs (mounted now if need be; the caller holds `c.fs_lock` for a stopped one).
     pub fn open_root(&self, c: &Ctr, mounts: bool) -> Result<Root, ApiError> {
+        let ids = self.remap_of(c).map(|r| r.ids.clone());
         let st = c.state();
         if st.status == "running" && st.pid > 0 {
             let path = if mounts {
@@ -54,7 +57,11 @@ impl Containers {
                 self.dir(c).join("rootfs")
             };
             let fd = rfs::open(&path, DIR, Mode::empty()).map_err(io_api)?;
-            return Ok(Root { fd, mounted: None });
+            return Ok(Root {
+                fd,
+                mounted: None,
+                ids,
+            });
         }
         let image = c
             .image_id
@@ -74,7 +81,7 @@ impl Containers {
                 return Err(io_api(e));
             }
         };
-        Ok(Root { fd, mounted })
+        Ok(Root { fd, mounted, ids })
     }
 }
 
@@ -217,7 +224,7 @@ pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<()
         r => r,
     };
     let mut b = tar::Builder::new(out);
-    add_tree(&mut b, &dir, &name, &rebase).map_err(io_api)?;
+    add_tree(&mut b, &dir, &name, &rebase, root.ids.as_ref()).map_err(io_api)?;
     b.into_inner().map_err(io_api)?.flush().map_err(io_api)?;
     Ok(())
 }
@@ -228,7 +235,7 @@ pub fn tar_root<W: Write>(root: &Root, out: W) -> Result<(), ApiError> {
     let mut names = list_dir(&root.fd).map_err(io_api)?;
     names.sort();
     for n in names {
-        add_tree(&mut b, &root.fd, &n, &n).map_err(io_api)?;
+        add_tree(&mut b, &root.fd, &n, &n, root.ids.as_ref()).map_err(io_api)?;
     }
     b.into_inner().map_err(io_api)?.flush().map_err(io_api)?;
     Ok(())
@@ -274,12 +281,17 @@ fn add_tree<W: Write>(
     dir: &OwnedFd,
     name: &str,
     as_name: &str,
+    ids: Option<&crate::userns::Shift>,
 ) -> std::io::Result<()> {
     let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let mut h = tar::Header::new_gnu();
     h.set_mode(st.st_mode & 0o7777);
-    h.set_uid(st.st_uid as u64);
-    h.set_gid(st.st_gid as u64);
+    let (uid, gid) = match ids {
+        Some(ids) => ids.to_container(st.st_uid, st.st_gid),
+        None => (st.st_uid, st.st_gid),
+    };
+    h.set_uid(uid as u64);
+    h.set_gid(gid as u64);
     h.set_mtime(st.st_mtime.max(0) as u64);
     h.set_size(0);
     match FileType::from_raw_mode(st.st_mode) {
@@ -290,7 +302,7 @@ fn add_tree<W: Write>(
             let mut names = list_dir(&sub)?;
             names.sort();
             for n in names {
-                add_tree(b, &sub, &n, &format!("{as_name}/{n}"))?;
+                add_tree(b, &sub, &n, &format!("{as_name}/{n}"), ids)?;
             }
         }
         FileType::RegularFile => {
@@ -362,7 +374,11 @@ pub fn extract<R: std::io::Read>(
     let dir = rfs::openat2(&root.fd, rel(path), DIR, Mode::empty(), in_root())
         .map_err(|_| not_found(path, c))?;
     let owner = (!copy_uid_gid).then_some((0, 0));
-    berth_image::unpack::extract_at(reader, dir, owner)
+    let shift = root
+        .ids
+        .clone()
+        .map(|ids| Box::new(move |u, g| ids.to_host(u, g)) as Box<berth_image::unpack::IdFn>);
+    berth_image::unpack::extract_at(reader, dir, owner, shift.as_deref())
         .map_err(|e| ApiError::bad_request(format!("extracting the archive: {e}")))?;
     Ok(())
 }
@@ -431,13 +447,23 @@ fn walk_upper(
 }
 
 /// The changes of a copied rootfs against the image's top layer (vfs driver).
-pub fn copy_changes(rootfs: &Path, image: &Path) -> std::io::Result<Vec<Change>> {
+pub fn copy_changes(
+    rootfs: &Path,
+    image: &Path,
+    ids: Option<&crate::userns::Shift>,
+) -> std::io::Result<Vec<Change>> {
     let mut out = Vec::new();
-    compare(rootfs, image, "", &mut out)?;
+    compare(rootfs, image, "", &mut out, ids)?;
     finish_changes(out)
 }
 
-fn compare(now: &Path, was: &Path, prefix: &str, out: &mut Vec<Change>) -> std::io::Result<()> {
+fn compare(
+    now: &Path,
+    was: &Path,
+    prefix: &str,
+    out: &mut Vec<Change>,
+    ids: Option<&crate::userns::Shift>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let names = |d: &Path| -> std::collections::BTreeSet<String> {
         std::fs::read_dir(d)
@@ -459,19 +485,22 @@ fn compare(now: &Path, was: &Path, prefix: &str, out: &mut Vec<Change>) -> std::
             (Ok(m), Err(_)) => {
                 out.push((path.clone(), 1));
                 if m.is_dir() {
-                    compare(&pn, &pw, &path, out)?;
+                    compare(&pn, &pw, &path, out, ids)?;
                 }
             }
             (Err(_), Ok(_)) => out.push((path, 2)),
             (Ok(m), Ok(o)) => {
+                let owner = match ids {
+                    Some(ids) => ids.to_container(m.uid(), m.gid()),
+                    None => (m.uid(), m.gid()),
+                };
                 let differs = m.file_type() != o.file_type()
                     || m.mode() != o.mode()
-                    || m.uid() != o.uid()
-                    || m.gid() != o.gid()
+                    || owner != (o.uid(), o.gid())
                     || (!m.is_dir() && (m.size() != o.size() || m.mtime() != o.mtime()));
                 let before = out.len();
                 if m.is_dir() && o.is_dir() {
-                    compare(&pn, &pw, &path, out)?;
+                    compare(&pn, &pw, &path, out, ids)?;
                 }
                 if differs || (m.is_dir() && out.len() > before) {
                     out.insert(before, (path, 0));
@@ -504,11 +533,16 @@ fn finish_changes(all: Vec<Change>) -> std::io::Result<Vec<Change>> {
 /// The container's own layer as a tar with OCI whiteouts, for `commit`: from the
 /// overlay upper directory (whiteouts and opaque directories translated), or from the
 /// changes of a copied rootfs.
-pub fn layer_tar<W: Write>(dir: &Path, changes: Option<&[Change]>, out: W) -> std::io::Result<()> {
+pub fn layer_tar<W: Write>(
+    dir: &Path,
+    changes: Option<&[Change]>,
+    ids: Option<&crate::userns::Shift>,
+    out: W,
+) -> std::io::Result<()> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     match changes {
-        None => walk_layer(&mut b, dir, "")?,
+        None => walk_layer(&mut b, dir, "", ids)?,
         Some(list) => {
             for (p, kind) in list {
                 let rel = p.trim_start_matches('/');
@@ -519,9 +553,9 @@ pub fn layer_tar<W: Write>(dir: &Path, changes: Option<&[Change]>, out: W) -> st
                 let full = dir.join(rel);
                 let md = std::fs::symlink_metadata(&full)?;
                 if md.is_dir() {
-                    add_dir(&mut b, rel, &md)?;
+                    add_dir(&mut b, rel, &md, ids)?;
                 } else {
-                    b.append_path_with_name(&full, rel)?;
+                    add_file(&mut b, &full, rel, &md, ids)?;
                 }
             }
         }
@@ -551,15 +585,58 @@ fn add_dir<W: Write>(
     b: &mut tar::Builder<W>,
     rel: &str,
     md: &std::fs::Metadata,
+    ids: Option<&crate::userns::Shift>,
 ) -> std::io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_metadata(md);
+    shift_header(&mut h, md, ids);
     h.set_entry_type(tar::EntryType::Directory);
     h.set_size(0);
     b.append_data(&mut h, format!("{rel}/"), std::io::empty())
 }
 
-fn walk_layer<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> std::io::Result<()> {
+/// A header's owner as the container sees it.
+fn shift_header(h: &mut tar::Header, md: &std::fs::Metadata, ids: Option<&crate::userns::Shift>) {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(ids) = ids {
+        let (u, g) = ids.to_container(md.uid(), md.gid());
+        h.set_uid(u as u64);
+        h.set_gid(g as u64);
+    }
+}
+
+/// A non-directory entry of a layer (file, symlink, device, fifo).
+fn add_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    rel: &str,
+    md: &std::fs::Metadata,
+    ids: Option<&crate::userns::Shift>,
+) -> std::io::Result<()> {
+    if ids.is_none() {
+        return b.append_path_with_name(path, rel);
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
+    shift_header(&mut h, md, ids);
+    if md.file_type().is_symlink() {
+        let target = std::fs::read_link(path)?;
+        h.set_size(0);
+        b.append_link(&mut h, rel, target)
+    } else if md.is_file() {
+        b.append_data(&mut h, rel, std::fs::File::open(path)?)
+    } else {
+        h.set_size(0);
+        b.append_data(&mut h, rel, std::io::empty())
+    }
+}
+
+fn walk_layer<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    prefix: &str,
+    ids: Option<&crate::userns::Shift>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
@@ -579,16 +656,16 @@ fn walk_layer<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> st
             continue;
         }
         if md.is_dir() {
-            add_dir(b, &rel, &md)?;
+            add_dir(b, &rel, &md, ids)?;
             let opaque = rfs::getxattr(e.path(), "trusted.overlay.opaque", &mut [0u8; 4])
                 .map(|n| n == 1)
                 .unwrap_or(false);
             if opaque {
                 add_marker(b, &format!("{rel}/.wh..wh..opq"))?;
             }
-            walk_layer(b, &e.path(), &rel)?;
+            walk_layer(b, &e.path(), &rel, ids)?;
         } else {
-            b.append_path_with_name(e.path(), &rel)?;
+            add_file(b, &e.path(), &rel, &md, ids)?;
         }
     }
     Ok(())
@@ -596,7 +673,12 @@ fn walk_layer<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> st
 
 /// Bytes in the container's own layer (`SizeRw`): the files of the overlay upper
 /// directory, or the added and changed files of a copied rootfs; hard links once.
-pub fn rw_size(dir: &Path, driver: berth_image::snapshot::Driver, layers: &[PathBuf]) -> u64 {
+pub fn rw_size(
+    dir: &Path,
+    driver: berth_image::snapshot::Driver,
+    layers: &[PathBuf],
+    ids: Option<&crate::userns::Shift>,
+) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
         let mut total = 0;
@@ -617,7 +699,7 @@ pub fn rw_size(dir: &Path, driver: berth_image::snapshot::Driver, layers: &[Path
         berth_image::snapshot::Driver::Copy => {
             let rootfs = dir.join("rootfs");
             let Some(top) = layers.last() else { return 0 };
-            copy_changes(&rootfs, top)
+            copy_changes(&rootfs, top, ids)
                 .unwrap_or_default()
                 .iter()
                 .filter(|(_, k)| *k != 2)

@@ -21,6 +21,7 @@ pub mod security;
 pub mod server;
 pub mod spec;
 pub mod stats;
+pub mod userns;
 
 use anyhow::{bail, Context, Result};
 use berth_image::ImageStore;
@@ -211,6 +212,15 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     if cfg.hosts.iter().any(|h| h.starts_with("tcp://")) && !cfg.tls {
         warnings.push("WARNING: API is accessible on http:// without encryption.\n         Access to the remote API is equivalent to root access on the host.".to_string());
     }
+    let remap = match &cfg.userns_remap {
+        Some(spec) => {
+            let r = userns::Remap::setup(spec, &cfg.data_root, images.layer_root())
+                .context("setting up user namespace remapping")?;
+            tracing::info!(user = %r.user, group = %r.group, uid = r.root_uid(), gid = r.root_gid(), "user namespace remapping");
+            Some(Arc::new(r))
+        }
+        None => None,
+    };
     let containers = Arc::new(
         containers::Containers::open(
             db.clone(),
@@ -219,6 +229,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
             cfg.runtimes.clone(),
             images.clone(),
             cfg.default_ulimits.clone(),
+            remap.clone(),
         )
         .context("opening the container store")?,
     );
@@ -271,6 +282,9 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir("/sys/fs/cgroup/berth");
+    if let Some(r) = &remap {
+        r.unmount();
+    }
     tracing::info!("berthd stopped");
     Ok(())
 }

@@ -434,6 +434,7 @@ pub fn run_spec(
         devices,
         device_rules,
         sysctl,
+        userns: None,
         resources: crate::resources::linux_resources(&hc),
         rlimits: crate::resources::rlimits(&hc, default_ulimits)?,
         shm_size: hc["ShmSize"]

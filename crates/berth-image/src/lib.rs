@@ -793,6 +793,11 @@ impl ImageStore {
     }
 
     /// The snapshot directories of an image's layers, bottom first.
+    /// The directory below which every layer directory lives.
+    pub fn layer_root(&self) -> &Path {
+        self.snaps.root()
+    }
+
     pub fn layer_dirs(&self, id: &Digest) -> Result<Vec<PathBuf>> {
         let img = self.get(id)?;
         img.layers

@@ -146,6 +146,11 @@ impl Snapshots {
         self.driver
     }
 
+    /// The directory holding every snapshot.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn fs_dir(&self, chain: &Digest) -> PathBuf {
         self.dir(chain).join("fs")
     }

@@ -111,6 +111,8 @@ struct Applier<'a> {
     euid_root: bool,
     /// every entry's owner, instead of the archive's
     owner: Option<(u32, u32)>,
+    /// owners (the archive's or `owner`) mapped, e.g. into a user namespace's range
+    shift: Option<&'a IdFn>,
     /// paths this layer wrote, for opaque whiteouts in delete mode
     written: HashSet<Vec<String>>,
     /// directory mtimes, applied after all entries (children would change them)
@@ -280,6 +282,10 @@ impl Applier<'_> {
         let gid = match self.owner {
             Some((_, g)) => g,
             None => header.gid().unwrap_or(0) as u32,
+        };
+        let (uid, gid) = match self.shift {
+            Some(f) => f(uid, gid),
+            None => (uid, gid),
         };
         let mtime = header.mtime().unwrap_or(0) as i64;
         let xattrs = pax_xattrs(&mut entry);
@@ -554,18 +560,23 @@ pub fn apply_layer_logged<'a, R: Read>(
 ) -> Result<(u64, Option<ContentLog<'a>>), UnpackError> {
     let root_fd =
         rfs::open(root, DIR_FLAGS, Mode::empty()).map_err(fs_err(&root.display().to_string()))?;
-    apply_at(reader, root_fd, mode, None, log)
+    apply_at(reader, root_fd, mode, None, None, log)
 }
+
+/// Maps an entry's (uid, gid) to the owner it gets on disk.
+pub type IdFn = dyn Fn(u32, u32) -> (u32, u32) + Send + Sync;
 
 /// Extracts a tar (not a layer: `.wh.` names are ordinary files) into the directory
 /// `root`, an fd the caller resolved safely; nothing is created outside it. With
-/// `owner`, every entry gets that owner instead of the archive's.
+/// `owner`, every entry gets that owner instead of the archive's; with `shift`, owners
+/// are mapped through it.
 pub fn extract_at<R: Read>(
     reader: R,
     root: OwnedFd,
     owner: Option<(u32, u32)>,
+    shift: Option<&IdFn>,
 ) -> Result<u64, UnpackError> {
-    apply_at(reader, root, WhiteoutMode::Literal, owner, None).map(|(n, _)| n)
+    apply_at(reader, root, WhiteoutMode::Literal, owner, shift, None).map(|(n, _)| n)
 }
 
 fn apply_at<'a, R: Read>(
@@ -573,6 +584,7 @@ fn apply_at<'a, R: Read>(
     root_fd: OwnedFd,
     mode: WhiteoutMode,
     owner: Option<(u32, u32)>,
+    shift: Option<&'a IdFn>,
     log: Option<ContentLog<'a>>,
 ) -> Result<(u64, Option<ContentLog<'a>>), UnpackError> {
     let mut a = Applier {
@@ -580,6 +592,7 @@ fn apply_at<'a, R: Read>(
         root: root_fd,
         mode,
         owner,
+        shift,
         euid_root: rustix::process::geteuid().is_root(),
         written: HashSet::new(),
         dir_times: Vec::new(),

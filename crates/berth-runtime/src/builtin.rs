@@ -230,6 +230,9 @@ pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
 struct ConfinedExecutor {
     bpf: Option<Vec<libc::sock_filter>>,
     caps: Option<libcontainer::oci_spec::runtime::LinuxCapabilities>,
+    /// for an exec into a container with a user namespace: that namespace, which
+    /// libcontainer's tenant builder does not join
+    userns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl libcontainer::workload::Executor for ConfinedExecutor {
@@ -238,6 +241,10 @@ impl libcontainer::workload::Executor for ConfinedExecutor {
         spec: &libcontainer::oci_spec::runtime::Spec,
     ) -> Result<(), libcontainer::workload::ExecutorError> {
         use libcontainer::workload::ExecutorError;
+        if let Some(ns) = &self.userns {
+            join_userns(ns, spec)
+                .map_err(|e| ExecutorError::Other(format!("joining the user namespace: {e}")))?;
+        }
         if let Some(bpf) = &self.bpf {
             load_bpf(bpf).map_err(|e| ExecutorError::Other(format!("loading seccomp: {e}")))?;
         }
@@ -255,6 +262,43 @@ impl libcontainer::workload::Executor for ConfinedExecutor {
     ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
         libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
+}
+
+/// Enters the container's user namespace (gaining a full capability set there) and
+/// takes the process's user and groups as IDs of that namespace; the capabilities are
+/// lowered after.
+fn join_userns(
+    ns: &std::os::fd::OwnedFd,
+    spec: &libcontainer::oci_spec::runtime::Spec,
+) -> std::io::Result<()> {
+    use rustix::thread::{Gid, LinkNameSpaceType, Uid};
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(ns),
+        Some(LinkNameSpaceType::User),
+    )?;
+    let user = spec
+        .process()
+        .as_ref()
+        .map(|p| p.user().clone())
+        .unwrap_or_default();
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    rustix::thread::set_thread_groups(&groups)?;
+    rustix::thread::set_thread_res_gid(
+        Gid::from_raw(user.gid()),
+        Gid::from_raw(user.gid()),
+        Gid::from_raw(user.gid()),
+    )?;
+    rustix::thread::set_thread_res_uid(
+        Uid::from_raw(user.uid()),
+        Uid::from_raw(user.uid()),
+        Uid::from_raw(user.uid()),
+    )?;
+    Ok(())
 }
 
 fn load_bpf(bpf: &[libc::sock_filter]) -> std::io::Result<()> {
@@ -460,6 +504,7 @@ fn confine_init(
     let none = ConfinedExecutor {
         bpf: None,
         caps: None,
+        userns: None,
     };
     let mut spec = Spec::load(bundle.join("config.json")).map_err(err)?;
     let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().clone()) else {
@@ -488,6 +533,7 @@ fn confine_init(
         ConfinedExecutor {
             bpf: Some(parse_bpf(&bpf)),
             caps,
+            userns: None,
         },
     ))
 }
@@ -501,12 +547,32 @@ fn confine_exec(
 ) -> Result<(PathBuf, ConfinedExecutor), String> {
     use libcontainer::oci_spec::runtime::Process;
     let c = load(root, id)?;
+    let userns = container_userns(&c)?;
     let Ok(bpf) = std::fs::read(c.bundle().join("seccomp.bpf")) else {
+        let mut proc: Process = serde_json::from_slice(
+            &std::fs::read(process).map_err(|e| format!("{}: {e}", process.display()))?,
+        )
+        .map_err(|e| format!("invalid process: {e}"))?;
+        if userns.is_none() {
+            return Ok((
+                process.to_path_buf(),
+                ConfinedExecutor {
+                    bpf: None,
+                    caps: None,
+                    userns,
+                },
+            ));
+        }
+        // joining the user namespace needs CAP_SYS_ADMIN, dropped after
+        let caps = widen(&mut proc);
+        let confined = process.with_extension("confined.json");
+        std::fs::write(&confined, serde_json::to_vec(&proc).map_err(err)?).map_err(err)?;
         return Ok((
-            process.to_path_buf(),
+            confined,
             ConfinedExecutor {
                 bpf: None,
-                caps: None,
+                caps,
+                userns,
             },
         ));
     };
@@ -522,8 +588,33 @@ fn confine_exec(
         ConfinedExecutor {
             bpf: Some(parse_bpf(&bpf)),
             caps,
+            userns,
         },
     ))
+}
+
+/// The user namespace of a container made with one of its own, opened from its init
+/// process (before the exec's process enters the container's other namespaces).
+fn container_userns(
+    c: &libcontainer::container::Container,
+) -> Result<Option<std::sync::Arc<std::os::fd::OwnedFd>>, String> {
+    use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
+    let spec = Spec::load(c.bundle().join("config.json")).map_err(err)?;
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+        });
+    if !own {
+        return Ok(None);
+    }
+    let pid = c.pid().ok_or("the container is not running")?;
+    let f = std::fs::File::open(format!("/proc/{}/ns/user", pid.as_raw()))
+        .map_err(|e| format!("the container's user namespace: {e}"))?;
+    Ok(Some(std::sync::Arc::new(f.into())))
 }
 
 /// `update --resources FILE`: the new limits go to the container's cgroup.

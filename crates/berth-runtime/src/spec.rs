@@ -99,6 +99,8 @@ pub struct RunSpec {
     pub device_rules: Vec<Value>,
     /// `linux.sysctl`
     pub sysctl: serde_json::Map<String, Value>,
+    /// a user namespace of its own: `linux.uidMappings` and `linux.gidMappings`
+    pub userns: Option<(Value, Value)>,
 }
 
 fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
@@ -215,6 +217,9 @@ pub fn build(r: &RunSpec) -> Value {
     if r.network == Network::Private {
         namespaces.push(json!({"type": "network"}));
     }
+    if r.userns.is_some() {
+        namespaces.push(json!({"type": "user"}));
+    }
     let mut resources = match &r.resources {
         Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
@@ -276,6 +281,10 @@ pub fn build(r: &RunSpec) -> Value {
     if !r.sysctl.is_empty() {
         linux["sysctl"] = Value::Object(r.sysctl.clone());
     }
+    if let Some((uids, gids)) = &r.userns {
+        linux["uidMappings"] = uids.clone();
+        linux["gidMappings"] = gids.clone();
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": process,
@@ -322,6 +331,7 @@ mod tests {
             devices: vec![],
             device_rules: vec![],
             sysctl: Default::default(),
+            userns: None,
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();

@@ -96,6 +96,7 @@ fn write_bundle(
         devices: vec![],
         device_rules: vec![],
         sysctl: Default::default(),
+        userns: None,
     };
     std::fs::write(
         bundle.join("config.json"),

@@ -136,7 +136,13 @@ fn sizes(d: &Daemon, c: &Ctr) -> (i64, i64) {
         return (0, 0);
     };
     let layers = d.images.layer_dirs(&image).unwrap_or_default();
-    let rw = crate::files::rw_size(&d.containers.dir(c), d.images.driver(), &layers) as i64;
+    let ids = d.containers.remap_of(c).map(|r| r.ids.clone());
+    let rw = crate::files::rw_size(
+        &d.containers.dir(c),
+        d.images.driver(),
+        &layers,
+        ids.as_ref(),
+    ) as i64;
     let image_size = d.images.get(&image).map(|i| i.size).unwrap_or(0);
     (rw, image_size + rw)
 }
@@ -353,6 +359,22 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let mut warnings = crate::resources::verify(&mut hc, &d.containers.sys, false)?;
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
     crate::security::validate(&hc, mode == "host")?;
+    let userns = hc["UsernsMode"].as_str().unwrap_or_default();
+    if !matches!(userns, "" | "host") {
+        return Err(ApiError::bad_request(format!(
+            "invalid USER mode: {userns}"
+        )));
+    }
+    if d.containers.remap.is_some() && userns != "host" {
+        if hc["Privileged"].as_bool().unwrap_or(false) {
+            return Err(ApiError::bad_request("privileged mode is incompatible with user namespaces.  You must run the container in the host namespace when running privileged mode"));
+        }
+        if mode == "host" {
+            return Err(ApiError::bad_request(
+                "cannot share the host's network namespace when user namespaces are enabled",
+            ));
+        }
+    }
     if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {
         return Err(ApiError::not_found(format!("network {mode} not found")));
     }

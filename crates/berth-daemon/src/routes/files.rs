@@ -124,6 +124,7 @@ pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
     let layers = d.images.layer_dirs(&image)?;
     let dir = d.containers.dir(&c);
     let driver = d.images.driver();
+    let ids = d.containers.remap_of(&c).map(|r| r.ids.clone());
     let list = tokio::task::spawn_blocking(move || match driver {
         berth_image::snapshot::Driver::Overlay => {
             let upper = dir.join("upper");
@@ -136,7 +137,7 @@ pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
             let rootfs = dir.join("rootfs");
             match layers.last() {
                 Some(top) if rootfs.join("bin").exists() || rootfs.read_dir()?.next().is_some() => {
-                    files::copy_changes(&rootfs, top)
+                    files::copy_changes(&rootfs, top, ids.as_ref())
                 }
                 _ => Ok(Vec::new()),
             }
@@ -208,18 +209,21 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
     let layers = d.images.layer_dirs(&parent)?;
     let dir = d.containers.dir(&c);
     let driver = d.images.driver();
+    let ids = d.containers.remap_of(&c).map(|r| r.ids.clone());
     let d2 = d.clone();
     let id = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let (r, w) = std::io::pipe().map_err(|e| ApiError::internal(e.to_string()))?;
         let writer = std::thread::spawn(move || match driver {
-            berth_image::snapshot::Driver::Overlay => files::layer_tar(&dir.join("upper"), None, w),
+            berth_image::snapshot::Driver::Overlay => {
+                files::layer_tar(&dir.join("upper"), None, ids.as_ref(), w)
+            }
             berth_image::snapshot::Driver::Copy => {
                 let rootfs = dir.join("rootfs");
                 let list = match layers.last() {
-                    Some(top) => files::copy_changes(&rootfs, top)?,
+                    Some(top) => files::copy_changes(&rootfs, top, ids.as_ref())?,
                     None => Vec::new(),
                 };
-                files::layer_tar(&rootfs, Some(&list), w)
+                files::layer_tar(&rootfs, Some(&list), ids.as_ref(), w)
             }
         });
         let mut r = r;

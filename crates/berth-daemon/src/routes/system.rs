@@ -178,7 +178,11 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
         "ContainerdCommit": {"ID": ""},
         "RuncCommit": {"ID": ""},
         "InitCommit": {"ID": ""},
-        "SecurityOptions": ["name=seccomp,profile=builtin"],
+        "SecurityOptions": if d.containers.remap.is_some() {
+            json!(["name=seccomp,profile=builtin", "name=userns"])
+        } else {
+            json!(["name=seccomp,profile=builtin"])
+        },
         "CDISpecDirs": [],
         "Warnings": warnings,
     })))
