@@ -185,7 +185,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// warnings.
 pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>, ApiError> {
     let mut warnings = Vec::new();
-    let memory = int(hc, "Memory");
+    let mut memory = int(hc, "Memory");
     let swap = int(hc, "MemorySwap");
     if memory < 0 {
         return Err(bad("invalid memory limit: must be positive"));
@@ -197,6 +197,7 @@ pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>
         warnings.push("Your kernel does not support memory limit capabilities or the cgroup is not mounted. Limitation discarded.".to_string());
         hc["Memory"] = json!(0);
         hc["MemorySwap"] = json!(0);
+        memory = 0;
     }
     if memory > 0 && swap != -1 && !sys.swap {
         warnings.push("Your kernel does not support swap limit capabilities or the cgroup is not mounted. Memory limited without swap.".to_string());
@@ -263,6 +264,9 @@ pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>
             "Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available",
             n = sys.ncpu
         )));
+    }
+    if nano > 0 && !sys.cpu_cfs {
+        return Err(bad("NanoCPUs can not be set, as your kernel does not support CPU CFS scheduler or the cgroup is not mounted"));
     }
     if int(hc, "CpuShares") < 0 {
         return Err(bad(format!(
@@ -468,8 +472,10 @@ pub fn linux_resources(hc: &Value) -> Value {
     if let Some(m) = pos("Memory") {
         memory.insert("limit".into(), json!(m));
     }
+    // a swap limit means something only beside a memory limit
     match int(hc, "MemorySwap") {
         0 => {}
+        _ if pos("Memory").is_none() => {}
         s => {
             memory.insert("swap".into(), json!(s));
         }

@@ -518,3 +518,168 @@ fn bad_limits_are_refused_with_dockers_words() {
         ok(d.berth(&["rm", &id]));
     }
 }
+
+/// Where the host has its cgroup v2 hierarchy mounted (`/sys/fs/cgroup/unified` on a
+/// hybrid machine, `/sys/fs/cgroup` on a v2 one).
+fn host_v2_mount() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+}
+
+/// cgroup v2 for real on a hybrid machine: berthd runs in a mount namespace of its own
+/// where /sys/fs/cgroup is the cgroup2 hierarchy, which holds the controllers v1 does
+/// not (here only hugetlb) and v2's own features (freezing, cpu.stat, cgroup.kill).
+/// So containers get v2 cgroups, pause freezes them through `cgroup.freeze`, stats read
+/// v2 files, and limits for controllers v2 lacks here are refused or dropped with
+/// Docker's words — or, where v2 has them, reach the v2 files.
+#[test]
+fn cgroup_v2_for_real_in_a_private_mount_namespace() {
+    if skip_unless_root("cgroup_v2_for_real_in_a_private_mount_namespace") {
+        return;
+    }
+    let Some(v2) = host_v2_mount() else {
+        eprintln!("skipping: no cgroup2 hierarchy on this machine");
+        return;
+    };
+    let controllers = read(&v2.join("cgroup.controllers"));
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    let dir = tempfile::Builder::new()
+        .prefix("berth-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut d = Daemon {
+        socket: dir.path().join("b.sock"),
+        dir,
+        child: None,
+        extra_args: Vec::new(),
+        wrapper: [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"",
+            "sh",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    d.spawn();
+    d.import(&busybox_tar(), "bb:latest");
+    for bin in clis() {
+        let info = d.cli(&bin, &["info"]);
+        let text = stdout(&info) + &stderr(&info);
+        assert!(text.contains("Cgroup Version: 2"), "{bin}: {text}");
+        assert_eq!(
+            text.contains("WARNING: No memory limit support"),
+            !has("memory"),
+            "{bin}: {text}"
+        );
+        assert_eq!(
+            text.contains("WARNING: No pids limit support"),
+            !has("pids"),
+            "{bin}: {text}"
+        );
+    }
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "v2",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]));
+    let id = full_id(&d, "v2");
+    let pid = d.get_json("/containers/v2/json")["State"]["Pid"]
+        .as_i64()
+        .unwrap();
+    let cg = read(std::path::Path::new(&format!("/proc/{pid}/cgroup")));
+    let rel = cg
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    assert_eq!(rel, format!("berth/{}", &id[..16]), "{cg}");
+    let cgdir = v2.join(&rel);
+    assert!(read(&cgdir.join("cgroup.procs")).contains(&pid.to_string()));
+    // stats from cpu.stat: the busy loop shows
+    std::thread::sleep(Duration::from_millis(300));
+    let s = d.get_json("/containers/v2/stats?stream=false");
+    assert!(
+        s["cpu_stats"]["cpu_usage"]["total_usage"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{s}"
+    );
+    for bin in clis() {
+        ok(d.cli(&bin, &["pause", "v2"]));
+        assert!(read(&cgdir.join("cgroup.events")).contains("frozen 1"));
+        let st = ok(d.cli(&bin, &["ps", "--format", "{{.Status}}"]));
+        assert!(st.contains("(Paused)"), "{bin}: {st}");
+        ok(d.cli(&bin, &["unpause", "v2"]));
+        assert!(read(&cgdir.join("cgroup.events")).contains("frozen 0"));
+    }
+    // limits: to the v2 files where the controller is here, else Docker's refusal or
+    // warning
+    for bin in clis() {
+        let out = d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-m",
+                "64m",
+                "bb",
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.max 2>/dev/null || echo none",
+            ],
+        );
+        if has("memory") {
+            assert_eq!(ok(out).trim(), "67108864", "{bin}");
+        } else {
+            assert!(out.status.success(), "{bin}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("Your kernel does not support memory limit capabilities or the cgroup is not mounted. Limitation discarded."),
+                "{bin}: {}",
+                stderr(&out)
+            );
+        }
+        if !has("cpu") {
+            assert_refused(
+                &d,
+                &bin,
+                &["run", "--rm"],
+                &["--cpus", "1"],
+                125,
+                "NanoCPUs can not be set, as your kernel does not support CPU CFS scheduler or the cgroup is not mounted",
+            );
+        }
+    }
+    ok(d.berth(&["rm", "-f", "v2"]));
+    for _ in 0..100 {
+        if !cgdir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!cgdir.exists(), "the container's v2 cgroup is removed");
+    d.stop();
+    assert!(
+        !v2.join("berth").exists(),
+        "berthd removes its parent cgroup"
+    );
+}

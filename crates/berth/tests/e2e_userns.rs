@@ -67,6 +67,7 @@ fn remapped_daemon(args: &[&str]) -> Daemon {
         dir,
         child: None,
         extra_args: args.iter().map(|s| s.to_string()).collect(),
+        wrapper: Vec::new(),
     };
     d.spawn();
     d.import(&busybox_tar(), "bb:latest");

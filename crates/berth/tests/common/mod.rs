@@ -38,6 +38,9 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub socket: PathBuf,
     pub extra_args: Vec<String>,
+    /// a command berthd runs under (it must exec berthd, keeping the pid), e.g. one
+    /// that gives it a mount namespace of its own
+    pub wrapper: Vec<String>,
 }
 
 pub fn berthd_bin() -> &'static str {
@@ -73,6 +76,7 @@ impl Daemon {
             child: None,
             socket,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            wrapper: Vec::new(),
         };
         d.spawn();
         d
@@ -87,7 +91,14 @@ impl Daemon {
     }
 
     pub fn command(&self) -> Command {
-        let mut c = Command::new(berthd_bin());
+        let mut c = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(berthd_bin());
+                c
+            }
+            None => Command::new(berthd_bin()),
+        };
         c.arg("--data-root")
             .arg(self.data_root())
             .arg("--exec-root")
