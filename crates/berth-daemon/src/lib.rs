@@ -275,13 +275,6 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     for t in tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
     }
-    // the parent cgroups of our containers, if none is left running in them
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            let _ = std::fs::remove_dir(e.path().join("berth"));
-        }
-    }
-    let _ = std::fs::remove_dir("/sys/fs/cgroup/berth");
     if let Some(r) = &remap {
         r.unmount();
     }

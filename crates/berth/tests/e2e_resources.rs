@@ -568,6 +568,7 @@ fn cgroup_v2_for_real_in_a_private_mount_namespace() {
         ]
         .map(String::from)
         .to_vec(),
+        counted: false,
     };
     d.spawn();
     d.import(&busybox_tar(), "bb:latest");

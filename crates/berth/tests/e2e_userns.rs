@@ -68,6 +68,7 @@ fn remapped_daemon(args: &[&str]) -> Daemon {
         child: None,
         extra_args: args.iter().map(|s| s.to_string()).collect(),
         wrapper: Vec::new(),
+        counted: false,
     };
     d.spawn();
     d.import(&busybox_tar(), "bb:latest");

@@ -41,6 +41,8 @@ pub struct Daemon {
     /// a command berthd runs under (it must exec berthd, keeping the pid), e.g. one
     /// that gives it a mount namespace of its own
     pub wrapper: Vec<String>,
+    /// counted in [`LIVE`]
+    pub counted: bool,
 }
 
 pub fn berthd_bin() -> &'static str {
@@ -77,6 +79,7 @@ impl Daemon {
             socket,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             wrapper: Vec::new(),
+            counted: false,
         };
         d.spawn();
         d
@@ -115,6 +118,7 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
+        self.count_live();
         let log = std::fs::File::create(self.dir.path().join("berthd.log")).expect("log");
         let child = self
             .command()
@@ -129,6 +133,7 @@ impl Daemon {
     /// Starts berthd with `fds` open in it at the given numbers, not close-on-exec, as a
     /// careless parent would leave them (each `(source, target)`).
     pub fn spawn_with_fds(&mut self, fds: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
+        self.count_live();
         use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(self.dir.path().join("berthd.log")).expect("log");
         let fds = fds.to_vec();
@@ -335,7 +340,23 @@ impl Drop for Daemon {
             }
         }
         unmount_below(self.dir.path());
-        remove_parent_cgroups();
+        // the parents are shared by every daemon of this test binary: the last one
+        // removes them (earlier, a container being made by another would lose its parent)
+        if self.counted && LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            remove_parent_cgroups();
+        }
+    }
+}
+
+/// Daemons of this test binary not dropped yet.
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Daemon {
+    fn count_live(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
