@@ -90,6 +90,9 @@ pub struct Config {
     pub default_ulimits: serde_json::Map<String, serde_json::Value>,
     /// `userns-remap`: the user whose subordinate IDs containers run as
     pub userns_remap: Option<String>,
+    /// layers downloaded at once by a pull, and uploaded at once by a push
+    pub max_concurrent_downloads: usize,
+    pub max_concurrent_uploads: usize,
 }
 
 /// The built-in runtime's name.
@@ -144,6 +147,8 @@ const APPLIED: &[&str] = &[
     "log-opts",
     "default-ulimits",
     "userns-remap",
+    "max-concurrent-downloads",
+    "max-concurrent-uploads",
 ];
 
 /// dockerd keys berth accepts but does not act on yet (logged at start).
@@ -186,8 +191,6 @@ const ACCEPTED: &[&str] = &[
     "iptables",
     "ipv6",
     "log-format",
-    "max-concurrent-downloads",
-    "max-concurrent-uploads",
     "max-download-attempts",
     "metrics-addr",
     "mtu",
@@ -406,7 +409,19 @@ impl Config {
                 .transpose()?,
         }
         .filter(|u| !u.is_empty());
+        let count = |k: &str, default: usize| -> Result<usize, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| *n >= 1)
+                    .map(|n| n as usize)
+                    .ok_or_else(|| ConfigError::Invalid(format!("{k} must be a positive number"))),
+            }
+        };
         let cfg = Config {
+            max_concurrent_downloads: count("max-concurrent-downloads", 3)?,
+            max_concurrent_uploads: count("max-concurrent-uploads", 5)?,
             userns_remap,
             default_ulimits,
             log_driver,

@@ -15,6 +15,7 @@ pub mod files;
 pub mod health;
 pub mod http;
 pub mod logconfig;
+pub mod pull;
 pub mod resources;
 pub mod routes;
 pub mod security;
@@ -41,6 +42,8 @@ pub struct Daemon {
     pub containers: Arc<containers::Containers>,
     pub events: Arc<events::Events>,
     pub engine_id: String,
+    /// the registry client pulls and pushes use
+    pub registry: berth_registry::client::Client,
     labels: RwLock<Vec<String>>,
     warnings: Vec<String>,
 }
@@ -236,6 +239,11 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     let d = Arc::new(Daemon {
         containers,
         engine_id: engine_id(&cfg)?,
+        registry: berth_registry::client::Client::new(berth_registry::client::Settings {
+            mirrors: cfg.registry_mirrors.clone(),
+            insecure: cfg.insecure_registries.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?,
         labels: RwLock::new(cfg.labels.clone()),
         config: cfg.clone(),
         images,

@@ -132,7 +132,7 @@ pub struct ImportOptions {
 pub(crate) type PendingImage = (ImageRow, Vec<LayerRow>, Vec<(String, bool)>);
 
 /// A layer unpacked and stored, not yet named by any database row.
-pub(crate) struct NewLayer {
+pub struct NewLayer {
     pub row: LayerRow,
     pub fresh: bool,
 }
@@ -371,7 +371,7 @@ impl ImageStore {
 
     /// Unpacks one layer stream on top of `parent`; the blob and snapshot are on disk
     /// when this returns, but no row names them yet.
-    pub(crate) fn ingest_layer(
+    pub fn ingest_layer(
         &self,
         reader: &mut dyn Read,
         parent: Option<&Digest>,
@@ -440,7 +440,7 @@ impl ImageStore {
     }
 
     /// Removes what `ingest_layer` made when the operation using it failed.
-    pub(crate) fn discard(&self, layers: &[NewLayer]) {
+    pub fn discard(&self, layers: &[NewLayer]) {
         let _g = self.guard();
         for l in layers.iter().filter(|l| l.fresh) {
             if let Ok(None) = self.db.layer(&l.row.chain_id) {
@@ -474,6 +474,57 @@ impl ImageStore {
             .collect();
         self.db.insert_images(&news)?;
         Ok(())
+    }
+
+    /// A layer already stored under `chain`, with its snapshot.
+    pub fn known_layer(&self, chain: &Digest) -> Result<Option<LayerRow>> {
+        Ok(self
+            .db
+            .layer(&chain.to_string())?
+            .filter(|_| self.snaps.exists(chain)))
+    }
+
+    /// Records a pulled image: its config (`raw`, already checked against its digest),
+    /// its layers in order, and references (`true` for digest references). Returns the
+    /// image ID and whether a reference changed (the image is new to a name).
+    pub fn commit_pulled(
+        &self,
+        raw: Vec<u8>,
+        rows: Vec<LayerRow>,
+        refs: &[(Reference, bool)],
+    ) -> Result<(Digest, bool)> {
+        let cfg = ImageConfigFile::parse(&raw)
+            .map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
+        if cfg.rootfs.diff_ids.len() != rows.len() {
+            return Err(ImageError::Invalid(format!(
+                "the config has {} diff ids for {} layers",
+                cfg.rootfs.diff_ids.len(),
+                rows.len()
+            )));
+        }
+        let id = Digest::of(&raw);
+        let mut changed = false;
+        for (r, _) in refs {
+            if self.db.resolve_ref(&r.to_string())?.as_deref() != Some(&id.to_string()) {
+                changed = true;
+            }
+        }
+        let tagged = refs.iter().any(|(_, d)| !d);
+        let row = ImageRow {
+            id: id.to_string(),
+            size: rows.iter().map(|l| l.size).sum(),
+            created: cfg.created_unix(),
+            config: raw,
+            parent: String::new(),
+            last_tag_time: if tagged && changed {
+                now_rfc3339()
+            } else {
+                String::new()
+            },
+        };
+        let refs = refs.iter().map(|(r, d)| (r.to_string(), *d)).collect();
+        self.commit_images(&[(row, rows, refs)])?;
+        Ok((id, changed))
     }
 
     /// `docker import`: a rootfs tarball (plain, gzip or zstd) becomes a one-layer image.

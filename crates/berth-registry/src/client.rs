@@ -94,11 +94,19 @@ fn cidr_contains(net: &str, bits: &str, ip: std::net::IpAddr) -> bool {
     };
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(i)) if bits <= 32 => {
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(n) & mask == u32::from(i) & mask
         }
         (IpAddr::V6(n), IpAddr::V6(i)) if bits <= 128 => {
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(n) & mask == u128::from(i) & mask
         }
         _ => false,
@@ -310,20 +318,22 @@ impl Session {
                 req
             }
         };
-        let r = req.send().await.map_err(|e| unreachable(url.as_str(), &e))?;
-        let status = r.status();
-        let body = r
-            .bytes()
+        let r = req
+            .send()
             .await
             .map_err(|e| unreachable(url.as_str(), &e))?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| unreachable(url.as_str(), &e))?;
         if !status.is_success() {
             let why = describe_errors(&body)
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-            return Err(if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                RegistryError::Denied(format!("unauthorized: {why}"))
-            } else {
-                RegistryError::Status(status, format!("getting a token: {status}: {why}"))
-            });
+            return Err(
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    RegistryError::Denied(format!("unauthorized: {why}"))
+                } else {
+                    RegistryError::Status(status, format!("getting a token: {status}: {why}"))
+                },
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Invalid(format!("token response: {e}")))?;
@@ -352,9 +362,7 @@ impl Session {
                         req = req.basic_auth(&c.username, Some(&c.password));
                     }
                 }
-                AuthState::Bearer {
-                    token: Some(t), ..
-                } => req = req.bearer_auth(t),
+                AuthState::Bearer { token: Some(t), .. } => req = req.bearer_auth(t),
                 AuthState::Bearer {
                     challenge: (realm, service),
                     token: None,
@@ -419,7 +427,9 @@ impl Session {
     pub async fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String, Digest)> {
         let url = self.url(&format!("manifests/{reference}"));
         let r = self
-            .send(Method::GET, &url, |b| b.header(header::ACCEPT, manifest::ACCEPT))
+            .send(Method::GET, &url, |b| {
+                b.header(header::ACCEPT, manifest::ACCEPT)
+            })
             .await?;
         if !r.status().is_success() {
             return Err(Self::error_of(r, "manifest").await);
@@ -483,7 +493,8 @@ async fn read_capped(r: reqwest::Response, max: u64, what: &str) -> Result<Vec<u
     let mut out = Vec::new();
     let mut s = r.bytes_stream();
     while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| RegistryError::Unreachable(format!("reading {what}: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| RegistryError::Unreachable(format!("reading {what}: {e}")))?;
         if out.len() as u64 + chunk.len() as u64 > max {
             return Err(RegistryError::Invalid(format!(
                 "{what} too large (more than {max} bytes)"

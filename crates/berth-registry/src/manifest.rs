@@ -14,8 +14,7 @@ pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.ta
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_FOREIGN_LAYER: &str =
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 pub const OCI_NONDISTRIBUTABLE_LAYER: &str =
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 
@@ -166,8 +165,13 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Document, ManifestError
     {
         let d = Descriptor::parse(l, &format!("layers[{i}]"))?;
         match d.media_type.as_str() {
-            DOCKER_LAYER_GZIP | OCI_LAYER | OCI_LAYER_GZIP | OCI_LAYER_ZSTD
-            | DOCKER_FOREIGN_LAYER | OCI_NONDISTRIBUTABLE_LAYER | "" => {}
+            DOCKER_LAYER_GZIP
+            | OCI_LAYER
+            | OCI_LAYER_GZIP
+            | OCI_LAYER_ZSTD
+            | DOCKER_FOREIGN_LAYER
+            | OCI_NONDISTRIBUTABLE_LAYER
+            | "" => {}
             other => {
                 return Err(ManifestError::UnsupportedType(format!(
                     "{other} (layer {i})"
@@ -266,7 +270,10 @@ fn normalize_arch(a: &str) -> String {
 }
 
 /// The index entry for `p`: an exact variant first, else one without a variant.
-pub fn select<'a>(entries: &'a [IndexEntry], p: &Platform) -> Result<&'a IndexEntry, ManifestError> {
+pub fn select<'a>(
+    entries: &'a [IndexEntry],
+    p: &Platform,
+) -> Result<&'a IndexEntry, ManifestError> {
     entries
         .iter()
         .find(|e| p.matches(e) && e.variant == p.variant)
@@ -354,13 +361,17 @@ mod tests {
         let Document::Index(e) = parse(idx.as_bytes(), "").unwrap() else {
             panic!()
         };
-        let pick = |s: &str| select(&e, &Platform::parse(s).unwrap()).map(|x| x.desc.digest.to_string());
+        let pick =
+            |s: &str| select(&e, &Platform::parse(s).unwrap()).map(|x| x.desc.digest.to_string());
         assert_eq!(pick("linux/amd64").unwrap(), d(3));
         assert_eq!(pick("linux/arm/v7").unwrap(), d(2));
         assert_eq!(pick("linux/arm/v6").unwrap(), d(1));
         assert!(pick("linux/s390x").is_err());
         assert!(Platform::parse("windows/amd64").is_err());
         assert!(Platform::parse("linux//x").is_err());
-        assert_eq!(Platform::parse("linux/x86_64").unwrap().architecture, "amd64");
+        assert_eq!(
+            Platform::parse("linux/x86_64").unwrap().architecture,
+            "amd64"
+        );
     }
 }

@@ -115,6 +115,12 @@ pub struct CreateArgs {
     pub limits: super::limits::LimitArgs,
     #[command(flatten)]
     pub run_limits: super::limits::RunLimitArgs,
+    /// Set platform if server is multi-platform capable
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Pull image before running ("always", "missing", "never")
+    #[arg(long, default_value = "missing")]
+    pub pull: String,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -302,33 +308,71 @@ fn healthcheck(a: &CreateArgs) -> Result<Option<Value>> {
 /// Creates the container; prints the daemon's warnings. Errors carry docker's exit code:
 /// 125 for `run` (whose messages start with the program's name), 1 for `create`.
 async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<String> {
+    let fail = |e: anyhow::Error| -> anyhow::Error {
+        if run {
+            eprintln!("berth: {e}");
+            crate::Exit(125).into()
+        } else {
+            eprintln!("{e}");
+            crate::Exit(1).into()
+        }
+    };
+    if !matches!(a.pull.as_str(), "always" | "missing" | "never") {
+        return Err(fail(anyhow!(
+            "invalid pull option: '{}': must be one of \"always\", \"missing\" or \"never\"",
+            a.pull
+        )));
+    }
+    let platform = a.platform.as_deref();
+    if a.pull == "always" {
+        super::registry::pull_image(c, &super::registry::tagged(&a.image), platform, false, true)
+            .await
+            .map_err(fail)?;
+    }
     let body = serde_json::to_vec(&create_body(a)?)?;
     let mut path = "/containers/create".to_string();
     if let Some(n) = &a.name {
         path.push_str(&format!("?name={}", q(n)));
     }
-    let resp = c
-        .request(
+    let headers = [("Content-Type", "application/json".to_string())];
+    let send = || {
+        c.request(
             Method::POST,
             &path,
-            ReqBody::Full(Some(body.into())),
-            &[("Content-Type", "application/json".into())],
+            ReqBody::Full(Some(body.clone().into())),
+            &headers,
         )
-        .await;
-    let resp = match resp {
+    };
+    let resp = match send().await {
         Ok(r) => r,
         Err(e) => {
-            if e.downcast_ref::<DaemonError>()
-                .is_some_and(|d| d.status == StatusCode::NOT_FOUND)
-            {
-                eprintln!("Unable to find image '{}' locally", a.image);
+            let missing = e.downcast_ref::<DaemonError>().is_some_and(|d| {
+                d.status == StatusCode::NOT_FOUND && d.message.contains("No such image")
+            });
+            if !missing || a.pull == "never" {
+                if missing {
+                    eprintln!(
+                        "Unable to find image '{}' locally",
+                        super::registry::tagged(&a.image)
+                    );
+                }
+                return Err(fail(e));
             }
-            if run {
-                eprintln!("berth: {e}");
-                return Err(crate::Exit(125).into());
-            }
-            eprintln!("{e}");
-            return Err(crate::Exit(1).into());
+            // as docker: say so, pull (progress on stderr), create again
+            eprintln!(
+                "Unable to find image '{}' locally",
+                super::registry::tagged(&a.image)
+            );
+            super::registry::pull_image(
+                c,
+                &super::registry::tagged(&a.image),
+                platform,
+                false,
+                true,
+            )
+            .await
+            .map_err(fail)?;
+            send().await.map_err(fail)?
         }
     };
     let v = crate::client::read_json(resp).await?;

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod files;
 pub mod images;
 pub mod limits;
+pub mod registry;
 pub mod stream;
 pub mod system;
 pub mod usage;
@@ -43,6 +44,8 @@ pub enum Cmd {
     Save(images::SaveArgs),
     /// Load an image from a tar archive or STDIN
     Load(images::LoadArgs),
+    /// Download an image from a registry
+    Pull(registry::PullArgs),
     /// Create and run a new container from an image
     Run(containers::CreateArgs),
     /// Create a new container
@@ -157,6 +160,8 @@ pub enum ImageCmd {
     Save(images::SaveArgs),
     /// Load an image from a tar archive or STDIN
     Load(images::LoadArgs),
+    /// Download an image from a registry
+    Pull(registry::PullArgs),
 }
 
 /// Shared `--format` flag.
@@ -183,6 +188,7 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Import(a) | Cmd::Image(ImageCmd::Import(a)) => images::import(c, a).await,
         Cmd::Save(a) | Cmd::Image(ImageCmd::Save(a)) => images::save(c, a).await,
         Cmd::Load(a) | Cmd::Image(ImageCmd::Load(a)) => images::load(c, a).await,
+        Cmd::Pull(a) | Cmd::Image(ImageCmd::Pull(a)) => registry::pull(c, a).await,
         Cmd::Run(a) => containers::run(c, a).await,
         Cmd::Create(a) => containers::create(c, a).await,
         Cmd::Start(a) => containers::start(c, a).await,

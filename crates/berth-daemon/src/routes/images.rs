@@ -364,10 +364,41 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         if what.is_empty() {
             return Err(ApiError::bad_request("fromImage or fromSrc is required"));
         }
-        Reference::parse(what)?;
-        return Err(ApiError::not_implemented(format!(
-            "pulling {what} from a registry is not supported by this berth yet; use load or import"
-        )));
+        let tag = ctx.query.get("tag").unwrap_or_default();
+        let mut reference = Reference::parse(what)?;
+        if !tag.is_empty() {
+            reference = match tag.parse::<berth_image::digest::Digest>() {
+                Ok(dg) => reference.with_digest(dg),
+                Err(_) => reference.with_tag(tag)?,
+            };
+        } else if reference.tag().is_none() && reference.digest().is_none() {
+            reference = reference.with_tag(berth_image::reference::DEFAULT_TAG)?;
+        }
+        let platform = match ctx.query.get("platform").filter(|p| !p.is_empty()) {
+            Some(p) => {
+                berth_registry::manifest::Platform::parse(p).map_err(ApiError::bad_request)?
+            }
+            None => berth_registry::manifest::Platform::host(),
+        };
+        let creds = match ctx
+            .headers
+            .get("x-registry-auth")
+            .and_then(|h| h.to_str().ok())
+        {
+            Some(h) => {
+                berth_registry::auth::AuthConfig::from_header(h).map_err(ApiError::bad_request)?
+            }
+            None => None,
+        };
+        let plan = crate::pull::plan(d, reference, &platform, creds).await?;
+        let (tx, resp) = stream("application/json");
+        let d2 = d.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::pull::run(d2, plan, tx.clone()).await {
+                let _ = tx.send(crate::http::error_line(&e)).await;
+            }
+        });
+        return Ok(resp);
     }
     if from_src != "-" {
         return Err(ApiError::bad_request(

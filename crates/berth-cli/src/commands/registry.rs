@@ -1,0 +1,286 @@
+//! `pull`: asks berthd to pull, showing its progress as docker does (a bar per layer
+//! on a terminal, status lines otherwise, only the reference with `-q`). Credentials
+//! for the image's registry come from the docker-compatible config file.
+
+use crate::client::{each_json_line, Client, ReqBody};
+use anyhow::{bail, Result};
+use base64::Engine;
+use clap::Args;
+use http::Method;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Download all tagged images in the repository
+    #[arg(short = 'a', long)]
+    pub all_tags: bool,
+    /// Set platform if server is multi-platform capable
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Skip image verification
+    #[arg(long, default_value_t = true)]
+    pub disable_content_trust: bool,
+    pub name: String,
+}
+
+/// The directory of the client's config.json: `$DOCKER_CONFIG`, else `~/.docker`.
+pub fn config_dir() -> std::path::PathBuf {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) => d.into(),
+        None => {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".docker")
+        }
+    }
+}
+
+/// The registry host of an image reference, as config.json keys it (Docker Hub as
+/// `https://index.docker.io/v1/`).
+pub fn registry_of(image: &str) -> String {
+    let first = image.split('/').next().unwrap_or_default();
+    let has_domain =
+        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_domain && first != "docker.io" && first != "index.docker.io" {
+        first.to_string()
+    } else {
+        "https://index.docker.io/v1/".to_string()
+    }
+}
+
+/// The `X-Registry-Auth` value for `registry` from config.json (`auths`), if any.
+pub fn auth_header(registry: &str) -> Option<String> {
+    let text = std::fs::read_to_string(config_dir().join("config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let auths = v["auths"].as_object()?;
+    let bare = |k: &str| {
+        k.trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let entry = auths
+        .iter()
+        .find(|(k, _)| *k == registry || bare(k) == bare(registry))?
+        .1;
+    let auth = entry["auth"].as_str().unwrap_or_default();
+    let token = entry["identitytoken"].as_str().unwrap_or_default();
+    if auth.is_empty() && token.is_empty() {
+        return None;
+    }
+    let mut out = serde_json::json!({"serveraddress": registry});
+    if !auth.is_empty() {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .ok()?;
+        let (u, p) = String::from_utf8_lossy(&raw)
+            .split_once(':')
+            .map(|(u, p)| (u.to_string(), p.to_string()))?;
+        out["username"] = Value::from(u);
+        out["password"] = Value::from(p);
+    }
+    if !token.is_empty() {
+        out["identitytoken"] = Value::from(token);
+    }
+    Some(base64::engine::general_purpose::URL_SAFE.encode(out.to_string()))
+}
+
+/// The name docker prints for a reference: with `:latest` when it has no tag.
+pub fn tagged(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.contains('@') || last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+pub async fn pull(c: &Client, a: PullArgs) -> Result<()> {
+    if a.all_tags {
+        bail!("pulling all tags (-a) is not supported by this berth yet");
+    }
+    let full = tagged(&a.name);
+    pull_image(c, &full, a.platform.as_deref(), a.quiet, false).await?;
+    if a.quiet {
+        println!("{full}");
+    }
+    Ok(())
+}
+
+/// Pulls `image`, rendering progress to stdout (to stderr with `to_stderr`, as `run`
+/// does); the daemon's error, if any, is returned.
+pub async fn pull_image(
+    c: &Client,
+    image: &str,
+    platform: Option<&str>,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<()> {
+    let (name, tag) = match image.rsplit_once('@') {
+        Some((n, d)) => (n.to_string(), d.to_string()),
+        None => match image.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+            _ => (image.to_string(), "latest".to_string()),
+        },
+    };
+    let mut path = format!(
+        "/images/create?fromImage={}&tag={}",
+        super::q(&name),
+        super::q(&tag)
+    );
+    if let Some(p) = platform {
+        path.push_str(&format!("&platform={}", super::q(p)));
+    }
+    let mut headers = Vec::new();
+    if let Some(h) = auth_header(&registry_of(image)) {
+        headers.push(("X-Registry-Auth", h));
+    }
+    let resp = c
+        .request(Method::POST, &path, ReqBody::Full(None), &headers)
+        .await?;
+    let tty = if to_stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let mut view = Progress::new(tty && !quiet, to_stderr);
+    let mut failure = None;
+    each_json_line(resp, |m| {
+        if let Some(e) = m["errorDetail"]["message"].as_str().or(m["error"].as_str()) {
+            failure = Some(e.to_string());
+        } else if !quiet {
+            view.show(m);
+        }
+        Ok(())
+    })
+    .await?;
+    view.finish();
+    if let Some(f) = failure {
+        bail!(f);
+    }
+    Ok(())
+}
+
+/// Docker's pull display: a line per layer, updated in place on a terminal.
+struct Progress {
+    multi: Option<MultiProgress>,
+    bars: HashMap<String, ProgressBar>,
+    to_stderr: bool,
+    /// the last status printed per layer, off a terminal
+    last: HashMap<String, String>,
+}
+
+impl Progress {
+    fn new(tty: bool, to_stderr: bool) -> Self {
+        let multi = tty.then(|| {
+            MultiProgress::with_draw_target(if to_stderr {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::stdout()
+            })
+        });
+        Progress {
+            multi,
+            bars: HashMap::new(),
+            to_stderr,
+            last: HashMap::new(),
+        }
+    }
+
+    fn say(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None if self.to_stderr => eprintln!("{line}"),
+            None => println!("{line}"),
+        }
+    }
+
+    fn show(&mut self, m: &Value) {
+        let status = m["status"].as_str().unwrap_or_default();
+        let Some(id) = m["id"].as_str() else {
+            self.say(status);
+            return;
+        };
+        // the first line names the tag being pulled
+        if status.starts_with("Pulling from") {
+            self.say(&format!("{id}: {status}"));
+            return;
+        }
+        let Some(multi) = &self.multi else {
+            if status != "Downloading"
+                && status != "Extracting"
+                && self.last.get(id).map(String::as_str) != Some(status)
+            {
+                self.last.insert(id.to_string(), status.to_string());
+                self.say(&format!("{id}: {status}"));
+            }
+            return;
+        };
+        let bar = self.bars.entry(id.to_string()).or_insert_with(|| {
+            let b = multi.add(ProgressBar::new(0));
+            b.set_style(plain_style());
+            b.set_prefix(id.to_string());
+            b
+        });
+        let current = m["progressDetail"]["current"].as_u64();
+        let total = m["progressDetail"]["total"].as_u64();
+        match (current, total) {
+            (Some(c), Some(t)) if t > 0 => {
+                bar.set_style(bar_style());
+                bar.set_length(t);
+                bar.set_position(c);
+            }
+            _ => bar.set_style(plain_style()),
+        }
+        bar.set_message(status.to_string());
+        if matches!(status, "Pull complete" | "Already exists") {
+            bar.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        for b in self.bars.values() {
+            if !b.is_finished() {
+                b.finish();
+            }
+        }
+    }
+}
+
+fn plain_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix}: {msg}").unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix}: {msg:<12} [{bar:50}] {bytes}/{total_bytes}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registries_of_references() {
+        assert_eq!(registry_of("busybox"), "https://index.docker.io/v1/");
+        assert_eq!(
+            registry_of("library/busybox:1"),
+            "https://index.docker.io/v1/"
+        );
+        assert_eq!(registry_of("docker.io/x/y"), "https://index.docker.io/v1/");
+        assert_eq!(registry_of("localhost:5000/x"), "localhost:5000");
+        assert_eq!(registry_of("reg.example.com/a/b:1"), "reg.example.com");
+        assert_eq!(tagged("busybox"), "busybox:latest");
+        assert_eq!(tagged("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(tagged("localhost:5000/x:v1"), "localhost:5000/x:v1");
+        assert_eq!(tagged("x@sha256:ab"), "x@sha256:ab");
+    }
+}

@@ -1,0 +1,454 @@
+//! `POST /images/create?fromImage=`: pulls an image from its registry with Docker's
+//! progress messages.
+//!
+//! The manifest (through an index, for the requested platform) and the config are
+//! fetched and checked before the response starts, so a missing image or a refused
+//! login is an error status. Then the layers not stored yet are downloaded in parallel
+//! (`max-concurrent-downloads`), each body streamed through its digest check and
+//! decompression straight into its own snapshot; a layer whose digest or diff id does
+//! not match fails the pull, and nothing of it is kept. The image and its references
+//! are written last, in one transaction.
+
+use crate::error::ApiError;
+use crate::http::json_line;
+use crate::Daemon;
+use berth_image::digest::{Digest, HashingReader};
+use berth_image::reference::Reference;
+use berth_image::snapshot::Driver;
+use berth_image::NewLayer;
+use berth_registry::auth::AuthConfig;
+use berth_registry::client::{RegistryError, Session};
+use berth_registry::manifest::{self, Document, ImageManifest, Platform};
+use bytes::Bytes;
+use http::StatusCode as ApiStatus;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RegistryError::NotFound(_) => ApiError::not_found(msg),
+            RegistryError::Denied(_) => ApiError::new(ApiStatus::FORBIDDEN, msg),
+            RegistryError::Unreachable(_) => ApiError::internal(msg),
+            RegistryError::Status(..) | RegistryError::Invalid(_) => ApiError::internal(msg),
+        }
+    }
+}
+
+/// What a pull will fetch, resolved before the response starts.
+pub struct Plan {
+    reference: Reference,
+    session: Session,
+    manifest: ImageManifest,
+    manifest_digest: Digest,
+    config: Vec<u8>,
+    diff_ids: Vec<Digest>,
+}
+
+/// The reference as Docker words it in messages: `busybox:latest`.
+fn familiar(r: &Reference) -> String {
+    r.familiar()
+}
+
+/// Resolves `reference` to one image manifest and its config.
+pub async fn plan(
+    d: &Daemon,
+    reference: Reference,
+    platform: &Platform,
+    creds: Option<AuthConfig>,
+) -> Result<Plan, ApiError> {
+    let session = d
+        .registry
+        .session(reference.domain(), reference.path(), creds, false)
+        .await
+        .map_err(|e| name_error(&reference, e))?;
+    let want = match (reference.digest(), reference.tag()) {
+        (Some(dg), _) => dg.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => berth_image::reference::DEFAULT_TAG.to_string(),
+    };
+    let (mut bytes, mut ct, digest) = session
+        .manifest(&want)
+        .await
+        .map_err(|e| name_error(&reference, e))?;
+    // the digest recorded is the one the reference resolves to (an index's, if any)
+    let manifest_digest = digest;
+    let mut depth = 0;
+    let manifest = loop {
+        match manifest::parse(&bytes, &ct).map_err(|e| ApiError::internal(e.to_string()))? {
+            Document::Image(m) => break m,
+            Document::Index(entries) => {
+                depth += 1;
+                if depth > manifest::MAX_INDEX_DEPTH {
+                    return Err(ApiError::internal(format!(
+                        "invalid manifest: indexes nested more than {} deep",
+                        manifest::MAX_INDEX_DEPTH
+                    )));
+                }
+                let e = manifest::select(&entries, platform)
+                    .map_err(|e| ApiError::not_found(e.to_string()))?;
+                (bytes, ct, _) = session
+                    .manifest(&e.desc.digest.to_string())
+                    .await
+                    .map_err(|e| name_error(&reference, e))?;
+            }
+        }
+    };
+    if manifest.config.size > manifest::MAX_CONFIG {
+        return Err(ApiError::internal(format!(
+            "image config too large: {} bytes",
+            manifest.config.size
+        )));
+    }
+    let config = session
+        .small_blob(&manifest.config.digest, manifest::MAX_CONFIG)
+        .await?;
+    let cfg: Value = serde_json::from_slice(&config)
+        .map_err(|e| ApiError::internal(format!("invalid image config: {e}")))?;
+    let diff_ids: Vec<Digest> = cfg["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(ApiError::internal(format!(
+            "invalid image: the manifest has {} layers and the config {} diff ids",
+            manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    if let Some(os) = cfg["os"].as_str() {
+        if os != "linux" {
+            return Err(ApiError::bad_request(format!(
+                "image operating system \"{os}\" cannot be used on this platform"
+            )));
+        }
+    }
+    Ok(Plan {
+        reference,
+        session,
+        manifest,
+        manifest_digest,
+        config,
+        diff_ids,
+    })
+}
+
+/// Docker's words for a pull that cannot find or may not read the repository.
+fn name_error(r: &Reference, e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::NotFound(m) if m.starts_with("manifest") => ApiError::not_found(format!(
+            "manifest for {} not found: {}",
+            familiar(r),
+            m.trim_start_matches("manifest: ")
+        )),
+        RegistryError::NotFound(m) | RegistryError::Denied(m) => ApiError::new(
+            ApiStatus::NOT_FOUND,
+            format!(
+                "pull access denied for {}, repository does not exist or may require 'docker login': {m}",
+                r.familiar_name()
+            ),
+        ),
+        other => other.into(),
+    }
+}
+
+fn progress(status: &str, id: &str) -> Bytes {
+    json_line(&json!({"status": status, "progressDetail": {}, "id": id}))
+}
+
+/// Docker's text bar, for clients that print `progress` as is.
+fn bar(current: u64, total: u64) -> String {
+    let width = 50u64;
+    let filled = (current.min(total) * width)
+        .checked_div(total)
+        .unwrap_or(0) as usize;
+    let arrow = if filled < width as usize { ">" } else { "" };
+    format!(
+        "[{}{}{}] {}/{}",
+        "=".repeat(filled.saturating_sub(usize::from(!arrow.is_empty()))),
+        arrow,
+        " ".repeat(width as usize - filled.max(usize::from(!arrow.is_empty()))),
+        human(current),
+        human(total)
+    )
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.3}{}", units[i])
+    }
+}
+
+/// A layer's download and unpack, running in its own task.
+async fn fetch_layer(
+    d: Arc<Daemon>,
+    session: Session,
+    desc: manifest::Descriptor,
+    diff: Digest,
+    parent: Option<Digest>,
+    counter: Arc<AtomicU64>,
+) -> Result<NewLayer, String> {
+    let resp = session
+        .blob(&desc.digest, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = reqwest::Body::from(resp);
+    let reader = crate::http::body_reader(body);
+    let counting = CountingReader {
+        inner: reader,
+        counter,
+    };
+    let images = d.images.clone();
+    let want = desc.digest.clone();
+    let size = desc.size;
+    tokio::task::spawn_blocking(move || {
+        let mut hashing = HashingReader::new(counting);
+        let new = images
+            .ingest_layer(&mut hashing, parent.as_ref(), Some(&diff))
+            .map_err(|e| e.to_string())?;
+        let check = hashing
+            .finish()
+            .map_err(|e| e.to_string())
+            .and_then(|(got, len)| {
+                if got != want {
+                    Err(format!(
+                        "filesystem layer verification failed for digest {want}"
+                    ))
+                } else if len != size {
+                    Err(format!(
+                        "blob {want}: {len} bytes where the manifest says {size}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+        match check {
+            Ok(()) => Ok(new),
+            Err(e) => {
+                images.discard(std::slice::from_ref(&new));
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+struct CountingReader<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Runs a planned pull, sending Docker's progress lines to `tx`; the image and its
+/// references are stored only when every layer is.
+pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<(), String> {
+    let r = &plan.reference;
+    let what = r
+        .digest()
+        .map(|g| g.to_string())
+        .or_else(|| r.tag().map(str::to_string))
+        .unwrap_or_else(|| "latest".into());
+    let _ = tx
+        .send(json_line(
+            &json!({"status": format!("Pulling from {}", r.path()), "id": what}),
+        ))
+        .await;
+    // chain ids from the config's diff ids: what is stored already is not fetched
+    let mut chains = Vec::new();
+    let mut parent: Option<Digest> = None;
+    for diff in &plan.diff_ids {
+        let chain = match &parent {
+            None => diff.clone(),
+            Some(p) => Digest::of(format!("{p} {diff}").as_bytes()),
+        };
+        chains.push(chain.clone());
+        parent = Some(chain);
+    }
+    let mut rows: Vec<Option<berth_store::LayerRow>> = Vec::new();
+    for c in &chains {
+        rows.push(d.images.known_layer(c).map_err(|e| e.to_string())?);
+    }
+    let short = |dg: &Digest| dg.hex()[..12].to_string();
+    for (i, l) in plan.manifest.layers.iter().enumerate() {
+        let msg = if rows[i].is_some() {
+            "Already exists"
+        } else {
+            "Pulling fs layer"
+        };
+        let _ = tx.send(progress(msg, &short(&l.digest))).await;
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        d.config.max_concurrent_downloads.max(1),
+    ));
+    let sequential = d.images.driver() == Driver::Copy;
+    let mut tasks = Vec::new();
+    let mut counters = Vec::new();
+    // the copy driver builds each snapshot on its parent's: one layer after another
+    let mut previous: Option<tokio::sync::watch::Receiver<bool>> = None;
+    for (i, l) in plan.manifest.layers.iter().enumerate() {
+        if rows[i].is_some() {
+            continue;
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        counters.push((short(&l.digest), l.size, counter.clone()));
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let wait = if sequential { previous.take() } else { None };
+        previous = Some(done_rx);
+        let (d2, s2, desc, diff) = (
+            d.clone(),
+            plan.session.clone(),
+            l.clone(),
+            plan.diff_ids[i].clone(),
+        );
+        let parent = if i == 0 {
+            None
+        } else {
+            Some(chains[i - 1].clone())
+        };
+        let sem = sem.clone();
+        let tx2 = tx.clone();
+        let id = short(&l.digest);
+        tasks.push((
+            i,
+            tokio::spawn(async move {
+                if let Some(mut w) = wait {
+                    let _ = w.wait_for(|v| *v).await;
+                }
+                let _permit = sem.acquire().await;
+                let r = fetch_layer(d2, s2, desc, diff, parent, counter).await;
+                if r.is_ok() {
+                    let _ = tx2.send(progress("Verifying Checksum", &id)).await;
+                    let _ = tx2.send(progress("Download complete", &id)).await;
+                    let _ = tx2.send(progress("Pull complete", &id)).await;
+                }
+                let _ = done_tx.send(true);
+                r
+            }),
+        ));
+    }
+    // progress of the downloads, a few times a second
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let tx3 = tx.clone();
+    let reporter = tokio::spawn(async move {
+        let mut last = vec![0u64; counters.len()];
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = stop_rx.changed() => break,
+            }
+            for (k, (id, total, c)) in counters.iter().enumerate() {
+                let now = c.load(Ordering::Relaxed);
+                if now != last[k] && now < *total {
+                    last[k] = now;
+                    let _ = tx3
+                        .send(json_line(&json!({
+                            "status": "Downloading",
+                            "progressDetail": {"current": now, "total": total},
+                            "progress": bar(now, *total),
+                            "id": id,
+                        })))
+                        .await;
+                }
+            }
+        }
+    });
+    let mut fresh = Vec::new();
+    let mut failure = None;
+    for (i, t) in tasks {
+        match t.await {
+            Ok(Ok(new)) => {
+                rows[i] = Some(new.row.clone());
+                fresh.push(new);
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = reporter.await;
+    if let Some(e) = failure {
+        d.images.discard(&fresh);
+        return Err(e);
+    }
+    let rows: Vec<berth_store::LayerRow> = rows.into_iter().flatten().collect();
+    let mut refs = vec![(
+        Reference::parse(&format!("{}@{}", r.full_name(), plan.manifest_digest))
+            .map_err(|e| e.to_string())?,
+        true,
+    )];
+    if r.digest().is_none() {
+        refs.push((r.clone(), false));
+    }
+    let images = d.images.clone();
+    let config = plan.config.clone();
+    let committed = tokio::task::spawn_blocking(move || images.commit_pulled(config, rows, &refs))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (id, changed) = match committed {
+        Ok(v) => v,
+        Err(e) => {
+            d.images.discard(&fresh);
+            return Err(e.to_string());
+        }
+    };
+    crate::release_memory();
+    let _ = tx
+        .send(json_line(
+            &json!({"status": format!("Digest: {}", plan.manifest_digest)}),
+        ))
+        .await;
+    let status = if changed || !fresh.is_empty() {
+        format!("Status: Downloaded newer image for {}", familiar(r))
+    } else {
+        format!("Status: Image is up to date for {}", familiar(r))
+    };
+    let _ = tx.send(json_line(&json!({ "status": status }))).await;
+    let mut attrs = std::collections::BTreeMap::new();
+    attrs.insert("name".to_string(), familiar(r));
+    d.events.emit("image", "pull", &familiar(r), attrs);
+    tracing::info!(image = %familiar(r), id = %id, layers = fresh.len(), "pulled");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_and_sizes() {
+        assert_eq!(human(999), "999B");
+        assert_eq!(human(1_500_000), "1.500MB");
+        let b = bar(50, 100);
+        assert!(b.starts_with("[========================>"), "{b}");
+        assert!(b.ends_with("] 50B/100B"), "{b}");
+        assert_eq!(bar(100, 100).matches('=').count(), 50);
+    }
+}
