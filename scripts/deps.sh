@@ -2,7 +2,7 @@
 # Installs what building and testing berth needs on Debian 12, as root.
 # Only what is missing is installed, so a second run is quick.
 set -euo pipefail
-pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc)
+pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -11,6 +11,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# the registry peer runs only inside the tests that start it
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is needed: install a Rust toolchain (rustup) first" >&2

@@ -166,9 +166,7 @@ fn progress(status: &str, id: &str) -> Bytes {
 /// Docker's text bar, for clients that print `progress` as is.
 fn bar(current: u64, total: u64) -> String {
     let width = 50u64;
-    let filled = (current.min(total) * width)
-        .checked_div(total)
-        .unwrap_or(0) as usize;
+    let filled = (current.min(total) * width).checked_div(total).unwrap_or(0) as usize;
     let arrow = if filled < width as usize { ">" } else { "" };
     format!(
         "[{}{}{}] {}/{}",

@@ -1,0 +1,330 @@
+#![allow(clippy::unwrap_used)]
+//! Pulls from Debian's `docker-registry` (distribution 2.8), started by the test on
+//! 127.0.0.1 and filled with skopeo: `berth pull`, `docker pull` through berthd, `run`
+//! pulling a missing image, pulls by digest and through an index, and the failures
+//! (unknown tag, unreachable registry, a corrupted blob, no matching platform) that
+//! must store nothing and leave the daemon serving.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A `docker-registry` on a free loopback port, killed on drop.
+struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        if !have("docker-registry") || !have("skopeo") {
+            eprintln!("skipping: docker-registry and skopeo are needed (scripts/deps.sh)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Registry { child, dir, port });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("docker-registry did not start");
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Copies a docker-archive into the registry as `repo:tag`.
+    fn push_archive(&self, archive: &Path, repo: &str, tag: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--quiet"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo: {}", stderr(&out));
+    }
+
+    /// One HTTP/1.1 request to the registry: (status, headers, body).
+    fn http(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.host(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head, raw[split + 4..].to_vec())
+    }
+
+    /// Every blob file of the registry's storage.
+    fn blob_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![self.dir.path().join("data/docker/registry/v2/blobs")];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    todo.push(e.path());
+                } else if e.file_name() == "data" {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+fn image_count(d: &Daemon) -> usize {
+    d.get_json("/images/json?all=1").as_array().unwrap().len()
+}
+
+#[test]
+fn pulls_from_a_distribution_registry() {
+    let Some(d) = daemon_with_busybox("pulls_from_a_distribution_registry") else {
+        return;
+    };
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    // a two-layer image: busybox and a commit on it
+    ok(d.berth(&[
+        "run",
+        "--name",
+        "mk",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "echo layered > /hello.txt",
+    ]));
+    ok(d.berth(&["commit", "mk", "two:1"]));
+    ok(d.berth(&["rm", "mk"]));
+    let archive = d.dir.path().join("two.tar");
+    let out = d.berth(&["save", "-o", archive.to_str().unwrap(), "two:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    reg.push_archive(&archive, "test/two", "v1");
+    let name = format!("{}/test/two:v1", reg.host());
+    let (st, head, _) = reg.http("HEAD", "/v2/test/two/manifests/v1", "", b"");
+    assert_eq!(st, 200);
+    let digest = header(&head, "Docker-Content-Digest").unwrap().to_string();
+
+    for bin in clis() {
+        ok(d.cli(&bin, &["rmi", "-f", "two:1"]));
+        let _ = d.cli(&bin, &["rmi", "-f", &name]);
+        let out = ok(d.cli(&bin, &["pull", &name]));
+        assert!(out.contains("v1: Pulling from test/two"), "{bin}: {out}");
+        assert!(out.contains(&format!("Digest: {digest}")), "{bin}: {out}");
+        assert!(
+            out.contains(&format!("Status: Downloaded newer image for {name}")),
+            "{bin}: {out}"
+        );
+        let out = ok(d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &name,
+                "cat",
+                "/hello.txt",
+            ],
+        ));
+        assert_eq!(out.trim(), "layered", "{bin}");
+        let rd = ok(d.cli(
+            &bin,
+            &["image", "inspect", "-f", "{{json .RepoDigests}}", &name],
+        ));
+        assert!(
+            rd.contains(&format!("{}/test/two@{digest}", reg.host())),
+            "{bin}: {rd}"
+        );
+        // again: nothing to fetch
+        let out = ok(d.cli(&bin, &["pull", &name]));
+        assert!(
+            out.contains(&format!("Status: Image is up to date for {name}")),
+            "{bin}: {out}"
+        );
+        // quiet, and by digest
+        let out = ok(d.cli(&bin, &["pull", "-q", &name]));
+        assert_eq!(out.trim(), name, "{bin}");
+        let by_digest = format!("{}/test/two@{digest}", reg.host());
+        ok(d.cli(&bin, &["pull", &by_digest]));
+        // `run` pulls what is missing, saying so on stderr
+        ok(d.cli(&bin, &["rmi", "-f", &name]));
+        let _ = d.cli(&bin, &["rmi", "-f", &by_digest]);
+        let out = d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &name,
+                "cat",
+                "/hello.txt",
+            ],
+        );
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "layered");
+        assert!(
+            stderr(&out).contains(&format!("Unable to find image '{name}' locally")),
+            "{bin}: {}",
+            stderr(&out)
+        );
+    }
+    // berth's --pull never refuses to fetch
+    ok(d.berth(&["rmi", "-f", &name]));
+    let out = d.berth(&["run", "--rm", "--pull", "never", &name, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+
+    // through an OCI index: the host's platform is picked; another is not there
+    let (_, _, manifest) = reg.http("GET", "/v2/test/two/manifests/v1", "", b"");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": digest, "size": manifest.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": digest, "size": manifest.len(),
+             "platform": {"os": "linux", "architecture": "arm64"}}
+        ]
+    });
+    let (st, _, body) = reg.http(
+        "PUT",
+        "/v2/test/two/manifests/multi",
+        "application/vnd.oci.image.index.v1+json",
+        index.to_string().as_bytes(),
+    );
+    assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+    let multi = format!("{}/test/two:multi", reg.host());
+    if berth_arch() == "amd64" || berth_arch() == "arm64" {
+        for bin in clis() {
+            ok(d.cli(&bin, &["pull", &multi]));
+            let out = d.cli(&bin, &["pull", "--platform", "linux/s390x", &multi]);
+            assert!(!out.status.success());
+            assert!(
+                stderr(&out).contains("no matching manifest for linux/s390x"),
+                "{bin}: {}",
+                stderr(&out)
+            );
+        }
+    }
+
+    // failures store nothing, and the daemon goes on
+    for bin in clis() {
+        let out = d.cli(&bin, &["pull", &format!("{}/test/two:nope", reg.host())]);
+        assert_eq!(out.status.code(), Some(1), "{bin}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "manifest for {}/test/two:nope not found: manifest unknown",
+                reg.host()
+            )),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        let out = d.cli(&bin, &["pull", "127.0.0.1:1/test/two:v1"]);
+        assert_eq!(out.status.code(), Some(1), "{bin}");
+        assert!(
+            stderr(&out).contains("127.0.0.1:1"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+    }
+    // the top layer's blob changed in the registry's storage: the pull fails and
+    // stores nothing
+    let id = ok(d.berth(&["image", "inspect", "-f", "{{.Id}}", &multi]));
+    ok(d.berth(&["rmi", "-f", id.trim()]));
+    let images_before = image_count(&d);
+    let entries_before = d.store_entries();
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let top = m["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let f = reg
+        .blob_files()
+        .into_iter()
+        .find(|f| f.parent().unwrap().file_name().unwrap().to_str() == Some(top.as_str()))
+        .unwrap();
+    let mut b = std::fs::read(&f).unwrap();
+    let n = b.len() / 2;
+    b[n] ^= 0xff;
+    std::fs::write(&f, &b).unwrap();
+    for bin in clis() {
+        let out = d.cli(&bin, &["pull", &name]);
+        assert!(!out.status.success(), "{bin}");
+        assert!(
+            stderr(&out).contains("verification failed")
+                || stderr(&out).contains("invalid")
+                || stderr(&out).contains("corrupt"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        assert_eq!(image_count(&d), images_before, "{bin}");
+        assert_eq!(
+            d.store_entries(),
+            entries_before,
+            "{bin}: nothing partial is kept"
+        );
+    }
+    ok(d.berth(&["version"]));
+}
+
+fn berth_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
