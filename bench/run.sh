@@ -200,3 +200,44 @@ if [ $have_docker = 1 ]; then
 else
   printf 'berthd %s ms CPU\n' "$b_stats"
 fi
+
+# --- pull ------------------------------------------------------------------------------
+# A 4-layer image (the big rootfs plus three layers) in Debian's docker-registry on
+# loopback, pulled from nothing by each daemon (every image removed first).
+if command -v docker-registry >/dev/null && command -v skopeo >/dev/null; then
+  echo
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$work/registry"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry/data" "$port" > "$work/registry/config.yml"
+  docker-registry serve "$work/registry/config.yml" >/dev/null 2>&1 &
+  rpid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  "$berth" import "$big" bench/pullbase >/dev/null
+  img=bench/pullbase
+  for k in 1 2 3; do
+    "$berth" run --name "layer$k" --network none "$img" sh -c "cp -a /usr/bin /opt/bin$k && cp -a /usr/share/perl* /opt/ 2>/dev/null; true" >/dev/null
+    "$berth" commit "layer$k" "bench/pull:$k" >/dev/null
+    "$berth" rm "layer$k" >/dev/null
+    img=bench/pull:$k
+  done
+  "$berth" save -o "$work/pull.tar" "$img"
+  skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/pull.tar" "docker://127.0.0.1:$port/bench/pull:4layers"
+  ref=127.0.0.1:$port/bench/pull:4layers
+  pull_mb=$(du -sm "$work/registry/data" | cut -f1)
+  echo "== pull of a 4-layer image, $pull_mb MB compressed in the registry ($runs runs) =="
+  wipe_berth="$berth images -q | sort -u | xargs -r $berth rmi -f >/dev/null 2>&1; sync"
+  wipe_docker="docker images -q | sort -u | xargs -r docker rmi -f >/dev/null 2>&1; sync"
+  cmds=("$berth pull -q $ref")
+  preps=(--prepare "$wipe_berth")
+  if [ $have_docker = 1 ]; then cmds+=("docker pull -q $ref"); preps+=(--prepare "$wipe_docker"); fi
+  hyperfine -r "$runs" "${preps[@]}" --export-json "$work/pull.json" "${cmds[@]}" >/dev/null
+  python3 - "$work/pull.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+  kill "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null || true
+fi
