@@ -51,7 +51,8 @@ fn import_list_inspect_tag_remove_with_both_clis() {
         "{ours}"
     );
     if docker {
-        assert_eq!(ok(d.docker(&["images"])), ours);
+        // the CREATED column is relative to when each CLI ran: a second may pass between
+        assert_eq!(recent(&ok(d.docker(&["images"]))), recent(&ours));
         assert_eq!(
             ok(d.docker(&["images", "-q"])),
             ok(d.berth(&["images", "-q"]))
@@ -394,4 +395,35 @@ fn image_filters_agree_with_docker() {
     // the table's CREATED column speaks of years, as docker's does
     let t = ok(d.berth(&["images", "old"]));
     assert!(t.contains(" years ago"), "{t}");
+}
+
+/// A table with "N seconds ago" / "Less than a second ago" made one word and spacing
+/// collapsed, for tables listed a moment apart.
+fn recent(table: &str) -> String {
+    table
+        .lines()
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < t.len() {
+                if t[i..].starts_with(&["Less", "than", "a", "second", "ago"]) {
+                    out.push("RECENT");
+                    i += 5;
+                } else if i + 2 < t.len()
+                    && t[i].parse::<u32>().is_ok()
+                    && matches!(t[i + 1], "second" | "seconds")
+                    && t[i + 2] == "ago"
+                {
+                    out.push("RECENT");
+                    i += 3;
+                } else {
+                    out.push(t[i]);
+                    i += 1;
+                }
+            }
+            out.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
