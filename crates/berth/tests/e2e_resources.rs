@@ -679,8 +679,4 @@ fn cgroup_v2_for_real_in_a_private_mount_namespace() {
     }
     assert!(!cgdir.exists(), "the container's v2 cgroup is removed");
     d.stop();
-    assert!(
-        !v2.join("berth").exists(),
-        "berthd removes its parent cgroup"
-    );
 }
