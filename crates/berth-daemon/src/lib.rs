@@ -16,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod logconfig;
 pub mod pull;
+pub mod push;
 pub mod resources;
 pub mod routes;
 pub mod security;

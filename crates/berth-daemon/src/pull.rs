@@ -417,6 +417,17 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
             return Err(e.to_string());
         }
     };
+    // where these layers' blobs are, for pushes to skip or mount them
+    for (l, diff) in plan.manifest.layers.iter().zip(&plan.diff_ids) {
+        let _ = d.db.add_blob_source(&berth_store::BlobSource {
+            diff_id: diff.to_string(),
+            digest: l.digest.to_string(),
+            media_type: l.media_type.clone(),
+            size: l.size as i64,
+            registry: r.domain().to_string(),
+            repository: r.path().to_string(),
+        });
+    }
     crate::release_memory();
     let _ = tx
         .send(json_line(

@@ -676,6 +676,18 @@ impl ImageStore {
             .set_ref(&r.to_string(), &id.to_string(), false, &now_rfc3339())?)
     }
 
+    /// Records `repo@digest` for an image (after a push put it there).
+    pub fn add_digest_ref(&self, id: &Digest, reference: &Reference) -> Result<()> {
+        if reference.digest().is_none() {
+            return Err(ImageError::Invalid(
+                "a digest reference needs a digest".into(),
+            ));
+        }
+        self.db
+            .set_ref(&reference.to_string(), &id.to_string(), true, "")?;
+        Ok(())
+    }
+
     /// `docker rmi NAME`. `in_use` says whether a container uses an image (and how, for
     /// the message). A name that is a reference of an image with other references only
     /// untags; by ID (or the last reference) the image goes, with any layer no other

@@ -483,6 +483,110 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Whether the repository has blob `d` (its size when it does).
+    pub async fn blob_exists(&self, d: &Digest) -> Result<Option<u64>> {
+        let url = self.url(&format!("blobs/{d}"));
+        let r = self.send(Method::HEAD, &url, |b| b).await?;
+        match r.status() {
+            s if s.is_success() => Ok(Some(r.content_length().unwrap_or(0))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Self::error_of(r, &format!("blob {d}")).await),
+        }
+    }
+
+    /// Asks the registry to mount blob `d` from repository `from` (same registry);
+    /// false when it would not (the upload it started instead is cancelled).
+    pub async fn mount_blob(&self, d: &Digest, from: &str) -> Result<bool> {
+        let url = format!(
+            "{}?mount={}&from={}",
+            self.url("blobs/uploads/"),
+            d,
+            url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>()
+        );
+        let r = self
+            .send(Method::POST, &url, |b| b.header(header::CONTENT_LENGTH, 0))
+            .await?;
+        match r.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Ok(loc) = self.location(&r) {
+                    let _ = self.send(Method::DELETE, &loc, |b| b).await;
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn location(&self, r: &reqwest::Response) -> Result<String> {
+        let loc = r
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| RegistryError::Invalid("upload answer without a Location".into()))?;
+        let base =
+            url::Url::parse(r.url().as_str()).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        base.join(loc)
+            .map(|u| u.to_string())
+            .map_err(|e| RegistryError::Invalid(format!("upload location {loc:?}: {e}")))
+    }
+
+    /// Uploads blob `d` (`size` bytes from `body()`) in one request after starting the
+    /// upload session. `body` is called once per attempt.
+    pub async fn upload_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        body: impl Fn() -> reqwest::Body,
+    ) -> Result<()> {
+        let start = self.url("blobs/uploads/");
+        let r = self
+            .send(Method::POST, &start, |b| {
+                b.header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if r.status() != StatusCode::ACCEPTED {
+            return Err(Self::error_of(r, "starting a blob upload").await);
+        }
+        let loc = self.location(&r)?;
+        let mut url = url::Url::parse(&loc).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        url.query_pairs_mut().append_pair("digest", &d.to_string());
+        let r = self
+            .send(Method::PUT, url.as_str(), |b| {
+                b.header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, size)
+                    .body(body())
+            })
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            return Err(Self::error_of(r, &format!("uploading blob {d}")).await);
+        }
+        Ok(())
+    }
+
+    /// Puts a manifest under `reference` (a tag); returns its digest.
+    pub async fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Digest> {
+        let digest = Digest::of(&bytes);
+        let url = self.url(&format!("manifests/{reference}"));
+        let r = self
+            .send(Method::PUT, &url, |b| {
+                b.header(header::CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        if r.status() != StatusCode::CREATED && !r.status().is_success() {
+            return Err(Self::error_of(r, "manifest").await);
+        }
+        Ok(digest)
+    }
+}
+
 async fn read_capped(r: reqwest::Response, max: u64, what: &str) -> Result<Vec<u8>> {
     if r.content_length().is_some_and(|n| n > max) {
         return Err(RegistryError::Invalid(format!(

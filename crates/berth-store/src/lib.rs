@@ -65,7 +65,29 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL
      );
      CREATE INDEX containers_image ON containers(image_id);",
+    // 3: where a layer's compressed blobs are known to be (pulled from or pushed to),
+    // so a push can skip or mount them instead of uploading
+    "CREATE TABLE blob_sources (
+        diff_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        PRIMARY KEY (diff_id, digest, registry, repository)
+     );",
 ];
+
+/// A compressed blob of a layer, known to be in a registry's repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobSource {
+    pub diff_id: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub registry: String,
+    pub repository: String,
+}
 
 /// A container row: its create request and its state, both JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,10 +323,12 @@ impl Db {
              ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
             params![name, image_id, is_digest],
         )?;
-        tx.execute(
-            "UPDATE images SET last_tag_time = ?2 WHERE id = ?1",
-            params![image_id, now],
-        )?;
+        if !now.is_empty() {
+            tx.execute(
+                "UPDATE images SET last_tag_time = ?2 WHERE id = ?1",
+                params![image_id, now],
+            )?;
+        }
         tx.commit()?;
         Ok(old.filter(|o| o != image_id))
     }
@@ -359,6 +383,37 @@ impl Db {
                 Self::layer_from_row,
             )
             .optional()?)
+    }
+
+    /// Records that a layer's compressed blob is in a repository.
+    pub fn add_blob_source(&self, b: &BlobSource) -> Result<()> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO blob_sources (diff_id, digest, media_type, size, registry, repository)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![b.diff_id, b.digest, b.media_type, b.size, b.registry, b.repository],
+        )?;
+        Ok(())
+    }
+
+    /// The compressed blobs known for a layer on a registry, any repository.
+    pub fn blob_sources(&self, diff_id: &str, registry: &str) -> Result<Vec<BlobSource>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT diff_id, digest, media_type, size, registry, repository FROM blob_sources
+             WHERE diff_id = ?1 AND registry = ?2",
+        )?;
+        let rows = st.query_map(params![diff_id, registry], |r| {
+            Ok(BlobSource {
+                diff_id: r.get(0)?,
+                digest: r.get(1)?,
+                media_type: r.get(2)?,
+                size: r.get(3)?,
+                registry: r.get(4)?,
+                repository: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn layers(&self) -> Result<Vec<LayerRow>> {

@@ -330,3 +330,96 @@ fn berth_arch() -> &'static str {
         other => other,
     }
 }
+
+#[test]
+fn pushes_to_a_distribution_registry() {
+    let Some(d) = daemon_with_busybox("pushes_to_a_distribution_registry") else {
+        return;
+    };
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    ok(d.berth(&[
+        "run",
+        "--name",
+        "mk",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "echo pushed > /pushed.txt",
+    ]));
+    ok(d.berth(&["commit", "mk", "two:1"]));
+    ok(d.berth(&["rm", "mk"]));
+    for (i, bin) in clis().iter().enumerate() {
+        let name = format!("{}/push{i}/two:v1", reg.host());
+        ok(d.cli(bin, &["tag", "two:1", &name]));
+        let out = ok(d.cli(bin, &["push", &name]));
+        assert!(
+            out.contains(&format!(
+                "The push refers to repository [{}/push{i}/two]",
+                reg.host()
+            )),
+            "{bin}: {out}"
+        );
+        assert!(out.contains("v1: digest: sha256:"), "{bin}: {out}");
+        // the registry has it, as skopeo sees it
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{name}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Layers"].as_array().unwrap().len(), 2, "{v}");
+        let digest = v["Digest"].as_str().unwrap().to_string();
+        // the push recorded the digest
+        let rd = ok(d.cli(
+            bin,
+            &["image", "inspect", "-f", "{{json .RepoDigests}}", &name],
+        ));
+        assert!(rd.contains(&digest), "{bin}: {rd} / {digest}");
+        // again: every blob is there already
+        let out = ok(d.cli(bin, &["push", &name]));
+        assert!(out.contains("Layer already exists"), "{bin}: {out}");
+        assert!(out.contains(&digest), "{bin}: {out}");
+        // another repository of the same registry: mounted, not uploaded
+        let other = format!("{}/other{i}/two:v1", reg.host());
+        ok(d.cli(bin, &["tag", "two:1", &other]));
+        let out = ok(d.cli(bin, &["push", &other]));
+        assert!(out.contains("Mounted from push"), "{bin}: {out}");
+        // pulled back from nothing, it runs
+        let id = ok(d.cli(bin, &["image", "inspect", "-f", "{{.Id}}", &name]));
+        ok(d.cli(bin, &["rmi", "-f", id.trim()]));
+        ok(d.cli(bin, &["pull", &name]));
+        let out = ok(d.cli(
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &name,
+                "cat",
+                "/pushed.txt",
+            ],
+        ));
+        assert_eq!(out.trim(), "pushed");
+        ok(d.cli(bin, &["tag", &name, "two:1"]));
+        // what is not there locally
+        let out = d.cli(bin, &["push", &format!("{}/push{i}/two:nope", reg.host())]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("An image does not exist locally with the tag"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+    }
+    // an unreachable registry fails the push, the daemon goes on
+    ok(d.berth(&["tag", "bb", "127.0.0.1:1/x/bb:v1"]));
+    let out = d.berth(&["push", "127.0.0.1:1/x/bb:v1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
+    ok(d.berth(&["version"]));
+}

@@ -46,6 +46,8 @@ pub enum Cmd {
     Load(images::LoadArgs),
     /// Download an image from a registry
     Pull(registry::PullArgs),
+    /// Upload an image to a registry
+    Push(registry::PushArgs),
     /// Create and run a new container from an image
     Run(containers::CreateArgs),
     /// Create a new container
@@ -162,6 +164,8 @@ pub enum ImageCmd {
     Load(images::LoadArgs),
     /// Download an image from a registry
     Pull(registry::PullArgs),
+    /// Upload an image to a registry
+    Push(registry::PushArgs),
 }
 
 /// Shared `--format` flag.
@@ -189,6 +193,7 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Save(a) | Cmd::Image(ImageCmd::Save(a)) => images::save(c, a).await,
         Cmd::Load(a) | Cmd::Image(ImageCmd::Load(a)) => images::load(c, a).await,
         Cmd::Pull(a) | Cmd::Image(ImageCmd::Pull(a)) => registry::pull(c, a).await,
+        Cmd::Push(a) | Cmd::Image(ImageCmd::Push(a)) => registry::push(c, a).await,
         Cmd::Run(a) => containers::run(c, a).await,
         Cmd::Create(a) => containers::create(c, a).await,
         Cmd::Start(a) => containers::start(c, a).await,

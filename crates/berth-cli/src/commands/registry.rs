@@ -112,6 +112,78 @@ pub async fn pull(c: &Client, a: PullArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Push all tags of an image to the repository
+    #[arg(short = 'a', long)]
+    pub all_tags: bool,
+    /// Push a platform-specific manifest as a single-platform image
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Skip image signing
+    #[arg(long, default_value_t = true)]
+    pub disable_content_trust: bool,
+    pub name: String,
+}
+
+pub async fn push(c: &Client, a: PushArgs) -> Result<()> {
+    let (name, tag) = match a.name.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+        _ if a.all_tags => (a.name.clone(), String::new()),
+        _ => {
+            if !a.quiet {
+                println!("Using default tag: latest");
+            }
+            (a.name.clone(), "latest".to_string())
+        }
+    };
+    if a.all_tags && !tag.is_empty() && a.name.rsplit_once(':').is_some() {
+        bail!("tag can't be used with --all-tags/-a");
+    }
+    let mut path = format!("/images/{}/push", name);
+    if !tag.is_empty() {
+        path.push_str(&format!("?tag={}", super::q(&tag)));
+    }
+    let auth = auth_header(&registry_of(&name)).unwrap_or_else(|| "e30=".to_string());
+    let resp = c
+        .request(
+            Method::POST,
+            &path,
+            ReqBody::Full(None),
+            &[("X-Registry-Auth", auth)],
+        )
+        .await?;
+    let mut view = Progress::new(std::io::stdout().is_terminal() && !a.quiet, false);
+    let mut failure = None;
+    each_json_line(resp, |m| {
+        if let Some(e) = m["errorDetail"]["message"].as_str().or(m["error"].as_str()) {
+            failure = Some(e.to_string());
+        } else if !a.quiet {
+            view.show(m);
+        }
+        Ok(())
+    })
+    .await?;
+    view.finish();
+    if let Some(f) = failure {
+        bail!(f);
+    }
+    if a.quiet {
+        println!(
+            "{}",
+            if tag.is_empty() {
+                name
+            } else {
+                format!("{name}:{tag}")
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Pulls `image`, rendering progress to stdout (to stderr with `to_stderr`, as `run`
 /// does); the daemon's error, if any, is returned.
 pub async fn pull_image(
@@ -203,7 +275,10 @@ impl Progress {
     }
 
     fn show(&mut self, m: &Value) {
-        let status = m["status"].as_str().unwrap_or_default();
+        // aux messages (a push's digest) carry no status
+        let Some(status) = m["status"].as_str() else {
+            return;
+        };
         let Some(id) = m["id"].as_str() else {
             self.say(status);
             return;
@@ -240,7 +315,11 @@ impl Progress {
             _ => bar.set_style(plain_style()),
         }
         bar.set_message(status.to_string());
-        if matches!(status, "Pull complete" | "Already exists") {
+        if matches!(
+            status,
+            "Pull complete" | "Already exists" | "Pushed" | "Layer already exists"
+        ) || status.starts_with("Mounted from")
+        {
             bar.finish();
         }
     }

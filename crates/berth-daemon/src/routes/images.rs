@@ -453,6 +453,31 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     }
 }
 
+/// `POST /images/{name}/push?tag=`: the image (every tag of the repository without a
+/// tag) to its registry, with Docker's progress messages.
+pub async fn push(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
+    let tag = ctx.query.get("tag").unwrap_or_default().to_string();
+    let images = crate::push::resolve(d, name, &tag)?;
+    let creds = match ctx
+        .headers
+        .get("x-registry-auth")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(h) => {
+            berth_registry::auth::AuthConfig::from_header(h).map_err(ApiError::bad_request)?
+        }
+        None => None,
+    };
+    let (tx, resp) = stream("application/json");
+    let d2 = d.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::push::run(d2, images, creds, tx.clone()).await {
+            let _ = tx.send(crate::http::error_line(&e)).await;
+        }
+    });
+    Ok(resp)
+}
+
 pub async fn save(d: &Arc<Daemon>, _ctx: &Ctx, names: Vec<String>) -> Result<Resp, ApiError> {
     if names.is_empty() {
         return Err(ApiError::bad_request("no image names given to save"));

@@ -209,10 +209,8 @@ async fn image_route(d: &Arc<Daemon>, ctx: Ctx, rest: String) -> Result<Resp, Ap
         if let Some(name) = split("/tag") {
             return images::tag(d, &ctx, &name);
         }
-        if split("/push").is_some() {
-            return Err(ApiError::not_implemented(
-                "pushing to registries is not supported by this berth yet",
-            ));
+        if let Some(name) = split("/push") {
+            return images::push(d, &ctx, &name).await;
         }
     }
     if m == Method::DELETE {
