@@ -292,7 +292,12 @@ impl Session {
         {
             return Ok(t);
         }
-        let scope = format!("repository:{}:{}", self.path, self.actions);
+        // a login asks for a token without a repository
+        let scope = if self.path.is_empty() {
+            String::new()
+        } else {
+            format!("repository:{}:{}", self.path, self.actions)
+        };
         let mut url = url::Url::parse(realm)
             .map_err(|e| RegistryError::Invalid(format!("token realm {realm:?}: {e}")))?;
         let req = match self.creds.as_ref().filter(|c| !c.identity_token.is_empty()) {
@@ -302,6 +307,7 @@ impl Session {
                 ("service", service),
                 ("scope", scope.as_str()),
                 ("client_id", "berth"),
+                ("access_type", "offline"),
             ]),
             None => {
                 {
@@ -309,7 +315,9 @@ impl Session {
                     if !service.is_empty() {
                         q.append_pair("service", service);
                     }
-                    q.append_pair("scope", &scope);
+                    if !scope.is_empty() {
+                        q.append_pair("scope", &scope);
+                    }
                 }
                 let mut req = self.http.get(url.clone());
                 if let Some(c) = self.creds.as_ref().filter(|c| !c.username.is_empty()) {
@@ -484,6 +492,29 @@ impl Session {
 }
 
 impl Session {
+    /// Checks the session's credentials against the registry (`docker login`): `/v2/`
+    /// must answer 200 once the challenge is met with them.
+    pub async fn check_login(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let r = match self.send(Method::GET, &url, |b| b).await {
+            Err(RegistryError::Denied(_)) => {
+                return Err(RegistryError::Denied(format!(
+                    "login attempt to {url} failed with status: 401 Unauthorized"
+                )))
+            }
+            r => r?,
+        };
+        if r.status().is_success() {
+            return Ok(());
+        }
+        let status = r.status();
+        Err(RegistryError::Denied(format!(
+            "login attempt to {url} failed with status: {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        )))
+    }
+
     /// Whether the repository has blob `d` (its size when it does).
     pub async fn blob_exists(&self, d: &Digest) -> Result<Option<u64>> {
         let url = self.url(&format!("blobs/{d}"));

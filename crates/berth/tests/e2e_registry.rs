@@ -423,3 +423,213 @@ fn pushes_to_a_distribution_registry() {
     assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
     ok(d.berth(&["version"]));
 }
+
+/// A `docker-registry` asking for basic credentials (htpasswd, bcrypt).
+fn protected_registry(user: &str, password: &str) -> Option<Registry> {
+    if !have("docker-registry") {
+        eprintln!("skipping: docker-registry is needed (scripts/deps.sh)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hash = bcrypt::hash(password, 4).unwrap();
+    std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+            dir.path().join("data").display(),
+            dir.path().join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(Registry { child, dir, port });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("docker-registry did not start");
+}
+
+/// Runs a CLI with its own client config directory (and PATH, for a credential helper).
+fn cli_with_config(
+    d: &Daemon,
+    bin: &str,
+    config: &Path,
+    path_dir: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .env("DOCKER_HOST", d.host())
+        .env("BERTH_HOST", d.host())
+        .env("DOCKER_CONFIG", config)
+        .env("DOCKER_CLI_HINTS", "false")
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                path_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        let mut w = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            w.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn login_logout_and_credential_helpers() {
+    let Some(d) = daemon_with_busybox("login_logout_and_credential_helpers") else {
+        return;
+    };
+    let Some(reg) = protected_registry("alice", "s3cret") else {
+        return;
+    };
+    let tools = tempfile::tempdir().unwrap();
+    // a credential helper speaking the docker-credential-* protocol, keeping its
+    // secrets in a file beside it
+    let store = tools.path().join("store.json");
+    let helper = tools.path().join("docker-credential-berthtest");
+    std::fs::write(
+        &helper,
+        format!(
+            r#"#!/usr/bin/python3
+import json, sys
+path = "{}"
+try:
+    data = json.load(open(path))
+except Exception:
+    data = {{}}
+action = sys.argv[1]
+text = sys.stdin.read().strip()
+if action == "store":
+    v = json.loads(text)
+    data[v["ServerURL"]] = {{"Username": v["Username"], "Secret": v["Secret"]}}
+    json.dump(data, open(path, "w"))
+elif action == "get":
+    if text not in data:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    print(json.dumps({{"ServerURL": text, **data[text]}}))
+elif action == "erase":
+    data.pop(text, None)
+    json.dump(data, open(path, "w"))
+"#,
+            store.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let host = reg.host();
+    let name = format!("{host}/priv/bb:v1");
+    ok(d.berth(&["tag", "bb", &name]));
+    for bin in clis().iter() {
+        let cfg = tempfile::tempdir().unwrap();
+        let run = |args: &[&str], stdin: Option<&str>| {
+            cli_with_config(&d, bin, cfg.path(), tools.path(), args, stdin)
+        };
+        // without credentials: refused
+        let out = run(&["push", &name], None);
+        assert!(!out.status.success(), "{bin}");
+        assert!(
+            stderr(&out).contains("unauthorized"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        // a wrong password: Docker's words, nothing stored
+        let out = run(
+            &["login", "-u", "alice", "--password-stdin", &host],
+            Some("wrong\n"),
+        );
+        assert!(!out.status.success(), "{bin}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "login attempt to http://{host}/v2/ failed with status: 401 Unauthorized"
+            )),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !cfg.path().join("config.json").exists() || {
+                let t = std::fs::read_to_string(cfg.path().join("config.json")).unwrap();
+                !t.contains(&host)
+            }
+        );
+        // the right one: stored in config.json, and push and pull work
+        let out = run(
+            &["login", "-u", "alice", "--password-stdin", &host],
+            Some("s3cret\n"),
+        );
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        assert!(stdout(&out).contains("Login Succeeded"), "{bin}");
+        let text = std::fs::read_to_string(cfg.path().join("config.json")).unwrap();
+        assert!(
+            text.contains(&host) && text.contains("YWxpY2U6czNjcmV0"),
+            "{bin}: {text}"
+        );
+        let out = run(&["push", &name], None);
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        // untagged only: bb keeps the layers for the next CLI
+        ok(d.cli(bin, &["rmi", &name]));
+        let out = run(&["pull", &name], None);
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        let out = run(&["logout", &host], None);
+        assert!(
+            stdout(&out).contains(&format!("Removing login credentials for {host}")),
+            "{bin}"
+        );
+        let text = std::fs::read_to_string(cfg.path().join("config.json")).unwrap();
+        assert!(!text.contains("YWxpY2U6czNjcmV0"), "{bin}: {text}");
+        // with a credential helper: the secret goes to it, not to config.json
+        std::fs::write(
+            cfg.path().join("config.json"),
+            r#"{"credsStore": "berthtest"}"#,
+        )
+        .unwrap();
+        let out = run(
+            &["login", "-u", "alice", "--password-stdin", &host],
+            Some("s3cret\n"),
+        );
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        let text = std::fs::read_to_string(cfg.path().join("config.json")).unwrap();
+        assert!(
+            !text.contains("s3cret") && !text.contains("YWxpY2U6czNjcmV0"),
+            "{bin}: {text}"
+        );
+        let kept = std::fs::read_to_string(&store).unwrap();
+        assert!(kept.contains("s3cret"), "{bin}: {kept}");
+        ok(d.cli(bin, &["rmi", &name]));
+        let out = run(&["pull", &name], None);
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        let out = run(&["logout", &host], None);
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        let kept = std::fs::read_to_string(&store).unwrap();
+        assert!(!kept.contains("s3cret"), "{bin}: {kept}");
+        ok(d.cli(bin, &["tag", "bb", &name]));
+    }
+}

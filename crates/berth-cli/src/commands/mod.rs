@@ -48,6 +48,10 @@ pub enum Cmd {
     Pull(registry::PullArgs),
     /// Upload an image to a registry
     Push(registry::PushArgs),
+    /// Authenticate to a registry
+    Login(registry::LoginArgs),
+    /// Log out from a registry
+    Logout(registry::LogoutArgs),
     /// Create and run a new container from an image
     Run(containers::CreateArgs),
     /// Create a new container
@@ -194,6 +198,8 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Load(a) | Cmd::Image(ImageCmd::Load(a)) => images::load(c, a).await,
         Cmd::Pull(a) | Cmd::Image(ImageCmd::Pull(a)) => registry::pull(c, a).await,
         Cmd::Push(a) | Cmd::Image(ImageCmd::Push(a)) => registry::push(c, a).await,
+        Cmd::Login(a) => registry::login(c, a).await,
+        Cmd::Logout(a) => registry::logout(c, a).await,
         Cmd::Run(a) => containers::run(c, a).await,
         Cmd::Create(a) => containers::create(c, a).await,
         Cmd::Start(a) => containers::start(c, a).await,

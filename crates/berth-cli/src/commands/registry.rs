@@ -53,41 +53,281 @@ pub fn registry_of(image: &str) -> String {
     }
 }
 
-/// The `X-Registry-Auth` value for `registry` from config.json (`auths`), if any.
+/// The client's config.json, or `{}`.
+fn read_config() -> Value {
+    std::fs::read_to_string(config_dir().join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
+/// Writes config.json whole (a temporary file renamed over it), readable by its owner only.
+fn write_config(v: &Value) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = config_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let path = dir.join("config.json");
+    let tmp = dir.join(".config.json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, serde_json::to_string_pretty(v)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn bare(k: &str) -> String {
+    k.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The credential helper for `registry`: `credHelpers` first, then `credsStore`.
+fn helper_for(cfg: &Value, registry: &str) -> Option<String> {
+    cfg["credHelpers"]
+        .as_object()
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| bare(k) == bare(registry))
+                .and_then(|(_, v)| v.as_str())
+        })
+        .or_else(|| cfg["credsStore"].as_str())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+/// Runs `docker-credential-HELPER ACTION` with `input` on stdin; its stdout.
+fn run_helper(helper: &str, action: &str, input: &str) -> Result<String> {
+    use std::io::Write;
+    let prog = format!("docker-credential-{helper}");
+    let mut child = std::process::Command::new(&prog)
+        .arg(action)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("error getting credentials - err: exec: \"{prog}\": {e}"))?;
+    if let Some(mut w) = child.stdin.take() {
+        w.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        bail!(
+            "{prog} {action}: {}",
+            if text.is_empty() {
+                String::from_utf8_lossy(&out.stderr).trim().to_string()
+            } else {
+                text
+            }
+        );
+    }
+    Ok(text)
+}
+
+/// Stored credentials for `registry`: (username, secret); an identity token has the
+/// username `<token>`.
+fn stored_credentials(registry: &str) -> Option<(String, String)> {
+    let cfg = read_config();
+    if let Some(h) = helper_for(&cfg, registry) {
+        let out = run_helper(&h, "get", registry).ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        return Some((
+            v["Username"].as_str()?.to_string(),
+            v["Secret"].as_str()?.to_string(),
+        ));
+    }
+    let auths = cfg["auths"].as_object()?;
+    let entry = auths.iter().find(|(k, _)| bare(k) == bare(registry))?.1;
+    if let Some(t) = entry["identitytoken"].as_str().filter(|t| !t.is_empty()) {
+        return Some(("<token>".into(), t.to_string()));
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(entry["auth"].as_str()?.trim())
+        .ok()?;
+    let (u, p) = String::from_utf8_lossy(&raw)
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))?;
+    Some((u, p))
+}
+
+/// The `X-Registry-Auth` value for `registry` from config.json or its credential
+/// helper, if any.
 pub fn auth_header(registry: &str) -> Option<String> {
-    let text = std::fs::read_to_string(config_dir().join("config.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    let auths = v["auths"].as_object()?;
-    let bare = |k: &str| {
-        k.trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string()
-    };
-    let entry = auths
-        .iter()
-        .find(|(k, _)| *k == registry || bare(k) == bare(registry))?
-        .1;
-    let auth = entry["auth"].as_str().unwrap_or_default();
-    let token = entry["identitytoken"].as_str().unwrap_or_default();
-    if auth.is_empty() && token.is_empty() {
-        return None;
-    }
+    let (user, secret) = stored_credentials(registry)?;
     let mut out = serde_json::json!({"serveraddress": registry});
-    if !auth.is_empty() {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .ok()?;
-        let (u, p) = String::from_utf8_lossy(&raw)
-            .split_once(':')
-            .map(|(u, p)| (u.to_string(), p.to_string()))?;
-        out["username"] = Value::from(u);
-        out["password"] = Value::from(p);
-    }
-    if !token.is_empty() {
-        out["identitytoken"] = Value::from(token);
+    if user == "<token>" {
+        out["identitytoken"] = Value::from(secret);
+    } else {
+        out["username"] = Value::from(user);
+        out["password"] = Value::from(secret);
     }
     Some(base64::engine::general_purpose::URL_SAFE.encode(out.to_string()))
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Username
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The registry (Docker Hub when left out)
+    pub server: Option<String>,
+}
+
+const HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// The config.json key for a server as given to login/logout.
+fn server_key(server: Option<&str>) -> String {
+    match server.map(bare).as_deref() {
+        None
+        | Some("")
+        | Some("docker.io")
+        | Some("index.docker.io")
+        | Some("index.docker.io/v1")
+        | Some("registry-1.docker.io") => HUB_KEY.to_string(),
+        Some(s) => s.to_string(),
+    }
+}
+
+/// Reads a line from the terminal without echoing it.
+fn read_hidden(prompt: &str) -> Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    eprint!("{prompt}");
+    let stdin = std::io::stdin();
+    let old = tcgetattr(&stdin).ok();
+    if let Some(t) = &old {
+        let mut t2 = t.clone();
+        t2.local_modes.remove(LocalModes::ECHO);
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &t2);
+    }
+    let mut line = String::new();
+    let r = stdin.read_line(&mut line);
+    if let Some(t) = &old {
+        let _ = tcsetattr(&stdin, OptionalActions::Now, t);
+    }
+    eprintln!();
+    r?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+pub async fn login(c: &Client, a: LoginArgs) -> Result<()> {
+    let key = server_key(a.server.as_deref());
+    if a.password.is_some() && a.password_stdin {
+        bail!("--password and --password-stdin are mutually exclusive");
+    }
+    let interactive = std::io::stdin().is_terminal();
+    let username = match a.username {
+        Some(u) => u,
+        None if a.password_stdin => bail!("Must provide --username with --password-stdin"),
+        None if !interactive => {
+            bail!("Cannot perform an interactive login from a non TTY device")
+        }
+        None => {
+            eprint!("Username: ");
+            let mut u = String::new();
+            std::io::stdin().read_line(&mut u)?;
+            u.trim().to_string()
+        }
+    };
+    let password = if a.password_stdin {
+        let mut p = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut p)?;
+        p.trim_end_matches(['\r', '\n']).to_string()
+    } else if let Some(p) = a.password {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+        p
+    } else if interactive {
+        read_hidden("Password: ")?
+    } else {
+        bail!("Cannot perform an interactive login from a non TTY device")
+    };
+    if username.is_empty() || password.is_empty() {
+        bail!("Username and password are required");
+    }
+    let body =
+        serde_json::json!({"username": username, "password": password, "serveraddress": key});
+    let resp = c
+        .request(
+            Method::POST,
+            "/auth",
+            ReqBody::Full(Some(body.to_string().into())),
+            &[("Content-Type", "application/json".into())],
+        )
+        .await?;
+    let v = crate::client::read_json(resp).await?;
+    let token = v["IdentityToken"].as_str().unwrap_or_default().to_string();
+    let mut cfg = read_config();
+    let (user, secret) = if token.is_empty() {
+        (username.clone(), password.clone())
+    } else {
+        ("<token>".to_string(), token.clone())
+    };
+    if let Some(h) = helper_for(&cfg, &key) {
+        let input = serde_json::json!({"ServerURL": key, "Username": user, "Secret": secret});
+        run_helper(&h, "store", &input.to_string())?;
+        cfg["auths"][&key] = serde_json::json!({});
+        write_config(&cfg)?;
+    } else {
+        let entry = if token.is_empty() {
+            serde_json::json!({"auth": base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))})
+        } else {
+            serde_json::json!({"identitytoken": token})
+        };
+        if !cfg["auths"].is_object() {
+            cfg["auths"] = serde_json::json!({});
+        }
+        cfg["auths"][&key] = entry;
+        let path = write_config(&cfg)?;
+        eprintln!(
+            "WARNING! Your credentials are stored unencrypted in '{}'.\nConfigure a credential helper to remove this warning.",
+            path.display()
+        );
+    }
+    println!("Login Succeeded");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry (Docker Hub when left out)
+    pub server: Option<String>,
+}
+
+pub async fn logout(_c: &Client, a: LogoutArgs) -> Result<()> {
+    let key = server_key(a.server.as_deref());
+    let mut cfg = read_config();
+    let helper = helper_for(&cfg, &key);
+    let stored = cfg["auths"]
+        .as_object()
+        .and_then(|m| m.keys().find(|k| bare(k) == bare(&key)).cloned());
+    if stored.is_none() && helper.is_none() {
+        println!("Not logged in to {key}");
+        return Ok(());
+    }
+    println!("Removing login credentials for {key}");
+    if let Some(h) = helper {
+        let _ = run_helper(&h, "erase", &key);
+    }
+    if let (Some(k), Some(m)) = (stored, cfg["auths"].as_object_mut()) {
+        m.remove(&k);
+        write_config(&cfg)?;
+    }
+    Ok(())
 }
 
 /// The name docker prints for a reference: with `:latest` when it has no tag.

@@ -7,6 +7,7 @@ use crate::Daemon;
 use berth_image::reference::Reference;
 use berth_image::{DeleteItem, Image, ImportOptions};
 use http::StatusCode;
+use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -451,6 +452,44 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `POST /auth`: checks credentials against a registry (`docker login`); the client
+/// stores them.
+pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    let body = ctx
+        .body
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .to_bytes();
+    let mut creds: berth_registry::auth::AuthConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    creds.fill_from_auth();
+    let server = creds.server_address.clone();
+    let host = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let domain = match host.as_str() {
+        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => {
+            berth_image::reference::DEFAULT_DOMAIN.to_string()
+        }
+        h => h.to_string(),
+    };
+    let session = d.registry.session(&domain, "", Some(creds), true).await?;
+    session.check_login().await.map_err(|e| match e {
+        berth_registry::client::RegistryError::Denied(m) => {
+            ApiError::new(http::StatusCode::UNAUTHORIZED, m)
+        }
+        other => other.into(),
+    })?;
+    Ok(crate::http::ok_json(
+        &json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+    ))
 }
 
 /// `POST /images/{name}/push?tag=`: the image (every tag of the repository without a

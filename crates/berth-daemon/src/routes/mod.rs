@@ -155,6 +155,7 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::GET, "/info") => system::info(&d),
         (&Method::GET, "/events") => system::events(&d, &ctx),
         (&Method::GET, "/system/df") => system::df(&d, &ctx),
+        (&Method::POST, "/auth") => images::auth(&d, ctx).await,
 
         (&Method::GET, "/images/json") => images::list(&d, &ctx),
         (&Method::POST, "/images/create") => images::create(&d, ctx).await,
