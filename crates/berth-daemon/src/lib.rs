@@ -43,13 +43,27 @@ pub struct Daemon {
     pub containers: Arc<containers::Containers>,
     pub events: Arc<events::Events>,
     pub engine_id: String,
-    /// the registry client pulls and pushes use
-    pub registry: berth_registry::client::Client,
+    /// the registry client pulls and pushes use, made at the first (its TLS roots and
+    /// connection pools cost memory an idle daemon need not hold)
+    registry: std::sync::OnceLock<berth_registry::client::Client>,
     labels: RwLock<Vec<String>>,
     warnings: Vec<String>,
 }
 
 impl Daemon {
+    /// The registry client, made on first use.
+    pub fn registry(&self) -> Result<&berth_registry::client::Client, error::ApiError> {
+        if let Some(c) = self.registry.get() {
+            return Ok(c);
+        }
+        let c = berth_registry::client::Client::new(berth_registry::client::Settings {
+            mirrors: self.config.registry_mirrors.clone(),
+            insecure: self.config.insecure_registries.clone(),
+        })
+        .map_err(|e| error::ApiError::internal(e.to_string()))?;
+        Ok(self.registry.get_or_init(|| c))
+    }
+
     pub fn labels(&self) -> Vec<String> {
         self.labels.read().map(|l| l.clone()).unwrap_or_default()
     }
@@ -240,11 +254,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     let d = Arc::new(Daemon {
         containers,
         engine_id: engine_id(&cfg)?,
-        registry: berth_registry::client::Client::new(berth_registry::client::Settings {
-            mirrors: cfg.registry_mirrors.clone(),
-            insecure: cfg.insecure_registries.clone(),
-        })
-        .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+        registry: std::sync::OnceLock::new(),
         labels: RwLock::new(cfg.labels.clone()),
         config: cfg.clone(),
         images,

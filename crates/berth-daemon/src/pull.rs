@@ -61,7 +61,7 @@ pub async fn plan(
     creds: Option<AuthConfig>,
 ) -> Result<Plan, ApiError> {
     let session = d
-        .registry
+        .registry()?
         .session(reference.domain(), reference.path(), creds, false)
         .await
         .map_err(|e| name_error(&reference, e))?;
@@ -217,9 +217,21 @@ async fn fetch_layer(
     let size = desc.size;
     tokio::task::spawn_blocking(move || {
         let mut hashing = HashingReader::new(counting);
-        let new = images
-            .ingest_layer(&mut hashing, parent.as_ref(), Some(&diff))
-            .map_err(|e| e.to_string())?;
+        let new = match images.ingest_layer(&mut hashing, parent.as_ref(), Some(&diff)) {
+            Ok(n) => n,
+            Err(e) => {
+                // bytes that are not the blob's say so first, as Docker does
+                return Err(match hashing.finish() {
+                    Ok((_, len)) if len < size => format!(
+                        "failed to download layer {want}: unexpected EOF ({len} of {size} bytes)"
+                    ),
+                    Ok((got, _)) if got != want => {
+                        format!("filesystem layer verification failed for digest {want}")
+                    }
+                    _ => e.to_string(),
+                });
+            }
+        };
         let check = hashing
             .finish()
             .map_err(|e| e.to_string())

@@ -260,7 +260,8 @@ pub async fn run(
         })))
         .await;
     let session = d
-        .registry
+        .registry()
+        .map_err(|e| e.message)?
         .session(first.domain(), first.path(), creds, true)
         .await
         .map_err(|e| e.to_string())?;

@@ -167,6 +167,107 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
     }
 }
 
+/// Runs `f` on the decompressed stream of `reader` (gzip, zstd or plain, told by its
+/// magic bytes). A compressed stream is inflated on a thread of its own, in 1 MiB
+/// chunks, so decompression and what `f` does with the data (unpacking, hashing)
+/// use two cores.
+pub fn with_decompressed<T>(
+    reader: &mut (dyn Read + Send),
+    f: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<T> {
+    let mut br = BufReader::with_capacity(1 << 20, reader);
+    let head = br
+        .fill_buf()
+        .map_err(ImageError::io("reading archive"))?
+        .to_vec();
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    if !gzip && !zstd {
+        let mut plain = decompress(br)?;
+        return f(&mut plain);
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+        s.spawn(move || {
+            let mut dec: Box<dyn Read> = if gzip {
+                Box::new(flate2::read::MultiGzDecoder::new(br))
+            } else {
+                match zstd::stream::read::Decoder::with_buffer(br) {
+                    Ok(z) => Box::new(z),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut filled = 0;
+                let end = loop {
+                    match dec.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(true),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == buf.len() {
+                                break Ok(false);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(filled);
+                match end {
+                    Ok(done) => {
+                        if filled > 0 && tx.send(Ok(buf)).is_err() {
+                            return;
+                        }
+                        if done {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut r = ChunkReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        f(&mut r)
+    })
+}
+
+/// Reads the chunks a decompressing thread sends.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
@@ -373,33 +474,35 @@ impl ImageStore {
     /// when this returns, but no row names them yet.
     pub fn ingest_layer(
         &self,
-        reader: &mut dyn Read,
+        reader: &mut (dyn Read + Send),
         parent: Option<&Digest>,
         expect_diff: Option<&Digest>,
     ) -> Result<NewLayer> {
-        let plain = decompress(reader)?;
-        let staged = self
-            .snaps
-            .stage(parent)
-            .map_err(ImageError::io("staging snapshot"))?;
-        let split = SplitWriter::new(self.content.writer()?)
-            .map_err(ImageError::io("starting the layer writer"))?;
-        let mode = match self.snaps.driver() {
-            Driver::Overlay => WhiteoutMode::Overlay,
-            Driver::Copy => WhiteoutMode::Delete,
-        };
         let started = std::time::Instant::now();
-        let log = unpack::ContentLog::new(split.marker(), staged.dir().join("extra"));
-        let mut tee = TeeReader::new(plain, split);
-        let (size, log) = unpack::apply_layer_logged(&mut tee, &staged.fs(), mode, Some(log))?;
-        let unpacked = started.elapsed();
-        // the tar end marker and padding belong to the layer too
-        io::copy(&mut tee, &mut io::sink()).map_err(UnpackError::Tar)?;
-        let (_, split) = tee.into_inner();
-        let table = log.map(unpack::ContentLog::into_table).unwrap_or_default();
-        let done = split
-            .finish(&table)
-            .map_err(ImageError::io("writing the layer"))?;
+        let (staged, done, unpacked, size) = with_decompressed(reader, |plain| {
+            let staged = self
+                .snaps
+                .stage(parent)
+                .map_err(ImageError::io("staging snapshot"))?;
+            let split = SplitWriter::new(self.content.writer()?)
+                .map_err(ImageError::io("starting the layer writer"))?;
+            let mode = match self.snaps.driver() {
+                Driver::Overlay => WhiteoutMode::Overlay,
+                Driver::Copy => WhiteoutMode::Delete,
+            };
+            let log = unpack::ContentLog::new(split.marker(), staged.dir().join("extra"));
+            let mut tee = TeeReader::new(plain, split);
+            let (size, log) = unpack::apply_layer_logged(&mut tee, &staged.fs(), mode, Some(log))?;
+            let unpacked = started.elapsed();
+            // the tar end marker and padding belong to the layer too
+            io::copy(&mut tee, &mut io::sink()).map_err(UnpackError::Tar)?;
+            let (_, split) = tee.into_inner();
+            let table = log.map(unpack::ContentLog::into_table).unwrap_or_default();
+            let done = split
+                .finish(&table)
+                .map_err(ImageError::io("writing the layer"))?;
+            Ok((staged, done, unpacked, size))
+        })?;
         let diff_id = done.diff_id;
         let blob_size = done.tar_len;
         if let Some(want) = expect_diff {
@@ -528,7 +631,7 @@ impl ImageStore {
     }
 
     /// `docker import`: a rootfs tarball (plain, gzip or zstd) becomes a one-layer image.
-    pub fn import(&self, reader: &mut dyn Read, opts: ImportOptions) -> Result<Digest> {
+    pub fn import(&self, reader: &mut (dyn Read + Send), opts: ImportOptions) -> Result<Digest> {
         let mut runtime = serde_json::Map::new();
         config::apply_changes(&mut runtime, &opts.changes)?;
         let layer = self.ingest_layer(reader, None, None)?;
@@ -595,7 +698,7 @@ impl ImageStore {
     pub fn commit(
         &self,
         parent: &Digest,
-        layer: &mut dyn Read,
+        layer: &mut (dyn Read + Send),
         opts: CommitOptions,
     ) -> Result<Digest> {
         let base = self.get(parent)?;

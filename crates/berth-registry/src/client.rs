@@ -29,7 +29,7 @@ pub enum RegistryError {
     #[error("{0}")]
     Denied(String),
     /// any other error status
-    #[error("{0}")]
+    #[error("{1}")]
     Status(StatusCode, String),
     /// a document or blob that is not what it should be
     #[error("{0}")]

@@ -480,7 +480,10 @@ pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         }
         h => h.to_string(),
     };
-    let session = d.registry.session(&domain, "", Some(creds), true).await?;
+    let session = d
+        .registry()?
+        .session(&domain, "", Some(creds), true)
+        .await?;
     session.check_login().await.map_err(|e| match e {
         berth_registry::client::RegistryError::Denied(m) => {
             ApiError::new(http::StatusCode::UNAUTHORIZED, m)
