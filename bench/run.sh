@@ -239,5 +239,30 @@ for x in r:
 if len(r) == 2:
     print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
 PY
-  kill "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null || true
+  # push of the same image to an empty registry (its storage wiped before each run)
+  port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$work/registry2"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry2/data" "$port2" > "$work/registry2/config.yml"
+  docker-registry serve "$work/registry2/config.yml" >/dev/null 2>&1 &
+  rpid2=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port2) 2>/dev/null && break; sleep 0.1; done
+  dest=127.0.0.1:$port2/bench/push:4layers
+  "$berth" tag "$ref" "$dest"
+  [ $have_docker = 1 ] && docker tag "$ref" "$dest"
+  echo
+  echo "== push of the same image to an empty registry ($runs runs) =="
+  wipe_registry="rm -rf $work/registry2/data; sync"
+  cmds=("$berth push -q $dest")
+  preps=(--prepare "$wipe_registry")
+  if [ $have_docker = 1 ]; then cmds+=("docker push -q $dest"); preps+=(--prepare "$wipe_registry"); fi
+  hyperfine -r "$runs" "${preps[@]}" --export-json "$work/push.json" "${cmds[@]}" >/dev/null
+  python3 - "$work/push.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+  kill "$rpid" "$rpid2" 2>/dev/null; wait "$rpid" "$rpid2" 2>/dev/null || true
 fi
