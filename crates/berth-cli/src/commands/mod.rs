@@ -52,6 +52,9 @@ pub enum Cmd {
     Login(registry::LoginArgs),
     /// Log out from a registry
     Logout(registry::LogoutArgs),
+    /// Run berth's own registry
+    #[command(subcommand)]
+    Registry(RegistryCmd),
     /// Create and run a new container from an image
     Run(containers::CreateArgs),
     /// Create a new container
@@ -135,6 +138,14 @@ pub enum ContainerCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RegistryCmd {
+    /// Serve an OCI distribution registry
+    Serve(registry::ServeArgs),
+    /// Remove blobs no manifest names
+    Gc(registry::GcArgs),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SystemCmd {
     /// Show berth disk usage
     Df(system::DfArgs),
@@ -199,6 +210,8 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Pull(a) | Cmd::Image(ImageCmd::Pull(a)) => registry::pull(c, a).await,
         Cmd::Push(a) | Cmd::Image(ImageCmd::Push(a)) => registry::push(c, a).await,
         Cmd::Login(a) => registry::login(c, a).await,
+        Cmd::Registry(RegistryCmd::Serve(a)) => registry::serve(a).await,
+        Cmd::Registry(RegistryCmd::Gc(a)) => registry::gc(a).await,
         Cmd::Logout(a) => registry::logout(c, a).await,
         Cmd::Run(a) => containers::run(c, a).await,
         Cmd::Create(a) => containers::create(c, a).await,

@@ -3,7 +3,8 @@
 //! for the image's registry come from the docker-compatible config file.
 
 use crate::client::{each_json_line, Client, ReqBody};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
 use base64::Engine;
 use clap::Args;
 use http::Method;
@@ -602,4 +603,101 @@ mod tests {
         assert_eq!(tagged("localhost:5000/x:v1"), "localhost:5000/x:v1");
         assert_eq!(tagged("x@sha256:ab"), "x@sha256:ab");
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub addr: String,
+    /// Directory of the registry's storage
+    #[arg(long, default_value = "/var/lib/berth-registry")]
+    pub root: PathBuf,
+    /// Require basic credentials from this htpasswd file (bcrypt)
+    #[arg(long)]
+    pub htpasswd: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM)
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and this key (PEM)
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse every write
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Directory of the registry's storage
+    #[arg(long, default_value = "/var/lib/berth-registry")]
+    pub root: PathBuf,
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("reading {}", cert.display()))?,
+    ))
+    .collect::<std::result::Result<_, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("reading {}", key.display()))?,
+    ))?
+    .ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)))
+}
+
+/// `berth registry serve`: a registry of our own, until interrupted.
+pub async fn serve(a: ServeArgs) -> Result<()> {
+    use berth_registry::server::{read_htpasswd, Registry, ServerConfig};
+    let htpasswd = match &a.htpasswd {
+        Some(p) => Some(read_htpasswd(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let reg = std::sync::Arc::new(
+        Registry::new(ServerConfig {
+            root: a.root.clone(),
+            htpasswd,
+            read_only: a.read_only,
+        })
+        .with_context(|| format!("opening {}", a.root.display()))?,
+    );
+    let listener = tokio::net::TcpListener::bind(&a.addr)
+        .await
+        .with_context(|| format!("listening on {}", a.addr))?;
+    eprintln!(
+        "berth registry serving {} on {}://{}",
+        a.root.display(),
+        if tls.is_some() { "https" } else { "http" },
+        listener.local_addr()?
+    );
+    tokio::select! {
+        r = berth_registry::server::serve(reg, listener, tls) => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+/// `berth registry gc`: removes blobs no manifest names.
+pub async fn gc(a: GcArgs) -> Result<()> {
+    use berth_registry::server::{Registry, ServerConfig};
+    let reg = Registry::new(ServerConfig {
+        root: a.root.clone(),
+        htpasswd: None,
+        read_only: false,
+    })?;
+    let removed = reg.gc()?;
+    for d in &removed {
+        println!("deleted {d}");
+    }
+    println!("{} blobs removed", removed.len());
+    Ok(())
 }
