@@ -222,17 +222,11 @@ impl Registry {
             return r;
         }
         let path = req.uri().path().to_string();
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(
-            req.uri().query().unwrap_or_default().as_bytes(),
-        )
-        .into_owned()
-        .collect();
-        let q = |k: &str| {
-            query
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-        };
+        let query: Vec<(String, String)> =
+            url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let method = req.method().clone();
         let writes = !matches!(method, Method::GET | Method::HEAD);
         if writes && self.cfg.read_only {
@@ -255,10 +249,17 @@ impl Registry {
             return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found");
         };
         // NAME/KIND/REF, the name holding slashes
-        let split = ["/blobs/uploads/", "/blobs/uploads", "/blobs/", "/manifests/", "/tags/list", "/referrers/"]
-            .iter()
-            .filter_map(|k| rest.rfind(k).map(|i| (i, *k)))
-            .max_by_key(|(i, k)| (*i, k.len()));
+        let split = [
+            "/blobs/uploads/",
+            "/blobs/uploads",
+            "/blobs/",
+            "/manifests/",
+            "/tags/list",
+            "/referrers/",
+        ]
+        .iter()
+        .filter_map(|k| rest.rfind(k).map(|i| (i, *k)))
+        .max_by_key(|(i, k)| (*i, k.len()));
         let Some((i, kind)) = split else {
             return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found");
         };
@@ -288,7 +289,11 @@ impl Registry {
                     let _ = std::fs::remove_file(self.store.link(&name, "layers", &d));
                     finish(empty(StatusCode::ACCEPTED), Bytes::new())
                 }
-                _ => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry"),
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    "blob unknown to registry",
+                ),
             },
             ("/blobs/uploads/" | "/blobs/uploads", Method::POST) if reference.is_empty() => {
                 self.start_upload(&name, q("mount"), q("from"), q("digest"), req)
@@ -296,21 +301,37 @@ impl Registry {
             }
             ("/blobs/uploads/", Method::PATCH) => self.patch_upload(&name, &reference, req).await,
             ("/blobs/uploads/", Method::PUT) => {
-                self.finish_upload(&name, &reference, q("digest"), req).await
+                self.finish_upload(&name, &reference, q("digest"), req)
+                    .await
             }
             ("/blobs/uploads/", Method::GET) => match self.upload_size(&reference) {
-                Some(n) => finish(self.upload_headers(&name, &reference, n, StatusCode::NO_CONTENT), Bytes::new()),
-                None => error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"),
+                Some(n) => finish(
+                    self.upload_headers(&name, &reference, n, StatusCode::NO_CONTENT),
+                    Bytes::new(),
+                ),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UPLOAD_UNKNOWN",
+                    "blob upload unknown to registry",
+                ),
             },
             ("/blobs/uploads/", Method::DELETE) => match self.upload_path(&reference) {
                 Some(p) if p.exists() => {
                     let _ = std::fs::remove_file(p);
                     finish(empty(StatusCode::NO_CONTENT), Bytes::new())
                 }
-                _ => error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"),
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UPLOAD_UNKNOWN",
+                    "blob upload unknown to registry",
+                ),
             },
             ("/referrers/", Method::GET) => self.referrers(&name, &reference, q("artifactType")),
-            _ => error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "the operation is unsupported"),
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                "the operation is unsupported",
+            ),
         }
     }
 
@@ -326,7 +347,12 @@ impl Registry {
     }
 
     /// A page of `items` after `last`, at most `n`; the Link header when more follow.
-    fn page(items: Vec<String>, n: Option<String>, last: Option<String>, base: &str) -> (Vec<String>, Option<String>) {
+    fn page(
+        items: Vec<String>,
+        n: Option<String>,
+        last: Option<String>,
+        base: &str,
+    ) -> (Vec<String>, Option<String>) {
         let mut items: Vec<String> = match &last {
             Some(l) => items.into_iter().filter(|x| x > l).collect(),
             None => items,
@@ -350,7 +376,11 @@ impl Registry {
         while let Some((dir, prefix)) = todo.pop() {
             for e in Self::list_dir(&dir) {
                 let p = dir.join(&e);
-                let name = if prefix.is_empty() { e.clone() } else { format!("{prefix}/{e}") };
+                let name = if prefix.is_empty() {
+                    e.clone()
+                } else {
+                    format!("{prefix}/{e}")
+                };
                 if matches!(e.as_str(), "tags" | "manifests" | "layers") {
                     continue;
                 }
@@ -372,9 +402,18 @@ impl Registry {
     fn tags(&self, name: &str, n: Option<String>, last: Option<String>) -> Resp {
         let dir = self.store.repo(name).join("tags");
         if !dir.is_dir() {
-            return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "repository name not known to registry");
+            return error(
+                StatusCode::NOT_FOUND,
+                "NAME_UNKNOWN",
+                "repository name not known to registry",
+            );
         }
-        let (tags, link) = Self::page(Self::list_dir(&dir), n, last, &format!("/v2/{name}/tags/list"));
+        let (tags, link) = Self::page(
+            Self::list_dir(&dir),
+            n,
+            last,
+            &format!("/v2/{name}/tags/list"),
+        );
         let mut b = empty(StatusCode::OK).header(header::CONTENT_TYPE, "application/json");
         if let Some(l) = link {
             b = b.header(header::LINK, l);
@@ -398,11 +437,22 @@ impl Registry {
 
     fn get_manifest(&self, name: &str, reference: &str, head: bool) -> Resp {
         let Some(d) = self.resolve(name, reference) else {
-            return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
+            return error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            );
         };
         let link = self.store.link(name, "manifests", &d);
-        let (Ok(media), Ok(bytes)) = (std::fs::read_to_string(&link), std::fs::read(self.store.blob(&d))) else {
-            return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
+        let (Ok(media), Ok(bytes)) = (
+            std::fs::read_to_string(&link),
+            std::fs::read(self.store.blob(&d)),
+        ) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            );
         };
         let b = empty(StatusCode::OK)
             .header(header::CONTENT_TYPE, media.trim())
@@ -448,20 +498,35 @@ impl Registry {
                 .map(|e| ("MANIFEST_UNKNOWN", e.desc.digest.to_string())),
         };
         if let Some((code, d)) = missing {
-            return error(StatusCode::BAD_REQUEST, code, &format!("{d} is not in the repository"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                code,
+                &format!("{d} is not in the repository"),
+            );
         }
         let d = Digest::of(&bytes);
         if let Ok(want) = reference.parse::<Digest>() {
             if want != d {
-                return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "provided digest did not match uploaded content");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "DIGEST_INVALID",
+                    "provided digest did not match uploaded content",
+                );
             }
         } else if !valid_tag(reference) {
-            return error(StatusCode::BAD_REQUEST, "TAG_INVALID", "manifest tag did not match URI");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "TAG_INVALID",
+                "manifest tag did not match URI",
+            );
         }
         let stored = self
             .store
             .put_small_blob(&bytes)
-            .and_then(|_| self.store.write_atomic(&self.store.link(name, "manifests", &d), media.as_bytes()))
+            .and_then(|_| {
+                self.store
+                    .write_atomic(&self.store.link(name, "manifests", &d), media.as_bytes())
+            })
             .and_then(|_| {
                 if reference.parse::<Digest>().is_err() {
                     self.store.write_atomic(
@@ -486,28 +551,49 @@ impl Registry {
 
     fn delete_manifest(&self, name: &str, reference: &str) -> Resp {
         let Ok(d) = reference.parse::<Digest>() else {
-            return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "delete a manifest by digest");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+                "delete a manifest by digest",
+            );
         };
         let link = self.store.link(name, "manifests", &d);
         if !link.exists() {
-            return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
+            return error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            );
         }
         let _ = std::fs::remove_file(link);
         let tags = self.store.repo(name).join("tags");
         for t in Self::list_dir(&tags) {
-            if std::fs::read_to_string(tags.join(&t)).map(|s| s.trim() == d.to_string()).unwrap_or(false) {
+            if std::fs::read_to_string(tags.join(&t))
+                .map(|s| s.trim() == d.to_string())
+                .unwrap_or(false)
+            {
                 let _ = std::fs::remove_file(tags.join(t));
             }
         }
         finish(empty(StatusCode::ACCEPTED), Bytes::new())
     }
 
-    async fn get_blob(&self, name: &str, reference: &str, head: bool, req: &Request<Incoming>) -> Resp {
+    async fn get_blob(
+        &self,
+        name: &str,
+        reference: &str,
+        head: bool,
+        req: &Request<Incoming>,
+    ) -> Resp {
         let Ok(d) = reference.parse::<Digest>() else {
             return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
         };
         if !self.store.linked(name, "layers", &d) && !self.store.linked(name, "manifests", &d) {
-            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry");
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            );
         }
         let path = self.store.blob(&d);
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -519,13 +605,21 @@ impl Registry {
             .and_then(|r| r.split_once('-'))
             .and_then(|(a, b)| {
                 let a: u64 = a.parse().ok()?;
-                let b: u64 = if b.is_empty() { len.checked_sub(1)? } else { b.parse().ok()? };
+                let b: u64 = if b.is_empty() {
+                    len.checked_sub(1)?
+                } else {
+                    b.parse().ok()?
+                };
                 (a <= b && b < len).then_some((a, b))
             });
-        let b = empty(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header("Docker-Content-Digest", d.to_string())
-            .header(header::ACCEPT_RANGES, "bytes");
+        let b = empty(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("Docker-Content-Digest", d.to_string())
+        .header(header::ACCEPT_RANGES, "bytes");
         if head {
             return finish(b.header(header::CONTENT_LENGTH, len), Bytes::new());
         }
@@ -548,10 +642,18 @@ impl Registry {
     }
 
     fn upload_size(&self, id: &str) -> Option<u64> {
-        std::fs::metadata(self.upload_path(id)?).ok().map(|m| m.len())
+        std::fs::metadata(self.upload_path(id)?)
+            .ok()
+            .map(|m| m.len())
     }
 
-    fn upload_headers(&self, name: &str, id: &str, size: u64, status: StatusCode) -> http::response::Builder {
+    fn upload_headers(
+        &self,
+        name: &str,
+        id: &str,
+        size: u64,
+        status: StatusCode,
+    ) -> http::response::Builder {
         empty(status)
             .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
             .header(header::RANGE, format!("0-{}", size.saturating_sub(1)))
@@ -589,7 +691,10 @@ impl Registry {
         if let (Some(m), Some(f)) = (&mount, &from) {
             if let Ok(d) = m.parse::<Digest>() {
                 if valid_name(f) && self.store.linked(f, "layers", &d) {
-                    if let Err(e) = self.store.write_atomic(&self.store.link(name, "layers", &d), b"") {
+                    if let Err(e) = self
+                        .store
+                        .write_atomic(&self.store.link(name, "layers", &d), b"")
+                    {
                         return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string());
                     }
                     return finish(
@@ -601,7 +706,11 @@ impl Registry {
                 }
             }
         }
-        let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let id = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let Some(path) = self.upload_path(&id) else {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upload id");
         };
@@ -612,52 +721,93 @@ impl Registry {
         match digest {
             // monolithic: the body is the blob
             Some(d) => self.complete(name, &id, &d),
-            None => finish(self.upload_headers(name, &id, 0, StatusCode::ACCEPTED), Bytes::new()),
+            None => finish(
+                self.upload_headers(name, &id, 0, StatusCode::ACCEPTED),
+                Bytes::new(),
+            ),
         }
     }
 
     async fn patch_upload(&self, name: &str, id: &str, req: Request<Incoming>) -> Resp {
         let Some(size) = self.upload_size(id) else {
-            return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry");
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                "blob upload unknown to registry",
+            );
         };
         // a chunk must start where the upload stands
         if let Some(start) = req
             .headers()
             .get(header::CONTENT_RANGE)
             .and_then(|h| h.to_str().ok())
-            .and_then(|r| r.trim_start_matches("bytes ").split('-').next().map(str::to_string))
+            .and_then(|r| {
+                r.trim_start_matches("bytes ")
+                    .split('-')
+                    .next()
+                    .map(str::to_string)
+            })
             .and_then(|s| s.parse::<u64>().ok())
         {
             if start != size {
-                return error(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", "chunk out of order");
+                return error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "BLOB_UPLOAD_INVALID",
+                    "chunk out of order",
+                );
             }
         }
         let Some(path) = self.upload_path(id) else {
-            return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry");
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                "blob upload unknown to registry",
+            );
         };
         match Self::append(&path, req.into_body()).await {
-            Ok(n) => finish(self.upload_headers(name, id, n, StatusCode::ACCEPTED), Bytes::new()),
+            Ok(n) => finish(
+                self.upload_headers(name, id, n, StatusCode::ACCEPTED),
+                Bytes::new(),
+            ),
             Err(e) => error(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", &e),
         }
     }
 
-    async fn finish_upload(&self, name: &str, id: &str, digest: Option<String>, req: Request<Incoming>) -> Resp {
+    async fn finish_upload(
+        &self,
+        name: &str,
+        id: &str,
+        digest: Option<String>,
+        req: Request<Incoming>,
+    ) -> Resp {
         let Some(path) = self.upload_path(id).filter(|p| p.exists()) else {
-            return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry");
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                "blob upload unknown to registry",
+            );
         };
         if let Err(e) = Self::append(&path, req.into_body()).await {
             return error(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", &e);
         }
         match digest {
             Some(d) => self.complete(name, id, &d),
-            None => error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "a digest is required"),
+            None => error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "a digest is required",
+            ),
         }
     }
 
     /// Checks an upload against `digest` and moves it into the store.
     fn complete(&self, name: &str, id: &str, digest: &str) -> Resp {
         let Some(path) = self.upload_path(id) else {
-            return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry");
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                "blob upload unknown to registry",
+            );
         };
         let Ok(want) = digest.parse::<Digest>() else {
             let _ = std::fs::remove_file(&path);
@@ -680,13 +830,17 @@ impl Registry {
             Ok(g) if g == want => {}
             _ => {
                 let _ = std::fs::remove_file(&path);
-                return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "provided digest did not match uploaded content");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "DIGEST_INVALID",
+                    "provided digest did not match uploaded content",
+                );
             }
         }
-        let done = self
-            .store
-            .commit_blob(&path, &want)
-            .and_then(|_| self.store.write_atomic(&self.store.link(name, "layers", &want), b""));
+        let done = self.store.commit_blob(&path, &want).and_then(|_| {
+            self.store
+                .write_atomic(&self.store.link(name, "layers", &want), b"")
+        });
         if let Err(e) = done {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string());
         }
@@ -706,9 +860,15 @@ impl Registry {
         let mut manifests = Vec::new();
         let dir = self.store.repo(name).join("manifests");
         for hex in Self::list_dir(&dir) {
-            let Ok(d) = Digest::from_hex(&hex) else { continue };
-            let Ok(bytes) = std::fs::read(self.store.blob(&d)) else { continue };
-            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else { continue };
+            let Ok(d) = Digest::from_hex(&hex) else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(self.store.blob(&d)) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
             if v["subject"]["digest"].as_str() != Some(subject.to_string().as_str()) {
                 continue;
             }
@@ -747,9 +907,13 @@ impl Registry {
                 let p = dir.join(&e);
                 if e == "manifests" {
                     for hex in Self::list_dir(&p) {
-                        let Ok(d) = Digest::from_hex(&hex) else { continue };
+                        let Ok(d) = Digest::from_hex(&hex) else {
+                            continue;
+                        };
                         keep.insert(d.clone());
-                        let Ok(bytes) = std::fs::read(self.store.blob(&d)) else { continue };
+                        let Ok(bytes) = std::fs::read(self.store.blob(&d)) else {
+                            continue;
+                        };
                         let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
                         for x in std::iter::once(&v["config"])
                             .chain(v["layers"].as_array().into_iter().flatten())
@@ -767,7 +931,9 @@ impl Registry {
         }
         let mut removed = Vec::new();
         for hex in Self::list_dir(&self.store.root.join("blobs/sha256")) {
-            let Ok(d) = Digest::from_hex(&hex) else { continue };
+            let Ok(d) = Digest::from_hex(&hex) else {
+                continue;
+            };
             if !keep.contains(&d) {
                 std::fs::remove_file(self.store.blob(&d))?;
                 removed.push(d);
@@ -784,10 +950,15 @@ async fn read_capped(body: Incoming, max: usize) -> Result<Vec<u8>, Resp> {
     let mut out = Vec::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", &e.to_string()))?;
+        let frame = frame
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", &e.to_string()))?;
         if let Ok(d) = frame.into_data() {
             if out.len() + d.len() > max {
-                return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", "manifest too large"));
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "SIZE_INVALID",
+                    "manifest too large",
+                ));
             }
             out.extend_from_slice(&d);
         }
@@ -838,7 +1009,9 @@ mod tests {
         for ok in ["a", "library/busybox", "a-b/c.d/e__f", "x1/y--2"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "A", "../x", "a/../b", "a//b", "a/", "/a", "-a", "a_", "a..b", "a/.x"] {
+        for bad in [
+            "", "A", "../x", "a/../b", "a//b", "a/", "/a", "-a", "a_", "a..b", "a/.x",
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
         assert!(valid_tag("v1.0_rc-1"));

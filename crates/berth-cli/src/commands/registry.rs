@@ -4,7 +4,6 @@
 
 use crate::client::{each_json_line, Client, ReqBody};
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
 use base64::Engine;
 use clap::Args;
 use http::Method;
@@ -12,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -634,7 +634,10 @@ pub struct GcArgs {
     pub root: PathBuf,
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(cert).with_context(|| format!("reading {}", cert.display()))?,
     ))
