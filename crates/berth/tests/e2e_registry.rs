@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -20,41 +20,41 @@ struct Registry {
 
 impl Registry {
     fn start() -> Option<Registry> {
-        if !have("docker-registry") || !have("skopeo") {
-            eprintln!("skipping: docker-registry and skopeo are needed (scripts/deps.sh)");
+        if !have("skopeo") {
+            eprintln!("skipping: skopeo is needed (scripts/deps.sh)");
+            return None;
+        }
+        Self::start_with(None)
+    }
+
+    /// A registry on a free port; with `auth`, asking for those basic credentials
+    /// (htpasswd, bcrypt).
+    fn start_with(auth: Option<(&str, &str)>) -> Option<Registry> {
+        if !have("docker-registry") {
+            eprintln!("skipping: docker-registry is needed (scripts/deps.sh)");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Registry { child, dir, port });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
+        let port = free_port();
+        let mut cfg_text = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let pw = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(&pw, format!("{user}:{hash}\n")).unwrap();
+            cfg_text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                pw.display()
+            ));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("docker-registry did not start");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, cfg_text).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&cfg);
+        let child = spawn_listening(cmd, port, "docker-registry");
+        Some(Registry { child, dir, port })
     }
 
     fn host(&self) -> String {
@@ -74,21 +74,14 @@ impl Registry {
 
     /// One HTTP/1.1 request to the registry: (status, headers, body).
     fn http(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.host(),
-            body.len()
+        let accept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+        tcp_request(
+            self.port,
+            method,
+            path,
+            &[("Accept", accept), ("Content-Type", ctype)],
+            body,
         )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, head, raw[split + 4..].to_vec())
     }
 
     /// Every blob file of the registry's storage.
@@ -113,13 +106,6 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then_some(v.trim())
-    })
 }
 
 fn image_count(d: &Daemon) -> usize {
@@ -155,7 +141,9 @@ fn pulls_from_a_distribution_registry() {
     let name = format!("{}/test/two:v1", reg.host());
     let (st, head, _) = reg.http("HEAD", "/v2/test/two/manifests/v1", "", b"");
     assert_eq!(st, 200);
-    let digest = header(&head, "Docker-Content-Digest").unwrap().to_string();
+    let digest = http_header(&head, "Docker-Content-Digest")
+        .unwrap()
+        .to_string();
 
     for bin in clis() {
         ok(d.cli(&bin, &["rmi", "-f", "two:1"]));
@@ -424,48 +412,6 @@ fn pushes_to_a_distribution_registry() {
     ok(d.berth(&["version"]));
 }
 
-/// A `docker-registry` asking for basic credentials (htpasswd, bcrypt).
-fn protected_registry(user: &str, password: &str) -> Option<Registry> {
-    if !have("docker-registry") {
-        eprintln!("skipping: docker-registry is needed (scripts/deps.sh)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hash = bcrypt::hash(password, 4).unwrap();
-    std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
-            dir.path().join("data").display(),
-            dir.path().join("htpasswd").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Registry { child, dir, port });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("docker-registry did not start");
-}
-
 /// Runs a CLI with its own client config directory (and PATH, for a credential helper).
 fn cli_with_config(
     d: &Daemon,
@@ -507,7 +453,7 @@ fn login_logout_and_credential_helpers() {
     let Some(d) = daemon_with_busybox("login_logout_and_credential_helpers") else {
         return;
     };
-    let Some(reg) = protected_registry("alice", "s3cret") else {
+    let Some(reg) = Registry::start_with(Some(("alice", "s3cret"))) else {
         return;
     };
     let tools = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
 struct Served {
@@ -24,37 +24,21 @@ impl Drop for Served {
 
 fn serve(extra: &[&str]) -> Served {
     let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(berth_bin())
-        .args([
-            "registry",
-            "serve",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--root",
-        ])
-        .arg(root.path().join("data"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Served { child, port, root };
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("berth registry serve did not start");
+    let port = free_port();
+    let mut cmd = Command::new(berth_bin());
+    cmd.args([
+        "registry",
+        "serve",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--root",
+    ])
+    .arg(root.path().join("data"))
+    .args(extra);
+    let child = spawn_listening(cmd, port, "berth registry serve");
+    Served { child, port, root }
 }
 
-/// One request: (status, head, body).
 fn http(
     port: u16,
     method: &str,
@@ -62,27 +46,11 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head, raw[split + 4..].to_vec())
+    tcp_request(port, method, path, headers, body)
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then_some(v.trim())
-    })
+    http_header(head, name)
 }
 
 #[test]
