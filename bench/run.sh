@@ -26,6 +26,7 @@ cleanup() {
   fi
   sleep 0.5
   for d in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do rmdir "$d" 2>/dev/null || true; done
+  pkill -f "docker-registry serve $work/" 2>/dev/null || true
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
 }
@@ -201,17 +202,38 @@ else
   printf 'berthd %s ms CPU\n' "$b_stats"
 fi
 
-# --- pull ------------------------------------------------------------------------------
+# --- pull and push ---------------------------------------------------------------------
 # A 4-layer image (the big rootfs plus three layers) in Debian's docker-registry on
-# loopback, pulled from nothing by each daemon (every image removed first).
+# loopback, pulled from nothing by each daemon (every image removed first), then pushed
+# to an empty registry (its storage wiped before each run).
 if command -v docker-registry >/dev/null && command -v skopeo >/dev/null; then
-  echo
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$work/registry"
-  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry/data" "$port" > "$work/registry/config.yml"
-  docker-registry serve "$work/registry/config.yml" >/dev/null 2>&1 &
-  rpid=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  # start_registry DIR: a docker-registry storing in DIR/data; prints its port
+  start_registry() {
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    mkdir -p "$1"
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' "$1/data" "$port" > "$1/config.yml"
+    docker-registry serve "$1/config.yml" >/dev/null 2>&1 &
+    echo "$! $port"
+  }
+  wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && break; sleep 0.1; done; }
+  # timed NAME BERTH_PREP DOCKER_PREP BERTH_CMD DOCKER_CMD: medians in seconds, and the ratio
+  timed() {
+    local cmds=("$4") preps=(--prepare "$2")
+    if [ $have_docker = 1 ]; then cmds+=("$5"); preps+=(--prepare "$3"); fi
+    hyperfine -r "$runs" "${preps[@]}" --export-json "$work/$1.json" "${cmds[@]}" >/dev/null
+    python3 - "$work/$1.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+  }
+  read -r rpid port < <(start_registry "$work/registry")
+  read -r rpid2 port2 < <(start_registry "$work/registry2")
+  wait_port "$port"; wait_port "$port2"
   "$berth" import "$big" bench/pullbase >/dev/null
   img=bench/pullbase
   for k in 1 2 3; do
@@ -221,48 +243,20 @@ if command -v docker-registry >/dev/null && command -v skopeo >/dev/null; then
     img=bench/pull:$k
   done
   "$berth" save -o "$work/pull.tar" "$img"
-  skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/pull.tar" "docker://127.0.0.1:$port/bench/pull:4layers"
   ref=127.0.0.1:$port/bench/pull:4layers
-  pull_mb=$(du -sm "$work/registry/data" | cut -f1)
-  echo "== pull of a 4-layer image, $pull_mb MB compressed in the registry ($runs runs) =="
-  wipe_berth="$berth images -q | sort -u | xargs -r $berth rmi -f >/dev/null 2>&1; sync"
-  wipe_docker="docker images -q | sort -u | xargs -r docker rmi -f >/dev/null 2>&1; sync"
-  cmds=("$berth pull -q $ref")
-  preps=(--prepare "$wipe_berth")
-  if [ $have_docker = 1 ]; then cmds+=("docker pull -q $ref"); preps+=(--prepare "$wipe_docker"); fi
-  hyperfine -r "$runs" "${preps[@]}" --export-json "$work/pull.json" "${cmds[@]}" >/dev/null
-  python3 - "$work/pull.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-for x in r:
-    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
-if len(r) == 2:
-    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
-PY
-  # push of the same image to an empty registry (its storage wiped before each run)
-  port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$work/registry2"
-  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/registry2/data" "$port2" > "$work/registry2/config.yml"
-  docker-registry serve "$work/registry2/config.yml" >/dev/null 2>&1 &
-  rpid2=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port2) 2>/dev/null && break; sleep 0.1; done
+  skopeo copy --quiet --dest-tls-verify=false "docker-archive:$work/pull.tar" "docker://$ref"
+  echo
+  echo "== pull of a 4-layer image, $(du -sm "$work/registry/data" | cut -f1) MB compressed in the registry ($runs runs) =="
+  timed pull \
+    "$berth images -q | sort -u | xargs -r $berth rmi -f >/dev/null 2>&1; sync" \
+    "docker images -q | sort -u | xargs -r docker rmi -f >/dev/null 2>&1; sync" \
+    "$berth pull -q $ref" "docker pull -q $ref"
   dest=127.0.0.1:$port2/bench/push:4layers
   "$berth" tag "$ref" "$dest"
   [ $have_docker = 1 ] && docker tag "$ref" "$dest"
   echo
   echo "== push of the same image to an empty registry ($runs runs) =="
   wipe_registry="rm -rf $work/registry2/data; sync"
-  cmds=("$berth push -q $dest")
-  preps=(--prepare "$wipe_registry")
-  if [ $have_docker = 1 ]; then cmds+=("docker push -q $dest"); preps+=(--prepare "$wipe_registry"); fi
-  hyperfine -r "$runs" "${preps[@]}" --export-json "$work/push.json" "${cmds[@]}" >/dev/null
-  python3 - "$work/push.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-for x in r:
-    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
-if len(r) == 2:
-    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
-PY
+  timed push "$wipe_registry" "$wipe_registry" "$berth push -q $dest" "docker push -q $dest"
   kill "$rpid" "$rpid2" 2>/dev/null; wait "$rpid" "$rpid2" 2>/dev/null || true
 fi

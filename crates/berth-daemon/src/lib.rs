@@ -15,6 +15,7 @@ pub mod files;
 pub mod health;
 pub mod http;
 pub mod logconfig;
+pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod resources;

@@ -11,6 +11,7 @@
 
 use crate::error::ApiError;
 use crate::http::json_line;
+use crate::progress::{line, Reporter};
 use crate::Daemon;
 use berth_image::digest::{Digest, HashingReader};
 use berth_image::reference::Reference;
@@ -46,11 +47,6 @@ pub struct Plan {
     manifest_digest: Digest,
     config: Vec<u8>,
     diff_ids: Vec<Digest>,
-}
-
-/// The reference as Docker words it in messages: `busybox:latest`.
-fn familiar(r: &Reference) -> String {
-    r.familiar()
 }
 
 /// Resolves `reference` to one image manifest and its config.
@@ -145,7 +141,7 @@ fn name_error(r: &Reference, e: RegistryError) -> ApiError {
     match e {
         RegistryError::NotFound(m) if m.starts_with("manifest") => ApiError::not_found(format!(
             "manifest for {} not found: {}",
-            familiar(r),
+            r.familiar(),
             m.trim_start_matches("manifest: ")
         )),
         RegistryError::NotFound(m) | RegistryError::Denied(m) => ApiError::new(
@@ -156,40 +152,6 @@ fn name_error(r: &Reference, e: RegistryError) -> ApiError {
             ),
         ),
         other => other.into(),
-    }
-}
-
-fn progress(status: &str, id: &str) -> Bytes {
-    json_line(&json!({"status": status, "progressDetail": {}, "id": id}))
-}
-
-/// Docker's text bar, for clients that print `progress` as is.
-fn bar(current: u64, total: u64) -> String {
-    let width = 50u64;
-    let filled = (current.min(total) * width).checked_div(total).unwrap_or(0) as usize;
-    let arrow = if filled < width as usize { ">" } else { "" };
-    format!(
-        "[{}{}{}] {}/{}",
-        "=".repeat(filled.saturating_sub(usize::from(!arrow.is_empty()))),
-        arrow,
-        " ".repeat(width as usize - filled.max(usize::from(!arrow.is_empty()))),
-        human(current),
-        human(total)
-    )
-}
-
-fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < units.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.3}{}", units[i])
     }
 }
 
@@ -309,7 +271,7 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
         } else {
             "Pulling fs layer"
         };
-        let _ = tx.send(progress(msg, &short(&l.digest))).await;
+        let _ = tx.send(line(msg, &short(&l.digest))).await;
     }
     let sem = Arc::new(tokio::sync::Semaphore::new(
         d.config.max_concurrent_downloads.max(1),
@@ -351,9 +313,9 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
                 let _permit = sem.acquire().await;
                 let r = fetch_layer(d2, s2, desc, diff, parent, counter).await;
                 if r.is_ok() {
-                    let _ = tx2.send(progress("Verifying Checksum", &id)).await;
-                    let _ = tx2.send(progress("Download complete", &id)).await;
-                    let _ = tx2.send(progress("Pull complete", &id)).await;
+                    let _ = tx2.send(line("Verifying Checksum", &id)).await;
+                    let _ = tx2.send(line("Download complete", &id)).await;
+                    let _ = tx2.send(line("Pull complete", &id)).await;
                 }
                 let _ = done_tx.send(true);
                 r
@@ -361,31 +323,7 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
         ));
     }
     // progress of the downloads, a few times a second
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let tx3 = tx.clone();
-    let reporter = tokio::spawn(async move {
-        let mut last = vec![0u64; counters.len()];
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = stop_rx.changed() => break,
-            }
-            for (k, (id, total, c)) in counters.iter().enumerate() {
-                let now = c.load(Ordering::Relaxed);
-                if now != last[k] && now < *total {
-                    last[k] = now;
-                    let _ = tx3
-                        .send(json_line(&json!({
-                            "status": "Downloading",
-                            "progressDetail": {"current": now, "total": total},
-                            "progress": bar(now, *total),
-                            "id": id,
-                        })))
-                        .await;
-                }
-            }
-        }
-    });
+    let reporter = Reporter::start("Downloading", counters, tx.clone());
     let mut fresh = Vec::new();
     let mut failure = None;
     for (i, t) in tasks {
@@ -402,8 +340,7 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
             }
         }
     }
-    let _ = stop_tx.send(true);
-    let _ = reporter.await;
+    reporter.stop().await;
     if let Some(e) = failure {
         d.images.discard(&fresh);
         return Err(e);
@@ -447,29 +384,14 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
         ))
         .await;
     let status = if changed || !fresh.is_empty() {
-        format!("Status: Downloaded newer image for {}", familiar(r))
+        format!("Status: Downloaded newer image for {}", r.familiar())
     } else {
-        format!("Status: Image is up to date for {}", familiar(r))
+        format!("Status: Image is up to date for {}", r.familiar())
     };
     let _ = tx.send(json_line(&json!({ "status": status }))).await;
     let mut attrs = std::collections::BTreeMap::new();
-    attrs.insert("name".to_string(), familiar(r));
-    d.events.emit("image", "pull", &familiar(r), attrs);
-    tracing::info!(image = %familiar(r), id = %id, layers = fresh.len(), "pulled");
+    attrs.insert("name".to_string(), r.familiar());
+    d.events.emit("image", "pull", &r.familiar(), attrs);
+    tracing::info!(image = %r.familiar(), id = %id, layers = fresh.len(), "pulled");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bars_and_sizes() {
-        assert_eq!(human(999), "999B");
-        assert_eq!(human(1_500_000), "1.500MB");
-        let b = bar(50, 100);
-        assert!(b.starts_with("[========================>"), "{b}");
-        assert!(b.ends_with("] 50B/100B"), "{b}");
-        assert_eq!(bar(100, 100).matches('=').count(), 50);
-    }
 }

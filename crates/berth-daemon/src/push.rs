@@ -10,6 +10,7 @@
 
 use crate::error::ApiError;
 use crate::http::json_line;
+use crate::progress::{line, Reporter};
 use crate::Daemon;
 use berth_image::digest::{Digest, Hasher};
 use berth_image::reference::Reference;
@@ -62,10 +63,6 @@ pub fn resolve(d: &Daemon, name: &str, tag: &str) -> Result<Vec<(Reference, Dige
     }
     out.sort_by_key(|(r, _)| r.to_string());
     Ok(out)
-}
-
-fn progress(status: &str, id: &str) -> Bytes {
-    json_line(&json!({"status": status, "progressDetail": {}, "id": id}))
 }
 
 /// A layer gzipped into a temporary file: its digest and size.
@@ -168,7 +165,7 @@ async fn push_layer(
             .map_err(|e| e.to_string())?
             .is_some()
         {
-            let _ = tx.send(progress("Layer already exists", &id)).await;
+            let _ = tx.send(line("Layer already exists", &id)).await;
             return Ok(desc);
         }
     }
@@ -180,7 +177,7 @@ async fn push_layer(
             .map_err(|e| e.to_string())?
         {
             let _ = tx
-                .send(progress(&format!("Mounted from {}", s.repository), &id))
+                .send(line(&format!("Mounted from {}", s.repository), &id))
                 .await;
             return Ok(desc);
         }
@@ -202,34 +199,20 @@ async fn push_layer(
         .is_none()
     {
         let counter = Arc::new(AtomicU64::new(0));
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let (c2, tx2, id2) = (counter.clone(), tx.clone(), id.clone());
-        let reporter = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                    _ = stop_rx.changed() => break,
-                }
-                let now = c2.load(Ordering::Relaxed);
-                let _ = tx2
-                    .send(json_line(&json!({
-                        "status": "Pushing",
-                        "progressDetail": {"current": now, "total": size},
-                        "id": id2,
-                    })))
-                    .await;
-            }
-        });
+        let reporter = Reporter::start(
+            "Pushing",
+            vec![(id.clone(), size, counter.clone())],
+            tx.clone(),
+        );
         let path = file.path().to_path_buf();
         let r = session
             .upload_blob(&digest, size, || file_body(path.clone(), counter.clone()))
             .await;
-        let _ = stop_tx.send(true);
-        let _ = reporter.await;
+        reporter.stop().await;
         r.map_err(|e| e.to_string())?;
-        let _ = tx.send(progress("Pushed", &id)).await;
+        let _ = tx.send(line("Pushed", &id)).await;
     } else {
-        let _ = tx.send(progress("Layer already exists", &id)).await;
+        let _ = tx.send(line("Layer already exists", &id)).await;
     }
     drop(file);
     let _ = d.db.add_blob_source(&BlobSource {
@@ -275,7 +258,7 @@ pub async fn run(
                 .unwrap_or_default()
         };
         for l in img.layers.iter().rev() {
-            let _ = tx.send(progress("Preparing", &short(l))).await;
+            let _ = tx.send(line("Preparing", &short(l))).await;
         }
         let sem = Arc::new(tokio::sync::Semaphore::new(
             d.config.max_concurrent_uploads.max(1),

@@ -294,7 +294,7 @@ impl ImageStore {
         Ok(rows)
     }
 
-    fn image_row(
+    pub(crate) fn image_row(
         id: &Digest,
         raw: Vec<u8>,
         cfg: &ImageConfigFile,

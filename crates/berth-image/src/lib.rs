@@ -613,18 +613,7 @@ impl ImageStore {
             }
         }
         let tagged = refs.iter().any(|(_, d)| !d);
-        let row = ImageRow {
-            id: id.to_string(),
-            size: rows.iter().map(|l| l.size).sum(),
-            created: cfg.created_unix(),
-            config: raw,
-            parent: String::new(),
-            last_tag_time: if tagged && changed {
-                now_rfc3339()
-            } else {
-                String::new()
-            },
-        };
+        let row = Self::image_row(&id, raw, &cfg, &rows, tagged && changed);
         let refs = refs.iter().map(|(r, d)| (r.to_string(), *d)).collect();
         self.commit_images(&[(row, rows, refs)])?;
         Ok((id, changed))

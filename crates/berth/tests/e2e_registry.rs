@@ -112,15 +112,8 @@ fn image_count(d: &Daemon) -> usize {
     d.get_json("/images/json?all=1").as_array().unwrap().len()
 }
 
-#[test]
-fn pulls_from_a_distribution_registry() {
-    let Some(d) = daemon_with_busybox("pulls_from_a_distribution_registry") else {
-        return;
-    };
-    let Some(reg) = Registry::start() else {
-        return;
-    };
-    // a two-layer image: busybox and a commit on it
+/// `two:1`: busybox and a commit of a container that ran `script` on it.
+fn two_layer_image(d: &Daemon, script: &str) {
     ok(d.berth(&[
         "run",
         "--name",
@@ -130,10 +123,21 @@ fn pulls_from_a_distribution_registry() {
         "bb",
         "sh",
         "-c",
-        "echo layered > /hello.txt",
+        script,
     ]));
     ok(d.berth(&["commit", "mk", "two:1"]));
     ok(d.berth(&["rm", "mk"]));
+}
+
+#[test]
+fn pulls_from_a_distribution_registry() {
+    let Some(d) = daemon_with_busybox("pulls_from_a_distribution_registry") else {
+        return;
+    };
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    two_layer_image(&d, "echo layered > /hello.txt");
     let archive = d.dir.path().join("two.tar");
     let out = d.berth(&["save", "-o", archive.to_str().unwrap(), "two:1"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -327,19 +331,7 @@ fn pushes_to_a_distribution_registry() {
     let Some(reg) = Registry::start() else {
         return;
     };
-    ok(d.berth(&[
-        "run",
-        "--name",
-        "mk",
-        "--network",
-        "none",
-        "bb",
-        "sh",
-        "-c",
-        "echo pushed > /pushed.txt",
-    ]));
-    ok(d.berth(&["commit", "mk", "two:1"]));
-    ok(d.berth(&["rm", "mk"]));
+    two_layer_image(&d, "echo pushed > /pushed.txt");
     for (i, bin) in clis().iter().enumerate() {
         let name = format!("{}/push{i}/two:v1", reg.host());
         ok(d.cli(bin, &["tag", "two:1", &name]));

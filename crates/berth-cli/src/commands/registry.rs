@@ -331,13 +331,22 @@ pub async fn logout(_c: &Client, a: LogoutArgs) -> Result<()> {
     Ok(())
 }
 
+/// A reference's name and its tag or digest, if it has one (`host:port/x` has none).
+fn split_tag(image: &str) -> (String, Option<String>) {
+    if let Some((n, d)) = image.rsplit_once('@') {
+        return (n.to_string(), Some(d.to_string()));
+    }
+    match image.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n.to_string(), Some(t.to_string())),
+        _ => (image.to_string(), None),
+    }
+}
+
 /// The name docker prints for a reference: with `:latest` when it has no tag.
 pub fn tagged(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if name.contains('@') || last.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
+    match split_tag(name) {
+        (_, Some(_)) => name.to_string(),
+        (n, None) => format!("{n}:latest"),
     }
 }
 
@@ -371,19 +380,17 @@ pub struct PushArgs {
 }
 
 pub async fn push(c: &Client, a: PushArgs) -> Result<()> {
-    let (name, tag) = match a.name.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
-        _ if a.all_tags => (a.name.clone(), String::new()),
-        _ => {
+    let (name, tag) = match split_tag(&a.name) {
+        (_, Some(_)) if a.all_tags => bail!("tag can't be used with --all-tags/-a"),
+        (n, Some(t)) => (n, t),
+        (n, None) if a.all_tags => (n, String::new()),
+        (n, None) => {
             if !a.quiet {
                 println!("Using default tag: latest");
             }
-            (a.name.clone(), "latest".to_string())
+            (n, "latest".to_string())
         }
     };
-    if a.all_tags && !tag.is_empty() && a.name.rsplit_once(':').is_some() {
-        bail!("tag can't be used with --all-tags/-a");
-    }
     let mut path = format!("/images/{}/push", name);
     if !tag.is_empty() {
         path.push_str(&format!("?tag={}", super::q(&tag)));
@@ -397,21 +404,7 @@ pub async fn push(c: &Client, a: PushArgs) -> Result<()> {
             &[("X-Registry-Auth", auth)],
         )
         .await?;
-    let mut view = Progress::new(std::io::stdout().is_terminal() && !a.quiet, false);
-    let mut failure = None;
-    each_json_line(resp, |m| {
-        if let Some(e) = m["errorDetail"]["message"].as_str().or(m["error"].as_str()) {
-            failure = Some(e.to_string());
-        } else if !a.quiet {
-            view.show(m);
-        }
-        Ok(())
-    })
-    .await?;
-    view.finish();
-    if let Some(f) = failure {
-        bail!(f);
-    }
+    render(resp, a.quiet, false).await?;
     if a.quiet {
         println!(
             "{}",
@@ -434,13 +427,8 @@ pub async fn pull_image(
     quiet: bool,
     to_stderr: bool,
 ) -> Result<()> {
-    let (name, tag) = match image.rsplit_once('@') {
-        Some((n, d)) => (n.to_string(), d.to_string()),
-        None => match image.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
-            _ => (image.to_string(), "latest".to_string()),
-        },
-    };
+    let (name, tag) = split_tag(image);
+    let tag = tag.unwrap_or_else(|| "latest".to_string());
     let mut path = format!(
         "/images/create?fromImage={}&tag={}",
         super::q(&name),
@@ -456,6 +444,16 @@ pub async fn pull_image(
     let resp = c
         .request(Method::POST, &path, ReqBody::Full(None), &headers)
         .await?;
+    render(resp, quiet, to_stderr).await
+}
+
+/// Shows a pull's or push's progress stream (to stderr with `to_stderr`); the daemon's
+/// error, if the stream ends with one.
+async fn render(
+    resp: http::Response<hyper::body::Incoming>,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<()> {
     let tty = if to_stderr {
         std::io::stderr().is_terminal()
     } else {

@@ -381,16 +381,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             }
             None => berth_registry::manifest::Platform::host(),
         };
-        let creds = match ctx
-            .headers
-            .get("x-registry-auth")
-            .and_then(|h| h.to_str().ok())
-        {
-            Some(h) => {
-                berth_registry::auth::AuthConfig::from_header(h).map_err(ApiError::bad_request)?
-            }
-            None => None,
-        };
+        let creds = registry_auth(&ctx)?;
         let plan = crate::pull::plan(d, reference, &platform, creds).await?;
         let (tx, resp) = stream("application/json");
         let d2 = d.clone();
@@ -454,6 +445,18 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     }
 }
 
+/// The credentials a pull or push got in `X-Registry-Auth`, if any.
+fn registry_auth(ctx: &Ctx) -> Result<Option<berth_registry::auth::AuthConfig>, ApiError> {
+    match ctx
+        .headers
+        .get("x-registry-auth")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(h) => berth_registry::auth::AuthConfig::from_header(h).map_err(ApiError::bad_request),
+        None => Ok(None),
+    }
+}
+
 /// `POST /auth`: checks credentials against a registry (`docker login`); the client
 /// stores them.
 pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
@@ -500,16 +503,7 @@ pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 pub async fn push(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
     let tag = ctx.query.get("tag").unwrap_or_default().to_string();
     let images = crate::push::resolve(d, name, &tag)?;
-    let creds = match ctx
-        .headers
-        .get("x-registry-auth")
-        .and_then(|h| h.to_str().ok())
-    {
-        Some(h) => {
-            berth_registry::auth::AuthConfig::from_header(h).map_err(ApiError::bad_request)?
-        }
-        None => None,
-    };
+    let creds = registry_auth(ctx)?;
     let (tx, resp) = stream("application/json");
     let d2 = d.clone();
     tokio::spawn(async move {
