@@ -342,7 +342,11 @@ pub async fn run(d: Arc<Daemon>, plan: Plan, tx: mpsc::Sender<Bytes>) -> Result<
     }
     reporter.stop().await;
     if let Some(e) = failure {
-        d.images.discard(&fresh);
+        // what verified stays for the next try, invisible until an image names it
+        if let Err(k) = d.images.keep_partial(&fresh) {
+            tracing::warn!(error = %k, "keeping the verified layers of a failed pull");
+            d.images.discard(&fresh);
+        }
         return Err(e);
     }
     let rows: Vec<berth_store::LayerRow> = rows.into_iter().flatten().collect();

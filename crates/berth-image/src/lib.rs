@@ -268,6 +268,33 @@ impl Read for ChunkReader {
     }
 }
 
+/// Whether an image's references name one repository only (one tag at most, and digests
+/// of that repository): removing its tag would leave it dangling.
+fn single_repository(img: &Image) -> bool {
+    if img.repo_tags.len() > 1 {
+        return false;
+    }
+    let mut names = img
+        .repo_tags
+        .iter()
+        .chain(img.repo_digests.iter())
+        .map(Reference::full_name);
+    match names.next() {
+        None => false,
+        Some(first) => names.all(|n| n == first),
+    }
+}
+
+/// How long the verified layers of a failed pull wait for the pull to be tried again.
+pub const PARTIAL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
@@ -295,6 +322,7 @@ impl ImageStore {
             tmp,
             lock: Mutex::new(()),
         };
+        s.expire_partial(PARTIAL_LIFETIME)?;
         s.collect_garbage()?;
         Ok(s)
     }
@@ -564,6 +592,46 @@ impl ImageStore {
         }
     }
 
+    /// Keeps the verified layers of a pull that failed elsewhere, so the next pull of
+    /// the same layers finds them; they expire after [`PARTIAL_LIFETIME`] unless an image
+    /// names them by then.
+    pub fn keep_partial(&self, layers: &[NewLayer]) -> Result<()> {
+        let _g = self.guard();
+        let rows: Vec<LayerRow> = layers
+            .iter()
+            .filter(|l| l.fresh)
+            .map(|l| l.row.clone())
+            .collect();
+        self.db.keep_partial(&rows, unix_now())?;
+        Ok(())
+    }
+
+    /// Removes partial layers older than `age` (all of them for zero) that no image
+    /// uses; returns the space given back.
+    pub fn expire_partial(&self, age: std::time::Duration) -> Result<u64> {
+        let _g = self.guard();
+        let before = if age.is_zero() {
+            i64::MAX
+        } else {
+            unix_now() - age.as_secs() as i64
+        };
+        let gone = self.db.expire_partial(before)?;
+        let mut freed = 0u64;
+        let blobs: HashSet<String> = self.db.layers()?.into_iter().map(|l| l.blob).collect();
+        for l in gone {
+            freed += l.size.max(0) as u64;
+            if let Ok(c) = l.chain_id.parse::<Digest>() {
+                self.snaps.remove(&c);
+            }
+            if !blobs.contains(&l.blob) {
+                if let Ok(b) = l.blob.parse::<Digest>() {
+                    self.content.delete(&b);
+                }
+            }
+        }
+        Ok(freed)
+    }
+
     /// Writes new images with their layers and references, all or nothing.
     pub(crate) fn commit_images(&self, images: &[PendingImage]) -> Result<()> {
         let _g = self.guard();
@@ -798,16 +866,40 @@ impl ImageStore {
         let mut out = Vec::new();
         let all_refs = img.repo_tags.len() + img.repo_digests.len();
         if let Some(r) = &by_ref {
-            if all_refs > 1 || (in_use(&id).is_some() && !force) {
-                if all_refs == 1 {
-                    // last reference of an image a container uses: Docker refuses
-                    let why = in_use(&id).unwrap_or_default();
+            if !force && single_repository(&img) {
+                if let Some(why) = in_use(&id) {
+                    // the image would be left dangling under a container: Docker refuses
                     return Err(ImageError::Conflict(format!(
                         "conflict: unable to remove repository reference \"{name}\" (must force) - {why}"
                     )));
                 }
-                self.db.delete_ref(&r.to_string())?;
-                out.push(DeleteItem::Untagged(r.familiar()));
+            }
+            self.db.delete_ref(&r.to_string())?;
+            out.push(DeleteItem::Untagged(r.familiar()));
+            let mut left: Vec<&Reference> = img
+                .repo_tags
+                .iter()
+                .chain(img.repo_digests.iter())
+                .filter(|x| *x != r)
+                .collect();
+            // the last tag of a repository takes that repository's digest references along
+            let name = r.full_name();
+            if r.digest().is_none()
+                && !img
+                    .repo_tags
+                    .iter()
+                    .any(|t| t != r && t.full_name() == name)
+            {
+                for x in left
+                    .iter()
+                    .filter(|x| x.digest().is_some() && x.full_name() == name)
+                {
+                    self.db.delete_ref(&x.to_string())?;
+                    out.push(DeleteItem::Untagged(x.familiar()));
+                }
+                left.retain(|x| x.digest().is_none() || x.full_name() != name);
+            }
+            if !left.is_empty() || in_use(&id).is_some() {
                 return Ok(out);
             }
         } else if all_refs > 1 && !force {
@@ -836,8 +928,10 @@ impl ImageStore {
                 id.short()
             )));
         }
-        for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
-            out.push(DeleteItem::Untagged(r.familiar()));
+        if by_ref.is_none() {
+            for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
+                out.push(DeleteItem::Untagged(r.familiar()));
+            }
         }
         out.extend(self.delete_image(&id)?);
         Ok(out)

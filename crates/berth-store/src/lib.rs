@@ -76,6 +76,12 @@ const MIGRATIONS: &[&str] = &[
         repository TEXT NOT NULL,
         PRIMARY KEY (diff_id, digest, registry, repository)
      );",
+    // 4: layers a failed pull verified and kept, so the next pull does not fetch them
+    // again; no image names them yet, and they expire
+    "CREATE TABLE partial_layers (
+        chain_id TEXT PRIMARY KEY,
+        since INTEGER NOT NULL
+     );",
 ];
 
 /// A compressed blob of a layer, known to be in a registry's repository.
@@ -211,6 +217,10 @@ impl Db {
             tx.execute(
                 "INSERT OR IGNORE INTO image_layers (image_id, idx, chain_id) VALUES (?1, ?2, ?3)",
                 params![i.id, idx as i64, l.chain_id],
+            )?;
+            tx.execute(
+                "DELETE FROM partial_layers WHERE chain_id = ?1",
+                [&l.chain_id],
             )?;
         }
         for (name, is_digest) in n.refs {
@@ -351,7 +361,8 @@ impl Db {
         let orphans = {
             let mut st = tx.prepare(
                 "SELECT chain_id, diff_id, parent, size, blob, blob_size FROM layers
-                 WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)",
+                 WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)
+                   AND chain_id NOT IN (SELECT chain_id FROM partial_layers)",
             )?;
             let rows = st.query_map([], Self::layer_from_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -361,6 +372,49 @@ impl Db {
         }
         tx.commit()?;
         Ok(orphans)
+    }
+
+    /// Keeps layers a failed pull verified (`since`: seconds since the epoch), so a later
+    /// pull finds them; until an image names them they count as partial.
+    pub fn keep_partial(&self, layers: &[LayerRow], since: i64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for l in layers {
+            tx.execute(
+                "INSERT OR IGNORE INTO layers (chain_id, diff_id, parent, size, blob, blob_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![l.chain_id, l.diff_id, l.parent, l.size, l.blob, l.blob_size],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO partial_layers (chain_id, since) VALUES (?1, ?2)",
+                params![l.chain_id, since],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets partial layers kept before `before` (seconds since the epoch); returns
+    /// those no image uses, which the caller removes from disk.
+    pub fn expire_partial(&self, before: i64) -> Result<Vec<LayerRow>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let gone = {
+            let mut st = tx.prepare(
+                "SELECT l.chain_id, l.diff_id, l.parent, l.size, l.blob, l.blob_size
+                 FROM partial_layers p JOIN layers l ON l.chain_id = p.chain_id
+                 WHERE p.since < ?1
+                   AND l.chain_id NOT IN (SELECT chain_id FROM image_layers)",
+            )?;
+            let rows = st.query_map([before], Self::layer_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.execute("DELETE FROM partial_layers WHERE since < ?1", [before])?;
+        for l in &gone {
+            tx.execute("DELETE FROM layers WHERE chain_id = ?1", [&l.chain_id])?;
+        }
+        tx.commit()?;
+        Ok(gone)
     }
 
     fn layer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LayerRow> {
@@ -584,5 +638,31 @@ mod tests {
         let gone = db.delete_image("a").unwrap();
         assert_eq!(gone, vec![l1]);
         assert_eq!(db.image_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn partial_layers_survive_deletes_until_used_or_expired() {
+        let db = Db::open_in_memory().unwrap();
+        db.keep_partial(&[layer("p1"), layer("p2")], 100).unwrap();
+        // another image's removal leaves them alone
+        db.insert_images(&[NewImage {
+            image: &image("a"),
+            layers: &[layer("l1")],
+            refs: &[],
+        }])
+        .unwrap();
+        assert_eq!(db.delete_image("a").unwrap(), vec![layer("l1")]);
+        assert!(db.layer("p1").unwrap().is_some());
+        // an image that uses one makes it whole
+        db.insert_images(&[NewImage {
+            image: &image("b"),
+            layers: &[layer("p1")],
+            refs: &[],
+        }])
+        .unwrap();
+        assert!(db.expire_partial(50).unwrap().is_empty());
+        assert_eq!(db.expire_partial(200).unwrap(), vec![layer("p2")]);
+        assert!(db.layer("p2").unwrap().is_none());
+        assert_eq!(db.delete_image("b").unwrap(), vec![layer("p1")]);
     }
 }

@@ -141,36 +141,55 @@ fn serve(s: TcpStream, routes: &HashMap<String, Answer>, seen: &Seen, auth: Opti
     }
 }
 
-/// A one-layer busybox image: (manifest, config, gzipped layer), with digests.
+/// An image: (manifest, config, gzipped layers), with digests; `layer` is the first.
 struct Img {
     manifest: Vec<u8>,
     config: Vec<u8>,
     config_digest: String,
     layer: Vec<u8>,
     layer_digest: String,
+    layers: Vec<(Vec<u8>, String)>,
 }
 
+/// A one-layer busybox image.
 fn image() -> Img {
-    let tar = busybox_tar();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let layer = gz.finish().unwrap();
-    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
+    image_of(&[busybox_tar()])
+}
+
+fn image_of(tars: &[Vec<u8>]) -> Img {
+    let layers: Vec<(Vec<u8>, String)> = tars
+        .iter()
+        .map(|tar| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(tar).unwrap();
+            let layer = gz.finish().unwrap();
+            let digest = format!("sha256:{}", sha256_hex(&layer));
+            (layer, digest)
+        })
+        .collect();
+    let diff_ids: Vec<String> = tars
+        .iter()
+        .map(|t| format!("sha256:{}", sha256_hex(t)))
+        .collect();
     let config = serde_json::json!({
         "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
         "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&tar))]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "fake"}]
     })
     .to_string()
     .into_bytes();
     let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(l, d)| serde_json::json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": l.len(), "digest": d}))
+        .collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
         "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": layer.len(), "digest": layer_digest}]
+        "layers": descs
     })
     .to_string()
     .into_bytes();
@@ -178,8 +197,9 @@ fn image() -> Img {
         manifest,
         config,
         config_digest,
-        layer,
-        layer_digest,
+        layer: layers[0].0.clone(),
+        layer_digest: layers[0].1.clone(),
+        layers,
     }
 }
 
@@ -423,4 +443,121 @@ fn misbehaving_registries_store_nothing() {
         }
     }
     ok(d.berth(&["version"]));
+}
+
+#[test]
+fn an_interrupted_pull_resumes_without_fetching_finished_layers_again() {
+    if skip_unless_root("an_interrupted_pull_resumes_without_fetching_finished_layers_again") {
+        return;
+    }
+    let d = Daemon::start();
+    let img = image_of(&[busybox_tar(), one_file_tar("etc/resumed", b"yes\n")]);
+    let (top, top_digest) = img.layers[1].clone();
+    let routes = |cut: bool| {
+        let mut r = HashMap::new();
+        r.insert(
+            "/v2/re/sume/manifests/v1".to_string(),
+            answer(200, MANIFEST, img.manifest.clone()),
+        );
+        r.insert(
+            format!("/v2/re/sume/blobs/{}", img.config_digest),
+            answer(200, "application/octet-stream", img.config.clone()),
+        );
+        r.insert(
+            format!("/v2/re/sume/blobs/{}", img.layer_digest),
+            answer(200, "application/octet-stream", img.layer.clone()),
+        );
+        r.insert(
+            format!("/v2/re/sume/blobs/{top_digest}"),
+            Answer {
+                status: 200,
+                headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+                body: if cut {
+                    top[..top.len() / 2].to_vec()
+                } else {
+                    top.clone()
+                },
+                claimed_len: cut.then_some(top.len()),
+            },
+        );
+        r
+    };
+    let blob_gets = |f: &Fake, digest: &str| {
+        f.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.ends_with(digest))
+            .count()
+    };
+    let cfg = tempfile::tempdir().unwrap();
+    for bin in clis() {
+        // the connection drops in the middle of the second layer
+        let broken = Fake::start(routes(true), None);
+        let name = format!("127.0.0.1:{}/re/sume:v1", broken.port);
+        let out = pull(&d, &bin, cfg.path(), &name);
+        assert!(!out.status.success(), "{bin}: the pull fails");
+        assert!(
+            stderr(&out).contains("unexpected EOF"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        assert_eq!(blob_gets(&broken, &img.layer_digest), 1);
+        // nothing visible
+        assert!(d
+            .get_json("/images/json?all=1")
+            .as_array()
+            .unwrap()
+            .is_empty());
+        // the same layers from a registry that answers: the first is not fetched again
+        let good = Fake::start(routes(false), None);
+        let name = format!("127.0.0.1:{}/re/sume:v1", good.port);
+        let out = pull(&d, &bin, cfg.path(), &name);
+        assert!(out.status.success(), "{bin}: {}", stderr(&out));
+        assert_eq!(
+            blob_gets(&good, &img.layer_digest),
+            0,
+            "{bin}: first layer fetched again"
+        );
+        assert_eq!(blob_gets(&good, &top_digest), 1);
+        let first = &img.layer_digest[7..19];
+        assert!(
+            stdout(&out).contains(&format!("{first}: Already exists")),
+            "{bin}: {}",
+            stdout(&out)
+        );
+        let got = ok(d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &name,
+                "cat",
+                "/etc/resumed",
+            ],
+        ));
+        assert_eq!(got.trim(), "yes");
+        ok(d.cli(&bin, &["rmi", &name]));
+        // every layer went with the image
+        assert_eq!(
+            d.store_entries(),
+            (0, 0),
+            "{bin}: {:?} {}",
+            std::fs::read_dir(d.data_root().join("snapshots"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>(),
+            d.log()
+        );
+    }
+    // a failed pull's layers that no later pull claims are removed by `image prune -a`
+    let broken = Fake::start(routes(true), None);
+    let name = format!("127.0.0.1:{}/re/sume:v1", broken.port);
+    assert!(!pull(&d, berth_bin(), cfg.path(), &name).status.success());
+    assert_ne!(d.store_entries(), (0, 0));
+    let out = ok(d.berth(&["image", "prune", "-a", "-f"]));
+    assert!(out.contains("Total reclaimed space"), "{out}");
+    assert_eq!(d.store_entries(), (0, 0));
 }

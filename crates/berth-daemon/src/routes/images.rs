@@ -321,7 +321,14 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
                 })
                 && until.is_none_or(|u| i.created < u)
         };
-        d2.images.prune(all, &keep, &|id| d2.image_in_use(id))
+        let (items, reclaimed) = d2.images.prune(all, &keep, &|id| d2.image_in_use(id))?;
+        // `prune -a` also drops what failed pulls kept for their next try
+        let partial = if all {
+            d2.images.expire_partial(std::time::Duration::ZERO)?
+        } else {
+            0
+        };
+        Ok::<_, berth_image::ImageError>((items, reclaimed + partial))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
