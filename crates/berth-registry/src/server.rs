@@ -10,7 +10,8 @@
 
 use berth_image::digest::{Digest, Hasher};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -18,7 +19,48 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-pub type Resp = Response<Full<Bytes>>;
+pub type Resp = Response<UnsyncBoxBody<Bytes, std::io::Error>>;
+
+fn full(b: Bytes) -> UnsyncBoxBody<Bytes, std::io::Error> {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Bytes `start..start+len` of a file, read as the client takes them.
+async fn file_body(
+    path: &Path,
+    start: u64,
+    len: u64,
+) -> std::io::Result<UnsyncBoxBody<Bytes, std::io::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    if start > 0 {
+        f.seek(std::io::SeekFrom::Start(start)).await?;
+    }
+    let chunks = futures_util::stream::unfold((f, len), |(mut f, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; left.min(256 << 10) as usize];
+        match f.read(&mut buf).await {
+            Ok(0) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob shorter than its size",
+                )),
+                (f, 0),
+            )),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok(hyper::body::Frame::data(Bytes::from(buf))),
+                    (f, left - n as u64),
+                ))
+            }
+            Err(e) => Some((Err(e), (f, 0))),
+        }
+    });
+    Ok(StreamBody::new(chunks).boxed_unsync())
+}
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -46,7 +88,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(full(Bytes::from(body.to_string())))
         .unwrap_or_default()
 }
 
@@ -57,7 +99,7 @@ fn empty(status: StatusCode) -> http::response::Builder {
 }
 
 fn finish(b: http::response::Builder, body: impl Into<Bytes>) -> Resp {
-    b.body(Full::new(body.into())).unwrap_or_default()
+    b.body(full(body.into())).unwrap_or_default()
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` components joined by `/`.
@@ -623,16 +665,20 @@ impl Registry {
         if head {
             return finish(b.header(header::CONTENT_LENGTH, len), Bytes::new());
         }
-        let data = match tokio::fs::read(&path).await {
-            Ok(x) => x,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
-        };
-        match range {
-            Some((a, z)) => finish(
+        let (b, start, n) = match range {
+            Some((a, z)) => (
                 b.header(header::CONTENT_RANGE, format!("bytes {a}-{z}/{len}")),
-                Bytes::from(data).slice(a as usize..=z as usize),
+                a,
+                z - a + 1,
             ),
-            None => finish(b, data),
+            None => (b, 0, len),
+        };
+        match file_body(&path, start, n).await {
+            Ok(body) => b
+                .header(header::CONTENT_LENGTH, n)
+                .body(body)
+                .unwrap_or_default(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
         }
     }
 
