@@ -27,6 +27,7 @@ cleanup() {
   sleep 0.5
   for d in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do rmdir "$d" 2>/dev/null || true; done
   pkill -f "docker-registry serve $work/" 2>/dev/null || true
+  pkill -f "registry serve --addr 127.0.0.1:[0-9]* --root $work/" 2>/dev/null || true
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
 }
@@ -258,5 +259,30 @@ PY
   echo "== push of the same image to an empty registry ($runs runs) =="
   wipe_registry="rm -rf $work/registry2/data; sync"
   timed push "$wipe_registry" "$wipe_registry" "$berth push -q $dest" "docker push -q $dest"
-  kill "$rpid" "$rpid2" 2>/dev/null; wait "$rpid" "$rpid2" 2>/dev/null || true
+  # berth's registry and docker-registry serving the same image to 8 clients at once:
+  # each client fetches the manifest, the config and every layer (curl, bodies dropped)
+  bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$berth" registry serve --addr "127.0.0.1:$bport" --root "$work/berth-registry" >/dev/null 2>&1 &
+  brpid=$!
+  wait_port "$bport"
+  skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "docker://$ref" "docker://127.0.0.1:$bport/bench/pull:4layers"
+  blobs=$(skopeo inspect --raw --tls-verify=false "docker://$ref" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(" ".join([m["config"]["digest"]] + [l["digest"] for l in m["layers"]]))')
+  # clients PORT: the 8 concurrent pulls, as one shell command
+  clients() {
+    local args="-sf -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' -o /dev/null http://127.0.0.1:$1/v2/bench/pull/manifests/4layers" b
+    for b in $blobs; do args="$args -o /dev/null http://127.0.0.1:$1/v2/bench/pull/blobs/$b"; done
+    printf 'for i in 1 2 3 4 5 6 7 8; do curl %s & done; wait' "$args"
+  }
+  echo
+  echo "== serving 8 concurrent pulls of that image (manifest + every blob, $runs runs) =="
+  hyperfine -r "$runs" -N --export-json "$work/serve.json" \
+    -n berth "bash -c \"$(clients "$bport")\"" -n docker-registry "bash -c \"$(clients "$port")\"" >/dev/null
+  python3 - "$work/serve.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command']:16s} median {x['median']:.3f} s")
+print(f"ratio berth/docker-registry: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+  kill "$rpid" "$rpid2" "$brpid" 2>/dev/null; wait "$rpid" "$rpid2" "$brpid" 2>/dev/null || true
 fi

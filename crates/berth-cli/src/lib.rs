@@ -93,10 +93,17 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // a client needs one thread; a registry server serves on every core
+    let serving = matches!(
+        cli.cmd,
+        commands::Cmd::Registry(commands::RegistryCmd::Serve(_))
+    );
+    let mut builder = if serving {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: {e}");
