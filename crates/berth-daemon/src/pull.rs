@@ -56,11 +56,40 @@ pub async fn plan(
     platform: &Platform,
     creds: Option<AuthConfig>,
 ) -> Result<Plan, ApiError> {
-    let session = d
-        .registry()?
-        .session(reference.domain(), reference.path(), creds, false)
+    let client = d.registry()?;
+    if client.mirrored(reference.domain()) {
+        let via_mirror = match client
+            .session_via(
+                reference.domain(),
+                reference.path(),
+                creds.clone(),
+                false,
+                true,
+            )
+            .await
+        {
+            Ok(s) => plan_with(s, reference.clone(), platform).await,
+            Err(e) => Err(name_error(&reference, e)),
+        };
+        match via_mirror {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                tracing::info!(error = %e.message, "mirror failed: pulling from the registry")
+            }
+        }
+    }
+    let session = client
+        .session_via(reference.domain(), reference.path(), creds, false, false)
         .await
         .map_err(|e| name_error(&reference, e))?;
+    plan_with(session, reference, platform).await
+}
+
+async fn plan_with(
+    session: Session,
+    reference: Reference,
+    platform: &Platform,
+) -> Result<Plan, ApiError> {
     let want = match (reference.digest(), reference.tag()) {
         (Some(dg), _) => dg.to_string(),
         (None, Some(t)) => t.to_string(),
@@ -134,6 +163,54 @@ pub async fn plan(
         config,
         diff_ids,
     })
+}
+
+/// `pull -a`: every tag of `reference`'s repository, one after another in one stream.
+pub async fn all_tags(
+    d: &Arc<Daemon>,
+    reference: Reference,
+    platform: Platform,
+    creds: Option<AuthConfig>,
+) -> Result<crate::http::Resp, ApiError> {
+    let session = d
+        .registry()?
+        .session(reference.domain(), reference.path(), creds.clone(), false)
+        .await
+        .map_err(|e| name_error(&reference, e))?;
+    let mut tags = session
+        .tags()
+        .await
+        .map_err(|e| name_error(&reference, e))?;
+    tags.sort();
+    tags.dedup();
+    if tags.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no tags found for {}",
+            reference.familiar_name()
+        )));
+    }
+    let (tx, resp) = crate::http::stream("application/json");
+    let d = d.clone();
+    tokio::spawn(async move {
+        for t in tags {
+            let r = match reference.with_tag(&t) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(crate::http::error_line(&e.to_string())).await;
+                    return;
+                }
+            };
+            let outcome = match plan(&d, r, &platform, creds.clone()).await {
+                Ok(p) => run(d.clone(), p, tx.clone()).await,
+                Err(e) => Err(e.message),
+            };
+            if let Err(e) = outcome {
+                let _ = tx.send(crate::http::error_line(&e)).await;
+                return;
+            }
+        }
+    });
+    Ok(resp)
 }
 
 /// Docker's words for a pull that cannot find or may not read the repository.

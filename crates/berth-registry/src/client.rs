@@ -171,8 +171,26 @@ impl Client {
         creds: Option<AuthConfig>,
         push: bool,
     ) -> Result<Session> {
+        self.session_via(domain, path, creds, push, !push).await
+    }
+
+    /// Whether pulls from `domain` try `registry-mirrors` first.
+    pub fn mirrored(&self, domain: &str) -> bool {
+        domain == berth_image::reference::DEFAULT_DOMAIN && !self.settings.mirrors.is_empty()
+    }
+
+    /// [`Client::session`], with or without the mirrors: a pull whose mirror fails
+    /// goes to the registry itself, as Docker's does.
+    pub async fn session_via(
+        &self,
+        domain: &str,
+        path: &str,
+        creds: Option<AuthConfig>,
+        push: bool,
+        mirrors: bool,
+    ) -> Result<Session> {
         let mut candidates: Vec<(String, bool)> = Vec::new();
-        if domain == berth_image::reference::DEFAULT_DOMAIN && !push {
+        if domain == berth_image::reference::DEFAULT_DOMAIN && mirrors {
             for m in &self.settings.mirrors {
                 let m = m.trim_end_matches('/');
                 if let Some(h) = m.strip_prefix("http://") {
@@ -458,6 +476,46 @@ impl Session {
             }
         }
         Ok((bytes, ct, digest))
+    }
+
+    /// The repository's tags (`tags/list`, following `Link` pages; at most 10,000).
+    pub async fn tags(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut url = self.url("tags/list");
+        loop {
+            let r = self.send(Method::GET, &url, |b| b).await?;
+            if !r.status().is_success() {
+                return Err(Self::error_of(r, "tags").await);
+            }
+            let next = r
+                .headers()
+                .get(header::LINK)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|l| {
+                    l.split_once('<')?
+                        .1
+                        .split_once('>')
+                        .map(|(u, _)| u.to_string())
+                });
+            let body = read_capped(r, manifest::MAX_MANIFEST as u64, "tags").await?;
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Invalid(format!("tags list: {e}")))?;
+            out.extend(
+                v["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(str::to_string)),
+            );
+            match next {
+                // a relative link, on the same host
+                Some(n) if n.starts_with('/') && out.len() < 10_000 => {
+                    url = format!("{}{n}", self.base);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// A small blob (a config) read whole and checked against its digest.

@@ -571,3 +571,110 @@ elif action == "erase":
         ok(d.cli(bin, &["tag", "bb", &name]));
     }
 }
+
+#[test]
+fn docker_hub_names_come_from_a_mirror() {
+    let Some(src) = daemon_with_busybox("docker_hub_names_come_from_a_mirror") else {
+        return;
+    };
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("bb.tar");
+    ok(src.berth(&["save", "-o", archive.to_str().unwrap(), "bb"]));
+    reg.push_archive(&archive, "library/busybox", "latest");
+    // a mirror that has the image, and one (first) that does not answer at all
+    let cfg = work.path().join("daemon.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"registry-mirrors": ["http://127.0.0.1:{}", "http://{}"]}}"#,
+            free_port(),
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config-file", cfg.to_str().unwrap()]);
+    let info = d.get_json("/info");
+    assert_eq!(
+        info["RegistryConfig"]["Mirrors"].as_array().map(Vec::len),
+        Some(2),
+        "{info}"
+    );
+    for bin in clis() {
+        let out = ok(d.cli(&bin, &["pull", "busybox"]));
+        assert!(
+            out.contains("docker.io/library/busybox:latest"),
+            "{bin}: {out}"
+        );
+        let img = d.get_json("/images/busybox/json");
+        assert_eq!(img["RepoTags"][0], "busybox:latest", "{bin}: {img}");
+        assert!(
+            img["RepoDigests"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("busybox@sha256:"),
+            "{bin}: {img}"
+        );
+        let got = ok(d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "busybox",
+                "echo",
+                "mirrored",
+            ],
+        ));
+        assert_eq!(got.trim(), "mirrored");
+        ok(d.cli(&bin, &["rmi", "busybox"]));
+    }
+    // (a name no mirror has goes to Docker Hub itself: not tried, traffic stays here)
+}
+
+#[test]
+fn pull_all_tags() {
+    let Some(d) = daemon_with_busybox("pull_all_tags") else {
+        return;
+    };
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("bb.tar");
+    ok(d.berth(&["save", "-o", archive.to_str().unwrap(), "bb"]));
+    for t in ["one", "two", "three"] {
+        reg.push_archive(&archive, "test/all", t);
+    }
+    let repo = format!("{}/test/all", reg.host());
+    for bin in clis() {
+        let out = ok(d.cli(&bin, &["pull", "-a", &repo]));
+        assert!(out.contains("one: Pulling from test/all"), "{bin}: {out}");
+        assert_eq!(
+            out.trim().lines().last(),
+            Some(repo.as_str()),
+            "{bin}: {out}"
+        );
+        let tags = ok(d.cli(&bin, &["images", "--format", "{{.Tag}}", &repo]));
+        let mut tags: Vec<&str> = tags.lines().collect();
+        tags.sort();
+        assert_eq!(tags, ["one", "three", "two"], "{bin}");
+        // a tag and -a do not go together
+        let out = d.cli(&bin, &["pull", "-a", &format!("{repo}:one")]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("tag can't be used with --all-tags/-a"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        for t in ["one", "two", "three"] {
+            ok(d.cli(&bin, &["rmi", &format!("{repo}:{t}")]));
+        }
+    }
+    // a repository with no tags: 404
+    let out = d.berth(&["pull", "-a", &format!("{}/test/none", reg.host())]);
+    assert!(!out.status.success());
+}

@@ -352,14 +352,32 @@ pub fn tagged(name: &str) -> String {
 
 pub async fn pull(c: &Client, a: PullArgs) -> Result<()> {
     if a.all_tags {
-        bail!("pulling all tags (-a) is not supported by this berth yet");
+        if a.name.contains('@') || split_tag(&a.name).1.is_some() {
+            bail!("tag can't be used with --all-tags/-a");
+        }
+        let resp = request_pull(c, &a.name, None, a.platform.as_deref()).await?;
+        render(resp, a.quiet, false).await?;
+        println!("{}", canonical(&a.name));
+        return Ok(());
     }
     let full = tagged(&a.name);
     pull_image(c, &full, a.platform.as_deref(), a.quiet, false).await?;
-    if a.quiet {
-        println!("{full}");
-    }
+    // docker ends with the fully qualified name, quiet or not
+    println!("{}", canonical(&full));
     Ok(())
+}
+
+/// `busybox:latest` → `docker.io/library/busybox:latest`; a name with a registry host
+/// stays as it is.
+pub fn canonical(name: &str) -> String {
+    let (first, rest) = name.split_once('/').unwrap_or(("", name));
+    if !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost") {
+        name.to_string()
+    } else if first.is_empty() {
+        format!("docker.io/library/{rest}")
+    } else {
+        format!("docker.io/{name}")
+    }
 }
 
 #[derive(Debug, Args)]
@@ -429,22 +447,30 @@ pub async fn pull_image(
 ) -> Result<()> {
     let (name, tag) = split_tag(image);
     let tag = tag.unwrap_or_else(|| "latest".to_string());
-    let mut path = format!(
-        "/images/create?fromImage={}&tag={}",
-        super::q(&name),
-        super::q(&tag)
-    );
+    let resp = request_pull(c, &name, Some(&tag), platform).await?;
+    render(resp, quiet, to_stderr).await
+}
+
+/// `POST /images/create?fromImage=` with the registry's credentials; no tag: all tags.
+async fn request_pull(
+    c: &Client,
+    name: &str,
+    tag: Option<&str>,
+    platform: Option<&str>,
+) -> Result<http::Response<hyper::body::Incoming>> {
+    let mut path = format!("/images/create?fromImage={}", super::q(name));
+    if let Some(t) = tag {
+        path.push_str(&format!("&tag={}", super::q(t)));
+    }
     if let Some(p) = platform {
         path.push_str(&format!("&platform={}", super::q(p)));
     }
     let mut headers = Vec::new();
-    if let Some(h) = auth_header(&registry_of(image)) {
+    if let Some(h) = auth_header(&registry_of(name)) {
         headers.push(("X-Registry-Auth", h));
     }
-    let resp = c
-        .request(Method::POST, &path, ReqBody::Full(None), &headers)
-        .await?;
-    render(resp, quiet, to_stderr).await
+    c.request(Method::POST, &path, ReqBody::Full(None), &headers)
+        .await
 }
 
 /// Shows a pull's or push's progress stream (to stderr with `to_stderr`); the daemon's
@@ -597,6 +623,10 @@ mod tests {
         assert_eq!(registry_of("localhost:5000/x"), "localhost:5000");
         assert_eq!(registry_of("reg.example.com/a/b:1"), "reg.example.com");
         assert_eq!(tagged("busybox"), "busybox:latest");
+        assert_eq!(canonical("busybox:1"), "docker.io/library/busybox:1");
+        assert_eq!(canonical("a/b:1"), "docker.io/a/b:1");
+        assert_eq!(canonical("localhost/b:1"), "localhost/b:1");
+        assert_eq!(canonical("127.0.0.1:5000/b:1"), "127.0.0.1:5000/b:1");
         assert_eq!(tagged("localhost:5000/x"), "localhost:5000/x:latest");
         assert_eq!(tagged("localhost:5000/x:v1"), "localhost:5000/x:v1");
         assert_eq!(tagged("x@sha256:ab"), "x@sha256:ab");

@@ -374,6 +374,8 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         }
         let tag = ctx.query.get("tag").unwrap_or_default();
         let mut reference = Reference::parse(what)?;
+        // no tag anywhere: every tag of the repository (`pull -a`), as Docker's API says
+        let all_tags = tag.is_empty() && reference.tag().is_none() && reference.digest().is_none();
         if !tag.is_empty() {
             reference = match tag.parse::<berth_image::digest::Digest>() {
                 Ok(dg) => reference.with_digest(dg),
@@ -389,6 +391,9 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             None => berth_registry::manifest::Platform::host(),
         };
         let creds = registry_auth(&ctx)?;
+        if all_tags {
+            return crate::pull::all_tags(d, reference, platform, creds).await;
+        }
         let plan = crate::pull::plan(d, reference, &platform, creds).await?;
         let (tx, resp) = stream("application/json");
         let d2 = d.clone();
