@@ -1,0 +1,10 @@
+//! Bridge networking for berthd: subnets and addresses (`ipam`), network namespaces
+//! (`netns`), bridges and veth pairs over netlink (`link`), NAT, published ports and
+//! isolation in nftables' `table inet berth` (`nft`), and the embedded DNS server of
+//! user-defined networks (`dns`).
+
+pub mod dns;
+pub mod ipam;
+pub mod link;
+pub mod netns;
+pub mod nft;
