@@ -57,6 +57,18 @@ pub struct Flags {
     /// Run containers in a user namespace: default, USER[:GROUP] or UID[:GID]
     #[arg(long)]
     pub userns_remap: Option<String>,
+    /// Device of the default bridge network ("none": no default bridge)
+    #[arg(short = 'b', long)]
+    pub bridge: Option<String>,
+    /// The default bridge's address and prefix (e.g. 10.210.0.1/24)
+    #[arg(long)]
+    pub bip: Option<String>,
+    /// Where networks' subnets come from: base=CIDR,size=N (repeatable)
+    #[arg(long = "default-address-pool")]
+    pub default_address_pool: Vec<String>,
+    /// DNS server containers' queries go to (repeatable)
+    #[arg(long)]
+    pub dns: Vec<String>,
 }
 
 /// The merged configuration the daemon runs with.
@@ -93,6 +105,16 @@ pub struct Config {
     /// layers downloaded at once by a pull, and uploaded at once by a push
     pub max_concurrent_downloads: usize,
     pub max_concurrent_uploads: usize,
+    /// `bip`: the default bridge's gateway address and prefix
+    pub bip: Option<(std::net::Ipv4Addr, u8)>,
+    /// `bridge`: the default bridge's device (None: "none", no default bridge)
+    pub bridge: Option<String>,
+    /// `default-address-pools`: where networks' subnets come from (base, size)
+    pub address_pools: Vec<(berth_network::ipam::Subnet, u8)>,
+    /// `dns`, `dns-search`, `dns-opts`: containers' resolver settings
+    pub dns: Vec<std::net::IpAddr>,
+    pub dns_search: Vec<String>,
+    pub dns_opts: Vec<String>,
 }
 
 /// The built-in runtime's name.
@@ -149,6 +171,12 @@ const APPLIED: &[&str] = &[
     "userns-remap",
     "max-concurrent-downloads",
     "max-concurrent-uploads",
+    "bip",
+    "bridge",
+    "default-address-pools",
+    "dns",
+    "dns-opts",
+    "dns-search",
 ];
 
 /// dockerd keys berth accepts but does not act on yet (logged at start).
@@ -156,8 +184,6 @@ const ACCEPTED: &[&str] = &[
     "allow-nondistributable-artifacts",
     "api-cors-header",
     "authorization-plugins",
-    "bip",
-    "bridge",
     "builder",
     "cgroup-parent",
     "containerd",
@@ -165,16 +191,12 @@ const ACCEPTED: &[&str] = &[
     "containerd-plugin-namespace",
     "cpu-rt-period",
     "cpu-rt-runtime",
-    "default-address-pools",
     "default-cgroupns-mode",
     "default-gateway",
     "default-gateway-v6",
     "default-ipc-mode",
     "default-network-opts",
     "default-shm-size",
-    "dns",
-    "dns-opts",
-    "dns-search",
     "exec-opts",
     "experimental",
     "features",
@@ -419,7 +441,95 @@ impl Config {
                     .ok_or_else(|| ConfigError::Invalid(format!("{k} must be a positive number"))),
             }
         };
+        let bridge = match flags.bridge {
+            Some(b) => b,
+            None => get("bridge")
+                .map(|v| string(v, "bridge"))
+                .transpose()?
+                .unwrap_or_else(|| crate::networks::DEFAULT_BRIDGE.to_string()),
+        };
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "invalid bridge name {bridge:?}"
+            )));
+        }
+        let bridge = (bridge != "none").then_some(bridge);
+        let bip = match flags.bip {
+            Some(b) => Some(b),
+            None => get("bip").map(|v| string(v, "bip")).transpose()?,
+        }
+        .map(|b| {
+            berth_network::ipam::parse_cidr(&b)
+                .map_err(|e| ConfigError::Invalid(format!("bip: {e}")))
+        })
+        .transpose()?;
+        let mut address_pools = Vec::new();
+        let flag_pools: Vec<Value> = flags
+            .default_address_pool
+            .iter()
+            .map(|p| {
+                let mut o = serde_json::Map::new();
+                for kv in p.split(',') {
+                    if let Some((k, v)) = kv.split_once('=') {
+                        let v = match v.parse::<u64>() {
+                            Ok(n) => Value::from(n),
+                            Err(_) => Value::from(v),
+                        };
+                        o.insert(k.trim().to_string(), v);
+                    }
+                }
+                Value::Object(o)
+            })
+            .collect();
+        let pools_value = if flag_pools.is_empty() {
+            get("default-address-pools").cloned()
+        } else {
+            Some(Value::Array(flag_pools))
+        };
+        if let Some(v) = pools_value.as_ref() {
+            let a = v.as_array().ok_or_else(|| {
+                ConfigError::Invalid("default-address-pools must be a list".into())
+            })?;
+            for p in a {
+                let base = p["base"]
+                    .as_str()
+                    .and_then(|b| b.parse::<berth_network::ipam::Subnet>().ok())
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!("default-address-pools: invalid base in {p}"))
+                    })?;
+                let size = p["size"]
+                    .as_u64()
+                    .filter(|s| (u64::from(base.prefix)..=30).contains(s))
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!("default-address-pools: invalid size in {p}"))
+                    })? as u8;
+                address_pools.push((base, size));
+            }
+        }
+        let mut dns = Vec::new();
+        let dns_list = if flags.dns.is_empty() {
+            list("dns")?
+        } else {
+            flags.dns.clone()
+        };
+        for a in dns_list {
+            dns.push(
+                a.parse()
+                    .map_err(|_| ConfigError::Invalid(format!("{a} is not an ip address")))?,
+            );
+        }
         let cfg = Config {
+            bridge,
+            bip,
+            address_pools,
+            dns,
+            dns_search: list("dns-search")?,
+            dns_opts: list("dns-opts")?,
             max_concurrent_downloads: count("max-concurrent-downloads", 3)?,
             max_concurrent_uploads: count("max-concurrent-uploads", 5)?,
             userns_remap,

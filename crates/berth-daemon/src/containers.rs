@@ -46,6 +46,9 @@ pub struct State {
     /// the last run ended with the kernel's OOM killer killing in it
     #[serde(default)]
     pub oom_killed: bool,
+    /// while it runs on bridge networks: its namespace, endpoints and ports
+    #[serde(default)]
+    pub net: Option<crate::networks::NetState>,
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -141,6 +144,7 @@ pub struct Containers {
     init: PathBuf,
     /// daemon.json `userns-remap`, when set
     pub remap: Option<Arc<crate::userns::Remap>>,
+    pub net: Arc<crate::networks::Networks>,
 }
 
 /// berth-init, built by build.rs.
@@ -202,13 +206,14 @@ pub fn valid_name(n: &str) -> bool {
 impl Containers {
     pub fn open(
         db: Arc<Db>,
-        data_root: &Path,
-        exec_root: &Path,
-        runtimes: std::collections::BTreeMap<String, PathBuf>,
+        cfg: &crate::config::Config,
         images: Arc<ImageStore>,
-        default_ulimits: serde_json::Map<String, Value>,
         remap: Option<Arc<crate::userns::Remap>>,
+        net: Arc<crate::networks::Networks>,
     ) -> anyhow::Result<Self> {
+        let (data_root, exec_root) = (&cfg.data_root, &cfg.exec_root);
+        let runtimes = cfg.runtimes.clone();
+        let default_ulimits = cfg.default_ulimits.clone();
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
         // short: unix socket paths below it must stay under 108 bytes
@@ -247,6 +252,7 @@ impl Containers {
             images,
             init,
             remap,
+            net,
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
@@ -318,6 +324,23 @@ impl Containers {
                 to_start.push(c);
             }
         }
+        // networking: the running containers' endpoints back, the rest swept away
+        let running: Vec<(String, String, crate::networks::NetState)> = self
+            .all()
+            .into_iter()
+            .filter(|c| c.state().status == "running")
+            .map(|c| (c.id.clone(), c.name(), c.state().net.unwrap_or_default()))
+            .collect();
+        for c in self
+            .all()
+            .into_iter()
+            .filter(|c| c.state().status != "running")
+        {
+            if c.state().net.is_some() {
+                self.set_state(&c, |s| s.net = None);
+            }
+        }
+        self.net.setup(&running).await;
         for c in to_start {
             // as Docker: a fresh start, the count and a user's stop forgotten
             match self.start(&c, events).await {
@@ -563,11 +586,28 @@ impl Containers {
             .map_err(|_| ApiError::internal("corrupt image id"))?;
         let layers = self.images.layer_dirs(&image)?;
         let driver = self.images.driver();
+        let hostname = c.config()["Hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| c.id[..12].to_string());
+        let joined = |other: &str| self.joined_netns(other);
+        let attached = match self
+            .net
+            .attach(&c.id, &c.name(), &hostname, &c.spec(), &joined)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => return Err(self.start_failed(c, e, events).await),
+        };
+        let net_state = attached.state.clone();
+        self.set_state(c, |s| s.net = net_state);
         let this = self.clone();
         let c2 = c.clone();
-        let prepared = tokio::task::spawn_blocking(move || this.prepare(&c2, &layers, driver))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let prepared =
+            tokio::task::spawn_blocking(move || this.prepare(&c2, &layers, driver, attached))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
         if let Err(e) = prepared {
             return Err(self.start_failed(c, e, events).await);
         }
@@ -612,6 +652,7 @@ impl Containers {
     /// error; removed if it was created with AutoRemove.
     async fn start_failed(&self, c: &Ctr, e: ApiError, events: &Events) -> ApiError {
         unmount(&self.dir(c).join("rootfs"));
+        self.disconnect(c).await;
         let msg = e.message.clone();
         self.set_state(c, |s| {
             s.status = "exited".into();
@@ -624,6 +665,37 @@ impl Containers {
             let _ = self.remove(c, true, events).await;
         }
         ApiError::bad_request(msg)
+    }
+
+    /// Takes a stopped container off its networks.
+    async fn disconnect(&self, c: &Ctr) {
+        if let Some(st) = c.state().net {
+            self.net.detach(&c.id, &st).await;
+            self.set_state(c, |s| s.net = None);
+        }
+    }
+
+    /// `--network container:NAME`: the other container's namespace (it must run), and
+    /// its hosts and resolv.conf texts.
+    fn joined_netns(&self, other: &str) -> Result<crate::networks::Joined, ApiError> {
+        let o = self.get(other)?;
+        let st = o.state();
+        if st.status != "running" {
+            return Err(ApiError::conflict(format!(
+                "cannot join network namespace of a non running container: container {} is {}",
+                o.id, st.status
+            )));
+        }
+        let path = match st.net.as_ref().filter(|n| !n.netns.is_empty()) {
+            Some(n) => n.netns.clone(),
+            None => format!("/proc/{}/ns/net", st.pid),
+        };
+        let dir = self.dir(&o);
+        Ok(crate::networks::Joined {
+            netns: path,
+            hosts: std::fs::read_to_string(dir.join("hosts")).unwrap_or_default(),
+            resolv: std::fs::read_to_string(dir.join("resolv.conf")).unwrap_or_default(),
+        })
     }
 
     /// The remapping a container runs with: the daemon's, unless it asked for the host's
@@ -714,6 +786,7 @@ impl Containers {
         c: &Ctr,
         layers: &[PathBuf],
         driver: berth_image::snapshot::Driver,
+        attached: crate::networks::Attachment,
     ) -> Result<(), ApiError> {
         let io = |e: std::io::Error| ApiError::internal(e.to_string());
         let _fs = c.fs_lock.lock();
@@ -727,10 +800,41 @@ impl Containers {
             .map(str::to_string)
             .unwrap_or_else(|| c.id[..12].to_string());
         std::fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io)?;
-        std::fs::write(dir.join("hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n")).map_err(io)?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
-        let mut run = crate::spec::run_spec(c, &rootfs, &dir, &hostname, &self.default_ulimits)?;
+        let hosts = if matches!(
+            crate::networks::Mode::of(&c.host_config()),
+            crate::networks::Mode::Container(_)
+        ) {
+            // the other container's file, as Docker shares it
+            attached.hosts.join("\n") + "\n"
+        } else {
+            let mut h = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
+            for extra in crate::spec::strings(&c.host_config()["ExtraHosts"]).unwrap_or_default() {
+                // NAME:IP (or NAME=IP)
+                let (name, ip) = extra
+                    .split_once('=')
+                    .or_else(|| extra.split_once(':'))
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid extra host: {extra}")))?;
+                h.push_str(&format!("{ip}\t{name}\n"));
+            }
+            if attached.hosts.is_empty() {
+                h.push_str(&format!("127.0.1.1\t{hostname}\n"));
+            }
+            for l in &attached.hosts {
+                h.push_str(l);
+                h.push('\n');
+            }
+            h
+        };
+        std::fs::write(dir.join("hosts"), hosts).map_err(io)?;
+        std::fs::write(dir.join("resolv.conf"), &attached.resolv).map_err(io)?;
+        let mut run = crate::spec::run_spec(
+            c,
+            &rootfs,
+            &dir,
+            &hostname,
+            &self.default_ulimits,
+            attached.network,
+        )?;
         if let Some(r) = self.remap_of(c) {
             for f in ["hostname", "hosts", "resolv.conf"] {
                 std::os::unix::fs::chown(dir.join(f), Some(r.root_uid()), Some(r.root_gid()))
@@ -825,6 +929,7 @@ impl Containers {
             })
             .unwrap_or(255);
         unmount(&self.dir(&c).join("rootfs"));
+        self.disconnect(&c).await;
         let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
         self.set_state(&c, |s| {
             s.status = "exited".into();
@@ -1022,6 +1127,116 @@ impl Containers {
             *s = spec;
         }
         Ok(warnings)
+    }
+
+    /// Changes a container's stored create request.
+    pub fn edit_spec(&self, c: &Ctr, f: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
+        let mut spec = c.spec();
+        f(&mut spec);
+        self.db
+            .set_container_spec(&c.id, &spec.to_string())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Ok(mut s) = c.spec.write() {
+            *s = spec;
+        }
+        Ok(())
+    }
+
+    /// `network connect`: a stopped container joins at its next start; a running one
+    /// gets the endpoint now.
+    pub async fn connect(
+        &self,
+        c: &Ctr,
+        net: &Arc<crate::networks::Net>,
+        ep: &Value,
+    ) -> Result<(), ApiError> {
+        use crate::networks::Mode;
+        match Mode::of(&c.host_config()) {
+            Mode::Bridge(_) => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    "container sharing network namespace with another container or host cannot be connected to any other network",
+                ))
+            }
+        }
+        let already = crate::networks::requested(&c.spec())
+            .iter()
+            .any(|(k, _)| self.net.find(k).is_ok_and(|n| n.cfg.id == net.cfg.id));
+        let st = c.state();
+        if st.status == "running" {
+            let mut ns = st.net.clone().unwrap_or_default();
+            let hostname = c.config()["Hostname"]
+                .as_str()
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| c.id[..12].to_string());
+            self.net
+                .connect_running(&c.id, &c.name(), &hostname, &mut ns, net, ep)
+                .await?;
+            self.set_state(c, |s| s.net = Some(ns));
+        } else if already {
+            return Err(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                format!(
+                    "endpoint with name {} already exists in network {}",
+                    c.name(),
+                    net.cfg.name
+                ),
+            ));
+        }
+        if !already {
+            let name = net.cfg.name.clone();
+            let ep = ep.clone();
+            self.edit_spec(c, |s| {
+                if !s["NetworkingConfig"]["EndpointsConfig"].is_object() {
+                    s["NetworkingConfig"] = serde_json::json!({"EndpointsConfig": {}});
+                }
+                s["NetworkingConfig"]["EndpointsConfig"][name] = ep;
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `network disconnect`.
+    pub async fn disconnect_from(
+        &self,
+        c: &Ctr,
+        net: &Arc<crate::networks::Net>,
+    ) -> Result<(), ApiError> {
+        let st = c.state();
+        if st.status == "running" {
+            let mut ns = st.net.clone().unwrap_or_default();
+            self.net.disconnect_running(&c.id, &mut ns, net).await?;
+            self.set_state(c, |s| s.net = Some(ns));
+        } else if !crate::networks::requested(&c.spec())
+            .iter()
+            .any(|(k, _)| self.net.find(k).is_ok_and(|n| n.cfg.id == net.cfg.id))
+        {
+            return Err(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                format!(
+                    "container {} is not connected to network {}",
+                    c.id, net.cfg.name
+                ),
+            ));
+        }
+        let (id, name) = (net.cfg.id.clone(), net.cfg.name.clone());
+        let is_mode = |m: &str| {
+            m == name || m == id || (name == "bridge" && (m == "default" || m.is_empty()))
+        };
+        self.edit_spec(c, |s| {
+            if let Some(m) = s["NetworkingConfig"]["EndpointsConfig"].as_object_mut() {
+                m.retain(|k, _| !is_mode(k));
+            }
+            if is_mode(s["HostConfig"]["NetworkMode"].as_str().unwrap_or_default()) {
+                // its first remaining network becomes its mode, else none
+                let next = s["NetworkingConfig"]["EndpointsConfig"]
+                    .as_object()
+                    .and_then(|m| m.keys().next().cloned())
+                    .unwrap_or_else(|| "none".into());
+                s["HostConfig"]["NetworkMode"] = Value::String(next);
+            }
+        })
     }
 
     /// Freezes every process of a running container (the cgroup freezer).

@@ -15,6 +15,7 @@ pub mod files;
 pub mod health;
 pub mod http;
 pub mod logconfig;
+pub mod networks;
 pub mod progress;
 pub mod pull;
 pub mod push;
@@ -240,17 +241,10 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         }
         None => None,
     };
+    let net = Arc::new(networks::Networks::open(db.clone(), &cfg).context("opening the networks")?);
     let containers = Arc::new(
-        containers::Containers::open(
-            db.clone(),
-            &cfg.data_root,
-            &cfg.exec_root,
-            cfg.runtimes.clone(),
-            images.clone(),
-            cfg.default_ulimits.clone(),
-            remap.clone(),
-        )
-        .context("opening the container store")?,
+        containers::Containers::open(db.clone(), &cfg, images.clone(), remap.clone(), net)
+            .context("opening the container store")?,
     );
     let d = Arc::new(Daemon {
         containers,
@@ -298,6 +292,12 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     if let Some(r) = &remap {
         r.unmount();
     }
+    let running = d
+        .containers
+        .all()
+        .iter()
+        .any(|c| c.state().status == "running");
+    d.containers.net.shutdown(running).await;
     tracing::info!("berthd stopped");
     Ok(())
 }

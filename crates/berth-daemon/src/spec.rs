@@ -305,6 +305,7 @@ pub fn run_spec(
     dir: &Path,
     hostname: &str,
     default_ulimits: &Map<String, Value>,
+    network: Network,
 ) -> Result<RunSpec, ApiError> {
     let cfg = c.config();
     let hc = c.host_config();
@@ -331,10 +332,6 @@ pub fn run_spec(
     }
     let (uid, gid, additional_gids) =
         resolve_user(rootfs, cfg["User"].as_str().unwrap_or_default())?;
-    let network = match hc["NetworkMode"].as_str().unwrap_or_default() {
-        "host" => Network::Host,
-        _ => Network::Private,
-    };
     let bind = |dest: &str, src: &Path, ro: bool| Mount {
         destination: dest.into(),
         kind: "bind".into(),

@@ -123,7 +123,11 @@ impl Drop for Server {
 }
 
 /// Serves DNS over UDP on `bind`.
-pub async fn serve(bind: SocketAddr, lookup: Lookup, upstreams: Vec<SocketAddr>) -> io::Result<Server> {
+pub async fn serve(
+    bind: SocketAddr,
+    lookup: Lookup,
+    upstreams: Vec<SocketAddr>,
+) -> io::Result<Server> {
     let sock = Arc::new(UdpSocket::bind(bind).await?);
     let upstreams = Arc::new(upstreams);
     let task = tokio::spawn(async move {
@@ -171,7 +175,9 @@ async fn forward(msg: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, from))) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await {
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await
+        {
             if from == *up && n >= 2 && buf[..2] == msg[..2] {
                 buf.truncate(n);
                 return Some(buf);

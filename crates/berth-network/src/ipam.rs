@@ -140,10 +140,7 @@ pub fn allocate(
         .map(Ipv4Addr::from)
         .filter(|ip| subnet.contains(*ip))
         .find(|ip| {
-            *ip != subnet.addr
-                && *ip != subnet.broadcast()
-                && *ip != gateway
-                && !used.contains(ip)
+            *ip != subnet.addr && *ip != subnet.broadcast() && *ip != gateway && !used.contains(ip)
         })
 }
 
@@ -221,8 +218,14 @@ mod tests {
             Some(Ipv4Addr::new(10, 0, 0, 4))
         );
         let pools = [("10.211.0.0/16".parse().unwrap(), 24)];
-        let taken = ["10.211.0.0/24".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
-        assert_eq!(pick_subnet(&pools, &taken[..1]).unwrap().to_string(), "10.211.1.0/24");
+        let taken = [
+            "10.211.0.0/24".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        assert_eq!(
+            pick_subnet(&pools, &taken[..1]).unwrap().to_string(),
+            "10.211.1.0/24"
+        );
         assert_eq!(pick_subnet(&pools, &taken), None);
         assert_eq!(
             mac_string(&mac_for(Ipv4Addr::new(172, 17, 0, 2))),

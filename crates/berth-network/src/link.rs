@@ -96,7 +96,14 @@ impl Netlink {
                 if let Some(m) = mtu {
                     b = b.mtu(m);
                 }
-                match self.handle.link().add(b.build()).execute().await.map_err(err) {
+                match self
+                    .handle
+                    .link()
+                    .add(b.build())
+                    .execute()
+                    .await
+                    .map_err(err)
+                {
                     Ok(()) => {}
                     // made meanwhile by someone else: use it
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

@@ -10,6 +10,8 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+/// The table of a daemon whose default bridge is the standard one; another daemon on the
+/// same host (its own `--bridge`) keeps its rules in `berth-BRIDGE`.
 pub const TABLE: &str = "berth";
 
 /// A bridge network's rules.
@@ -37,6 +39,8 @@ pub struct PortRule {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
+    /// the table's name (in family inet)
+    pub table: String,
     pub bridges: Vec<BridgeRules>,
     pub ports: Vec<PortRule>,
 }
@@ -51,8 +55,9 @@ impl Ruleset {
     /// The table, as an `nft -f` script that replaces the previous one atomically.
     pub fn script(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}");
-        let _ = writeln!(s, "table inet {TABLE} {{");
+        let t = &self.table;
+        let _ = writeln!(s, "table inet {t}\ndelete table inet {t}");
+        let _ = writeln!(s, "table inet {t} {{");
         let names: Vec<String> = self.bridges.iter().map(|b| quoted(&b.bridge)).collect();
         if !names.is_empty() {
             let _ = writeln!(
@@ -80,7 +85,7 @@ impl Ruleset {
         );
         let _ = writeln!(
             s,
-            "  chain output {{\n    type nat hook output priority dstnat; policy accept;\n    fib daddr type local jump ports\n  }}"
+            "  chain output {{\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump ports\n  }}"
         );
         let _ = writeln!(
             s,
@@ -127,9 +132,9 @@ impl Ruleset {
     }
 }
 
-/// Removes berth's table (nothing when it is not there).
-pub fn remove() -> io::Result<()> {
-    nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+/// Removes a table of berth's (nothing when it is not there).
+pub fn remove(table: &str) -> io::Result<()> {
+    nft(&format!("table inet {table}\ndelete table inet {table}\n"))
 }
 
 fn nft(script: &str) -> io::Result<()> {
@@ -160,6 +165,7 @@ mod tests {
     #[test]
     fn script_shape() {
         let r = Ruleset {
+            table: TABLE.into(),
             bridges: vec![
                 BridgeRules {
                     bridge: "berth0".into(),

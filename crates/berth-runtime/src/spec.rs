@@ -46,12 +46,14 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
-    /// its own network namespace (only `lo` until bridge networking)
+    /// a network namespace of its own, made by the runtime (only `lo`: `--network none`)
     Private,
     /// no network namespace of its own
     Host,
+    /// the namespace at this path (made and wired by berthd, or another container's)
+    Joined(String),
 }
 
 /// A bind or tmpfs mount into the container.
@@ -214,8 +216,10 @@ pub fn build(r: &RunSpec) -> Value {
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if r.network == Network::Private {
-        namespaces.push(json!({"type": "network"}));
+    match &r.network {
+        Network::Private => namespaces.push(json!({"type": "network"})),
+        Network::Joined(p) => namespaces.push(json!({"type": "network", "path": p})),
+        Network::Host => {}
     }
     if r.userns.is_some() {
         namespaces.push(json!({"type": "user"}));

@@ -82,6 +82,12 @@ const MIGRATIONS: &[&str] = &[
         chain_id TEXT PRIMARY KEY,
         since INTEGER NOT NULL
      );",
+    // 5: user-defined networks (the built-in ones are not stored); body: their settings
+    "CREATE TABLE networks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL
+     );",
 ];
 
 /// A compressed blob of a layer, known to be in a registry's repository.
@@ -574,6 +580,43 @@ impl Db {
     pub fn delete_container(&self, id: &str) -> Result<()> {
         self.lock()
             .execute("DELETE FROM containers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
+/// A stored network: its settings as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRow {
+    pub id: String,
+    pub name: String,
+    pub body: String,
+}
+
+impl Db {
+    pub fn networks(&self) -> Result<Vec<NetworkRow>> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT id, name, body FROM networks ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(NetworkRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds a network; false when its name is taken.
+    pub fn insert_network(&self, n: &NetworkRow) -> Result<bool> {
+        Ok(self.lock().execute(
+            "INSERT OR IGNORE INTO networks (id, name, body) VALUES (?1, ?2, ?3)",
+            params![n.id, n.name, n.body],
+        )? > 0)
+    }
+
+    pub fn delete_network(&self, id: &str) -> Result<()> {
+        self.lock()
+            .execute("DELETE FROM networks WHERE id = ?1", [id])?;
         Ok(())
     }
 }

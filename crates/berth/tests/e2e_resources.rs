@@ -569,6 +569,7 @@ fn cgroup_v2_for_real_in_a_private_mount_namespace() {
         .map(String::from)
         .to_vec(),
         counted: false,
+        slot: next_slot(),
     };
     d.spawn();
     d.import(&busybox_tar(), "bb:latest");

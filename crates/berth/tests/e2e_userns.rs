@@ -69,6 +69,7 @@ fn remapped_daemon(args: &[&str]) -> Daemon {
         extra_args: args.iter().map(|s| s.to_string()).collect(),
         wrapper: Vec::new(),
         counted: false,
+        slot: next_slot(),
     };
     d.spawn();
     d.import(&busybox_tar(), "bb:latest");

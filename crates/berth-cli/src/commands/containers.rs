@@ -63,9 +63,8 @@ pub struct CreateArgs {
     /// Restart policy to apply when a container exits
     #[arg(long)]
     pub restart: Option<String>,
-    /// Connect a container to a network (none, host)
-    #[arg(long)]
-    pub network: Option<String>,
+    #[command(flatten)]
+    pub net: super::network::NetFlags,
     /// Signal to stop the container
     #[arg(long)]
     pub stop_signal: Option<String>,
@@ -169,7 +168,6 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
             "Tmpfs": tmpfs,
             "ReadonlyRootfs": a.read_only,
             "RestartPolicy": restart,
-            "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
         },
     });
     if !a.command.is_empty() {
@@ -215,6 +213,7 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     }
     a.limits.apply(&mut cfg["HostConfig"])?;
     a.run_limits.apply(&mut cfg["HostConfig"])?;
+    a.net.apply(&mut cfg)?;
     Ok(cfg)
 }
 

@@ -176,7 +176,7 @@ pub struct ImageInspectArgs {
 }
 
 /// Prints inspect results as docker does: a JSON array, or one template rendering each.
-fn print_inspected(objs: &[Value], format: Option<&str>) -> Result<()> {
+pub fn print_inspected(objs: &[Value], format: Option<&str>) -> Result<()> {
     match format.filter(|f| !f.is_empty()) {
         None => println!("{}", indent_json(&Value::Array(objs.to_vec()))),
         Some("json") => {
@@ -222,12 +222,11 @@ pub async fn image_inspect(c: &Client, a: ImageInspectArgs) -> Result<()> {
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     let kinds: Vec<&str> = match a.kind.as_deref() {
-        None | Some("") => vec!["container", "image"],
-        Some(k @ ("container" | "image")) => vec![k],
-        Some(
-            k @ ("network" | "volume" | "config" | "node" | "plugin" | "secret" | "service"
-            | "task"),
-        ) => vec![k],
+        None | Some("") => vec!["container", "image", "network"],
+        Some(k @ ("container" | "image" | "network")) => vec![k],
+        Some(k @ ("volume" | "config" | "node" | "plugin" | "secret" | "service" | "task")) => {
+            vec![k]
+        }
         Some(k) => bail!("\"{k}\" is not a valid value for --type"),
     };
     let mut objs = Vec::new();
@@ -238,6 +237,7 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
             let path = match *k {
                 "container" => format!("/containers/{n}/json?size={}", a.size),
                 "image" => format!("/images/{n}/json"),
+                "network" => format!("/networks/{}", super::q(n)),
                 _ => continue,
             };
             match c.get_json(&path).await {

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod files;
 pub mod images;
 pub mod limits;
+pub mod network;
 pub mod registry;
 pub mod stream;
 pub mod system;
@@ -102,6 +103,11 @@ pub enum Cmd {
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCmd),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
+    /// List port mappings or a specific mapping for the container
+    Port(network::PortArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +242,16 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Unpause(a) | Cmd::Container(ContainerCmd::Unpause(a)) => usage::unpause(c, a).await,
         Cmd::Update(a) | Cmd::Container(ContainerCmd::Update(a)) => usage::update(c, a).await,
         Cmd::Stats(a) | Cmd::Container(ContainerCmd::Stats(a)) => usage::stats(c, a).await,
+        Cmd::Port(a) => network::port(c, a).await,
+        Cmd::Network(n) => match n {
+            network::NetworkCmd::Create(a) => network::create(c, a).await,
+            network::NetworkCmd::Ls(a) => network::ls(c, a).await,
+            network::NetworkCmd::Inspect(a) => network::inspect(c, a).await,
+            network::NetworkCmd::Rm(a) => network::rm(c, a).await,
+            network::NetworkCmd::Prune(a) => network::prune(c, a).await,
+            network::NetworkCmd::Connect(a) => network::connect(c, a).await,
+            network::NetworkCmd::Disconnect(a) => network::disconnect(c, a).await,
+        },
     }
 }
 

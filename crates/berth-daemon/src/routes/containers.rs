@@ -147,8 +147,12 @@ fn sizes(d: &Daemon, c: &Ctr) -> (i64, i64) {
     (rw, image_size + rw)
 }
 
-fn summary(c: &Ctr) -> Value {
+fn summary(d: &Daemon, c: &Ctr) -> Value {
     let s = c.state();
+    let spec = c.spec();
+    let running = s.status == "running";
+    let net = s.net.as_ref().filter(|_| running);
+    let settings = crate::networks::settings_json(&d.containers.net, &c.id, &spec, net);
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name())],
@@ -156,12 +160,12 @@ fn summary(c: &Ctr) -> Value {
         "ImageID": c.image_id,
         "Command": command_of(c),
         "Created": chrono::DateTime::parse_from_rfc3339(&c.created).map(|t| t.timestamp()).unwrap_or(0),
-        "Ports": [],
+        "Ports": crate::networks::ports_list(&spec, net),
         "Labels": c.config()["Labels"].as_object().cloned().unwrap_or_default(),
         "State": s.api_status(),
         "Status": status_text(&s),
         "HostConfig": {"NetworkMode": c.host_config()["NetworkMode"].as_str().filter(|m| !m.is_empty()).unwrap_or("default")},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": settings["Networks"]},
         "Mounts": [],
     })
 }
@@ -225,7 +229,12 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "GraphDriver": {"Name": d.images.driver().name(), "Data": {"MergedDir": dir.join("rootfs"), "UpperDir": dir.join("upper"), "WorkDir": dir.join("work")}},
         "Mounts": [],
         "Config": c.config(),
-        "NetworkSettings": {"Bridge": "", "SandboxID": "", "Ports": {}, "Networks": {}},
+        "NetworkSettings": crate::networks::settings_json(
+            &d.containers.net,
+            &c.id,
+            &c.spec(),
+            s.net.as_ref().filter(|_| s.status == "running"),
+        ),
     })
 }
 
@@ -288,7 +297,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
                     .unwrap_or(&Default::default()),
             );
         if ok {
-            let mut v = summary(&c);
+            let mut v = summary(d, &c);
             if size {
                 let (rw, rootfs) = sizes(d, &c);
                 v["SizeRw"] = json!(rw);
@@ -375,15 +384,15 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             ));
         }
     }
-    if !matches!(mode, "" | "default" | "none" | "host" | "bridge") {
-        return Err(ApiError::not_found(format!("network {mode} not found")));
-    }
-    if matches!(mode, "" | "default" | "bridge") {
-        warnings.push("bridge networking is not available yet: the container gets its own network namespace with only the loopback interface".to_string());
-    }
     crate::health::validate(&req)?;
     let merged = crate::spec::merge_config(&req, &img.config.config.clone().unwrap_or_default());
     let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
+    if req["NetworkingConfig"].is_object() {
+        spec["NetworkingConfig"] = req["NetworkingConfig"].clone();
+    }
+    warnings.extend(crate::networks::validate(&d.containers.net, &spec, &|n| {
+        d.containers.get(n).map(|_| ())
+    })?);
     spec["Config"]["Image"] = Value::from(image_name.clone());
     let c = d.containers.create(name.as_deref(), &img.id, spec)?;
     d.events.emit("container", "create", &c.id, attrs(&c));

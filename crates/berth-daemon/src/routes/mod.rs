@@ -6,6 +6,7 @@ pub mod containers;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod networks;
 pub mod stats;
 pub mod system;
 
@@ -170,10 +171,17 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::POST, "/containers/create") => containers::create(&d, ctx).await,
         (&Method::POST, "/containers/prune") => containers::prune(&d, &ctx).await,
         (&Method::POST, "/commit") => files::commit(&d, ctx).await,
+        (&Method::GET, "/networks") => networks::list(&d, &ctx),
+        (&Method::POST, "/networks/create") => networks::create(&d, ctx).await,
+        (&Method::POST, "/networks/prune") => networks::prune(&d, &ctx).await,
 
         _ => {
             if let Some(rest) = path.strip_prefix("/images/") {
                 return image_route(&d, ctx, rest.to_string()).await;
+            }
+            if let Some(rest) = path.strip_prefix("/networks/") {
+                let rest = rest.to_string();
+                return networks::route(&d, ctx, &rest).await;
             }
             if let Some(rest) = path.strip_prefix("/exec/") {
                 let rest = rest.to_string();

@@ -43,6 +43,29 @@ pub struct Daemon {
     pub wrapper: Vec<String>,
     /// counted in [`LIVE`]
     pub counted: bool,
+    /// this daemon's own default bridge and address space, so daemons of concurrent
+    /// tests never share a bridge, a subnet or an nftables table
+    pub slot: u32,
+}
+
+/// Daemons started by this test binary so far (each gets its own network slot).
+static SLOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A network slot for a daemon made by hand.
+pub fn next_slot() -> u32 {
+    SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+impl Daemon {
+    /// This daemon's default bridge device.
+    pub fn bridge(&self) -> String {
+        format!("bt{}x{}", std::process::id() % 100_000, self.slot)
+    }
+
+    /// Its default bridge's subnet's first three octets (10.213.SLOT).
+    pub fn bridge_prefix(&self) -> String {
+        format!("10.213.{}", self.slot % 250)
+    }
 }
 
 pub fn berthd_bin() -> &'static str {
@@ -80,6 +103,7 @@ impl Daemon {
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             wrapper: Vec::new(),
             counted: false,
+            slot: next_slot(),
         };
         d.spawn();
         d
@@ -113,6 +137,21 @@ impl Daemon {
         }
         // the harness always talks to the unix socket; tests may add TCP listeners
         c.arg("-H").arg(self.host());
+        let has = |f: &str| self.extra_args.iter().any(|a| a == f);
+        if !has("--bridge") {
+            c.arg("--bridge").arg(self.bridge());
+        }
+        if !has("--bip") {
+            c.arg("--bip").arg(format!("{}.1/24", self.bridge_prefix()));
+        }
+        if !has("--default-address-pool") {
+            c.arg("--default-address-pool")
+                .arg(format!("base=10.214.{}.0/24,size=28", self.slot % 250));
+        }
+        if !has("--dns") {
+            // queries for names no container has go nowhere off this machine
+            c.arg("--dns").arg("127.0.0.1");
+        }
         c.args(&self.extra_args);
         c
     }
@@ -193,6 +232,20 @@ impl Daemon {
                             &[],
                             None,
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the user-defined networks (berthd removes their bridges).
+    pub fn remove_networks(&self) {
+        if let Ok(r) = self.try_request("GET", "/networks", &[], None) {
+            if let Ok(list) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+                for n in list.as_array().into_iter().flatten() {
+                    let name = n["Name"].as_str().unwrap_or_default();
+                    if !matches!(name, "bridge" | "host" | "none") {
+                        let _ = self.try_request("DELETE", &format!("/networks/{name}"), &[], None);
                     }
                 }
             }
@@ -318,8 +371,24 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.remove_containers();
+            self.remove_networks();
         }
         self.stop();
+        // what berthd leaves for a next start: its bridge and (if a test killed it) its
+        // rules
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "inet",
+                &format!("berth-{}", self.bridge()),
+            ])
+            .stderr(std::process::Stdio::null())
+            .status();
         // whatever shim is still there is a leak: say so, and leave the machine clean
         for _ in 0..50 {
             if self.shims().is_empty() {
