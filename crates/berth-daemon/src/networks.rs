@@ -462,16 +462,24 @@ impl Networks {
         if missing {
             let live = self.live.clone();
             let net_id = n.cfg.id.clone();
-            let answers_names = !n.default;
-            let lookup: dns::Lookup = Arc::new(move |name: &str| {
-                if !answers_names {
-                    return None;
-                }
+            let lookup: dns::Lookup = Arc::new(move |name: &str, from: IpAddr| {
                 let g = live.lock().unwrap_or_else(|p| p.into_inner());
+                // the asking container's networks (Docker's rule: names of every network
+                // it is on), this one's when the address is no container's
+                let from = from.to_string();
+                let nets: HashSet<&str> = g
+                    .values()
+                    .find(|eps| eps.iter().any(|e| e.network_id == net_id && e.ip == from))
+                    .map(|eps| eps.iter().map(|e| e.network_id.as_str()).collect())
+                    .unwrap_or_else(|| HashSet::from([net_id.as_str()]));
                 let ips: Vec<Ipv4Addr> = g
                     .values()
                     .flatten()
-                    .filter(|e| e.network_id == net_id && e.dns_names.iter().any(|d| d == name))
+                    .filter(|e| {
+                        nets.contains(e.network_id.as_str())
+                            && e.network != "bridge"
+                            && e.dns_names.iter().any(|d| d == name)
+                    })
                     .filter_map(|e| e.ip.parse().ok())
                     .collect();
                 (!ips.is_empty()).then_some(ips)

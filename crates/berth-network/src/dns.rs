@@ -3,7 +3,7 @@
 //! aliases) and forwards every other query, bytes unchanged, to the host's resolvers.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -108,8 +108,9 @@ pub fn reply(buf: &[u8], q: &Query, ips: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
     out
 }
 
-/// What a network's server knows: a name's addresses, or None to forward the query.
-pub type Lookup = Arc<dyn Fn(&str) -> Option<Vec<Ipv4Addr>> + Send + Sync>;
+/// What a network's server knows: a name's addresses for a query from an address, or
+/// None to forward the query.
+pub type Lookup = Arc<dyn Fn(&str, IpAddr) -> Option<Vec<Ipv4Addr>> + Send + Sync>;
 
 /// A running server; stops when dropped.
 pub struct Server {
@@ -140,7 +141,7 @@ pub async fn serve(
             let Some(q) = parse_query(&msg) else {
                 continue;
             };
-            match lookup(&q.name) {
+            match lookup(&q.name, from.ip()) {
                 Some(ips) => {
                     let _ = sock.send_to(&reply(&msg, &q, &ips, 0), from).await;
                 }

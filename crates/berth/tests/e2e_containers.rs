@@ -244,8 +244,8 @@ fn detached_lifecycle_logs_ps_stop_rm() {
 }
 
 #[test]
-fn create_reports_the_network_warning_and_validates() {
-    if skip_unless_root("create_reports_the_network_warning_and_validates") {
+fn create_validates() {
+    if skip_unless_root("create_validates") {
         return;
     }
     let d = Daemon::start();
@@ -257,11 +257,15 @@ fn create_reports_the_network_warning_and_validates() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let v = r.json();
-    assert!(v["Warnings"][0]
-        .as_str()
-        .unwrap()
-        .contains("network namespace"));
+    assert_eq!(v["Warnings"], serde_json::json!([]), "{v}");
     let id = v["Id"].as_str().unwrap().to_string();
+    let r = d.request(
+        "POST",
+        "/containers/create",
+        Some(br#"{"Image":"bb","HostConfig":{"NetworkMode":"nope"}}"#),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["message"], "network nope not found");
     let r = d.request(
         "POST",
         "/containers/create",

@@ -725,11 +725,17 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
             ),
             ("Status", ct["Status"].clone()),
             ("State", ct["State"].clone()),
-            ("Ports", json!("")),
+            ("Ports", json!(super::network::ports_text(&ct["Ports"]))),
             ("Names", json!(names.join(","))),
             ("Labels", json!(labels.join(","))),
             ("Size", json!(size_text(ct))),
-            ("Networks", json!("")),
+            (
+                "Networks",
+                json!(ct["NetworkSettings"]["Networks"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()),
+            ),
             ("Mounts", json!("")),
         ]));
     }

@@ -537,6 +537,31 @@ pub async fn disconnect(c: &Client, a: DisconnectArgs) -> Result<()> {
     Ok(())
 }
 
+/// `ps`'s PORTS column from the list's `Ports`: `IP:PUBLIC->PRIVATE/PROTO` for published
+/// ones, `PRIVATE/PROTO` for exposed ones, sorted as docker sorts them.
+pub fn ports_text(ports: &Value) -> String {
+    let mut items: Vec<(u64, String, String)> = ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let private = p["PrivatePort"].as_u64().unwrap_or(0);
+            let proto = p["Type"].as_str().unwrap_or("tcp");
+            let text = match (p["IP"].as_str(), p["PublicPort"].as_u64()) {
+                (Some(ip), Some(public)) => format!("{ip}:{public}->{private}/{proto}"),
+                _ => format!("{private}/{proto}"),
+            };
+            (private, proto.to_string(), text)
+        })
+        .collect();
+    items.sort();
+    items
+        .into_iter()
+        .map(|(_, _, t)| t)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Debug, Args)]
 pub struct PortArgs {
     pub container: String,

@@ -1,0 +1,736 @@
+#![allow(clippy::unwrap_used)]
+//! Bridge networking end to end, through berth's CLI and the docker CLI: the default
+//! bridge, user networks with DNS by name and alias, isolation between networks,
+//! `--internal`, published ports (from 127.0.0.1 and from the host's bridge address),
+//! connect/disconnect, `container:NAME`, the bad inputs, and the cleanup of links,
+//! namespaces and rules, also after a crash. Test traffic stays on loopback and the
+//! bridges the daemons made; queries for names no container has go to a resolver the
+//! test runs on 127.0.0.1 (never off this machine).
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::sync::Mutex;
+
+/// One test at a time: each compares the host's links before and after.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The host's links (names).
+fn links() -> BTreeSet<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The daemon's nftables table, as text ("" when there is none).
+fn table(d: &Daemon) -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &format!("berth-{}", d.bridge())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(d: &Daemon, bin: &str, args: &[&str]) -> String {
+    ok(d.cli(bin, args))
+}
+
+/// A busybox httpd serving `body` at / in a detached container.
+fn web(d: &Daemon, bin: &str, extra: &[&str], name: &str, body: &str) {
+    let script =
+        format!("mkdir -p /w && echo {body} > /w/index.html && exec busybox httpd -f -p 80 -h /w");
+    let mut args = vec!["run", "-d", "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["bb", "sh", "-c", &script]);
+    sh(d, bin, &args);
+}
+
+/// HTTP GET through TCP from the host: the body, or None.
+fn get(addr: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "3", &format!("http://{addr}/")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn no_stale_links(d: &Daemon, before: &BTreeSet<String>) {
+    for _ in 0..50 {
+        let now = links();
+        let extra: Vec<&String> = now
+            .difference(before)
+            .filter(|l| *l != &d.bridge())
+            .collect();
+        if extra.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let now = links();
+    panic!(
+        "links left: {:?}",
+        now.difference(before).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn default_bridge_user_networks_dns_and_isolation() {
+    let _serial = serial();
+    let Some(d) = daemon_with_busybox("default_bridge_user_networks_dns_and_isolation") else {
+        return;
+    };
+    let before = links();
+    let prefix = d.bridge_prefix();
+    for bin in clis() {
+        // the default bridge: eth0 with an address of the daemon's subnet, a route out
+        let out = sh(&d, &bin, &["run", "--rm", "bb", "busybox", "ip", "addr"]);
+        assert!(out.contains(&format!("inet {prefix}.")), "{bin}: {out}");
+        assert!(out.contains("eth0"), "{bin}: {out}");
+        let route = sh(&d, &bin, &["run", "--rm", "bb", "busybox", "ip", "route"]);
+        assert!(
+            route.contains(&format!("default via {prefix}.1")),
+            "{bin}: {route}"
+        );
+        let resolv = sh(
+            &d,
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--dns-search",
+                "example.test",
+                "bb",
+                "cat",
+                "/etc/resolv.conf",
+            ],
+        );
+        assert!(
+            resolv.contains(&format!("nameserver {prefix}.1")),
+            "{bin}: {resolv}"
+        );
+        assert!(resolv.contains("search example.test"), "{bin}: {resolv}");
+        let hosts = sh(
+            &d,
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--hostname",
+                "h1",
+                "--add-host",
+                "db.test:10.9.9.9",
+                "bb",
+                "cat",
+                "/etc/hosts",
+            ],
+        );
+        assert!(hosts.contains("10.9.9.9\tdb.test"), "{bin}: {hosts}");
+        assert!(
+            hosts.contains(&format!("{prefix}.")) && hosts.contains("\th1"),
+            "{bin}: {hosts}"
+        );
+        // none: only lo
+        let out = sh(
+            &d,
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "bb",
+                "busybox",
+                "ip",
+                "-o",
+                "link",
+            ],
+        );
+        assert_eq!(out.lines().count(), 1, "{bin}: {out}");
+        assert!(out.contains("lo:"), "{bin}: {out}");
+    }
+    // user networks: names and aliases resolve; other networks are apart
+    for (i, bin) in clis().iter().enumerate() {
+        let (front, back) = (format!("front{i}"), format!("back{i}"));
+        sh(&d, bin, &["network", "create", &front]);
+        sh(&d, bin, &["network", "create", "--internal", &back]);
+        web(
+            &d,
+            bin,
+            &["--network", &front, "--network-alias", "www"],
+            &format!("web{i}"),
+            "hello",
+        );
+        let got = sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &front,
+                "bb",
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://web{i}/"),
+            ],
+        );
+        assert_eq!(got.trim(), "hello", "{bin}");
+        let got = sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &front,
+                "bb",
+                "busybox",
+                "wget",
+                "-qO-",
+                "http://www/",
+            ],
+        );
+        assert_eq!(got.trim(), "hello", "{bin}");
+        let ip = sh(
+            &d,
+            bin,
+            &[
+                "inspect",
+                "-f",
+                &format!("{{{{.NetworkSettings.Networks.{front}.IPAddress}}}}"),
+                &format!("web{i}"),
+            ],
+        );
+        let ip = ip.trim().to_string();
+        assert!(!ip.is_empty(), "{bin}");
+        // another network reaches neither the name nor the address
+        let out = d.cli(
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &back,
+                "bb",
+                "busybox",
+                "wget",
+                "-T",
+                "2",
+                "-qO-",
+                &format!("http://{ip}/"),
+            ],
+        );
+        assert!(!out.status.success(), "{bin}: another network reached {ip}");
+        let out = d.cli(
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &back,
+                "bb",
+                "busybox",
+                "wget",
+                "-T",
+                "2",
+                "-qO-",
+                &format!("http://web{i}/"),
+            ],
+        );
+        assert!(
+            !out.status.success(),
+            "{bin}: another network resolved web{i}"
+        );
+        // the internal network has no way out
+        let route = sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &back,
+                "bb",
+                "busybox",
+                "ip",
+                "route",
+            ],
+        );
+        assert!(!route.contains("default"), "{bin}: {route}");
+        // network connect: the container on `back` joins `front` and reaches web by name
+        sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &format!("roam{i}"),
+                "--network",
+                &back,
+                "bb",
+                "sleep",
+                "60",
+            ],
+        );
+        sh(
+            &d,
+            bin,
+            &[
+                "network",
+                "connect",
+                "--alias",
+                "roamer",
+                &front,
+                &format!("roam{i}"),
+            ],
+        );
+        let got = sh(
+            &d,
+            bin,
+            &[
+                "exec",
+                &format!("roam{i}"),
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://web{i}/"),
+            ],
+        );
+        assert_eq!(got.trim(), "hello", "{bin}");
+        let insp = d.get_json(&format!("/containers/roam{i}/json"));
+        assert!(
+            insp["NetworkSettings"]["Networks"][&front]["IPAddress"]
+                .as_str()
+                .unwrap()
+                .len()
+                > 6,
+            "{insp}"
+        );
+        sh(
+            &d,
+            bin,
+            &["network", "disconnect", &front, &format!("roam{i}")],
+        );
+        let out = sh(
+            &d,
+            bin,
+            &["exec", &format!("roam{i}"), "busybox", "ip", "-o", "link"],
+        );
+        assert!(!out.contains("eth1"), "{bin}: {out}");
+        // container:NAME shares web's namespace
+        let got = sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &format!("container:web{i}"),
+                "bb",
+                "busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1/",
+            ],
+        );
+        assert_eq!(got.trim(), "hello", "{bin}");
+        // network inspect lists the running containers
+        let n = d.get_json(&format!("/networks/{front}"));
+        assert_eq!(n["Containers"].as_object().unwrap().len(), 1, "{n}");
+        assert_eq!(n["Internal"], false);
+        assert_eq!(d.get_json(&format!("/networks/{back}"))["Internal"], true);
+        let ls = sh(&d, bin, &["network", "ls", "--format", "{{.Name}}"]);
+        for want in ["bridge", "host", "none", front.as_str(), back.as_str()] {
+            assert!(ls.lines().any(|l| l == want), "{bin}: {ls}");
+        }
+        sh(
+            &d,
+            bin,
+            &["rm", "-f", &format!("web{i}"), &format!("roam{i}")],
+        );
+        sh(&d, bin, &["network", "rm", &front, &back]);
+    }
+    no_stale_links(&d, &before);
+    let ns = std::fs::read_dir(d.dir.path().join("exec/netns"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(ns, 0, "no namespace pinned after the containers are gone");
+}
+
+#[test]
+fn published_ports() {
+    let _serial = serial();
+    let Some(d) = daemon_with_busybox("published_ports") else {
+        return;
+    };
+    let before = links();
+    let gateway = format!("{}.1", d.bridge_prefix());
+    for bin in clis() {
+        let (p1, p2) = (free_port(), free_port());
+        web(
+            &d,
+            &bin,
+            &[
+                "-p",
+                &format!("{p1}:80"),
+                "-p",
+                &format!("127.0.0.1:{p2}:80"),
+                "-p",
+                "80",
+                "--expose",
+                "81",
+                "-P",
+            ],
+            "pub",
+            "published",
+        );
+        // from 127.0.0.1, from the host's own bridge address, on the loopback-only one
+        assert_eq!(
+            get(&format!("127.0.0.1:{p1}")).as_deref(),
+            Some("published"),
+            "{bin}"
+        );
+        assert_eq!(
+            get(&format!("{gateway}:{p1}")).as_deref(),
+            Some("published"),
+            "{bin}"
+        );
+        assert_eq!(
+            get(&format!("127.0.0.1:{p2}")).as_deref(),
+            Some("published"),
+            "{bin}"
+        );
+        assert_eq!(
+            get(&format!("{gateway}:{p2}")),
+            None,
+            "{bin}: bound to 127.0.0.1 only"
+        );
+        // `port` lists them, the ephemeral one included
+        let ports = sh(&d, &bin, &["port", "pub"]);
+        assert!(
+            ports.contains(&format!("80/tcp -> 0.0.0.0:{p1}")),
+            "{bin}: {ports}"
+        );
+        assert!(
+            ports.contains(&format!("80/tcp -> 127.0.0.1:{p2}")),
+            "{bin}: {ports}"
+        );
+        assert!(
+            ports.contains("81/tcp -> 0.0.0.0:"),
+            "{bin}: -P publishes EXPOSE: {ports}"
+        );
+        let eph: u16 = ports
+            .lines()
+            .filter(|l| l.starts_with("80/tcp -> 0.0.0.0:") && !l.ends_with(&format!(":{p1}")))
+            .map(|l| l.rsplit(':').next().unwrap().parse().unwrap())
+            .next()
+            .unwrap_or_else(|| panic!("{bin}: no ephemeral port in {ports}"));
+        assert_eq!(
+            get(&format!("127.0.0.1:{eph}")).as_deref(),
+            Some("published"),
+            "{bin}"
+        );
+        let one = sh(&d, &bin, &["port", "pub", "80/tcp"]);
+        assert!(
+            one.lines().any(|l| l == format!("127.0.0.1:{p2}")),
+            "{bin}: {one}"
+        );
+        let ps = sh(&d, &bin, &["ps", "--format", "{{.Ports}}"]);
+        assert!(ps.contains(&format!("0.0.0.0:{p1}->80/tcp")), "{bin}: {ps}");
+        assert!(
+            table(&d).contains(&format!("dport {p1} dnat ip to")),
+            "{bin}"
+        );
+        // the port is taken: by the container for another container, by us for others
+        let out = d.cli(
+            &bin,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "again",
+                "-p",
+                &format!("{p1}:80"),
+                "bb",
+                "sleep",
+                "60",
+            ],
+        );
+        assert!(!out.status.success(), "{bin}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "Bind for 0.0.0.0:{p1} failed: port is already allocated"
+            )),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            d.get_json("/containers/again/json")["State"]["Running"],
+            false
+        );
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", p1)).is_err(),
+            "{bin}: the host port is held"
+        );
+        sh(&d, &bin, &["rm", "-f", "pub", "again"]);
+        // gone with the container: the rules and the held port
+        assert!(!table(&d).contains("dnat ip to"), "{bin}: {}", table(&d));
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", p1)).is_ok(),
+            "{bin}: the host port is free again"
+        );
+        // a port some other program holds: a clear error, nothing left half-started
+        let busy = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+        let bp = busy.local_addr().unwrap().port();
+        let out = d.cli(
+            &bin,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "busy",
+                "-p",
+                &format!("{bp}:80"),
+                "bb",
+                "sleep",
+                "60",
+            ],
+        );
+        assert!(!out.status.success(), "{bin}");
+        assert!(
+            stderr(&out).contains("address already in use"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        let st = d.get_json("/containers/busy/json");
+        assert_eq!(st["State"]["Running"], false, "{bin}");
+        assert_eq!(st["NetworkSettings"]["IPAddress"], "", "{bin}");
+        sh(&d, &bin, &["rm", "-f", "busy"]);
+    }
+    no_stale_links(&d, &before);
+}
+
+#[test]
+fn bad_network_input() {
+    let _serial = serial();
+    let Some(d) = daemon_with_busybox("bad_network_input") else {
+        return;
+    };
+    ok(d.berth(&["network", "create", "--subnet", "10.215.1.0/24", "taken"]));
+    let body = br#"{"Name": "overlap", "IPAM": {"Config": [{"Subnet": "10.215.1.128/25"}]}}"#;
+    let r = d.request("POST", "/networks/create", Some(body));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("Pool overlaps"), "{}", r.text());
+    let r = d.request("POST", "/networks/create", Some(br#"{"Name": "taken"}"#));
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = d.request(
+        "POST",
+        "/networks/create",
+        Some(br#"{"Name": "x", "IPAM": {"Config": [{"Subnet": "10.215.2.5/24"}]}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(d.request("GET", "/networks/nope", None).status, 404);
+    assert_eq!(d.request("DELETE", "/networks/bridge", None).status, 403);
+    for bin in clis() {
+        // (--pull never: the docker CLI pulls on any 404 from create, as with Docker)
+        let out = d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--pull",
+                "never",
+                "--network",
+                "nope",
+                "bb",
+                "true",
+            ],
+        );
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("network nope not found"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        let out = d.cli(&bin, &["run", "--rm", "--ip", "10.1.1.1", "bb", "true"]);
+        assert!(
+            stderr(&out)
+                .contains("user specified IP address is supported on user defined networks only"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        let out = d.cli(
+            &bin,
+            &["network", "create", "--subnet", "10.215.1.0/26", "dup"],
+        );
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("Pool overlaps with other one on this address space"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        // in use: 409 with Docker's words
+        sh(
+            &d,
+            &bin,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "user",
+                "--network",
+                "taken",
+                "--ip",
+                "10.215.1.50",
+                "bb",
+                "sleep",
+                "60",
+            ],
+        );
+        let ip = d.get_json("/containers/user/json")["NetworkSettings"]["Networks"]["taken"]
+            ["IPAddress"]
+            .clone();
+        assert_eq!(ip, "10.215.1.50");
+        let out = d.cli(&bin, &["network", "rm", "taken"]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("has active endpoints"),
+            "{bin}: {}",
+            stderr(&out)
+        );
+        sh(&d, &bin, &["rm", "-f", "user"]);
+    }
+    assert_eq!(d.request("DELETE", "/networks/taken", None).status, 204);
+    assert_eq!(d.request("DELETE", "/networks/taken", None).status, 404);
+}
+
+/// A resolver on 127.0.0.1:53 for the test: every A question gets 127.0.0.1.
+fn fake_upstream() -> Option<std::thread::JoinHandle<()>> {
+    let s = UdpSocket::bind("127.0.0.77:53").ok()?;
+    Some(std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if n < 12 {
+                continue;
+            }
+            let mut end = 12;
+            while end < n && q[end] != 0 {
+                end += q[end] as usize + 1;
+            }
+            end += 5;
+            if end > n {
+                continue;
+            }
+            let mut r = q[..end].to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            r[6] = 0;
+            r[7] = 1;
+            r[10] = 0;
+            r[11] = 0;
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+            if s.send_to(&r, from).is_err() || q.ends_with(b"\x04stop\x00\x00\x01\x00\x01") {
+                return;
+            }
+        }
+    }))
+}
+
+#[test]
+fn other_names_go_to_the_daemons_resolvers_and_a_crash_is_swept() {
+    let _serial = serial();
+    if skip_unless_root("other_names_go_to_the_daemons_resolvers_and_a_crash_is_swept") {
+        return;
+    }
+    let Some(_upstream) = fake_upstream() else {
+        eprintln!("skipping: 127.0.0.77:53 is taken");
+        return;
+    };
+    let mut d = Daemon::start_with(&["--dns", "127.0.0.77"]);
+    d.import(&busybox_tar(), "bb:latest");
+    let before = links();
+    ok(d.berth(&["network", "create", "fwd"]));
+    // busybox nslookup shows the answer (its exit afterwards is not ours to check)
+    let out = d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "fwd",
+        "bb",
+        "busybox",
+        "nslookup",
+        "anything.example",
+    ]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("Address: 127.0.0.1"),
+        "forwarded to the daemon's resolver: {text}"
+    );
+    // a crash: berthd and the container killed; the next start sweeps what they left
+    let p = free_port();
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "left",
+        "--network",
+        "fwd",
+        "-p",
+        &format!("{p}:80"),
+        "bb",
+        "sleep",
+        "600",
+    ]));
+    let pid = d.get_json("/containers/left/json")["State"]["Pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let shims = d.shims();
+    // SAFETY: kill(2) on this test's daemon, its shims and its container
+    unsafe {
+        libc::kill(d.pid(), libc::SIGKILL);
+        for (s, _) in &shims {
+            libc::kill(*s, libc::SIGKILL);
+        }
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let _ = d.child.take().map(|mut c| c.wait());
+    assert!(
+        links().iter().any(|l| l.starts_with("bv")),
+        "the veth is there before the sweep"
+    );
+    d.spawn();
+    assert_eq!(
+        d.get_json("/containers/left/json")["State"]["Running"],
+        false
+    );
+    assert!(!table(&d).contains(&format!("dport {p} ")), "{}", table(&d));
+    let ns = std::fs::read_dir(d.dir.path().join("exec/netns"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(ns, 0, "stale namespaces swept");
+    ok(d.berth(&["rm", "-f", "left"]));
+    ok(d.berth(&["network", "rm", "fwd"]));
+    no_stale_links(&d, &before);
+    // stop the fake resolver
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _ = s.send_to(
+        b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04stop\x00\x00\x01\x00\x01",
+        "127.0.0.77:53",
+    );
+}
