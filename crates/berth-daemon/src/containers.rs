@@ -296,6 +296,11 @@ impl Containers {
             let (code, at) =
                 berth_runtime::shim::read_exit_file(&self.state_dir(&c)).unwrap_or((255, 0));
             unmount(&self.dir(&c).join("rootfs"));
+            // no shim deleted it: its cgroups are left, empty once its processes died
+            crate::resources::remove_cgroups(&crate::resources::cgroup_path(
+                &c.host_config(),
+                short(&c.id),
+            ));
             let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
             self.set_state(&c, |s| {
                 s.status = "exited".into();

@@ -724,6 +724,26 @@ fn other_names_go_to_the_daemons_resolvers_and_a_crash_is_swept() {
         .map(|r| r.count())
         .unwrap_or(0);
     assert_eq!(ns, 0, "stale namespaces swept");
+    let id = d.get_json("/containers/left/json")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_dir(e.path().join("berth"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|e| id.starts_with(&*e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        cgroups.is_empty(),
+        "the dead container's cgroups are removed: {cgroups:?}"
+    );
     ok(d.berth(&["rm", "-f", "left"]));
     ok(d.berth(&["network", "rm", "fwd"]));
     no_stale_links(&d, &before);
