@@ -27,6 +27,13 @@ cleanup() {
   sleep 0.5
   for d in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do rmdir "$d" 2>/dev/null || true; done
   pkill -f "docker-registry serve $work/" 2>/dev/null || true
+  # networking leftovers: berth's default bridge, and what a dockerd with iptables made
+  ip link del berth0 2>/dev/null || true
+  if [ -n "${ipt_saved:-}" ]; then
+    ip link del docker0 2>/dev/null || true
+    iptables-restore < "$ipt_saved" 2>/dev/null || true
+    [ "${brnf_before:-1}" = 0 ] && modprobe -r br_netfilter 2>/dev/null || true
+  fi
   pkill -f "registry serve --addr 127.0.0.1:[0-9]* --root $work/" 2>/dev/null || true
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
@@ -285,4 +292,76 @@ for x in r:
 print(f"ratio berth/docker-registry: {r[0]['median'] / r[1]['median']:.3f}")
 PY
   kill "$rpid" "$rpid2" "$brpid" 2>/dev/null; wait "$rpid" "$rpid2" "$brpid" 2>/dev/null || true
+fi
+
+# --- networking --------------------------------------------------------------------------
+# On each engine's default bridge: `run --rm busybox true`, then a busybox httpd published
+# on 127.0.0.1 (berth: DNAT; Docker: docker-proxy, its userland proxy for loopback): the
+# throughput of one 256 MB download and the rate of new connections (500 GETs, one
+# connection each), host -> container over loopback only.
+echo
+net_client() { # PORT -> "MB/s conns/s"
+  python3 - "$1" <<'PY'
+import http.client, sys, time
+port = int(sys.argv[1])
+best = 0.0
+for _ in range(3):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    t = time.perf_counter(); c.request("GET", "/big"); r = c.getresponse(); n = 0
+    while True:
+        b = r.read(1 << 20)
+        if not b: break
+        n += len(b)
+    best = max(best, n / (time.perf_counter() - t) / 1e6); c.close()
+t = time.perf_counter()
+for _ in range(500):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/small"); c.getresponse().read(); c.close()
+print(f"{best:.0f} {500 / (time.perf_counter() - t):.0f}")
+PY
+}
+serve_cmd='busybox mkdir -p /w && busybox dd if=/dev/zero of=/w/big bs=1M count=256 2>/dev/null && echo ok > /w/small && exec busybox httpd -f -p 80 -h /w'
+if [ $have_docker = 1 ]; then
+  # Docker's bridge needs its iptables rules: the host's are saved and restored at exit
+  ipt_saved=$work/iptables.saved
+  iptables-save > "$ipt_saved"
+  brnf_before=$([ -d /sys/module/br_netfilter ] && echo 1 || echo 0)
+  docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1 || true
+  kill "$dpid"; for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
+  dockerd --data-root "$work/docker-root" --exec-root "$work/docker-exec" --pidfile "$work/dockerd.pid" \
+    -H "$DOCKER_HOST" --containerd-namespace berthbench >"$work/dockerd-net.log" 2>&1 &
+  dpid=$!
+  for _ in $(seq 300); do docker version >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+echo "== run --rm busybox true on the default bridge ($(( runs * 2 )) runs) =="
+cmds=("$berth run --rm bench/busybox true")
+[ $have_docker = 1 ] && cmds+=("docker run --rm bench/busybox true")
+hyperfine -N -w 2 -r $(( runs * 2 )) --export-json "$work/runbr.json" "${cmds[@]}" >/dev/null
+python3 - "$work/runbr.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']*1000:.0f} ms")
+if len(r) == 2:
+    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+echo
+echo "== published port on 127.0.0.1: one 256 MB download (best of 3), new connections =="
+bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$berth" run -d --name netb -p "127.0.0.1:$bport:80" bench/busybox sh -c "$serve_cmd" >/dev/null
+sleep 2
+read -r b_mbs b_cps < <(net_client "$bport")
+"$berth" rm -f netb >/dev/null
+if [ $have_docker = 1 ]; then
+  dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  docker run -d --name netd -p "127.0.0.1:$dport:80" bench/busybox sh -c "$serve_cmd" >/dev/null
+  sleep 2
+  read -r d_mbs d_cps < <(net_client "$dport")
+  docker rm -f netd >/dev/null
+  printf '%-22s %10s %10s %8s\n' "" berth docker ratio
+  printf '%-22s %10s %10s %8s\n' "throughput (MB/s)" "$b_mbs" "$d_mbs" "$(ratio "$b_mbs" "$d_mbs")"
+  printf '%-22s %10s %10s %8s\n' "connections/s" "$b_cps" "$d_cps" "$(ratio "$b_cps" "$d_cps")"
+  echo "(higher is better for both: a ratio above 1 means berth is faster)"
+else
+  printf 'berth: %s MB/s, %s connections/s\n' "$b_mbs" "$b_cps"
 fi
