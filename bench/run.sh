@@ -15,6 +15,9 @@ berthd=$PWD/target/release/berthd
 cache=${BENCH_CACHE:-/var/tmp/berth-bench}
 mkdir -p "$cache"
 work=$(mktemp -d /tmp/berth-bench-XXXXXX)
+# the host's firewall as it is now, put back at the end (Docker's bridge adds iptables rules)
+nft_saved=""
+if command -v nft >/dev/null; then nft_saved=$work/nft.saved; nft list ruleset > "$nft_saved"; fi
 bpid=""; dpid=""
 cleanup() {
   if [ -n "$bpid" ]; then "$berth" ps -aq | xargs -r "$berth" rm -f >/dev/null 2>&1 || true; fi
@@ -29,11 +32,11 @@ cleanup() {
   pkill -f "docker-registry serve $work/" 2>/dev/null || true
   # networking leftovers: berth's default bridge, and what a dockerd with iptables made
   ip link del berth0 2>/dev/null || true
-  if [ -n "${ipt_saved:-}" ]; then
+  if [ -n "${docker_bridge:-}" ]; then
     ip link del docker0 2>/dev/null || true
-    iptables-restore < "$ipt_saved" 2>/dev/null || true
     [ "${brnf_before:-1}" = 0 ] && modprobe -r br_netfilter 2>/dev/null || true
   fi
+  if [ -n "$nft_saved" ]; then nft flush ruleset && nft -f "$nft_saved"; fi
   pkill -f "registry serve --addr 127.0.0.1:[0-9]* --root $work/" 2>/dev/null || true
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
@@ -322,9 +325,8 @@ PY
 }
 serve_cmd='busybox mkdir -p /w && busybox dd if=/dev/zero of=/w/big bs=1M count=256 2>/dev/null && echo ok > /w/small && exec busybox httpd -f -p 80 -h /w'
 if [ $have_docker = 1 ]; then
-  # Docker's bridge needs its iptables rules: the host's are saved and restored at exit
-  ipt_saved=$work/iptables.saved
-  iptables-save > "$ipt_saved"
+  # Docker's bridge needs its iptables rules: the host's ruleset is put back at exit
+  docker_bridge=1
   brnf_before=$([ -d /sys/module/br_netfilter ] && echo 1 || echo 0)
   docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1 || true
   kill "$dpid"; for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
@@ -333,6 +335,9 @@ if [ $have_docker = 1 ]; then
   dpid=$!
   for _ in $(seq 300); do docker version >/dev/null 2>&1 && break; sleep 0.1; done
 fi
+# the pull benchmark removed every image: the small one again, on both
+"$berth" import "$small/img1.tar" bench/busybox >/dev/null
+[ $have_docker = 1 ] && docker import "$small/img1.tar" bench/busybox >/dev/null
 echo "== run --rm busybox true on the default bridge ($(( runs * 2 )) runs) =="
 cmds=("$berth run --rm bench/busybox true")
 [ $have_docker = 1 ] && cmds+=("docker run --rm bench/busybox true")

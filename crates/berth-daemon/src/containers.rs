@@ -93,6 +93,8 @@ pub struct Ctr {
     pub fs_lock: Mutex<()>,
     /// the removal is complete
     pub removed: watch::Sender<bool>,
+    /// volumes its current run mounted (given back when it stops)
+    pub vols_taken: Mutex<Vec<String>>,
 }
 
 impl Ctr {
@@ -145,6 +147,7 @@ pub struct Containers {
     /// daemon.json `userns-remap`, when set
     pub remap: Option<Arc<crate::userns::Remap>>,
     pub net: Arc<crate::networks::Networks>,
+    pub vols: Arc<crate::volumes::Volumes>,
 }
 
 /// berth-init, built by build.rs.
@@ -210,6 +213,7 @@ impl Containers {
         images: Arc<ImageStore>,
         remap: Option<Arc<crate::userns::Remap>>,
         net: Arc<crate::networks::Networks>,
+        vols: Arc<crate::volumes::Volumes>,
     ) -> anyhow::Result<Self> {
         let (data_root, exec_root) = (&cfg.data_root, &cfg.exec_root);
         let runtimes = cfg.runtimes.clone();
@@ -253,6 +257,7 @@ impl Containers {
             init,
             remap,
             net,
+            vols,
         };
         for row in c.db.containers()? {
             let spec: Value = serde_json::from_str(&row.spec).unwrap_or(Value::Null);
@@ -287,6 +292,15 @@ impl Containers {
         {
             let alive = UnixStream::connect(self.shim_socket(&c)).await.is_ok();
             if alive {
+                let names: Vec<String> = crate::mounts::of(&c.spec())
+                    .into_iter()
+                    .filter(|m| m.kind == "volume")
+                    .map(|m| m.name)
+                    .collect();
+                for n in &names {
+                    self.vols.adopt(n);
+                }
+                *c.vols_taken.lock().unwrap_or_else(|p| p.into_inner()) = names;
                 tracing::info!(container = %c.id, "reconnected to running container");
                 let this = self.clone();
                 let ev = events.clone();
@@ -318,7 +332,7 @@ impl Containers {
             tracing::info!(container = %c.id, code, "container exited while berthd was down");
             let this = self.clone();
             if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
-                let _ = this.remove(&c, true, events).await;
+                let _ = this.remove_with(&c, true, true, events).await;
                 continue;
             }
             let st = c.state();
@@ -372,6 +386,7 @@ impl Containers {
             backoff: std::sync::atomic::AtomicU32::new(0),
             fs_lock: Mutex::new(()),
             removed: watch::Sender::new(false),
+            vols_taken: Mutex::new(Vec::new()),
         });
         if let Ok(mut m) = self.by_id.lock() {
             m.insert(row.id, ctr.clone());
@@ -667,13 +682,15 @@ impl Containers {
             s.finished_at = now();
         });
         if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
-            let _ = self.remove(c, true, events).await;
+            let _ = self.remove_with(c, true, true, events).await;
         }
         ApiError::bad_request(msg)
     }
 
-    /// Takes a stopped container off its networks.
+    /// Takes a stopped container off its networks and gives back its volumes.
     async fn disconnect(&self, c: &Ctr) {
+        let taken = std::mem::take(&mut *c.vols_taken.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::mounts::release(&self.vols, &taken);
         if let Some(st) = c.state().net {
             self.net.detach(&c.id, &st).await;
             self.set_state(c, |s| s.net = None);
@@ -850,6 +867,13 @@ impl Containers {
                 crate::userns::Remap::spec_maps(&r.ids.gids),
             ));
         }
+        let (mounts, taken) =
+            crate::mounts::for_start(&self.vols, &crate::mounts::of(&c.spec()), &rootfs)?;
+        *c.vols_taken.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+        run.mounts.extend(mounts);
+        // parents before what is mounted inside them
+        run.mounts
+            .sort_by_key(|m| m.destination.split('/').filter(|x| !x.is_empty()).count());
         crate::spec::mkdir_in_root(&rootfs, &run.cwd)?;
         crate::spec::check_command(&rootfs, &run.args, &run.env)?;
         if c.host_config()["Init"].as_bool().unwrap_or(false) {
@@ -951,7 +975,7 @@ impl Containers {
         a.insert("exitCode".into(), code.to_string());
         events.emit("container", "die", &c.id, a);
         if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
-            let _ = self.remove(&c, true, &events).await;
+            let _ = self.remove_with(&c, true, true, &events).await;
             return;
         }
         let st = c.state();
@@ -1301,6 +1325,48 @@ impl Containers {
             let _ = rx.wait_for(|s| s.status != "running").await;
         }
         Ok(true)
+    }
+
+    /// Removes a container; with `volumes`, its anonymous volumes too (`rm -v`, `--rm`)
+    /// unless another container uses them.
+    pub async fn remove_with(
+        &self,
+        c: &Ctr,
+        force: bool,
+        volumes: bool,
+        events: &Events,
+    ) -> Result<(), ApiError> {
+        self.remove(c, force, events).await?;
+        if volumes {
+            for m in crate::mounts::of(&c.spec()) {
+                if m.kind == "volume" && m.anonymous && self.volume_users(&m.name).is_empty() {
+                    if let Err(e) = self.vols.remove(&m.name, &[]) {
+                        tracing::warn!(volume = %m.name, error = %e.message, "removing an anonymous volume");
+                    } else {
+                        events.emit(
+                            "volume",
+                            "destroy",
+                            &m.name,
+                            BTreeMap::from([("driver".to_string(), "local".to_string())]),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Containers (IDs) whose mounts name volume `name`.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|c| {
+                crate::mounts::of(&c.spec())
+                    .iter()
+                    .any(|m| m.kind == "volume" && m.name == name)
+            })
+            .map(|c| c.id.clone())
+            .collect()
     }
 
     pub async fn remove(&self, c: &Ctr, force: bool, events: &Events) -> Result<(), ApiError> {

@@ -15,6 +15,7 @@ pub mod files;
 pub mod health;
 pub mod http;
 pub mod logconfig;
+pub mod mounts;
 pub mod networks;
 pub mod progress;
 pub mod pull;
@@ -26,6 +27,7 @@ pub mod server;
 pub mod spec;
 pub mod stats;
 pub mod userns;
+pub mod volumes;
 
 use anyhow::{bail, Context, Result};
 use berth_image::ImageStore;
@@ -243,8 +245,18 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     };
     let net = Arc::new(networks::Networks::open(db.clone(), &cfg).context("opening the networks")?);
     let containers = Arc::new(
-        containers::Containers::open(db.clone(), &cfg, images.clone(), remap.clone(), net)
-            .context("opening the container store")?,
+        containers::Containers::open(
+            db.clone(),
+            &cfg,
+            images.clone(),
+            remap.clone(),
+            net,
+            Arc::new(
+                volumes::Volumes::open(db.clone(), &cfg.data_root)
+                    .context("opening the volumes")?,
+            ),
+        )
+        .context("opening the container store")?,
     );
     let d = Arc::new(Daemon {
         containers,

@@ -104,6 +104,15 @@ pub fn merge_config(req: &Value, image: &Map<String, Value>) -> Value {
             }
         }
     }
+    // the request's volumes add to the image's
+    if let (Some(img), Some(req_v)) = (
+        image.get("Volumes").and_then(Value::as_object),
+        out.get_mut("Volumes").and_then(Value::as_object_mut),
+    ) {
+        for (k, v) in img {
+            req_v.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     for key in ["ExposedPorts", "Volumes", "Healthcheck", "OnBuild", "Shell"] {
         if out.get(key).is_none_or(Value::is_null) {
             if let Some(v) = image.get(key) {
@@ -342,60 +351,11 @@ pub fn run_spec(
             vec!["rbind".into(), "rprivate".into()]
         },
     };
-    let mut mounts = vec![
+    let mounts = vec![
         bind("/etc/resolv.conf", &dir.join("resolv.conf"), false),
         bind("/etc/hostname", &dir.join("hostname"), false),
         bind("/etc/hosts", &dir.join("hosts"), false),
     ];
-    for b in strings(&hc["Binds"]).unwrap_or_default() {
-        let parts: Vec<&str> = b.split(':').collect();
-        let (src, dst, opts) = match parts.as_slice() {
-            [s, d] => (*s, *d, ""),
-            [s, d, o] => (*s, *d, *o),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid volume specification: '{b}'"
-                )))
-            }
-        };
-        if !src.starts_with('/') {
-            return Err(ApiError::bad_request(format!(
-                "named volumes are not supported yet: '{b}'"
-            )));
-        }
-        if !dst.starts_with('/') {
-            return Err(ApiError::bad_request(format!(
-                "invalid volume specification: '{b}': mount path must be absolute"
-            )));
-        }
-        if !Path::new(src).exists() {
-            std::fs::create_dir_all(src)
-                .map_err(|e| ApiError::bad_request(format!("creating bind source {src}: {e}")))?;
-        }
-        mounts.push(bind(
-            dst,
-            Path::new(src),
-            opts.split(',').any(|o| o == "ro"),
-        ));
-    }
-    if let Some(t) = hc["Tmpfs"].as_object() {
-        for (dest, opts) in t {
-            let mut o: Vec<String> = vec!["nosuid".into(), "nodev".into(), "noexec".into()];
-            o.extend(
-                opts.as_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            );
-            mounts.push(Mount {
-                destination: dest.clone(),
-                kind: "tmpfs".into(),
-                source: "tmpfs".into(),
-                options: o,
-            });
-        }
-    }
     let short = crate::containers::short(&c.id);
     let caps = crate::security::capabilities(&hc)?;
     let privileged = hc["Privileged"].as_bool().unwrap_or(false);

@@ -88,6 +88,11 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL UNIQUE,
         body TEXT NOT NULL
      );",
+    // 6: volumes; body: driver, options, labels, creation time, anonymity
+    "CREATE TABLE volumes (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+     );",
 ];
 
 /// A compressed blob of a layer, known to be in a registry's repository.
@@ -617,6 +622,36 @@ impl Db {
     pub fn delete_network(&self, id: &str) -> Result<()> {
         self.lock()
             .execute("DELETE FROM networks WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Every volume: (name, body).
+    pub fn volumes(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT name, body FROM volumes ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds a volume; false when the name is taken.
+    pub fn insert_volume(&self, name: &str, body: &str) -> Result<bool> {
+        Ok(self.lock().execute(
+            "INSERT OR IGNORE INTO volumes (name, body) VALUES (?1, ?2)",
+            params![name, body],
+        )? > 0)
+    }
+
+    pub fn update_volume(&self, name: &str, body: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE volumes SET body = ?2 WHERE name = ?1",
+            params![name, body],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        self.lock()
+            .execute("DELETE FROM volumes WHERE name = ?1", [name])?;
         Ok(())
     }
 }

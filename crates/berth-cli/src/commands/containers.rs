@@ -51,9 +51,15 @@ pub struct CreateArgs {
     /// Set meta data on a container
     #[arg(short, long = "label")]
     pub label: Vec<String>,
-    /// Bind mount a volume (HOST:CONTAINER[:ro])
+    /// Bind mount a volume
     #[arg(short, long = "volume")]
     pub volume: Vec<String>,
+    /// Attach a filesystem mount to the container
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// Mount volumes from the specified container(s)
+    #[arg(long = "volumes-from")]
+    pub volumes_from: Vec<String>,
     /// Mount a tmpfs directory
     #[arg(long)]
     pub tmpfs: Vec<String>,
@@ -164,7 +170,6 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
         "Labels": labels,
         "HostConfig": {
             "AutoRemove": a.rm,
-            "Binds": a.volume,
             "Tmpfs": tmpfs,
             "ReadonlyRootfs": a.read_only,
             "RestartPolicy": restart,
@@ -214,6 +219,7 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     a.limits.apply(&mut cfg["HostConfig"])?;
     a.run_limits.apply(&mut cfg["HostConfig"])?;
     a.net.apply(&mut cfg)?;
+    super::volume::apply(&mut cfg, &a.volume, &a.mount, &a.volumes_from)?;
     Ok(cfg)
 }
 
@@ -328,7 +334,15 @@ async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<Strin
             .await
             .map_err(fail)?;
     }
-    let body = serde_json::to_vec(&create_body(a)?)?;
+    // a flag the daemon never sees is wrong: 125 for run and create alike, as docker
+    let body = match create_body(a) {
+        Ok(b) => serde_json::to_vec(&b)?,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            eprintln!("See 'berth {} --help'.", if run { "run" } else { "create" });
+            return Err(crate::Exit(125).into());
+        }
+    };
     let mut path = "/containers/create".to_string();
     if let Some(n) = &a.name {
         path.push_str(&format!("?name={}", q(n)));

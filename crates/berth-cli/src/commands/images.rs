@@ -222,9 +222,9 @@ pub async fn image_inspect(c: &Client, a: ImageInspectArgs) -> Result<()> {
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     let kinds: Vec<&str> = match a.kind.as_deref() {
-        None | Some("") => vec!["container", "image", "network"],
-        Some(k @ ("container" | "image" | "network")) => vec![k],
-        Some(k @ ("volume" | "config" | "node" | "plugin" | "secret" | "service" | "task")) => {
+        None | Some("") => vec!["container", "image", "network", "volume"],
+        Some(k @ ("container" | "image" | "network" | "volume")) => vec![k],
+        Some(k @ ("config" | "node" | "plugin" | "secret" | "service" | "task")) => {
             vec![k]
         }
         Some(k) => bail!("\"{k}\" is not a valid value for --type"),
@@ -238,6 +238,7 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
                 "container" => format!("/containers/{n}/json?size={}", a.size),
                 "image" => format!("/images/{n}/json"),
                 "network" => format!("/networks/{}", super::q(n)),
+                "volume" => format!("/volumes/{}", super::q(n)),
                 _ => continue,
             };
             match c.get_json(&path).await {

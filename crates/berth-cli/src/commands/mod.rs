@@ -10,6 +10,7 @@ pub mod registry;
 pub mod stream;
 pub mod system;
 pub mod usage;
+pub mod volume;
 
 use crate::client::Client;
 use anyhow::Result;
@@ -108,6 +109,9 @@ pub enum Cmd {
     Network(network::NetworkCmd),
     /// List port mappings or a specific mapping for the container
     Port(network::PortArgs),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +247,13 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Update(a) | Cmd::Container(ContainerCmd::Update(a)) => usage::update(c, a).await,
         Cmd::Stats(a) | Cmd::Container(ContainerCmd::Stats(a)) => usage::stats(c, a).await,
         Cmd::Port(a) => network::port(c, a).await,
+        Cmd::Volume(v) => match v {
+            volume::VolumeCmd::Create(a) => volume::create(c, a).await,
+            volume::VolumeCmd::Ls(a) => volume::ls(c, a).await,
+            volume::VolumeCmd::Inspect(a) => volume::inspect(c, a).await,
+            volume::VolumeCmd::Rm(a) => volume::rm(c, a).await,
+            volume::VolumeCmd::Prune(a) => volume::prune(c, a).await,
+        },
         Cmd::Network(n) => match n {
             network::NetworkCmd::Create(a) => network::create(c, a).await,
             network::NetworkCmd::Ls(a) => network::ls(c, a).await,

@@ -166,7 +166,7 @@ fn summary(d: &Daemon, c: &Ctr) -> Value {
         "Status": status_text(&s),
         "HostConfig": {"NetworkMode": c.host_config()["NetworkMode"].as_str().filter(|m| !m.is_empty()).unwrap_or("default")},
         "NetworkSettings": {"Networks": settings["Networks"]},
-        "Mounts": [],
+        "Mounts": crate::mounts::inspect_json(&d.containers.vols, &crate::mounts::of(&spec)),
     })
 }
 
@@ -227,7 +227,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "ExecIDs": exec_ids,
         "HostConfig": c.host_config(),
         "GraphDriver": {"Name": d.images.driver().name(), "Data": {"MergedDir": dir.join("rootfs"), "UpperDir": dir.join("upper"), "WorkDir": dir.join("work")}},
-        "Mounts": [],
+        "Mounts": crate::mounts::inspect_json(&d.containers.vols, &crate::mounts::of(&c.spec())),
         "Config": c.config(),
         "NetworkSettings": crate::networks::settings_json(
             &d.containers.net,
@@ -393,6 +393,10 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     warnings.extend(crate::networks::validate(&d.containers.net, &spec, &|n| {
         d.containers.get(n).map(|_| ())
     })?);
+    let mps = crate::mounts::resolve(&spec, &d.containers.vols, &|n| {
+        d.containers.get(n).map(|c| crate::mounts::of(&c.spec()))
+    })?;
+    spec["MountPoints"] = serde_json::to_value(&mps).unwrap_or_default();
     spec["Config"]["Image"] = Value::from(image_name.clone());
     let c = d.containers.create(name.as_deref(), &img.id, spec)?;
     d.events.emit("container", "create", &c.id, attrs(&c));
@@ -471,8 +475,10 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
         }
         (Method::DELETE, "") => {
             let force = ctx.query.bool("force")?;
-            ctx.query.bool("v")?;
-            d.containers.remove(&c, force, &d.events).await?;
+            let volumes = ctx.query.bool("v")?;
+            d.containers
+                .remove_with(&c, force, volumes, &d.events)
+                .await?;
             Ok(status_only(StatusCode::NO_CONTENT))
         }
         (Method::POST, "pause") => {

@@ -9,6 +9,7 @@ pub mod images;
 pub mod networks;
 pub mod stats;
 pub mod system;
+pub mod volumes;
 
 use crate::error::ApiError;
 use crate::http::{error_response, Query, Resp};
@@ -174,10 +175,17 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::GET, "/networks") => networks::list(&d, &ctx),
         (&Method::POST, "/networks/create") => networks::create(&d, ctx).await,
         (&Method::POST, "/networks/prune") => networks::prune(&d, &ctx).await,
+        (&Method::GET, "/volumes") => volumes::list(&d, &ctx),
+        (&Method::POST, "/volumes/create") => volumes::create(&d, ctx).await,
+        (&Method::POST, "/volumes/prune") => volumes::prune(&d, &ctx).await,
 
         _ => {
             if let Some(rest) = path.strip_prefix("/images/") {
                 return image_route(&d, ctx, rest.to_string()).await;
+            }
+            if let Some(rest) = path.strip_prefix("/volumes/") {
+                let rest = rest.to_string();
+                return volumes::route(&d, ctx, &rest).await;
             }
             if let Some(rest) = path.strip_prefix("/networks/") {
                 let rest = rest.to_string();

@@ -318,7 +318,7 @@ pub fn df(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         body.insert("Containers".into(), json!([]));
     }
     if want("volume") {
-        body.insert("Volumes".into(), json!([]));
+        body.insert("Volumes".into(), super::volumes::df(d));
     }
     if want("build-cache") {
         body.insert("BuildCache".into(), json!([]));
