@@ -349,6 +349,15 @@ fn default_bridge_user_networks_dns_and_isolation() {
             ],
         );
         assert_eq!(got.trim(), "hello", "{bin}");
+        // stats count the traffic on its interface
+        let st = d.get_json(&format!(
+            "/containers/web{i}/stats?stream=false&one-shot=true"
+        ));
+        assert!(
+            st["networks"]["eth0"]["tx_bytes"].as_u64().unwrap_or(0) > 0,
+            "{bin}: {}",
+            st["networks"]
+        );
         // network inspect lists the running containers
         let n = d.get_json(&format!("/networks/{front}"));
         assert_eq!(n["Containers"].as_object().unwrap().len(), 1, "{n}");

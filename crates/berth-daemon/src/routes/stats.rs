@@ -22,11 +22,14 @@ fn now() -> String {
 /// running.
 fn read(c: &Ctr, cg: &Cgroup) -> (String, Map<String, Value>) {
     let running = c.state().status == "running" && cg.exists();
-    let fields = if running {
+    let mut fields = if running {
         cg.sample(super::system::mem_total().max(0) as u64)
     } else {
         crate::stats::empty()
     };
+    if let Some(net) = c.state().net.filter(|_| running) {
+        fields.insert("networks".into(), networks(&net));
+    }
     (
         if running {
             now()
@@ -35,6 +38,32 @@ fn read(c: &Ctr, cg: &Cgroup) -> (String, Map<String, Value>) {
         },
         fields,
     )
+}
+
+/// Each interface's counters, as the container sees them: its veth's host side counts
+/// the other way round.
+fn networks(net: &crate::networks::NetState) -> Value {
+    let mut out = Map::new();
+    for e in &net.endpoints {
+        let dir = format!("/sys/class/net/{}/statistics", e.veth);
+        let read = |f: &str| -> u64 {
+            std::fs::read_to_string(format!("{dir}/{f}"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let mut m = Map::new();
+        for (mine, host) in [("rx", "tx"), ("tx", "rx")] {
+            for what in ["bytes", "packets", "errors", "dropped"] {
+                m.insert(
+                    format!("{mine}_{what}"),
+                    json!(read(&format!("{host}_{what}"))),
+                );
+            }
+        }
+        out.insert(e.ifname.clone(), Value::Object(m));
+    }
+    Value::Object(out)
 }
 
 fn message(
