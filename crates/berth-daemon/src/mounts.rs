@@ -344,8 +344,34 @@ pub fn resolve(
     Ok(out)
 }
 
-/// The mount points a container was created with.
+/// The mount points a container was created with. A container made before mount points
+/// were stored has only binds and tmpfs mounts: those, from its request.
 pub fn of(spec: &Value) -> Vec<MountPoint> {
+    if spec["MountPoints"].is_null() {
+        let hc = &spec["HostConfig"];
+        let mut out: Vec<MountPoint> = crate::spec::strings(&hc["Binds"])
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| parse_bind(b).ok())
+            .filter(|m| m.kind == "bind")
+            .collect();
+        for (dest, opts) in hc["Tmpfs"].as_object().into_iter().flatten() {
+            out.push(MountPoint {
+                kind: "tmpfs".into(),
+                destination: dest.clone(),
+                rw: true,
+                tmpfs: opts
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                ..Default::default()
+            });
+        }
+        return out;
+    }
     serde_json::from_value(spec["MountPoints"].clone()).unwrap_or_default()
 }
 
@@ -575,5 +601,70 @@ pub fn for_start(
 pub fn release(vols: &Volumes, taken: &[String]) {
     for n in taken {
         vols.release(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds() {
+        let m = parse_bind("/host:/ctr:ro").unwrap();
+        assert_eq!(
+            (m.kind.as_str(), m.source.as_str(), m.rw),
+            ("bind", "/host", false)
+        );
+        assert_eq!(m.propagation, "rprivate");
+        let m = parse_bind("data:/d:nocopy").unwrap();
+        assert_eq!(
+            (m.kind.as_str(), m.name.as_str(), m.nocopy),
+            ("volume", "data", true)
+        );
+        let m = parse_bind("/only").unwrap();
+        assert!(m.anonymous);
+        for bad in [
+            "a:b:c:d",
+            ":/x",
+            "data:rel",
+            "data:/x:bogus",
+            "/h:/../x",
+            "/h:/",
+        ] {
+            assert!(parse_bind(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_mounts() {
+        let m = parse_mount(&json!({"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 448}})).unwrap();
+        assert_eq!(m.tmpfs, vec!["size=1048576", "mode=700"]);
+        let e =
+            parse_mount(&json!({"Type": "volume", "Target": "/v", "BindOptions": {}})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid mount config for type \"volume\": field BindOptions must not be specified"
+        );
+        let e = parse_mount(&json!({"Type": "volume", "Source": "vol", "Target": "/v", "VolumeOptions": {"Subpath": "/abs"}})).unwrap_err();
+        assert!(
+            e.message.contains("subpath must be a relative path"),
+            "{}",
+            e.message
+        );
+        let e = parse_mount(&json!({"Type": "bind", "Source": "/", "Target": "x"})).unwrap_err();
+        assert!(
+            e.message.contains("mount path must be absolute"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn old_containers_keep_their_binds() {
+        let spec = json!({"HostConfig": {"Binds": ["/a:/b:ro"], "Tmpfs": {"/t": "size=1m"}}});
+        let m = of(&spec);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].source.as_str(), m[0].rw), ("/a", false));
+        assert_eq!(m[1].tmpfs, vec!["size=1m"]);
     }
 }
