@@ -69,6 +69,9 @@ pub struct Flags {
     /// DNS server containers' queries go to (repeatable)
     #[arg(long)]
     pub dns: Vec<String>,
+    /// Where berth's firewall rules go: nftables (default when `nft` is there) or iptables
+    #[arg(long)]
+    pub firewall_backend: Option<String>,
 }
 
 /// The merged configuration the daemon runs with.
@@ -109,6 +112,8 @@ pub struct Config {
     pub bip: Option<(std::net::Ipv4Addr, u8)>,
     /// `bridge`: the default bridge's device (None: "none", no default bridge)
     pub bridge: Option<String>,
+    /// `firewall-backend`: "nftables" or "iptables" (None: whichever is installed)
+    pub firewall_backend: Option<String>,
     /// `default-address-pools`: where networks' subnets come from (base, size)
     pub address_pools: Vec<(berth_network::ipam::Subnet, u8)>,
     /// `dns`, `dns-search`, `dns-opts`: containers' resolver settings
@@ -174,6 +179,7 @@ const APPLIED: &[&str] = &[
     "bip",
     "bridge",
     "default-address-pools",
+    "firewall-backend",
     "dns",
     "dns-opts",
     "dns-search",
@@ -523,7 +529,21 @@ impl Config {
                     .map_err(|_| ConfigError::Invalid(format!("{a} is not an ip address")))?,
             );
         }
+        let firewall_backend = match flags.firewall_backend {
+            Some(b) => Some(b),
+            None => get("firewall-backend")
+                .map(|v| string(v, "firewall-backend"))
+                .transpose()?,
+        };
+        if let Some(b) = &firewall_backend {
+            if !matches!(b.as_str(), "nftables" | "iptables") {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid firewall-backend {b:?}: use nftables or iptables"
+                )));
+            }
+        }
         let cfg = Config {
+            firewall_backend,
             bridge,
             bip,
             address_pools,

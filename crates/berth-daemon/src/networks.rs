@@ -251,8 +251,10 @@ pub struct Networks {
     rules: tokio::sync::Mutex<()>,
     /// why bridge networking is unavailable, if it is
     pub broken: Option<String>,
-    /// the nftables table this daemon owns
+    /// the nftables table this daemon owns (or, with iptables, its chains' prefix)
     table: String,
+    /// None: neither nft nor iptables-restore is installed (no NAT, no published ports)
+    backend: Option<nft::Backend>,
 }
 
 fn now() -> String {
@@ -321,6 +323,11 @@ impl Networks {
             nl: tokio::sync::OnceCell::new(),
             rules: tokio::sync::Mutex::new(()),
             broken: None,
+            backend: match cfg.firewall_backend.as_deref() {
+                Some("iptables") => Some(nft::Backend::Iptables),
+                Some(_) => Some(nft::Backend::Nftables),
+                None => nft::Backend::detect(),
+            },
             table: match cfg.bridge.as_deref() {
                 Some(DEFAULT_BRIDGE) | None => nft::TABLE.to_string(),
                 Some(b) => format!("{}-{b}", nft::TABLE),
@@ -1410,7 +1417,12 @@ impl Networks {
                 .map(|h| h.rule.clone())
                 .collect(),
         };
-        tokio::task::spawn_blocking(move || set.apply())
+        let Some(backend) = self.backend else {
+            return Err(internal(
+                "neither nft (nftables) nor iptables-restore is installed: no NAT or published ports",
+            ));
+        };
+        tokio::task::spawn_blocking(move || set.apply_with(backend))
             .await
             .map_err(internal)?
             .map_err(|e| internal(format!("applying network rules: {e}")))
@@ -1420,8 +1432,10 @@ impl Networks {
     /// containers stay (they keep running).
     pub async fn shutdown(&self, any_running: bool) {
         if !any_running {
-            let t = self.table.clone();
-            let _ = tokio::task::spawn_blocking(move || nft::remove(&t)).await;
+            if let Some(b) = self.backend {
+                let t = self.table.clone();
+                let _ = tokio::task::spawn_blocking(move || nft::remove_with(&t, b)).await;
+            }
         }
     }
 }

@@ -137,25 +137,182 @@ pub fn remove(table: &str) -> io::Result<()> {
     nft(&format!("table inet {table}\ndelete table inet {table}\n"))
 }
 
-fn nft(script: &str) -> io::Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+/// Where the rules go: nftables, or (hosts without `nft`) iptables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl Backend {
+    /// `nftables` when the `nft` program is there, else `iptables` when
+    /// `iptables-restore` is; None when neither is.
+    pub fn detect() -> Option<Backend> {
+        let found = |p: &str| {
+            std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+        };
+        if found("nft") {
+            Some(Backend::Nftables)
+        } else if found("iptables-restore") {
+            Some(Backend::Iptables)
+        } else {
+            None
+        }
+    }
+}
+
+/// The iptables chains of a table name (`berth` → `BERTH-…`).
+fn chain_prefix(table: &str) -> String {
+    table.to_uppercase()
+}
+
+/// (table, built-in chain, berth's chain suffix) of the jumps into berth's chains.
+const JUMPS: &[(&str, &str, &str)] = &[
+    ("nat", "PREROUTING", "PRE"),
+    ("nat", "OUTPUT", "OUT"),
+    ("nat", "POSTROUTING", "POST"),
+    ("filter", "FORWARD", "FWD"),
+];
+
+impl Ruleset {
+    /// The same rules as [`Ruleset::script`], for `iptables-restore --noflush`: berth's own
+    /// chains, each declared (so emptied) and refilled in one commit per table.
+    pub fn iptables_script(&self) -> String {
+        let p = chain_prefix(&self.table);
+        let mut s = String::new();
+        let _ = writeln!(s, "*nat");
+        for c in ["PORTS", "PRE", "OUT", "POST"] {
+            let _ = writeln!(s, ":{p}-{c} - [0:0]");
+        }
+        let _ = writeln!(s, "-A {p}-PRE -m addrtype --dst-type LOCAL -j {p}-PORTS");
+        let _ = writeln!(s, "-A {p}-OUT -m addrtype --dst-type LOCAL -j {p}-PORTS");
+        for r in &self.ports {
+            let dst = r
+                .host_ip
+                .map(|ip| format!("-d {ip}/32 "))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "-A {p}-PORTS {dst}-p {0} -m {0} --dport {1} -j DNAT --to-destination {2}:{3}",
+                r.proto, r.host_port, r.ip, r.port
+            );
+        }
+        for b in &self.bridges {
+            let br = &b.bridge;
+            let _ = writeln!(s, "-A {p}-POST -s 127.0.0.0/8 -o {br} -j MASQUERADE");
+            let _ = writeln!(
+                s,
+                "-A {p}-POST -s {0} -d {0} -o {br} -m conntrack --ctstate DNAT -j MASQUERADE",
+                b.subnet
+            );
+            if b.masquerade && !b.internal {
+                let _ = writeln!(s, "-A {p}-POST -s {} ! -o {br} -j MASQUERADE", b.subnet);
+            }
+        }
+        let _ = writeln!(s, "COMMIT\n*filter\n:{p}-FWD - [0:0]");
+        for b in self.bridges.iter().filter(|b| b.internal) {
+            let br = &b.bridge;
+            let _ = writeln!(s, "-A {p}-FWD -i {br} ! -o {br} -j DROP");
+            let _ = writeln!(s, "-A {p}-FWD -o {br} ! -i {br} -j DROP");
+        }
+        if !self.bridges.is_empty() {
+            let _ = writeln!(s, "-A {p}-FWD -m conntrack --ctstate DNAT -j ACCEPT");
+            for a in &self.bridges {
+                for b in self.bridges.iter().filter(|b| b.bridge != a.bridge) {
+                    let _ = writeln!(s, "-A {p}-FWD -i {} -o {} -j DROP", a.bridge, b.bridge);
+                }
+            }
+        }
+        let _ = writeln!(s, "COMMIT");
+        s
+    }
+
+    /// Replaces berth's rules through `backend`.
+    pub fn apply_with(&self, backend: Backend) -> io::Result<()> {
+        match backend {
+            Backend::Nftables => self.apply(),
+            Backend::Iptables => {
+                run_stdin("iptables-restore", &["--noflush"], &self.iptables_script())?;
+                let p = chain_prefix(&self.table);
+                for (t, builtin, c) in JUMPS {
+                    let chain = format!("{p}-{c}");
+                    let has = Command::new("iptables")
+                        .args(["-w", "-t", t, "-C", builtin, "-j", &chain])
+                        .stderr(Stdio::null())
+                        .status()?
+                        .success();
+                    if !has {
+                        run_stdin(
+                            "iptables",
+                            &["-w", "-t", t, "-I", builtin, "-j", &chain],
+                            "",
+                        )?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Removes berth's rules of `table` from `backend`.
+pub fn remove_with(table: &str, backend: Backend) -> io::Result<()> {
+    match backend {
+        Backend::Nftables => remove(table),
+        Backend::Iptables => {
+            let p = chain_prefix(table);
+            for (t, builtin, c) in JUMPS {
+                let chain = format!("{p}-{c}");
+                while Command::new("iptables")
+                    .args(["-w", "-t", t, "-D", builtin, "-j", &chain])
+                    .stderr(Stdio::null())
+                    .status()?
+                    .success()
+                {}
+            }
+            for (t, chains) in [
+                ("nat", &["PRE", "OUT", "POST", "PORTS"][..]),
+                ("filter", &["FWD"][..]),
+            ] {
+                for c in chains {
+                    let chain = format!("{p}-{c}");
+                    for op in ["-F", "-X"] {
+                        let _ = Command::new("iptables")
+                            .args(["-w", "-t", t, op, &chain])
+                            .stderr(Stdio::null())
+                            .status();
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_stdin(prog: &str, args: &[&str], input: &str) -> io::Result<()> {
+    let mut child = Command::new(prog)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("running nft: {e}")))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("running {prog}: {e}")))?;
     if let Some(mut i) = child.stdin.take() {
-        i.write_all(script.as_bytes())?;
+        i.write_all(input.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
-            "nft: {}",
+            "{prog}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())
+}
+
+fn nft(script: &str) -> io::Result<()> {
+    run_stdin("nft", &["-f", "-"], script)
 }
 
 #[cfg(test)]
@@ -197,5 +354,17 @@ mod tests {
         assert!(s.contains("iifname \"br-inner\" oifname != \"br-inner\" drop"));
         assert!(s.contains("iifname \"berth0\" oifname @bridges oifname != \"berth0\" drop"));
         assert_eq!(s.matches('{').count(), s.matches('}').count());
+        let ipt = r.iptables_script();
+        assert!(ipt.starts_with("*nat\n:BERTH-PORTS - [0:0]\n"), "{ipt}");
+        assert!(ipt.contains("-A BERTH-PORTS -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.210.0.2:80"), "{ipt}");
+        assert!(
+            ipt.contains("-A BERTH-FWD -i br-inner ! -o br-inner -j DROP"),
+            "{ipt}"
+        );
+        assert!(
+            ipt.contains("-A BERTH-FWD -i berth0 -o br-inner -j DROP"),
+            "{ipt}"
+        );
+        assert_eq!(ipt.matches("COMMIT").count(), 2);
     }
 }

@@ -763,3 +763,67 @@ fn other_names_go_to_the_daemons_resolvers_and_a_crash_is_swept() {
         "127.0.0.77:53",
     );
 }
+
+#[test]
+fn published_ports_through_iptables() {
+    let _serial = serial();
+    if skip_unless_root("published_ports_through_iptables") {
+        return;
+    }
+    if !have("iptables-restore") {
+        eprintln!("skipping: iptables is needed");
+        return;
+    }
+    let tables_before = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut d = Daemon::start_with(&["--firewall-backend", "iptables"]);
+    d.import(&busybox_tar(), "bb:latest");
+    let chains = format!("BERTH-{}", d.bridge().to_uppercase());
+    let p = free_port();
+    web(
+        &d,
+        berth_bin(),
+        &["-p", &format!("{p}:80")],
+        "ipt",
+        "via-iptables",
+    );
+    assert_eq!(
+        get(&format!("127.0.0.1:{p}")).as_deref(),
+        Some("via-iptables")
+    );
+    let nat = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    let nat = String::from_utf8_lossy(&nat.stdout).into_owned();
+    assert!(
+        nat.contains(&format!(
+            "-A {chains}-PORTS -p tcp -m tcp --dport {p} -j DNAT"
+        )),
+        "{nat}"
+    );
+    assert!(
+        nat.contains(&format!("-A PREROUTING -j {chains}-PRE")),
+        "{nat}"
+    );
+    ok(d.berth(&["rm", "-f", "ipt"]));
+    assert_eq!(get(&format!("127.0.0.1:{p}")), None);
+    d.stop();
+    // berthd's chains and jumps are gone with it
+    let all = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert!(!all.contains(&chains), "{all}");
+    // the iptables tables iptables-nft made for them, if there were none before
+    for t in ["nat", "filter"] {
+        if !tables_before.contains(&format!("table ip {t}\n")) {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "ip", t])
+                .status();
+        }
+    }
+}
