@@ -186,6 +186,20 @@ impl Format {
     }
 }
 
+/// Labels as `ls` tables show them: `k=v,k2=v2`, sorted.
+pub fn labels_text(labels: &Value) -> String {
+    let mut all: Vec<String> = labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    all.sort();
+    all.join(",")
+}
+
 /// JSON indented with four spaces, as `docker inspect` prints it.
 pub fn indent_json(v: &Value) -> String {
     let mut buf = Vec::new();

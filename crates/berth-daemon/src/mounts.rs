@@ -46,6 +46,23 @@ pub struct MountPoint {
     pub from_binds: bool,
 }
 
+/// A tmpfs at `destination` with `--tmpfs`'s comma-separated options.
+fn tmpfs_point(destination: String, opts: &Value) -> MountPoint {
+    MountPoint {
+        kind: "tmpfs".into(),
+        destination,
+        rw: true,
+        tmpfs: opts
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        ..Default::default()
+    }
+}
+
 fn bad(m: impl Into<String>) -> ApiError {
     ApiError::bad_request(m)
 }
@@ -270,21 +287,10 @@ pub fn resolve(
     }
     if let Some(t) = hc["Tmpfs"].as_object() {
         for (dest, opts) in t {
-            let destination = check_target("tmpfs", dest, dest)?;
-            let m = MountPoint {
-                kind: "tmpfs".into(),
-                destination,
-                rw: true,
-                tmpfs: opts
-                    .as_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                ..Default::default()
-            };
-            add(m, &mut out)?;
+            add(
+                tmpfs_point(check_target("tmpfs", dest, dest)?, opts),
+                &mut out,
+            )?;
         }
     }
     // --volumes-from NAME[:ro|:rw]: its mounts, unless this container mounts there itself
@@ -356,19 +362,7 @@ pub fn of(spec: &Value) -> Vec<MountPoint> {
             .filter(|m| m.kind == "bind")
             .collect();
         for (dest, opts) in hc["Tmpfs"].as_object().into_iter().flatten() {
-            out.push(MountPoint {
-                kind: "tmpfs".into(),
-                destination: dest.clone(),
-                rw: true,
-                tmpfs: opts
-                    .as_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                ..Default::default()
-            });
+            out.push(tmpfs_point(dest.clone(), opts));
         }
         return out;
     }

@@ -700,17 +700,7 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
             .filter_map(Value::as_str)
             .map(|n| n.trim_start_matches('/').to_string())
             .collect();
-        let labels: Vec<String> = ct["Labels"]
-            .as_object()
-            .map(|m| {
-                let mut v: Vec<String> = m
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect();
-                v.sort();
-                v
-            })
-            .unwrap_or_default();
+        let labels = crate::format::labels_text(&ct["Labels"]);
         rows.push(row(vec![
             (
                 "ID",
@@ -741,7 +731,7 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<()> {
             ("State", ct["State"].clone()),
             ("Ports", json!(super::network::ports_text(&ct["Ports"]))),
             ("Names", json!(names.join(","))),
-            ("Labels", json!(labels.join(","))),
+            ("Labels", json!(labels)),
             ("Size", json!(size_text(ct))),
             (
                 "Networks",

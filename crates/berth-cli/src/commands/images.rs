@@ -203,16 +203,27 @@ fn is_not_found(e: &anyhow::Error) -> bool {
 }
 
 pub async fn image_inspect(c: &Client, a: ImageInspectArgs) -> Result<()> {
+    let paths: Vec<String> = a
+        .images
+        .iter()
+        .map(|n| format!("/images/{n}/json"))
+        .collect();
+    inspect_paths(c, &paths, a.format.as_deref()).await
+}
+
+/// `X inspect`: each object's JSON, printed as docker does; the first error after the
+/// objects that were found.
+pub async fn inspect_paths(c: &Client, paths: &[String], format: Option<&str>) -> Result<()> {
     let mut objs = Vec::new();
     let mut errors = Vec::new();
-    for n in &a.images {
-        match c.get_json(&format!("/images/{}/json", n)).await {
+    for p in paths {
+        match c.get_json(p).await {
             Ok(v) => objs.push(v),
             Err(e) => errors.push(e),
         }
     }
-    if !objs.is_empty() || a.format.is_none() {
-        print_inspected(&objs, a.format.as_deref())?;
+    if !objs.is_empty() || format.is_none() {
+        print_inspected(&objs, format)?;
     }
     if let Some(e) = errors.into_iter().next() {
         return Err(e);

@@ -347,15 +347,7 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
         .iter()
         .map(|n| {
             let id = n["Id"].as_str().unwrap_or_default();
-            let labels = n["Labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let labels = crate::format::labels_text(&n["Labels"]);
             json!({
                 "ID": if a.no_trunc { id.to_string() } else { id.chars().take(12).collect() },
                 "Name": n["Name"],
@@ -397,21 +389,12 @@ pub struct InspectArgs {
 }
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
-    let mut objs = Vec::new();
-    let mut errors = Vec::new();
-    for n in &a.networks {
-        match c.get_json(&format!("/networks/{}", q(n))).await {
-            Ok(v) => objs.push(v),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !objs.is_empty() || a.format.is_none() {
-        super::images::print_inspected(&objs, a.format.as_deref())?;
-    }
-    if let Some(e) = errors.into_iter().next() {
-        return Err(e);
-    }
-    Ok(())
+    let paths: Vec<String> = a
+        .networks
+        .iter()
+        .map(|n| format!("/networks/{}", q(n)))
+        .collect();
+    super::images::inspect_paths(c, &paths, a.format.as_deref()).await
 }
 
 #[derive(Debug, Args)]

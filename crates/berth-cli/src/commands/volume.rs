@@ -288,15 +288,7 @@ pub async fn ls(c: &Client, a: LsArgs) -> Result<()> {
     let rows: Vec<Value> = vols
         .iter()
         .map(|x| {
-            let labels = x["Labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let labels = crate::format::labels_text(&x["Labels"]);
             json!({
                 "Name": x["Name"], "Driver": x["Driver"], "Scope": x["Scope"],
                 "Mountpoint": x["Mountpoint"], "Labels": labels,
@@ -320,21 +312,12 @@ pub struct InspectArgs {
 }
 
 pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
-    let mut objs = Vec::new();
-    let mut errors = Vec::new();
-    for n in &a.volumes {
-        match c.get_json(&format!("/volumes/{}", q(n))).await {
-            Ok(v) => objs.push(v),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !objs.is_empty() || a.format.is_none() {
-        super::images::print_inspected(&objs, a.format.as_deref())?;
-    }
-    if let Some(e) = errors.into_iter().next() {
-        return Err(e);
-    }
-    Ok(())
+    let paths: Vec<String> = a
+        .volumes
+        .iter()
+        .map(|n| format!("/volumes/{}", q(n)))
+        .collect();
+    super::images::inspect_paths(c, &paths, a.format.as_deref()).await
 }
 
 #[derive(Debug, Args)]
