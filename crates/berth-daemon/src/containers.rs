@@ -875,7 +875,28 @@ impl Containers {
         run.mounts
             .sort_by_key(|m| m.destination.split('/').filter(|x| !x.is_empty()).count());
         crate::spec::mkdir_in_root(&rootfs, &run.cwd)?;
-        crate::spec::check_command(&rootfs, &run.args, &run.env)?;
+        // a command a mount brings (a bind of a host directory) is the runtime's to find
+        let under_mount = |p: &str| {
+            run.mounts.iter().any(|m| {
+                let d = m.destination.trim_end_matches('/');
+                p == d || p.starts_with(&format!("{d}/"))
+            })
+        };
+        let path_var = run
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or_default()
+            .to_string();
+        let cmd = run.args.first().cloned().unwrap_or_default();
+        let brought = if cmd.contains('/') {
+            under_mount(&cmd)
+        } else {
+            path_var.split(':').any(under_mount)
+        };
+        if !brought {
+            crate::spec::check_command(&rootfs, &run.args, &run.env)?;
+        }
         if c.host_config()["Init"].as_bool().unwrap_or(false) {
             // our init as PID 1, at the path Docker's init has
             run.args

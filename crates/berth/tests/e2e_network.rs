@@ -161,6 +161,61 @@ fn default_bridge_user_networks_dns_and_isolation() {
         assert_eq!(out.lines().count(), 1, "{bin}: {out}");
         assert!(out.contains("lo:"), "{bin}: {out}");
     }
+    // --gateway and --ip-range; --dns on the default bridge goes into resolv.conf
+    let sub = format!("10.216.{}", d.slot % 250);
+    for bin in clis() {
+        sh(
+            &d,
+            &bin,
+            &[
+                "network",
+                "create",
+                "--subnet",
+                &format!("{sub}.0/24"),
+                "--gateway",
+                &format!("{sub}.254"),
+                "--ip-range",
+                &format!("{sub}.128/25"),
+                "ranged",
+            ],
+        );
+        let out = sh(
+            &d,
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "ranged",
+                "bb",
+                "sh",
+                "-c",
+                "busybox ip -o -4 addr show eth0; busybox ip route",
+            ],
+        );
+        assert!(out.contains(&format!("inet {sub}.128/24")), "{bin}: {out}");
+        assert!(
+            out.contains(&format!("default via {sub}.254")),
+            "{bin}: {out}"
+        );
+        let n = d.get_json("/networks/ranged");
+        assert_eq!(n["IPAM"]["Config"][0]["IPRange"], format!("{sub}.128/25"));
+        sh(&d, &bin, &["network", "rm", "ranged"]);
+        let resolv = sh(
+            &d,
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--dns",
+                "10.9.8.7",
+                "bb",
+                "cat",
+                "/etc/resolv.conf",
+            ],
+        );
+        assert!(resolv.contains("nameserver 10.9.8.7"), "{bin}: {resolv}");
+    }
     // user networks: names and aliases resolve; other networks are apart
     for (i, bin) in clis().iter().enumerate() {
         let (front, back) = (format!("front{i}"), format!("back{i}"));
@@ -531,8 +586,82 @@ fn published_ports() {
         assert_eq!(st["NetworkSettings"]["IPAddress"], "", "{bin}");
         sh(&d, &bin, &["rm", "-f", "busy"]);
     }
+    // UDP: an echo server (a static program the test builds) behind -p .../udp
+    if have("gcc") {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("udpecho.c"), UDP_ECHO).unwrap();
+        let built = std::process::Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(dir.path().join("udpecho"))
+            .arg(dir.path().join("udpecho.c"))
+            .status()
+            .unwrap();
+        assert!(built.success());
+        let p = free_port();
+        for bin in clis() {
+            sh(
+                &d,
+                &bin,
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    "udp",
+                    "-v",
+                    &format!("{}:/t:ro", dir.path().display()),
+                    "-p",
+                    &format!("127.0.0.1:{p}:9999/udp"),
+                    "bb",
+                    "/t/udpecho",
+                    "9999",
+                ],
+            );
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            let mut got = None;
+            for _ in 0..10 {
+                s.send_to(b"hello-udp", ("127.0.0.1", p)).unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got = Some(buf[..n].to_vec());
+                    break;
+                }
+            }
+            assert_eq!(got.as_deref(), Some(&b"hello-udp"[..]), "{bin}");
+            let ports = sh(&d, &bin, &["port", "udp"]);
+            assert!(
+                ports.contains(&format!("9999/udp -> 127.0.0.1:{p}")),
+                "{bin}: {ports}"
+            );
+            sh(&d, &bin, &["rm", "-f", "udp"]);
+        }
+    }
     no_stale_links(&d, &before);
 }
+
+/// A UDP echo server, built static by the test (busybox has none).
+const UDP_ECHO: &str = r#"
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[1]));
+    if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) return 1;
+    char buf[512];
+    for (;;) {
+        struct sockaddr_in p;
+        socklen_t l = sizeof p;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&p, &l);
+        if (n > 0) sendto(s, buf, n, 0, (struct sockaddr *)&p, l);
+    }
+}
+"#;
 
 #[test]
 fn bad_network_input() {

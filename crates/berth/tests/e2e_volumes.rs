@@ -186,6 +186,43 @@ fn named_bind_tmpfs_and_anonymous_volumes() {
             "{bin}: --rm removed it"
         );
     }
+    // ls filters
+    ok(d.berth(&["volume", "create", "--label", "team=a", "lab1"]));
+    ok(d.berth(&["volume", "create", "lab2"]));
+    ok(d.berth(&[
+        "create",
+        "--name",
+        "user2",
+        "--network",
+        "none",
+        "-v",
+        "lab2:/x",
+        "bb",
+        "true",
+    ]));
+    for bin in clis() {
+        let out = sh(
+            &d,
+            &bin,
+            &["volume", "ls", "-q", "--filter", "label=team=a"],
+        );
+        assert_eq!(out.trim(), "lab1", "{bin}");
+        let out = sh(
+            &d,
+            &bin,
+            &[
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                "dangling=true",
+                "--filter",
+                "name=lab",
+            ],
+        );
+        assert_eq!(out.trim(), "lab1", "{bin}: lab2 is used");
+    }
+    ok(d.berth(&["rm", "user2"]));
     // prune: anonymous unused ones by default, named ones with -a
     ok(d.berth(&["volume", "create", "keepme"]));
     ok(d.berth(&[
