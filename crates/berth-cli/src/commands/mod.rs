@@ -266,6 +266,42 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
     }
 }
 
+/// `X rm NAME…`: DELETE each (name, path), printing the name, or the error (then exit 1
+/// at the end); with `ignore_missing`, a 404 is no error.
+pub async fn remove_each(
+    c: &Client,
+    items: &[(String, String)],
+    ignore_missing: bool,
+) -> Result<()> {
+    let mut failed = false;
+    for (name, path) in items {
+        match c
+            .request(
+                http::Method::DELETE,
+                path,
+                crate::client::ReqBody::Empty,
+                &[],
+            )
+            .await
+        {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                let missing = e
+                    .downcast_ref::<crate::client::DaemonError>()
+                    .is_some_and(|d| d.status == http::StatusCode::NOT_FOUND);
+                if !(ignore_missing && missing) {
+                    eprintln!("{e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if failed {
+        return Err(crate::Exit(1).into());
+    }
+    Ok(())
+}
+
 /// Percent-encodes a query value.
 pub fn q(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect()

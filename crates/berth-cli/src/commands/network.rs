@@ -407,33 +407,12 @@ pub struct RmArgs {
 }
 
 pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
-    let mut failed = None;
-    for n in &a.networks {
-        match c
-            .request(
-                Method::DELETE,
-                &format!("/networks/{}", q(n)),
-                ReqBody::Empty,
-                &[],
-            )
-            .await
-        {
-            Ok(_) => println!("{n}"),
-            Err(e) => {
-                let missing = e
-                    .downcast_ref::<crate::client::DaemonError>()
-                    .is_some_and(|d| d.status == http::StatusCode::NOT_FOUND);
-                if !(a.force && missing) {
-                    eprintln!("{e}");
-                    failed = Some(());
-                }
-            }
-        }
-    }
-    if failed.is_some() {
-        return Err(crate::Exit(1).into());
-    }
-    Ok(())
+    let paths: Vec<(String, String)> = a
+        .networks
+        .iter()
+        .map(|n| (n.clone(), format!("/networks/{}", q(n))))
+        .collect();
+    super::remove_each(c, &paths, a.force).await
 }
 
 #[derive(Debug, Args)]

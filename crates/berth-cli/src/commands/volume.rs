@@ -330,21 +330,12 @@ pub struct RmArgs {
 }
 
 pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
-    let mut failed = false;
-    for n in &a.volumes {
-        let path = format!("/volumes/{}?force={}", q(n), a.force);
-        match c.request(Method::DELETE, &path, ReqBody::Empty, &[]).await {
-            Ok(_) => println!("{n}"),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(crate::Exit(1).into());
-    }
-    Ok(())
+    let paths: Vec<(String, String)> = a
+        .volumes
+        .iter()
+        .map(|n| (n.clone(), format!("/volumes/{}?force={}", q(n), a.force)))
+        .collect();
+    super::remove_each(c, &paths, false).await
 }
 
 #[derive(Debug, Args)]
