@@ -44,7 +44,11 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dockerfile parse error on line {}: {}", self.line, self.message)
+        write!(
+            f,
+            "dockerfile parse error on line {}: {}",
+            self.line, self.message
+        )
     }
 }
 
@@ -126,6 +130,10 @@ fn directive(line: &str) -> Option<(String, String)> {
     Some((k.to_ascii_lowercase(), v.trim().to_string()))
 }
 
+fn bad_escape(v: &str) -> String {
+    format!("invalid escape token '{v}' does not validate as a single character")
+}
+
 fn is_comment(line: &str) -> bool {
     line.trim_start().starts_with('#')
 }
@@ -148,19 +156,17 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
             break;
         };
         if seen.contains(&k) {
-            return Err(err(i + 1, format!("only one {k} parser directive can be used")));
+            return Err(err(
+                i + 1,
+                format!("only one {k} parser directive can be used"),
+            ));
         }
         match k.as_str() {
             "escape" => {
                 escape = match v.as_str() {
                     "\\" => '\\',
                     "`" => '`',
-                    _ => {
-                        return Err(err(
-                            i + 1,
-                            format!("invalid escape token '{v}' does not validate as a single character"),
-                        ))
-                    }
+                    _ => return Err(err(i + 1, bad_escape(&v))),
                 }
             }
             "syntax" => {
@@ -224,7 +230,11 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
                 while i < lines.len() {
                     let raw = lines[i];
                     i += 1;
-                    let l = if strip { raw.trim_start_matches('\t') } else { raw };
+                    let l = if strip {
+                        raw.trim_start_matches('\t')
+                    } else {
+                        raw
+                    };
                     if l == name {
                         closed = true;
                         break;
@@ -388,7 +398,10 @@ mod tests {
         assert_eq!(i[1].cmd, "RUN");
         assert_eq!(i[1].args, Args::Shell("echo a   && echo b".into()));
         assert_eq!((i[1].line, i[1].end_line), (6, 8));
-        assert_eq!(i[2].args, Args::Exec(vec!["sh".into(), "-c".into(), "echo hi".into()]));
+        assert_eq!(
+            i[2].args,
+            Args::Exec(vec!["sh".into(), "-c".into(), "echo hi".into()])
+        );
         assert_eq!(i[3].args, Args::Shell("[not json".into()));
         assert_eq!(i[4].flag("chown"), Some("1:2"));
         assert_eq!(i[4].flag("from"), Some("base"));
@@ -398,7 +411,8 @@ mod tests {
 
     #[test]
     fn heredocs_and_escape_directive() {
-        let df = parse("FROM x\nRUN <<EOF\necho $A\nEOF\nCOPY <<-'END' /f\n\tliteral $A\n\tEND\n").unwrap();
+        let df = parse("FROM x\nRUN <<EOF\necho $A\nEOF\nCOPY <<-'END' /f\n\tliteral $A\n\tEND\n")
+            .unwrap();
         let r = &df.instructions[1];
         assert_eq!(r.heredocs[0].content, "echo $A\n");
         assert!(r.heredocs[0].expand);
@@ -413,12 +427,18 @@ mod tests {
     #[test]
     fn errors_carry_their_line() {
         let e = parse("FROM x\n\nFOO bar\n").unwrap_err();
-        assert_eq!(e.to_string(), "dockerfile parse error on line 3: unknown instruction: FOO");
+        assert_eq!(
+            e.to_string(),
+            "dockerfile parse error on line 3: unknown instruction: FOO"
+        );
         let e = parse("FROM x\nRUN <<EOF\necho\n").unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("unterminated heredoc"));
         let e = parse("FROM x\nCOPY\n").unwrap_err();
-        assert_eq!(e.to_string(), "dockerfile parse error on line 2: COPY requires at least one argument");
+        assert_eq!(
+            e.to_string(),
+            "dockerfile parse error on line 2: COPY requires at least one argument"
+        );
         let e = parse("# escape=x\nFROM y\n").unwrap_err();
         assert!(e.message.contains("invalid escape token"));
         let e = parse("FROM x\nONBUILD FROM y\n").unwrap_err();

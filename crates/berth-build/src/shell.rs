@@ -319,7 +319,11 @@ pub fn pairs(
             None if !legacy => {
                 out.push((expand(&w, vars, escape).map_err(|e| e.to_string())?, None));
             }
-            None => return Err(format!("syntax error - can't find = in {w:?}. Must be of the form: name=value")),
+            None => {
+                return Err(format!(
+                    "syntax error - can't find = in {w:?}. Must be of the form: name=value"
+                ))
+            }
         }
     }
     Ok(out)
@@ -365,7 +369,10 @@ mod tests {
         );
         assert_eq!(expand("${HOME", &env, '\\'), Err(ShellError::Brace));
         assert_eq!(expand("'open", &env, '\\'), Err(ShellError::Quote));
-        assert_eq!(expand("${HOME:=x}", &env, '\\'), Err(ShellError::Modifier(":=".into())));
+        assert_eq!(
+            expand("${HOME:=x}", &env, '\\'),
+            Err(ShellError::Modifier(":=".into()))
+        );
         // the backtick escape
         assert_eq!(expand("a`$HOME", &env, '`').unwrap(), "a$HOME");
     }
