@@ -72,6 +72,9 @@ pub struct Flags {
     /// Where berth's firewall rules go: nftables (default when `nft` is there) or iptables
     #[arg(long)]
     pub firewall_backend: Option<String>,
+    /// Turn on the host's IPv4 forwarding, so containers reach other networks (default true)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_forward: Option<bool>,
 }
 
 /// The merged configuration the daemon runs with.
@@ -114,6 +117,8 @@ pub struct Config {
     pub bridge: Option<String>,
     /// `firewall-backend`: "nftables" or "iptables" (None: whichever is installed)
     pub firewall_backend: Option<String>,
+    /// `ip-forward`: berthd turns on net.ipv4.ip_forward (as dockerd)
+    pub ip_forward: bool,
     /// `default-address-pools`: where networks' subnets come from (base, size)
     pub address_pools: Vec<(berth_network::ipam::Subnet, u8)>,
     /// `dns`, `dns-search`, `dns-opts`: containers' resolver settings
@@ -180,6 +185,7 @@ const APPLIED: &[&str] = &[
     "bridge",
     "default-address-pools",
     "firewall-backend",
+    "ip-forward",
     "dns",
     "dns-opts",
     "dns-search",
@@ -213,7 +219,6 @@ const ACCEPTED: &[&str] = &[
     "init",
     "init-path",
     "ip",
-    "ip-forward",
     "ip-masq",
     "ip6tables",
     "iptables",
@@ -542,7 +547,15 @@ impl Config {
                 )));
             }
         }
+        let ip_forward = match flags.ip_forward {
+            Some(b) => b,
+            None => get("ip-forward")
+                .map(|v| boolean(v, "ip-forward"))
+                .transpose()?
+                .unwrap_or(true),
+        };
         let cfg = Config {
+            ip_forward,
             firewall_backend,
             bridge,
             bip,
@@ -660,6 +673,37 @@ mod tests {
         let mut v = vec!["berthd"];
         v.extend_from_slice(args);
         Flags::parse_from(v)
+    }
+
+    #[test]
+    fn networking_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("daemon.json");
+        std::fs::write(
+            &p,
+            r#"{"ip-forward": false, "bip": "10.9.0.1/24", "dns": ["10.1.1.1"], "default-address-pools": [{"base": "10.220.0.0/16", "size": 24}]}"#,
+        )
+        .unwrap();
+        let c = Config::load(flags(&["--config-file", p.to_str().unwrap()])).unwrap();
+        assert!(!c.ip_forward);
+        assert_eq!(c.bip, Some(("10.9.0.1".parse().unwrap(), 24)));
+        assert_eq!(c.dns, vec!["10.1.1.1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(c.address_pools[0].1, 24);
+        assert_eq!(c.bridge.as_deref(), Some("berth0"));
+        let c = Config::load(flags(&[
+            "--config-file",
+            "/dev/null",
+            "--ip-forward=false",
+            "-b",
+            "none",
+        ]))
+        .unwrap();
+        assert!(!c.ip_forward);
+        assert_eq!(c.bridge, None);
+        let c = Config::load(flags(&["--config-file", "/dev/null"])).unwrap();
+        assert!(c.ip_forward);
+        std::fs::write(&p, r#"{"firewall-backend": "ipchains"}"#).unwrap();
+        assert!(Config::load(flags(&["--config-file", p.to_str().unwrap()])).is_err());
     }
 
     #[test]

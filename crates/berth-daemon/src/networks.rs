@@ -255,6 +255,7 @@ pub struct Networks {
     table: String,
     /// None: neither nft nor iptables-restore is installed (no NAT, no published ports)
     backend: Option<nft::Backend>,
+    ip_forward: bool,
 }
 
 fn now() -> String {
@@ -323,6 +324,7 @@ impl Networks {
             nl: tokio::sync::OnceCell::new(),
             rules: tokio::sync::Mutex::new(()),
             broken: None,
+            ip_forward: cfg.ip_forward,
             backend: match cfg.firewall_backend.as_deref() {
                 Some("iptables") => Some(nft::Backend::Iptables),
                 Some(_) => Some(nft::Backend::Nftables),
@@ -437,7 +439,9 @@ impl Networks {
     /// At daemon start: every network's bridge and DNS server, the sweep of what a
     /// crash left (namespaces and veths of containers not in `running`), and the rules.
     pub async fn setup(&self, running: &[(String, String, NetState)]) {
-        set_sysctl("/proc/sys/net/ipv4/ip_forward", "1");
+        if self.ip_forward {
+            set_sysctl("/proc/sys/net/ipv4/ip_forward", "1");
+        }
         for n in self.all() {
             if let Err(e) = self.bring_up(&n).await {
                 tracing::warn!(network = %n.cfg.name, error = %e.message, "bringing up a network");

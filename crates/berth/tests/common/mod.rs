@@ -148,6 +148,10 @@ impl Daemon {
             c.arg("--default-address-pool")
                 .arg(format!("base=10.214.{}.0/24,size=28", self.slot % 250));
         }
+        if !has("--ip-forward") {
+            // the host's forwarding setting is not the tests' to change
+            c.arg("--ip-forward=false");
+        }
         if !has("--dns") {
             // queries for names no container has go nowhere off this machine
             c.arg("--dns").arg("127.0.0.1");
