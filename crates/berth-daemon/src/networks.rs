@@ -28,7 +28,8 @@ pub const DEFAULT_BRIDGE: &str = "berth0";
 /// 172.17.0.0/16 (and its 172.18-31 and 192.168 pools) and Podman's 10.88.0.0/16.
 const DEFAULT_POOL: &str = "10.210.0.0/16";
 const DEFAULT_POOL_SIZE: u8 = 24;
-/// Host-side veth names: this prefix, the container's ID start and the network's slot.
+/// Host-side veth names: this prefix, the container's ID start and the network's slot
+/// (and the daemon's mark as alias, see `Networks::owner`).
 const VETH_PREFIX: &str = "bv";
 
 /// A network's settings, as stored.
@@ -415,6 +416,12 @@ impl Networks {
         )
     }
 
+    /// The alias berthd gives its bridges and veths: several daemons may share a host, and
+    /// each sweeps only its own links.
+    fn owner(&self) -> String {
+        format!("berth {}", self.state_dir.display())
+    }
+
     /// A built-in network's ID: made once, kept in the data root.
     pub fn stable_id(&self, name: &str) -> String {
         let file = self.state_dir.join(format!("{name}-id"));
@@ -461,9 +468,15 @@ impl Networks {
     /// bridge networks, its DNS server on the gateway.
     async fn bring_up(&self, n: &Arc<Net>) -> Result<(), ApiError> {
         let nl = self.nl().await?;
-        nl.ensure_bridge(&n.cfg.bridge, n.gateway, n.subnet.prefix, n.mtu())
-            .await
-            .map_err(|e| internal(format!("bridge {}: {e}", n.cfg.bridge)))?;
+        nl.ensure_bridge(
+            &n.cfg.bridge,
+            n.gateway,
+            n.subnet.prefix,
+            n.mtu(),
+            &self.owner(),
+        )
+        .await
+        .map_err(|e| internal(format!("bridge {}: {e}", n.cfg.bridge)))?;
         // DNAT from 127.0.0.1 needs the bridge to take loopback-sourced packets
         set_sysctl(
             &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.cfg.bridge),
@@ -1186,6 +1199,7 @@ impl Networks {
             ipam::mac_for(ip),
             ns_file.as_raw_fd(),
             net.mtu(),
+            &self.owner(),
         )
         .await
         .map_err(|e| internal(format!("making the container's interface: {e}")))?;
@@ -1382,17 +1396,22 @@ impl Networks {
         let Ok(nl) = self.nl().await else { return };
         let Ok(links) = nl.links().await else { return };
         let bridges: HashSet<String> = self.all().iter().map(|n| n.cfg.bridge.clone()).collect();
-        for (_, name) in links {
+        let owner = self.owner();
+        for l in links
+            .iter()
+            .filter(|l| l.alias.as_deref() == Some(owner.as_str()))
+        {
+            let name = &l.name;
             let stale_veth = name.starts_with(VETH_PREFIX)
                 && name.len() > VETH_PREFIX.len() + 1
                 && !keep.iter().any(|k| {
                     let short = &name[VETH_PREFIX.len()..name.len() - 1];
                     k.starts_with(short)
                 });
-            let stale_bridge = name.starts_with("bbr-") && !bridges.contains(&name);
+            let stale_bridge = name.starts_with("bbr-") && !bridges.contains(name);
             if stale_veth || stale_bridge {
                 tracing::info!(link = %name, "removing a stale link");
-                let _ = nl.delete(&name).await;
+                let _ = nl.delete(name).await;
             }
         }
     }

@@ -18,6 +18,15 @@ fn err(e: rtnetlink::Error) -> io::Error {
     }
 }
 
+/// A link as `links` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// `ip link set DEV alias …`: berthd marks its bridges and veths with its owner
+    pub alias: Option<String>,
+}
+
 /// A route netlink connection, in the namespace it was opened in.
 pub struct Netlink {
     handle: Handle,
@@ -65,17 +74,26 @@ impl Netlink {
         }
     }
 
-    /// Every link's index and name.
-    pub async fn links(&self) -> io::Result<Vec<(u32, String)>> {
+    /// Every link's index, name and alias.
+    pub async fn links(&self) -> io::Result<Vec<LinkInfo>> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(m) = links.try_next().await.map_err(err)? {
-            let name = m.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            });
-            if let Some(n) = name {
-                out.push((m.header.index, n));
+            let mut name = None;
+            let mut alias = None;
+            for a in &m.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::IfAlias(n) => alias = Some(n.clone()),
+                    _ => {}
+                }
+            }
+            if let Some(name) = name {
+                out.push(LinkInfo {
+                    index: m.header.index,
+                    name,
+                    alias,
+                });
             }
         }
         Ok(out)
@@ -88,6 +106,7 @@ impl Netlink {
         gateway: Ipv4Addr,
         prefix: u8,
         mtu: Option<u32>,
+        alias: &str,
     ) -> io::Result<u32> {
         let index = match self.index(name).await? {
             Some(i) => i,
@@ -121,7 +140,12 @@ impl Netlink {
             .execute()
             .await
             .map_err(err)?;
-        self.up(index).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).up().build())
+            .execute()
+            .await
+            .map_err(err)?;
         Ok(index)
     }
 
@@ -155,6 +179,7 @@ impl Netlink {
         mac: [u8; 6],
         netns_fd: RawFd,
         mtu: Option<u32>,
+        alias: &str,
     ) -> io::Result<()> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
@@ -184,6 +209,7 @@ impl Netlink {
             .set(
                 LinkUnspec::new_with_index(index)
                     .controller(bridge)
+                    .alias(alias)
                     .up()
                     .build(),
             )

@@ -835,6 +835,17 @@ fn other_names_go_to_the_daemons_resolvers_and_a_crash_is_swept() {
         "sleep",
         "600",
     ]));
+    // another daemon starting on this host sweeps only its own links
+    let veths = |l: &BTreeSet<String>| l.iter().filter(|x| x.starts_with("bv")).count();
+    let before_other = veths(&links());
+    assert!(before_other >= 1);
+    let other = Daemon::start();
+    assert_eq!(
+        veths(&links()),
+        before_other,
+        "another daemon removed our veth"
+    );
+    drop(other);
     let pid = d.get_json("/containers/left/json")["State"]["Pid"]
         .as_i64()
         .unwrap() as i32;
