@@ -1192,15 +1192,15 @@ impl Networks {
             }
         };
         let ip: Ipv4Addr = endpoint.ip.parse().map_err(internal)?;
-        nl.add_veth(
-            &endpoint.veth,
+        nl.add_veth(&berth_network::link::Veth {
+            host: &endpoint.veth,
             bridge,
-            &endpoint.ifname,
-            ipam::mac_for(ip),
-            ns_file.as_raw_fd(),
-            net.mtu(),
-            &self.owner(),
-        )
+            peer: &endpoint.ifname,
+            mac: ipam::mac_for(ip),
+            netns_fd: ns_file.as_raw_fd(),
+            mtu: net.mtu(),
+            alias: &self.owner(),
+        })
         .await
         .map_err(|e| internal(format!("making the container's interface: {e}")))?;
         let inside = Netlink::in_netns(Path::new(&st.netns)).map_err(internal)?;

@@ -27,6 +27,18 @@ pub struct LinkInfo {
     pub alias: Option<String>,
 }
 
+/// A veth pair to make: see [`Netlink::add_veth`].
+#[derive(Debug, Clone, Copy)]
+pub struct Veth<'a> {
+    pub host: &'a str,
+    pub bridge: u32,
+    pub peer: &'a str,
+    pub mac: [u8; 6],
+    pub netns_fd: RawFd,
+    pub mtu: Option<u32>,
+    pub alias: &'a str,
+}
+
 /// A route netlink connection, in the namespace it was opened in.
 pub struct Netlink {
     handle: Handle,
@@ -169,18 +181,18 @@ impl Netlink {
         Ok(())
     }
 
-    /// A veth pair: `host` on `bridge`, up; its peer `peer` (with `mac`) made directly in
-    /// the namespace `netns_fd`.
-    pub async fn add_veth(
-        &self,
-        host: &str,
-        bridge: u32,
-        peer: &str,
-        mac: [u8; 6],
-        netns_fd: RawFd,
-        mtu: Option<u32>,
-        alias: &str,
-    ) -> io::Result<()> {
+    /// A veth pair: `host` on `bridge`, up and marked with `alias`; its peer `peer` (with
+    /// `mac`) made directly in the namespace `netns_fd`.
+    pub async fn add_veth(&self, v: &Veth<'_>) -> io::Result<()> {
+        let Veth {
+            host,
+            bridge,
+            peer,
+            mac,
+            netns_fd,
+            mtu,
+            alias,
+        } = *v;
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .address(mac.to_vec())
