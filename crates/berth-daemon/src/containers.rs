@@ -672,7 +672,7 @@ impl Containers {
     /// error; removed if it was created with AutoRemove.
     async fn start_failed(&self, c: &Ctr, e: ApiError, events: &Events) -> ApiError {
         unmount(&self.dir(c).join("rootfs"));
-        self.disconnect(c).await;
+        self.release_run(c).await;
         let msg = e.message.clone();
         self.set_state(c, |s| {
             s.status = "exited".into();
@@ -688,7 +688,7 @@ impl Containers {
     }
 
     /// Takes a stopped container off its networks and gives back its volumes.
-    async fn disconnect(&self, c: &Ctr) {
+    async fn release_run(&self, c: &Ctr) {
         let taken = std::mem::take(&mut *c.vols_taken.lock().unwrap_or_else(|p| p.into_inner()));
         crate::mounts::release(&self.vols, &taken);
         if let Some(st) = c.state().net {
@@ -979,7 +979,7 @@ impl Containers {
             })
             .unwrap_or(255);
         unmount(&self.dir(&c).join("rootfs"));
-        self.disconnect(&c).await;
+        self.release_run(&c).await;
         let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
         self.set_state(&c, |s| {
             s.status = "exited".into();

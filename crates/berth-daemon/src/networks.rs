@@ -224,6 +224,30 @@ pub fn validate(
     Ok(warnings)
 }
 
+/// Docker's lookup of a network: its full name or ID, else a unique ID prefix.
+pub fn pick<'a, T>(
+    all: &'a [T],
+    key: &str,
+    name: impl Fn(&T) -> &str,
+    id: impl Fn(&T) -> &str,
+) -> Result<&'a T, ApiError> {
+    if let Some(n) = all.iter().find(|n| name(n) == key || id(n) == key) {
+        return Ok(n);
+    }
+    let hits: Vec<&T> = all
+        .iter()
+        .filter(|n| !key.is_empty() && id(n).starts_with(key))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ApiError::not_found(format!("network {key} not found"))),
+        _ => Err(ApiError::bad_request(format!(
+            "network {key} is ambiguous ({} matches found based on ID prefix)",
+            hits.len()
+        ))),
+    }
+}
+
 /// A held host port: a bound socket, so nothing else binds it.
 struct Held {
     _sock: OwnedFd,
@@ -250,8 +274,6 @@ pub struct Networks {
     nl: tokio::sync::OnceCell<Netlink>,
     /// serialises rule changes (whole-table replacements)
     rules: tokio::sync::Mutex<()>,
-    /// why bridge networking is unavailable, if it is
-    pub broken: Option<String>,
     /// the nftables table this daemon owns (or, with iptables, its chains' prefix)
     table: String,
     /// None: neither nft nor iptables-restore is installed (no NAT, no published ports)
@@ -324,7 +346,6 @@ impl Networks {
             ports: Mutex::new(HashMap::new()),
             nl: tokio::sync::OnceCell::new(),
             rules: tokio::sync::Mutex::new(()),
-            broken: None,
             ip_forward: cfg.ip_forward,
             backend: match cfg.firewall_backend.as_deref() {
                 Some("iptables") => Some(nft::Backend::Iptables),
@@ -531,21 +552,7 @@ impl Networks {
     /// By full name, full ID or ID prefix, as Docker finds them.
     pub fn find(&self, key: &str) -> Result<Arc<Net>, ApiError> {
         let all = self.all();
-        if let Some(n) = all.iter().find(|n| n.cfg.name == key || n.cfg.id == key) {
-            return Ok(n.clone());
-        }
-        let by_prefix: Vec<&Arc<Net>> = all
-            .iter()
-            .filter(|n| !key.is_empty() && n.cfg.id.starts_with(key))
-            .collect();
-        match by_prefix.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(ApiError::not_found(format!("network {key} not found"))),
-            _ => Err(ApiError::bad_request(format!(
-                "network {key} is ambiguous ({} matches found based on ID prefix)",
-                by_prefix.len()
-            ))),
-        }
+        pick(&all, key, |n| &n.cfg.name, |n| &n.cfg.id).cloned()
     }
 
     /// `POST /networks/create`.
@@ -898,11 +905,6 @@ impl Networks {
                 });
             }
             Mode::Bridge(_) => {}
-        }
-        if let Some(why) = &self.broken {
-            return Err(ApiError::internal(format!(
-                "bridge networking is unavailable: {why}"
-            )));
         }
         let mut wanted = Vec::new();
         for (key, ep) in requested(spec) {

@@ -26,21 +26,13 @@ fn all_json(d: &Daemon) -> Vec<Value> {
 /// A network by name, ID or ID prefix, built-in pseudo networks included.
 fn find_json(d: &Daemon, key: &str) -> Result<Value, ApiError> {
     let all = all_json(d);
-    if let Some(v) = all.iter().find(|v| v["Name"] == key || v["Id"] == key) {
-        return Ok(v.clone());
-    }
-    let hits: Vec<&Value> = all
-        .iter()
-        .filter(|v| !key.is_empty() && v["Id"].as_str().is_some_and(|i| i.starts_with(key)))
-        .collect();
-    match hits.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(ApiError::not_found(format!("network {key} not found"))),
-        _ => Err(ApiError::bad_request(format!(
-            "network {key} is ambiguous ({} matches found based on ID prefix)",
-            hits.len()
-        ))),
-    }
+    let found = crate::networks::pick(
+        &all,
+        key,
+        |v| v["Name"].as_str().unwrap_or_default(),
+        |v| v["Id"].as_str().unwrap_or_default(),
+    )?;
+    Ok(found.clone())
 }
 
 pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
