@@ -758,22 +758,46 @@ impl ImageStore {
         layer: &mut (dyn Read + Send),
         opts: CommitOptions,
     ) -> Result<Digest> {
-        let base = self.get(parent)?;
+        self.child(Some(parent), Some(layer), opts)
+    }
+
+    /// A build step's image: `parent` (none: `FROM scratch`) plus one layer, or plus only
+    /// a history entry marked `empty_layer` when `layer` is `None`. The new image names
+    /// `parent` as its parent, as a build's intermediate images do.
+    pub fn child(
+        &self,
+        parent: Option<&Digest>,
+        layer: Option<&mut (dyn Read + Send)>,
+        opts: CommitOptions,
+    ) -> Result<Digest> {
+        let base = match parent {
+            Some(p) => Some(self.get(p)?),
+            None => None,
+        };
         let top = base
-            .layers
-            .last()
+            .as_ref()
+            .and_then(|b| b.layers.last())
             .map(|l| l.chain_id.parse::<Digest>())
             .transpose()
             .map_err(|_| ImageError::Invalid("corrupt chain id".into()))?;
-        let new = self.ingest_layer(layer, top.as_ref(), None)?;
+        let new = match layer {
+            Some(l) => Some(self.ingest_layer(l, top.as_ref(), None)?),
+            None => None,
+        };
         let result = (|| {
             let created = now_rfc3339();
-            let diff: Digest = new
-                .row
-                .diff_id
-                .parse()
-                .map_err(|_| ImageError::Invalid("diff id".into()))?;
-            let mut cfg = base.config.clone();
+            let mut cfg = match &base {
+                Some(b) => b.config.clone(),
+                None => ImageConfigFile {
+                    architecture: config::host_arch().to_string(),
+                    os: "linux".into(),
+                    rootfs: RootFs {
+                        kind: "layers".into(),
+                        diff_ids: Vec::new(),
+                    },
+                    ..Default::default()
+                },
+            };
             let mut runtime = opts.config.clone();
             config::apply_changes(&mut runtime, &opts.changes)?;
             cfg.config = Some(runtime);
@@ -786,9 +810,19 @@ impl ImageStore {
                 created_by: (!opts.created_by.is_empty()).then(|| opts.created_by.clone()),
                 author: (!opts.author.is_empty()).then(|| opts.author.clone()),
                 comment: (!opts.comment.is_empty()).then(|| opts.comment.clone()),
-                empty_layer: false,
+                empty_layer: new.is_none(),
             });
-            cfg.rootfs.diff_ids.push(diff);
+            let mut layers: Vec<LayerRow> =
+                base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
+            if let Some(n) = &new {
+                let diff: Digest = n
+                    .row
+                    .diff_id
+                    .parse()
+                    .map_err(|_| ImageError::Invalid("diff id".into()))?;
+                cfg.rootfs.diff_ids.push(diff);
+                layers.push(n.row.clone());
+            }
             let raw = serde_json::to_vec(&cfg).map_err(|e| ImageError::Invalid(e.to_string()))?;
             let id = Digest::of(&raw);
             let refs = opts
@@ -796,14 +830,12 @@ impl ImageStore {
                 .iter()
                 .map(|r| (r.to_string(), false))
                 .collect::<Vec<_>>();
-            let mut layers: Vec<LayerRow> = base.layers.clone();
-            layers.push(new.row.clone());
             let row = ImageRow {
                 id: id.to_string(),
                 config: raw,
                 size: layers.iter().map(|l| l.size).sum(),
                 created: cfg.created_unix(),
-                parent: parent.to_string(),
+                parent: parent.map(|p| p.to_string()).unwrap_or_default(),
                 last_tag_time: if refs.is_empty() {
                     String::new()
                 } else {
@@ -814,9 +846,32 @@ impl ImageStore {
             Ok(id)
         })();
         if result.is_err() {
-            self.discard(std::slice::from_ref(&new));
+            if let Some(n) = new {
+                self.discard(std::slice::from_ref(&n));
+            }
         }
         result
+    }
+
+    /// The image a build step with this cache key made, if it is still there.
+    pub fn cache_hit(&self, key: &str) -> Result<Option<Digest>> {
+        let Some(id) = self.db.cache_hit(key, unix_now())? else {
+            return Ok(None);
+        };
+        match id.parse::<Digest>() {
+            Ok(d) if self.db.image(&id)?.is_some() => Ok(Some(d)),
+            _ => {
+                self.db.cache_forget(key)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records the image a build step made under its cache key.
+    pub fn cache_put(&self, key: &str, id: &Digest, description: &str) -> Result<()> {
+        Ok(self
+            .db
+            .cache_put(key, &id.to_string(), description, unix_now())?)
     }
 
     /// Points `reference` at the image; returns the image it named before, if another.

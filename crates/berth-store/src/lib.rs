@@ -93,7 +93,29 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         body TEXT NOT NULL
      );",
+    // 7: the build cache: a step's key (its parent image, instruction and inputs) to the
+    // image it made
+    "CREATE TABLE build_cache (
+        key TEXT PRIMARY KEY,
+        image_id TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        uses INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX build_cache_image ON build_cache(image_id);",
 ];
+
+/// A build cache record: a step's key and the image it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRow {
+    pub key: String,
+    pub image_id: String,
+    pub description: String,
+    pub created: i64,
+    pub last_used: i64,
+    pub uses: i64,
+}
 
 /// A compressed blob of a layer, known to be in a registry's repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +389,7 @@ impl Db {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM refs WHERE image_id = ?1", [id])?;
+        tx.execute("DELETE FROM build_cache WHERE image_id = ?1", [id])?;
         tx.execute("DELETE FROM image_layers WHERE image_id = ?1", [id])?;
         tx.execute("DELETE FROM images WHERE id = ?1", [id])?;
         let orphans = {
@@ -653,6 +676,61 @@ impl Db {
         self.lock()
             .execute("DELETE FROM volumes WHERE name = ?1", [name])?;
         Ok(())
+    }
+}
+
+impl Db {
+    /// The image a build step with this key made, counted as a use.
+    pub fn cache_hit(&self, key: &str, now: i64) -> Result<Option<String>> {
+        let conn = self.lock();
+        let id: Option<String> = conn
+            .query_row(
+                "SELECT image_id FROM build_cache WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if id.is_some() {
+            conn.execute(
+                "UPDATE build_cache SET last_used = ?2, uses = uses + 1 WHERE key = ?1",
+                params![key, now],
+            )?;
+        }
+        Ok(id)
+    }
+
+    pub fn cache_put(&self, key: &str, image_id: &str, description: &str, now: i64) -> Result<()> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO build_cache (key, image_id, description, created, last_used, uses)
+             VALUES (?1, ?2, ?3, ?4, ?4, 1)",
+            params![key, image_id, description, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn cache_forget(&self, key: &str) -> Result<()> {
+        self.lock()
+            .execute("DELETE FROM build_cache WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    pub fn cache_rows(&self) -> Result<Vec<CacheRow>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT key, image_id, description, created, last_used, uses FROM build_cache
+             ORDER BY created",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(CacheRow {
+                key: r.get(0)?,
+                image_id: r.get(1)?,
+                description: r.get(2)?,
+                created: r.get(3)?,
+                last_used: r.get(4)?,
+                uses: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 

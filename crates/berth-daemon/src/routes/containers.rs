@@ -322,6 +322,20 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         .to_bytes();
     let req: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let (c, warnings) = create_from(d, name.as_deref(), &req)?;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"Id": c.id, "Warnings": warnings}),
+    ))
+}
+
+/// Creates a container from a create request (the API's body): checks it, merges it
+/// with its image, resolves networks and mounts, records it; returns it with warnings.
+pub fn create_from(
+    d: &Arc<Daemon>,
+    name: Option<&str>,
+    req: &Value,
+) -> Result<(Arc<Ctr>, Vec<String>), ApiError> {
     let image_name = req["Image"].as_str().unwrap_or_default().to_string();
     if image_name.is_empty() {
         return Err(ApiError::bad_request(
@@ -384,8 +398,8 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             ));
         }
     }
-    crate::health::validate(&req)?;
-    let merged = crate::spec::merge_config(&req, &img.config.config.clone().unwrap_or_default());
+    crate::health::validate(req)?;
+    let merged = crate::spec::merge_config(req, &img.config.config.clone().unwrap_or_default());
     let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
     if req["NetworkingConfig"].is_object() {
         spec["NetworkingConfig"] = req["NetworkingConfig"].clone();
@@ -398,12 +412,9 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     })?;
     spec["MountPoints"] = serde_json::to_value(&mps).unwrap_or_default();
     spec["Config"]["Image"] = Value::from(image_name.clone());
-    let c = d.containers.create(name.as_deref(), &img.id, spec)?;
+    let c = d.containers.create(name, &img.id, spec)?;
     d.events.emit("container", "create", &c.id, attrs(&c));
-    Ok(json(
-        StatusCode::CREATED,
-        &json!({"Id": c.id, "Warnings": warnings}),
-    ))
+    Ok((c, warnings))
 }
 
 pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {

@@ -206,12 +206,36 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
         .image_id
         .parse()
         .map_err(|_| ApiError::internal("corrupt image id"))?;
-    let layers = d.images.layer_dirs(&parent)?;
-    let dir = d.containers.dir(&c);
+    let id = commit_changes(d, &c, Some(parent), opts).await?;
+    let mut a = crate::containers::attrs(&c);
+    a.insert(
+        "comment".into(),
+        ctx.query.get("comment").unwrap_or_default().to_string(),
+    );
+    a.insert("imageID".into(), id.to_string());
+    d.events.emit("container", "commit", &c.id, a);
+    Ok(crate::http::json(
+        StatusCode::CREATED,
+        &json!({"Id": id.to_string()}),
+    ))
+}
+
+/// A new image of `parent` plus the container's filesystem changes as one layer.
+pub async fn commit_changes(
+    d: &Arc<Daemon>,
+    c: &Ctr,
+    parent: Option<berth_image::digest::Digest>,
+    opts: berth_image::CommitOptions,
+) -> Result<berth_image::digest::Digest, ApiError> {
+    let layers = match &parent {
+        Some(p) => d.images.layer_dirs(p)?,
+        None => Vec::new(),
+    };
+    let dir = d.containers.dir(c);
     let driver = d.images.driver();
-    let ids = d.containers.remap_of(&c).map(|r| r.ids.clone());
+    let ids = d.containers.remap_of(c).map(|r| r.ids.clone());
     let d2 = d.clone();
-    let id = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+    tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let (r, w) = std::io::pipe().map_err(|e| ApiError::internal(e.to_string()))?;
         let writer = std::thread::spawn(move || match driver {
             berth_image::snapshot::Driver::Overlay => {
@@ -219,15 +243,14 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
             }
             berth_image::snapshot::Driver::Copy => {
                 let rootfs = dir.join("rootfs");
-                let list = match layers.last() {
-                    Some(top) => files::copy_changes(&rootfs, top, ids.as_ref())?,
-                    None => Vec::new(),
-                };
+                // no layers below (`FROM scratch`): an empty path, which has nothing
+                let base = layers.last().cloned().unwrap_or_default();
+                let list = files::copy_changes(&rootfs, &base, ids.as_ref())?;
                 files::layer_tar(&rootfs, Some(&list), ids.as_ref(), w)
             }
         });
         let mut r = r;
-        let id = d2.images.commit(&parent, &mut r, opts);
+        let id = d2.images.child(parent.as_ref(), Some(&mut r), opts);
         drop(r);
         let written = writer.join();
         let id = id?;
@@ -240,16 +263,5 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
         }
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    let mut a = crate::containers::attrs(&c);
-    a.insert(
-        "comment".into(),
-        ctx.query.get("comment").unwrap_or_default().to_string(),
-    );
-    a.insert("imageID".into(), id.to_string());
-    d.events.emit("container", "commit", &c.id, a);
-    Ok(crate::http::json(
-        StatusCode::CREATED,
-        &json!({"Id": id.to_string()}),
-    ))
+    .map_err(|e| ApiError::internal(e.to_string()))?
 }

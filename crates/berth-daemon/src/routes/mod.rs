@@ -172,6 +172,8 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::POST, "/containers/create") => containers::create(&d, ctx).await,
         (&Method::POST, "/containers/prune") => containers::prune(&d, &ctx).await,
         (&Method::POST, "/commit") => files::commit(&d, ctx).await,
+        (&Method::POST, "/build") => crate::build::build(&d, ctx).await,
+        (&Method::POST, "/build/prune") => crate::build::prune(&d, ctx).await,
         (&Method::GET, "/networks") => networks::list(&d, &ctx),
         (&Method::POST, "/networks/create") => networks::create(&d, ctx).await,
         (&Method::POST, "/networks/prune") => networks::prune(&d, &ctx).await,

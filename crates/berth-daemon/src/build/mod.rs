@@ -1,0 +1,232 @@
+//! `POST /build`: Docker's classic builder. The context arrives as a tar (plain, gzip or
+//! zstd) and is kept as an index over one spill file; the Dockerfile is parsed by
+//! `berth-build`; each instruction after a `FROM` makes an image whose parent is the one
+//! before (config-only steps add a history entry marked `empty_layer`, COPY and ADD a
+//! layer written straight from their sources, RUN a layer committed from a container run
+//! through the same runtime as `docker run`). A step's cache key is its parent image, its
+//! instruction, the resulting config and, for COPY and ADD, a digest of what it copies.
+//! Progress is Docker's JSON stream (`Step N/M : …`, ` ---> Using cache`, ` ---> ID`,
+//! `aux` with the image ID, `errorDetail`), which the docker CLI's legacy builder renders.
+
+mod dispatch;
+mod options;
+pub mod source;
+mod view;
+
+use crate::error::ApiError;
+use crate::http::{body_reader, json_line, stream, Resp};
+use crate::routes::Ctx;
+use crate::Daemon;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub use options::Options;
+
+/// Where the build's messages go: `stream` lines unless quiet, `aux`, errors.
+#[derive(Clone)]
+pub struct Out {
+    tx: mpsc::Sender<Bytes>,
+    quiet: bool,
+}
+
+impl Out {
+    pub async fn say(&self, text: impl AsRef<str>) {
+        if !self.quiet {
+            let _ = self
+                .tx
+                .send(json_line(&json!({"stream": text.as_ref()})))
+                .await;
+        }
+    }
+
+    /// A RUN step's output, shown unless quiet.
+    pub async fn output(&self, text: &str) {
+        self.say(text).await;
+    }
+
+    pub async fn raw(&self, v: &Value) {
+        let _ = self.tx.send(json_line(v)).await;
+    }
+}
+
+/// A build failure: its message, and the exit code a failed RUN returned.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: Option<i64>,
+}
+
+impl<T: std::fmt::Display> From<T> for Failure {
+    fn from(e: T) -> Self {
+        Failure {
+            message: e.to_string(),
+            code: None,
+        }
+    }
+}
+
+/// `POST /build`.
+pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    let opts = Options::parse(&ctx.query, &ctx.headers)?;
+    let (tx, resp) = stream("application/json");
+    let out = Out {
+        tx: tx.clone(),
+        quiet: opts.quiet,
+    };
+    let reader = body_reader(ctx.body);
+    let d = d.clone();
+    tokio::spawn(async move {
+        let r = run(&d, opts, reader, &out).await;
+        if let Err(f) = r {
+            let mut detail = json!({"message": f.message});
+            if let Some(c) = f.code {
+                detail["code"] = Value::from(c);
+            }
+            out.raw(&json!({"errorDetail": detail, "error": f.message}))
+                .await;
+        }
+        crate::release_memory();
+    });
+    Ok(resp)
+}
+
+async fn run(
+    d: &Arc<Daemon>,
+    opts: Options,
+    reader: crate::http::BodyReader,
+    out: &Out,
+) -> Result<(), Failure> {
+    let tmp = d.images.tmp_dir().to_path_buf();
+    let keep = source::clean(&opts.dockerfile).unwrap_or_default();
+    let keep2 = keep.clone();
+    let context = tokio::task::spawn_blocking(move || -> Result<source::Context, String> {
+        let spill = source::spill_file(&tmp).map_err(|e| e.to_string())?;
+        let r = berth_image::decompress(reader)
+            .map_err(|e| format!("failed to read build context: {e}"))?;
+        source::Context::receive(r, spill, &keep2)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let text = context.read_to_string(&keep).ok_or_else(|| {
+        format!(
+            "Cannot locate specified Dockerfile: {}",
+            opts.dockerfile.trim_start_matches("./")
+        )
+    })?;
+    let file = berth_build::parser::parse(&text)?;
+    let mut b = dispatch::Builder::new(d.clone(), opts, Arc::new(context), out.clone(), file)?;
+    let id = b.run().await?;
+    let full = id.to_string();
+    let short = &full["sha256:".len()..][..12];
+    out.raw(&json!({"aux": {"ID": full}})).await;
+    if b.opts.quiet {
+        out.raw(&json!({"stream": format!("{full}\n")})).await;
+    } else {
+        out.say(format!("Successfully built {short}\n")).await;
+    }
+    for r in &b.opts.tags {
+        let old = d.images.tag(&id, r).map_err(|e| e.to_string())?;
+        let _ = old;
+        d.events.emit(
+            "image",
+            "tag",
+            &full,
+            std::collections::BTreeMap::from([("name".to_string(), r.familiar())]),
+        );
+        out.say(format!("Successfully tagged {}\n", r.familiar()))
+            .await;
+    }
+    Ok(())
+}
+
+/// `POST /build/prune`: forgets cached steps and removes the images only the cache held
+/// (untagged, unused by containers and by other images); reports the space reclaimed.
+pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    let all = ctx.query.bool("all")?;
+    let d2 = d.clone();
+    let (ids, reclaimed) = tokio::task::spawn_blocking(move || cache_prune(&d2, all))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(crate::http::ok_json(
+        &json!({"CachesDeleted": ids, "SpaceReclaimed": reclaimed}),
+    ))
+}
+
+fn cache_prune(d: &Daemon, _all: bool) -> Result<(Vec<String>, i64), ApiError> {
+    let rows =
+        d.db.cache_rows()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut deleted = Vec::new();
+    let mut reclaimed = 0i64;
+    let before = d.images.layers_size()?;
+    for r in &rows {
+        let _ = d.db.cache_forget(&r.key);
+        deleted.push(r.key.clone());
+    }
+    // the cache's images, newest first, so children go before their parents
+    let mut ids: Vec<String> = rows.iter().map(|r| r.image_id.clone()).collect();
+    ids.reverse();
+    ids.dedup();
+    for id in ids {
+        let Ok(dg) = id.parse::<berth_image::digest::Digest>() else {
+            continue;
+        };
+        let Ok(img) = d.images.get(&dg) else { continue };
+        if !img.repo_tags.is_empty() || d.image_in_use(&dg).is_some() {
+            continue;
+        }
+        if d.db.children_of(&id).map(|c| !c.is_empty()).unwrap_or(true) {
+            continue;
+        }
+        if d.images.remove(&id, false, &|_| None).is_ok() {
+            d.events
+                .emit("image", "delete", &id, std::collections::BTreeMap::new());
+        }
+    }
+    let after = d.images.layers_size()?;
+    reclaimed += (before - after).max(0);
+    Ok((deleted, reclaimed))
+}
+
+/// The build cache as `system df` lists it: one record per cached step.
+pub fn cache_usage(d: &Daemon) -> Vec<Value> {
+    let rows = d.db.cache_rows().unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            let size = r
+                .image_id
+                .parse::<berth_image::digest::Digest>()
+                .ok()
+                .and_then(|id| d.images.get(&id).ok())
+                .map(|img| {
+                    let parent = img.config.rootfs.diff_ids.len();
+                    // the step's own layer: the last, unless the step made none
+                    if img.config.history.last().is_some_and(|h| h.empty_layer) || parent == 0 {
+                        0
+                    } else {
+                        img.layers.last().map(|l| l.size).unwrap_or(0)
+                    }
+                })
+                .unwrap_or(0);
+            let time = |t: i64| {
+                chrono::DateTime::from_timestamp(t, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            };
+            json!({
+                "ID": &r.key[..r.key.len().min(25)],
+                "Parents": [],
+                "Type": "regular",
+                "Description": r.description,
+                "InUse": false,
+                "Shared": false,
+                "Size": size,
+                "CreatedAt": time(r.created),
+                "LastUsedAt": time(r.last_used),
+                "UsageCount": r.uses,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,638 @@
+//! Where COPY and ADD read files: the build context (received as a tar, its file data
+//! kept in one spill file) or an image's filesystem (a stage's or another image's, seen
+//! through a read-only overlay mount). Both answer the same three questions — what is at
+//! a path, what a directory holds, what a file contains — so globbing, walking and layer
+//! writing are written once.
+
+use berth_build::ignore::{glob, Ignore};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink(String),
+}
+
+/// What a path is, with the metadata a layer keeps.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+    pub size: u64,
+}
+
+pub trait Source: Send + Sync {
+    /// The entry at a clean relative path ("" is the root); symlinks are not followed.
+    fn meta(&self, path: &str) -> Option<Meta>;
+    /// A directory's entry names, sorted.
+    fn children(&self, path: &str) -> Vec<String>;
+    fn open(&self, path: &str) -> io::Result<Box<dyn Read + '_>>;
+}
+
+/// Cleans a path to a relative one without `.` and `..`; None when `..` would leave the
+/// root.
+pub fn clean(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Like [`clean`], but `..` stops at the root (paths inside an image, as Docker treats
+/// them).
+pub fn clamp(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// The paths a COPY source names: itself, or what its glob matches (sorted).
+pub fn matches(src: &dyn Source, pattern: &str) -> Vec<String> {
+    if !has_glob(pattern) {
+        return src
+            .meta(pattern)
+            .map(|_| vec![pattern.to_string()])
+            .unwrap_or_default();
+    }
+    let mut found = vec![String::new()];
+    for part in pattern.split('/') {
+        let mut next = Vec::new();
+        for dir in &found {
+            if !has_glob(part) {
+                let p = join(dir, part);
+                if src.meta(&p).is_some() {
+                    next.push(p);
+                }
+                continue;
+            }
+            if !matches!(src.meta(dir).map(|m| m.kind), Some(Kind::Dir)) {
+                continue;
+            }
+            for n in src.children(dir) {
+                if glob(part, &n) {
+                    next.push(join(dir, &n));
+                }
+            }
+        }
+        found = next;
+    }
+    found.sort();
+    found
+}
+
+/// The build context: entries by clean relative path, their data in a spill file.
+pub struct Context {
+    entries: BTreeMap<String, (Meta, u64)>,
+    data: File,
+}
+
+/// The first tar block's checksum holds, or the block is the zero end-of-archive block.
+fn looks_like_tar(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return block.iter().all(|b| *b == 0);
+    }
+    if block[..512].iter().all(|b| *b == 0) {
+        return true;
+    }
+    let field = String::from_utf8_lossy(&block[148..156]);
+    let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+    else {
+        return false;
+    };
+    let sum: u32 = block[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == want
+}
+
+impl Context {
+    /// Reads a context tar (already decompressed). `spill` holds file data; paths the
+    /// context's `.dockerignore` excludes are left out, except `keep` (the Dockerfile).
+    pub fn receive(mut r: impl Read, spill: File, keep: &str) -> Result<Context, String> {
+        let mut head = Vec::with_capacity(512);
+        (&mut r)
+            .take(512)
+            .read_to_end(&mut head)
+            .map_err(|e| format!("failed to read build context: {e}"))?;
+        if !looks_like_tar(&head) {
+            return Err(
+                "failed to read build context: the context is not a tar archive (plain, gzip or zstd)"
+                    .into(),
+            );
+        }
+        let mut ar = tar::Archive::new(io::Cursor::new(head).chain(r));
+        let mut data = spill;
+        let mut offset = 0u64;
+        let mut entries = BTreeMap::new();
+        let bad = |e: io::Error| format!("failed to read build context: {e}");
+        for e in ar.entries().map_err(bad)? {
+            let mut e = e.map_err(bad)?;
+            let path = e.path().map_err(bad)?.to_string_lossy().into_owned();
+            let Some(path) = clean(&path) else { continue };
+            if path.is_empty() {
+                continue;
+            }
+            let h = e.header();
+            let mode = h.mode().unwrap_or(0o644) & 0o7777;
+            let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+            let mtime = h.mtime().unwrap_or(0);
+            let kind = match h.entry_type() {
+                tar::EntryType::Directory => Kind::Dir,
+                tar::EntryType::Symlink => Kind::Symlink(
+                    e.link_name()
+                        .map_err(bad)?
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+                tar::EntryType::Link => {
+                    // a hard link: the file it names, copied
+                    let target = e
+                        .link_name()
+                        .map_err(bad)?
+                        .and_then(|l| clean(&l.to_string_lossy()));
+                    if let Some(t) = target.and_then(|t| entries.get(&t).cloned()) {
+                        entries.insert(path, t);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let size = if kind == Kind::File {
+                let n = io::copy(&mut e, &mut data).map_err(bad)?;
+                offset += n;
+                n
+            } else {
+                0
+            };
+            let meta = Meta {
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                size,
+            };
+            entries.insert(path, (meta, offset - size));
+        }
+        data.flush().map_err(bad)?;
+        let mut ctx = Context { entries, data };
+        ctx.apply_ignore(keep)?;
+        Ok(ctx)
+    }
+
+    fn apply_ignore(&mut self, keep: &str) -> Result<(), String> {
+        let text = match self.read_to_string(".dockerignore") {
+            Some(t) => t,
+            None => return Ok(()),
+        };
+        let ig = Ignore::parse(&text);
+        self.entries
+            .retain(|p, _| p == keep || p == ".dockerignore" || !ig.excluded(p));
+        Ok(())
+    }
+
+    pub fn read_to_string(&self, path: &str) -> Option<String> {
+        let (m, off) = self.entries.get(path)?;
+        if m.kind != Kind::File {
+            return None;
+        }
+        let mut buf = vec![0; m.size as usize];
+        self.data.read_exact_at(&mut buf, *off).ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// A digest of what copying `paths` would copy: names, kinds, modes, owners, contents.
+    pub fn checksum(&self, paths: &[String]) -> io::Result<String> {
+        let mut h = Sha256::new();
+        for p in paths {
+            let mut all = vec![p.clone()];
+            if matches!(self.meta(p).map(|m| m.kind), Some(Kind::Dir)) {
+                let below = format!("{p}/");
+                let inside = self
+                    .entries
+                    .keys()
+                    .filter(|k| p.is_empty() || k.starts_with(&below));
+                all.extend(inside.cloned());
+            }
+            for q in all {
+                let Some(m) = self.meta(&q) else { continue };
+                h.update(format!(
+                    "{q}\0{:?}\0{:o}\0{}:{}\0",
+                    m.kind, m.mode, m.uid, m.gid
+                ));
+                if m.kind == Kind::File {
+                    let mut r = self.open(&q)?;
+                    io::copy(&mut r, &mut HashWriter(&mut h))?;
+                }
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn implied_dir() -> Meta {
+    Meta {
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        size: 0,
+    }
+}
+
+impl Source for Context {
+    fn meta(&self, path: &str) -> Option<Meta> {
+        if path.is_empty() {
+            return Some(implied_dir());
+        }
+        if let Some((m, _)) = self.entries.get(path) {
+            return Some(m.clone());
+        }
+        // a directory the tar names only through its contents
+        let below = format!("{path}/");
+        self.entries
+            .range(below.clone()..)
+            .next()
+            .filter(|(k, _)| k.starts_with(&below))
+            .map(|_| implied_dir())
+    }
+
+    fn children(&self, path: &str) -> Vec<String> {
+        let below = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let mut out: Vec<String> = self
+            .entries
+            .range(below.clone()..)
+            .take_while(|(k, _)| k.starts_with(&below))
+            .filter_map(|(k, _)| k[below.len()..].split('/').next().map(str::to_string))
+            .collect();
+        out.dedup();
+        out
+    }
+
+    fn open(&self, path: &str) -> io::Result<Box<dyn Read + '_>> {
+        let (m, off) = self
+            .entries
+            .get(path)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(Box::new(SpillReader {
+            file: &self.data,
+            pos: *off,
+            end: off + m.size,
+        }))
+    }
+}
+
+struct SpillReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for SpillReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A filesystem tree (an image's root): symlinks inside it resolve within it.
+pub struct Tree {
+    pub root: PathBuf,
+}
+
+impl Tree {
+    /// The host path of `path` with its directories' symlinks followed inside the root
+    /// (the last element itself is not followed).
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        let mut parts: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
+        let mut hops = 0;
+        while let Some(p) = todo.pop() {
+            match p.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    parts.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let last = todo.iter().all(|t| t.is_empty() || t == ".");
+            let here = self.root.join(parts.join("/")).join(&p);
+            if !last && hops < 40 {
+                if let Ok(target) = std::fs::read_link(&here) {
+                    hops += 1;
+                    let t = target.to_string_lossy().into_owned();
+                    if t.starts_with('/') {
+                        parts.clear();
+                    }
+                    todo.extend(t.split('/').rev().map(str::to_string));
+                    continue;
+                }
+            }
+            parts.push(p);
+        }
+        self.root.join(parts.join("/"))
+    }
+}
+
+impl Source for Tree {
+    fn meta(&self, path: &str) -> Option<Meta> {
+        let p = self.host_path(path);
+        let md = std::fs::symlink_metadata(&p).ok()?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink(std::fs::read_link(&p).ok()?.to_string_lossy().into_owned())
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            return None; // devices, fifos, sockets and whiteouts are not copied
+        };
+        Some(Meta {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: u64::from(md.uid()),
+            gid: u64::from(md.gid()),
+            mtime: md.mtime().max(0) as u64,
+            size: md.size(),
+        })
+    }
+
+    fn children(&self, path: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.host_path(path))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn open(&self, path: &str) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(File::open(self.host_path(path))?))
+    }
+}
+
+/// One thing a COPY writes: a path in the image (relative, clean) and where it comes from.
+pub struct Item<'a> {
+    pub src: &'a dyn Source,
+    pub from: String,
+    pub to: String,
+}
+
+/// How copied entries are owned and moded.
+#[derive(Debug, Clone, Default)]
+pub struct Attrs {
+    /// `--chown`: (uid, gid); None keeps the source's owner
+    pub owner: Option<(u64, u64)>,
+    /// `--chmod`
+    pub mode: Option<u32>,
+}
+
+/// Writes a layer tar: first `dirs` (missing parents, root-owned 0755), then each item
+/// (directories with their contents).
+pub struct LayerWriter<W: Write> {
+    tar: tar::Builder<W>,
+}
+
+impl<W: Write> LayerWriter<W> {
+    pub fn new(w: W) -> Self {
+        let mut tar = tar::Builder::new(w);
+        tar.follow_symlinks(false);
+        LayerWriter { tar }
+    }
+
+    pub fn dir(&mut self, path: &str, meta: &Meta) -> io::Result<()> {
+        let mut h = header(meta, tar::EntryType::Directory, 0);
+        self.tar
+            .append_data(&mut h, format!("{path}/"), io::empty())
+    }
+
+    pub fn file(&mut self, path: &str, meta: &Meta, data: impl Read) -> io::Result<()> {
+        let mut h = header(meta, tar::EntryType::Regular, meta.size);
+        self.tar.append_data(&mut h, path, data)
+    }
+
+    /// A symlink, or (`hard`) a hard link to a path written earlier in this layer.
+    pub fn link(&mut self, path: &str, meta: &Meta, target: &str, hard: bool) -> io::Result<()> {
+        let t = if hard {
+            tar::EntryType::Link
+        } else {
+            tar::EntryType::Symlink
+        };
+        let mut h = header(meta, t, 0);
+        self.tar.append_link(&mut h, path, target)
+    }
+
+    pub fn item(&mut self, it: &Item<'_>, attrs: &Attrs) -> io::Result<()> {
+        let Some(meta) = it.src.meta(&it.from) else {
+            return Ok(());
+        };
+        let meta = apply(meta, attrs);
+        match &meta.kind {
+            Kind::Dir => {
+                if !it.to.is_empty() {
+                    self.dir(&it.to, &meta)?;
+                }
+                for n in it.src.children(&it.from) {
+                    let child = Item {
+                        src: it.src,
+                        from: join(&it.from, &n),
+                        to: join(&it.to, &n),
+                    };
+                    self.item(&child, attrs)?;
+                }
+                Ok(())
+            }
+            Kind::File => {
+                let r = it.src.open(&it.from)?;
+                self.file(&it.to, &meta, r.take(meta.size))
+            }
+            Kind::Symlink(target) => {
+                let mut h = header(&meta, tar::EntryType::Symlink, 0);
+                self.tar.append_link(&mut h, &it.to, target)
+            }
+        }
+    }
+
+    pub fn finish(self) -> io::Result<W> {
+        self.tar.into_inner()
+    }
+}
+
+fn apply(mut m: Meta, a: &Attrs) -> Meta {
+    if let Some((u, g)) = a.owner {
+        m.uid = u;
+        m.gid = g;
+    }
+    if let (Some(mode), false) = (a.mode, matches!(m.kind, Kind::Symlink(_))) {
+        m.mode = mode;
+    }
+    m
+}
+
+fn header(m: &Meta, t: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(t);
+    h.set_mode(m.mode);
+    h.set_uid(m.uid);
+    h.set_gid(m.gid);
+    h.set_mtime(m.mtime);
+    h.set_size(size);
+    h
+}
+
+/// A fresh spill file for a context's data, unlinked at once.
+pub fn spill_file(dir: &Path) -> io::Result<File> {
+    let mut f = tempfile::tempfile_in(dir)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(files: &[(&str, &str)]) -> Context {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, d) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(d.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, p, d.as_bytes()).unwrap();
+        }
+        let t = b.into_inner().unwrap();
+        Context::receive(&t[..], tempfile::tempfile().unwrap(), "Dockerfile").unwrap()
+    }
+
+    #[test]
+    fn context_dirs_globs_and_ignore() {
+        let c = ctx(&[
+            ("Dockerfile", "FROM x"),
+            ("a/b.txt", "b"),
+            ("a/c.md", "c"),
+            ("d.txt", "d"),
+            ("secret/key", "k"),
+            (".dockerignore", "secret\n*.md\n"),
+        ]);
+        assert_eq!(c.meta("a").unwrap().kind, Kind::Dir);
+        assert_eq!(
+            c.children(""),
+            vec![".dockerignore", "Dockerfile", "a", "d.txt"]
+        );
+        assert_eq!(matches(&c, "*.txt"), vec!["d.txt"]);
+        assert_eq!(matches(&c, "a/*"), vec!["a/b.txt"]);
+        assert!(matches(&c, "secret/key").is_empty());
+        assert_eq!(c.read_to_string("a/b.txt").unwrap(), "b");
+        let one = c.checksum(&["a".into()]).unwrap();
+        let two = ctx(&[("a/b.txt", "B")]).checksum(&["a".into()]).unwrap();
+        assert_ne!(one, two);
+    }
+
+    #[test]
+    fn not_a_tar() {
+        let e = Context::receive(
+            &b"hello, this is not a tar archive at all"[..],
+            tempfile::tempfile().unwrap(),
+            "",
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("not a tar"), "{e}");
+        let mut junk = vec![b'x'; 1024];
+        junk[0] = b'a';
+        assert!(Context::receive(&junk[..], tempfile::tempfile().unwrap(), "").is_err());
+    }
+
+    #[test]
+    fn clean_paths() {
+        assert_eq!(clean("./a/../b/").unwrap(), "b");
+        assert_eq!(clean("../x"), None);
+        assert_eq!(clamp("../../etc/x"), "etc/x");
+    }
+
+    #[test]
+    fn tree_follows_symlinks_inside_root() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("real")).unwrap();
+        std::fs::write(d.path().join("real/f"), "x").unwrap();
+        std::os::unix::fs::symlink("/real", d.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("../../../..", d.path().join("up")).unwrap();
+        let t = Tree {
+            root: d.path().to_path_buf(),
+        };
+        assert_eq!(t.host_path("link/f"), d.path().join("real/f"));
+        assert!(t.host_path("up/etc/passwd").starts_with(d.path()));
+        assert!(matches!(t.meta("link").unwrap().kind, Kind::Symlink(_)));
+    }
+}
