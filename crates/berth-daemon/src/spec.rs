@@ -7,7 +7,7 @@ use berth_runtime::spec::{Mount, Network, RunSpec};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn strings(v: &Value) -> Option<Vec<String>> {
     match v {

@@ -989,6 +989,31 @@ impl ImageStore {
             }
         }
         out.extend(self.delete_image(&id)?);
+        out.extend(self.remove_parents(&img.parent, in_use)?);
+        Ok(out)
+    }
+
+    /// The untagged images an image was built on (a build's intermediate steps), up to
+    /// the first one still needed: Docker removes them with the image.
+    fn remove_parents(
+        &self,
+        parent: &str,
+        in_use: &dyn Fn(&Digest) -> Option<String>,
+    ) -> Result<Vec<DeleteItem>> {
+        let mut out = Vec::new();
+        let mut parent = parent.to_string();
+        while let Ok(p) = parent.parse::<Digest>() {
+            let Ok(pi) = self.get(&p) else { break };
+            let needed = !pi.repo_tags.is_empty()
+                || !pi.repo_digests.is_empty()
+                || in_use(&p).is_some()
+                || !self.db.children_of(&pi.id.to_string())?.is_empty();
+            if needed {
+                break;
+            }
+            out.extend(self.delete_image(&p)?);
+            parent = pi.parent.clone();
+        }
         Ok(out)
     }
 
@@ -1035,7 +1060,10 @@ impl ImageStore {
             for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {
                 out.push(DeleteItem::Untagged(r.familiar()));
             }
-            let items = self.delete_image(&img.id)?;
+            let mut items = self.delete_image(&img.id)?;
+            if !all {
+                items.extend(self.remove_parents(&img.parent, in_use)?);
+            }
             for it in &items {
                 if let DeleteItem::DeletedLayer(c) = it {
                     reclaimed += layer_sizes.get(c).copied().unwrap_or(0) as u64;

@@ -126,9 +126,28 @@ pub struct CreateArgs {
     /// Pull image before running ("always", "missing", "never")
     #[arg(long, default_value = "missing")]
     pub pull: String,
+    /// IMAGE [COMMAND] [ARG...]: flags end at the image, as with docker
+    #[arg(
+        value_name = "IMAGE",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_command: Vec<String>,
+    #[arg(skip)]
     pub image: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(skip)]
     pub command: Vec<String>,
+}
+
+impl CreateArgs {
+    /// Splits the image from the command after it.
+    fn split(mut self) -> Self {
+        let mut rest = std::mem::take(&mut self.image_and_command).into_iter();
+        self.image = rest.next().unwrap_or_default();
+        self.command = rest.collect();
+        self
+    }
 }
 
 fn create_body(a: &CreateArgs) -> Result<Value> {
@@ -404,6 +423,7 @@ async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<Strin
 }
 
 pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
+    let a = a.split();
     let id = create_container(c, &a, false).await?;
     println!("{id}");
     Ok(())
@@ -421,6 +441,7 @@ fn start_error_code(msg: &str) -> i32 {
 }
 
 pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
+    let a = a.split();
     let keys = detach_keys(a.detach_keys.as_deref())?;
     let id = create_container(c, &a, true).await?;
     if a.detach {

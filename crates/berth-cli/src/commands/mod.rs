@@ -1,5 +1,6 @@
 //! One module per command group; each command is a function taking its parsed flags.
 
+pub mod build;
 pub mod containers;
 pub mod exec;
 pub mod files;
@@ -34,6 +35,11 @@ pub enum Cmd {
     Image(ImageCmd),
     /// Return low-level information on berth objects
     Inspect(images::InspectArgs),
+    /// Build an image from a Dockerfile
+    Build(build::BuildArgs),
+    /// Manage builds
+    #[command(subcommand)]
+    Builder(build::BuilderCmd),
     /// Show the history of an image
     History(images::HistoryArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
@@ -181,6 +187,8 @@ pub enum ImageCmd {
     Rm(images::RmiArgs),
     /// Remove unused images
     Prune(images::PruneArgs),
+    /// Build an image from a Dockerfile
+    Build(build::BuildArgs),
     /// Import the contents from a tarball to create a filesystem image
     Import(images::ImportArgs),
     /// Save one or more images to a tar archive
@@ -214,6 +222,10 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Tag(a) | Cmd::Image(ImageCmd::Tag(a)) => images::tag(c, a).await,
         Cmd::Rmi(a) | Cmd::Image(ImageCmd::Rm(a)) => images::rmi(c, a).await,
         Cmd::Image(ImageCmd::Prune(a)) => images::prune(c, a).await,
+        Cmd::Build(a)
+        | Cmd::Image(ImageCmd::Build(a))
+        | Cmd::Builder(build::BuilderCmd::Build(a)) => build::build(c, a).await,
+        Cmd::Builder(build::BuilderCmd::Prune(a)) => build::prune(c, a).await,
         Cmd::Import(a) | Cmd::Image(ImageCmd::Import(a)) => images::import(c, a).await,
         Cmd::Save(a) | Cmd::Image(ImageCmd::Save(a)) => images::save(c, a).await,
         Cmd::Load(a) | Cmd::Image(ImageCmd::Load(a)) => images::load(c, a).await,

@@ -368,6 +368,12 @@ pub async fn df(c: &Client, a: DfArgs) -> Result<()> {
         String::new()
     };
     let count = |k: &str| d[k].as_array().map(|a| a.len()).unwrap_or(0);
+    let cache_size: i64 = d["BuildCache"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["Size"].as_i64().unwrap_or(0))
+        .sum();
     let rows = vec![
         row(vec![
             ("Type", json!("Images")),
@@ -394,8 +400,8 @@ pub async fn df(c: &Client, a: DfArgs) -> Result<()> {
             ("Type", json!("Build Cache")),
             ("TotalCount", json!(count("BuildCache").to_string())),
             ("Active", json!("0")),
-            ("Size", json!(hs(0))),
-            ("Reclaimable", json!(hs(0))),
+            ("Size", json!(hs(cache_size))),
+            ("Reclaimable", json!(hs(cache_size))),
         ]),
     ];
     let headers = json!({"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE"});

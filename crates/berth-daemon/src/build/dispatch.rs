@@ -164,6 +164,8 @@ pub struct Builder {
     out: Out,
     escape: char,
     meta_args: Vec<(String, Option<String>)>,
+    /// the ARG instructions before the first FROM (shown as steps, as Docker does)
+    meta_ins: Vec<Instruction>,
     stages: Vec<StageDef>,
     /// each built stage's image (None: not built, or `scratch` with nothing added)
     built: Vec<Option<Option<Digest>>>,
@@ -189,6 +191,7 @@ impl Builder {
             out,
             escape: file.escape,
             meta_args: Vec::new(),
+            meta_ins: Vec::new(),
             stages: Vec::new(),
             built: Vec::new(),
             step: 0,
@@ -244,8 +247,10 @@ impl Builder {
                         Some(Some(given)) => Some(given.clone()),
                         _ => v,
                     };
+                    b.used_args.insert(k.clone());
                     b.meta_args.push((k, v));
                 }
+                b.meta_ins.push(ins);
             } else {
                 return Err(fail(format!(
                     "dockerfile parse error on line {}: no build stage in current context",
@@ -336,7 +341,11 @@ impl Builder {
             .filter(|i| need[*i])
             .map(|i| 1 + self.stages[i].body.len())
             .sum::<usize>()
-            + usize::from(!self.opts.labels.is_empty());
+            + usize::from(!self.opts.labels.is_empty())
+            + self.meta_ins.len();
+        for ins in self.meta_ins.clone() {
+            self.announce(&ins).await;
+        }
         for (i, needed) in need.iter().enumerate().take(target + 1) {
             if *needed {
                 let image = self.stage(i, i == target).await?;
@@ -424,6 +433,12 @@ impl Builder {
             })
             .unwrap_or_default();
         st.config.insert("OnBuild".into(), Value::Null);
+        // every stage has a PATH, as with Docker's builder
+        let mut env = st.env();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(crate::spec::DEFAULT_PATH.to_string());
+            st.config.insert("Env".into(), strings(&env));
+        }
         if !triggers.is_empty() {
             let n = triggers.len();
             self.out
@@ -1307,8 +1322,10 @@ fn owner(tree: &Tree, spec: &str) -> Result<(u64, u64), Failure> {
         let text = std::fs::read_to_string(tree.host_path(file)).ok()?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            if f.first() == Some(&name) && f.len() > 3 {
-                Some((f[2].parse().ok()?, f[3].parse().ok()?))
+            if f.first() == Some(&name) && f.len() > 2 {
+                let id: u64 = f[2].parse().ok()?;
+                // passwd: the primary group; group files have none
+                Some((id, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(id)))
             } else {
                 None
             }

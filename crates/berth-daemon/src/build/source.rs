@@ -583,7 +583,7 @@ mod tests {
             ("a/c.md", "c"),
             ("d.txt", "d"),
             ("secret/key", "k"),
-            (".dockerignore", "secret\n*.md\n"),
+            (".dockerignore", "secret\n**/*.md\n"),
         ]);
         assert_eq!(c.meta("a").unwrap().kind, Kind::Dir);
         assert_eq!(

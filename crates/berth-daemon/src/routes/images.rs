@@ -95,6 +95,15 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         .map(|n| created_of(n))
         .collect::<Result<Vec<_>, _>>()?;
     let refs = f.get("reference");
+    // without `all`, untagged images other images were built on (a build's
+    // intermediate steps) stay hidden, as Docker hides them
+    let show_all = ctx.query.bool("all")?;
+    let parents: std::collections::HashSet<String> =
+        imgs.iter().map(|i| i.parent.clone()).collect();
+    imgs.retain(|i| {
+        let untagged = i.repo_tags.is_empty() && i.repo_digests.is_empty();
+        show_all || !untagged || !parents.contains(&i.id.to_string())
+    });
     imgs.retain(|i| {
         let is_dangling = i.repo_tags.is_empty() && i.repo_digests.is_empty();
         dangling.is_none_or(|want| want == is_dangling)

@@ -321,7 +321,7 @@ pub fn df(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         body.insert("Volumes".into(), super::volumes::df(d));
     }
     if want("build-cache") {
-        body.insert("BuildCache".into(), json!([]));
+        body.insert("BuildCache".into(), json!(crate::build::cache_usage(d)));
     }
     Ok(ok_json(&Value::Object(body)))
 }

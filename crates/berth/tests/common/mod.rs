@@ -509,6 +509,8 @@ pub fn run_cli(bin: &str, host: &str, args: &[&str], stdin: Option<&[u8]>) -> Ou
         .env("BERTH_HOST", host)
         .env("DOCKER_CONFIG", "/tmp/berth-e2e-docker-config")
         .env("DOCKER_CLI_HINTS", "false")
+        // the docker CLI's legacy builder, the one berthd serves
+        .env("DOCKER_BUILDKIT", "0")
         .env_remove("DOCKER_CONTEXT")
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -1,0 +1,681 @@
+#![allow(clippy::unwrap_used)]
+//! Building images from Dockerfiles end to end, through berth's CLI and the docker CLI
+//! (its legacy builder, which `Builder-Version: 1` selects): every instruction's effect
+//! on the image config and files, build args and labels, the cache (hits, misses after a
+//! change, `--no-cache`), multi-stage builds with `--target` and skipped stages,
+//! `COPY --from`, ADD of archives and URLs, heredocs, `.dockerignore`, `--chown` and
+//! `--chmod`, `builder prune` and `system df`, the bad inputs with their errors, and —
+//! where dockerd is installed — the same Dockerfile built by Docker, compared.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (p, data) in files {
+        let path = dir.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    dir
+}
+
+fn build(d: &Daemon, bin: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    let p = dir.display().to_string();
+    a.push(&p);
+    d.cli(bin, &a)
+}
+
+fn config(d: &Daemon, image: &str) -> Value {
+    d.get_json(&format!("/images/{image}/json"))["Config"].clone()
+}
+
+fn run_out(d: &Daemon, image: &str, script: &str) -> String {
+    ok(d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        image,
+        "-c",
+        script,
+    ]))
+}
+
+const ALL_INSTRUCTIONS: &str = r#"# a comment
+ARG BASE=bb
+FROM $BASE
+ARG VERSION=1.0
+ARG FROMCLI
+LABEL org.test.version=$VERSION maintainer="Some One"
+ENV APP_HOME=/app \
+    GREETING="hello world"
+WORKDIR $APP_HOME
+COPY hello.txt ./
+COPY dir/ sub/
+RUN echo "$GREETING $FROMCLI" > generated.txt && mkdir -p /data && echo d > /data/f
+EXPOSE 8080 53/udp
+VOLUME ["/data"]
+USER 1000:1000
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=3s --retries=2 CMD true
+SHELL ["/bin/sh", "-c"]
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat generated.txt"]
+ONBUILD RUN echo onbuild
+"#;
+
+const COMPARED: &[&str] = &[
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "Labels",
+    "ExposedPorts",
+    "Volumes",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+];
+
+#[test]
+fn instructions_args_labels_and_cache_through_both_clis() {
+    let Some(d) = daemon_with_busybox("instructions_args_labels_and_cache_through_both_clis")
+    else {
+        return;
+    };
+    let ctx = context(&[
+        ("Dockerfile", ALL_INSTRUCTIONS),
+        ("hello.txt", "hi\n"),
+        ("dir/x.txt", "x\n"),
+    ]);
+    let mut configs = Vec::new();
+    for bin in clis() {
+        let tag = format!("b-{}", if bin == "docker" { "docker" } else { "berth" });
+        let out = ok(build(
+            &d,
+            &bin,
+            ctx.path(),
+            &[
+                "-t",
+                &tag,
+                "--build-arg",
+                "VERSION=2.0",
+                "--build-arg",
+                "FROMCLI=cli",
+                "--label",
+                "extra=yes",
+            ],
+        ));
+        assert!(
+            out.contains("Step 1/20 : ARG BASE=bb\nStep 2/20 : FROM $BASE"),
+            "{bin}: {out}"
+        );
+        assert!(
+            out.contains(&format!("Successfully tagged {tag}:latest")),
+            "{bin}: {out}"
+        );
+        let c = config(&d, &tag);
+        assert!(c["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("GREETING=hello world")));
+        assert!(c["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("APP_HOME=/app")));
+        assert_eq!(c["Labels"]["org.test.version"], "2.0");
+        assert_eq!(c["Labels"]["maintainer"], "Some One");
+        assert_eq!(c["Labels"]["extra"], "yes");
+        assert_eq!(c["WorkingDir"], "/app");
+        assert_eq!(c["User"], "1000:1000");
+        assert_eq!(c["StopSignal"], "SIGTERM");
+        assert!(
+            c["ExposedPorts"]["8080/tcp"].is_object() && c["ExposedPorts"]["53/udp"].is_object()
+        );
+        assert!(c["Volumes"]["/data"].is_object());
+        assert_eq!(
+            c["Healthcheck"]["Test"],
+            serde_json::json!(["CMD-SHELL", "true"])
+        );
+        assert_eq!(c["Healthcheck"]["Interval"], 30_000_000_000i64);
+        assert_eq!(c["Healthcheck"]["Retries"], 2);
+        assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+        assert_eq!(c["Cmd"], serde_json::json!(["cat generated.txt"]));
+        assert_eq!(c["OnBuild"], serde_json::json!(["RUN echo onbuild"]));
+        // the build args reached RUN, not the image
+        assert!(!c["Env"].to_string().contains("FROMCLI"));
+        let run = ok(d.berth(&["run", "--rm", "--network", "none", &tag]));
+        assert_eq!(run, "hello world cli\n", "{bin}");
+        let files = run_out(
+            &d,
+            &tag,
+            "cat /app/hello.txt /app/sub/x.txt /data/f; ls -ln /app/generated.txt",
+        );
+        assert!(files.starts_with("hi\nx\nd\n"), "{files}");
+        assert!(
+            files.contains(" 0 "),
+            "files RUN writes are root's: {files}"
+        );
+        configs.push(c);
+        // the same build again: every step after FROM from the cache
+        let again = ok(build(
+            &d,
+            &bin,
+            ctx.path(),
+            &[
+                "-t",
+                &tag,
+                "--build-arg",
+                "VERSION=2.0",
+                "--build-arg",
+                "FROMCLI=cli",
+                "--label",
+                "extra=yes",
+            ],
+        ));
+        assert_eq!(again.matches("Using cache").count(), 18, "{bin}: {again}");
+        // -q prints only the ID, the same image
+        let q = ok(build(
+            &d,
+            &bin,
+            ctx.path(),
+            &[
+                "-q",
+                "--build-arg",
+                "VERSION=2.0",
+                "--build-arg",
+                "FROMCLI=cli",
+                "--label",
+                "extra=yes",
+            ],
+        ));
+        let id = d.get_json(&format!("/images/{tag}/json"))["Id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(q.trim(), id, "{bin}");
+        // --no-cache runs every step
+        let fresh = ok(build(
+            &d,
+            &bin,
+            ctx.path(),
+            &["--no-cache", "--build-arg", "FROMCLI=cli"],
+        ));
+        assert!(!fresh.contains("Using cache"), "{fresh}");
+        // a different build arg misses from the RUN that sees it
+        let other = ok(build(
+            &d,
+            &bin,
+            ctx.path(),
+            &[
+                "--build-arg",
+                "VERSION=2.0",
+                "--build-arg",
+                "FROMCLI=x",
+                "--label",
+                "extra=yes",
+            ],
+        ));
+        assert!(
+            other.contains("Step 9/20 : COPY dir/ sub/\n ---> Using cache"),
+            "{other}"
+        );
+        assert!(other.contains("---> Running in"), "{other}");
+    }
+    for k in COMPARED {
+        assert_eq!(configs[0][k], configs[1][k], "{k} differs between the CLIs");
+    }
+    // no build container is left
+    assert_eq!(ok(d.berth(&["ps", "-aq"])).trim(), "");
+    // history names the steps
+    let h = ok(d.berth(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}",
+        "b-berth",
+    ]));
+    assert!(
+        h.contains("|1 FROMCLI=cli /bin/sh -c echo \"$GREETING $FROMCLI\""),
+        "{h}"
+    );
+    assert!(h.contains("#(nop)  WORKDIR /app"), "{h}");
+}
+
+#[test]
+fn multistage_copy_from_add_heredocs_and_ignore() {
+    let Some(d) = daemon_with_busybox("multistage_copy_from_add_heredocs_and_ignore") else {
+        return;
+    };
+    // a small HTTP server for ADD URL, on loopback
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in server.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut s = s;
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let body = "downloaded\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let arch = {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(7);
+        h.set_mode(0o640);
+        b.append_data(&mut h, "inner/f", &b"in tar\n"[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    };
+    let dockerfile = format!(
+        r#"FROM bb AS builder
+RUN mkdir -p /out && echo built > /out/artifact && echo 'app:x:1000:1000::/:/bin/sh' >> /etc/passwd
+COPY --chown=app:2000 --chmod=0750 src/ /srcs/
+FROM bb AS unused
+RUN echo SHOULD-NOT-RUN
+FROM builder AS final
+COPY --from=builder /out/artifact /final/
+COPY --from=0 /srcs/one.txt /final/copied.txt
+COPY src/*.txt /globbed/
+ADD arch.tar.gz /unpacked/
+ADD http://127.0.0.1:{port}/remote.txt /dl/
+COPY . /ctx/
+COPY <<EOF /greeting.txt
+hello $HOSTNAME_UNSET heredoc
+EOF
+RUN <<EOF
+echo from heredoc script
+echo ran > /ran
+EOF
+"#
+    );
+    let ctx = context(&[
+        ("Dockerfile", &dockerfile),
+        ("src/one.txt", "one\n"),
+        ("src/two.txt", "two\n"),
+        ("src/skip.log", "log\n"),
+        ("secret/key", "k\n"),
+        (".dockerignore", "secret\n**/*.log\n"),
+    ]);
+    std::fs::write(ctx.path().join("arch.tar.gz"), &arch).unwrap();
+    for bin in clis() {
+        let out = ok(build(&d, &bin, ctx.path(), &["-t", "ms", "--no-cache"]));
+        assert!(
+            !out.contains("SHOULD-NOT-RUN"),
+            "a stage the target does not need ran: {out}"
+        );
+        assert!(out.contains("from heredoc script"), "{out}");
+        let files = run_out(
+            &d,
+            "ms",
+            "cat /final/artifact /final/copied.txt /unpacked/inner/f /dl/remote.txt /greeting.txt /ran; \
+             ls /globbed; ls -ln /srcs/one.txt /unpacked/inner/f; ls -a /ctx; ls /ctx/src",
+        );
+        for want in [
+            "built\n",
+            "one\nin tar\ndownloaded\nhello  heredoc\nran\n",
+            "one.txt\ntwo.txt\n",
+            "-rwxr-x---    1 1000     2000",
+            "-rw-r-----    1 0        0",
+        ] {
+            assert!(files.contains(want), "{bin}: {want:?} not in {files}");
+        }
+        assert!(
+            !files.contains("secret"),
+            "an ignored directory was sent: {files}"
+        );
+        assert!(
+            !files.contains("skip.log"),
+            "an ignored file was sent: {files}"
+        );
+        // --target stops at a stage, and builds only what it needs
+        let t = ok(build(
+            &d,
+            &bin,
+            ctx.path(),
+            &["--target", "builder", "-t", "only-builder"],
+        ));
+        assert!(t.contains("Step 3/3 : COPY --chown"), "{t}");
+        let files = run_out(&d, "only-builder", "ls / ; ls /srcs");
+        assert!(!files.contains("final"), "{files}");
+    }
+}
+
+#[test]
+fn cache_follows_file_contents_and_modes() {
+    let Some(d) = daemon_with_busybox("cache_follows_file_contents_and_modes") else {
+        return;
+    };
+    let ctx = context(&[
+        ("Dockerfile", "FROM bb\nENV A=1\nCOPY f /f\nRUN cat /f\n"),
+        ("f", "v1\n"),
+    ]);
+    let first = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    assert!(first.contains("v1"), "{first}");
+    let cached = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    assert_eq!(cached.matches("Using cache").count(), 3, "{cached}");
+    // new contents: ENV hits, COPY and what follows miss
+    std::fs::write(ctx.path().join("f"), "v2\n").unwrap();
+    let changed = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    assert_eq!(changed.matches("Using cache").count(), 1, "{changed}");
+    assert!(changed.contains("v2"), "{changed}");
+    // a mode change is a change too
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ctx.path().join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let moded = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    assert_eq!(moded.matches("Using cache").count(), 1, "{moded}");
+    // system df counts the cache; builder prune empties it
+    let df = ok(d.berth(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]));
+    let n: usize = df
+        .lines()
+        .find_map(|l| l.strip_prefix("Build Cache "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n >= 3, "{df}");
+    let api = d.get_json("/system/df");
+    assert!(api["BuildCache"].as_array().unwrap().len() >= 3);
+    let pruned = ok(d.berth(&["builder", "prune", "-f"]));
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert_eq!(
+        d.get_json("/system/df")["BuildCache"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let before = ok(d.berth(&["images", "-aq"]));
+    let after = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c2"]));
+    assert!(!after.contains("Using cache"), "{after}");
+    // the final image's intermediates go with it
+    ok(d.berth(&["rmi", "c2"]));
+    assert_eq!(ok(d.berth(&["images", "-aq"])), before);
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing() {
+    let Some(d) = daemon_with_busybox("bad_input_fails_clearly_and_leaves_nothing") else {
+        return;
+    };
+    let images_before = ok(d.berth(&["images", "-aq"]));
+    let cases: &[(&str, &[(&str, &str)], &str, i32)] = &[
+        (
+            "FROM bb\nFOO bar\n",
+            &[],
+            "dockerfile parse error on line 2: unknown instruction: FOO",
+            1,
+        ),
+        (
+            "FROM bb\nRUN <<EOF\necho\n",
+            &[],
+            "dockerfile parse error on line 2: unterminated heredoc",
+            1,
+        ),
+        (
+            "FROM bb\nCOPY missing.txt /x\n",
+            &[],
+            "file not found in build context",
+            1,
+        ),
+        (
+            "FROM bb\nCOPY ../outside /x\n",
+            &[],
+            "forbidden path outside the build context",
+            1,
+        ),
+        (
+            "FROM bb\nCOPY secret.txt /x\n",
+            &[("secret.txt", "s"), (".dockerignore", "secret.txt")],
+            "excluded by .dockerignore",
+            1,
+        ),
+        (
+            "FROM bb\nRUN echo output-before-failing && exit 7\n",
+            &[],
+            "returned a non-zero code: 7",
+            7,
+        ),
+        (
+            "FROM ${NEVER_DEFINED}\n",
+            &[],
+            "base name (${NEVER_DEFINED}) should not be blank",
+            1,
+        ),
+        (
+            "FROM bb\nADD http://127.0.0.1:9/x /x\n",
+            &[],
+            "failed to GET http://127.0.0.1:9/x",
+            1,
+        ),
+        (
+            "FROM bb\nCOPY a b /notadir\n",
+            &[("a", "a"), ("b", "b")],
+            "the destination must be a directory and end with a /",
+            1,
+        ),
+        ("FROM bb\n", &[], "failed to reach build target nope", 1),
+    ];
+    for bin in clis() {
+        for (df, files, want, code) in cases {
+            let mut all = vec![("Dockerfile", *df)];
+            all.extend_from_slice(files);
+            let ctx = context(&all);
+            let extra: &[&str] = if want.contains("target") {
+                &["--target", "nope"]
+            } else {
+                &[]
+            };
+            let o = build(&d, &bin, ctx.path(), extra);
+            let text = format!("{}{}", stdout(&o), stderr(&o));
+            assert_eq!(o.status.code(), Some(*code), "{bin} {df:?}: {text}");
+            assert!(
+                text.contains(want),
+                "{bin} {df:?}: wanted {want:?} in {text}"
+            );
+            if *code == 7 {
+                assert!(text.contains("output-before-failing"), "{text}");
+            }
+        }
+    }
+    // nothing dangling: no containers, no new images
+    assert_eq!(ok(d.berth(&["ps", "-aq"])).trim(), "");
+    assert_eq!(ok(d.berth(&["images", "-aq"])), images_before);
+    // --rm=false keeps a failed step's container, as asked
+    let ctx = context(&[("Dockerfile", "FROM bb\nRUN exit 1\n")]);
+    let o = build(&d, &berth_bin(), ctx.path(), &["--rm=false"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(ok(d.berth(&["ps", "-aq"])).lines().count(), 1);
+    // a context that is not a tar
+    let r = d.request("POST", "/build", Some(&[b'x'; 1024][..]));
+    assert!(r.text().contains("not a tar archive"), "{}", r.text());
+    // the daemon still builds
+    let ctx = context(&[("Dockerfile", "FROM bb\nENV OK=1\n")]);
+    ok(build(&d, &berth_bin(), ctx.path(), &[]));
+}
+
+/// The same Dockerfile through Docker's own builder: the configs and the file trees match.
+#[test]
+fn same_images_as_docker() {
+    if skip_unless_root("same_images_as_docker") {
+        return;
+    }
+    if !have("dockerd") {
+        eprintln!("same_images_as_docker: dockerd is not installed; skipped");
+        return;
+    }
+    let d = daemon_with_busybox("same_images_as_docker").unwrap();
+    let docker = DockerPeer::start();
+    let saved = d.berth(&["save", "bb"]).stdout;
+    ok(docker.cli(&["load"], Some(&saved)));
+    let ctx = context(&[
+        ("Dockerfile", ALL_INSTRUCTIONS),
+        ("hello.txt", "hi\n"),
+        ("dir/x.txt", "x\n"),
+    ]);
+    let args = [
+        "build",
+        "-t",
+        "cmp",
+        "--build-arg",
+        "FROMCLI=cli",
+        &ctx.path().display().to_string(),
+    ]
+    .map(str::to_string);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(docker.cli(&args, None));
+    ok(d.docker(&args));
+    let theirs: Value =
+        serde_json::from_str(&ok(docker.cli(&["image", "inspect", "cmp"], None))).unwrap();
+    let ours = config(&d, "cmp");
+    for k in COMPARED {
+        assert_eq!(ours[k], theirs[0]["Config"][k], "{k}");
+    }
+    // the file trees: names, modes, owners, sizes
+    let tree = |out: String| -> Vec<String> {
+        out.lines()
+            .filter(|l| {
+                // what each runtime puts in a running container, not in the image
+                !(l.ends_with(" hostname")
+                    || l.ends_with(" hosts")
+                    || l.ends_with(" resolv.conf")
+                    || l.ends_with("mtab -> /proc/mounts"))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let script = "ls -lnR /app /data /bin /etc | grep -v '^total'";
+    let ours = tree(ok(d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        "cmp",
+        "-c",
+        script,
+    ])));
+    let theirs = tree(ok(docker.cli(
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            "cmp",
+            "-c",
+            script,
+        ],
+        None,
+    )));
+    let strip = |v: Vec<String>| -> Vec<String> {
+        // times differ between two builds; compare mode, links, owner, size and name
+        v.into_iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() >= 9 {
+                    format!("{} {} {} {} {}", f[0], f[2], f[3], f[4], f[8..].join(" "))
+                } else {
+                    l
+                }
+            })
+            .collect()
+    };
+    assert_eq!(strip(ours), strip(theirs));
+}
+
+/// A dockerd of its own (data root, sockets, containerd namespace), stopped on drop.
+struct DockerPeer {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl DockerPeer {
+    fn start() -> DockerPeer {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-dockerd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let base = dir.path().to_path_buf();
+        let p = |s: &str| base.join(s).display().to_string();
+        std::fs::write(base.join("daemon.json"), "{}").unwrap();
+        let child = std::process::Command::new("dockerd")
+            .args([
+                "--data-root",
+                &p("root"),
+                "--exec-root",
+                &p("exec"),
+                "--pidfile",
+                &p("pid"),
+            ])
+            .args(["-H", &format!("unix://{}", p("d.sock"))])
+            .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+            .args([
+                "--containerd-namespace",
+                "berthe2e",
+                "--containerd-plugins-namespace",
+                "berthe2ep",
+            ])
+            .args(["--config-file", &p("daemon.json")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(p("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let peer = DockerPeer { dir, child };
+        for _ in 0..300 {
+            if peer.cli(&["version"], None).status.success() {
+                return peer;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "dockerd did not start: {}",
+            std::fs::read_to_string(p("log")).unwrap_or_default()
+        );
+    }
+
+    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        run_cli(
+            "docker",
+            &format!("unix://{}", self.dir.path().join("d.sock").display()),
+            args,
+            stdin,
+        )
+    }
+}
+
+impl Drop for DockerPeer {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        unmount_below(self.dir.path());
+    }
+}
