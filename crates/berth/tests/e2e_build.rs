@@ -208,7 +208,15 @@ fn instructions_args_labels_and_cache_through_both_clis() {
             &d,
             &bin,
             ctx.path(),
-            &["--no-cache", "--build-arg", "FROMCLI=cli"],
+            &[
+                "--no-cache",
+                "--build-arg",
+                "VERSION=2.0",
+                "--build-arg",
+                "FROMCLI=cli",
+                "--label",
+                "extra=yes",
+            ],
         ));
         assert!(!fresh.contains("Using cache"), "{fresh}");
         // a different build arg misses from the RUN that sees it
@@ -245,7 +253,7 @@ fn instructions_args_labels_and_cache_through_both_clis() {
         "b-berth",
     ]));
     assert!(
-        h.contains("|1 FROMCLI=cli /bin/sh -c echo \"$GREETING $FROMCLI\""),
+        h.contains("|2 VERSION=2.0 FROMCLI=cli /bin/sh -c echo \"$GREETING $FROMCLI\""),
         "{h}"
     );
     assert!(h.contains("#(nop)  WORKDIR /app"), "{h}");
@@ -367,19 +375,19 @@ fn cache_follows_file_contents_and_modes() {
         ("Dockerfile", "FROM bb\nENV A=1\nCOPY f /f\nRUN cat /f\n"),
         ("f", "v1\n"),
     ]);
-    let first = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    let first = ok(build(&d, berth_bin(), ctx.path(), &["-t", "c"]));
     assert!(first.contains("v1"), "{first}");
-    let cached = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    let cached = ok(build(&d, berth_bin(), ctx.path(), &["-t", "c"]));
     assert_eq!(cached.matches("Using cache").count(), 3, "{cached}");
     // new contents: ENV hits, COPY and what follows miss
     std::fs::write(ctx.path().join("f"), "v2\n").unwrap();
-    let changed = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    let changed = ok(build(&d, berth_bin(), ctx.path(), &["-t", "c"]));
     assert_eq!(changed.matches("Using cache").count(), 1, "{changed}");
     assert!(changed.contains("v2"), "{changed}");
     // a mode change is a change too
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(ctx.path().join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let moded = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c"]));
+    let moded = ok(build(&d, berth_bin(), ctx.path(), &["-t", "c"]));
     assert_eq!(moded.matches("Using cache").count(), 1, "{moded}");
     // system df counts the cache; builder prune empties it
     let df = ok(d.berth(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]));
@@ -402,7 +410,7 @@ fn cache_follows_file_contents_and_modes() {
         0
     );
     let before = ok(d.berth(&["images", "-aq"]));
-    let after = ok(build(&d, &berth_bin(), ctx.path(), &["-t", "c2"]));
+    let after = ok(build(&d, berth_bin(), ctx.path(), &["-t", "c2"]));
     assert!(!after.contains("Using cache"), "{after}");
     // the final image's intermediates go with it
     ok(d.berth(&["rmi", "c2"]));
@@ -415,7 +423,9 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         return;
     };
     let images_before = ok(d.berth(&["images", "-aq"]));
-    let cases: &[(&str, &[(&str, &str)], &str, i32)] = &[
+    // (Dockerfile, other context files, the error, the exit code)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, i32);
+    let cases: &[Case] = &[
         (
             "FROM bb\nFOO bar\n",
             &[],
@@ -499,7 +509,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     assert_eq!(ok(d.berth(&["images", "-aq"])), images_before);
     // --rm=false keeps a failed step's container, as asked
     let ctx = context(&[("Dockerfile", "FROM bb\nRUN exit 1\n")]);
-    let o = build(&d, &berth_bin(), ctx.path(), &["--rm=false"]);
+    let o = build(&d, berth_bin(), ctx.path(), &["--rm=false"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(ok(d.berth(&["ps", "-aq"])).lines().count(), 1);
     // a context that is not a tar
@@ -507,7 +517,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     assert!(r.text().contains("not a tar archive"), "{}", r.text());
     // the daemon still builds
     let ctx = context(&[("Dockerfile", "FROM bb\nENV OK=1\n")]);
-    ok(build(&d, &berth_bin(), ctx.path(), &[]));
+    ok(build(&d, berth_bin(), ctx.path(), &[]));
 }
 
 /// The same Dockerfile through Docker's own builder: the configs and the file trees match.
@@ -606,6 +616,14 @@ fn same_images_as_docker() {
 struct DockerPeer {
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// the `docker` cgroups dockerd makes, when they were not there before it
+    cgroups: Vec<std::path::PathBuf>,
+}
+
+fn docker_cgroups() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|r| r.flatten().map(|e| e.path().join("docker")).collect())
+        .unwrap_or_default()
 }
 
 impl DockerPeer {
@@ -617,6 +635,10 @@ impl DockerPeer {
         let base = dir.path().to_path_buf();
         let p = |s: &str| base.join(s).display().to_string();
         std::fs::write(base.join("daemon.json"), "{}").unwrap();
+        let cgroups: Vec<_> = docker_cgroups()
+            .into_iter()
+            .filter(|p| !p.exists())
+            .collect();
         let child = std::process::Command::new("dockerd")
             .args([
                 "--data-root",
@@ -639,7 +661,11 @@ impl DockerPeer {
             .stderr(std::fs::File::create(p("log")).unwrap())
             .spawn()
             .unwrap();
-        let peer = DockerPeer { dir, child };
+        let peer = DockerPeer {
+            dir,
+            child,
+            cgroups,
+        };
         for _ in 0..300 {
             if peer.cli(&["version"], None).status.success() {
                 return peer;
@@ -664,6 +690,7 @@ impl DockerPeer {
 
 impl Drop for DockerPeer {
     fn drop(&mut self) {
+        // SAFETY: a signal to the dockerd this peer started and has not reaped
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -677,5 +704,8 @@ impl Drop for DockerPeer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         unmount_below(self.dir.path());
+        for c in &self.cgroups {
+            let _ = std::fs::remove_dir(c);
+        }
     }
 }

@@ -69,7 +69,7 @@ pub struct BuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum BuilderCmd {
     /// Build an image from a Dockerfile
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Remove build cache
     Prune(PruneArgs),
 }

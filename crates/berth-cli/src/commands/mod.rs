@@ -222,9 +222,8 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Tag(a) | Cmd::Image(ImageCmd::Tag(a)) => images::tag(c, a).await,
         Cmd::Rmi(a) | Cmd::Image(ImageCmd::Rm(a)) => images::rmi(c, a).await,
         Cmd::Image(ImageCmd::Prune(a)) => images::prune(c, a).await,
-        Cmd::Build(a)
-        | Cmd::Image(ImageCmd::Build(a))
-        | Cmd::Builder(build::BuilderCmd::Build(a)) => build::build(c, a).await,
+        Cmd::Build(a) | Cmd::Image(ImageCmd::Build(a)) => build::build(c, a).await,
+        Cmd::Builder(build::BuilderCmd::Build(a)) => build::build(c, *a).await,
         Cmd::Builder(build::BuilderCmd::Prune(a)) => build::prune(c, a).await,
         Cmd::Import(a) | Cmd::Image(ImageCmd::Import(a)) => images::import(c, a).await,
         Cmd::Save(a) | Cmd::Image(ImageCmd::Save(a)) => images::save(c, a).await,
