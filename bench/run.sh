@@ -47,6 +47,22 @@ rss_kib() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}'
 # proportional set size: shared pages (the binary, libc) divided among their users
 pss_kib() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0) )); done; echo "$t"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k/1024}'; }
+# timed NAME BERTH_PREP DOCKER_PREP BERTH_CMD DOCKER_CMD: medians in seconds, and the ratio
+timed() {
+  local cmds=("$4") preps=(--prepare "$2")
+  if [ $have_docker = 1 ]; then cmds+=("$5"); preps+=(--prepare "$3"); fi
+  hyperfine -r "$runs" "${preps[@]}" --export-json "$work/$1.json" "${cmds[@]}" >/dev/null
+  python3 - "$work/$1.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for x in r:
+  print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
+if len(r) == 2:
+  print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
+PY
+}
+# BENCH_ONLY="build pull": only those sections (containers, pull, build, network)
+section() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a/b; else print "n/a" }'; }
 
 # --- test images -------------------------------------------------------------------
@@ -128,6 +144,7 @@ if len(r) == 2:
 PY
 
 # --- containers ----------------------------------------------------------------------
+if section containers; then
 echo
 # run_bench NAME FLAGS: `run --rm --network none FLAGS busybox true`, berth then Docker
 run_bench() {
@@ -213,7 +230,10 @@ else
   printf 'berthd %s ms CPU\n' "$b_stats"
 fi
 
+fi
+
 # --- pull and push ---------------------------------------------------------------------
+if section pull; then
 # A 4-layer image (the big rootfs plus three layers) in Debian's docker-registry on
 # loopback, pulled from nothing by each daemon (every image removed first), then pushed
 # to an empty registry (its storage wiped before each run).
@@ -228,20 +248,6 @@ if command -v docker-registry >/dev/null && command -v skopeo >/dev/null; then
     echo "$! $port"
   }
   wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && break; sleep 0.1; done; }
-  # timed NAME BERTH_PREP DOCKER_PREP BERTH_CMD DOCKER_CMD: medians in seconds, and the ratio
-  timed() {
-    local cmds=("$4") preps=(--prepare "$2")
-    if [ $have_docker = 1 ]; then cmds+=("$5"); preps+=(--prepare "$3"); fi
-    hyperfine -r "$runs" "${preps[@]}" --export-json "$work/$1.json" "${cmds[@]}" >/dev/null
-    python3 - "$work/$1.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-for x in r:
-    print(f"{x['command'].split()[0].rsplit('/', 1)[-1]:8s} median {x['median']:.3f} s")
-if len(r) == 2:
-    print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
-PY
-  }
   read -r rpid port < <(start_registry "$work/registry")
   read -r rpid2 port2 < <(start_registry "$work/registry2")
   wait_port "$port"; wait_port "$port2"
@@ -297,7 +303,47 @@ PY
   kill "$rpid" "$rpid2" "$brpid" 2>/dev/null; wait "$rpid" "$rpid2" "$brpid" 2>/dev/null || true
 fi
 
+fi
+
+# --- build ---------------------------------------------------------------------------------
+if section build; then
+# A 4-step Dockerfile on the big rootfs: COPY 20 MB of random data with a docs tree, COPY a
+# library tree, RUN writing 30 MB; built without the cache, then rebuilt fully cached
+# (Docker: its classic builder, which is what berthd serves).
+echo
+bctx=$work/buildctx
+mkdir -p "$bctx"
+head -c 20M /dev/urandom > "$bctx/random.bin"
+docs=$cache/debroot/usr/share/doc; [ -d "$docs" ] || docs=/usr/share/man/man1
+libs=$cache/debroot/usr/lib/x86_64-linux-gnu/perl-base; [ -d "$libs" ] || libs=/usr/lib/x86_64-linux-gnu/perl-base
+cp -a "$docs" "$bctx/docs"
+cp -a "$libs" "$bctx/lib"
+cat > "$bctx/Dockerfile" <<'DF'
+FROM bench/buildbase
+COPY random.bin docs /data/
+COPY lib /opt/lib/
+RUN head -c 31457280 /dev/zero > /written.bin
+DF
+"$berth" import "$big" bench/buildbase >/dev/null
+[ $have_docker = 1 ] && docker import "$big" bench/buildbase >/dev/null
+clear_build() { echo "$1 rmi -f bench/build >/dev/null 2>&1; $1 image prune -f >/dev/null 2>&1; $1 builder prune -f >/dev/null 2>&1; sync"; }
+export DOCKER_BUILDKIT=0
+echo "== build of a 4-step Dockerfile, $(du -sm "$bctx" | cut -f1) MB context, without cache ($runs runs) =="
+timed build-uncached "$(clear_build "$berth")" "$(clear_build docker)" \
+  "$berth build -q --no-cache --network none -t bench/build $bctx" \
+  "docker build -q --no-cache --network none -t bench/build $bctx"
+echo
+echo "== the same build again, every step cached ($runs runs) =="
+"$berth" build -q --network none -t bench/build "$bctx" >/dev/null
+[ $have_docker = 1 ] && docker build -q --network none -t bench/build "$bctx" >/dev/null 2>&1
+timed build-cached true true \
+  "$berth build -q --network none -t bench/build $bctx" \
+  "docker build -q --network none -t bench/build $bctx"
+
+fi
+
 # --- networking --------------------------------------------------------------------------
+if section network; then
 # On each engine's default bridge: `run --rm busybox true`, then a busybox httpd published
 # on 127.0.0.1 (berth: DNAT; Docker: docker-proxy, its userland proxy for loopback): the
 # throughput of one 256 MB download and the rate of new connections (500 GETs, one
@@ -369,4 +415,6 @@ if [ $have_docker = 1 ]; then
   echo "(higher is better for both: a ratio above 1 means berth is faster)"
 else
   printf 'berth: %s MB/s, %s connections/s\n' "$b_mbs" "$b_cps"
+fi
+
 fi
