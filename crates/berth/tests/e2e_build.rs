@@ -415,6 +415,19 @@ fn cache_follows_file_contents_and_modes() {
     // the final image's intermediates go with it
     ok(d.berth(&["rmi", "c2"]));
     assert_eq!(ok(d.berth(&["images", "-aq"])), before);
+    // with the cache gone, --cache-from finds the steps in an image built before
+    ok(d.berth(&["builder", "prune", "-f"]));
+    let from = ok(build(
+        &d,
+        berth_bin(),
+        ctx.path(),
+        &["--cache-from", "c", "-t", "c3"],
+    ));
+    assert_eq!(from.matches("Using cache").count(), 3, "{from}");
+    assert_eq!(
+        run_out(&d, "c3", "cat /f; ls -l /f"),
+        format!("v2\n{}", run_out(&d, "c", "ls -l /f"))
+    );
 }
 
 #[test]

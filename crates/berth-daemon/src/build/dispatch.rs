@@ -174,6 +174,9 @@ pub struct Builder {
     /// the stage being built
     current: usize,
     used_args: BTreeSet<String>,
+    /// `--cache-from` images: a step also hits when one of them was built on the same
+    /// history and made this step next
+    sources: Arc<Vec<berth_image::Image>>,
 }
 
 impl Builder {
@@ -198,6 +201,7 @@ impl Builder {
             total: 0,
             current: 0,
             used_args: BTreeSet::new(),
+            sources: Arc::new(Vec::new()),
         };
         if file.instructions.is_empty() {
             return Err(fail("the Dockerfile cannot be empty"));
@@ -337,6 +341,13 @@ impl Builder {
                 })?
         };
         let need = self.needed(target)?;
+        let sources: Vec<berth_image::Image> = self
+            .opts
+            .cache_from
+            .iter()
+            .filter_map(|n| self.d.images.inspect(n).ok())
+            .collect();
+        self.sources = Arc::new(sources);
         self.total = (0..=target)
             .filter(|i| need[*i])
             .map(|i| 1 + self.stages[i].body.len())
@@ -774,11 +785,32 @@ impl Builder {
         hex::encode(h.finalize())
     }
 
-    async fn cached(&mut self, st: &mut Stage, key: &str) -> Result<bool, Failure> {
+    async fn cached(
+        &mut self,
+        st: &mut Stage,
+        key: &str,
+        created_by: &str,
+    ) -> Result<bool, Failure> {
         if self.opts.nocache {
             return Ok(false);
         }
-        match self.d.images.cache_hit(key).map_err(Failure::from)? {
+        let mut hit = self.d.images.cache_hit(key).map_err(Failure::from)?;
+        if hit.is_none() && !self.sources.is_empty() {
+            let d = self.d.clone();
+            let sources = self.sources.clone();
+            let parent = st.image.clone();
+            let opts = self.commit_opts(st, created_by.to_string());
+            hit = tokio::task::spawn_blocking(move || from_sources(&d, &sources, parent, opts))
+                .await
+                .map_err(Failure::from)??;
+            if let Some(id) = &hit {
+                self.d
+                    .images
+                    .cache_put(key, id, created_by)
+                    .map_err(Failure::from)?;
+            }
+        }
+        match hit {
             Some(id) => {
                 self.out
                     .say(format!(" ---> Using cache\n ---> {}\n", short(&id)))
@@ -808,7 +840,7 @@ impl Builder {
 
     async fn config_step(&mut self, st: &mut Stage, created_by: String) -> Result<(), Failure> {
         let key = self.key(st, &created_by, "");
-        if self.cached(st, &key).await? {
+        if self.cached(st, &key, &created_by).await? {
             return Ok(());
         }
         let opts = self.commit_opts(st, created_by.clone());
@@ -835,7 +867,7 @@ impl Builder {
         mem: Mem,
     ) -> Result<(), Failure> {
         let key = self.key(st, &created_by, &extra);
-        if self.cached(st, &key).await? {
+        if self.cached(st, &key, &created_by).await? {
             return Ok(());
         }
         let opts = self.commit_opts(st, created_by.clone());
@@ -932,7 +964,7 @@ impl Builder {
             format!("|{} {} {}", arg_env.len(), arg_env.join(" "), cmd.join(" "))
         };
         let key = self.key(st, &created_by, &self.opts.network_mode.clone());
-        if self.cached(st, &key).await? {
+        if self.cached(st, &key, &created_by).await? {
             return Ok(());
         }
         let Some(parent) = st.image.clone() else {
@@ -1264,6 +1296,52 @@ impl Builder {
         self.layer_step(st, created_by, extra, plan, src_view, Some(attrs), mem)
             .await
     }
+}
+
+/// A step's image from a `--cache-from` image that shares the parent's layers and
+/// history and whose next history entry is this step: the parent plus that image's next
+/// layer (or none, for a config step), with this build's config.
+fn from_sources(
+    d: &Daemon,
+    sources: &[berth_image::Image],
+    parent: Option<Digest>,
+    opts: berth_image::CommitOptions,
+) -> Result<Option<Digest>, Failure> {
+    let (diffs, hist) = match &parent {
+        Some(p) => {
+            let img = d.images.get(p).map_err(Failure::from)?;
+            (img.config.rootfs.diff_ids, img.config.history)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    for c in sources {
+        let (cd, ch) = (&c.config.rootfs.diff_ids, &c.config.history);
+        let same_base = cd.len() >= diffs.len()
+            && cd[..diffs.len()] == diffs[..]
+            && ch.len() > hist.len()
+            && ch
+                .iter()
+                .zip(&hist)
+                .all(|(a, b)| a.created_by == b.created_by);
+        let next = &ch.get(hist.len());
+        if !same_base
+            || next.and_then(|h| h.created_by.as_deref()) != Some(opts.created_by.as_str())
+        {
+            continue;
+        }
+        let empty = next.is_some_and(|h| h.empty_layer);
+        let id = if empty {
+            d.images.child(parent.as_ref(), None, opts)
+        } else {
+            let Some(l) = c.layers.get(diffs.len()) else {
+                continue;
+            };
+            let mut r = d.images.layer_tar(l).map_err(Failure::from)?;
+            d.images.child(parent.as_ref(), Some(&mut r), opts)
+        };
+        return id.map(Some).map_err(Failure::from);
+    }
+    Ok(None)
 }
 
 fn join(dir: &str, name: &str) -> String {
