@@ -55,6 +55,38 @@ impl AuthConfig {
         Ok(Some(a))
     }
 
+    /// Decodes an `X-Registry-Config` header (a build's credentials: base64 of a JSON
+    /// map from registry to AuthConfig) and picks the entry for `domain` (a reference's
+    /// domain; Docker Hub's entry is `https://index.docker.io/v1/`).
+    pub fn for_domain_from_config_header(h: &str, domain: &str) -> Result<Option<Self>, String> {
+        let raw = h.trim().trim_end_matches('=');
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(raw)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw))
+            .map_err(|e| format!("invalid X-Registry-Config header: {e}"))?;
+        let all: std::collections::BTreeMap<String, AuthConfig> = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("invalid X-Registry-Config header: {e}"))?;
+        let hub = |d: &str| matches!(d, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+        let found = all.into_iter().find(|(k, _)| {
+            let host = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            host == domain || (hub(host) && hub(domain))
+        });
+        Ok(found
+            .map(|(_, mut a)| {
+                a.fill_from_auth();
+                a
+            })
+            .filter(|a| !a.is_empty()))
+    }
+
     /// `auth` ("user:password" in base64) into username and password, when those are
     /// missing.
     pub fn fill_from_auth(&mut self) {
@@ -167,6 +199,27 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_config_header_picks_the_registry() {
+        let json = r#"{"https://index.docker.io/v1/":{"username":"hub","password":"p"},"127.0.0.1:5000":{"auth":"dTpw"}}"#;
+        let h = base64::engine::general_purpose::URL_SAFE.encode(json);
+        let hub = AuthConfig::for_domain_from_config_header(&h, "docker.io")
+            .unwrap()
+            .unwrap();
+        assert_eq!(hub.username, "hub");
+        let local = AuthConfig::for_domain_from_config_header(&h, "127.0.0.1:5000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (local.username.as_str(), local.password.as_str()),
+            ("u", "p")
+        );
+        assert!(AuthConfig::for_domain_from_config_header(&h, "other.io")
+            .unwrap()
+            .is_none());
+        assert!(AuthConfig::for_domain_from_config_header("!!", "x").is_err());
+    }
 
     #[test]
     fn challenges() {

@@ -304,6 +304,7 @@ COPY --from=0 /srcs/one.txt /final/copied.txt
 COPY src/*.txt /globbed/
 ADD arch.tar.gz /unpacked/
 ADD http://127.0.0.1:{port}/remote.txt /dl/
+ADD --checksum=sha256:{sum} http://127.0.0.1:{port}/remote.txt /dl/checked.txt
 COPY . /ctx/
 COPY <<EOF /greeting.txt
 hello $HOSTNAME_UNSET heredoc
@@ -312,7 +313,8 @@ RUN <<EOF
 echo from heredoc script
 echo ran > /ran
 EOF
-"#
+"#,
+        sum = sha256_hex(b"downloaded\n")
     );
     let ctx = context(&[
         ("Dockerfile", &dockerfile),
@@ -333,12 +335,12 @@ EOF
         let files = run_out(
             &d,
             "ms",
-            "cat /final/artifact /final/copied.txt /unpacked/inner/f /dl/remote.txt /greeting.txt /ran; \
+            "cat /final/artifact /final/copied.txt /unpacked/inner/f /dl/remote.txt /greeting.txt /ran /dl/checked.txt; \
              ls /globbed; ls -ln /srcs/one.txt /unpacked/inner/f; ls -a /ctx; ls /ctx/src",
         );
         for want in [
             "built\n",
-            "one\nin tar\ndownloaded\nhello  heredoc\nran\n",
+            "one\nin tar\ndownloaded\nhello  heredoc\nran\ndownloaded\n",
             "one.txt\ntwo.txt\n",
             "-rwxr-x---    1 1000     2000",
             "-rw-r-----    1 0        0",
@@ -491,6 +493,24 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
             "FROM bb\nCOPY a b /notadir\n",
             &[("a", "a"), ("b", "b")],
             "the destination must be a directory and end with a /",
+            1,
+        ),
+        (
+            "FROM bb\nRUN --mount=type=cache,target=/c true\n",
+            &[],
+            "the --mount option requires BuildKit",
+            1,
+        ),
+        (
+            "FROM bb\nCOPY --bogus=1 a /a\n",
+            &[("a", "a")],
+            "Unknown flag: bogus",
+            1,
+        ),
+        (
+            "FROM bb\nADD --checksum=sha256:00 a /a\n",
+            &[("a", "a")],
+            "checksum can't be specified for non-HTTP(S) sources",
             1,
         ),
         ("FROM bb\n", &[], "failed to reach build target nope", 1),

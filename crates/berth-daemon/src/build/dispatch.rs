@@ -406,6 +406,7 @@ impl Builder {
                 )));
             }
         }
+        check_flags(&def.from)?;
         let base = self.base_name(i)?;
         let (image, config) = if base.eq_ignore_ascii_case("scratch") {
             (None, Map::new())
@@ -509,7 +510,12 @@ impl Builder {
         let reference = Reference::parse_tagged_default(name)
             .map_err(|e| fail(format!("invalid reference format: {name}: {e}")))?;
         let platform = berth_registry::manifest::Platform::host();
-        let plan = crate::pull::plan(&self.d, reference, &platform, None)
+        let creds = berth_registry::auth::AuthConfig::for_domain_from_config_header(
+            &self.opts.registry_config,
+            reference.domain(),
+        )
+        .map_err(fail)?;
+        let plan = crate::pull::plan(&self.d, reference, &platform, creds)
             .await
             .map_err(|e| fail(e.message))?;
         crate::pull::run(self.d.clone(), plan, self.out.tx.clone())
@@ -519,6 +525,7 @@ impl Builder {
     }
 
     async fn dispatch(&mut self, st: &mut Stage, ins: &Instruction) -> Result<(), Failure> {
+        check_flags(ins)?;
         let esc = self.escape;
         let text = ins.text();
         let nop = |s: &str| format!("/bin/sh -c #(nop)  {s}");
@@ -1087,6 +1094,13 @@ impl Builder {
             return Err(fail(format!("{} requires at least two arguments", ins.cmd)));
         }
         let (dest_raw, srcs) = words.split_last().unwrap_or((&words[0], &[]));
+        if ins.flag("checksum").is_some()
+            && srcs
+                .iter()
+                .any(|s| !s.starts_with("http://") && !s.starts_with("https://"))
+        {
+            return Err(fail("checksum can't be specified for non-HTTP(S) sources"));
+        }
         let dest_abs = if dest_raw.starts_with('/') {
             dest_raw.clone()
         } else {
@@ -1178,6 +1192,14 @@ impl Builder {
                     return Err(fail("COPY failed: source can't be a URL for COPY"));
                 }
                 let (name, data, mtime) = download(s).await?;
+                if let Some(want) = ins.flag("checksum") {
+                    let got = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+                    if want != got {
+                        return Err(fail(format!(
+                            "ADD failed: digest mismatch for {s}: {got}, expected {want}"
+                        )));
+                    }
+                }
                 extra.push_str(&format!("url:{s}:{}\n", hex::encode(Sha256::digest(&data))));
                 let mut m = file_meta(0o600, data.len() as u64);
                 m.mtime = mtime;
@@ -1296,6 +1318,36 @@ impl Builder {
         self.layer_step(st, created_by, extra, plan, src_view, Some(attrs), mem)
             .await
     }
+}
+
+/// The flags each instruction takes in Docker's classic builder (`--link` is accepted and
+/// changes nothing here: every COPY writes a layer of its own).
+fn check_flags(ins: &Instruction) -> Result<(), Failure> {
+    let allowed: &[&str] = match ins.cmd.as_str() {
+        "COPY" => &["from", "chown", "chmod", "link"],
+        "ADD" => &["chown", "chmod", "link", "checksum"],
+        "FROM" => &["platform"],
+        "HEALTHCHECK" => &[
+            "interval",
+            "timeout",
+            "start-period",
+            "start-interval",
+            "retries",
+        ],
+        _ => &[],
+    };
+    for (name, _) in &ins.flags {
+        if allowed.contains(&name.as_str()) {
+            continue;
+        }
+        if ins.cmd == "RUN" && matches!(name.as_str(), "mount" | "network" | "security") {
+            return Err(fail(format!(
+                "the --{name} option requires BuildKit; berth builds with Docker's classic builder"
+            )));
+        }
+        return Err(fail(format!("Unknown flag: {name}")));
+    }
+    Ok(())
 }
 
 /// A step's image from a `--cache-from` image that shares the parent's layers and

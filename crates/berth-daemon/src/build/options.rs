@@ -28,6 +28,8 @@ pub struct Options {
     /// resources for RUN containers, as HostConfig fields
     pub resources: Map<String, Value>,
     pub platform: String,
+    /// `X-Registry-Config`: credentials for pulling base images, by registry
+    pub registry_config: String,
 }
 
 fn json_param<T: serde::de::DeserializeOwned + Default>(q: &Query, k: &str) -> Result<T, ApiError> {
@@ -39,7 +41,7 @@ fn json_param<T: serde::de::DeserializeOwned + Default>(q: &Query, k: &str) -> R
 }
 
 impl Options {
-    pub fn parse(q: &Query, _headers: &http::HeaderMap) -> Result<Options, ApiError> {
+    pub fn parse(q: &Query, headers: &http::HeaderMap) -> Result<Options, ApiError> {
         let dockerfile = q
             .get("dockerfile")
             .filter(|f| !f.is_empty())
@@ -123,6 +125,11 @@ impl Options {
             extra_hosts,
             resources,
             platform,
+            registry_config: headers
+                .get("x-registry-config")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
         })
     }
 }
