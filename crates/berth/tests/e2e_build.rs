@@ -302,6 +302,8 @@ FROM builder AS final
 COPY --from=builder /out/artifact /final/
 COPY --from=0 /srcs/one.txt /final/copied.txt
 COPY src/*.txt /globbed/
+RUN mkdir -p /opt/real && ln -s /opt/real /linkdir
+COPY src/one.txt /linkdir/
 ADD arch.tar.gz /unpacked/
 ADD http://127.0.0.1:{port}/remote.txt /dl/
 ADD --checksum=sha256:{sum} http://127.0.0.1:{port}/remote.txt /dl/checked.txt
@@ -336,7 +338,8 @@ EOF
             &d,
             "ms",
             "cat /final/artifact /final/copied.txt /unpacked/inner/f /dl/remote.txt /greeting.txt /ran /dl/checked.txt; \
-             ls /globbed; ls -ln /srcs/one.txt /unpacked/inner/f; ls -a /ctx; ls /ctx/src",
+             ls /globbed; ls -ln /srcs/one.txt /unpacked/inner/f; ls -a /ctx; ls /ctx/src; \
+             ls /opt/real; ls -l /linkdir",
         );
         for want in [
             "built\n",
@@ -344,6 +347,8 @@ EOF
             "one.txt\ntwo.txt\n",
             "-rwxr-x---    1 1000     2000",
             "-rw-r-----    1 0        0",
+            "one.txt\nlrwxrwxrwx",
+            "/linkdir -> /opt/real",
         ] {
             assert!(files.contains(want), "{bin}: {want:?} not in {files}");
         }

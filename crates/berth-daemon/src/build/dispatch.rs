@@ -732,7 +732,8 @@ impl Builder {
                 let created_by = nop(&format!("WORKDIR {abs}"));
                 if st.image.is_some() {
                     let view = self.view(st.image.as_ref())?;
-                    let dirs = missing_dirs(&view.tree, &clamp(&abs), None);
+                    let real = view.tree.resolve(&clamp(&abs), true);
+                    let dirs = missing_dirs(&view.tree, &real, None);
                     if !dirs.is_empty() {
                         let plan: Vec<Planned> =
                             dirs.into_iter().map(|(p, m)| Planned::Dir(p, m)).collect();
@@ -1259,6 +1260,8 @@ impl Builder {
         let dest_is_dir = dir_syntax
             || copies.len() > 1
             || std::fs::metadata(parent_view.tree.host_path(&dest)).is_ok_and(|m| m.is_dir());
+        // where the writes land, through the image's symlinks
+        let dest = parent_view.tree.resolve(&dest, dest_is_dir);
         let mut made = BTreeSet::new();
         for (from, p, kind) in copies {
             let base = p.rsplit('/').next().unwrap_or(&p).to_string();

@@ -371,6 +371,11 @@ impl Tree {
     /// The host path of `path` with its directories' symlinks followed inside the root
     /// (the last element itself is not followed).
     pub fn host_path(&self, path: &str) -> PathBuf {
+        self.walk(path, false)
+    }
+
+    /// [`Tree::host_path`], following the last element too when `follow_last`.
+    fn walk(&self, path: &str, follow_last: bool) -> PathBuf {
         let mut parts: Vec<String> = Vec::new();
         let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
         let mut hops = 0;
@@ -383,7 +388,7 @@ impl Tree {
                 }
                 _ => {}
             }
-            let last = todo.iter().all(|t| t.is_empty() || t == ".");
+            let last = !follow_last && todo.iter().all(|t| t.is_empty() || t == ".");
             let here = self.root.join(parts.join("/")).join(&p);
             if !last && hops < 40 {
                 if let Ok(target) = std::fs::read_link(&here) {
@@ -399,6 +404,19 @@ impl Tree {
             parts.push(p);
         }
         self.root.join(parts.join("/"))
+    }
+}
+
+impl Tree {
+    /// `path` with the image's symlinks in its directories followed (and in its last
+    /// element too when `dir`): where a write to it really lands, as a clean relative
+    /// path — so a COPY to `/bin/` in an image whose `/bin` links to `usr/bin` writes
+    /// `usr/bin/…` instead of hiding the link under a new directory.
+    pub fn resolve(&self, path: &str, dir: bool) -> String {
+        let p = self.walk(path, dir);
+        p.strip_prefix(&self.root)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| clamp(path))
     }
 }
 
@@ -634,5 +652,9 @@ mod tests {
         assert_eq!(t.host_path("link/f"), d.path().join("real/f"));
         assert!(t.host_path("up/etc/passwd").starts_with(d.path()));
         assert!(matches!(t.meta("link").unwrap().kind, Kind::Symlink(_)));
+        assert_eq!(t.resolve("link/new", false), "real/new");
+        assert_eq!(t.resolve("link", true), "real");
+        assert_eq!(t.resolve("link", false), "link");
+        assert_eq!(t.resolve("nothere/x", true), "nothere/x");
     }
 }
