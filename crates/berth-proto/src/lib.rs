@@ -1,3 +1,4 @@
 //! Pieces of the Docker protocol that both berthd and the berth CLI need.
 
 pub mod detach;
+pub mod duration;

@@ -71,6 +71,20 @@ CMD ["cat generated.txt"]
 ONBUILD RUN echo onbuild
 "#;
 
+/// The build args and label of the first test's builds, after `extra` flags.
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = extra.to_vec();
+    v.extend_from_slice(&[
+        "--build-arg",
+        "VERSION=2.0",
+        "--build-arg",
+        "FROMCLI=cli",
+        "--label",
+        "extra=yes",
+    ]);
+    v
+}
+
 const COMPARED: &[&str] = &[
     "Env",
     "Cmd",
@@ -100,21 +114,7 @@ fn instructions_args_labels_and_cache_through_both_clis() {
     let mut configs = Vec::new();
     for bin in clis() {
         let tag = format!("b-{}", if bin == "docker" { "docker" } else { "berth" });
-        let out = ok(build(
-            &d,
-            &bin,
-            ctx.path(),
-            &[
-                "-t",
-                &tag,
-                "--build-arg",
-                "VERSION=2.0",
-                "--build-arg",
-                "FROMCLI=cli",
-                "--label",
-                "extra=yes",
-            ],
-        ));
+        let out = ok(build(&d, &bin, ctx.path(), &args(&["-t", &tag])));
         assert!(
             out.contains("Step 1/20 : ARG BASE=bb\nStep 2/20 : FROM $BASE"),
             "{bin}: {out}"
@@ -167,57 +167,17 @@ fn instructions_args_labels_and_cache_through_both_clis() {
         );
         configs.push(c);
         // the same build again: every step after FROM from the cache
-        let again = ok(build(
-            &d,
-            &bin,
-            ctx.path(),
-            &[
-                "-t",
-                &tag,
-                "--build-arg",
-                "VERSION=2.0",
-                "--build-arg",
-                "FROMCLI=cli",
-                "--label",
-                "extra=yes",
-            ],
-        ));
+        let again = ok(build(&d, &bin, ctx.path(), &args(&["-t", &tag])));
         assert_eq!(again.matches("Using cache").count(), 18, "{bin}: {again}");
         // -q prints only the ID, the same image
-        let q = ok(build(
-            &d,
-            &bin,
-            ctx.path(),
-            &[
-                "-q",
-                "--build-arg",
-                "VERSION=2.0",
-                "--build-arg",
-                "FROMCLI=cli",
-                "--label",
-                "extra=yes",
-            ],
-        ));
+        let q = ok(build(&d, &bin, ctx.path(), &args(&["-q"])));
         let id = d.get_json(&format!("/images/{tag}/json"))["Id"]
             .as_str()
             .unwrap()
             .to_string();
         assert_eq!(q.trim(), id, "{bin}");
         // --no-cache runs every step
-        let fresh = ok(build(
-            &d,
-            &bin,
-            ctx.path(),
-            &[
-                "--no-cache",
-                "--build-arg",
-                "VERSION=2.0",
-                "--build-arg",
-                "FROMCLI=cli",
-                "--label",
-                "extra=yes",
-            ],
-        ));
+        let fresh = ok(build(&d, &bin, ctx.path(), &args(&["--no-cache"])));
         assert!(!fresh.contains("Using cache"), "{fresh}");
         // a different build arg misses from the RUN that sees it
         let other = ok(build(

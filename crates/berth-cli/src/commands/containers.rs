@@ -244,37 +244,7 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
 
 /// Go's duration syntax (`1h2m3.5s`, `300ms`) in nanoseconds.
 pub fn parse_duration(s: &str) -> Result<i64> {
-    let bad = || anyhow!("invalid duration {s:?}");
-    if s == "0" {
-        return Ok(0);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += n * mult;
-        rest = &rest[unit_len..];
-    }
-    Ok(total as i64)
+    berth_proto::duration::parse(s).ok_or_else(|| anyhow!("invalid duration {s:?}"))
 }
 
 /// `--health-*` and `--no-healthcheck` as the API's Healthcheck.

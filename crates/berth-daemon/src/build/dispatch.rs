@@ -1496,27 +1496,7 @@ fn is_archive(ctx: &Context, path: &str) -> bool {
     if (&mut r).take(512).read_to_end(&mut head).is_err() || head.len() < 512 {
         return false;
     }
-    !head.iter().all(|b| *b == 0) && source_looks_like_tar(&head)
-}
-
-fn source_looks_like_tar(block: &[u8]) -> bool {
-    let field = String::from_utf8_lossy(&block[148..156]);
-    let Ok(want) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-    else {
-        return false;
-    };
-    let sum: u32 = block[..512]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    sum == want
+    !head.iter().all(|b| *b == 0) && source::looks_like_tar(&head)
 }
 
 /// Unpacks a context archive into `to` in the layer.
@@ -1660,37 +1640,6 @@ fn expose_ports(w: &str) -> Result<Vec<String>, Failure> {
     Ok((a..=b).map(|p| format!("{p}/{proto}")).collect())
 }
 
-/// Go's duration syntax (`1m30s`, `500ms`) in nanoseconds.
-fn duration(s: &str) -> Option<i64> {
-    if s == "0" {
-        return Some(0);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += num * mult;
-        rest = &rest[u..];
-    }
-    Some(total as i64)
-}
-
 fn healthcheck(ins: &Instruction, text: &str) -> Result<Value, Failure> {
     let t = text.trim();
     let (kind, rest) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
@@ -1721,7 +1670,8 @@ fn healthcheck(ins: &Instruction, text: &str) -> Result<Value, Failure> {
         ("start-interval", "StartInterval"),
     ] {
         if let Some(v) = ins.flag(flag) {
-            let n = duration(v).ok_or_else(|| fail(format!("time: invalid duration \"{v}\"")))?;
+            let n = berth_proto::duration::parse(v)
+                .ok_or_else(|| fail(format!("time: invalid duration \"{v}\"")))?;
             hc[key] = Value::from(n);
         }
     }
@@ -1739,14 +1689,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_and_durations() {
+    fn ports() {
         assert_eq!(expose_ports("80").unwrap(), vec!["80/tcp"]);
         assert_eq!(expose_ports("53/UDP").unwrap(), vec!["53/udp"]);
         assert_eq!(expose_ports("8000-8002").unwrap().len(), 3);
         assert!(expose_ports("x").is_err());
-        assert_eq!(duration("1m30s"), Some(90_000_000_000));
-        assert_eq!(duration("500ms"), Some(500_000_000));
-        assert_eq!(duration("5"), None);
     }
 
     #[test]

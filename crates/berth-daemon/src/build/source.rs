@@ -123,7 +123,7 @@ pub struct Context {
 }
 
 /// The first tar block's checksum holds, or the block is the zero end-of-archive block.
-fn looks_like_tar(block: &[u8]) -> bool {
+pub fn looks_like_tar(block: &[u8]) -> bool {
     if block.len() < 512 {
         return block.iter().all(|b| *b == 0);
     }
