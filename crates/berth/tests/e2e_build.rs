@@ -707,3 +707,58 @@ impl Drop for DockerPeer {
         }
     }
 }
+
+/// FROM pulls a base image that is not here; `--pull` fetches it again when the
+/// registry has a newer one.
+#[test]
+fn from_pulls_missing_base_and_pull_refreshes() {
+    let Some(d) = daemon_with_busybox("from_pulls_missing_base_and_pull_refreshes") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = std::process::Command::new(berth_bin());
+    cmd.args([
+        "registry",
+        "serve",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--root",
+    ])
+    .arg(root.path().join("data"));
+    let mut reg = spawn_listening(cmd, port, "berth registry serve");
+    let base = format!("127.0.0.1:{port}/base:1");
+    // version one of the base: busybox with V=1
+    let v = |n: &str| context(&[("Dockerfile", &format!("FROM bb\nENV V={n}\n"))]);
+    let one = v("1");
+    ok(build(&d, berth_bin(), one.path(), &["-t", &base]));
+    ok(d.berth(&["push", "-q", &base]));
+    ok(d.berth(&["rmi", &base]));
+    let app = context(&[("Dockerfile", &format!("FROM {base}\nRUN echo v=$V\n"))]);
+    for bin in clis() {
+        let _ = d.berth(&["rmi", "-f", &base]);
+        let out = ok(build(&d, &bin, app.path(), &["--no-cache", "-t", "app"]));
+        assert!(out.contains("v=1"), "{bin}: {out}");
+        assert!(d.berth(&["image", "inspect", &base]).status.success());
+    }
+    // version two in the registry; the local base stays version one
+    let v1 = ok(d.berth(&["image", "inspect", "-f", "{{.Id}}", &base]));
+    let two = v("2");
+    ok(build(&d, berth_bin(), two.path(), &["-t", &base]));
+    ok(d.berth(&["push", "-q", &base]));
+    ok(d.berth(&["tag", v1.trim(), &base]));
+    let local = ok(build(&d, berth_bin(), app.path(), &["-t", "app1"]));
+    assert!(!local.contains("v=2"), "{local}");
+    let env = |i: &str| ok(d.berth(&["image", "inspect", "-f", "{{json .Config.Env}}", i]));
+    assert!(env("app1").contains("V=1"), "{}", env("app1"));
+    let pulled = ok(build(
+        &d,
+        berth_bin(),
+        app.path(),
+        &["--pull", "-t", "app2"],
+    ));
+    assert!(pulled.contains("v=2"), "{pulled}");
+    assert!(env("app2").contains("V=2"), "{}", env("app2"));
+    let _ = reg.kill();
+    let _ = reg.wait();
+}
