@@ -220,6 +220,8 @@ impl Containers {
         let default_ulimits = cfg.default_ulimits.clone();
         let root = data_root.join("containers");
         std::fs::create_dir_all(&root)?;
+        // containers' upper directories fill with files as they run and RUN steps
+        berth_image::snapshot::spread_subdirs(&root);
         // short: unix socket paths below it must stay under 108 bytes
         let init = write_init(exec_root)?;
         let exec_root = exec_root.join("c");

@@ -127,9 +127,27 @@ impl Drop for Staged {
     }
 }
 
+/// Marks `dir` as a top of directory hierarchies (ext4's `chattr +T`, `FS_TOPDIR_FL`):
+/// the filesystem then spreads its new subdirectories, and the files under them, over
+/// block groups with free inodes instead of packing them into its own group. Without it,
+/// a layer unpacked right after another was removed lands among the inodes just freed,
+/// and ext4 checks each recently deleted one before it allocates: that check was half
+/// the CPU time of a pull after a `rmi` (and made it 3× slower). Best effort: other
+/// filesystems ignore or refuse the flag.
+pub fn spread_subdirs(dir: &Path) {
+    use rustix::fs::IFlags;
+    let Ok(f) = fs::File::open(dir) else { return };
+    if let Ok(flags) = rustix::fs::ioctl_getflags(&f) {
+        if !flags.contains(IFlags::TOPDIR) {
+            let _ = rustix::fs::ioctl_setflags(&f, flags | IFlags::TOPDIR);
+        }
+    }
+}
+
 impl Snapshots {
     pub fn open(root: &Path, driver: Driver) -> io::Result<Self> {
         fs::create_dir_all(root)?;
+        spread_subdirs(root);
         // leftovers of snapshots that were being built when we stopped
         for e in fs::read_dir(root)?.flatten() {
             if e.file_name().to_string_lossy().starts_with("tmp-") {
