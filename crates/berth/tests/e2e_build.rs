@@ -356,6 +356,47 @@ fn cache_follows_file_contents_and_modes() {
     std::fs::set_permissions(ctx.path().join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let moded = ok(build(&d, berth_bin(), ctx.path(), &["-t", "c"]));
     assert_eq!(moded.matches("Using cache").count(), 1, "{moded}");
+    // the live view on a terminal folds each step's output away (forced here with tty)
+    let live = ok(build(
+        &d,
+        berth_bin(),
+        ctx.path(),
+        &["--progress", "tty", "--no-cache", "-t", "live"],
+    ));
+    assert!(live.contains("\x1b[1mStep 4/4 : RUN cat /f"), "{live:?}");
+    assert!(
+        live.contains("\x1b[2mv2"),
+        "RUN output is shown dimmed: {live:?}"
+    );
+    assert!(
+        live.contains("A\x1b[J"),
+        "and folded when the step ends: {live:?}"
+    );
+    // a lone Dockerfile on stdin (no context), and a context tar on stdin, both CLIs
+    for bin in clis() {
+        let run = |args: &[&str], input: &[u8]| {
+            if bin == "docker" {
+                d.docker_stdin(args, Some(input))
+            } else {
+                d.berth_stdin(args, Some(input))
+            }
+        };
+        let id = ok(run(&["build", "-q", "-"], b"FROM bb\nENV FROM_STDIN=1\n"));
+        let env = ok(d.berth(&["image", "inspect", "-f", "{{json .Config.Env}}", id.trim()]));
+        assert!(env.contains("FROM_STDIN=1"), "{bin}: {env}");
+        let mut t = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("Dockerfile", &b"FROM bb\nCOPY f /f\n"[..]),
+            ("f", b"in tar\n"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            t.append_data(&mut h, name, data).unwrap();
+        }
+        let id = ok(run(&["build", "-q", "-"], &t.into_inner().unwrap()));
+        assert_eq!(run_out(&d, id.trim(), "cat /f"), "in tar\n", "{bin}");
+    }
     // system df counts the cache; builder prune empties it
     let df = ok(d.berth(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]));
     let n: usize = df
