@@ -578,16 +578,7 @@ impl ImageStore {
                 if let Ok(c) = l.row.chain_id.parse::<Digest>() {
                     self.snaps.remove(&c);
                 }
-                if let Ok(b) = l.row.blob.parse::<Digest>() {
-                    let still_used = self
-                        .db
-                        .layers()
-                        .map(|ls| ls.iter().any(|x| x.blob == l.row.blob))
-                        .unwrap_or(true);
-                    if !still_used {
-                        self.content.delete(&b);
-                    }
-                }
+                self.delete_blob_if_unused(&l.row.blob);
             }
         }
     }
@@ -1026,11 +1017,16 @@ impl ImageStore {
                 self.snaps.remove(&c);
                 out.push(DeleteItem::DeletedLayer(c.to_string()));
             }
-            if let Ok(b) = l.blob.parse::<Digest>() {
-                self.content.delete(&b);
-            }
+            self.delete_blob_if_unused(&l.blob);
         }
         Ok(out)
+    }
+
+    /// Removes a layer's blob unless another layer stores its data there too.
+    fn delete_blob_if_unused(&self, blob: &str) {
+        if let (Ok(b), Ok(false)) = (blob.parse::<Digest>(), self.db.blob_used(blob)) {
+            self.content.delete(&b);
+        }
     }
 
     /// `docker image prune`: dangling images (no references, no children), or with

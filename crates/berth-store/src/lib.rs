@@ -408,6 +408,20 @@ impl Db {
         Ok(orphans)
     }
 
+    /// Whether a layer still stores its data in this blob (layers with the same
+    /// contents on different parents share one).
+    pub fn blob_used(&self, blob: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT 1 FROM layers WHERE blob = ?1 LIMIT 1",
+                [blob],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Keeps layers a failed pull verified (`since`: seconds since the epoch), so a later
     /// pull finds them; until an image names them they count as partial.
     pub fn keep_partial(&self, layers: &[LayerRow], since: i64) -> Result<()> {

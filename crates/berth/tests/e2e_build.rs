@@ -56,6 +56,7 @@ ARG FROMCLI
 LABEL org.test.version=$VERSION maintainer="Some One"
 ENV APP_HOME=/app \
     GREETING="hello world"
+ENV DEF=${UNSET:-fallback} ALT=${APP_HOME:+set} KEEP=${APP_HOME:-unused}
 WORKDIR $APP_HOME
 COPY hello.txt ./
 COPY dir/ sub/
@@ -116,7 +117,7 @@ fn instructions_args_labels_and_cache_through_both_clis() {
         let tag = format!("b-{}", if bin == "docker" { "docker" } else { "berth" });
         let out = ok(build(&d, &bin, ctx.path(), &args(&["-t", &tag])));
         assert!(
-            out.contains("Step 1/20 : ARG BASE=bb\nStep 2/20 : FROM $BASE"),
+            out.contains("Step 1/21 : ARG BASE=bb\nStep 2/21 : FROM $BASE"),
             "{bin}: {out}"
         );
         assert!(
@@ -132,6 +133,12 @@ fn instructions_args_labels_and_cache_through_both_clis() {
             .as_array()
             .unwrap()
             .contains(&Value::from("APP_HOME=/app")));
+        for e in ["DEF=fallback", "ALT=set", "KEEP=/app"] {
+            assert!(
+                c["Env"].as_array().unwrap().contains(&Value::from(e)),
+                "{e}"
+            );
+        }
         assert_eq!(c["Labels"]["org.test.version"], "2.0");
         assert_eq!(c["Labels"]["maintainer"], "Some One");
         assert_eq!(c["Labels"]["extra"], "yes");
@@ -168,7 +175,7 @@ fn instructions_args_labels_and_cache_through_both_clis() {
         configs.push(c);
         // the same build again: every step after FROM from the cache
         let again = ok(build(&d, &bin, ctx.path(), &args(&["-t", &tag])));
-        assert_eq!(again.matches("Using cache").count(), 18, "{bin}: {again}");
+        assert_eq!(again.matches("Using cache").count(), 19, "{bin}: {again}");
         // -q prints only the ID, the same image
         let q = ok(build(&d, &bin, ctx.path(), &args(&["-q"])));
         let id = d.get_json(&format!("/images/{tag}/json"))["Id"]
@@ -194,7 +201,7 @@ fn instructions_args_labels_and_cache_through_both_clis() {
             ],
         ));
         assert!(
-            other.contains("Step 9/20 : COPY dir/ sub/\n ---> Using cache"),
+            other.contains("Step 10/21 : COPY dir/ sub/\n ---> Using cache"),
             "{other}"
         );
         assert!(other.contains("---> Running in"), "{other}");
@@ -202,6 +209,12 @@ fn instructions_args_labels_and_cache_through_both_clis() {
     for k in COMPARED {
         assert_eq!(configs[0][k], configs[1][k], "{k} differs between the CLIs");
     }
+    // a build FROM an image with ONBUILD runs its trigger, and the trigger is not inherited
+    let child = context(&[("Dockerfile", "FROM b-berth\nENV CHILD=1\n")]);
+    let out = ok(build(&d, berth_bin(), child.path(), &["-t", "child"]));
+    assert!(out.contains("# Executing 1 build trigger\n"), "{out}");
+    assert!(out.contains("onbuild\n"), "{out}");
+    assert!(config(&d, "child")["OnBuild"].is_null());
     // no build container is left
     assert_eq!(ok(d.berth(&["ps", "-aq"])).trim(), "");
     // history names the steps
@@ -261,6 +274,7 @@ RUN echo SHOULD-NOT-RUN
 FROM builder AS final
 COPY --from=builder /out/artifact /final/
 COPY --from=0 /srcs/one.txt /final/copied.txt
+COPY --from=bb /etc/passwd /from-image/
 COPY src/*.txt /globbed/
 RUN mkdir -p /opt/real && ln -s /opt/real /linkdir
 COPY src/one.txt /linkdir/
@@ -299,7 +313,7 @@ EOF
             "ms",
             "cat /final/artifact /final/copied.txt /unpacked/inner/f /dl/remote.txt /greeting.txt /ran /dl/checked.txt; \
              ls /globbed; ls -ln /srcs/one.txt /unpacked/inner/f; ls -a /ctx; ls /ctx/src; \
-             ls /opt/real; ls -l /linkdir",
+             ls /opt/real; ls -l /linkdir; cat /from-image/passwd",
         );
         for want in [
             "built\n",
@@ -309,6 +323,7 @@ EOF
             "-rw-r-----    1 0        0",
             "one.txt\nlrwxrwxrwx",
             "/linkdir -> /opt/real",
+            "root:x:0:0:root:/root:/bin/sh\n",
         ] {
             assert!(files.contains(want), "{bin}: {want:?} not in {files}");
         }
@@ -382,6 +397,13 @@ fn cache_follows_file_contents_and_modes() {
             }
         };
         let id = ok(run(&["build", "-q", "-"], b"FROM bb\nENV FROM_STDIN=1\n"));
+        // the escape directive, and a syntax directive noted
+        let escaped = ok(run(
+            &["build", "--no-cache", "-"],
+            b"# syntax=docker/dockerfile:1\n# escape=`\nFROM bb\nRUN echo one `\n  two\n",
+        ));
+        assert!(escaped.contains("one two\n"), "{bin}: {escaped}");
+        assert!(escaped.contains("syntax"), "{bin}: {escaped}");
         let env = ok(d.berth(&["image", "inspect", "-f", "{{json .Config.Env}}", id.trim()]));
         assert!(env.contains("FROM_STDIN=1"), "{bin}: {env}");
         let mut t = tar::Builder::new(Vec::new());

@@ -116,6 +116,10 @@ async fn run(
         )
     })?;
     let file = berth_build::parser::parse(&text)?;
+    // parser notes, the ignored syntax directive among them
+    for w in &file.warnings {
+        out.say(format!("[WARNING]: {w}\n")).await;
+    }
     let mut b = dispatch::Builder::new(d.clone(), opts, Arc::new(context), out.clone(), file)?;
     let id = b.run().await?;
     let full = id.to_string();
