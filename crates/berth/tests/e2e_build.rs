@@ -419,6 +419,50 @@ fn cache_follows_file_contents_and_modes() {
         let id = ok(run(&["build", "-q", "-"], &t.into_inner().unwrap()));
         assert_eq!(run_out(&d, id.trim(), "cat /f"), "in tar\n", "{bin}");
     }
+    // -f: a Dockerfile elsewhere in the context, or outside it; --network none for RUN
+    let alt = context(&[
+        (
+            "sub/Other.dockerfile",
+            "FROM bb\nCOPY f /g\nRUN ls /sys/class/net\n",
+        ),
+        ("f", "from context\n"),
+    ]);
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        outside.path(),
+        "FROM bb\nCOPY f /h\nRUN ls /sys/class/net\n",
+    )
+    .unwrap();
+    for bin in clis() {
+        let inside = alt.path().join("sub/Other.dockerfile");
+        let o = ok(build(
+            &d,
+            &bin,
+            alt.path(),
+            &["--no-cache", "-f", inside.to_str().unwrap(), "-t", "alt"],
+        ));
+        assert!(o.contains("eth0"), "the default network: {o}");
+        assert_eq!(run_out(&d, "alt", "cat /g"), "from context\n");
+        let o = ok(build(
+            &d,
+            &bin,
+            alt.path(),
+            &[
+                "--no-cache",
+                "--network",
+                "none",
+                "-f",
+                outside.path().to_str().unwrap(),
+                "-t",
+                "alt2",
+            ],
+        ));
+        assert!(
+            !o.contains("eth0") && o.contains("lo\n"),
+            "{bin}: --network none: {o}"
+        );
+        assert_eq!(run_out(&d, "alt2", "cat /h"), "from context\n");
+    }
     // system df counts the cache; builder prune empties it
     let df = ok(d.berth(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]));
     let n: usize = df

@@ -170,7 +170,18 @@ impl Context {
         let mut entries = BTreeMap::new();
         let bad = |e: io::Error| format!("failed to read build context: {e}");
         for e in ar.entries().map_err(bad)? {
-            let mut e = e.map_err(bad)?;
+            let mut e = match e {
+                Ok(e) => e,
+                // the docker CLI ends a context whose Dockerfile it added without the
+                // last entry's padding or the end blocks; what came before is whole
+                Err(err)
+                    if err.kind() == io::ErrorKind::UnexpectedEof
+                        || err.to_string().contains("unexpected EOF during skip") =>
+                {
+                    break
+                }
+                Err(err) => return Err(bad(err)),
+            };
             let path = e.path().map_err(bad)?.to_string_lossy().into_owned();
             let Some(path) = clean(&path) else { continue };
             if path.is_empty() {
@@ -615,6 +626,23 @@ mod tests {
         let one = c.checksum(&["a".into()]).unwrap();
         let two = ctx(&[("a/b.txt", "B")]).checksum(&["a".into()]).unwrap();
         assert_ne!(one, two);
+    }
+
+    #[test]
+    fn context_without_end_blocks() {
+        // as the docker CLI sends it with a Dockerfile from outside the context
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, d) in [("a", "1"), (".dockerignore", "x\n")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(d.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, p, d.as_bytes()).unwrap();
+        }
+        let t = b.into_inner().unwrap();
+        let cut = 512 * 3 + 2; // the second entry's data, no padding, no end blocks
+        let c = Context::receive(&t[..cut], tempfile::tempfile().unwrap(), "").unwrap();
+        assert_eq!(c.read_to_string(".dockerignore").unwrap(), "x\n");
+        assert_eq!(c.read_to_string("a").unwrap(), "1");
     }
 
     #[test]
