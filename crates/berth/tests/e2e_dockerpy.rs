@@ -35,6 +35,23 @@ assert c.df()["LayersSize"] > 0
 actions = [e["Action"] for e in c.events(since=t0, until=int(time.time()) + 1, decode=True)]
 assert actions[:3] == ["import", "tag", "tag"], actions
 assert "load" in actions
+# a build, as docker-compose's `build:` runs it
+import os, tempfile
+ctx = tempfile.mkdtemp()
+with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+    f.write("FROM pybox:1\nARG MSG=none\nENV MSG=$MSG\nCOPY hello /hello\nRUN cat /hello\n")
+with open(os.path.join(ctx, "hello"), "w") as f:
+    f.write("hi from py\n")
+built, logs = c.images.build(path=ctx, tag="pybuilt:1", buildargs={"MSG": "py"}, rm=True)
+text = "".join(l.get("stream", "") for l in logs)
+assert "hi from py" in text, text
+assert "MSG=py" in built.attrs["Config"]["Env"], built.attrs["Config"]["Env"]
+assert "pybuilt:1" in built.tags, built.tags
+try:
+    c.images.build(path=ctx, dockerfile="Missing")
+    raise SystemExit("built without a Dockerfile")
+except docker.errors.BuildError as e:
+    assert "Cannot locate specified Dockerfile" in str(e), e
 print("ok")
 "#;
 
