@@ -617,6 +617,42 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     let o = build(&d, berth_bin(), ctx.path(), &["--rm=false"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(ok(d.berth(&["ps", "-aq"])).lines().count(), 1);
+    // a client that goes away cancels the build: the running step's container goes
+    {
+        use std::io::{Read, Write};
+        let mut t = tar::Builder::new(Vec::new());
+        let df = b"FROM bb\nRUN echo started; sleep 30\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(df.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
+        let body = t.into_inner().unwrap();
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        write!(
+            s,
+            "POST /build?nocache=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("started") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(s);
+        let start = std::time::Instant::now();
+        // only the --rm=false container above is left
+        while ok(d.berth(&["ps", "-aq"])).lines().count() != 1 {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "the canceled step's container stayed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     // a context that is not a tar
     let r = d.request("POST", "/build", Some(&[b'x'; 1024][..]));
     assert!(r.text().contains("not a tar archive"), "{}", r.text());

@@ -355,7 +355,7 @@ impl Builder {
             + usize::from(!self.opts.labels.is_empty())
             + self.meta_ins.len();
         for ins in self.meta_ins.clone() {
-            self.announce(&ins).await;
+            self.announce(&ins).await?;
         }
         for (i, needed) in need.iter().enumerate().take(target + 1) {
             if *needed {
@@ -384,18 +384,22 @@ impl Builder {
             .ok_or_else(|| fail("No image was generated. Is your Dockerfile empty?"))
     }
 
-    async fn announce(&mut self, ins: &Instruction) {
+    async fn announce(&mut self, ins: &Instruction) -> Result<(), Failure> {
+        if self.out.gone() {
+            return Err(fail("the build was canceled: its client went away"));
+        }
         self.step += 1;
         let text = ins.original.trim();
         self.out
             .say(format!("Step {}/{} : {text}\n", self.step, self.total))
             .await;
+        Ok(())
     }
 
     async fn stage(&mut self, i: usize, last: bool) -> Result<Option<Digest>, Failure> {
         let def = self.stages[i].clone();
         self.current = i;
-        self.announce(&def.from).await;
+        self.announce(&def.from).await?;
         if let Some(p) = def.from.flag("platform") {
             let vars = |n: &str| self.meta_value(n);
             let p = shell::expand(p, &vars, self.escape).map_err(Failure::from)?;
@@ -473,7 +477,7 @@ impl Builder {
             }
         }
         for ins in &def.body {
-            self.announce(ins).await;
+            self.announce(ins).await?;
             self.dispatch(&mut st, ins).await?;
         }
         if last && !self.opts.labels.is_empty() {
@@ -489,7 +493,7 @@ impl Builder {
                 .map_err(Failure::from)?
                 .instructions
                 .remove(0);
-            self.announce(&ins).await;
+            self.announce(&ins).await?;
             self.dispatch(&mut st, &ins).await?;
         }
         Ok(st.image)
@@ -1068,6 +1072,11 @@ impl Builder {
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = self.out.closed() => {
+                    // canceled: the step's container goes (the caller removes it)
+                    let _ = self.d.containers.kill(c, 9).await;
+                    return Err(fail("the build was canceled: its client went away"));
+                }
             }
         }
         let s = c.state();

@@ -46,6 +46,15 @@ impl Out {
         self.say(text).await;
     }
 
+    /// The client went away (the response was dropped).
+    pub fn gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     pub async fn raw(&self, v: &Value) {
         let _ = self.tx.send(json_line(v)).await;
     }
