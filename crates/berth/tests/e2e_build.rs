@@ -335,6 +335,17 @@ EOF
             !files.contains("skip.log"),
             "an ignored file was sent: {files}"
         );
+        // a download whose digest is not the one given fails
+        let bad = context(&[(
+            "Dockerfile",
+            &format!(
+                "FROM bb\nADD --checksum=sha256:{} http://127.0.0.1:{port}/r.txt /r\n",
+                "0".repeat(64)
+            ),
+        )]);
+        let o = build(&d, &bin, bad.path(), &[]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
         // --target stops at a stage, and builds only what it needs
         let t = ok(build(
             &d,

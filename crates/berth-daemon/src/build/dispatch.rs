@@ -116,10 +116,15 @@ enum Planned {
     Extract(String, String),
 }
 
-/// Files made during planning: heredocs and downloads.
+/// Files made during planning: heredocs (in memory) and downloads (in a spill file).
 #[derive(Default)]
 struct Mem {
-    files: Vec<(String, Meta, Vec<u8>)>,
+    files: Vec<(String, Meta, Data)>,
+}
+
+enum Data {
+    Bytes(Vec<u8>),
+    File(std::fs::File),
 }
 
 impl Source for Mem {
@@ -133,11 +138,15 @@ impl Source for Mem {
         Vec::new()
     }
     fn open(&self, path: &str) -> io::Result<Box<dyn Read + '_>> {
-        self.files
+        let (_, m, d) = self
+            .files
             .iter()
             .find(|(p, _, _)| p == path)
-            .map(|(_, _, d)| Box::new(&d[..]) as Box<dyn Read>)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(match d {
+            Data::Bytes(b) => Box::new(&b[..]),
+            Data::File(f) => Box::new(source::SpillReader::new(f, 0, m.size)),
+        })
     }
 }
 
@@ -1192,7 +1201,7 @@ impl Builder {
                 mem.files.push((
                     h.name.clone(),
                     file_meta(0o644, content.len() as u64),
-                    content.into_bytes(),
+                    Data::Bytes(content.into_bytes()),
                 ));
                 copies.push((From::Mem, h.name.clone(), Kind::File));
                 continue;
@@ -1201,19 +1210,20 @@ impl Builder {
                 if !add {
                     return Err(fail("COPY failed: source can't be a URL for COPY"));
                 }
-                let (name, data, mtime) = download(s).await?;
+                let got = download(s, self.d.images.tmp_dir()).await?;
                 if let Some(want) = ins.flag("checksum") {
-                    let got = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
-                    if want != got {
+                    if want != got.digest {
                         return Err(fail(format!(
-                            "ADD failed: digest mismatch for {s}: {got}, expected {want}"
+                            "ADD failed: digest mismatch for {s}: {}, expected {want}",
+                            got.digest
                         )));
                     }
                 }
-                extra.push_str(&format!("url:{s}:{}\n", hex::encode(Sha256::digest(&data))));
-                let mut m = file_meta(0o600, data.len() as u64);
-                m.mtime = mtime;
-                mem.files.push((name.clone(), m, data));
+                extra.push_str(&format!("url:{s}:{}\n", got.digest));
+                let mut m = file_meta(0o600, got.size);
+                m.mtime = got.mtime;
+                let name = got.name.clone();
+                mem.files.push((name.clone(), m, Data::File(got.file)));
                 copies.push((From::Mem, name, Kind::File));
                 continue;
             }
@@ -1569,15 +1579,37 @@ fn extract<W: io::Write>(
     Ok(())
 }
 
-/// Downloads an ADD URL: (file name, contents, mtime from Last-Modified).
-async fn download(url: &str) -> Result<(String, Vec<u8>, u64), Failure> {
+/// An ADD URL's download, kept in an unlinked file.
+struct Download {
+    name: String,
+    file: std::fs::File,
+    size: u64,
+    /// `sha256:…` of the contents
+    digest: String,
+    /// from Last-Modified
+    mtime: u64,
+}
+
+/// Downloads an ADD URL into a spill file under `tmp`, hashing it on the way.
+async fn download(url: &str, tmp: &std::path::Path) -> Result<Download, Failure> {
+    use std::io::Write;
     let bad = |e: String| fail(format!("ADD failed: failed to GET {url}: {e}"));
+    let name = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.path_segments()
+                .and_then(|mut s| s.next_back().map(str::to_string))
+        })
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            bad("cannot determine a file name from the URL: end it with one, or name the destination file".into())
+        })?;
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(600))
+        .timeout(std::time::Duration::from_secs(3600))
         .build()
         .map_err(|e| bad(e.to_string()))?;
-    let resp = client
+    let mut resp = client
         .get(url)
         .send()
         .await
@@ -1592,16 +1624,21 @@ async fn download(url: &str) -> Result<(String, Vec<u8>, u64), Failure> {
         .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
         .map(|t| t.timestamp().max(0) as u64)
         .unwrap_or(0);
-    let name = url::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            u.path_segments()
-                .and_then(|mut s| s.next_back().map(str::to_string))
-        })
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| bad("cannot determine a file name from the URL: end it with one, or name the destination file".into()))?;
-    let data = resp.bytes().await.map_err(|e| bad(e.to_string()))?.to_vec();
-    Ok((name, data, mtime))
+    let mut file = source::spill_file(tmp).map_err(|e| bad(e.to_string()))?;
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| bad(e.to_string()))? {
+        h.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(Download {
+        name,
+        file,
+        size,
+        digest: format!("sha256:{}", hex::encode(h.finalize())),
+        mtime,
+    })
 }
 
 /// Docker's text of a JSON-form argument list in history.

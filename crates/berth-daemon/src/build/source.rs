@@ -355,10 +355,17 @@ impl Source for Context {
     }
 }
 
-struct SpillReader<'a> {
+/// Reads `file` from `pos` to `end` without moving a shared cursor.
+pub struct SpillReader<'a> {
     file: &'a File,
     pos: u64,
     end: u64,
+}
+
+impl<'a> SpillReader<'a> {
+    pub fn new(file: &'a File, pos: u64, end: u64) -> Self {
+        SpillReader { file, pos, end }
+    }
 }
 
 impl Read for SpillReader<'_> {
