@@ -19,6 +19,10 @@ work=$(mktemp -d /tmp/berth-bench-XXXXXX)
 nft_saved=""
 if command -v nft >/dev/null; then nft_saved=$work/nft.saved; nft list ruleset > "$nft_saved"; fi
 bpid=""; dpid=""
+# what dockerd makes outside its data root, removed at the end unless it was there before
+docker_made=()
+for p in /etc/docker /run/docker; do [ -e "$p" ] || docker_made+=("$p"); done
+for c in /sys/fs/cgroup/*/; do [ -e "${c}docker" ] || docker_made+=("${c}docker"); done
 cleanup() {
   if [ -n "$bpid" ]; then "$berth" ps -aq | xargs -r "$berth" rm -f >/dev/null 2>&1 || true; fi
   if [ -n "$dpid" ]; then docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1 || true; fi
@@ -29,6 +33,9 @@ cleanup() {
   fi
   sleep 0.5
   for d in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do rmdir "$d" 2>/dev/null || true; done
+  for p in "${docker_made[@]}"; do
+    case $p in /sys/*) rmdir "$p" 2>/dev/null || true ;; *) rm -rf "$p" ;; esac
+  done
   pkill -f "docker-registry serve $work/" 2>/dev/null || true
   # networking leftovers: berth's default bridge, and what a dockerd with iptables made
   ip link del berth0 2>/dev/null || true

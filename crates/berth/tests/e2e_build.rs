@@ -768,8 +768,9 @@ fn same_images_as_docker() {
 struct DockerPeer {
     dir: tempfile::TempDir,
     child: std::process::Child,
-    /// the `docker` cgroups dockerd makes, when they were not there before it
-    cgroups: Vec<std::path::PathBuf>,
+    /// what dockerd makes outside its data root (its cgroups, /etc/docker for its key,
+    /// /run/docker), when it was not there before
+    made: Vec<std::path::PathBuf>,
 }
 
 fn docker_cgroups() -> Vec<std::path::PathBuf> {
@@ -787,8 +788,9 @@ impl DockerPeer {
         let base = dir.path().to_path_buf();
         let p = |s: &str| base.join(s).display().to_string();
         std::fs::write(base.join("daemon.json"), "{}").unwrap();
-        let cgroups: Vec<_> = docker_cgroups()
+        let made: Vec<_> = docker_cgroups()
             .into_iter()
+            .chain(["/etc/docker", "/run/docker"].map(std::path::PathBuf::from))
             .filter(|p| !p.exists())
             .collect();
         let child = std::process::Command::new("dockerd")
@@ -813,11 +815,7 @@ impl DockerPeer {
             .stderr(std::fs::File::create(p("log")).unwrap())
             .spawn()
             .unwrap();
-        let peer = DockerPeer {
-            dir,
-            child,
-            cgroups,
-        };
+        let peer = DockerPeer { dir, child, made };
         for _ in 0..300 {
             if peer.cli(&["version"], None).status.success() {
                 return peer;
@@ -856,8 +854,12 @@ impl Drop for DockerPeer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         unmount_below(self.dir.path());
-        for c in &self.cgroups {
-            let _ = std::fs::remove_dir(c);
+        for p in &self.made {
+            if p.starts_with("/sys/fs/cgroup") {
+                let _ = std::fs::remove_dir(p);
+            } else {
+                let _ = std::fs::remove_dir_all(p);
+            }
         }
     }
 }
