@@ -1100,10 +1100,29 @@ impl ImageStore {
                 comment: h.comment.clone().unwrap_or_default(),
             });
         }
+        // the images along the parent chain (a build's steps, a commit's base) name the
+        // rows up to their own history's length, as Docker shows them
+        let top_tags: Vec<String> = img.repo_tags.iter().map(|r| r.familiar()).collect();
+        let mut chain = Some(img);
+        let mut hops = 0;
+        while let Some(i) = chain.take() {
+            let n = i.config.history.len();
+            if n > 0 && n <= rows.len() && rows[n - 1].id == "<missing>" {
+                rows[n - 1].id = i.id.to_string();
+                rows[n - 1].tags = i.repo_tags.iter().map(|r| r.familiar()).collect();
+            }
+            hops += 1;
+            chain = match i.parent.parse::<Digest>() {
+                Ok(p) if hops < 1000 => self.get(&p).ok(),
+                _ => None,
+            };
+        }
         rows.reverse();
         if let Some(top) = rows.first_mut() {
-            top.id = id.to_string();
-            top.tags = img.repo_tags.iter().map(|r| r.familiar()).collect();
+            if top.id != id.to_string() {
+                top.id = id.to_string();
+                top.tags = top_tags;
+            }
         }
         Ok(rows)
     }

@@ -230,6 +230,15 @@ fn instructions_args_labels_and_cache_through_both_clis() {
         "{h}"
     );
     assert!(h.contains("#(nop)  WORKDIR /app"), "{h}");
+    // every step's image is here, so every row has its ID (the base's row its tag)
+    for bin in clis() {
+        let ids = ok(d.cli(
+            &bin,
+            &["history", "--format", "{{.ID}} {{.CreatedBy}}", "b-berth"],
+        ));
+        assert!(!ids.contains("<missing>"), "{bin}: {ids}");
+        assert_eq!(ids.lines().count(), 20, "{bin}: {ids}");
+    }
 }
 
 #[test]
