@@ -277,6 +277,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         "berthd started"
     );
     d.containers.restore(&d.events).await;
+    build::remove_leftover_steps(&d).await;
     let listeners = server::bind(&cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

@@ -641,7 +641,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     {
         use std::io::{Read, Write};
         let mut t = tar::Builder::new(Vec::new());
-        let df = b"FROM bb\nRUN echo started; sleep 30\n";
+        let df = b"FROM bb\nRUN echo sta''rted; sleep 30\n";
         let mut h = tar::Header::new_gnu();
         h.set_size(df.len() as u64);
         h.set_mode(0o644);
@@ -926,4 +926,47 @@ fn from_pulls_missing_base_and_pull_refreshes() {
     assert!(env("app2").contains("V=2"), "{}", env("app2"));
     let _ = reg.kill();
     let _ = reg.wait();
+}
+
+/// A daemon that dies in the middle of a RUN step removes the step's container when it
+/// starts again.
+#[test]
+fn a_step_interrupted_by_a_daemon_crash_is_cleaned_up() {
+    use std::io::{Read, Write};
+    let Some(mut d) = daemon_with_busybox("a_step_interrupted_by_a_daemon_crash_is_cleaned_up")
+    else {
+        return;
+    };
+    let mut t = tar::Builder::new(Vec::new());
+    let df = b"FROM bb\nRUN echo sta''rted; sleep 60\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(df.len() as u64);
+    h.set_mode(0o644);
+    t.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
+    let body = t.into_inner().unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "POST /build HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("started") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(ok(d.berth(&["ps", "-q"])).lines().count(), 1);
+    // SAFETY: kill(2) on this test's own daemon
+    unsafe {
+        libc::kill(d.pid(), libc::SIGKILL);
+    }
+    let _ = d.child.take().map(|mut c| c.wait());
+    drop(s);
+    d.spawn();
+    assert_eq!(ok(d.berth(&["ps", "-aq"])).trim(), "", "{}", d.log());
+    d.assert_no_shims();
 }

@@ -1017,6 +1017,11 @@ impl Builder {
             "User": st.str("User"),
             "WorkingDir": st.str("WorkingDir"),
             "Healthcheck": {"Test": ["NONE"]},
+            "Labels": if self.opts.rm || self.opts.forcerm {
+                json!({super::STEP_LABEL: "1"})
+            } else {
+                json!({})
+            },
             "AttachStdout": true,
             "AttachStderr": true,
             "HostConfig": hc,

@@ -154,6 +154,20 @@ async fn run(
     Ok(())
 }
 
+/// The label on a RUN step's container that the build removes when the step ends.
+pub const STEP_LABEL: &str = "com.berth.build.step";
+
+/// At start: the containers of RUN steps a build was running when berthd stopped (the
+/// build is gone with the connection that asked for it).
+pub async fn remove_leftover_steps(d: &Arc<Daemon>) {
+    for c in d.containers.all() {
+        if c.config()["Labels"][STEP_LABEL].is_string() {
+            tracing::info!(container = %c.id, "removing the container of an interrupted build step");
+            let _ = d.containers.remove_with(&c, true, true, &d.events).await;
+        }
+    }
+}
+
 /// `POST /build/prune`: forgets cached steps and removes the images only the cache held
 /// (untagged, unused by containers and by other images); reports the space reclaimed.
 pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
