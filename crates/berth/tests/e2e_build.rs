@@ -639,29 +639,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     assert_eq!(ok(d.berth(&["ps", "-aq"])).lines().count(), 1);
     // a client that goes away cancels the build: the running step's container goes
     {
-        use std::io::{Read, Write};
-        let mut t = tar::Builder::new(Vec::new());
-        let df = b"FROM bb\nRUN echo sta''rted; sleep 30\n";
-        let mut h = tar::Header::new_gnu();
-        h.set_size(df.len() as u64);
-        h.set_mode(0o644);
-        t.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
-        let body = t.into_inner().unwrap();
-        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-        write!(
-            s,
-            "POST /build?nocache=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        s.write_all(&body).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("started") {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
+        let s = build_until_started(&d);
         drop(s);
         let start = std::time::Instant::now();
         // only the --rm=false container above is left
@@ -679,6 +657,36 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     // the daemon still builds
     let ctx = context(&[("Dockerfile", "FROM bb\nENV OK=1\n")]);
     ok(build(&d, berth_bin(), ctx.path(), &[]));
+}
+
+/// Starts a build over a raw connection whose RUN step prints `started` and sleeps;
+/// returns the connection once the step's output has come.
+fn build_until_started(d: &Daemon) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut t = tar::Builder::new(Vec::new());
+    // quoted so that the step's own line does not say it
+    let df = b"FROM bb\nRUN echo sta''rted; sleep 60\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(df.len() as u64);
+    h.set_mode(0o644);
+    t.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
+    let body = t.into_inner().unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "POST /build?nocache=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("started") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
 }
 
 /// The same Dockerfile through Docker's own builder: the configs and the file trees match.
@@ -881,17 +889,7 @@ fn from_pulls_missing_base_and_pull_refreshes() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = std::process::Command::new(berth_bin());
-    cmd.args([
-        "registry",
-        "serve",
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--root",
-    ])
-    .arg(root.path().join("data"));
-    let mut reg = spawn_listening(cmd, port, "berth registry serve");
+    let (mut reg, port) = berth_registry(&root.path().join("data"), &[]);
     let base = format!("127.0.0.1:{port}/base:1");
     // version one of the base: busybox with V=1
     let v = |n: &str| context(&[("Dockerfile", &format!("FROM bb\nENV V={n}\n"))]);
@@ -932,33 +930,11 @@ fn from_pulls_missing_base_and_pull_refreshes() {
 /// starts again.
 #[test]
 fn a_step_interrupted_by_a_daemon_crash_is_cleaned_up() {
-    use std::io::{Read, Write};
     let Some(mut d) = daemon_with_busybox("a_step_interrupted_by_a_daemon_crash_is_cleaned_up")
     else {
         return;
     };
-    let mut t = tar::Builder::new(Vec::new());
-    let df = b"FROM bb\nRUN echo sta''rted; sleep 60\n";
-    let mut h = tar::Header::new_gnu();
-    h.set_size(df.len() as u64);
-    h.set_mode(0o644);
-    t.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
-    let body = t.into_inner().unwrap();
-    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-    write!(
-        s,
-        "POST /build HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(&body).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("started") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let s = build_until_started(&d);
     assert_eq!(ok(d.berth(&["ps", "-q"])).lines().count(), 1);
     // SAFETY: kill(2) on this test's own daemon
     unsafe {

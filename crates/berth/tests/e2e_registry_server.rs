@@ -24,18 +24,7 @@ impl Drop for Served {
 
 fn serve(extra: &[&str]) -> Served {
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(berth_bin());
-    cmd.args([
-        "registry",
-        "serve",
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--root",
-    ])
-    .arg(root.path().join("data"))
-    .args(extra);
-    let child = spawn_listening(cmd, port, "berth registry serve");
+    let (child, port) = berth_registry(&root.path().join("data"), extra);
     Served { child, port, root }
 }
 

@@ -896,6 +896,22 @@ pub fn free_port() -> u16 {
 }
 
 /// Spawns `cmd` and waits until it listens on `port` (killed and reaped if it never does).
+/// `berth registry serve` on a free loopback port, storing in `root`: (process, port).
+pub fn berth_registry(root: &Path, extra: &[&str]) -> (Child, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(berth_bin());
+    cmd.args([
+        "registry",
+        "serve",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--root",
+    ])
+    .arg(root)
+    .args(extra);
+    (spawn_listening(cmd, port, "berth registry serve"), port)
+}
+
 pub fn spawn_listening(mut cmd: Command, port: u16, what: &str) -> Child {
     let mut child = cmd
         .stdout(Stdio::null())
