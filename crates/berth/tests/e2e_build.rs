@@ -492,6 +492,12 @@ fn cache_follows_file_contents_and_modes() {
         .parse()
         .unwrap();
     assert!(n >= 3, "{df}");
+    let verbose = ok(d.berth(&["system", "df", "-v"]));
+    assert!(verbose.contains("Build cache usage: "), "{verbose}");
+    assert!(
+        verbose.contains("CACHE ID") && verbose.contains("regular"),
+        "{verbose}"
+    );
     let api = d.get_json("/system/df");
     assert!(api["BuildCache"].as_array().unwrap().len() >= 3);
     let pruned = ok(d.berth(&["builder", "prune", "-f"]));

@@ -457,6 +457,49 @@ pub async fn df(c: &Client, a: DfArgs) -> Result<()> {
         }
         let h = json!({"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID", "CreatedSince": "CREATED", "Size": "SIZE", "SharedSize": "SHARED SIZE", "UniqueSize": "UNIQUE SIZE", "Containers": "CONTAINERS"});
         print!("{}", Format::Table("{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}\t{{.SharedSize}}\t{{.UniqueSize}}\t{{.Containers}}".into()).render(&irows, &h)?);
+        println!("\nBuild cache usage: {}\n", hs(cache_size));
+        let time = |v: &Value| {
+            v.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| crate::format::since(t.timestamp()))
+                .unwrap_or_default()
+        };
+        let crows: Vec<Value> = d["BuildCache"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let id: String = c["ID"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(12)
+                    .collect();
+                row(vec![
+                    ("ID", json!(id)),
+                    ("CacheType", c["Type"].clone()),
+                    ("Size", json!(hs(c["Size"].as_i64().unwrap_or(0)))),
+                    ("CreatedSince", json!(time(&c["CreatedAt"]))),
+                    ("LastUsedSince", json!(time(&c["LastUsedAt"]))),
+                    (
+                        "UsageCount",
+                        json!(c["UsageCount"].as_i64().unwrap_or(0).to_string()),
+                    ),
+                    (
+                        "Shared",
+                        json!(c["Shared"].as_bool().unwrap_or(false).to_string()),
+                    ),
+                ])
+            })
+            .collect();
+        let h = json!({"ID": "CACHE ID", "CacheType": "CACHE TYPE", "Size": "SIZE", "CreatedSince": "CREATED", "LastUsedSince": "LAST USED", "UsageCount": "USAGE", "Shared": "SHARED"});
+        print!(
+            "{}",
+            Format::Table(
+                "{{.ID}}\t{{.CacheType}}\t{{.Size}}\t{{.CreatedSince}}\t{{.LastUsedSince}}\t{{.UsageCount}}\t{{.Shared}}".into()
+            )
+            .render(&crows, &h)?
+        );
     }
     Ok(())
 }
