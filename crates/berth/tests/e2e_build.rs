@@ -558,6 +558,12 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
             1,
         ),
         (
+            "FROM bb\nCOPY *.nothing /x/\n",
+            &[],
+            "COPY failed: no source files were specified",
+            1,
+        ),
+        (
             "FROM bb\nCOPY ../outside /x\n",
             &[],
             "forbidden path outside the build context",

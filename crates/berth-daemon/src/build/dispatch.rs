@@ -1241,6 +1241,12 @@ impl Builder {
                         )));
                     };
                     let m = source::matches(&*self.ctx, &p);
+                    if m.is_empty() && s.contains(['*', '?', '[']) {
+                        return Err(fail(format!(
+                            "{} failed: no source files were specified",
+                            ins.cmd
+                        )));
+                    }
                     if m.is_empty() {
                         return Err(fail(format!(
                             "{} failed: file not found in build context or excluded by .dockerignore: stat {s}: file does not exist",
