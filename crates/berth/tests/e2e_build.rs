@@ -715,82 +715,93 @@ fn same_images_as_docker() {
     let docker = DockerPeer::start();
     let saved = d.berth(&["save", "bb"]).stdout;
     ok(docker.cli(&["load"], Some(&saved)));
-    let ctx = context(&[
+    let all = context(&[
         ("Dockerfile", ALL_INSTRUCTIONS),
         ("hello.txt", "hi\n"),
         ("dir/x.txt", "x\n"),
     ]);
-    let args = [
-        "build",
-        "-t",
-        "cmp",
-        "--build-arg",
-        "FROMCLI=cli",
-        &ctx.path().display().to_string(),
-    ]
-    .map(str::to_string);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(docker.cli(&args, None));
-    ok(d.docker(&args));
-    let theirs: Value =
-        serde_json::from_str(&ok(docker.cli(&["image", "inspect", "cmp"], None))).unwrap();
-    let ours = config(&d, "cmp");
-    for k in COMPARED {
-        assert_eq!(ours[k], theirs[0]["Config"][k], "{k}");
-    }
-    // the file trees: names, modes, owners, sizes
-    let tree = |out: String| -> Vec<String> {
-        out.lines()
-            .filter(|l| {
-                // what each runtime puts in a running container, not in the image
-                !(l.ends_with(" hostname")
-                    || l.ends_with(" hosts")
-                    || l.ends_with(" resolv.conf")
-                    || l.ends_with("mtab -> /proc/mounts"))
-            })
-            .map(str::to_string)
-            .collect()
+    // stages, COPY --from and --chown, globs, an archive ADD unpacks, WORKDIR's directory
+    // (no heredocs or --chmod: Docker 20.10's classic builder has neither)
+    let staged = context(&[
+        (
+            "Dockerfile",
+            "FROM bb AS builder\n\
+             RUN mkdir -p /out && echo built > /out/artifact && echo 'app:x:1000:1000::/:/bin/sh' >> /etc/passwd\n\
+             COPY --chown=app:2000 src/ /srcs/\n\
+             FROM bb\n\
+             COPY --from=builder /out/artifact /srcs/one.txt /final/\n\
+             COPY src/*.txt /globbed/\n\
+             ADD arch.tar.gz /unpacked/\n\
+             WORKDIR /w/x\n\
+             COPY src .\n",
+        ),
+        ("src/one.txt", "one\n"),
+        ("src/two.txt", "two\n"),
+    ]);
+    let arch = {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(7);
+        h.set_mode(0o640);
+        b.append_data(&mut h, "inner/f", &b"in tar\n"[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
     };
-    let script = "ls -lnR /app /data /bin /etc | grep -v '^total'";
-    let ours = tree(ok(d.berth(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        "cmp",
-        "-c",
-        script,
-    ])));
-    let theirs = tree(ok(docker.cli(
-        &[
+    std::fs::write(staged.path().join("arch.tar.gz"), arch).unwrap();
+    let cases = [
+        (all.path(), "ls -lnR /app /data /bin /etc", true),
+        (staged.path(), "ls -lnR /final /globbed /unpacked /w", false),
+    ];
+    for (i, (dir, listing, configs)) in cases.into_iter().enumerate() {
+        let tag = format!("cmp{i}");
+        let dir = dir.display().to_string();
+        let args = ["build", "-t", &tag, "--build-arg", "FROMCLI=cli", &dir];
+        ok(docker.cli(&args, None));
+        ok(d.docker(&args));
+        if configs {
+            let theirs: Value =
+                serde_json::from_str(&ok(docker.cli(&["image", "inspect", &tag], None))).unwrap();
+            let ours = config(&d, &tag);
+            for k in COMPARED {
+                assert_eq!(ours[k], theirs[0]["Config"][k], "{k}");
+            }
+        }
+        // the file trees: names, modes, owners, sizes (times differ between two builds)
+        let script = format!("{listing} | grep -v '^total'");
+        let run = [
             "run",
             "--rm",
             "--network",
             "none",
             "--entrypoint",
             "sh",
-            "cmp",
+            &tag,
             "-c",
-            script,
-        ],
-        None,
-    )));
-    let strip = |v: Vec<String>| -> Vec<String> {
-        // times differ between two builds; compare mode, links, owner, size and name
-        v.into_iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                if f.len() >= 9 {
-                    format!("{} {} {} {} {}", f[0], f[2], f[3], f[4], f[8..].join(" "))
-                } else {
-                    l
-                }
-            })
-            .collect()
-    };
-    assert_eq!(strip(ours), strip(theirs));
+            &script,
+        ];
+        let tree = |out: String| -> Vec<String> {
+            out.lines()
+                // what each runtime puts in a running container, not in the image
+                .filter(|l| {
+                    !(l.ends_with(" hostname")
+                        || l.ends_with(" hosts")
+                        || l.ends_with(" resolv.conf")
+                        || l.ends_with("mtab -> /proc/mounts"))
+                })
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    if f.len() >= 9 {
+                        format!("{} {} {} {} {}", f[0], f[2], f[3], f[4], f[8..].join(" "))
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect()
+        };
+        let ours = tree(ok(d.berth(&run)));
+        let theirs = tree(ok(docker.cli(&run, None)));
+        assert_eq!(ours, theirs, "case {i}");
+    }
 }
 
 /// A dockerd of its own (data root, sockets, containerd namespace), stopped on drop.
