@@ -483,6 +483,17 @@ fn cache_follows_file_contents_and_modes() {
         );
         assert_eq!(run_out(&d, "alt2", "cat /h"), "from context\n");
     }
+    // a gzip-compressed context, and resources for RUN steps
+    let res = context(&[("Dockerfile", "FROM bb\nRUN grep /dev/shm /proc/mounts\n")]);
+    for bin in clis() {
+        let o = ok(build(
+            &d,
+            &bin,
+            res.path(),
+            &["--no-cache", "--compress", "--shm-size", "8m", "-m", "64m"],
+        ));
+        assert!(o.contains("size=8192k"), "{bin}: {o}");
+    }
     // system df counts the cache; builder prune empties it
     let df = ok(d.berth(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]));
     let n: usize = df

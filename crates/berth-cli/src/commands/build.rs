@@ -62,6 +62,33 @@ pub struct BuildArgs {
     /// Set platform if server is multi-platform capable
     #[arg(long)]
     pub platform: Option<String>,
+    /// Compress the build context using gzip
+    #[arg(long)]
+    pub compress: bool,
+    /// Size of /dev/shm for RUN steps
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// Memory limit for RUN steps
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
+    #[arg(long = "memory-swap")]
+    pub memory_swap: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<i64>,
+    /// Limit the CPU CFS (Completely Fair Scheduler) period
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<i64>,
+    /// Limit the CPU CFS (Completely Fair Scheduler) quota
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<i64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// MEMs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
     /// PATH | URL | -
     pub context: String,
 }
@@ -289,6 +316,42 @@ pub async fn build(c: &Client, a: BuildArgs) -> Result<()> {
         }
     }
     path.push_str(if a.rm { "&rm=1" } else { "&rm=0" });
+    let bytes = |v: &Option<String>| -> Result<Option<i64>> {
+        match v.as_deref() {
+            Some("-1") => Ok(Some(-1)),
+            Some(v) => super::limits::parse_bytes(v).map(Some),
+            None => Ok(None),
+        }
+    };
+    for (k, v) in [
+        ("shmsize", bytes(&a.shm_size)?),
+        ("memory", bytes(&a.memory)?),
+        ("memswap", bytes(&a.memory_swap)?),
+        ("cpushares", a.cpu_shares),
+        ("cpuperiod", a.cpu_period),
+        ("cpuquota", a.cpu_quota),
+    ] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={v}"));
+        }
+    }
+    for (k, v) in [
+        ("cpusetcpus", &a.cpuset_cpus),
+        ("cpusetmems", &a.cpuset_mems),
+    ] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", q(v)));
+        }
+    }
+    let produce: Produce = if a.compress {
+        Box::new(move |w: &mut dyn Write| {
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+            produce(&mut gz)?;
+            gz.finish().map(drop)
+        })
+    } else {
+        produce
+    };
     let resp = c
         .request(
             Method::POST,
