@@ -36,7 +36,7 @@ pub enum Cmd {
     /// Return low-level information on berth objects
     Inspect(images::InspectArgs),
     /// Build an image from a Dockerfile
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Manage builds
     #[command(subcommand)]
     Builder(build::BuilderCmd),
@@ -188,7 +188,7 @@ pub enum ImageCmd {
     /// Remove unused images
     Prune(images::PruneArgs),
     /// Build an image from a Dockerfile
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Import the contents from a tarball to create a filesystem image
     Import(images::ImportArgs),
     /// Save one or more images to a tar archive
@@ -222,7 +222,7 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Tag(a) | Cmd::Image(ImageCmd::Tag(a)) => images::tag(c, a).await,
         Cmd::Rmi(a) | Cmd::Image(ImageCmd::Rm(a)) => images::rmi(c, a).await,
         Cmd::Image(ImageCmd::Prune(a)) => images::prune(c, a).await,
-        Cmd::Build(a) | Cmd::Image(ImageCmd::Build(a)) => build::build(c, a).await,
+        Cmd::Build(a) | Cmd::Image(ImageCmd::Build(a)) => build::build(c, *a).await,
         Cmd::Builder(build::BuilderCmd::Build(a)) => build::build(c, *a).await,
         Cmd::Builder(build::BuilderCmd::Prune(a)) => build::prune(c, a).await,
         Cmd::Import(a) | Cmd::Image(ImageCmd::Import(a)) => images::import(c, a).await,
