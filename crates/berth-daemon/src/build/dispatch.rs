@@ -1078,7 +1078,7 @@ impl Builder {
         loop {
             let running = c.state().status == "running";
             for e in reader.read() {
-                self.out.output(&e.log).await;
+                self.out.say(&e.log).await;
             }
             if !running {
                 break;

@@ -41,11 +41,6 @@ impl Out {
         }
     }
 
-    /// A RUN step's output, shown unless quiet.
-    pub async fn output(&self, text: &str) {
-        self.say(text).await;
-    }
-
     /// The client went away (the response was dropped).
     pub fn gone(&self) -> bool {
         self.tx.is_closed()
@@ -170,10 +165,12 @@ pub async fn remove_leftover_steps(d: &Arc<Daemon>) {
 
 /// `POST /build/prune`: forgets cached steps and removes the images only the cache held
 /// (untagged, unused by containers and by other images); reports the space reclaimed.
+/// Every record goes, with or without `all`: a record is only a key to an image, and the
+/// images the rest of the store needs stay either way.
 pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
-    let all = ctx.query.bool("all")?;
+    ctx.query.bool("all")?;
     let d2 = d.clone();
-    let (ids, reclaimed) = tokio::task::spawn_blocking(move || cache_prune(&d2, all))
+    let (ids, reclaimed) = tokio::task::spawn_blocking(move || cache_prune(&d2))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(crate::http::ok_json(
@@ -181,12 +178,11 @@ pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     ))
 }
 
-fn cache_prune(d: &Daemon, _all: bool) -> Result<(Vec<String>, i64), ApiError> {
+fn cache_prune(d: &Daemon) -> Result<(Vec<String>, i64), ApiError> {
     let rows =
         d.db.cache_rows()
             .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut deleted = Vec::new();
-    let mut reclaimed = 0i64;
     let before = d.images.layers_size()?;
     for r in &rows {
         let _ = d.db.cache_forget(&r.key);
@@ -207,14 +203,13 @@ fn cache_prune(d: &Daemon, _all: bool) -> Result<(Vec<String>, i64), ApiError> {
         if d.db.children_of(&id).map(|c| !c.is_empty()).unwrap_or(true) {
             continue;
         }
-        if d.images.remove(&id, false, &|_| None).is_ok() {
+        if d.images.remove(&id, false, &|i| d.image_in_use(i)).is_ok() {
             d.events
                 .emit("image", "delete", &id, std::collections::BTreeMap::new());
         }
     }
     let after = d.images.layers_size()?;
-    reclaimed += (before - after).max(0);
-    Ok((deleted, reclaimed))
+    Ok((deleted, (before - after).max(0)))
 }
 
 /// The build cache as `system df` lists it: one record per cached step.
@@ -227,14 +222,10 @@ pub fn cache_usage(d: &Daemon) -> Vec<Value> {
                 .parse::<berth_image::digest::Digest>()
                 .ok()
                 .and_then(|id| d.images.get(&id).ok())
-                .map(|img| {
-                    let parent = img.config.rootfs.diff_ids.len();
-                    // the step's own layer: the last, unless the step made none
-                    if img.config.history.last().is_some_and(|h| h.empty_layer) || parent == 0 {
-                        0
-                    } else {
-                        img.layers.last().map(|l| l.size).unwrap_or(0)
-                    }
+                // the step's own layer: the last, unless the step made none
+                .map(|img| match img.config.history.last() {
+                    Some(h) if h.empty_layer => 0,
+                    _ => img.layers.last().map(|l| l.size).unwrap_or(0),
                 })
                 .unwrap_or(0);
             let time = |t: i64| {
