@@ -1050,7 +1050,10 @@ impl ImageStore {
             if (!all && !dangling) || in_use(&img.id).is_some() || !keep(&img) {
                 continue;
             }
-            if !self.db.children_of(&img.id.to_string())?.is_empty() {
+            // gone already: an untagged parent an earlier image in this loop took along
+            if self.db.image(&img.id.to_string())?.is_none()
+                || !self.db.children_of(&img.id.to_string())?.is_empty()
+            {
                 continue;
             }
             for r in img.repo_tags.iter().chain(img.repo_digests.iter()) {

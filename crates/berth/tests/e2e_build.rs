@@ -539,6 +539,15 @@ fn cache_follows_file_contents_and_modes() {
         run_out(&d, "c3", "cat /f; ls -l /f"),
         format!("v2\n{}", run_out(&d, "c", "ls -l /f"))
     );
+    // the old chains left dangling by re-tagging go with `image prune`, each once
+    let pruned = ok(d.berth(&["image", "prune", "-f"]));
+    let deleted: Vec<&str> = pruned
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("deleted: "))
+        .collect();
+    let unique: std::collections::BTreeSet<&&str> = deleted.iter().collect();
+    assert!(!deleted.is_empty(), "{pruned}");
+    assert_eq!(unique.len(), deleted.len(), "{pruned}");
 }
 
 #[test]
