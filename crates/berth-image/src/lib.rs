@@ -295,6 +295,23 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unmounts (lazily) every mount at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
@@ -303,6 +320,9 @@ impl ImageStore {
     /// Opens the store under `root` (the data root). `driver` forces a snapshot driver.
     pub fn open(root: &Path, db: Arc<Db>, driver: Option<Driver>) -> Result<Self> {
         let tmp = root.join("tmp");
+        // a build's image view mounted there when berthd stopped: unmounted first, so
+        // clearing never reaches into it
+        unmount_below(&tmp);
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(ImageError::io("creating tmp"))?;
         let driver = driver.unwrap_or_else(|| {

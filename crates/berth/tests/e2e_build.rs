@@ -989,3 +989,29 @@ fn a_step_interrupted_by_a_daemon_crash_is_cleaned_up() {
     assert_eq!(ok(d.berth(&["ps", "-aq"])).trim(), "", "{}", d.log());
     d.assert_no_shims();
 }
+
+/// An image view a build had mounted when berthd died is unmounted at the next start,
+/// before the scratch directory is cleared.
+#[test]
+fn a_leftover_image_view_is_unmounted_at_start() {
+    if skip_unless_root("a_leftover_image_view_is_unmounted_at_start") {
+        return;
+    }
+    let mut d = Daemon::start();
+    d.stop();
+    let view = d.data_root().join("tmp/view-left");
+    std::fs::create_dir_all(&view).unwrap();
+    rustix::mount::mount(
+        "tmpfs",
+        &view,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .unwrap();
+    std::fs::write(view.join("f"), "x").unwrap();
+    d.spawn();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(view.to_str().unwrap()), "{mounts}");
+    assert!(!view.exists());
+}
