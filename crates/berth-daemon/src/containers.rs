@@ -805,6 +805,73 @@ impl Containers {
         Ok(())
     }
 
+    /// Legacy links (`HostConfig.Links`, `NAME:ALIAS`) of a container about to start on
+    /// the default bridge: each target must be running; gives the `/etc/hosts` lines and
+    /// the environment Docker derives from them (`ALIAS_NAME`, `ALIAS_PORT_…`,
+    /// `ALIAS_ENV_…`).
+    fn link_info(&self, c: &Ctr) -> Result<(Vec<String>, Vec<String>), ApiError> {
+        let mut hosts = Vec::new();
+        let mut env = Vec::new();
+        for (target, alias) in links_of(&c.host_config()) {
+            let t = self.get(&target).map_err(|_| {
+                ApiError::bad_request(format!("could not get container for {target}"))
+            })?;
+            let st = t.state();
+            if st.status != "running" {
+                return Err(ApiError::bad_request(format!(
+                    "Cannot link to a non running container: /{} AS /{}/{alias}",
+                    t.name(),
+                    c.name()
+                )));
+            }
+            let ip = st
+                .net
+                .as_ref()
+                .and_then(|n| n.endpoints.iter().find(|e| e.network == "bridge"))
+                .map(|e| e.ip.clone())
+                .unwrap_or_default();
+            let tname = t.name();
+            if !ip.is_empty() {
+                let names = if alias == tname {
+                    alias.clone()
+                } else {
+                    format!("{alias} {tname}")
+                };
+                hosts.push(format!("{ip}\t{names} {}", &t.id[..12]));
+            }
+            let prefix = alias.to_ascii_uppercase().replace('-', "_");
+            let mut ports: Vec<(u16, String)> = t.config()["ExposedPorts"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| {
+                    let (p, proto) = k.split_once('/').unwrap_or((k, "tcp"));
+                    Some((p.parse().ok()?, proto.to_string()))
+                })
+                .collect();
+            ports.sort();
+            if let Some((p, proto)) = ports.first() {
+                env.push(format!("{prefix}_PORT={proto}://{ip}:{p}"));
+            }
+            for (p, proto) in &ports {
+                let up = proto.to_ascii_uppercase();
+                env.push(format!("{prefix}_PORT_{p}_{up}={proto}://{ip}:{p}"));
+                env.push(format!("{prefix}_PORT_{p}_{up}_ADDR={ip}"));
+                env.push(format!("{prefix}_PORT_{p}_{up}_PORT={p}"));
+                env.push(format!("{prefix}_PORT_{p}_{up}_PROTO={proto}"));
+            }
+            env.push(format!("{prefix}_NAME=/{}/{alias}", c.name()));
+            for kv in crate::spec::strings(&t.config()["Env"]).unwrap_or_default() {
+                if let Some((k, v)) = kv.split_once('=') {
+                    if k != "HOME" && k != "PATH" {
+                        env.push(format!("{prefix}_ENV_{k}={v}"));
+                    }
+                }
+            }
+        }
+        Ok((hosts, env))
+    }
+
     fn prepare(
         &self,
         c: &Ctr,
@@ -813,6 +880,7 @@ impl Containers {
         attached: crate::networks::Attachment,
     ) -> Result<(), ApiError> {
         let io = |e: std::io::Error| ApiError::internal(e.to_string());
+        let (link_hosts, link_env) = self.link_info(c)?;
         let _fs = c.fs_lock.lock();
         self.mount_rootfs(c, layers, driver)?;
         let dir = self.dir(c);
@@ -840,6 +908,10 @@ impl Containers {
                     .ok_or_else(|| ApiError::bad_request(format!("invalid extra host: {extra}")))?;
                 h.push_str(&format!("{ip}\t{name}\n"));
             }
+            for l in &link_hosts {
+                h.push_str(l);
+                h.push('\n');
+            }
             if attached.hosts.is_empty() {
                 h.push_str(&format!("127.0.1.1\t{hostname}\n"));
             }
@@ -859,6 +931,17 @@ impl Containers {
             &self.default_ulimits,
             attached.network,
         )?;
+        // link variables come first: the container's own win, as in Docker
+        let own: Vec<String> = std::mem::take(&mut run.env);
+        let mut env: Vec<String> = link_env
+            .into_iter()
+            .filter(|l| {
+                let k = l.split('=').next().unwrap_or_default();
+                !own.iter().any(|o| o.split('=').next() == Some(k))
+            })
+            .collect();
+        env.extend(own);
+        run.env = env;
         if let Some(r) = self.remap_of(c) {
             for f in ["hostname", "hosts", "resolv.conf"] {
                 std::os::unix::fs::chown(dir.join(f), Some(r.root_uid()), Some(r.root_gid()))
@@ -1049,9 +1132,17 @@ impl Containers {
                 c.id
             )));
         }
+        let mut rx = c.state.subscribe();
         self.shim_call(c, &format!("kill {sig}")).await?;
         if sig == 9 {
             self.thaw_if_paused(c).await;
+            // as dockerd: a SIGKILL returns once the exit is recorded, so an inspect
+            // right after sees the container exited with 137
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                rx.wait_for(|s| s.status != "running"),
+            )
+            .await;
         }
         Ok(())
     }
@@ -1205,6 +1296,11 @@ impl Containers {
         use crate::networks::Mode;
         match Mode::of(&c.host_config()) {
             Mode::Bridge(_) => {}
+            Mode::None => {
+                return Err(ApiError::bad_request(
+                    "container cannot be connected to multiple networks with one of the networks in private (none) mode",
+                ))
+            }
             _ => {
                 return Err(ApiError::bad_request(
                     "container sharing network namespace with another container or host cannot be connected to any other network",
@@ -1227,19 +1323,23 @@ impl Containers {
                 .await?;
             self.set_state(c, |s| s.net = Some(ns));
         } else if already {
-            return Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
-                format!(
-                    "endpoint with name {} already exists in network {}",
-                    c.name(),
-                    net.cfg.name
-                ),
-            ));
+            // as dockerd: a stopped container already on the network keeps its settings
+            return Ok(());
         }
         if !already {
-            let name = net.cfg.name.clone();
+            let (name, id) = (net.cfg.name.clone(), net.cfg.id.clone());
             let ep = ep.clone();
             self.edit_spec(c, |s| {
+                let mode = s["HostConfig"]["NetworkMode"].as_str().unwrap_or_default();
+                let is_mode = mode == name
+                    || mode == id
+                    || (name == "bridge" && (mode == "default" || mode.is_empty()));
+                if is_mode && s[crate::networks::LEFT_MODE].as_bool() == Some(true) {
+                    // back on the network its mode names
+                    if let Some(m) = s.as_object_mut() {
+                        m.remove(crate::networks::LEFT_MODE);
+                    }
+                }
                 if !s["NetworkingConfig"]["EndpointsConfig"].is_object() {
                     s["NetworkingConfig"] = serde_json::json!({"EndpointsConfig": {}});
                 }
@@ -1281,12 +1381,8 @@ impl Containers {
                 m.retain(|k, _| !is_mode(k));
             }
             if is_mode(s["HostConfig"]["NetworkMode"].as_str().unwrap_or_default()) {
-                // its first remaining network becomes its mode, else none
-                let next = s["NetworkingConfig"]["EndpointsConfig"]
-                    .as_object()
-                    .and_then(|m| m.keys().next().cloned())
-                    .unwrap_or_else(|| "none".into());
-                s["HostConfig"]["NetworkMode"] = Value::String(next);
+                // as dockerd, the mode stays; the container no longer joins its network
+                s[crate::networks::LEFT_MODE] = Value::Bool(true);
             }
         })
     }
@@ -1586,6 +1682,21 @@ pub fn attrs(c: &Ctr) -> BTreeMap<String, String> {
         }
     }
     a
+}
+
+/// A container's legacy links, `HostConfig.Links` entries `NAME:ALIAS` (also dockerd's
+/// stored `/NAME:/PARENT/ALIAS`), as (target, alias).
+pub fn links_of(hc: &Value) -> Vec<(String, String)> {
+    crate::spec::strings(&hc["Links"])
+        .unwrap_or_default()
+        .iter()
+        .map(|l| {
+            let (t, a) = l.split_once(':').unwrap_or((l, l));
+            let t = t.trim_start_matches('/').to_string();
+            let a = a.rsplit('/').next().unwrap_or(a).to_string();
+            (t, a)
+        })
+        .collect()
 }
 
 pub fn unmount(p: &Path) {

@@ -236,7 +236,9 @@ impl Containers {
         for kv in strings(&e.config["Env"]) {
             let key = kv.split('=').next().unwrap_or_default().to_string();
             env.retain(|x| x.split('=').next() != Some(key.as_str()));
-            env.push(kv);
+            if kv.contains('=') {
+                env.push(kv);
+            }
         }
         if e.tty() && !env.iter().any(|x| x.starts_with("TERM=")) {
             env.push("TERM=xterm".into());

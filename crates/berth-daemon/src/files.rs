@@ -15,19 +15,30 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A container's root directory, open; unmounts what it mounted when dropped.
 pub struct Root {
     pub fd: OwnedFd,
     mounted: Option<PathBuf>,
+    /// a stopped container's volumes and binds, mounted into its rootfs (innermost last)
+    binds: Vec<PathBuf>,
+    /// the volumes those took, given back when done
+    taken: Option<(Arc<crate::volumes::Volumes>, Vec<String>)>,
     /// a remapped container's IDs: archives carry the container's view of owners
     pub ids: Option<crate::userns::Shift>,
 }
 
 impl Drop for Root {
     fn drop(&mut self) {
+        for b in self.binds.iter().rev() {
+            crate::containers::unmount(b);
+        }
         if let Some(p) = &self.mounted {
             crate::containers::unmount(p);
+        }
+        if let Some((vols, taken)) = &self.taken {
+            crate::mounts::release(vols, taken);
         }
     }
 }
@@ -60,6 +71,8 @@ impl Containers {
             return Ok(Root {
                 fd,
                 mounted: None,
+                binds: Vec::new(),
+                taken: None,
                 ids,
             });
         }
@@ -81,8 +94,73 @@ impl Containers {
                 return Err(io_api(e));
             }
         };
-        Ok(Root { fd, mounted, ids })
+        let mut root = Root {
+            fd,
+            mounted,
+            binds: Vec::new(),
+            taken: None,
+            ids,
+        };
+        if mounts {
+            // as dockerd: `cp` to and from a stopped container reaches its volumes and
+            // bind mounts too (tmpfs mounts hold nothing while it is stopped)
+            let mut mps = crate::mounts::of(&c.spec());
+            mps.retain(|m| m.kind != "tmpfs");
+            mps.sort_by_key(|m| m.destination.split('/').filter(|x| !x.is_empty()).count());
+            let (spec_mounts, taken) = crate::mounts::for_start(&self.vols, &mps, &rootfs)?;
+            root.taken = Some((self.vols.clone(), taken));
+            for m in &spec_mounts {
+                let target = bind_into(&root, &m.source, &m.destination, m.options.iter().any(|o| o == "ro"))
+                    .map_err(|e| {
+                        ApiError::internal(format!("mounting {} for the copy: {e}", m.destination))
+                    })?;
+                root.binds.push(target);
+            }
+        }
+        Ok(root)
     }
+}
+
+/// Bind-mounts `source` (a host directory or file) on `dest` inside `root`, making the
+/// mount point (resolved inside the root, so a symlink in the image cannot send it
+/// elsewhere) if missing. Returns the host path mounted on.
+fn bind_into(root: &Root, source: &str, dest: &str, ro: bool) -> std::io::Result<PathBuf> {
+    use rustix::mount::{mount_bind_recursive, mount_remount, MountFlags};
+    let is_dir = Path::new(source).is_dir();
+    let parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let path_flags = OFlags::PATH | OFlags::CLOEXEC;
+    let open = |n: usize| {
+        let p = if n == 0 { ".".to_string() } else { parts[..n].join("/") };
+        rfs::openat2(&root.fd, p, path_flags, Mode::empty(), in_root())
+    };
+    for i in 1..=parts.len() {
+        match open(i) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::NOENT) => {
+                let parent = open(i - 1)?;
+                let parent = rfs::openat(&parent, ".", DIR, Mode::empty())?;
+                if i == parts.len() && !is_dir {
+                    drop(rfs::openat(
+                        &parent,
+                        parts[i - 1],
+                        OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                        Mode::from_raw_mode(0o644),
+                    )?);
+                } else {
+                    rfs::mkdirat(&parent, parts[i - 1], Mode::from_raw_mode(0o755))?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let cur = open(parts.len())?;
+    let at = format!("/proc/self/fd/{}", fd_num(&cur));
+    mount_bind_recursive(source, at.as_str())?;
+    let host = std::fs::read_link(&at)?;
+    if ro {
+        mount_remount(&host, MountFlags::BIND | MountFlags::RDONLY, "")?;
+    }
+    Ok(host)
 }
 
 /// `path` as components inside the container ("/" joined, `.` dropped); `..` is left

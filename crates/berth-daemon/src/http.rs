@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 pub enum Body {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Bytes>),
+    /// a channel whose first chunk was already taken (see [`stream_when_started`])
+    Started(Option<Bytes>, mpsc::Receiver<Bytes>),
 }
 
 impl Body {
@@ -37,6 +39,10 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Body::Started(first, rx) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            },
         }
     }
 
@@ -48,7 +54,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => http_body::SizeHint::with_exact(0),
-            Body::Channel(_) => http_body::SizeHint::default(),
+            Body::Channel(_) | Body::Started(..) => http_body::SizeHint::default(),
         }
     }
 }
@@ -89,6 +95,51 @@ pub fn stream(content_type: &str) -> (mpsc::Sender<Bytes>, Resp) {
         .body(Body::Channel(rx))
         .unwrap_or_else(|_| Response::new(Body::empty()));
     (tx, resp)
+}
+
+/// A streamed response whose head waits for the work's first chunk, as dockerd's
+/// streams do: an error the work reports on `early` before writing anything becomes the
+/// response's status and message instead (clients raise it as an API error), while one
+/// after output has started can only go into the stream.
+pub async fn stream_when_started(
+    content_type: &str,
+    mut rx: mpsc::Receiver<Bytes>,
+    early: tokio::sync::oneshot::Receiver<ApiError>,
+) -> Result<Resp, ApiError> {
+    // the early error first: when it is there, nothing was (or will be) written
+    let first = tokio::select! {
+        biased;
+        e = early => match e {
+            Ok(e) => return Err(e),
+            Err(_) => rx.recv().await,
+        },
+        first = rx.recv() => first,
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::Started(first, rx))
+        .unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+/// Renames the keys of a JSON object that match one of `names` but for case to that
+/// name, as Go's JSON decoding (dockerd's) matches field names without case.
+pub fn canonical_keys(v: &mut serde_json::Value, names: &[&str]) {
+    let Some(m) = v.as_object_mut() else { return };
+    let odd: Vec<(String, &str)> = m
+        .keys()
+        .filter_map(|k| {
+            names
+                .iter()
+                .find(|n| **n != k.as_str() && n.eq_ignore_ascii_case(k))
+                .map(|n| (k.clone(), *n))
+        })
+        .collect();
+    for (k, n) in odd {
+        if let Some(val) = m.remove(&k) {
+            m.entry(n.to_string()).or_insert(val);
+        }
+    }
 }
 
 /// Query parameters; repeated keys keep every value.

@@ -1,6 +1,8 @@
 //! Log drivers and their options: `json-file` (rotated by size, capped by default) and
 //! `none`. A container's `HostConfig.LogConfig` is merged with daemon.json's
-//! `log-driver`/`log-opts` at create time, so inspect shows what applies.
+//! `log-driver`/`log-opts` at create time, as dockerd does, so inspect shows what the
+//! user and daemon.json gave; berth's own cap (10 MiB × 3) applies behind them when
+//! neither set `max-size`, and is not shown.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -85,12 +87,11 @@ impl LogConfig {
                 {
                     return Err(format!("unknown log opt '{k}' for json-file log driver"));
                 }
-                if !merged.contains_key("max-size") && !merged.contains_key("max-file") {
-                    merged.insert("max-size".into(), DEFAULT_MAX_SIZE.into());
-                    merged.insert("max-file".into(), DEFAULT_MAX_FILE.into());
-                }
+                // what nobody set, berth's cap fills in behind the options shown
+                let capped = !merged.contains_key("max-size");
                 let max_size = match merged.get("max-size").map(String::as_str) {
-                    None | Some("-1") => None,
+                    None => parse_size(DEFAULT_MAX_SIZE),
+                    Some("-1") => None,
                     Some(v) => Some(
                         parse_size(v)
                             .filter(|n| *n > 0)
@@ -98,6 +99,7 @@ impl LogConfig {
                     ),
                 };
                 let max_file = match merged.get("max-file") {
+                    None if capped => DEFAULT_MAX_FILE.parse().unwrap_or(3),
                     None => 1,
                     Some(v) => {
                         let n: i64 = v
@@ -109,9 +111,6 @@ impl LogConfig {
                         n.min(1000) as u32
                     }
                 };
-                if max_file > 1 && max_size.is_none() {
-                    return Err("max-file can only be set when max-size is set".into());
-                }
                 Ok(LogConfig {
                     driver,
                     opts: merged,
@@ -198,12 +197,19 @@ mod tests {
             None
         )
         .is_err());
-        assert!(LogConfig::resolve(
+        // max-file alone is accepted: the cap's size applies behind it
+        let c = LogConfig::resolve("json-file", &m(&[("max-file", "100")]), None).unwrap();
+        assert_eq!((c.max_size, c.max_file), (Some(10 << 20), 100));
+        assert_eq!(c.to_json()["Config"], json!({"max-file": "100"}));
+        let c = LogConfig::resolve("json-file", &none, None).unwrap();
+        assert_eq!(c.to_json()["Config"], json!({}));
+        let c = LogConfig::resolve(
             "json-file",
             &m(&[("max-file", "3"), ("max-size", "-1")]),
-            None
+            None,
         )
-        .is_err());
+        .unwrap();
+        assert_eq!((c.max_size, c.max_file), (None, 3));
         assert!(LogConfig::resolve("json-file", &m(&[("max-size", "lots")]), None).is_err());
     }
 }

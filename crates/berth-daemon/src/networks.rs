@@ -42,6 +42,9 @@ pub struct NetConfig {
     pub gateway: String,
     #[serde(default)]
     pub ip_range: Option<String>,
+    /// `AuxiliaryAddresses`: names for addresses of the subnet no container gets
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, String>,
     #[serde(default)]
     pub internal: bool,
     #[serde(default)]
@@ -98,6 +101,10 @@ pub struct Endpoint {
     pub ifname: String,
     #[serde(default)]
     pub container_name: String,
+    /// network-scoped links (`EndpointSettings.Links`): (container, alias); the alias
+    /// resolves to that container for this endpoint only
+    #[serde(default)]
+    pub links: Vec<(String, String)>,
 }
 
 /// A published port: `host_ip:host_port` → the container's `port/proto`.
@@ -149,6 +156,10 @@ impl Mode {
 
 /// The networks a bridge-mode container joins, in order: name and endpoint settings
 /// (EndpointsConfig), the NetworkMode's first.
+/// In a stored create request: the container was disconnected from the network its
+/// `NetworkMode` names.
+pub const LEFT_MODE: &str = "LeftNetworkMode";
+
 pub fn requested(spec: &Value) -> Vec<(String, Value)> {
     let hc = &spec["HostConfig"];
     let Mode::Bridge(primary) = Mode::of(hc) else {
@@ -159,12 +170,27 @@ pub fn requested(spec: &Value) -> Vec<(String, Value)> {
         .cloned()
         .unwrap_or_default();
     let same = |k: &str| k == primary || (primary == "bridge" && k == "default");
-    let first = eps
+    let mut first = eps
         .iter()
         .find(|(k, _)| same(k))
         .map(|(_, v)| v.clone())
         .unwrap_or(Value::Null);
-    let mut out = vec![(primary.clone(), first)];
+    // the legacy `Config.MacAddress` (API < 1.44) is the first network's
+    if let Some(mac) = spec["Config"]["MacAddress"].as_str().filter(|m| !m.is_empty()) {
+        if first["MacAddress"].as_str().unwrap_or_default().is_empty() {
+            if !first.is_object() {
+                first = json!({});
+            }
+            first["MacAddress"] = Value::from(mac);
+        }
+    }
+    // a container disconnected from its NetworkMode's network keeps the mode (as dockerd)
+    // but joins it no more
+    let mut out = if spec[LEFT_MODE].as_bool() == Some(true) {
+        Vec::new()
+    } else {
+        vec![(primary.clone(), first)]
+    };
     for (k, v) in eps {
         if !same(&k) {
             out.push((k, v));
@@ -426,6 +452,7 @@ impl Networks {
                 subnet: subnet.to_string(),
                 gateway: gateway.to_string(),
                 ip_range: None,
+                aux_addresses: BTreeMap::new(),
                 internal: false,
                 attachable: false,
                 labels: Map::new(),
@@ -512,6 +539,24 @@ impl Networks {
                 // the asking container's networks (Docker's rule: names of every network
                 // it is on), this one's when the address is no container's
                 let from = from.to_string();
+                let asking = g
+                    .values()
+                    .flatten()
+                    .find(|e| e.network_id == net_id && e.ip == from);
+                if let Some((target, _)) = asking
+                    .and_then(|a| a.links.iter().find(|(_, alias)| alias.eq_ignore_ascii_case(name)))
+                {
+                    let target = target.to_ascii_lowercase();
+                    let ips: Vec<Ipv4Addr> = g
+                        .values()
+                        .flatten()
+                        .filter(|e| e.network_id == net_id && e.dns_names.contains(&target))
+                        .filter_map(|e| e.ip.parse().ok())
+                        .collect();
+                    if !ips.is_empty() {
+                        return Some(ips);
+                    }
+                }
                 let nets: HashSet<&str> = g
                     .values()
                     .find(|eps| eps.iter().any(|e| e.network_id == net_id && e.ip == from))
@@ -561,9 +606,12 @@ impl Networks {
         if name.is_empty() {
             return Err(ApiError::bad_request("network name is required"));
         }
-        if !crate::containers::valid_name(&name) {
+        // dockerd takes any name (docker-py's tests make "test 01"); one that cannot
+        // be named in a path or holds control characters is refused
+        if name.trim().is_empty() || name.contains('/') || name.chars().any(char::is_control) {
             return Err(ApiError::bad_request(format!(
-                "invalid network name \"{name}\": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                "invalid network name \"{}\": a name needs a printable character and no '/'",
+                name.escape_debug()
             )));
         }
         if ["bridge", "host", "none", "default"].contains(&name.as_str()) {
@@ -656,6 +704,20 @@ impl Networks {
                 .nth(1)
                 .ok_or_else(|| ApiError::bad_request("subnet too small"))?,
         };
+        let mut aux_addresses = BTreeMap::new();
+        for (k, v) in conf["AuxiliaryAddresses"].as_object().into_iter().flatten() {
+            let a = v.as_str().unwrap_or_default();
+            match a.parse::<Ipv4Addr>() {
+                Ok(ip) if subnet.contains(ip) => {
+                    aux_addresses.insert(k.clone(), ip.to_string());
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "no matching subnet for aux-address {a}"
+                    )))
+                }
+            }
+        }
         let id = hex::encode(rand::random::<[u8; 32]>());
         let bridge = match options.get("com.docker.network.bridge.name") {
             Some(b) if !b.is_empty() => {
@@ -680,6 +742,7 @@ impl Networks {
             subnet: subnet.to_string(),
             gateway: gateway.to_string(),
             ip_range: range.map(|r| r.to_string()),
+            aux_addresses,
             internal: body["Internal"].as_bool().unwrap_or(false),
             attachable: body["Attachable"].as_bool().unwrap_or(false),
             labels: body["Labels"].as_object().cloned().unwrap_or_default(),
@@ -920,6 +983,15 @@ impl Networks {
             netns: path.display().to_string(),
             ..Default::default()
         };
+        if wanted.is_empty() {
+            // disconnected from every network: loopback only, until a connect
+            return Ok(Attachment {
+                network: berth_runtime::spec::Network::Joined(st.netns.clone()),
+                state: Some(st),
+                hosts: Vec::new(),
+                resolv: host_resolv(),
+            });
+        }
         match self.wire(cid, name, hostname, spec, &wanted, &mut st).await {
             Ok(()) => {}
             Err(e) => {
@@ -1111,6 +1183,13 @@ impl Networks {
     ) -> Result<(), ApiError> {
         let short = &cid[..cid.len().min(12)];
         let aliases = crate::spec::strings(&ep["Aliases"]).unwrap_or_default();
+        let asked_mac = match ep["MacAddress"].as_str().filter(|m| !m.is_empty()) {
+            Some(m) => Some(
+                ipam::parse_mac(m)
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid MAC address: {m}")))?,
+            ),
+            None => None,
+        };
         let fixed = ep["IPAMConfig"]["IPv4Address"]
             .as_str()
             .filter(|s| !s.is_empty());
@@ -1124,12 +1203,14 @@ impl Networks {
         // the address, taken under the lock that the next container's allocation reads
         let endpoint = {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            let used: HashSet<Ipv4Addr> = live
+            let mut used: HashSet<Ipv4Addr> = live
                 .values()
                 .flatten()
                 .filter(|e| e.network_id == net.cfg.id)
                 .filter_map(|e| e.ip.parse().ok())
                 .collect();
+            // auxiliary addresses are reserved
+            used.extend(net.cfg.aux_addresses.values().filter_map(|a| a.parse::<Ipv4Addr>().ok()));
             let ip = match fixed {
                 Some(f) => {
                     let ip: Ipv4Addr = f
@@ -1169,7 +1250,7 @@ impl Networks {
                 ip: ip.to_string(),
                 prefix: net.subnet.prefix,
                 gateway: net.gateway.to_string(),
-                mac: ipam::mac_string(&ipam::mac_for(ip)),
+                mac: ipam::mac_string(&asked_mac.unwrap_or_else(|| ipam::mac_for(ip))),
                 aliases,
                 dns_names: dns_names
                     .into_iter()
@@ -1178,6 +1259,14 @@ impl Networks {
                 veth: veth_name(cid, slot),
                 ifname: format!("eth{slot}"),
                 container_name: name.to_string(),
+                links: crate::spec::strings(&ep["Links"])
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| {
+                        let (t, a) = l.split_once(':').unwrap_or((l, l));
+                        (t.trim_start_matches('/').to_string(), a.to_string())
+                    })
+                    .collect(),
             };
             live.entry(cid.to_string()).or_default().push(e.clone());
             e
@@ -1198,7 +1287,7 @@ impl Networks {
             host: &endpoint.veth,
             bridge,
             peer: &endpoint.ifname,
-            mac: ipam::mac_for(ip),
+            mac: asked_mac.unwrap_or_else(|| ipam::mac_for(ip)),
             netns_fd: ns_file.as_raw_fd(),
             mtu: net.mtu(),
             alias: &self.owner(),
@@ -1484,6 +1573,9 @@ pub fn network_json(n: &Net, attached: &BTreeMap<String, Endpoint>) -> Value {
     if let Some(r) = &n.cfg.ip_range {
         ipam["IPRange"] = json!(r);
     }
+    if !n.cfg.aux_addresses.is_empty() {
+        ipam["AuxiliaryAddresses"] = json!(n.cfg.aux_addresses);
+    }
     json!({
         "Name": n.cfg.name,
         "Id": n.cfg.id,
@@ -1535,10 +1627,10 @@ pub fn settings_json(nets: &Networks, cid: &str, spec: &Value, st: Option<&NetSt
     let ep_json = |key: &str, cfg: &Value, e: Option<&Endpoint>, nid: &str| {
         json!({
             "IPAMConfig": cfg.get("IPAMConfig").cloned().unwrap_or(Value::Null),
-            "Links": null,
+            "Links": cfg.get("Links").cloned().filter(|l| l.as_array().is_some_and(|a| !a.is_empty())).unwrap_or(Value::Null),
             "Aliases": cfg.get("Aliases").cloned().unwrap_or(Value::Null),
-            "MacAddress": e.map(|e| e.mac.clone()).unwrap_or_default(),
-            "DriverOpts": null,
+            "MacAddress": e.map(|e| e.mac.clone()).or_else(|| cfg.get("MacAddress").and_then(Value::as_str).map(str::to_string)).unwrap_or_default(),
+            "DriverOpts": cfg.get("DriverOpts").cloned().filter(|o| o.as_object().is_some_and(|m| !m.is_empty())).unwrap_or(Value::Null),
             "GwPriority": 0,
             "NetworkID": nid,
             "EndpointID": e.map(|e| e.endpoint_id.clone()).unwrap_or_default(),

@@ -26,6 +26,8 @@ pub struct SysInfo {
     pub oom_kill_disable: bool,
     pub cpu_shares: bool,
     pub cpu_cfs: bool,
+    /// v1 `cpu.rt_runtime_us` (v2 has no real-time controls)
+    pub cpu_realtime: bool,
     pub cpuset: bool,
     pub pids: bool,
     pub blkio_weight: bool,
@@ -74,6 +76,7 @@ impl SysInfo {
                 oom_kill_disable: false,
                 cpu_shares: has("cpu"),
                 cpu_cfs: has("cpu"),
+                cpu_realtime: false,
                 cpuset: has("cpuset"),
                 pids: has("pids"),
                 blkio_weight: has("io"),
@@ -92,6 +95,7 @@ impl SysInfo {
             oom_kill_disable: ctl("memory", "memory.oom_control"),
             cpu_shares: ctl("cpu", "cpu.shares"),
             cpu_cfs: ctl("cpu", "cpu.cfs_quota_us"),
+            cpu_realtime: ctl("cpu", "cpu.rt_runtime_us"),
             cpuset: ctl("cpuset", "cpuset.cpus"),
             pids: root.join("pids").join("cgroup.procs").exists(),
             blkio_weight: ctl("blkio", "blkio.weight"),
@@ -282,6 +286,16 @@ pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>
         warnings.push("Your kernel does not support CPU CFS scheduler or the cgroup is not mounted. CPU period and quota discarded.".to_string());
         hc["CpuPeriod"] = json!(0);
         hc["CpuQuota"] = json!(0);
+    }
+    for (key, what) in [("CpuRealtimePeriod", "period"), ("CpuRealtimeRuntime", "runtime")] {
+        if int(hc, key) > 0 && !sys.cpu_realtime {
+            warnings.push(format!("Your kernel does not support cgroup cpu real-time {what}. {} discarded.", if what == "period" { "Period" } else { "Runtime" }));
+            hc[key] = json!(0);
+        }
+    }
+    let (rt_period, rt_runtime) = (int(hc, "CpuRealtimePeriod"), int(hc, "CpuRealtimeRuntime"));
+    if rt_period != 0 && rt_runtime != 0 && rt_runtime > rt_period {
+        return Err(bad("cpu real-time runtime cannot be higher than cpu real-time period"));
     }
     if period != 0 && !(1000..=1_000_000).contains(&period) {
         return Err(bad(
@@ -513,6 +527,12 @@ pub fn linux_resources(hc: &Value) -> Value {
             cpu.insert(field.into(), json!(s));
         }
     }
+    if let Some(p) = pos("CpuRealtimePeriod") {
+        cpu.insert("realtimePeriod".into(), json!(p));
+    }
+    if let Some(r) = pos("CpuRealtimeRuntime") {
+        cpu.insert("realtimeRuntime".into(), json!(r));
+    }
     if !cpu.is_empty() {
         r.insert("cpu".into(), Value::Object(cpu));
     }
@@ -563,6 +583,7 @@ mod tests {
             oom_kill_disable: true,
             cpu_shares: true,
             cpu_cfs: true,
+            cpu_realtime: true,
             cpuset: true,
             pids: true,
             blkio_weight: false,

@@ -47,6 +47,9 @@ pub fn merge_config(req: &Value, image: &Map<String, Value>) -> Value {
     for e in strings(&req["Env"]).unwrap_or_default() {
         let key = e.split('=').next().unwrap_or_default().to_string();
         env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        // as dockerd: `NAME` without `=` (`-e NAME` with NAME unset in the client's
+        // environment) stays in the config, hides the image's value, and leaves the
+        // process without the variable (see `run_spec`)
         env.push(e);
     }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -324,7 +327,8 @@ pub fn run_spec(
         return Err(ApiError::bad_request("no command specified"));
     }
     let mut env = strings(&cfg["Env"]).unwrap_or_default();
-    env.retain(|e| !e.starts_with("HOSTNAME="));
+    // a name without `=` is unset, not set empty
+    env.retain(|e| !e.starts_with("HOSTNAME=") && e.contains('='));
     env.push(format!("HOSTNAME={hostname}"));
     if c.tty() && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
@@ -430,6 +434,9 @@ mod tests {
         );
         assert_eq!(m["Cmd"], json!(["echo", "hi"]));
         assert_eq!(m["Env"], json!(["PATH=/bin", "A=2"]));
+        let base = json!({"Env": ["PATH=/bin", "A=1", "B=2"]});
+        let m = merge_config(&json!({"Env": ["A", "C"]}), base.as_object().unwrap());
+        assert_eq!(m["Env"], json!(["PATH=/bin", "B=2", "A", "C"]));
         assert_eq!(m["WorkingDir"], "/w");
         assert_eq!(m["Labels"], json!({"a": "1", "b": "2"}));
         let m = merge_config(&json!({"Entrypoint": ["/bin/echo"]}), image);

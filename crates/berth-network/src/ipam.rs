@@ -159,6 +159,20 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
+/// `02:42:ac:11:00:0a` → bytes; None unless six hex pairs (a unicast address).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut n = 0;
+    for part in s.split([':', '-']) {
+        if n == 6 || part.len() != 2 {
+            return None;
+        }
+        out[n] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6 && out[0] & 1 == 0).then_some(out)
+}
+
 pub fn mac_string(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -169,6 +183,16 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:42:ac:11:00:0a"), Some([2, 0x42, 0xac, 0x11, 0, 0x0a]));
+        assert_eq!(parse_mac("02:42:AC:11:00:0A").map(|m| mac_string(&m)).unwrap(), "02:42:ac:11:00:0a");
+        assert_eq!(parse_mac("01:00:5e:00:00:01"), None, "multicast");
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00:0a:01"), None);
+        assert_eq!(parse_mac("zz:42:ac:11:00:0a"), None);
+    }
 
     #[test]
     fn subnets() {

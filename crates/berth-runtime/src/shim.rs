@@ -16,7 +16,7 @@
 //! Control protocol, one line per command on `shim.sock`:
 //! `start` → `ok PID`; `wait` → `exit CODE` when the container exits;
 //! `kill SIGNAL` → `ok`; `resize ROWS COLS` → `ok`; `pid` → `ok PID`;
-//! `attach [stdin] [stdout] [stderr]` → `ok`, then the connection carries the streams;
+//! `attach [stdin] [stdout] [stderr] [framed|raw]` → `ok`, then the connection carries the streams;
 //! `close-stdin` → `ok`; `abort` (an exec shim not started yet) → `ok`, and it exits.
 //! An exec shim that gets no `start` within a minute exits too. Errors answer
 //! `error MESSAGE`.
@@ -146,6 +146,8 @@ enum Mode {
         stdin: bool,
         stdout: bool,
         stderr: bool,
+        /// output in Docker's stream frames (else raw): without a tty by default
+        framed: bool,
     },
     Waiter,
 }
@@ -470,15 +472,20 @@ impl Shim {
             let _ =
                 self.splitters[(stream as usize).saturating_sub(1).min(1)].feed(log, name, data);
         }
-        let tty = self.args.tty;
         for c in &mut self.clients {
-            if let Mode::Attach { stdout, stderr, .. } = c.mode {
+            if let Mode::Attach {
+                stdout,
+                stderr,
+                framed,
+                ..
+            } = c.mode
+            {
                 let wanted = if stream == 2 { stderr } else { stdout };
                 if wanted {
-                    if tty {
-                        c.send(data);
-                    } else {
+                    if framed {
                         c.send(&frame(stream, data));
+                    } else {
+                        c.send(data);
                     }
                 }
             }
@@ -568,10 +575,19 @@ impl Shim {
             }
             Some("attach") => {
                 let flags: Vec<&str> = words.collect();
+                // `framed`/`raw`: what the client asked for, whatever the tty
+                let framed = if flags.contains(&"framed") {
+                    true
+                } else if flags.contains(&"raw") {
+                    false
+                } else {
+                    !self.args.tty
+                };
                 self.clients[i].mode = Mode::Attach {
                     stdin: flags.contains(&"stdin"),
                     stdout: flags.contains(&"stdout"),
                     stderr: flags.contains(&"stderr"),
+                    framed,
                 };
                 "ok\n".to_string()
             }

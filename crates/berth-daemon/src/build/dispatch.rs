@@ -816,6 +816,11 @@ impl Builder {
             return Ok(false);
         }
         let mut hit = self.d.images.cache_hit(key).map_err(Failure::from)?;
+        if !self.opts.cache_from.is_empty() {
+            // as dockerd: with --cache-from, a local hit counts only when it is one of
+            // those images or an image they were built on
+            hit = hit.filter(|id| self.in_sources(id));
+        }
         if hit.is_none() && !self.sources.is_empty() {
             let d = self.d.clone();
             let sources = self.sources.clone();
@@ -841,6 +846,24 @@ impl Builder {
             }
             None => Ok(false),
         }
+    }
+
+    /// Whether `id` is a `--cache-from` image or one of its parents.
+    fn in_sources(&self, id: &Digest) -> bool {
+        let want = id.to_string();
+        self.sources.iter().any(|src| {
+            let mut cur = src.id.to_string();
+            for _ in 0..10_000 {
+                if cur == want {
+                    return true;
+                }
+                match self.d.images.inspect(&cur) {
+                    Ok(img) if !img.parent.is_empty() => cur = img.parent,
+                    _ => return false,
+                }
+            }
+            false
+        })
     }
 
     async fn done(
@@ -1078,7 +1101,12 @@ impl Builder {
         loop {
             let running = c.state().status == "running";
             for e in reader.read() {
-                self.out.say(&e.log).await;
+                if e.stream == "stderr" {
+                    // dockerd's classic builder shows a step's stderr in red
+                    self.out.say(format!("\x1b[91m{}\x1b[0m", e.log)).await;
+                } else {
+                    self.out.say(&e.log).await;
+                }
             }
             if !running {
                 break;

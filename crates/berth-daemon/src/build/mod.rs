@@ -14,7 +14,7 @@ pub mod source;
 mod view;
 
 use crate::error::ApiError;
-use crate::http::{body_reader, json_line, stream, Resp};
+use crate::http::{body_reader, json_line, stream_when_started, Resp};
 use crate::routes::Ctx;
 use crate::Daemon;
 use bytes::Bytes;
@@ -29,16 +29,19 @@ pub use options::Options;
 pub struct Out {
     tx: mpsc::Sender<Bytes>,
     quiet: bool,
+    /// something was written (an error after that goes into the stream)
+    started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Out {
     pub async fn say(&self, text: impl AsRef<str>) {
         if !self.quiet {
-            let _ = self
-                .tx
-                .send(json_line(&json!({"stream": text.as_ref()})))
-                .await;
+            self.raw(&json!({"stream": text.as_ref()})).await;
         }
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The client went away (the response was dropped).
@@ -51,6 +54,8 @@ impl Out {
     }
 
     pub async fn raw(&self, v: &Value) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.tx.send(json_line(v)).await;
     }
 }
@@ -74,26 +79,33 @@ impl<T: std::fmt::Display> From<T> for Failure {
 /// `POST /build`.
 pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let opts = Options::parse(&ctx.query, &ctx.headers)?;
-    let (tx, resp) = stream("application/json");
+    let (tx, rx) = mpsc::channel(16);
+    let (early_tx, early) = tokio::sync::oneshot::channel();
     let out = Out {
-        tx: tx.clone(),
+        tx,
         quiet: opts.quiet,
+        started: Arc::default(),
     };
     let reader = body_reader(ctx.body);
     let d = d.clone();
     tokio::spawn(async move {
         let r = run(&d, opts, reader, &out).await;
         if let Err(f) = r {
-            let mut detail = json!({"message": f.message});
-            if let Some(c) = f.code {
-                detail["code"] = Value::from(c);
+            if !out.started() {
+                // nothing written yet: the response itself is the error, as dockerd's
+                let _ = early_tx.send(ApiError::bad_request(f.message));
+            } else {
+                let mut detail = json!({"message": f.message});
+                if let Some(c) = f.code {
+                    detail["code"] = Value::from(c);
+                }
+                out.raw(&json!({"errorDetail": detail, "error": f.message}))
+                    .await;
             }
-            out.raw(&json!({"errorDetail": detail, "error": f.message}))
-                .await;
         }
         crate::release_memory();
     });
-    Ok(resp)
+    stream_when_started("application/json", rx, early).await
 }
 
 async fn run(
@@ -105,7 +117,7 @@ async fn run(
     let tmp = d.images.tmp_dir().to_path_buf();
     let keep = source::clean(&opts.dockerfile).unwrap_or_default();
     let keep2 = keep.clone();
-    let context = tokio::task::spawn_blocking(move || -> Result<source::Context, String> {
+    let mut context = tokio::task::spawn_blocking(move || -> Result<source::Context, String> {
         let spill = source::spill_file(&tmp).map_err(|e| e.to_string())?;
         let r = berth_image::decompress(reader)
             .map_err(|e| format!("failed to read build context: {e}"))?;
@@ -119,6 +131,7 @@ async fn run(
             opts.dockerfile.trim_start_matches("./")
         )
     })?;
+    context.drop_build_files(&keep);
     let file = berth_build::parser::parse(&text)?;
     // parser notes, the ignored syntax directive among them
     for w in &file.warnings {

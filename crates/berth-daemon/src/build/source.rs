@@ -247,6 +247,23 @@ impl Context {
         Ok(())
     }
 
+    /// Once the Dockerfile (`dockerfile`) is read: `.dockerignore` and the Dockerfile
+    /// leave the context when its `.dockerignore` excludes them, as dockerd's builder
+    /// does (docker-py and the docker CLI send a Dockerfile from outside the context under
+    /// a `.dockerfile.<random>` name listed in the ignore file, so nothing of it lands in
+    /// the image).
+    pub fn drop_build_files(&mut self, dockerfile: &str) {
+        let Some(text) = self.read_to_string(".dockerignore") else {
+            return;
+        };
+        let ig = Ignore::parse(&text);
+        for p in [".dockerignore", dockerfile] {
+            if ig.excluded(p) {
+                self.entries.remove(p);
+            }
+        }
+    }
+
     pub fn read_to_string(&self, path: &str) -> Option<String> {
         let (m, off) = self.entries.get(path)?;
         if m.kind != Kind::File {
@@ -633,6 +650,21 @@ mod tests {
         let one = c.checksum(&["a".into()]).unwrap();
         let two = ctx(&[("a/b.txt", "B")]).checksum(&["a".into()]).unwrap();
         assert_ne!(one, two);
+    }
+
+    #[test]
+    fn build_files_leave_when_ignored() {
+        let mut c = ctx(&[
+            ("Dockerfile", "FROM x"),
+            (".dockerfile.abc", "FROM x"),
+            ("a", "1"),
+            (".dockerignore", ".dockerignore\n.dockerfile.abc\n"),
+        ]);
+        c.drop_build_files(".dockerfile.abc");
+        assert_eq!(c.children(""), vec!["Dockerfile", "a"]);
+        let mut c = ctx(&[("Dockerfile", "FROM x"), (".dockerignore", "a\n")]);
+        c.drop_build_files("Dockerfile");
+        assert_eq!(c.children(""), vec![".dockerignore", "Dockerfile"]);
     }
 
     #[test]

@@ -147,6 +147,51 @@ fn sizes(d: &Daemon, c: &Ctr) -> (i64, i64) {
     (rw, image_size + rw)
 }
 
+/// A container's names in lists: its own, and `/PARENT/ALIAS` for each container that
+/// links to it, as dockerd lists them.
+fn names_of(d: &Daemon, c: &Ctr) -> Vec<String> {
+    let mut out = vec![format!("/{}", c.name())];
+    for p in d.containers.all() {
+        for (target, alias) in crate::containers::links_of(&p.host_config()) {
+            if d.containers.get(&target).is_ok_and(|t| t.id == c.id) {
+                out.push(format!("/{}/{alias}", p.name()));
+            }
+        }
+    }
+    out
+}
+
+/// `DELETE /containers/PARENT/ALIAS?link=1`: the parent's legacy link goes (both
+/// containers stay).
+fn remove_link(d: &Daemon, rest: &str) -> Result<Resp, ApiError> {
+    let full = rest.trim_matches('/');
+    let Some((parent, alias)) = full.rsplit_once('/') else {
+        return Err(ApiError::bad_request(
+            "Conflict, cannot remove the default link name of the container",
+        ));
+    };
+    let p = d.containers.get(parent).map_err(|_| {
+        ApiError::not_found(format!("Cannot get parent /{parent} for link name /{full}"))
+    })?;
+    let links = crate::containers::links_of(&p.host_config());
+    if !links.iter().any(|(_, a)| a == alias) {
+        return Err(ApiError::not_found(format!(
+            "Could not find entity for /{full}"
+        )));
+    }
+    let alias = alias.to_string();
+    d.containers.edit_spec(&p, |s| {
+        if let Some(a) = s["HostConfig"]["Links"].as_array_mut() {
+            a.retain(|l| {
+                let l = l.as_str().unwrap_or_default();
+                let a = l.split_once(':').map(|(_, a)| a).unwrap_or(l);
+                a.rsplit('/').next() != Some(alias.as_str())
+            });
+        }
+    })?;
+    Ok(status_only(StatusCode::NO_CONTENT))
+}
+
 fn summary(d: &Daemon, c: &Ctr) -> Value {
     let s = c.state();
     let spec = c.spec();
@@ -155,7 +200,7 @@ fn summary(d: &Daemon, c: &Ctr) -> Value {
     let settings = crate::networks::settings_json(&d.containers.net, &c.id, &spec, net);
     json!({
         "Id": c.id,
-        "Names": [format!("/{}", c.name())],
+        "Names": names_of(d, c),
         "Image": c.spec()["Image"],
         "ImageID": c.image_id,
         "Command": command_of(c),
@@ -320,13 +365,47 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?
         .to_bytes();
-    let req: Value = serde_json::from_slice(&body)
+    let mut req: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    canonical_request(&mut req);
     let (c, warnings) = create_from(d, name.as_deref(), &req)?;
     Ok(json(
         StatusCode::CREATED,
         &json!({"Id": c.id, "Warnings": warnings}),
     ))
+}
+
+/// Field names of a create request as Docker spells them (the API's v1.50 definitions):
+/// dockerd matches them without case, and docker-py sends e.g. `CPURealtimeRuntime`.
+const CONFIG_KEYS: &[&str] = &[
+    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr",
+    "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck",
+    "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled",
+    "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell", "HostConfig",
+    "NetworkingConfig",
+];
+const HOST_CONFIG_KEYS: &[&str] = &[
+    "CpuShares", "Memory", "CgroupParent", "BlkioWeight", "BlkioWeightDevice",
+    "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod",
+    "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices", "DeviceCgroupRules",
+    "DeviceRequests", "KernelMemoryTCP", "MemoryReservation", "MemorySwap",
+    "MemorySwappiness", "NanoCpus", "OomKillDisable", "Init", "PidsLimit", "Ulimits",
+    "CpuCount", "CpuPercent", "IOMaximumIOps", "IOMaximumBandwidth", "Binds",
+    "ContainerIDFile", "LogConfig", "NetworkMode", "PortBindings", "RestartPolicy",
+    "AutoRemove", "VolumeDriver", "VolumesFrom", "Mounts", "ConsoleSize", "Annotations",
+    "CapAdd", "CapDrop", "CgroupnsMode", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts",
+    "GroupAdd", "IpcMode", "Cgroup", "Links", "OomScoreAdj", "PidMode", "Privileged",
+    "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt", "StorageOpt", "Tmpfs", "UTSMode",
+    "UsernsMode", "ShmSize", "Sysctls", "Runtime", "Isolation", "MaskedPaths",
+    "ReadonlyPaths",
+];
+
+fn canonical_request(req: &mut Value) {
+    crate::http::canonical_keys(req, CONFIG_KEYS);
+    if let Some(hc) = req.get_mut("HostConfig") {
+        crate::http::canonical_keys(hc, HOST_CONFIG_KEYS);
+    }
 }
 
 /// Creates a container from a create request (the API's body): checks it, merges it
@@ -349,6 +428,20 @@ pub fn create_from(
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
     crate::containers::Restart::validate(&hc["RestartPolicy"])?;
+    let links = crate::containers::links_of(&hc);
+    if !links.is_empty() && hc["NetworkMode"].as_str() == Some("host") {
+        return Err(ApiError::bad_request(
+            "conflicting options: host type networking can't be used with links. This would result in undefined behavior",
+        ));
+    }
+    for (target, _) in &links {
+        if let Err(e) = d.containers.get(target) {
+            return Err(ApiError::bad_request(format!(
+                "could not get container for {target}: {}",
+                e.message
+            )));
+        }
+    }
     let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
     if hc["AutoRemove"].as_bool().unwrap_or(false) && !matches!(rp, "" | "no") {
         return Err(ApiError::bad_request(
@@ -360,9 +453,12 @@ pub fn create_from(
             return Err(ApiError::bad_request("invalid stop timeout"));
         }
     }
+    // docker-py's `create_container(runtime=…)` puts `Runtime` beside the config
+    // rather than in HostConfig; either names the runtime asked for
     let runtime = hc["Runtime"]
         .as_str()
         .filter(|r| !r.is_empty())
+        .or_else(|| req["Runtime"].as_str().filter(|r| !r.is_empty()))
         .unwrap_or(&d.config.default_runtime)
         .to_string();
     if runtime != crate::config::BUILTIN_RUNTIME && !d.config.runtimes.contains_key(&runtime) {
@@ -401,6 +497,14 @@ pub fn create_from(
     crate::health::validate(req)?;
     let merged = crate::spec::merge_config(req, &img.config.config.clone().unwrap_or_default());
     let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
+    if spec["HostConfig"]["NetworkMode"].as_str() == Some("host")
+        && spec["Config"]["Hostname"].as_str().unwrap_or_default().is_empty()
+    {
+        // as dockerd: a container on the host's network has the host's name
+        if let Ok(h) = rustix::system::uname().nodename().to_str() {
+            spec["Config"]["Hostname"] = Value::from(h);
+        }
+    }
     if req["NetworkingConfig"].is_object() {
         spec["NetworkingConfig"] = req["NetworkingConfig"].clone();
     }
@@ -424,6 +528,9 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
     };
     if name.is_empty() {
         return Err(ApiError::not_found("page not found"));
+    }
+    if ctx.method == Method::DELETE && ctx.query.bool("link")? {
+        return remove_link(d, rest);
     }
     let c = d.containers.get(&name)?;
     let m = ctx.method.clone();

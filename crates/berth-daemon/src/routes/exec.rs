@@ -18,10 +18,28 @@ pub async fn create(
     ctx: &mut Ctx,
     c: &Arc<crate::containers::Ctr>,
 ) -> Result<Resp, ApiError> {
-    let body = ctx.json_body().await?;
+    let mut body = ctx.json_body().await?;
     if !body.is_object() {
         return Err(ApiError::bad_request("exec config must be a JSON object"));
     }
+    // dockerd decodes field names in any case (docker-py sends `detachKeys`)
+    crate::http::canonical_keys(
+        &mut body,
+        &[
+            "User",
+            "Privileged",
+            "Tty",
+            "ConsoleSize",
+            "AttachStdin",
+            "AttachStderr",
+            "AttachStdout",
+            "Detach",
+            "DetachKeys",
+            "Env",
+            "WorkingDir",
+            "Cmd",
+        ],
+    );
     let id = d.containers.execs.create(c, body, &d.events)?;
     Ok(json(StatusCode::CREATED, &json!({"Id": id})))
 }
@@ -74,7 +92,11 @@ async fn start(
             "exec start needs an upgraded connection (Upgrade: tcp)",
         ));
     };
+    // the process's tty, and how the stream is framed: as dockerd, the start request's
+    // `Tty` decides the framing (docker-py starts a tty exec with `Tty: false` and reads
+    // frames)
     let tty = e.tty();
+    let raw = body["Tty"].as_bool().unwrap_or(tty);
     let flag = |k: &str| e.config[k].as_bool().unwrap_or(false);
     let (stdin, stdout, stderr) = (
         flag("AttachStdin"),
@@ -86,6 +108,9 @@ async fn start(
         if on {
             flags.push(name);
         }
+    }
+    if raw != tty {
+        flags.push(if raw { "raw" } else { "framed" });
     }
     let scanner = detach_scanner(e.config["DetachKeys"].as_str(), tty, stdin)?;
     let d = d.clone();
@@ -100,7 +125,7 @@ async fn start(
         let mut client = TokioIo::new(up);
         let fail = |msg: String| {
             let text = format!("{msg}\r\n");
-            if tty {
+            if raw {
                 text.into_bytes()
             } else {
                 berth_runtime::shim::frame(1, text.as_bytes())
@@ -147,5 +172,5 @@ async fn start(
         )
         .await;
     });
-    Ok(upgraded(tty))
+    Ok(upgraded(raw))
 }

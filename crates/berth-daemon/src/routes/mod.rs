@@ -201,8 +201,31 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
                 let rest = rest.to_string();
                 return containers::by_name(&d, ctx, &rest).await;
             }
+            if let Some(e) = swarm_error(path) {
+                return Err(e);
+            }
             Err(ApiError::not_found("page not found"))
         }
+    }
+}
+
+/// berthd is never part of a swarm: the swarm API answers as dockerd does on a node
+/// that has not joined one (503), so clients such as docker-py's `leave_swarm(force)`
+/// take it as "nothing to leave".
+fn swarm_error(path: &str) -> Option<ApiError> {
+    let first = path.trim_start_matches('/').split('/').next()?;
+    match (first, path) {
+        (_, "/swarm/leave") => Some(ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "This node is not part of a swarm",
+        )),
+        ("swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs", _) => {
+            Some(ApiError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -119,12 +119,23 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
     let sys = &d.containers.sys;
     let mut warnings = d.warnings();
     warnings.extend(sys.warnings());
+    // as dockerd counts them: paused, running, and everything else stopped
+    let (mut running, mut paused, mut stopped) = (0, 0, 0);
+    let all = d.containers.all();
+    for c in &all {
+        let st = c.state();
+        match (st.status.as_str(), st.paused) {
+            ("running", true) => paused += 1,
+            ("running", false) => running += 1,
+            _ => stopped += 1,
+        }
+    }
     Ok(ok_json(&json!({
         "ID": d.engine_id,
-        "Containers": 0,
-        "ContainersRunning": 0,
-        "ContainersPaused": 0,
-        "ContainersStopped": 0,
+        "Containers": all.len(),
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": stopped,
         "Images": images,
         "Driver": driver.name(),
         "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]],

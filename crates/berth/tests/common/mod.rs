@@ -109,6 +109,26 @@ impl Daemon {
         d
     }
 
+    /// A daemon started under `wrapper` (a command that execs berthd keeping its pid,
+    /// e.g. `env VAR=…`).
+    pub fn start_wrapped(wrapper: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let mut d = Daemon {
+            socket: dir.path().join("b.sock"),
+            dir,
+            child: None,
+            extra_args: Vec::new(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            counted: false,
+            slot: next_slot(),
+        };
+        d.spawn();
+        d
+    }
+
     pub fn data_root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
