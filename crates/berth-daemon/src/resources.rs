@@ -287,15 +287,27 @@ pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>
         hc["CpuPeriod"] = json!(0);
         hc["CpuQuota"] = json!(0);
     }
-    for (key, what) in [("CpuRealtimePeriod", "period"), ("CpuRealtimeRuntime", "runtime")] {
+    for (key, what) in [
+        ("CpuRealtimePeriod", "period"),
+        ("CpuRealtimeRuntime", "runtime"),
+    ] {
         if int(hc, key) > 0 && !sys.cpu_realtime {
-            warnings.push(format!("Your kernel does not support cgroup cpu real-time {what}. {} discarded.", if what == "period" { "Period" } else { "Runtime" }));
+            warnings.push(format!(
+                "Your kernel does not support cgroup cpu real-time {what}. {} discarded.",
+                if what == "period" {
+                    "Period"
+                } else {
+                    "Runtime"
+                }
+            ));
             hc[key] = json!(0);
         }
     }
     let (rt_period, rt_runtime) = (int(hc, "CpuRealtimePeriod"), int(hc, "CpuRealtimeRuntime"));
     if rt_period != 0 && rt_runtime != 0 && rt_runtime > rt_period {
-        return Err(bad("cpu real-time runtime cannot be higher than cpu real-time period"));
+        return Err(bad(
+            "cpu real-time runtime cannot be higher than cpu real-time period",
+        ));
     }
     if period != 0 && !(1000..=1_000_000).contains(&period) {
         return Err(bad(

@@ -28,6 +28,9 @@ pub fn merge_config(req: &Value, image: &Map<String, Value>) -> Value {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
+    // the create request's other parts are not the container's config
+    out.remove("HostConfig");
+    out.remove("NetworkingConfig");
     let req_entry = strings(&req["Entrypoint"]);
     let req_cmd = strings(&req["Cmd"]).filter(|c| !c.is_empty());
     let (entry, cmd) = match req_entry {

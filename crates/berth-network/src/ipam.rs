@@ -186,8 +186,16 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("02:42:ac:11:00:0a"), Some([2, 0x42, 0xac, 0x11, 0, 0x0a]));
-        assert_eq!(parse_mac("02:42:AC:11:00:0A").map(|m| mac_string(&m)).unwrap(), "02:42:ac:11:00:0a");
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:0a"),
+            Some([2, 0x42, 0xac, 0x11, 0, 0x0a])
+        );
+        assert_eq!(
+            parse_mac("02:42:AC:11:00:0A")
+                .map(|m| mac_string(&m))
+                .unwrap(),
+            "02:42:ac:11:00:0a"
+        );
         assert_eq!(parse_mac("01:00:5e:00:00:01"), None, "multicast");
         assert_eq!(parse_mac("02:42:ac:11:00"), None);
         assert_eq!(parse_mac("02:42:ac:11:00:0a:01"), None);

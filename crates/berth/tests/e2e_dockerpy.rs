@@ -100,9 +100,11 @@ fn docker_py_integration_suite() {
     if skip_unless_root("docker_py_integration_suite") {
         return;
     }
-    let shared = std::env::var("BERTH_SHARED").map(std::path::PathBuf::from).unwrap_or_else(
-        |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    );
+    let shared = std::env::var("BERTH_SHARED")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+        });
     let harness = shared.join("compat/docker-py");
     if !harness.join("run.sh").exists() {
         eprintln!("skipping: no docker-py harness at {}", harness.display());
@@ -146,8 +148,10 @@ fn docker_py_integration_suite() {
     let summary = stdout(&out);
     eprintln!("{}", summary.trim());
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    let passed: std::collections::HashSet<String> =
-        read(out_dir.join("passed.txt")).lines().map(str::to_string).collect();
+    let passed: std::collections::HashSet<String> = read(out_dir.join("passed.txt"))
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert!(
         !passed.is_empty(),
         "the docker-py run passed nothing:\n{summary}\n{}",

@@ -168,7 +168,18 @@ fn logs_are_capped_rotated_and_still_readable() {
     assert_eq!(lc["Type"], "json-file");
     assert_eq!(lc["Config"], serde_json::json!({}));
     // max-file alone is accepted, as dockerd does
-    ok(cli(&d, &["create", "--name", "mf", "--log-opt", "max-file=5", "bb", "true"]));
+    ok(cli(
+        &d,
+        &[
+            "create",
+            "--name",
+            "mf",
+            "--log-opt",
+            "max-file=5",
+            "bb",
+            "true",
+        ],
+    ));
     let lc = &state(&d, "mf")["HostConfig"]["LogConfig"];
     assert_eq!(lc["Config"], serde_json::json!({"max-file": "5"}));
     // small files: the newest lines survive, whole and in order, in at most 2 files

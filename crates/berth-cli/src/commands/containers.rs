@@ -957,11 +957,15 @@ pub struct RmArgs {
 }
 
 pub async fn rm(c: &Client, a: RmArgs) -> Result<()> {
-    if a.link {
-        bail!("links are not supported");
-    }
     super::for_each_name(&a.containers, |name| async move {
-        let path = format!("/containers/{}?force={}&v={}", q(&name), a.force, a.volumes);
+        // with --link, NAME is PARENT/ALIAS: the link goes, the containers stay
+        let path = if a.link {
+            let n = name.trim_start_matches('/');
+            let (p, alias) = n.rsplit_once('/').unwrap_or((n, ""));
+            format!("/containers/{}/{}?link=1", q(p), q(alias))
+        } else {
+            format!("/containers/{}?force={}&v={}", q(&name), a.force, a.volumes)
+        };
         c.request(Method::DELETE, &path, ReqBody::Empty, &[])
             .await?;
         println!("{name}");

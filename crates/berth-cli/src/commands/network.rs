@@ -20,6 +20,12 @@ pub struct NetFlags {
     /// IPv4 address (e.g., 172.30.100.104)
     #[arg(long)]
     pub ip: Option<String>,
+    /// Container MAC address (e.g., 92:d0:c6:0a:29:33)
+    #[arg(long = "mac-address")]
+    pub mac_address: Option<String>,
+    /// Add link to another container (NAME[:ALIAS])
+    #[arg(long)]
+    pub link: Vec<String>,
     /// Publish a container's port(s) to the host
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
@@ -123,20 +129,19 @@ impl NetFlags {
             .cloned()
             .unwrap_or_else(|| "default".into());
         cfg["HostConfig"]["NetworkMode"] = json!(mode);
-        let mut endpoints = Map::new();
-        for (i, n) in self.network.iter().enumerate() {
-            let mut ep = json!({});
-            if i == 0 {
-                if !self.network_alias.is_empty() {
-                    ep["Aliases"] = json!(self.network_alias);
-                }
-                if let Some(ip) = &self.ip {
-                    ep["IPAMConfig"] = json!({"IPv4Address": ip});
-                }
-            }
-            endpoints.insert(n.clone(), ep);
+        if !self.link.is_empty() {
+            // NAME[:ALIAS], the alias defaulting to the name, as the docker CLI sends it
+            let links: Vec<String> = self
+                .link
+                .iter()
+                .map(|l| match l.split_once(':') {
+                    Some(_) => l.clone(),
+                    None => format!("{l}:{l}"),
+                })
+                .collect();
+            cfg["HostConfig"]["Links"] = json!(links);
         }
-        if self.network.is_empty() && (!self.network_alias.is_empty() || self.ip.is_some()) {
+        let first_ep = || {
             let mut ep = json!({});
             if !self.network_alias.is_empty() {
                 ep["Aliases"] = json!(self.network_alias);
@@ -144,7 +149,20 @@ impl NetFlags {
             if let Some(ip) = &self.ip {
                 ep["IPAMConfig"] = json!({"IPv4Address": ip});
             }
-            endpoints.insert("default".into(), ep);
+            if let Some(m) = &self.mac_address {
+                ep["MacAddress"] = json!(m);
+            }
+            ep
+        };
+        let mut endpoints = Map::new();
+        for (i, n) in self.network.iter().enumerate() {
+            let ep = if i == 0 { first_ep() } else { json!({}) };
+            endpoints.insert(n.clone(), ep);
+        }
+        if self.network.is_empty()
+            && (!self.network_alias.is_empty() || self.ip.is_some() || self.mac_address.is_some())
+        {
+            endpoints.insert("default".into(), first_ep());
         }
         if !endpoints.is_empty() {
             cfg["NetworkingConfig"] = json!({"EndpointsConfig": endpoints});
@@ -455,6 +473,9 @@ pub struct ConnectArgs {
     /// IPv4 address (e.g., 172.30.100.104)
     #[arg(long)]
     pub ip: Option<String>,
+    /// Add a link to another container (NAME[:ALIAS])
+    #[arg(long)]
+    pub link: Vec<String>,
     pub network: String,
     pub container: String,
 }
@@ -466,6 +487,9 @@ pub async fn connect(c: &Client, a: ConnectArgs) -> Result<()> {
     }
     if let Some(ip) = &a.ip {
         ep["IPAMConfig"] = json!({"IPv4Address": ip});
+    }
+    if !a.link.is_empty() {
+        ep["Links"] = json!(a.link);
     }
     let body = json!({"Container": a.container, "EndpointConfig": ep});
     c.request(

@@ -378,26 +378,104 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 /// Field names of a create request as Docker spells them (the API's v1.50 definitions):
 /// dockerd matches them without case, and docker-py sends e.g. `CPURealtimeRuntime`.
 const CONFIG_KEYS: &[&str] = &[
-    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr",
-    "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck",
-    "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled",
-    "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell", "HostConfig",
+    "Hostname",
+    "Domainname",
+    "User",
+    "AttachStdin",
+    "AttachStdout",
+    "AttachStderr",
+    "ExposedPorts",
+    "Tty",
+    "OpenStdin",
+    "StdinOnce",
+    "Env",
+    "Cmd",
+    "Healthcheck",
+    "ArgsEscaped",
+    "Image",
+    "Volumes",
+    "WorkingDir",
+    "Entrypoint",
+    "NetworkDisabled",
+    "MacAddress",
+    "OnBuild",
+    "Labels",
+    "StopSignal",
+    "StopTimeout",
+    "Shell",
+    "HostConfig",
     "NetworkingConfig",
 ];
 const HOST_CONFIG_KEYS: &[&str] = &[
-    "CpuShares", "Memory", "CgroupParent", "BlkioWeight", "BlkioWeightDevice",
-    "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps",
-    "BlkioDeviceWriteIOps", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod",
-    "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices", "DeviceCgroupRules",
-    "DeviceRequests", "KernelMemoryTCP", "MemoryReservation", "MemorySwap",
-    "MemorySwappiness", "NanoCpus", "OomKillDisable", "Init", "PidsLimit", "Ulimits",
-    "CpuCount", "CpuPercent", "IOMaximumIOps", "IOMaximumBandwidth", "Binds",
-    "ContainerIDFile", "LogConfig", "NetworkMode", "PortBindings", "RestartPolicy",
-    "AutoRemove", "VolumeDriver", "VolumesFrom", "Mounts", "ConsoleSize", "Annotations",
-    "CapAdd", "CapDrop", "CgroupnsMode", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts",
-    "GroupAdd", "IpcMode", "Cgroup", "Links", "OomScoreAdj", "PidMode", "Privileged",
-    "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt", "StorageOpt", "Tmpfs", "UTSMode",
-    "UsernsMode", "ShmSize", "Sysctls", "Runtime", "Isolation", "MaskedPaths",
+    "CpuShares",
+    "Memory",
+    "CgroupParent",
+    "BlkioWeight",
+    "BlkioWeightDevice",
+    "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps",
+    "CpuPeriod",
+    "CpuQuota",
+    "CpuRealtimePeriod",
+    "CpuRealtimeRuntime",
+    "CpusetCpus",
+    "CpusetMems",
+    "Devices",
+    "DeviceCgroupRules",
+    "DeviceRequests",
+    "KernelMemoryTCP",
+    "MemoryReservation",
+    "MemorySwap",
+    "MemorySwappiness",
+    "NanoCpus",
+    "OomKillDisable",
+    "Init",
+    "PidsLimit",
+    "Ulimits",
+    "CpuCount",
+    "CpuPercent",
+    "IOMaximumIOps",
+    "IOMaximumBandwidth",
+    "Binds",
+    "ContainerIDFile",
+    "LogConfig",
+    "NetworkMode",
+    "PortBindings",
+    "RestartPolicy",
+    "AutoRemove",
+    "VolumeDriver",
+    "VolumesFrom",
+    "Mounts",
+    "ConsoleSize",
+    "Annotations",
+    "CapAdd",
+    "CapDrop",
+    "CgroupnsMode",
+    "Dns",
+    "DnsOptions",
+    "DnsSearch",
+    "ExtraHosts",
+    "GroupAdd",
+    "IpcMode",
+    "Cgroup",
+    "Links",
+    "OomScoreAdj",
+    "PidMode",
+    "Privileged",
+    "PublishAllPorts",
+    "ReadonlyRootfs",
+    "SecurityOpt",
+    "StorageOpt",
+    "Tmpfs",
+    "UTSMode",
+    "UsernsMode",
+    "ShmSize",
+    "Sysctls",
+    "Runtime",
+    "Isolation",
+    "MaskedPaths",
     "ReadonlyPaths",
 ];
 
@@ -498,7 +576,10 @@ pub fn create_from(
     let merged = crate::spec::merge_config(req, &img.config.config.clone().unwrap_or_default());
     let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
     if spec["HostConfig"]["NetworkMode"].as_str() == Some("host")
-        && spec["Config"]["Hostname"].as_str().unwrap_or_default().is_empty()
+        && spec["Config"]["Hostname"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
     {
         // as dockerd: a container on the host's network has the host's name
         if let Ok(h) = rustix::system::uname().nodename().to_str() {
@@ -889,6 +970,12 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
     };
     let tty = c.tty();
     let scanner = detach_scanner(ctx.query.get("detachKeys"), tty, stdin)?;
+    // `logs=1`: what the container wrote so far comes first; `stream=0`: only that
+    // (clients that say nothing get the live streams, as the CLIs always ask for them)
+    let logs = want("logs")?;
+    let live = ctx.query.get("stream").is_none() || want("stream")?;
+    let log_path = d.containers.log_path(&c);
+    let readable = crate::logconfig::LogConfig::of(&c.host_config()).readable();
     let mut flags = Vec::new();
     if stdin {
         flags.push("stdin");
@@ -915,6 +1002,32 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
             return;
         };
         let mut client = TokioIo::new(up);
+        if logs && readable {
+            let entries = tokio::task::spawn_blocking(move || {
+                berth_runtime::logs::LogReader::new(&log_path).read()
+            })
+            .await
+            .unwrap_or_default();
+            for e in entries {
+                let n = if e.stream == "stderr" { 2 } else { 1 };
+                if (n == 1 && !stdout) || (n == 2 && !stderr) {
+                    continue;
+                }
+                let bytes = if tty {
+                    e.log.into_bytes()
+                } else {
+                    berth_runtime::shim::frame(n, e.log.as_bytes())
+                };
+                if client.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if !live {
+            release(&c);
+            let _ = client.shutdown().await;
+            return;
+        }
         // before start, wait for the shim to appear
         let sock = d2.containers.shim_socket(&c);
         let mut shim = None;

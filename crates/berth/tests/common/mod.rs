@@ -522,6 +522,37 @@ pub fn unmount_below(dir: &Path) {
     }
 }
 
+/// A CLI command pointed at `host`, with the environment the tests give every CLI.
+pub fn cli_command(bin: &str, host: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env("DOCKER_HOST", host)
+        .env("BERTH_HOST", host)
+        .env("DOCKER_CONFIG", "/tmp/berth-e2e-docker-config")
+        .env("DOCKER_CLI_HINTS", "false")
+        .env("DOCKER_BUILDKIT", "0")
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::null());
+    c
+}
+
+impl Daemon {
+    /// `cli` (as [`clis`] names it) as a command to add arguments and environment to.
+    pub fn command_cli(&self, cli: &str) -> Command {
+        cli_command(cli, &self.host())
+    }
+}
+
+/// Sends one request and reads the raw answer to its end (upgraded streams included).
+pub fn raw_exchange(socket: &Path, request: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
 pub fn run_cli(bin: &str, host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut c = Command::new(bin);
     c.args(args)

@@ -1,0 +1,157 @@
+#![allow(clippy::unwrap_used)]
+//! docker-compose 1.29 (Debian's, on docker-py) and Compose v2 (the Go tool) against
+//! berthd, unchanged: an app of two services with a named volume, service-name DNS, a
+//! healthcheck that gates `depends_on`, a published port, `exec`, scaling and
+//! `down -v`, which must leave nothing of the project behind.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const APP: &str = r#"services:
+  db:
+    image: bb:latest
+    command: sh -c 'echo stored > /data/f; exec busybox httpd -f -p 80 -h /data'
+    volumes: ["data:/data"]
+    healthcheck:
+      test: ["CMD", "busybox", "wget", "-qO-", "http://127.0.0.1/f"]
+      interval: 1s
+      retries: 30
+  web:
+    image: bb:latest
+    command: sh -c 'mkdir -p /www && echo front > /www/index.html && exec busybox httpd -f -p 8080 -h /www'
+    ports: ["127.0.0.1::8080"]
+    depends_on:
+      db:
+        condition: service_healthy
+volumes:
+  data: {}
+"#;
+
+/// The compose programs on PATH: (path, major version).
+fn composes() -> Vec<(String, u32)> {
+    let out = Command::new("sh")
+        .args(["-c", "which -a docker-compose"])
+        .output()
+        .unwrap();
+    let mut seen = Vec::new();
+    for p in stdout(&out).lines() {
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
+        if seen
+            .iter()
+            .any(|(_, r, _): &(String, std::path::PathBuf, u32)| *r == real)
+        {
+            continue;
+        }
+        let v = Command::new(p).arg("version").output();
+        let Ok(v) = v else { continue };
+        let text = stdout(&v) + &stderr(&v);
+        let major = if text.contains("version v2") || text.contains("version 2.") {
+            2
+        } else if text.contains("version 1.") {
+            1
+        } else {
+            continue;
+        };
+        seen.push((p.to_string(), real, major));
+    }
+    seen.into_iter().map(|(p, _, m)| (p, m)).collect()
+}
+
+fn compose(d: &Daemon, bin: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .env("DOCKER_HOST", d.host())
+        .env("COMPOSE_PROJECT_NAME", "bapp")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn run_app(major: u32) {
+    let Some((bin, _)) = composes().into_iter().find(|(_, m)| *m == major) else {
+        eprintln!("skipping: no docker-compose {major}.x installed");
+        return;
+    };
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let dir = d.dir.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), APP).unwrap();
+    let c = |args: &[&str]| compose(&d, &bin, &dir, args);
+    let up = c(&["up", "-d"]);
+    assert!(up.status.success(), "up: {}\n{}", stderr(&up), d.log());
+    // web started only once db was healthy
+    // compose 1.x names containers bapp_db_1, v2 bapp-db-1
+    let sep = if major == 1 { "_" } else { "-" };
+    let db = d.get_json(&format!("/containers/bapp{sep}db{sep}1/json"));
+    assert_eq!(db["State"]["Health"]["Status"], "healthy", "{db}");
+    // service DNS and the named volume
+    let ex = c(&[
+        "exec",
+        "-T",
+        "web",
+        "busybox",
+        "wget",
+        "-qO-",
+        "http://db/f",
+    ]);
+    assert_eq!(stdout(&ex), "stored\n", "{}", stderr(&ex));
+    // the published port, from the host
+    let port = c(&["port", "web", "8080"]);
+    let addr = stdout(&port).trim().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr} {}", stderr(&port));
+    let body = Command::new("curl")
+        .args(["-s", "--max-time", "5", &format!("http://{addr}/")])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&body), "front\n");
+    // scale out, then in
+    let sc = c(&["up", "-d", "--scale", "web=2"]);
+    assert!(sc.status.success(), "{}", stderr(&sc));
+    assert_eq!(stdout(&c(&["ps", "-q"])).lines().count(), 3);
+    if major == 2 {
+        let ps = c(&["ps", "--format", "json"]);
+        let text = stdout(&ps);
+        assert!(text.contains("\"Health\":\"healthy\""), "{text}");
+        let run = c(&["run", "--rm", "web", "echo", "one-off"]);
+        assert_eq!(stdout(&run).trim(), "one-off", "{}", stderr(&run));
+        let rs = c(&["restart", "db"]);
+        assert!(rs.status.success(), "{}", stderr(&rs));
+    }
+    let down = c(&["down", "-v"]);
+    assert!(down.status.success(), "down: {}", stderr(&down));
+    // nothing of the project is left
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+    assert_eq!(d.get_json("/volumes")["Volumes"], serde_json::json!([]));
+    let nets = d.get_json("/networks");
+    let names: Vec<&str> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["Name"].as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| ["bridge", "host", "none"].contains(n)),
+        "{names:?}"
+    );
+    d.assert_no_shims();
+}
+
+#[test]
+fn compose_v1_runs_an_app() {
+    if skip_unless_root("compose_v1_runs_an_app") {
+        return;
+    }
+    run_app(1);
+}
+
+#[test]
+fn compose_v2_runs_an_app() {
+    if skip_unless_root("compose_v2_runs_an_app") {
+        return;
+    }
+    run_app(2);
+}
