@@ -314,12 +314,11 @@ fn legacy_links_and_network_links() {
         "--name",
         "down",
         "--network",
-        "none",
+        "ln",
         "bb",
         "sleep",
         "300",
     ]));
-    ok(d.berth(&["network", "disconnect", "none", "down"]));
     for cli in clis() {
         let _ = d.cli(&cli, &["network", "disconnect", "ln", "down"]);
         ok(d.cli(
@@ -428,7 +427,7 @@ fn exec_framing_and_attach_logs() {
         "run",
         "-d",
         "--name",
-        "e",
+        "ex",
         "--network",
         "none",
         "bb",
@@ -441,7 +440,7 @@ fn exec_framing_and_attach_logs() {
         assert_eq!(out.stdout, b"hi\r\n");
     }
     // a tty exec started with Tty false (docker-py) reads frames
-    let body = serde_json::json!({"Cmd": ["printf", "yay"], "Tty": true, "AttachStdout": true})
+    let body = serde_json::json!({"Cmd": ["echo", "-n", "yay"], "Tty": true, "AttachStdout": true})
         .to_string();
     let r = d.request("POST", "/containers/ex/exec", Some(body.as_bytes()));
     let id = r.json()["Id"].as_str().unwrap().to_string();
