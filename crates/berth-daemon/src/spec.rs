@@ -438,8 +438,8 @@ mod tests {
         assert_eq!(m["Cmd"], json!(["echo", "hi"]));
         assert_eq!(m["Env"], json!(["PATH=/bin", "A=2"]));
         let base = json!({"Env": ["PATH=/bin", "A=1", "B=2"]});
-        let m = merge_config(&json!({"Env": ["A", "C"]}), base.as_object().unwrap());
-        assert_eq!(m["Env"], json!(["PATH=/bin", "B=2", "A", "C"]));
+        let unset = merge_config(&json!({"Env": ["A", "C"]}), base.as_object().unwrap());
+        assert_eq!(unset["Env"], json!(["PATH=/bin", "B=2", "A", "C"]));
         assert_eq!(m["WorkingDir"], "/w");
         assert_eq!(m["Labels"], json!({"a": "1", "b": "2"}));
         let m = merge_config(&json!({"Entrypoint": ["/bin/echo"]}), image);
