@@ -86,6 +86,8 @@ pub struct Ctr {
     pub pending_attach: watch::Sender<usize>,
     /// a removal is under way
     removing: std::sync::atomic::AtomicBool,
+    /// held for the time of a start
+    starting: tokio::sync::Mutex<()>,
     /// the next restart delay's step
     backoff: std::sync::atomic::AtomicU32,
     /// held while the rootfs is mounted for a start, or for file work on a stopped
@@ -137,6 +139,8 @@ pub struct Containers {
     sealed_runtime: Option<std::os::fd::OwnedFd>,
     /// what this machine's cgroups can do
     pub sys: crate::resources::SysInfo,
+    /// what containers see at `/sys/fs/cgroup`
+    cgroup_view: berth_runtime::spec::CgroupView,
     default_ulimits: serde_json::Map<String, Value>,
     runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
@@ -229,6 +233,12 @@ impl Containers {
         // both beside berthd
         let shim = std::env::current_exe()?.with_file_name("berth-shim");
         let builtin_runtime = std::env::current_exe()?.with_file_name("berth-runtime");
+        let sys = crate::resources::SysInfo::detect();
+        tracing::info!(
+            version = sys.version(),
+            hybrid = sys.hybrid,
+            "cgroups found"
+        );
         let c = Containers {
             db,
             root,
@@ -242,15 +252,11 @@ impl Containers {
                 }
             },
             builtin_runtime,
-            sys: {
-                let sys = crate::resources::SysInfo::detect();
-                tracing::info!(
-                    version = sys.version(),
-                    hybrid = sys.hybrid,
-                    "cgroups found"
-                );
-                sys
-            },
+            cgroup_view: crate::resources::cgroup_view(
+                &sys,
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            ),
+            sys,
             default_ulimits,
             runtimes,
             by_id: Mutex::new(HashMap::new()),
@@ -385,6 +391,7 @@ impl Containers {
             state: watch::Sender::new(state),
             pending_attach: watch::Sender::new(0),
             removing: std::sync::atomic::AtomicBool::new(false),
+            starting: tokio::sync::Mutex::new(()),
             backoff: std::sync::atomic::AtomicU32::new(0),
             fs_lock: Mutex::new(()),
             removed: watch::Sender::new(false),
@@ -564,8 +571,26 @@ impl Containers {
 
     /// Sends one command to the shim and reads its one-line answer.
     pub async fn shim_call(&self, c: &Ctr, cmd: &str) -> Result<String, ApiError> {
-        crate::exec::call(&self.shim_socket(c), cmd)
+        self.shim_call_within(c, cmd, SHIM_ANSWER).await
+    }
+
+    /// A shim command that gets `limit` for its answer (a shim that does not answer is
+    /// an error, never a request that hangs).
+    pub async fn shim_call_within(
+        &self,
+        c: &Ctr,
+        cmd: &str,
+        limit: std::time::Duration,
+    ) -> Result<String, ApiError> {
+        let sock = self.shim_socket(c);
+        tokio::time::timeout(limit, crate::exec::call(&sock, cmd))
             .await
+            .map_err(|_| {
+                ApiError::internal(format!(
+                    "the shim of container {} does not answer",
+                    &c.id[..12]
+                ))
+            })?
             .map_err(|e| match e.message.strip_prefix("no shim: ") {
                 Some(m) => {
                     ApiError::internal(format!("container {} has no shim: {m}", &c.id[..12]))
@@ -595,6 +620,32 @@ impl Containers {
         c: &Arc<Ctr>,
         events: &Arc<Events>,
     ) -> Result<(), ApiError> {
+        let (result, failed) = {
+            let _starting = c.starting.lock().await;
+            let mut failed = false;
+            let r = self.start_locked(c, events, &mut failed).await;
+            (r, failed)
+        };
+        // a removal takes the start lock: AutoRemove after it is released
+        if failed && c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
+            let _ = self.remove_with(c, true, true, events).await;
+        }
+        result
+    }
+
+    /// [`Self::start_inner`] under the start lock; `failed` says a failure was recorded.
+    async fn start_locked(
+        self: &Arc<Self>,
+        c: &Arc<Ctr>,
+        events: &Arc<Events>,
+        failed: &mut bool,
+    ) -> Result<(), ApiError> {
+        if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::conflict(format!(
+                "container {} is marked for removal and cannot be started",
+                &c.id[..12]
+            )));
+        }
         let st = c.state();
         if st.status == "running" {
             return Err(ApiError::new(
@@ -620,7 +671,7 @@ impl Containers {
             .await
         {
             Ok(a) => a,
-            Err(e) => return Err(self.start_failed(c, e, events).await),
+            Err(e) => return Err(self.start_failed(c, e, failed).await),
         };
         let net_state = attached.state.clone();
         self.set_state(c, |s| s.net = net_state);
@@ -631,10 +682,10 @@ impl Containers {
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
         if let Err(e) = prepared {
-            return Err(self.start_failed(c, e, events).await);
+            return Err(self.start_failed(c, e, failed).await);
         }
         if let Err(e) = self.spawn_shim(c).await {
-            return Err(self.start_failed(c, e, events).await);
+            return Err(self.start_failed(c, e, failed).await);
         }
         // attached clients first, so they see everything
         let mut pending = c.pending_attach.subscribe();
@@ -648,7 +699,7 @@ impl Containers {
             Ok(a) => a.trim_start_matches("ok ").parse().unwrap_or(0),
             Err(e) => {
                 let _ = self.shim_call(c, "kill 9").await;
-                return Err(self.start_failed(c, e, events).await);
+                return Err(self.start_failed(c, e, failed).await);
             }
         };
         self.set_state(c, |s| {
@@ -671,8 +722,9 @@ impl Containers {
     }
 
     /// Records a start that failed, as Docker does: exited with 126/127/128 and the
-    /// error; removed if it was created with AutoRemove.
-    async fn start_failed(&self, c: &Ctr, e: ApiError, events: &Events) -> ApiError {
+    /// error (the caller removes it if it was created with AutoRemove).
+    async fn start_failed(&self, c: &Ctr, e: ApiError, failed: &mut bool) -> ApiError {
+        *failed = true;
         unmount(&self.dir(c).join("rootfs"));
         self.release_run(c).await;
         let msg = e.message.clone();
@@ -683,20 +735,66 @@ impl Containers {
             s.pid = 0;
             s.finished_at = now();
         });
-        if c.host_config()["AutoRemove"].as_bool().unwrap_or(false) {
-            let _ = self.remove_with(c, true, true, events).await;
-        }
         ApiError::bad_request(msg)
     }
 
-    /// Takes a stopped container off its networks and gives back its volumes.
+    /// Takes a stopped container off its networks and gives back its volumes (once,
+    /// whoever calls first).
     async fn release_run(&self, c: &Ctr) {
         let taken = std::mem::take(&mut *c.vols_taken.lock().unwrap_or_else(|p| p.into_inner()));
         crate::mounts::release(&self.vols, &taken);
-        if let Some(st) = c.state().net {
+        let mut net = None;
+        c.state.send_modify(|s| net = s.net.take());
+        if let Some(st) = net {
+            self.persist(c);
             self.net.detach(&c.id, &st).await;
-            self.set_state(c, |s| s.net = None);
         }
+    }
+
+    /// SIGKILL for the container's process; a shim that does not answer is killed with
+    /// it (the exit recorded as 137, the cgroups removed), so a stop or removal never
+    /// waits on a stuck shim.
+    /// `ask`: false when the shim has just failed to answer.
+    async fn sigkill(&self, c: &Ctr, ask: bool) -> Result<(), ApiError> {
+        let asked = match ask {
+            true => self.shim_call_within(c, "kill 9", SHIM_KILL_ANSWER).await,
+            false => Err(ApiError::internal("the shim did not answer")),
+        };
+        match asked {
+            Ok(_) => Ok(()),
+            Err(e) if !self.state_dir(c).join("shim.sock").exists() => Err(e),
+            Err(e) => {
+                tracing::warn!(container = %c.id, error = %e.message, "killing the container and its shim");
+                let state = self.state_dir(c);
+                let bundle = self.dir(c).join("bundle");
+                let id = short(&c.id).to_string();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = berth_runtime::shim::write_exit_file(&state, 128 + 9, false);
+                    berth_runtime::shim::force_end(&state, &bundle, &id, std::time::Duration::ZERO)
+                })
+                .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends a container's shim that is still there when the container is removed
+    /// without running: a start under way (the process made, not yet started), or a
+    /// shim that does not answer. The shim is asked to kill the process; if it has not
+    /// exited a moment later, it and the process are killed and their cgroups removed.
+    /// A shim that has already taken its socket away is finishing on its own.
+    async fn end_shim(&self, c: &Ctr) {
+        let state = self.state_dir(c);
+        if !state.join("shim.sock").exists() {
+            return;
+        }
+        let _ = self.shim_call_within(c, "kill 9", SHIM_KILL_ANSWER).await;
+        let bundle = self.dir(c).join("bundle");
+        let id = short(&c.id).to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            berth_runtime::shim::force_end(&state, &bundle, &id, std::time::Duration::from_secs(2))
+        })
+        .await;
     }
 
     /// `--network container:NAME`: the other container's namespace (it must run), and
@@ -931,6 +1029,8 @@ impl Containers {
             &self.default_ulimits,
             attached.network,
         )?;
+        run.cgroups = self.cgroup_view.clone();
+        run.cgroupns = c.host_config()["CgroupnsMode"].as_str() == Some("private");
         // link variables come first: the container's own win, as in Docker
         let own: Vec<String> = std::mem::take(&mut run.env);
         let mut env: Vec<String> = link_env
@@ -1133,7 +1233,11 @@ impl Containers {
             )));
         }
         let mut rx = c.state.subscribe();
-        self.shim_call(c, &format!("kill {sig}")).await?;
+        if sig == 9 {
+            self.sigkill(c, true).await?;
+        } else {
+            self.shim_call(c, &format!("kill {sig}")).await?;
+        }
         if sig == 9 {
             self.thaw_if_paused(c).await;
             // as dockerd: a SIGKILL returns once the exit is recorded, so an inspect
@@ -1432,14 +1536,21 @@ impl Containers {
             return Ok(false);
         }
         let mut rx = c.state.subscribe();
-        let _ = self.shim_call(c, &format!("kill {sig}")).await;
+        let answered = if sig == 9 {
+            let _ = self.sigkill(c, true).await;
+            true
+        } else {
+            self.shim_call_within(c, &format!("kill {sig}"), SHIM_KILL_ANSWER)
+                .await
+                .is_ok()
+        };
         let dur = std::time::Duration::from_secs(timeout.max(0) as u64);
         if timeout < 0
             || tokio::time::timeout(dur, rx.wait_for(|s| s.status != "running"))
                 .await
                 .is_err()
         {
-            let _ = self.shim_call(c, "kill 9").await;
+            let _ = self.sigkill(c, answered).await;
             self.thaw_if_paused(c).await;
             let _ = rx.wait_for(|s| s.status != "running").await;
         }
@@ -1509,6 +1620,19 @@ impl Containers {
         }
         if c.removing.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(()); // already being removed
+        }
+        if c.state().status != "running" {
+            // a start under way fails once its shim is gone; then nothing else starts it
+            self.end_shim(c).await;
+            let _started = c.starting.lock().await;
+            if c.state().status == "running" {
+                // it had started after all
+                if let Err(e) = self.stop(c, 9, 0).await {
+                    c.removing.store(false, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+            self.release_run(c).await;
         }
         let dir = self.dir(c);
         unmount(&dir.join("rootfs"));
@@ -1654,6 +1778,11 @@ pub fn restart_delay(n: u32) -> std::time::Duration {
 }
 
 /// The ID the shim and the runtime know a container by: short enough for socket paths.
+/// How long berthd waits for a shim's answer before it takes the shim for stuck.
+const SHIM_ANSWER: std::time::Duration = std::time::Duration::from_secs(60);
+/// ... to a kill, which the shim answers at once.
+const SHIM_KILL_ANSWER: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(16)]
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
@@ -400,10 +400,17 @@ pub async fn attach(sock: &Path, flags: &[&str]) -> Option<UnixStream> {
     s.write_all(format!("attach {}\n", flags.join(" ")).as_bytes())
         .await
         .ok()?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).await.ok()?;
-    Some(r.into_inner())
+    // the answer line byte by byte: what follows it is the stream, and must not be
+    // left in a buffer
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b).await.ok()? == 0 {
+            return None;
+        }
+        if b[0] == b'\n' {
+            return Some(s);
+        }
+    }
 }
 
 /// One command to a shim socket, one line back.

@@ -284,6 +284,15 @@ impl io::Read for BodyReader {
     }
 }
 
+impl BodyReader {
+    /// Reads what is left of the body and drops it. An archive ends at its end blocks,
+    /// but clients still send padding and the chunked trailer after them: answering
+    /// before they have finished writing makes them see a broken pipe, not the answer.
+    pub fn drain(&mut self) {
+        let _ = io::copy(self, &mut io::sink());
+    }
+}
+
 /// Pumps `body` into a [`BodyReader`] for blocking code.
 pub fn body_reader<B>(body: B) -> BodyReader
 where

@@ -14,7 +14,7 @@ pub const DEFAULT_SHM: i64 = 64 * 1024 * 1024;
 pub const DEFAULT_PARENT: &str = "/berth";
 
 /// What the cgroups of this machine offer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SysInfo {
     /// cgroup v2 alone (a v1 hierarchy with or without a v2 mount is "1", as Docker says)
     pub v2: bool,
@@ -558,6 +558,74 @@ pub fn linux_resources(hc: &Value) -> Value {
 }
 
 /// The container's cgroup path (`cgroupsPath`): under `--cgroup-parent`, or berth's.
+/// The controllers whose v1 hierarchies hold every container's cgroup (the runtimes
+/// make one in each).
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// What containers see at `/sys/fs/cgroup` on this machine: cgroup2 alone, or the v1
+/// controller hierarchies mounted under `/sys/fs/cgroup` (`mountinfo`: this process's
+/// `/proc/self/mountinfo`).
+pub fn cgroup_view(sys: &SysInfo, mountinfo: &str) -> berth_runtime::spec::CgroupView {
+    use berth_runtime::spec::{CgroupView, V1Hierarchy};
+    if sys.v2 {
+        return CgroupView::Unified;
+    }
+    let mut out: Vec<V1Hierarchy> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split_whitespace();
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let opts = r.nth(1).unwrap_or_default();
+        let Some(point) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        let Some(base) = point.strip_prefix("/sys/fs/cgroup/") else {
+            continue;
+        };
+        if base.is_empty() || base.contains('/') {
+            continue;
+        }
+        let ctrls: Vec<&str> = opts
+            .split(',')
+            .filter(|o| V1_CONTROLLERS.contains(o))
+            .collect();
+        if ctrls.is_empty() || out.iter().any(|h| h.mount_point == Path::new(point)) {
+            continue;
+        }
+        let mut names = vec![base.to_string()];
+        if ctrls.len() > 1 {
+            names.extend(ctrls.iter().map(|c| c.to_string()));
+        }
+        names.dedup();
+        out.push(V1Hierarchy {
+            mount_point: point.into(),
+            names,
+        });
+    }
+    if out.is_empty() {
+        CgroupView::None
+    } else {
+        CgroupView::V1(out)
+    }
+}
+
 pub fn cgroup_path(hc: &Value, short_id: &str) -> String {
     let parent = hc["CgroupParent"]
         .as_str()
@@ -584,6 +652,40 @@ pub fn remove_cgroups(path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_view_of_hybrid_and_comounted_hierarchies() {
+        use berth_runtime::spec::{CgroupView, V1Hierarchy};
+        let mi = "\
+35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+37 35 0:32 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
+38 35 0:33 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+39 35 0:34 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+40 35 0:35 / /sys/fs/cgroup/rdma rw,nosuid - cgroup cgroup rw,rdma
+41 24 0:36 / /mnt/elsewhere rw - cgroup cgroup rw,pids
+";
+        let sys = SysInfo::default();
+        assert_eq!(
+            cgroup_view(&sys, mi),
+            CgroupView::V1(vec![
+                V1Hierarchy {
+                    mount_point: "/sys/fs/cgroup/cpu,cpuacct".into(),
+                    names: vec!["cpu,cpuacct".into(), "cpu".into(), "cpuacct".into()],
+                },
+                V1Hierarchy {
+                    mount_point: "/sys/fs/cgroup/memory".into(),
+                    names: vec!["memory".into()],
+                },
+            ])
+        );
+        let v2 = SysInfo {
+            v2: true,
+            ..SysInfo::default()
+        };
+        assert_eq!(cgroup_view(&v2, mi), CgroupView::Unified);
+        assert_eq!(cgroup_view(&sys, ""), CgroupView::None);
+    }
 
     fn sys() -> SysInfo {
         SysInfo {

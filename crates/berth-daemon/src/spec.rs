@@ -399,6 +399,8 @@ pub fn run_spec(
         device_rules,
         sysctl,
         userns: None,
+        cgroups: Default::default(),
+        cgroupns: false,
         resources: crate::resources::linux_resources(&hc),
         rlimits: crate::resources::rlimits(&hc, default_ulimits)?,
         shm_size: hc["ShmSize"]

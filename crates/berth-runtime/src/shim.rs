@@ -16,8 +16,15 @@
 //! Control protocol, one line per command on `shim.sock`:
 //! `start` → `ok PID`; `wait` → `exit CODE` when the container exits;
 //! `kill SIGNAL` → `ok`; `resize ROWS COLS` → `ok`; `pid` → `ok PID`;
-//! `attach [stdin] [stdout] [stderr] [framed|raw]` → `ok`, then the connection carries the streams;
+//! `attach [stdin] [stdout] [stderr] [framed|raw] [once]` → `ok`, then the connection carries
+//! the streams; with `once`, the end of that client's input (a half-close) closes the
+//! process's stdin once everything it sent has been written there;
 //! `close-stdin` → `ok`; `abort` (an exec shim not started yet) → `ok`, and it exits.
+//!
+//! Input for the process is queued and written as the process reads it (the pipe or
+//! pty is non-blocking): a process that does not read yet (a container not started)
+//! never blocks the shim, and a client whose input is not taken is not read further
+//! once [`MAX_STDIN_PENDING`] is queued.
 //! An exec shim that gets no `start` within a minute exits too. Errors answer
 //! `error MESSAGE`.
 
@@ -103,6 +110,9 @@ impl Backend {
 
 const MAX_PENDING: usize = 1 << 20;
 
+/// Input queued for the process before its clients are read no further.
+pub const MAX_STDIN_PENDING: usize = 256 << 10;
+
 /// The lock a container's shim holds in its state directory for its whole life.
 pub const LOCK_FILE: &str = "shim.lock";
 
@@ -148,6 +158,8 @@ enum Mode {
         stderr: bool,
         /// output in Docker's stream frames (else raw): without a tty by default
         framed: bool,
+        /// the end of this client's input closes the process's stdin
+        once: bool,
     },
     Waiter,
 }
@@ -158,6 +170,8 @@ struct Client {
     out: Vec<u8>,
     mode: Mode,
     closed: bool,
+    /// the client has sent all its input (a half-close); it still takes output
+    eof: bool,
 }
 
 impl Client {
@@ -206,6 +220,10 @@ struct Shim {
     /// the pty master, or the read ends of stdout and stderr
     outputs: Vec<(OwnedFd, u8)>,
     stdin: Option<OwnedFd>,
+    /// input not yet taken by the process
+    stdin_queue: Vec<u8>,
+    /// stdin is closed once the queue is written
+    stdin_closing: bool,
     /// the process's ends of its stdio until the runtime has made it
     child: Option<ChildStdio>,
     listener: UnixListener,
@@ -276,6 +294,7 @@ fn stdio(
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let in_r = if args.stdin {
         let (in_r, in_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        set_nonblocking(&in_w)?;
         *stdin = Some(in_w);
         in_r
     } else {
@@ -392,7 +411,13 @@ fn launch(
 fn create(args: Args) -> io::Result<Shim> {
     std::fs::create_dir_all(&args.state)?;
     let lock = match args.exec {
-        None => Some(lock_state(&args.state)?),
+        None => {
+            let mut f = lock_state(&args.state)?;
+            // who holds it: berthd ends a shim that stops answering (`force_end`)
+            f.set_len(0)?;
+            write!(f, "{}", std::process::id())?;
+            Some(f)
+        }
         Some(_) => None,
     };
     std::fs::create_dir_all(args.runtime_root())?;
@@ -418,6 +443,8 @@ fn create(args: Args) -> io::Result<Shim> {
         pidfd: None,
         outputs,
         stdin,
+        stdin_queue: Vec::new(),
+        stdin_closing: false,
         child: Some(child),
         listener,
         clients: Vec::new(),
@@ -588,6 +615,7 @@ impl Shim {
                     stdout: flags.contains(&"stdout"),
                     stderr: flags.contains(&"stderr"),
                     framed,
+                    once: flags.contains(&"once"),
                 };
                 "ok\n".to_string()
             }
@@ -598,7 +626,7 @@ impl Shim {
                 "ok\n".to_string()
             }
             Some("close-stdin") => {
-                self.stdin = None;
+                self.close_stdin();
                 "ok\n".to_string()
             }
             _ => format!("error unknown command {line:?}\n"),
@@ -611,7 +639,13 @@ impl Shim {
         loop {
             let n = match self.clients[i].s.read(&mut buf) {
                 Ok(0) => {
-                    self.clients[i].closed = true;
+                    if let Mode::Attach { once: true, .. } = self.clients[i].mode {
+                        // all its input is in: the process's stdin ends after it
+                        self.clients[i].eof = true;
+                        self.close_stdin();
+                    } else {
+                        self.clients[i].closed = true;
+                    }
                     return;
                 }
                 Ok(n) => n,
@@ -624,8 +658,10 @@ impl Shim {
             };
             match self.clients[i].mode {
                 Mode::Attach { stdin: true, .. } => {
-                    if let Some(fd) = &self.stdin {
-                        let _ = write_all_fd(fd, &buf[..n]);
+                    self.queue_stdin(&buf[..n]);
+                    if self.stdin_queue.len() >= MAX_STDIN_PENDING {
+                        // the rest waits in the socket until the process reads
+                        return;
                     }
                 }
                 Mode::Attach { .. } | Mode::Waiter => {}
@@ -638,16 +674,69 @@ impl Shim {
                         if self.clients[i].mode != Mode::Command {
                             // the rest of what came is stream data
                             let rest = std::mem::take(&mut self.clients[i].buf);
-                            if let (Mode::Attach { stdin: true, .. }, Some(fd)) =
-                                (&self.clients[i].mode, &self.stdin)
-                            {
-                                let _ = write_all_fd(fd, &rest);
+                            if let Mode::Attach { stdin: true, .. } = self.clients[i].mode {
+                                self.queue_stdin(&rest);
                             }
                             break;
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Queues input for the process and writes what it takes now.
+    fn queue_stdin(&mut self, data: &[u8]) {
+        if self.stdin.is_none() || data.is_empty() {
+            return;
+        }
+        self.stdin_queue.extend_from_slice(data);
+        self.flush_stdin();
+    }
+
+    /// Writes queued input as far as the process takes it; closes stdin once the
+    /// queue is empty if that was asked. A process that closed its stdin loses the rest.
+    fn flush_stdin(&mut self) {
+        let Some(fd) = &self.stdin else {
+            self.stdin_queue.clear();
+            return;
+        };
+        let mut done = 0;
+        let mut gone = false;
+        while done < self.stdin_queue.len() {
+            match rustix::io::write(fd, &self.stdin_queue[done..]) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    gone = true;
+                    break;
+                }
+            }
+        }
+        self.stdin_queue.drain(..done);
+        if gone {
+            self.stdin = None;
+            self.stdin_queue.clear();
+        } else if self.stdin_closing && self.stdin_queue.is_empty() {
+            self.stdin = None;
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin_closing = true;
+        self.flush_stdin();
+    }
+
+    /// Whether a client's input is read now: not after its end, and not while the
+    /// process has [`MAX_STDIN_PENDING`] of input it has not taken.
+    fn reads_client(&self, c: &Client) -> bool {
+        if c.eof {
+            return false;
+        }
+        match c.mode {
+            Mode::Attach { stdin: true, .. } => self.stdin_queue.len() < MAX_STDIN_PENDING,
+            _ => true,
         }
     }
 
@@ -697,13 +786,31 @@ impl Shim {
                     },
                 ));
             }
+            let stdin_at = match &self.stdin {
+                Some(fd) if !self.stdin_queue.is_empty() => {
+                    fds.push(PollFd::new(fd, PollFlags::OUT));
+                    Some(fds.len() - 1)
+                }
+                _ => None,
+            };
             let client_base = fds.len();
-            for c in &self.clients {
-                let mut f = PollFlags::IN;
+            // a client held back (its input waits for the process) with nothing to
+            // send is left out: poll would report its hang-up over and over
+            let mut polled = Vec::with_capacity(self.clients.len());
+            for (i, c) in self.clients.iter().enumerate() {
+                let mut f = if self.reads_client(c) {
+                    PollFlags::IN
+                } else {
+                    PollFlags::empty()
+                };
                 if !c.out.is_empty() {
                     f |= PollFlags::OUT;
                 }
+                if f.is_empty() && !c.eof {
+                    continue;
+                }
                 fds.push(PollFd::new(&c.s, f));
+                polled.push(i);
             }
             // an exec shim that is never told to start gives up after a while
             let timeout = match (&self.args.exec, self.pid) {
@@ -737,6 +844,7 @@ impl Shim {
                         out: Vec::new(),
                         mode: Mode::Command,
                         closed: false,
+                        eof: false,
                     });
                 }
             }
@@ -745,13 +853,22 @@ impl Shim {
                     open[i] = self.read_output(i);
                 }
             }
-            let n_clients = ready.len() - client_base;
-            for i in 0..n_clients.min(self.clients.len()) {
-                let r = ready[client_base + i];
+            if let Some(at) = stdin_at {
+                if !ready[at].is_empty() {
+                    self.flush_stdin();
+                }
+            }
+            for (k, &i) in polled.iter().enumerate() {
+                let r = ready[client_base + k];
                 if r.contains(PollFlags::OUT) {
                     self.clients[i].flush();
                 }
-                if r.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+                if self.clients[i].eof {
+                    // only output goes to it now; a hang-up means it is gone
+                    if r.intersects(PollFlags::HUP | PollFlags::ERR) {
+                        self.clients[i].closed = true;
+                    }
+                } else if r.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
                     self.client_readable(i);
                 }
             }
@@ -855,11 +972,76 @@ fn kill_children() {
 /// The container's cgroup (`linux.cgroupsPath` of its bundle; berth's default place
 /// if the bundle does not say).
 fn cgroups_path(args: &Args) -> String {
-    std::fs::read(args.bundle.join("config.json"))
+    cgroups_path_of(&args.bundle, &args.id)
+}
+
+fn cgroups_path_of(bundle: &Path, id: &str) -> String {
+    std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("/berth/{}", args.id))
+        .unwrap_or_else(|| format!("/berth/{id}"))
+}
+
+/// The pid of the container shim that holds the lock in `state` (0 if it did not say),
+/// or None when no shim holds it.
+pub fn lock_holder(state: &Path) -> Option<i32> {
+    let mut f = File::open(state.join(LOCK_FILE)).ok()?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => None,
+        Err(_) => {
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            Some(s.trim().parse().unwrap_or(0))
+        }
+    }
+}
+
+/// Ends the container shim of `state` for a removal: waits `grace` for it to exit (it
+/// was asked to kill the process), then kills it and the container's init, and removes
+/// the container's cgroups, which the shim would have done.
+pub fn force_end(state: &Path, bundle: &Path, id: &str, grace: std::time::Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    let mut holder = lock_holder(state);
+    while holder.is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        holder = lock_holder(state);
+    }
+    let Some(shim) = holder else {
+        return;
+    };
+    let cgroups = cgroups_path_of(bundle, id);
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if shim > 0 && comm(shim).trim() == "berth-shim" {
+        // SAFETY: kill(2) with a pid that holds the container's shim lock
+        unsafe {
+            libc::kill(shim, libc::SIGKILL);
+        }
+    }
+    // the init, made by the runtime and now nobody's: only if it is in the container's
+    // cgroup (the pid may have been reused)
+    let init = std::fs::read_to_string(state.join("init.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0);
+    if let Some(pid) = init {
+        let mine = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|s| s.lines().any(|l| l.ends_with(&cgroups)))
+            .unwrap_or(false);
+        if mine {
+            // SAFETY: kill(2) with the pid of the container's init, checked above
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    for _ in 0..100 {
+        if lock_holder(state).is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    remove_cgroups(&cgroups);
 }
 
 /// Removes the container's cgroups (v1 hierarchies and the v2 tree) at `path`
@@ -885,17 +1067,6 @@ pub fn remove_cgroups(path: &str) {
             }
         }
     }
-}
-
-fn write_all_fd(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match rustix::io::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// `exit`: "CODE UNIX_NANOS[ oom]", written whole or not at all.

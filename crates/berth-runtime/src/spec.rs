@@ -103,6 +103,73 @@ pub struct RunSpec {
     pub sysctl: serde_json::Map<String, Value>,
     /// a user namespace of its own: `linux.uidMappings` and `linux.gidMappings`
     pub userns: Option<(Value, Value)>,
+    /// what the container sees at `/sys/fs/cgroup`
+    pub cgroups: CgroupView,
+    /// a cgroup namespace of its own (`--cgroupns private`)
+    pub cgroupns: bool,
+}
+
+/// The container's own cgroups at `/sys/fs/cgroup`, read-only (writable with
+/// `--privileged`), as Docker shows them: programs (the JVM, Go, Node, glibc) size
+/// themselves from the limits they find there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CgroupView {
+    /// nothing is mounted there
+    #[default]
+    None,
+    /// cgroup v2: the cgroup2 filesystem, whose root in the container's cgroup
+    /// namespace is its own cgroup
+    Unified,
+    /// cgroup v1 or hybrid: a tmpfs with each controller hierarchy's subtree of the
+    /// container bound into it
+    V1(Vec<V1Hierarchy>),
+}
+
+/// A v1 hierarchy of the host: where it is mounted, and the names it has under
+/// `/sys/fs/cgroup` in the container (the mount point's, and each of its controllers'
+/// when they are mounted together, where the host has symlinks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Hierarchy {
+    pub mount_point: PathBuf,
+    pub names: Vec<String>,
+}
+
+/// The mounts (and read-only paths) that make the view.
+fn cgroup_mounts(r: &RunSpec, mounts: &mut Vec<Value>, readonly: &mut Vec<String>) {
+    let access = if r.privileged { "rw" } else { "ro" };
+    match &r.cgroups {
+        CgroupView::None => {}
+        CgroupView::Unified => mounts.push(mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", access],
+        )),
+        CgroupView::V1(hierarchies) => {
+            mounts.push(mount(
+                "/sys/fs/cgroup",
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "noexec", "nodev", "mode=755"],
+            ));
+            let rel = r.cgroups_path.trim_start_matches('/');
+            for h in hierarchies {
+                let source = h.mount_point.join(rel).display().to_string();
+                for name in &h.names {
+                    mounts.push(mount(
+                        &format!("/sys/fs/cgroup/{name}"),
+                        "bind",
+                        &source,
+                        &["bind", "nosuid", "noexec", "nodev", access, "rprivate"],
+                    ));
+                }
+            }
+            // the tmpfs itself, once the binds are in it
+            if !r.privileged {
+                readonly.push("/sys/fs/cgroup".into());
+            }
+        }
+    }
 }
 
 fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
@@ -207,6 +274,8 @@ pub fn build(r: &RunSpec) -> Value {
             ],
         ),
     ];
+    let mut readonly: Vec<String> = READONLY.iter().map(|p| p.to_string()).collect();
+    cgroup_mounts(r, &mut mounts, &mut readonly);
     for m in &r.mounts {
         mounts.push(json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options}));
     }
@@ -223,6 +292,9 @@ pub fn build(r: &RunSpec) -> Value {
     }
     if r.userns.is_some() {
         namespaces.push(json!({"type": "user"}));
+    }
+    if r.cgroupns {
+        namespaces.push(json!({"type": "cgroup"}));
     }
     let mut resources = match &r.resources {
         Value::Object(m) => m.clone(),
@@ -274,7 +346,7 @@ pub fn build(r: &RunSpec) -> Value {
     });
     if !r.privileged {
         linux["maskedPaths"] = json!(MASKED);
-        linux["readonlyPaths"] = json!(READONLY);
+        linux["readonlyPaths"] = json!(readonly);
     }
     if let Some(sc) = &r.seccomp {
         linux["seccomp"] = sc.clone();
@@ -336,6 +408,8 @@ mod tests {
             device_rules: vec![],
             sysctl: Default::default(),
             userns: None,
+            cgroups: CgroupView::None,
+            cgroupns: false,
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();

@@ -115,6 +115,37 @@ fn limits_reach_the_cgroup_and_the_process() {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(&lines[..2], ["100", "200"], "{bin}: {out}");
         assert!(lines[2].contains("8192"), "{bin}: {out}");
+        if v1() {
+            // its own cgroups at /sys/fs/cgroup, where programs read their limits,
+            // read-only
+            let out = ok(d.cli(
+                &bin,
+                &[
+                    "exec",
+                    &name,
+                    "cat",
+                    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                    "/sys/fs/cgroup/pids/pids.max",
+                    "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                    "/sys/fs/cgroup/cpuset/cpuset.cpus",
+                ],
+            ));
+            assert_eq!(out, "67108864\n10\n50000\n0\n", "{bin}");
+            for write in [
+                "echo max > /sys/fs/cgroup/pids/pids.max",
+                "mkdir /sys/fs/cgroup/pids/sub",
+                "mkdir /sys/fs/cgroup/other",
+            ] {
+                let out = d.cli(&bin, &["exec", &name, "sh", "-c", write]);
+                assert!(!out.status.success(), "{bin}: {write}");
+                assert!(
+                    stderr(&out).contains("Read-only file system"),
+                    "{bin}: {write}: {}",
+                    stderr(&out)
+                );
+            }
+            assert_eq!(read(&cg_file(&d, &name, "pids", "pids.max")), "10");
+        }
         // 20 background sleeps under a limit of 10 processes: some cannot be forked
         let out = d.cli(
             &bin,
@@ -670,6 +701,38 @@ fn cgroup_v2_for_real_in_a_private_mount_namespace() {
                 "NanoCPUs can not be set, as your kernel does not support CPU CFS scheduler or the cgroup is not mounted",
             );
         }
+    }
+    // the container's own cgroup is the root of what it sees (its cgroup namespace,
+    // Docker's default on v2), read-only
+    for bin in clis() {
+        let out = ok(d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--pids-limit",
+                "20",
+                "bb",
+                "sh",
+                "-c",
+                "cat /proc/self/cgroup; ls /sys/fs/cgroup; cat /sys/fs/cgroup/pids.max 2>/dev/null; mkdir /sys/fs/cgroup/x 2>&1; true",
+            ],
+        ));
+        // (the kernel lists the v1 hierarchies it also has on this hybrid machine)
+        assert!(out.lines().any(|l| l == "0::/"), "{bin}: {out}");
+        assert!(out.contains("cgroup.procs"), "{bin}: {out}");
+        assert!(
+            !out.contains("\nberth\n"),
+            "{bin}: the host's tree shows: {out}"
+        );
+        if has("pids") {
+            assert!(out.contains("\n20\n"), "{bin}: {out}");
+        }
+        assert!(out.contains("Read-only file system"), "{bin}: {out}");
+        let hc = d.get_json("/containers/v2/json")["HostConfig"].clone();
+        assert_eq!(hc["CgroupnsMode"], "private");
     }
     ok(d.berth(&["rm", "-f", "v2"]));
     for _ in 0..100 {

@@ -97,6 +97,8 @@ fn write_bundle(
         device_rules: vec![],
         sysctl: Default::default(),
         userns: None,
+        cgroups: Default::default(),
+        cgroupns: false,
     };
     std::fs::write(
         bundle.join("config.json"),

@@ -552,6 +552,23 @@ pub fn create_from(
     .map_err(ApiError::bad_request)?;
     let mut hc = hc;
     hc["Runtime"] = Value::from(runtime);
+    // as dockerd: a cgroup namespace of its own by default on cgroup v2 only
+    match hc["CgroupnsMode"].as_str().unwrap_or_default() {
+        "" => {
+            let mode = if d.containers.sys.v2 {
+                "private"
+            } else {
+                "host"
+            };
+            hc["CgroupnsMode"] = Value::from(mode);
+        }
+        "private" | "host" => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid cgroup namespace mode: {other}"
+            )))
+        }
+    }
     hc["LogConfig"] = log.to_json();
     let mut warnings = crate::resources::verify(&mut hc, &d.containers.sys, false)?;
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
@@ -986,6 +1003,12 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
     if stderr {
         flags.push("stderr");
     }
+    // as Docker: the end of the client's input closes the container's only without
+    // a tty (a terminal's input is never "done")
+    let stdin_once = stdin && !tty && c.config()["StdinOnce"].as_bool().unwrap_or(false);
+    if stdin_once {
+        flags.push("once");
+    }
     let d2 = d.clone();
     let running = c.state().status == "running";
     if !running {
@@ -1043,23 +1066,7 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError>
             let _ = client.shutdown().await;
             return;
         };
-        // as Docker: the end of the client's input closes the container's only without
-        // a tty (a terminal's input is never "done")
-        let stdin_once = stdin && !tty && c.config()["StdinOnce"].as_bool().unwrap_or(false);
-        let detached = splice(
-            client,
-            shim,
-            stdin,
-            scanner,
-            async {
-                // stdin closed: with StdinOnce, the container's stdin closes too
-                if stdin_once {
-                    let _ = d2.containers.shim_call(&c, "close-stdin").await;
-                }
-            },
-            async {},
-        )
-        .await;
+        let detached = splice(client, shim, stdin, stdin_once, scanner, async {}).await;
         if detached {
             d2.events.emit("container", "detach", &c.id, attrs(&c));
         }
@@ -1084,63 +1091,77 @@ pub fn upgraded(tty: bool) -> Resp {
 }
 
 /// Joins a hijacked client connection and a shim's attach connection: output to the
-/// client until the shim closes it, the client's input to the shim (when `stdin`), then
-/// `on_stdin_eof` when the client has no more input, and `before_close` before the
-/// client's side is shut.
+/// client until the shim closes it, the client's input to the shim (when `stdin`); at
+/// the end of the client's input, with `stdin_once` (the shim was attached with
+/// `once`), the shim connection is half-closed, which closes the process's stdin after
+/// everything before it; `before_close` runs before the client's side is shut.
 /// With `detach`, typing the detach keys ends the session (true is returned) and
 /// leaves the process running.
-pub async fn splice<C, F, G>(
+pub async fn splice<C, G>(
     client: C,
     shim: tokio::net::UnixStream,
     stdin: bool,
+    stdin_once: bool,
     mut detach: Option<berth_proto::detach::Scanner>,
-    on_stdin_eof: F,
     before_close: G,
 ) -> bool
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-    F: std::future::Future<Output = ()>,
     G: std::future::Future<Output = ()>,
 {
     let (mut sr, mut sw) = shim.into_split();
     let (mut cr, mut cw) = tokio::io::split(client);
-    let to_client = async {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-        before_close.await;
-        let _ = cw.shutdown().await;
-    };
-    let from_client = async {
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !stdin {
-                        continue;
-                    }
-                    let (data, detached) = match detach.as_mut().map(|d| d.feed(&buf[..n])) {
-                        None => (buf[..n].to_vec(), false),
-                        Some(berth_proto::detach::Scan::Pass(d)) => (d, false),
-                        Some(berth_proto::detach::Scan::Detach(d)) => (d, true),
-                    };
-                    if sw.write_all(&data).await.is_err() {
-                        break;
-                    }
-                    if detached {
-                        return true;
+    let detached = {
+        let to_client = async {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            before_close.await;
+            let _ = cw.shutdown().await;
+        };
+        let from_client = async {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if !stdin {
+                            continue;
+                        }
+                        let (data, detached) = match detach.as_mut().map(|d| d.feed(&buf[..n])) {
+                            None => (buf[..n].to_vec(), false),
+                            Some(berth_proto::detach::Scan::Pass(d)) => (d, false),
+                            Some(berth_proto::detach::Scan::Detach(d)) => (d, true),
+                        };
+                        if sw.write_all(&data).await.is_err() {
+                            break;
+                        }
+                        if detached {
+                            return true;
+                        }
                     }
                 }
             }
+            if stdin_once {
+                let _ = sw.shutdown().await;
+            }
+            std::future::pending::<bool>().await
+        };
+        tokio::select! {
+            _ = to_client => false,
+            d = from_client => d,
         }
-        if stdin {
-            on_stdin_eof.await;
-        }
-        std::future::pending::<bool>().await
     };
-    tokio::select! {
-        _ = to_client => false,
-        d = from_client => d,
+    if !detached {
+        // Input the process no longer takes may still be on its way: it is read (up to
+        // the client's close, which follows the end of output it has seen) so that
+        // closing with unread input does not reset the connection under the client
+        // before it has read everything.
+        let mut buf = vec![0u8; 8192];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while matches!(cr.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
+    detached
 }
 
 /// The detach-key scanner for a session: only with a tty and stdin, as Docker does.

@@ -112,6 +112,11 @@ async fn start(
     if raw != tty {
         flags.push(if raw { "raw" } else { "framed" });
     }
+    // as Docker: the end of the client's input closes the process's, without a tty only
+    let stdin_once = stdin && !tty;
+    if stdin_once {
+        flags.push("once");
+    }
     let scanner = detach_scanner(e.config["DetachKeys"].as_str(), tty, stdin)?;
     let d = d.clone();
     tokio::spawn(async move {
@@ -150,26 +155,14 @@ async fn start(
             let _ = call(&sock, &format!("resize {h} {w}")).await;
         }
         let mut st = e.state.subscribe();
-        splice(
-            client,
-            shim,
-            stdin,
-            scanner,
-            async {
-                // as Docker: without a tty only
-                if !tty {
-                    let _ = call(&sock, "close-stdin").await;
-                }
-            },
-            async {
-                // the exit code is in place before the client, done reading, asks for it
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    st.wait_for(|s| s.exit_code.is_some()),
-                )
-                .await;
-            },
-        )
+        splice(client, shim, stdin, stdin_once, scanner, async {
+            // the exit code is in place before the client, done reading, asks for it
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                st.wait_for(|s| s.exit_code.is_some()),
+            )
+            .await;
+        })
         .await;
     });
     Ok(upgraded(raw))

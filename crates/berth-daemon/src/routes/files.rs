@@ -92,9 +92,11 @@ pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, Api
                     "container rootfs is marked read-only",
                 ));
             }
-            let reader = crate::http::body_reader(ctx.body);
+            let mut reader = crate::http::body_reader(ctx.body);
             with_root(d.clone(), c.clone(), true, move |c, r| {
-                files::extract(c, r, &path, reader, copy_ids)
+                let done = files::extract(c, r, &path, &mut reader, copy_ids);
+                reader.drain();
+                done
             })
             .await?;
             Ok(status_only(StatusCode::OK))

@@ -445,6 +445,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let d2 = d.clone();
     let result = tokio::task::spawn_blocking(move || {
         let r = d2.images.import(&mut reader, opts);
+        reader.drain();
         crate::release_memory();
         r
     })
@@ -565,6 +566,7 @@ pub async fn load(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let d2 = d.clone();
     let result = tokio::task::spawn_blocking(move || {
         let r = d2.images.load(&mut reader);
+        reader.drain();
         crate::release_memory();
         r
     })
