@@ -10,14 +10,14 @@
 
 use crate::config::Config;
 use crate::error::ApiError;
-use berth_network::ipam::{self, Subnet};
+use berth_network::ipam::{self, Subnet, Subnet6};
 use berth_network::link::Netlink;
 use berth_network::{dns, netns, nft};
 use berth_store::{Db, NetworkRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,6 +55,22 @@ pub struct NetConfig {
     pub options: BTreeMap<String, String>,
     pub created: String,
     pub bridge: String,
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// the IPv6 subnet, gateway and range (with `enable_ipv6`)
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    #[serde(default)]
+    pub gateway6: Option<String>,
+    #[serde(default)]
+    pub ip_range6: Option<String>,
+}
+
+/// A network's IPv6 side.
+pub struct V6Net {
+    pub subnet: Subnet6,
+    pub gateway: Ipv6Addr,
+    pub range: Option<Subnet6>,
 }
 
 pub struct Net {
@@ -62,6 +78,7 @@ pub struct Net {
     pub subnet: Subnet,
     pub gateway: Ipv4Addr,
     pub range: Option<Subnet>,
+    pub v6: Option<V6Net>,
     /// the built-in default bridge (no names in its DNS, as Docker's)
     pub default: bool,
     dns: Mutex<Option<dns::Server>>,
@@ -99,12 +116,28 @@ pub struct Endpoint {
     pub dns_names: Vec<String>,
     pub veth: String,
     pub ifname: String,
+    /// the IPv6 address, prefix length and gateway (empty without IPv6)
+    #[serde(default)]
+    pub ip6: String,
+    #[serde(default)]
+    pub prefix6: u8,
+    #[serde(default)]
+    pub gateway6: String,
     #[serde(default)]
     pub container_name: String,
     /// network-scoped links (`EndpointSettings.Links`): (container, alias); the alias
     /// resolves to that container for this endpoint only
     #[serde(default)]
     pub links: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// Its IPv4 address, and its IPv6 one if it has one.
+    fn addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self.ip.parse().ok().into_iter().collect();
+        out.extend(self.ip6.parse::<IpAddr>().ok());
+        out
+    }
 }
 
 /// A published port: `host_ip:host_port` → the container's `port/proto`.
@@ -232,9 +265,9 @@ pub fn validate(
         Mode::Bridge(_) => {
             for (key, ep) in requested(spec) {
                 let n = nets.find(&key)?;
-                let fixed = ep["IPAMConfig"]["IPv4Address"]
-                    .as_str()
-                    .is_some_and(|s| !s.is_empty());
+                let fixed = ["IPv4Address", "IPv6Address"]
+                    .iter()
+                    .any(|k| ep["IPAMConfig"][*k].as_str().is_some_and(|s| !s.is_empty()));
                 if n.default && fixed {
                     return Err(ApiError::bad_request(
                         "user specified IP address is supported on user defined networks only",
@@ -403,10 +436,19 @@ impl Networks {
     }
 
     fn net_of(c: NetConfig, default: bool) -> anyhow::Result<Net> {
+        let v6 = match (&c.subnet6, &c.gateway6) {
+            (Some(s), Some(g)) if c.enable_ipv6 => Some(V6Net {
+                subnet: s.parse()?,
+                gateway: g.parse()?,
+                range: c.ip_range6.as_deref().map(str::parse).transpose()?,
+            }),
+            _ => None,
+        };
         Ok(Net {
             subnet: c.subnet.parse()?,
             gateway: c.gateway.parse()?,
             range: c.ip_range.as_deref().map(str::parse).transpose()?,
+            v6,
             default,
             dns: Mutex::new(None),
             cfg: c,
@@ -462,6 +504,10 @@ impl Networks {
                 options,
                 created: now(),
                 bridge: bridge.into(),
+                enable_ipv6: false,
+                subnet6: None,
+                gateway6: None,
+                ip_range6: None,
             },
             true,
         )
@@ -523,6 +569,7 @@ impl Networks {
             &n.cfg.bridge,
             n.gateway,
             n.subnet.prefix,
+            n.v6.as_ref().map(|v| (v.gateway, v.subnet.prefix)),
             n.mtu(),
             &self.owner(),
         )
@@ -552,11 +599,11 @@ impl Networks {
                         .find(|(_, alias)| alias.eq_ignore_ascii_case(name))
                 }) {
                     let target = target.to_ascii_lowercase();
-                    let ips: Vec<Ipv4Addr> = g
+                    let ips: Vec<IpAddr> = g
                         .values()
                         .flatten()
                         .filter(|e| e.network_id == net_id && e.dns_names.contains(&target))
-                        .filter_map(|e| e.ip.parse().ok())
+                        .flat_map(Endpoint::addresses)
                         .collect();
                     if !ips.is_empty() {
                         return Some(ips);
@@ -567,7 +614,7 @@ impl Networks {
                     .find(|eps| eps.iter().any(|e| e.network_id == net_id && e.ip == from))
                     .map(|eps| eps.iter().map(|e| e.network_id.as_str()).collect())
                     .unwrap_or_else(|| HashSet::from([net_id.as_str()]));
-                let ips: Vec<Ipv4Addr> = g
+                let ips: Vec<IpAddr> = g
                     .values()
                     .flatten()
                     .filter(|e| {
@@ -575,7 +622,7 @@ impl Networks {
                             && e.network != "bridge"
                             && e.dns_names.iter().any(|d| d == name)
                     })
-                    .filter_map(|e| e.ip.parse().ok())
+                    .flat_map(Endpoint::addresses)
                     .collect();
                 (!ips.is_empty()).then_some(ips)
             });
@@ -639,11 +686,7 @@ impl Networks {
                 "network with name {name} already exists"
             )));
         }
-        if body["EnableIPv6"].as_bool() == Some(true) {
-            return Err(ApiError::bad_request(
-                "IPv6 networks are not supported by this berth",
-            ));
-        }
+        let enable_ipv6 = body["EnableIPv6"].as_bool() == Some(true);
         let mut options = BTreeMap::new();
         if let Some(o) = body["Options"].as_object() {
             for (k, v) in o {
@@ -654,12 +697,25 @@ impl Networks {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if configs.len() > 1 {
+        let is_v6 = |c: &Value| c["Subnet"].as_str().is_some_and(|s| s.contains(':'));
+        let (v6s, v4s): (Vec<Value>, Vec<Value>) = configs.into_iter().partition(is_v6);
+        if v4s.len() > 1 || v6s.len() > 1 {
             return Err(ApiError::bad_request(
-                "only one IPv4 subnet per network is supported",
+                "only one IPv4 and one IPv6 subnet per network are supported",
             ));
         }
-        let conf = configs.first().cloned().unwrap_or(Value::Null);
+        if let (false, Some(c)) = (enable_ipv6, v6s.first()) {
+            return Err(ApiError::bad_request(format!(
+                "the IPv6 subnet {} needs IPv6 enabled on the network (EnableIPv6, --ipv6)",
+                c["Subnet"].as_str().unwrap_or_default()
+            )));
+        }
+        let v6 = if enable_ipv6 {
+            Some(self.v6_config(v6s.first().unwrap_or(&Value::Null))?)
+        } else {
+            None
+        };
+        let conf = v4s.first().cloned().unwrap_or(Value::Null);
         let others: Vec<Subnet> = self.all().iter().map(|n| n.subnet).collect();
         let subnet = match conf["Subnet"].as_str().filter(|s| !s.is_empty()) {
             Some(s) => {
@@ -754,6 +810,10 @@ impl Networks {
             options,
             created: now(),
             bridge,
+            enable_ipv6,
+            subnet6: v6.as_ref().map(|v| v.subnet.to_string()),
+            gateway6: v6.as_ref().map(|v| v.gateway.to_string()),
+            ip_range6: v6.as_ref().and_then(|v| v.range.map(|r| r.to_string())),
         };
         let net = Arc::new(Self::net_of(cfg.clone(), false).map_err(internal)?);
         let row = NetworkRow {
@@ -779,6 +839,67 @@ impl Networks {
             tracing::warn!(error = %e.message, "applying network rules");
         }
         Ok((net, String::new()))
+    }
+
+    /// A new network's IPv6 side from its IPAM config (`Subnet`, `IPRange`, `Gateway`):
+    /// without a subnet, a unique local /64 of its own.
+    fn v6_config(&self, conf: &Value) -> Result<V6Net, ApiError> {
+        let bad = |e: ipam::SubnetError| ApiError::bad_request(e.to_string());
+        let others: Vec<Subnet6> = self
+            .all()
+            .iter()
+            .filter_map(|n| n.v6.as_ref().map(|v| v.subnet))
+            .collect();
+        let subnet = match conf["Subnet"].as_str().filter(|s| !s.is_empty()) {
+            Some(s) => {
+                let s = Subnet6::parse_strict(s).map_err(bad)?;
+                if others.iter().any(|o| o.overlaps(&s)) {
+                    return Err(ApiError::conflict(
+                        "invalid pool request: Pool overlaps with other one on this address space",
+                    ));
+                }
+                s
+            }
+            None => loop {
+                let s = Subnet6::unique_local(rand::random());
+                if !others.iter().any(|o| o.overlaps(&s)) {
+                    break s;
+                }
+            },
+        };
+        let range = match conf["IPRange"].as_str().filter(|s| !s.is_empty()) {
+            Some(r) => {
+                let r = Subnet6::parse_strict(r).map_err(bad)?;
+                if !subnet.covers(&r) {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid pool request: the IP range {r} is not within the subnet {subnet}"
+                    )));
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let gateway = match conf["Gateway"].as_str().filter(|s| !s.is_empty()) {
+            Some(g) => {
+                let g: Ipv6Addr = g
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid gateway address {g}")))?;
+                if !subnet.contains(g) {
+                    return Err(ApiError::bad_request(format!(
+                        "no matching subnet for gateway {g}"
+                    )));
+                }
+                g
+            }
+            None => subnet
+                .nth(1)
+                .ok_or_else(|| ApiError::bad_request("subnet too small"))?,
+        };
+        Ok(V6Net {
+            subnet,
+            gateway,
+            range,
+        })
     }
 
     /// Containers running on a network (ID → name).
@@ -1198,12 +1319,17 @@ impl Networks {
         let fixed = ep["IPAMConfig"]["IPv4Address"]
             .as_str()
             .filter(|s| !s.is_empty());
-        if net.default && (fixed.is_some() || !aliases.is_empty()) {
-            return Err(ApiError::bad_request(if fixed.is_some() {
-                "user specified IP address is supported on user defined networks only"
-            } else {
-                "network-scoped alias is supported only for containers in user defined networks"
-            }));
+        let fixed6 = ep["IPAMConfig"]["IPv6Address"]
+            .as_str()
+            .filter(|s| !s.is_empty());
+        if net.default && (fixed.is_some() || fixed6.is_some() || !aliases.is_empty()) {
+            return Err(ApiError::bad_request(
+                if fixed.is_some() || fixed6.is_some() {
+                    "user specified IP address is supported on user defined networks only"
+                } else {
+                    "network-scoped alias is supported only for containers in user defined networks"
+                },
+            ));
         }
         // the address, taken under the lock that the next container's allocation reads
         let endpoint = {
@@ -1247,6 +1373,17 @@ impl Networks {
                         ))
                     })?,
             };
+            let ip6 = match &net.v6 {
+                Some(v6) => Some(self.address6(&live, net, v6, fixed6)?),
+                None if fixed6.is_some() => {
+                    return Err(ApiError::bad_request(format!(
+                        "no configured subnet or ip-range contain the IP address {}: network {} has no IPv6",
+                        fixed6.unwrap_or_default(),
+                        net.cfg.name
+                    )))
+                }
+                None => None,
+            };
             let mut dns_names = vec![name.to_string(), short.to_string()];
             for a in aliases.iter().chain(std::iter::once(&hostname.to_string())) {
                 if !dns_names.contains(a) {
@@ -1268,6 +1405,13 @@ impl Networks {
                     .collect(),
                 veth: veth_name(cid, slot),
                 ifname: format!("eth{slot}"),
+                ip6: ip6.map(|a| a.to_string()).unwrap_or_default(),
+                prefix6: net.v6.as_ref().map_or(0, |v| v.subnet.prefix),
+                gateway6: net
+                    .v6
+                    .as_ref()
+                    .map(|v| v.gateway.to_string())
+                    .unwrap_or_default(),
                 container_name: name.to_string(),
                 links: crate::spec::strings(&ep["Links"])
                     .unwrap_or_default()
@@ -1307,11 +1451,64 @@ impl Networks {
         let inside = Netlink::in_netns(Path::new(&st.netns)).map_err(internal)?;
         let gw = (!*routed && !net.cfg.internal).then_some(net.gateway);
         *routed |= gw.is_some();
+        // the first IPv6 network that may route gives the IPv6 default route (a later
+        // one finds it there)
+        let v6 = match (endpoint.ip6.parse::<Ipv6Addr>(), &net.v6) {
+            (Ok(ip6), Some(n6)) => Some(berth_network::link::V6 {
+                ip: ip6,
+                prefix: n6.subnet.prefix,
+                gateway: (!net.cfg.internal).then_some(n6.gateway),
+            }),
+            _ => None,
+        };
         inside
-            .configure(&endpoint.ifname, ip, endpoint.prefix, gw)
+            .configure(&endpoint.ifname, ip, endpoint.prefix, gw, v6)
             .await
             .map_err(|err| internal(format!("configuring {}: {err}", endpoint.ifname)))?;
         Ok(())
+    }
+
+    /// A container's IPv6 address on `net`: `fixed`, or the first free one.
+    fn address6(
+        &self,
+        live: &HashMap<String, Vec<Endpoint>>,
+        net: &Net,
+        v6: &V6Net,
+        fixed: Option<&str>,
+    ) -> Result<Ipv6Addr, ApiError> {
+        let used: HashSet<Ipv6Addr> = live
+            .values()
+            .flatten()
+            .filter(|e| e.network_id == net.cfg.id)
+            .filter_map(|e| e.ip6.parse().ok())
+            .collect();
+        match fixed {
+            Some(f) => {
+                let ip: Ipv6Addr = f
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid IPv6 address: {f}")))?;
+                if !v6.subnet.contains(ip) || ip == v6.gateway {
+                    return Err(ApiError::bad_request(format!(
+                        "no configured subnet or ip-range contain the IP address {ip}"
+                    )));
+                }
+                if used.contains(&ip) {
+                    return Err(ApiError::conflict(format!(
+                        "Address already in use: {ip} on network {}",
+                        net.cfg.name
+                    )));
+                }
+                Ok(ip)
+            }
+            None => {
+                ipam::allocate6(&v6.subnet, v6.range.as_ref(), v6.gateway, &used).ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "no available IPv6 addresses on this network's address pools: {} ({})",
+                        net.cfg.name, net.cfg.id
+                    ))
+                })
+            }
+        }
     }
 
     /// `network connect` for a running container: one more endpoint in its namespace.
@@ -1575,7 +1772,7 @@ pub fn network_json(n: &Net, attached: &BTreeMap<String, Endpoint>) -> Value {
                 "EndpointID": e.endpoint_id,
                 "MacAddress": e.mac,
                 "IPv4Address": format!("{}/{}", e.ip, e.prefix),
-                "IPv6Address": "",
+                "IPv6Address": if e.ip6.is_empty() { String::new() } else { format!("{}/{}", e.ip6, e.prefix6) },
             }),
         );
     }
@@ -1586,6 +1783,14 @@ pub fn network_json(n: &Net, attached: &BTreeMap<String, Endpoint>) -> Value {
     if !n.cfg.aux_addresses.is_empty() {
         ipam["AuxiliaryAddresses"] = json!(n.cfg.aux_addresses);
     }
+    let mut configs = vec![ipam];
+    if let Some(v6) = &n.v6 {
+        let mut c = json!({"Subnet": v6.subnet.to_string(), "Gateway": v6.gateway.to_string()});
+        if let Some(r) = &v6.range {
+            c["IPRange"] = json!(r.to_string());
+        }
+        configs.push(c);
+    }
     json!({
         "Name": n.cfg.name,
         "Id": n.cfg.id,
@@ -1593,8 +1798,8 @@ pub fn network_json(n: &Net, attached: &BTreeMap<String, Endpoint>) -> Value {
         "Scope": "local",
         "Driver": n.cfg.driver,
         "EnableIPv4": true,
-        "EnableIPv6": false,
-        "IPAM": {"Driver": "default", "Options": null, "Config": [ipam]},
+        "EnableIPv6": n.v6.is_some(),
+        "IPAM": {"Driver": "default", "Options": null, "Config": configs},
         "Internal": n.cfg.internal,
         "Attachable": n.cfg.attachable,
         "Ingress": false,
@@ -1647,9 +1852,9 @@ pub fn settings_json(nets: &Networks, cid: &str, spec: &Value, st: Option<&NetSt
             "Gateway": e.map(|e| e.gateway.clone()).unwrap_or_default(),
             "IPAddress": e.map(|e| e.ip.clone()).unwrap_or_default(),
             "IPPrefixLen": e.map(|e| e.prefix).unwrap_or(0),
-            "IPv6Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
+            "IPv6Gateway": e.map(|e| e.gateway6.clone()).unwrap_or_default(),
+            "GlobalIPv6Address": e.map(|e| e.ip6.clone()).unwrap_or_default(),
+            "GlobalIPv6PrefixLen": e.filter(|e| !e.ip6.is_empty()).map(|e| e.prefix6).unwrap_or(0),
             "DNSNames": e.filter(|_| key != "bridge").map(|e| json!(e.dns_names)).unwrap_or(Value::Null),
         })
     };
@@ -1724,11 +1929,11 @@ pub fn settings_json(nets: &Networks, cid: &str, spec: &Value, st: Option<&NetSt
         "SecondaryIPv6Addresses": null,
         "EndpointID": legacy.map(|e| e.endpoint_id.clone()).unwrap_or_default(),
         "Gateway": legacy.map(|e| e.gateway.clone()).unwrap_or_default(),
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": legacy.map(|e| e.ip6.clone()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": legacy.filter(|e| !e.ip6.is_empty()).map(|e| e.prefix6).unwrap_or(0),
         "IPAddress": legacy.map(|e| e.ip.clone()).unwrap_or_default(),
         "IPPrefixLen": legacy.map(|e| e.prefix).unwrap_or(0),
-        "IPv6Gateway": "",
+        "IPv6Gateway": legacy.map(|e| e.gateway6.clone()).unwrap_or_default(),
         "MacAddress": legacy.map(|e| e.mac.clone()).unwrap_or_default(),
         "Networks": networks,
     })

@@ -1,14 +1,16 @@
 //! The embedded DNS server of a bridge network: listens on the network's gateway
-//! address, answers A queries for the names of the network's containers (names,
-//! aliases) and forwards every other query, bytes unchanged, to the host's resolvers.
+//! address, answers A and AAAA queries for the names of the network's containers
+//! (names, aliases) and forwards every other query, bytes unchanged, to the host's
+//! resolvers.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
 const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
 const TYPE_ANY: u16 = 255;
 const CLASS_IN: u16 = 1;
 /// Seconds a client may keep an answer (Docker's server says 600).
@@ -76,16 +78,20 @@ pub fn parse_query(buf: &[u8]) -> Option<Query> {
     })
 }
 
-/// The reply to `query` (the message `buf` it came from): `ips` as A records for an A
-/// or ANY question, no records (but no error) for other types; `rcode` 3 (NXDOMAIN) or 2
+/// The reply to `query` (the message `buf` it came from): the IPv4 addresses of `ips`
+/// as A records for an A question, the IPv6 ones as AAAA records for an AAAA question,
+/// both for ANY, no records (but no error) for other types; `rcode` 3 (NXDOMAIN) or 2
 /// (SERVFAIL) when given.
-pub fn reply(buf: &[u8], q: &Query, ips: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
-    let answers: &[Ipv4Addr] =
-        if rcode == 0 && q.qclass == CLASS_IN && matches!(q.qtype, TYPE_A | TYPE_ANY) {
-            ips
-        } else {
-            &[]
-        };
+pub fn reply(buf: &[u8], q: &Query, ips: &[IpAddr], rcode: u8) -> Vec<u8> {
+    let wanted = |ip: &&IpAddr| match ip {
+        IpAddr::V4(_) => matches!(q.qtype, TYPE_A | TYPE_ANY),
+        IpAddr::V6(_) => matches!(q.qtype, TYPE_AAAA | TYPE_ANY),
+    };
+    let answers: Vec<&IpAddr> = if rcode == 0 && q.qclass == CLASS_IN {
+        ips.iter().filter(wanted).collect()
+    } else {
+        Vec::new()
+    };
     let rd = buf[2] & 0x01;
     let mut out = Vec::with_capacity(q.end + answers.len() * 16);
     out.extend_from_slice(&q.id.to_be_bytes());
@@ -98,19 +104,23 @@ pub fn reply(buf: &[u8], q: &Query, ips: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&buf[12..q.end]);
     for ip in answers {
+        let (ty, data) = match ip {
+            IpAddr::V4(a) => (TYPE_A, a.octets().to_vec()),
+            IpAddr::V6(a) => (TYPE_AAAA, a.octets().to_vec()),
+        };
         out.extend_from_slice(&[0xc0, 0x0c]); // the question's name
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
+        out.extend_from_slice(&ty.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&TTL.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&ip.octets());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(&data);
     }
     out
 }
 
 /// What a network's server knows: a name's addresses for a query from an address, or
 /// None to forward the query.
-pub type Lookup = Arc<dyn Fn(&str, IpAddr) -> Option<Vec<Ipv4Addr>> + Send + Sync>;
+pub type Lookup = Arc<dyn Fn(&str, IpAddr) -> Option<Vec<IpAddr>> + Send + Sync>;
 
 /// A running server; stops when dropped.
 pub struct Server {
@@ -225,15 +235,22 @@ mod tests {
         let q = parse_query(&m).unwrap();
         assert_eq!(q.name, "web.local");
         assert_eq!(q.id, 0x1234);
-        let r = reply(&m, &q, &[Ipv4Addr::new(10, 0, 0, 2)], 0);
+        let v4: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "2001:389::f00d".parse().unwrap();
+        let r = reply(&m, &q, &[v4, v6], 0);
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(r[2] & 0x80, 0x80, "a response");
         assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1, "one answer");
         assert_eq!(&r[r.len() - 4..], &[10, 0, 0, 2]);
-        // AAAA: no records, no error
-        let m6 = query("web", 28);
+        // AAAA: the IPv6 address
+        let m6 = query("web", TYPE_AAAA);
         let q6 = parse_query(&m6).unwrap();
-        let r6 = reply(&m6, &q6, &[Ipv4Addr::new(10, 0, 0, 2)], 0);
+        let r6 = reply(&m6, &q6, &[v4, v6], 0);
+        assert_eq!(u16::from_be_bytes([r6[6], r6[7]]), 1);
+        assert_eq!(&r6[r6.len() - 18..r6.len() - 16], &[0, 16]);
+        assert_eq!(r6[r6.len() - 2..], [0xf0, 0x0d]);
+        // ... and none, without an error, for a name with only an IPv4 address
+        let r6 = reply(&m6, &q6, &[v4], 0);
         assert_eq!(u16::from_be_bytes([r6[6], r6[7]]), 0);
         assert_eq!(r6[3] & 0x0f, 0);
         // SERVFAIL

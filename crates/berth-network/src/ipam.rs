@@ -1,8 +1,8 @@
-//! IPv4 subnets and address allocation.
+//! IPv4 and IPv6 subnets and address allocation.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An IPv4 network: its first address and prefix length.
@@ -144,6 +144,114 @@ pub fn allocate(
         })
 }
 
+/// An IPv6 network: its first address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Subnet6 {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Subnet6 {
+    fn mask(prefix: u8) -> u128 {
+        if prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(prefix))
+        }
+    }
+
+    fn first(&self) -> u128 {
+        u128::from(self.addr)
+    }
+
+    fn last(&self) -> u128 {
+        self.first() | !Self::mask(self.prefix)
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & Self::mask(self.prefix) == self.first()
+    }
+
+    pub fn overlaps(&self, other: &Subnet6) -> bool {
+        self.first() <= other.last() && other.first() <= self.last()
+    }
+
+    /// Whether `other` lies wholly inside this subnet.
+    pub fn covers(&self, other: &Subnet6) -> bool {
+        self.first() <= other.first() && other.last() <= self.last()
+    }
+
+    /// The `n`th address of the subnet (0 is the subnet-router anycast address).
+    pub fn nth(&self, n: u128) -> Option<Ipv6Addr> {
+        let a = self.first().checked_add(n)?;
+        (a <= self.last()).then(|| Ipv6Addr::from(a))
+    }
+
+    /// Parses `ADDR/N` with no host bits set, as Docker asks of an IPv6 `--subnet`.
+    pub fn parse_strict(s: &str) -> Result<Subnet6, SubnetError> {
+        let bad = || SubnetError::Invalid(s.to_string());
+        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 128 {
+            return Err(bad());
+        }
+        let n = Subnet6 {
+            addr: Ipv6Addr::from(u128::from(ip) & Self::mask(prefix)),
+            prefix,
+        };
+        if n.addr != ip {
+            return Err(SubnetError::HostBits {
+                given: s.to_string(),
+                want: n.to_string(),
+            });
+        }
+        Ok(n)
+    }
+
+    /// A unique local /64 (`fd` and 40 random bits, RFC 4193) from `random`.
+    pub fn unique_local(random: [u8; 5]) -> Subnet6 {
+        let mut b = [0u8; 16];
+        b[0] = 0xfd;
+        b[1..6].copy_from_slice(&random);
+        Subnet6 {
+            addr: Ipv6Addr::from(b),
+            prefix: 64,
+        }
+    }
+}
+
+impl fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Subnet6 {
+    type Err = SubnetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Subnet6::parse_strict(s)
+    }
+}
+
+/// The first free IPv6 address for a container: inside `range` (the subnet when none),
+/// never the subnet's first address, the gateway, nor one in `used`.
+pub fn allocate6(
+    subnet: &Subnet6,
+    range: Option<&Subnet6>,
+    gateway: Ipv6Addr,
+    used: &HashSet<Ipv6Addr>,
+) -> Option<Ipv6Addr> {
+    let pool = range.unwrap_or(subnet);
+    // a /64 has more addresses than any network has containers: the search ends
+    // after `used.len() + 2` steps at most
+    (1..=used.len() as u128 + 2)
+        .filter_map(|n| pool.first().checked_add(n))
+        .take_while(|a| *a <= pool.last())
+        .map(Ipv6Addr::from)
+        .find(|ip| subnet.contains(*ip) && *ip != gateway && !used.contains(ip))
+}
+
 /// The first subnet of `size` bits from `pools` that overlaps none of `taken`.
 pub fn pick_subnet(pools: &[(Subnet, u8)], taken: &[Subnet]) -> Option<Subnet> {
     pools.iter().find_map(|(pool, size)| {
@@ -228,6 +336,41 @@ mod tests {
         let parts: Vec<Subnet> = pool.split(24).take(2).collect();
         assert_eq!(parts[1].to_string(), "10.211.1.0/24");
         assert_eq!(pool.split(24).count(), 256);
+    }
+
+    #[test]
+    fn ipv6_subnets_and_allocation() {
+        let s: Subnet6 = "2001:389::/64".parse().unwrap();
+        assert!(s.contains("2001:389::f00d".parse().unwrap()));
+        assert!(!s.contains("2001:389:0:1::1".parse().unwrap()));
+        assert_eq!(s.nth(1), Some("2001:389::1".parse().unwrap()));
+        let r: Subnet6 = "2001:389::/96".parse().unwrap();
+        assert!(s.covers(&r) && !r.covers(&s) && s.overlaps(&r));
+        assert!(!s.overlaps(&"2001:389:0:1::/64".parse().unwrap()));
+        assert!(matches!(
+            Subnet6::parse_strict("2001:389::1/64"),
+            Err(SubnetError::HostBits { .. })
+        ));
+        for bad in ["2001:389::", "2001:389::/129", "10.0.0.0/8", "x/64"] {
+            assert!(bad.parse::<Subnet6>().is_err(), "{bad}");
+        }
+        let gw: Ipv6Addr = "2001:389::1".parse().unwrap();
+        let mut used = HashSet::new();
+        let a = allocate6(&s, None, gw, &used).unwrap();
+        assert_eq!(a, "2001:389::2".parse::<Ipv6Addr>().unwrap());
+        used.insert(a);
+        used.insert("2001:389::3".parse().unwrap());
+        assert_eq!(
+            allocate6(&s, None, gw, &used),
+            Some("2001:389::4".parse().unwrap())
+        );
+        let tiny: Subnet6 = "2001:389::/127".parse().unwrap();
+        assert_eq!(
+            allocate6(&tiny, None, "2001:389::1".parse().unwrap(), &HashSet::new()),
+            None
+        );
+        let ula = Subnet6::unique_local([1, 2, 3, 4, 5]);
+        assert_eq!(ula.to_string(), "fd01:203:405::/64");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::path::Path;
 
@@ -37,6 +37,14 @@ pub struct Veth<'a> {
     pub netns_fd: RawFd,
     pub mtu: Option<u32>,
     pub alias: &'a str,
+}
+
+/// An interface's IPv6 address, and the gateway of its default route if it takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6 {
+    pub ip: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// A route netlink connection, in the namespace it was opened in.
@@ -111,12 +119,32 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The bridge `name` with `gateway/prefix` on it, up; made if missing. Its index.
+    /// Adds `ip/prefix` to a link (replacing it if there). An IPv6 address is usable at
+    /// once: no duplicate address detection on links that are all ours.
+    async fn add_address(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix: u8,
+        replace: bool,
+    ) -> io::Result<()> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            req.message_mut().header.flags =
+                netlink_packet_route::address::AddressHeaderFlags::Nodad;
+        }
+        let req = if replace { req.replace() } else { req };
+        req.execute().await.map_err(err)
+    }
+
+    /// The bridge `name` with `gateway/prefix` (and the IPv6 gateway `v6`) on it, up;
+    /// made if missing. Its index.
     pub async fn ensure_bridge(
         &self,
         name: &str,
         gateway: Ipv4Addr,
         prefix: u8,
+        v6: Option<(Ipv6Addr, u8)>,
         mtu: Option<u32>,
         alias: &str,
     ) -> io::Result<u32> {
@@ -145,13 +173,12 @@ impl Netlink {
                     .ok_or_else(|| io::Error::other(format!("bridge {name} vanished")))?
             }
         };
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(gateway), prefix)
-            .replace()
-            .execute()
-            .await
-            .map_err(err)?;
+        self.add_address(index, IpAddr::V4(gateway), prefix, true)
+            .await?;
+        if let Some((gw6, prefix6)) = v6 {
+            self.add_address(index, IpAddr::V6(gw6), prefix6, true)
+                .await?;
+        }
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).alias(alias).up().build())
@@ -230,14 +257,15 @@ impl Netlink {
             .map_err(err)
     }
 
-    /// Inside a container's namespace: `lo` up, `ifname` up with `ip/prefix`, and a
-    /// default route through `gateway` when there is one.
+    /// Inside a container's namespace: `lo` up, `ifname` up with `ip/prefix` (and `v6`),
+    /// and a default route through `gateway` when there is one.
     pub async fn configure(
         &self,
         ifname: &str,
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Option<Ipv4Addr>,
+        v6: Option<V6>,
     ) -> io::Result<()> {
         if let Some(lo) = self.index("lo").await? {
             self.up(lo).await?;
@@ -246,23 +274,26 @@ impl Netlink {
             .index(ifname)
             .await?
             .ok_or_else(|| io::Error::other(format!("{ifname} is missing in the namespace")))?;
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-            .map_err(err)?;
+        self.add_address(index, IpAddr::V4(ip), prefix, false)
+            .await?;
+        if let Some(v6) = v6 {
+            self.add_address(index, IpAddr::V6(v6.ip), v6.prefix, false)
+                .await?;
+        }
         self.up(index).await?;
         if let Some(gw) = gateway {
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gw)
                 .output_interface(index)
                 .build();
-            match self.handle.route().add(route).execute().await.map_err(err) {
-                // a second network's default route: the first one stays
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                other => other?,
-            }
+            ignore_existing(self.handle.route().add(route).execute().await)?;
+        }
+        if let Some(gw6) = v6.and_then(|v| v.gateway) {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw6)
+                .output_interface(index)
+                .build();
+            ignore_existing(self.handle.route().add(route).execute().await)?;
         }
         Ok(())
     }
@@ -273,6 +304,14 @@ impl Netlink {
             self.up(lo).await?;
         }
         Ok(())
+    }
+}
+
+/// A second network's default route: the first one stays.
+fn ignore_existing(r: Result<(), rtnetlink::Error>) -> io::Result<()> {
+    match r.map_err(err) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
     }
 }
 

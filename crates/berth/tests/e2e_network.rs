@@ -54,6 +54,15 @@ fn web(d: &Daemon, bin: &str, extra: &[&str], name: &str, body: &str) {
     args.extend_from_slice(extra);
     args.extend_from_slice(&["bb", "sh", "-c", &script]);
     sh(d, bin, &args);
+    // `run -d` returns once the process runs: wait until httpd listens
+    for _ in 0..100 {
+        let probe = d.berth(&["exec", name, "busybox", "wget", "-qO-", "http://127.0.0.1/"]);
+        if probe.status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{name}: httpd did not answer");
 }
 
 /// HTTP GET through TCP from the host: the body, or None.
@@ -966,4 +975,313 @@ fn published_ports_through_iptables() {
                 .status();
         }
     }
+}
+
+/// IPv6 on user networks, through both CLIs: a subnet with a range and gateway (or a
+/// unique local one of its own), fixed and allocated addresses, IPv6 between containers
+/// by address and by name (AAAA), connect with `--ip6` to a running container, what
+/// inspect says, and the refusals.
+#[test]
+fn ipv6_networks() {
+    let _serial = serial();
+    let Some(d) = daemon_with_busybox("ipv6_networks") else {
+        return;
+    };
+    let before = links();
+    for (k, bin) in clis().iter().enumerate() {
+        // (a group of 0 would be written shorter)
+        let i = k + 1;
+        let (n6, subnet) = (format!("six{i}"), format!("2001:db8:{i}::/64"));
+        let range = format!("2001:db8:{i}::/96");
+        let gw = format!("2001:db8:{i}::ffff");
+        sh(
+            &d,
+            bin,
+            &[
+                "network",
+                "create",
+                "--ipv6",
+                "--subnet",
+                &subnet,
+                "--ip-range",
+                &range,
+                "--gateway",
+                &gw,
+                &n6,
+            ],
+        );
+        let net = d.get_json(&format!("/networks/{n6}"));
+        assert_eq!(net["EnableIPv6"], true, "{bin}: {net}");
+        let configs = net["IPAM"]["Config"].as_array().unwrap().clone();
+        assert!(
+            configs.iter().any(|c| c["Subnet"] == subnet.as_str()
+                && c["Gateway"] == gw.as_str()
+                && c["IPRange"] == range.as_str()),
+            "{bin}: {net}"
+        );
+        // an IPv4 subnet comes from the pools beside it
+        assert!(configs
+            .iter()
+            .any(|c| c["Subnet"].as_str().unwrap().contains('.')));
+        let fixed = format!("2001:db8:{i}::f00d");
+        sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "six-a",
+                "--network",
+                &n6,
+                "--ip6",
+                &fixed,
+                "bb",
+                "sleep",
+                "300",
+            ],
+        );
+        let c = d.get_json("/containers/six-a/json");
+        let ep = &c["NetworkSettings"]["Networks"][&n6];
+        assert_eq!(ep["GlobalIPv6Address"], fixed.as_str(), "{bin}: {ep}");
+        assert_eq!(ep["GlobalIPv6PrefixLen"], 64);
+        assert_eq!(ep["IPv6Gateway"], gw.as_str());
+        assert_eq!(ep["IPAMConfig"]["IPv6Address"], fixed.as_str());
+        // inside: the address, the default route through the gateway, no waiting for
+        // duplicate address detection
+        let inside = sh(
+            &d,
+            bin,
+            &[
+                "exec",
+                "six-a",
+                "sh",
+                "-c",
+                "ip -6 addr show eth0; ip -6 route",
+            ],
+        );
+        assert!(
+            inside.contains(&format!("inet6 {fixed}/64")),
+            "{bin}: {inside}"
+        );
+        assert!(
+            !inside.contains(&format!("{fixed}/64 scope global tentative")),
+            "{bin}: {inside}"
+        );
+        assert!(
+            inside.contains(&format!("default via {gw} dev eth0")),
+            "{bin}: {inside}"
+        );
+        // another container: an address from the range; reaches the first by address
+        // and by name (the network's DNS answers AAAA)
+        let out = sh(
+            &d,
+            bin,
+            &[
+                "run", "--rm", "--network", &n6, "bb", "sh", "-c",
+                &format!("ip -6 addr show eth0 | grep global; ping -6 -c1 -W3 {fixed} >/dev/null && echo by-address; ping -6 -c1 -W3 six-a >/dev/null && echo by-name; nslookup -type=aaaa six-a"),
+            ],
+        );
+        assert!(
+            out.contains(&format!("inet6 2001:db8:{i}::1/64")),
+            "{bin}: {out}"
+        );
+        assert!(out.contains("by-address\nby-name\n"), "{bin}: {out}");
+        assert!(out.contains(&format!("Address: {fixed}")), "{bin}: {out}");
+        // the network lists it with its IPv6 address
+        let net = d.get_json(&format!("/networks/{n6}"));
+        let listed = net["Containers"][c["Id"].as_str().unwrap()]["IPv6Address"].clone();
+        assert_eq!(listed, format!("{fixed}/64").as_str(), "{bin}: {net}");
+        // a running container connected with --ip6 (a second interface), then
+        // disconnected
+        let plain = format!("plain{i}");
+        sh(&d, bin, &["network", "create", &plain]);
+        sh(
+            &d,
+            bin,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "six-b",
+                "--network",
+                &plain,
+                "bb",
+                "sleep",
+                "300",
+            ],
+        );
+        let other = format!("2001:db8:{i}::beef");
+        sh(
+            &d,
+            bin,
+            &["network", "connect", "--ip6", &other, &n6, "six-b"],
+        );
+        let got = sh(
+            &d,
+            bin,
+            &[
+                "exec", "six-b", "busybox", "ip", "-6", "addr", "show", "eth1",
+            ],
+        );
+        assert!(got.contains(&format!("inet6 {other}/64")), "{bin}: {got}");
+        let ping = sh(
+            &d,
+            bin,
+            &[
+                "exec", "six-a", "busybox", "ping", "-6", "-c1", "-W3", &other,
+            ],
+        );
+        assert!(ping.contains("1 packets received"), "{bin}: {ping}");
+        // taken addresses and addresses outside the subnet are refused
+        let taken = d.cli(
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &n6,
+                "--ip6",
+                &fixed,
+                "bb",
+                "true",
+            ],
+        );
+        assert!(!taken.status.success());
+        assert!(
+            stderr(&taken).contains("Address already in use"),
+            "{bin}: {}",
+            stderr(&taken)
+        );
+        let outside = d.cli(
+            bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &n6,
+                "--ip6",
+                "2001:db9::1",
+                "bb",
+                "true",
+            ],
+        );
+        assert!(!outside.status.success());
+        sh(&d, bin, &["network", "disconnect", &n6, "six-b"]);
+        let got = sh(&d, bin, &["exec", "six-b", "busybox", "ip", "-6", "addr"]);
+        assert!(!got.contains(&other), "{bin}: {got}");
+        sh(&d, bin, &["rm", "-f", "six-a", "six-b"]);
+        sh(&d, bin, &["network", "rm", &n6, &plain]);
+    }
+    // --ipv6 without a subnet: a unique local /64 of its own
+    sh(&d, berth_bin(), &["network", "create", "--ipv6", "ula"]);
+    let net = d.get_json("/networks/ula");
+    let v6: Vec<String> = net["IPAM"]["Config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["Subnet"].as_str())
+        .filter(|s| s.contains(':'))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(v6.len(), 1, "{net}");
+    assert!(v6[0].starts_with("fd") && v6[0].ends_with("::/64"), "{net}");
+    let out = sh(
+        &d,
+        berth_bin(),
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "ula",
+            "bb",
+            "busybox",
+            "ip",
+            "-6",
+            "addr",
+            "show",
+            "eth0",
+        ],
+    );
+    assert!(
+        out.contains(&format!("inet6 {}", v6[0].trim_end_matches(":/64"))),
+        "{out}"
+    );
+    sh(&d, berth_bin(), &["network", "rm", "ula"]);
+    // refusals: an IPv6 subnet without --ipv6, an overlapping one, --ip6 on the
+    // default bridge or on a network without IPv6
+    for bin in clis() {
+        let r = d.cli(
+            &bin,
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "2001:db8:99::/64",
+                "noipv6",
+            ],
+        );
+        assert!(!r.status.success(), "{bin}");
+        assert!(
+            stderr(&r).contains("needs IPv6 enabled"),
+            "{bin}: {}",
+            stderr(&r)
+        );
+        sh(
+            &d,
+            &bin,
+            &[
+                "network",
+                "create",
+                "--ipv6",
+                "--subnet",
+                "2001:db8:98::/64",
+                "first",
+            ],
+        );
+        let r = d.cli(
+            &bin,
+            &[
+                "network",
+                "create",
+                "--ipv6",
+                "--subnet",
+                "2001:db8:98::/80",
+                "second",
+            ],
+        );
+        assert!(
+            stderr(&r).contains("Pool overlaps"),
+            "{bin}: {}",
+            stderr(&r)
+        );
+        sh(&d, &bin, &["network", "create", "v4only"]);
+        let r = d.cli(
+            &bin,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "v4only",
+                "--ip6",
+                "2001:db8:98::5",
+                "bb",
+                "true",
+            ],
+        );
+        assert!(!r.status.success(), "{bin}");
+        assert!(stderr(&r).contains("has no IPv6"), "{bin}: {}", stderr(&r));
+        let r = d.cli(
+            &bin,
+            &["run", "--rm", "--ip6", "2001:db8:98::5", "bb", "true"],
+        );
+        assert!(
+            stderr(&r)
+                .contains("user specified IP address is supported on user defined networks only"),
+            "{bin}: {}",
+            stderr(&r)
+        );
+        sh(&d, &bin, &["network", "rm", "first", "v4only"]);
+    }
+    no_stale_links(&d, &before);
 }

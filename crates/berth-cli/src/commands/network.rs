@@ -20,6 +20,9 @@ pub struct NetFlags {
     /// IPv4 address (e.g., 172.30.100.104)
     #[arg(long)]
     pub ip: Option<String>,
+    /// IPv6 address (e.g., 2001:db8::33)
+    #[arg(long)]
+    pub ip6: Option<String>,
     /// Container MAC address (e.g., 92:d0:c6:0a:29:33)
     #[arg(long = "mac-address")]
     pub mac_address: Option<String>,
@@ -47,6 +50,18 @@ pub struct NetFlags {
     /// Add a custom host-to-IP mapping (host:ip)
     #[arg(long = "add-host")]
     pub add_host: Vec<String>,
+}
+
+/// An endpoint's `IPAMConfig`: the addresses asked for.
+fn ipam_config(ip: Option<&str>, ip6: Option<&str>) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(ip) = ip {
+        m.insert("IPv4Address".into(), json!(ip));
+    }
+    if let Some(ip6) = ip6 {
+        m.insert("IPv6Address".into(), json!(ip6));
+    }
+    m
 }
 
 /// `[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]` (ports may be ranges) into
@@ -146,8 +161,9 @@ impl NetFlags {
             if !self.network_alias.is_empty() {
                 ep["Aliases"] = json!(self.network_alias);
             }
-            if let Some(ip) = &self.ip {
-                ep["IPAMConfig"] = json!({"IPv4Address": ip});
+            let ipam = ipam_config(self.ip.as_deref(), self.ip6.as_deref());
+            if !ipam.is_empty() {
+                ep["IPAMConfig"] = Value::Object(ipam);
             }
             if let Some(m) = &self.mac_address {
                 ep["MacAddress"] = json!(m);
@@ -160,7 +176,10 @@ impl NetFlags {
             endpoints.insert(n.clone(), ep);
         }
         if self.network.is_empty()
-            && (!self.network_alias.is_empty() || self.ip.is_some() || self.mac_address.is_some())
+            && (!self.network_alias.is_empty()
+                || self.ip.is_some()
+                || self.ip6.is_some()
+                || self.mac_address.is_some())
         {
             endpoints.insert("default".into(), first_ep());
         }
@@ -305,21 +324,19 @@ pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
     if a.gateway.len() > a.subnet.len() || a.ip_range.len() > a.subnet.len() {
         bail!("every ip-range or gateway must have a corresponding subnet");
     }
-    let configs: Vec<Value> = a
-        .subnet
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut v = json!({"Subnet": s});
-            if let Some(g) = a.gateway.get(i) {
-                v["Gateway"] = json!(g);
+    // each gateway and range goes with the subnet of its address family, in order (as
+    // the docker CLI pairs them)
+    let v6 = |s: &String| s.contains(':');
+    let mut configs: Vec<Value> = a.subnet.iter().map(|s| json!({"Subnet": s})).collect();
+    for (key, list) in [("Gateway", &a.gateway), ("IPRange", &a.ip_range)] {
+        for family in [false, true] {
+            let subnets = a.subnet.iter().enumerate().filter(|(_, s)| v6(s) == family);
+            let items = list.iter().filter(|x| v6(x) == family);
+            for ((i, _), item) in subnets.zip(items) {
+                configs[i][key] = json!(item);
             }
-            if let Some(r) = a.ip_range.get(i) {
-                v["IPRange"] = json!(r);
-            }
-            v
-        })
-        .collect();
+        }
+    }
     let body = json!({
         "Name": a.name,
         "Driver": a.driver,
@@ -473,6 +490,9 @@ pub struct ConnectArgs {
     /// IPv4 address (e.g., 172.30.100.104)
     #[arg(long)]
     pub ip: Option<String>,
+    /// IPv6 address (e.g., 2001:db8::33)
+    #[arg(long)]
+    pub ip6: Option<String>,
     /// Add a link to another container (NAME[:ALIAS])
     #[arg(long)]
     pub link: Vec<String>,
@@ -485,8 +505,9 @@ pub async fn connect(c: &Client, a: ConnectArgs) -> Result<()> {
     if !a.alias.is_empty() {
         ep["Aliases"] = json!(a.alias);
     }
-    if let Some(ip) = &a.ip {
-        ep["IPAMConfig"] = json!({"IPv4Address": ip});
+    let ipam = ipam_config(a.ip.as_deref(), a.ip6.as_deref());
+    if !ipam.is_empty() {
+        ep["IPAMConfig"] = Value::Object(ipam);
     }
     if !a.link.is_empty() {
         ep["Links"] = json!(a.link);
