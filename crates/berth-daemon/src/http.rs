@@ -293,6 +293,16 @@ impl BodyReader {
     }
 }
 
+/// Reads a request body to its end and drops it: a request refused before its body was
+/// read still lets the client finish sending (else it sees a broken pipe, not the
+/// answer).
+pub async fn discard<B>(mut body: B)
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
 /// Pumps `body` into a [`BodyReader`] for blocking code.
 pub fn body_reader<B>(body: B) -> BodyReader
 where

@@ -18,6 +18,7 @@ pub mod http;
 pub mod logconfig;
 pub mod mounts;
 pub mod networks;
+pub mod plugins;
 pub mod progress;
 pub mod pull;
 pub mod push;
@@ -47,6 +48,7 @@ pub struct Daemon {
     pub db: Arc<Db>,
     pub containers: Arc<containers::Containers>,
     pub events: Arc<events::Events>,
+    pub plugins: Arc<plugins::Plugins>,
     pub engine_id: String,
     /// the registry client pulls and pushes use, made at the first (its TLS roots and
     /// connection pools cost memory an idle daemon need not hold)
@@ -268,6 +270,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         images,
         db,
         events: Arc::new(events::Events::new()),
+        plugins: Arc::new(plugins::Plugins::open(&cfg.data_root)?),
         warnings,
     });
     tracing::info!(

@@ -49,8 +49,66 @@ pub struct Plan {
     diff_ids: Vec<Digest>,
 }
 
-/// Resolves `reference` to one image manifest and its config.
+impl Plan {
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+    pub fn layers(&self) -> &[manifest::Descriptor] {
+        &self.manifest.layers
+    }
+    pub fn diff_ids(&self) -> &[Digest] {
+        &self.diff_ids
+    }
+    pub fn manifest_digest(&self) -> &Digest {
+        &self.manifest_digest
+    }
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+    fn is_plugin(&self) -> bool {
+        self.manifest.config.media_type == crate::plugins::CONFIG_MEDIA_TYPE
+    }
+}
+
+/// Resolves `reference` to one image manifest and its config (a plugin is refused, as
+/// Docker refuses it).
 pub async fn plan(
+    d: &Daemon,
+    reference: Reference,
+    platform: &Platform,
+    creds: Option<AuthConfig>,
+) -> Result<Plan, ApiError> {
+    let p = plan_any(d, reference, platform, creds).await?;
+    if p.is_plugin() {
+        return Err(ApiError::bad_request(format!(
+            "Encountered remote \"{}\"(plugin) when fetching",
+            crate::plugins::CONFIG_MEDIA_TYPE
+        )));
+    }
+    Ok(p)
+}
+
+/// Resolves `reference` to a plugin's manifest and config (an image is refused).
+pub async fn plan_plugin(
+    d: &Daemon,
+    reference: Reference,
+    creds: Option<AuthConfig>,
+) -> Result<Plan, ApiError> {
+    let p = plan_any(d, reference, &Platform::host(), creds).await?;
+    if !p.is_plugin() {
+        return Err(ApiError::bad_request(format!(
+            "Encountered remote \"{}\"(image) when fetching: {} is not a plugin",
+            p.manifest.config.media_type,
+            p.reference.familiar()
+        )));
+    }
+    Ok(p)
+}
+
+async fn plan_any(
     d: &Daemon,
     reference: Reference,
     platform: &Platform,

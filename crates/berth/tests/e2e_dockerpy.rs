@@ -111,13 +111,33 @@ fn docker_py_integration_suite() {
         return;
     }
     // Docker Hub pulls (which these tests make and cannot pass offline) go to a proxy
-    // address nothing listens on, so no request leaves the machine
-    let d = Daemon::start_wrapped(&[
-        "env",
-        "HTTPS_PROXY=http://127.0.0.1:9",
-        "HTTP_PROXY=http://127.0.0.1:9",
-        "NO_PROXY=localhost,127.0.0.1,::1",
-    ]);
+    // address nothing listens on, so no request leaves the machine; before it, a
+    // registry of the test's own is berthd's registry mirror, and holds the one plugin
+    // the suite installs from Docker Hub (`vieux/sshfs`, as a plugin of that shape)
+    let reg = tempfile::tempdir().unwrap();
+    let (mut registry, port) = berth_registry(reg.path(), &[]);
+    push_plugin(
+        port,
+        "vieux/sshfs",
+        "latest",
+        sshfs_like_plugin_config(),
+        &[("docker-volume-sshfs", b"#!/bin/sh\n")],
+    );
+    let conf = reg.path().join("daemon.json");
+    std::fs::write(
+        &conf,
+        format!(r#"{{"registry-mirrors": ["http://127.0.0.1:{port}"]}}"#),
+    )
+    .unwrap();
+    let d = Daemon::start_wrapped_with(
+        &[
+            "env",
+            "HTTPS_PROXY=http://127.0.0.1:9",
+            "HTTP_PROXY=http://127.0.0.1:9",
+            "NO_PROXY=localhost,127.0.0.1,::1",
+        ],
+        &["--config-file", conf.to_str().unwrap()],
+    );
     // one docker-py test rebinds os.environ for the rest of the run, so later tests
     // reach the default socket: point it at this daemon for the run
     let default_sock = std::path::Path::new("/var/run/docker.sock");
@@ -179,6 +199,8 @@ fn docker_py_integration_suite() {
             fixed.join("\n")
         );
     }
+    let _ = registry.kill();
+    let _ = registry.wait();
     let log = read(out_dir.join("pytest.log"));
     assert!(
         lost.is_empty(),

@@ -468,7 +468,9 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 }
 
 /// The credentials a pull or push got in `X-Registry-Auth`, if any.
-fn registry_auth(ctx: &Ctx) -> Result<Option<berth_registry::auth::AuthConfig>, ApiError> {
+pub(crate) fn registry_auth(
+    ctx: &Ctx,
+) -> Result<Option<berth_registry::auth::AuthConfig>, ApiError> {
     match ctx
         .headers
         .get("x-registry-auth")

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod files;
 pub mod images;
 pub mod networks;
+pub mod plugins;
 pub mod stats;
 pub mod system;
 pub mod volumes;
@@ -177,6 +178,10 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::GET, "/networks") => networks::list(&d, &ctx),
         (&Method::POST, "/networks/create") => networks::create(&d, ctx).await,
         (&Method::POST, "/networks/prune") => networks::prune(&d, &ctx).await,
+        (&Method::GET, "/plugins") => plugins::list(&d, &ctx),
+        (&Method::GET, "/plugins/privileges") => plugins::privileges(&d, &ctx).await,
+        (&Method::POST, "/plugins/pull") => plugins::pull(&d, ctx).await,
+        (&Method::POST, "/plugins/create") => plugins::create(&d, ctx).await,
         (&Method::GET, "/volumes") => volumes::list(&d, &ctx),
         (&Method::POST, "/volumes/create") => volumes::create(&d, ctx).await,
         (&Method::POST, "/volumes/prune") => volumes::prune(&d, &ctx).await,
@@ -192,6 +197,10 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             if let Some(rest) = path.strip_prefix("/networks/") {
                 let rest = rest.to_string();
                 return networks::route(&d, ctx, &rest).await;
+            }
+            if let Some(rest) = path.strip_prefix("/plugins/") {
+                let rest = rest.to_string();
+                return plugins::route(&d, ctx, &rest).await;
             }
             if let Some(rest) = path.strip_prefix("/exec/") {
                 let rest = rest.to_string();

@@ -112,6 +112,11 @@ impl Daemon {
     /// A daemon started under `wrapper` (a command that execs berthd keeping its pid,
     /// e.g. `env VAR=…`).
     pub fn start_wrapped(wrapper: &[&str]) -> Daemon {
+        Self::start_wrapped_with(wrapper, &[])
+    }
+
+    /// [`Daemon::start_wrapped`] with berthd arguments.
+    pub fn start_wrapped_with(wrapper: &[&str], args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir_in("/tmp")
@@ -120,7 +125,7 @@ impl Daemon {
             socket: dir.path().join("b.sock"),
             dir,
             child: None,
-            extra_args: Vec::new(),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             counted: false,
             slot: next_slot(),
@@ -1019,5 +1024,79 @@ pub fn http_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+/// A managed plugin as registries hold them (a schema 2 manifest whose config is
+/// `application/vnd.docker.plugin.v1+json`, one gzipped layer of `files`), pushed as
+/// `repo:tag` to the registry on 127.0.0.1:`port`; `config` gets its `rootfs`. The
+/// manifest's digest.
+pub fn push_plugin(
+    port: u16,
+    repo: &str,
+    tag: &str,
+    mut config: serde_json::Value,
+    files: &[(&str, &[u8])],
+) -> String {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        add_file(&mut b, name, 0o755, data);
+    }
+    let layer = b.into_inner().unwrap();
+    let diff = format!("sha256:{}", sha256_hex(&layer));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer).unwrap();
+    let blob = gz.finish().unwrap();
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [diff]});
+    let config = serde_json::to_vec(&config).unwrap();
+    let upload = |data: &[u8]| {
+        let digest = format!("sha256:{}", sha256_hex(data));
+        let (st, head, _) = tcp_request(
+            port,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        );
+        assert_eq!(st, 201, "blob upload: {head}");
+        (digest, data.len())
+    };
+    let (cd, cs) = upload(&config);
+    let (ld, ls) = upload(&blob);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.plugin.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": ld, "size": ls}],
+    });
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let (st, head, _) = tcp_request(
+        port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )],
+        &body,
+    );
+    assert_eq!(st, 201, "manifest upload: {head}");
+    format!("sha256:{}", sha256_hex(&body))
+}
+
+/// A config like the sshfs volume plugin's (host network, a settable mount, a device,
+/// a capability, a settable variable).
+pub fn sshfs_like_plugin_config() -> serde_json::Value {
+    serde_json::json!({
+        "description": "sshFS plugin for Docker",
+        "documentation": "https://docs.docker.com/engine/extend/plugins/",
+        "entrypoint": ["/docker-volume-sshfs"],
+        "network": {"type": "host"},
+        "interface": {"socket": "sshfs.sock", "types": ["docker.volumedriver/1.0"]},
+        "linux": {"capabilities": ["CAP_SYS_ADMIN"], "devices": [{"path": "/dev/fuse"}]},
+        "mounts": [{"name": "state", "source": "/var/lib/docker/plugins/", "destination": "/mnt/state",
+                    "type": "bind", "options": ["rbind"], "settable": ["source"]}],
+        "env": [{"name": "DEBUG", "settable": ["value"], "value": "0"}],
+        "propagatedMount": "/mnt/volumes"
     })
 }
