@@ -928,6 +928,22 @@ fn published_ports_through_iptables() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
+    // the iptables tables iptables-nft makes for berthd's chains go at the end, also when
+    // the test fails, if there were none before
+    struct Tables(String);
+    impl Drop for Tables {
+        fn drop(&mut self) {
+            for t in ["nat", "filter"] {
+                if !self.0.contains(&format!("table ip {t}\n")) {
+                    let _ = std::process::Command::new("nft")
+                        .args(["delete", "table", "ip", t])
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+    let _tables = Tables(tables_before);
     let mut d = Daemon::start_with(&["--firewall-backend", "iptables"]);
     d.import(&busybox_tar(), "bb:latest");
     let chains = format!("BERTH-{}", d.bridge().to_uppercase());
@@ -967,14 +983,6 @@ fn published_ports_through_iptables() {
         .unwrap();
     let all = String::from_utf8_lossy(&all.stdout).into_owned();
     assert!(!all.contains(&chains), "{all}");
-    // the iptables tables iptables-nft made for them, if there were none before
-    for t in ["nat", "filter"] {
-        if !tables_before.contains(&format!("table ip {t}\n")) {
-            let _ = std::process::Command::new("nft")
-                .args(["delete", "table", "ip", t])
-                .status();
-        }
-    }
 }
 
 /// IPv6 on user networks, through both CLIs: a subnet with a range and gateway (or a
