@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${BENCH_RUNS:-5}
+# the tools the harness drives, from Debian's packages when missing
+missing=()
+for t in hyperfine debootstrap skopeo curl; do command -v "$t" >/dev/null || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 cargo build --release --locked -q
 berth=$PWD/target/release/berth
 berthd=$PWD/target/release/berthd
