@@ -7,6 +7,7 @@
 //! change while running (log level, labels, debug).
 
 pub mod build;
+pub mod buildkit;
 pub mod config;
 pub mod containers;
 pub mod error;
@@ -49,6 +50,7 @@ pub struct Daemon {
     pub containers: Arc<containers::Containers>,
     pub events: Arc<events::Events>,
     pub plugins: Arc<plugins::Plugins>,
+    pub buildkit: Arc<buildkit::BuildKit>,
     pub engine_id: String,
     /// the registry client pulls and pushes use, made at the first (its TLS roots and
     /// connection pools cost memory an idle daemon need not hold)
@@ -271,6 +273,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         db,
         events: Arc::new(events::Events::new()),
         plugins: Arc::new(plugins::Plugins::open(&cfg.data_root)?),
+        buildkit: Arc::new(buildkit::BuildKit::open(&cfg.data_root)?),
         warnings,
     });
     tracing::info!(

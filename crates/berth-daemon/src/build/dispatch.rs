@@ -399,10 +399,30 @@ impl Builder {
         }
         self.step += 1;
         let text = ins.original.trim();
+        // the ARGs before the first FROM belong to no stage
+        let stage = if self.meta_ins.contains(ins) {
+            None
+        } else {
+            self.stage_label()
+        };
         self.out
-            .say(format!("Step {}/{} : {text}\n", self.step, self.total))
+            .step(self.step, self.total, stage.as_deref(), text)
             .await;
         Ok(())
+    }
+
+    /// The current stage's name in BuildKit's progress: its `AS` name, or `stage-N`; none
+    /// when the Dockerfile has one stage.
+    fn stage_label(&self) -> Option<String> {
+        if self.stages.len() < 2 {
+            return None;
+        }
+        Some(
+            self.stages[self.current]
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{}", self.current)),
+        )
     }
 
     async fn stage(&mut self, i: usize, last: bool) -> Result<Option<Digest>, Failure> {
@@ -435,10 +455,7 @@ impl Builder {
             (Some(id.clone()), self.config_of(&id)?)
         };
         self.out
-            .say(format!(
-                " ---> {}\n",
-                image.as_ref().map(short).unwrap_or_default()
-            ))
+            .step_done(&image.as_ref().map(short).unwrap_or_default())
             .await;
         let mut st = Stage {
             image,
@@ -523,15 +540,18 @@ impl Builder {
         let reference = Reference::parse_tagged_default(name)
             .map_err(|e| fail(format!("invalid reference format: {name}: {e}")))?;
         let platform = berth_registry::manifest::Platform::host();
-        let creds = berth_registry::auth::AuthConfig::for_domain_from_config_header(
+        let mut creds = berth_registry::auth::AuthConfig::for_domain_from_config_header(
             &self.opts.registry_config,
             reference.domain(),
         )
         .map_err(fail)?;
+        if let (None, Some(s)) = (&creds, &self.opts.session) {
+            creds = crate::buildkit::credentials(&s.0, reference.domain()).await;
+        }
         let plan = crate::pull::plan(&self.d, reference, &platform, creds)
             .await
             .map_err(|e| fail(e.message))?;
-        crate::pull::run(self.d.clone(), plan, self.out.tx.clone())
+        crate::pull::run(self.d.clone(), plan, self.out.pull_sink())
             .await
             .map_err(fail)?;
         Ok(self.d.images.inspect(name).map_err(Failure::from)?.id)
@@ -838,9 +858,7 @@ impl Builder {
         }
         match hit {
             Some(id) => {
-                self.out
-                    .say(format!(" ---> Using cache\n ---> {}\n", short(&id)))
-                    .await;
+                self.out.cache_hit(&short(&id)).await;
                 st.image = Some(id);
                 Ok(true)
             }
@@ -877,7 +895,7 @@ impl Builder {
             .images
             .cache_put(key, &id, desc)
             .map_err(Failure::from)?;
-        self.out.say(format!(" ---> {}\n", short(&id))).await;
+        self.out.step_done(&short(&id)).await;
         st.image = Some(id);
         Ok(())
     }
@@ -1052,7 +1070,7 @@ impl Builder {
         let (c, _) = crate::routes::containers::create_from(&self.d, None, &req)
             .map_err(|e| fail(e.message))?;
         let c_short = c.id[..12].to_string();
-        self.out.say(format!(" ---> Running in {c_short}\n")).await;
+        self.out.note(format!(" ---> Running in {c_short}\n")).await;
         let result = self.run_container(&c).await;
         // failed steps too: a build leaves no container behind unless asked (--rm=false)
         let remove_now = self.opts.rm || self.opts.forcerm;
@@ -1080,7 +1098,7 @@ impl Builder {
                 .await;
             if outcome.is_ok() {
                 self.out
-                    .say(format!("Removing intermediate container {c_short}\n"))
+                    .note(format!("Removing intermediate container {c_short}\n"))
                     .await;
             }
         }
@@ -1101,12 +1119,7 @@ impl Builder {
         loop {
             let running = c.state().status == "running";
             for e in reader.read() {
-                if e.stream == "stderr" {
-                    // dockerd's classic builder shows a step's stderr in red
-                    self.out.say(format!("\x1b[91m{}\x1b[0m", e.log)).await;
-                } else {
-                    self.out.say(&e.log).await;
-                }
+                self.out.run_output(e.stream == "stderr", &e.log).await;
             }
             if !running {
                 break;

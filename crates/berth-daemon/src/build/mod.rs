@@ -22,21 +22,101 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-pub use options::Options;
+pub use options::{Options, SessionAuth};
 
-/// Where the build's messages go: `stream` lines unless quiet, `aux`, errors.
+/// Where the build's messages go: Docker's JSON stream of the classic builder
+/// (`stream` lines unless quiet, `aux`, errors), or a BuildKit build's progress
+/// (vertexes, their logs).
 #[derive(Clone)]
 pub struct Out {
-    tx: mpsc::Sender<Bytes>,
+    sink: Sink,
     quiet: bool,
     /// something was written (an error after that goes into the stream)
     started: Arc<std::sync::atomic::AtomicBool>,
 }
 
+#[derive(Clone)]
+enum Sink {
+    Json(mpsc::Sender<Bytes>),
+    Vertexes(Arc<crate::buildkit::progress::Progress>),
+}
+
 impl Out {
+    pub fn json(tx: mpsc::Sender<Bytes>, quiet: bool) -> Out {
+        Out {
+            sink: Sink::Json(tx),
+            quiet,
+            started: Arc::default(),
+        }
+    }
+
+    pub fn vertexes(p: Arc<crate::buildkit::progress::Progress>) -> Out {
+        Out {
+            sink: Sink::Vertexes(p),
+            quiet: false,
+            started: Arc::default(),
+        }
+    }
+
+    /// A message of the build: a `stream` line, or the current vertex's output.
     pub async fn say(&self, text: impl AsRef<str>) {
-        if !self.quiet {
-            self.raw(&json!({"stream": text.as_ref()})).await;
+        match &self.sink {
+            Sink::Json(_) if !self.quiet => {
+                self.raw(&json!({"stream": text.as_ref()})).await;
+            }
+            Sink::Json(_) => {}
+            Sink::Vertexes(p) => p.log(1, text.as_ref().as_bytes()),
+        }
+    }
+
+    /// A message only the classic builder shows (` ---> Running in …`).
+    pub async fn note(&self, text: impl AsRef<str>) {
+        if let Sink::Json(_) = self.sink {
+            self.say(text).await;
+        }
+    }
+
+    /// A step begins: `Step N/M : INSTRUCTION`, or a new vertex (`stage` names the
+    /// build stage when there are several).
+    pub async fn step(&self, n: usize, total: usize, stage: Option<&str>, text: &str) {
+        match &self.sink {
+            Sink::Json(_) => self.say(format!("Step {n}/{total} : {text}\n")).await,
+            Sink::Vertexes(p) => {
+                p.complete_current(false, None);
+                let prefix = match stage {
+                    Some(s) => format!("{s} {n}/{total}"),
+                    None => format!("{n}/{total}"),
+                };
+                p.start_step(&format!("[{prefix}] {text}"));
+            }
+        }
+    }
+
+    /// The step was a cache hit, giving `image`.
+    pub async fn cache_hit(&self, image: &str) {
+        match &self.sink {
+            Sink::Json(_) => {
+                self.say(format!(" ---> Using cache\n ---> {image}\n"))
+                    .await
+            }
+            Sink::Vertexes(p) => p.complete_current(true, None),
+        }
+    }
+
+    /// The step is done, giving `image`.
+    pub async fn step_done(&self, image: &str) {
+        match &self.sink {
+            Sink::Json(_) => self.say(format!(" ---> {image}\n")).await,
+            Sink::Vertexes(p) => p.complete_current(false, None),
+        }
+    }
+
+    /// Output of a RUN step (stderr shown in red by the classic builder, as dockerd).
+    pub async fn run_output(&self, stderr: bool, text: &str) {
+        match &self.sink {
+            Sink::Json(_) if stderr => self.say(format!("\x1b[91m{text}\x1b[0m")).await,
+            Sink::Json(_) => self.say(text).await,
+            Sink::Vertexes(p) => p.log(if stderr { 2 } else { 1 }, text.as_bytes()),
         }
     }
 
@@ -44,19 +124,41 @@ impl Out {
         self.started.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The client went away (the response was dropped).
+    /// The client went away (the response was dropped, or the build was canceled).
     pub fn gone(&self) -> bool {
-        self.tx.is_closed()
+        match &self.sink {
+            Sink::Json(tx) => tx.is_closed(),
+            Sink::Vertexes(p) => p.is_cancelled(),
+        }
     }
 
     pub async fn closed(&self) {
-        self.tx.closed().await
+        match &self.sink {
+            Sink::Json(tx) => tx.closed().await,
+            Sink::Vertexes(p) => p.cancelled().await,
+        }
     }
 
+    /// A JSON message (classic builder only).
     pub async fn raw(&self, v: &Value) {
         self.started
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.tx.send(json_line(v)).await;
+        if let Sink::Json(tx) = &self.sink {
+            let _ = tx.send(json_line(v)).await;
+        }
+    }
+
+    /// Where a pull's JSON progress goes: the classic stream, or nowhere (a BuildKit
+    /// build shows the FROM step instead).
+    pub fn pull_sink(&self) -> mpsc::Sender<Bytes> {
+        match &self.sink {
+            Sink::Json(tx) => tx.clone(),
+            Sink::Vertexes(_) => {
+                let (tx, mut rx) = mpsc::channel(16);
+                tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                tx
+            }
+        }
     }
 }
 
@@ -81,11 +183,7 @@ pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let opts = Options::parse(&ctx.query, &ctx.headers)?;
     let (tx, rx) = mpsc::channel(16);
     let (early_tx, early) = tokio::sync::oneshot::channel();
-    let out = Out {
-        tx,
-        quiet: opts.quiet,
-        started: Arc::default(),
-    };
+    let out = Out::json(tx, opts.quiet);
     let reader = body_reader(ctx.body);
     let d = d.clone();
     tokio::spawn(async move {
@@ -162,6 +260,22 @@ async fn run(
     Ok(())
 }
 
+/// A builder of `file` over `context` (the BuildKit frontend's way in).
+pub(crate) fn dispatch_builder(
+    d: &Arc<Daemon>,
+    opts: Options,
+    context: source::Context,
+    out: Out,
+    file: berth_build::parser::Dockerfile,
+) -> Result<dispatch::Builder, String> {
+    dispatch::Builder::new(d.clone(), opts, Arc::new(context), out, file).map_err(|f| f.message)
+}
+
+/// A read-only view of image `id`'s filesystem (gone when dropped).
+pub(crate) fn view_of(d: &Daemon, id: &berth_image::digest::Digest) -> std::io::Result<view::View> {
+    view::View::open(d, Some(id))
+}
+
 /// The label on a RUN step's container that the build removes when the step ends.
 pub const STEP_LABEL: &str = "com.berth.build.step";
 
@@ -183,7 +297,7 @@ pub async fn remove_leftover_steps(d: &Arc<Daemon>) {
 pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     ctx.query.bool("all")?;
     let d2 = d.clone();
-    let (ids, reclaimed) = tokio::task::spawn_blocking(move || cache_prune(&d2))
+    let (ids, reclaimed) = tokio::task::spawn_blocking(move || prune_cache(&d2))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(crate::http::ok_json(
@@ -191,7 +305,9 @@ pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     ))
 }
 
-fn cache_prune(d: &Daemon) -> Result<(Vec<String>, i64), ApiError> {
+/// Forgets every cached step (and the client directories BuildKit builds kept) and
+/// removes the images only the cache held.
+pub(crate) fn prune_cache(d: &Daemon) -> Result<(Vec<String>, i64), ApiError> {
     let rows =
         d.db.cache_rows()
             .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -222,7 +338,9 @@ fn cache_prune(d: &Daemon) -> Result<(Vec<String>, i64), ApiError> {
         }
     }
     let after = d.images.layers_size()?;
-    Ok((deleted, (before - after).max(0)))
+    let (locals, local_bytes) = d.buildkit.locals.prune();
+    deleted.extend(locals);
+    Ok((deleted, (before - after).max(0) + local_bytes as i64))
 }
 
 /// The build cache as `system df` lists it: one record per cached step.

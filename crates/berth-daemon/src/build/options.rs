@@ -30,6 +30,18 @@ pub struct Options {
     pub platform: String,
     /// `X-Registry-Config`: credentials for pulling base images, by registry
     pub registry_config: String,
+    /// a BuildKit build: the client's session answers for registry credentials
+    pub session: Option<SessionAuth>,
+}
+
+/// The session of a BuildKit client, for the credentials of base images' registries.
+#[derive(Clone)]
+pub struct SessionAuth(pub berth_buildkit::session::SessionClient);
+
+impl std::fmt::Debug for SessionAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionAuth")
+    }
 }
 
 fn json_param<T: serde::de::DeserializeOwned + Default>(q: &Query, k: &str) -> Result<T, ApiError> {
@@ -130,6 +142,7 @@ impl Options {
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or_default()
                 .to_string(),
+            session: None,
         })
     }
 }

@@ -116,10 +116,18 @@ pub fn matches(src: &dyn Source, pattern: &str) -> Vec<String> {
     found
 }
 
-/// The build context: entries by clean relative path, their data in a spill file.
+/// The build context: entries by clean relative path, their data in a spill file (a
+/// context received as a tar) or in a directory (one a BuildKit client synced).
 pub struct Context {
     entries: BTreeMap<String, (Meta, u64)>,
-    data: File,
+    data: Data,
+}
+
+enum Data {
+    /// file contents at the entries' offsets
+    Spill(File),
+    /// the directory the entries are in
+    Dir(rustix::fd::OwnedFd),
 }
 
 /// The first tar block's checksum holds, or the block is the zero end-of-archive block.
@@ -231,9 +239,58 @@ impl Context {
             entries.insert(path, (meta, offset - size));
         }
         data.flush().map_err(bad)?;
-        let mut ctx = Context { entries, data };
+        let mut ctx = Context {
+            entries,
+            data: Data::Spill(data),
+        };
         ctx.apply_ignore(keep)?;
         Ok(ctx)
+    }
+
+    /// The tree under `root` as a context (what the client sent is what there is: its
+    /// `.dockerignore` was applied on its side). Symlinks are entries, never followed.
+    pub fn from_dir(root: &Path) -> io::Result<Context> {
+        let fd = rustix::fs::open(
+            root,
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let mut entries = BTreeMap::new();
+        let mut todo = vec![String::new()];
+        while let Some(dir) = todo.pop() {
+            for e in std::fs::read_dir(root.join(&dir))? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = join(&dir, &name);
+                let md = e.metadata()?;
+                let ft = md.file_type();
+                let kind = if ft.is_dir() {
+                    todo.push(path.clone());
+                    Kind::Dir
+                } else if ft.is_symlink() {
+                    Kind::Symlink(std::fs::read_link(e.path())?.to_string_lossy().into_owned())
+                } else if ft.is_file() {
+                    Kind::File
+                } else {
+                    continue;
+                };
+                let meta = Meta {
+                    size: if kind == Kind::File { md.size() } else { 0 },
+                    kind,
+                    mode: md.mode() & 0o7777,
+                    uid: u64::from(md.uid()),
+                    gid: u64::from(md.gid()),
+                    mtime: md.mtime().max(0) as u64,
+                };
+                entries.insert(path, (meta, 0));
+            }
+        }
+        Ok(Context {
+            entries,
+            data: Data::Dir(fd),
+        })
     }
 
     fn apply_ignore(&mut self, keep: &str) -> Result<(), String> {
@@ -265,12 +322,12 @@ impl Context {
     }
 
     pub fn read_to_string(&self, path: &str) -> Option<String> {
-        let (m, off) = self.entries.get(path)?;
+        let (m, _) = self.entries.get(path)?;
         if m.kind != Kind::File {
             return None;
         }
-        let mut buf = vec![0; m.size as usize];
-        self.data.read_exact_at(&mut buf, *off).ok()?;
+        let mut buf = Vec::with_capacity(m.size as usize);
+        self.open(path).ok()?.read_to_end(&mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf).into_owned())
     }
 
@@ -364,11 +421,26 @@ impl Source for Context {
             .entries
             .get(path)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        Ok(Box::new(SpillReader {
-            file: &self.data,
-            pos: *off,
-            end: off + m.size,
-        }))
+        match &self.data {
+            Data::Spill(file) => Ok(Box::new(SpillReader {
+                file,
+                pos: *off,
+                end: off + m.size,
+            })),
+            // never through a symlink, never out of the directory
+            Data::Dir(dir) => {
+                let fd = rustix::fs::openat2(
+                    dir,
+                    path,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                    rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+                )?;
+                Ok(Box::new(File::from(fd)))
+            }
+        }
     }
 }
 

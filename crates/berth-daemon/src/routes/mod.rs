@@ -2,6 +2,7 @@
 //! what we serve), then dispatches on method and path. Image names may hold `/`, so
 //! `/images/{name}/...` routes match on prefix and suffix rather than path segments.
 
+pub mod buildkit;
 pub mod containers;
 pub mod exec;
 pub mod files;
@@ -175,6 +176,8 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::POST, "/commit") => files::commit(&d, ctx).await,
         (&Method::POST, "/build") => crate::build::build(&d, ctx).await,
         (&Method::POST, "/build/prune") => crate::build::prune(&d, ctx).await,
+        (&Method::POST, "/grpc") => buildkit::grpc(&d, ctx),
+        (&Method::POST, "/session") => buildkit::session(&d, ctx),
         (&Method::GET, "/networks") => networks::list(&d, &ctx),
         (&Method::POST, "/networks/create") => networks::create(&d, ctx).await,
         (&Method::POST, "/networks/prune") => networks::prune(&d, &ctx).await,

@@ -23,7 +23,7 @@ pub fn ping(ctx: &Ctx) -> Resp {
     Response::builder()
         .status(StatusCode::OK)
         .header("API-Version", API_VERSION)
-        .header("Builder-Version", "1")
+        .header("Builder-Version", "2")
         .header("OSType", "linux")
         .header("Docker-Experimental", "false")
         .header(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate")

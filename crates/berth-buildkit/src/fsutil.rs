@@ -1,0 +1,917 @@
+//! fsutil's file transfer ("diffcopy"), both ways.
+//!
+//! The sender walks its tree in lexical order (a directory, then what it holds) and
+//! sends one STAT packet per entry, then an empty STAT. Entries are numbered in that
+//! order; the receiver sends a REQ with the number of each regular file whose contents
+//! it wants, and the sender answers with DATA packets for it ending with an empty one.
+//! When the receiver has what it asked for it sends FIN, and the sender answers FIN.
+//! Either side may send ERR with a message instead. Modes are Go's `os.FileMode` bits
+//! (permissions, and the file type as high bits); times are nanoseconds.
+//!
+//! [`receive`] keeps a directory in step with the sender's tree: an entry whose type,
+//! size, time, mode and owner are those on disk already is not asked for again (so a
+//! second build of the same context moves only what changed), what the sender no longer
+//! has is removed. Every path is checked (relative, clean) and every file is made with
+//! `*at` calls under a parent directory opened without following symlinks, so a sender
+//! cannot write outside the directory through `..` or a symlink it sent.
+
+use crate::{Packet, PacketType, Stat};
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+const GO_DIR: u32 = 1 << 31;
+const GO_SYMLINK: u32 = 1 << 27;
+const GO_DEVICE: u32 = 1 << 26;
+const GO_NAMED_PIPE: u32 = 1 << 25;
+const GO_SOCKET: u32 = 1 << 24;
+const GO_SETUID: u32 = 1 << 23;
+const GO_SETGID: u32 = 1 << 22;
+const GO_CHAR_DEVICE: u32 = 1 << 21;
+const GO_STICKY: u32 = 1 << 20;
+const GO_IRREGULAR: u32 = 1 << 19;
+const GO_TYPE: u32 =
+    GO_DIR | GO_SYMLINK | GO_NAMED_PIPE | GO_SOCKET | GO_DEVICE | GO_CHAR_DEVICE | GO_IRREGULAR;
+
+/// Bytes per DATA packet the sender writes (fsutil's own chunk size).
+const CHUNK: usize = 32 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("error from sender: {0}")]
+    Sender(String),
+    #[error("error from receiver: {0}")]
+    Receiver(String),
+    #[error("invalid path {0:?} in the file transfer")]
+    Path(String),
+    #[error("the file transfer broke off: {0}")]
+    Protocol(String),
+    #[error("{what}: {err}")]
+    Io {
+        what: String,
+        #[source]
+        err: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> FsError {
+    let what = what.into();
+    move |e| FsError::Io {
+        what,
+        err: e.into(),
+    }
+}
+
+fn std_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FsError {
+    let what = what.into();
+    move |err| FsError::Io { what, err }
+}
+
+/// The Unix permission bits (with setuid, setgid, sticky) of a Go mode.
+pub fn unix_perm(go: u32) -> u32 {
+    let mut m = go & 0o777;
+    if go & GO_SETUID != 0 {
+        m |= 0o4000;
+    }
+    if go & GO_SETGID != 0 {
+        m |= 0o2000;
+    }
+    if go & GO_STICKY != 0 {
+        m |= 0o1000;
+    }
+    m
+}
+
+/// The Go mode of a Unix `st_mode`.
+pub fn go_mode(st_mode: u32) -> u32 {
+    let mut m = st_mode & 0o777;
+    if st_mode & 0o4000 != 0 {
+        m |= GO_SETUID;
+    }
+    if st_mode & 0o2000 != 0 {
+        m |= GO_SETGID;
+    }
+    if st_mode & 0o1000 != 0 {
+        m |= GO_STICKY;
+    }
+    m | match st_mode & 0o170000 {
+        0o040000 => GO_DIR,
+        0o120000 => GO_SYMLINK,
+        0o010000 => GO_NAMED_PIPE,
+        0o140000 => GO_SOCKET,
+        0o060000 => GO_DEVICE,
+        0o020000 => GO_DEVICE | GO_CHAR_DEVICE,
+        _ => 0,
+    }
+}
+
+/// What an entry of the transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// devices, fifos, sockets: not kept
+    Other,
+}
+
+pub fn kind_of(go: u32) -> Kind {
+    if go & GO_DIR != 0 {
+        Kind::Dir
+    } else if go & GO_SYMLINK != 0 {
+        Kind::Symlink
+    } else if go & GO_TYPE == 0 {
+        Kind::File
+    } else {
+        Kind::Other
+    }
+}
+
+/// `path` if it is a clean relative path (no empty, `.` or `..` element, no NUL).
+pub fn clean_relative(path: &str) -> Option<&str> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    ok.then_some(path)
+}
+
+fn split_parent(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", path),
+    }
+}
+
+/// What a receive did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// entries the sender listed
+    pub entries: u64,
+    /// files whose contents were sent (the rest were up to date)
+    pub files_sent: u64,
+    /// bytes of file contents received
+    pub bytes: u64,
+}
+
+/// A packet from the other side, or the reason the stream ended.
+pub type Incoming = Result<Packet, String>;
+
+/// Keeps `dest` (a directory that exists) in step with the sender's tree: `incoming`
+/// carries the sender's packets, `outgoing` takes ours. Runs the file work on a blocking
+/// thread; returns once both sides said FIN.
+pub async fn receive(
+    incoming: mpsc::Receiver<Incoming>,
+    outgoing: mpsc::UnboundedSender<Packet>,
+    dest: PathBuf,
+) -> Result<Report, FsError> {
+    tokio::task::spawn_blocking(move || {
+        let mut r = Receiver::open(&dest, outgoing.clone())?;
+        let res = r.run(incoming);
+        if let Err(e) = &res {
+            // the sender gets our reason
+            let _ = outgoing.send(Packet {
+                r#type: PacketType::PacketErr as i32,
+                data: e.to_string().into_bytes(),
+                ..Default::default()
+            });
+        }
+        res
+    })
+    .await
+    .map_err(|e| FsError::Protocol(e.to_string()))?
+}
+
+/// A file being received.
+struct Pending {
+    file: std::fs::File,
+    parent: OwnedFd,
+    name: String,
+    tmp: String,
+    stat: Stat,
+}
+
+struct Receiver {
+    root: OwnedFd,
+    dest: PathBuf,
+    out: mpsc::UnboundedSender<Packet>,
+    pending: HashMap<u32, Pending>,
+    seen: HashSet<String>,
+    dirs: Vec<(String, Stat)>,
+    hardlinks: Vec<(String, String)>,
+    report: Report,
+}
+
+impl Receiver {
+    fn open(dest: &Path, out: mpsc::UnboundedSender<Packet>) -> Result<Self, FsError> {
+        let root = rustix::fs::open(
+            dest,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err(dest.display().to_string()))?;
+        Ok(Receiver {
+            root,
+            dest: dest.to_path_buf(),
+            out,
+            pending: HashMap::new(),
+            seen: HashSet::new(),
+            dirs: Vec::new(),
+            hardlinks: Vec::new(),
+            report: Report::default(),
+        })
+    }
+
+    fn send(&self, p: Packet) -> Result<(), FsError> {
+        self.out
+            .send(p)
+            .map_err(|_| FsError::Protocol("the connection to the sender closed".into()))
+    }
+
+    fn run(&mut self, mut incoming: mpsc::Receiver<Incoming>) -> Result<Report, FsError> {
+        let mut next_id: u32 = 0;
+        let mut listed = false;
+        while !(listed && self.pending.is_empty()) {
+            let p = match incoming.blocking_recv() {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => return Err(FsError::Protocol(e)),
+                None => {
+                    return Err(FsError::Protocol(
+                        "the sender closed the stream before the transfer ended".into(),
+                    ))
+                }
+            };
+            match PacketType::try_from(p.r#type) {
+                Ok(PacketType::PacketErr) => {
+                    return Err(FsError::Sender(
+                        String::from_utf8_lossy(&p.data).into_owned(),
+                    ))
+                }
+                Ok(PacketType::PacketStat) => match p.stat {
+                    Some(st) if !st.path.is_empty() => {
+                        if listed {
+                            return Err(FsError::Protocol(
+                                "a stat after the end of the listing".into(),
+                            ));
+                        }
+                        self.stat(next_id, st)?;
+                        next_id = next_id.wrapping_add(1);
+                    }
+                    _ => listed = true,
+                },
+                Ok(PacketType::PacketData) => self.data(p.id, &p.data)?,
+                _ => {
+                    return Err(FsError::Protocol(format!(
+                        "unexpected packet of type {} from the sender",
+                        p.r#type
+                    )))
+                }
+            }
+        }
+        self.finish()?;
+        self.send(Packet {
+            r#type: PacketType::PacketFin as i32,
+            ..Default::default()
+        })?;
+        // the sender's FIN, or the end of its stream
+        loop {
+            match incoming.blocking_recv() {
+                Some(Ok(p)) if p.r#type == PacketType::PacketFin as i32 => break,
+                Some(Ok(p)) if p.r#type == PacketType::PacketErr as i32 => {
+                    return Err(FsError::Sender(
+                        String::from_utf8_lossy(&p.data).into_owned(),
+                    ))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        Ok(std::mem::take(&mut self.report))
+    }
+
+    /// The parent directory of `path`, opened without following any symlink.
+    fn parent(&self, path: &str) -> Result<OwnedFd, FsError> {
+        let (parent, _) = split_parent(path);
+        let p = if parent.is_empty() { "." } else { parent };
+        rustix::fs::openat2(
+            &self.root,
+            p,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|_| FsError::Path(path.to_string()))
+    }
+
+    fn stat(&mut self, id: u32, st: Stat) -> Result<(), FsError> {
+        let path = clean_relative(&st.path)
+            .ok_or_else(|| FsError::Path(st.path.clone()))?
+            .to_string();
+        self.report.entries += 1;
+        let kind = kind_of(st.mode);
+        if kind == Kind::Other {
+            return Ok(());
+        }
+        let parent = self.parent(&path)?;
+        let (_, name) = split_parent(&path);
+        let name = name.to_string();
+        let have = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok();
+        let have_kind = have.as_ref().map(|h| kind_of(go_mode(h.st_mode)));
+        self.seen.insert(path.clone());
+        match kind {
+            Kind::Dir => {
+                if have_kind != Some(Kind::Dir) {
+                    if have.is_some() {
+                        remove_at(&parent, &name)?;
+                    }
+                    rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700))
+                        .map_err(io_err(format!("making {path}")))?;
+                }
+                self.dirs.push((path, st));
+            }
+            Kind::Symlink => {
+                let same = have_kind == Some(Kind::Symlink)
+                    && rustix::fs::readlinkat(&parent, name.as_str(), Vec::new())
+                        .is_ok_and(|t| t.to_bytes() == st.linkname.as_bytes());
+                if !same {
+                    if have.is_some() {
+                        remove_at(&parent, &name)?;
+                    }
+                    rustix::fs::symlinkat(st.linkname.as_str(), &parent, name.as_str())
+                        .map_err(io_err(format!("making the symlink {path}")))?;
+                }
+                set_owner_and_time(&parent, &name, &st, true)?;
+            }
+            Kind::File if !st.linkname.is_empty() => {
+                let target = clean_relative(&st.linkname)
+                    .ok_or_else(|| FsError::Path(st.linkname.clone()))?;
+                self.hardlinks.push((path, target.to_string()));
+            }
+            Kind::File => {
+                let current = have.as_ref().is_some_and(|h| {
+                    have_kind == Some(Kind::File)
+                        && h.st_size == st.size
+                        && h.st_mtime * 1_000_000_000 + h.st_mtime_nsec as i64 == st.mod_time
+                        && h.st_mode & 0o7777 == unix_perm(st.mode)
+                        && h.st_uid == st.uid
+                        && h.st_gid == st.gid
+                });
+                if current {
+                    return Ok(());
+                }
+                let tmp = format!(".berth-receiving-{id}");
+                let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+                let fd = rustix::fs::openat(
+                    &parent,
+                    tmp.as_str(),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(io_err(format!("writing {path}")))?;
+                self.pending.insert(
+                    id,
+                    Pending {
+                        file: std::fs::File::from(fd),
+                        parent,
+                        name,
+                        tmp,
+                        stat: st,
+                    },
+                );
+                self.send(Packet {
+                    r#type: PacketType::PacketReq as i32,
+                    id,
+                    ..Default::default()
+                })?;
+            }
+            Kind::Other => {}
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, id: u32, data: &[u8]) -> Result<(), FsError> {
+        if !data.is_empty() {
+            let p = self.pending.get_mut(&id).ok_or_else(|| {
+                FsError::Protocol(format!("data for a file not asked for ({id})"))
+            })?;
+            self.report.bytes += data.len() as u64;
+            return p
+                .file
+                .write_all(data)
+                .map_err(std_err(format!("writing {}", p.stat.path)));
+        }
+        let p = self
+            .pending
+            .remove(&id)
+            .ok_or_else(|| FsError::Protocol(format!("data for a file not asked for ({id})")))?;
+        self.report.files_sent += 1;
+        let what = p.stat.path.clone();
+        rustix::fs::fchown(
+            &p.file,
+            Some(rustix::process::Uid::from_raw(p.stat.uid)),
+            Some(rustix::process::Gid::from_raw(p.stat.gid)),
+        )
+        .map_err(io_err(format!("owning {what}")))?;
+        rustix::fs::fchmod(&p.file, Mode::from_raw_mode(unix_perm(p.stat.mode)))
+            .map_err(io_err(format!("mode of {what}")))?;
+        let t = nanos(p.stat.mod_time);
+        rustix::fs::futimens(
+            &p.file,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+        )
+        .map_err(io_err(format!("times of {what}")))?;
+        drop(p.file);
+        if let Ok(h) = rustix::fs::statat(&p.parent, p.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if kind_of(go_mode(h.st_mode)) == Kind::Dir {
+                remove_at(&p.parent, &p.name)?;
+            }
+        }
+        rustix::fs::renameat(&p.parent, p.tmp.as_str(), &p.parent, p.name.as_str())
+            .map_err(io_err(format!("placing {what}")))
+    }
+
+    /// Hardlinks, directories' own metadata (last, as their contents changed their
+    /// times), and the removal of what the sender no longer has.
+    fn finish(&mut self) -> Result<(), FsError> {
+        for (path, target) in std::mem::take(&mut self.hardlinks) {
+            let parent = self.parent(&path)?;
+            let (_, name) = split_parent(&path);
+            let tparent = self.parent(&target)?;
+            let (_, tname) = split_parent(&target);
+            if rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                remove_at(&parent, name)?;
+            }
+            rustix::fs::linkat(&tparent, tname, &parent, name, AtFlags::empty())
+                .map_err(io_err(format!("linking {path} to {target}")))?;
+        }
+        for (path, st) in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let dir = rustix::fs::openat2(
+                &self.root,
+                path.as_str(),
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(|_| FsError::Path(path.clone()))?;
+            rustix::fs::fchown(
+                &dir,
+                Some(rustix::process::Uid::from_raw(st.uid)),
+                Some(rustix::process::Gid::from_raw(st.gid)),
+            )
+            .map_err(io_err(format!("owning {path}")))?;
+            rustix::fs::fchmod(&dir, Mode::from_raw_mode(unix_perm(st.mode)))
+                .map_err(io_err(format!("mode of {path}")))?;
+            let t = nanos(st.mod_time);
+            rustix::fs::futimens(
+                &dir,
+                &Timestamps {
+                    last_access: t,
+                    last_modification: t,
+                },
+            )
+            .map_err(io_err(format!("times of {path}")))?;
+        }
+        self.prune(&self.dest.clone(), "")
+    }
+
+    fn prune(&self, dir: &Path, rel: &str) -> Result<(), FsError> {
+        let rd = std::fs::read_dir(dir).map_err(std_err(format!("reading {}", dir.display())))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = e.file_type().map_err(std_err(path.clone()))?;
+            if !self.seen.contains(&path) {
+                let r = if ft.is_dir() {
+                    std::fs::remove_dir_all(e.path())
+                } else {
+                    std::fs::remove_file(e.path())
+                };
+                r.map_err(std_err(format!("removing {path}")))?;
+            } else if ft.is_dir() {
+                self.prune(&e.path(), &path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn nanos(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+fn set_owner_and_time(
+    parent: &OwnedFd,
+    name: &str,
+    st: &Stat,
+    nofollow: bool,
+) -> Result<(), FsError> {
+    let flags = if nofollow {
+        AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::empty()
+    };
+    rustix::fs::chownat(
+        parent,
+        name,
+        Some(rustix::process::Uid::from_raw(st.uid)),
+        Some(rustix::process::Gid::from_raw(st.gid)),
+        flags,
+    )
+    .map_err(io_err(format!("owning {}", st.path)))?;
+    let t = nanos(st.mod_time);
+    rustix::fs::utimensat(
+        parent,
+        name,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        flags,
+    )
+    .map_err(io_err(format!("times of {}", st.path)))
+}
+
+/// Removes `name` under `parent`, a whole directory tree if it is one (never following
+/// symlinks).
+fn remove_at(parent: &OwnedFd, name: &str) -> Result<(), FsError> {
+    let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(io_err(format!("removing {name}")))?;
+    if kind_of(go_mode(st.st_mode)) == Kind::Dir {
+        let dir = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(io_err(format!("removing {name}")))?;
+        let mut names = Vec::new();
+        let it = rustix::fs::Dir::read_from(&dir).map_err(io_err(format!("removing {name}")))?;
+        for e in it {
+            let e = e.map_err(io_err(format!("removing {name}")))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n != "." && n != ".." {
+                names.push(n);
+            }
+        }
+        for n in names {
+            remove_at(&dir, &n)?;
+        }
+        rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+            .map_err(io_err(format!("removing {name}")))
+    } else {
+        rustix::fs::unlinkat(parent, name, AtFlags::empty())
+            .map_err(io_err(format!("removing {name}")))
+    }
+}
+
+/// One entry the sender lists.
+#[derive(Debug, Clone)]
+struct Listed {
+    rel: String,
+    stat: Stat,
+}
+
+/// Sends the tree under `root` (what `keep` says yes to: a relative path and whether it
+/// is a directory) with fsutil's protocol: `incoming` carries the receiver's packets,
+/// `outgoing` takes ours. Returns once the receiver said FIN.
+pub async fn send(
+    root: PathBuf,
+    keep: impl Fn(&str, bool) -> bool + Send + 'static,
+    mut incoming: mpsc::Receiver<Incoming>,
+    outgoing: mpsc::Sender<Packet>,
+) -> Result<(), FsError> {
+    let listing = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, "", &keep, &mut out)?;
+            Ok::<_, FsError>(out)
+        })
+        .await
+        .map_err(|e| FsError::Protocol(e.to_string()))??
+    };
+    let files: HashMap<u32, String> = listing
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| kind_of(l.stat.mode) == Kind::File && l.stat.linkname.is_empty())
+        .map(|(i, l)| (i as u32, l.rel.clone()))
+        .collect();
+    // the listing goes while requests are answered: a receiver may ask before the end
+    let stats_out = outgoing.clone();
+    let stats = tokio::spawn(async move {
+        for l in listing {
+            if stats_out
+                .send(Packet {
+                    r#type: PacketType::PacketStat as i32,
+                    stat: Some(l.stat),
+                    ..Default::default()
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = stats_out
+            .send(Packet {
+                r#type: PacketType::PacketStat as i32,
+                ..Default::default()
+            })
+            .await;
+    });
+    let result = loop {
+        let p = match incoming.recv().await {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => break Err(FsError::Protocol(e)),
+            None => break Err(FsError::Protocol("the receiver closed the stream".into())),
+        };
+        match PacketType::try_from(p.r#type) {
+            Ok(PacketType::PacketReq) => {
+                let Some(rel) = files.get(&p.id) else {
+                    break Err(FsError::Protocol(format!("invalid file id {}", p.id)));
+                };
+                if let Err(e) = send_file(&root.join(rel), p.id, &outgoing).await {
+                    break Err(e);
+                }
+            }
+            Ok(PacketType::PacketFin) => {
+                let _ = outgoing
+                    .send(Packet {
+                        r#type: PacketType::PacketFin as i32,
+                        ..Default::default()
+                    })
+                    .await;
+                break Ok(());
+            }
+            Ok(PacketType::PacketErr) => {
+                break Err(FsError::Receiver(
+                    String::from_utf8_lossy(&p.data).into_owned(),
+                ))
+            }
+            _ => {}
+        }
+    };
+    stats.abort();
+    result
+}
+
+async fn send_file(path: &Path, id: u32, out: &mpsc::Sender<Packet>) -> Result<(), FsError> {
+    let path = path.to_path_buf();
+    let out = out.clone();
+    tokio::task::spawn_blocking(move || {
+        // a file that went away meanwhile is sent empty, as fsutil does
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(std_err(path.display().to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                let p = Packet {
+                    r#type: PacketType::PacketData as i32,
+                    id,
+                    data: buf[..n].to_vec(),
+                    ..Default::default()
+                };
+                out.blocking_send(p)
+                    .map_err(|_| FsError::Protocol("the receiver went away".into()))?;
+            }
+        }
+        out.blocking_send(Packet {
+            r#type: PacketType::PacketData as i32,
+            id,
+            ..Default::default()
+        })
+        .map_err(|_| FsError::Protocol("the receiver went away".into()))
+    })
+    .await
+    .map_err(|e| FsError::Protocol(e.to_string()))?
+}
+
+/// The entries under `dir` (relative `rel`) in fsutil's order, with hardlinks named as
+/// links to their first path.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    keep: &dyn Fn(&str, bool) -> bool,
+    out: &mut Vec<Listed>,
+) -> Result<(), FsError> {
+    walk_inner(dir, rel, keep, out, &mut HashMap::new())
+}
+
+fn walk_inner(
+    dir: &Path,
+    rel: &str,
+    keep: &dyn Fn(&str, bool) -> bool,
+    out: &mut Vec<Listed>,
+    inodes: &mut HashMap<(u64, u64), String>,
+) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(std_err(format!("reading {}", dir.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let p = dir.join(&name);
+        let relp = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let md = std::fs::symlink_metadata(&p).map_err(std_err(relp.clone()))?;
+        let is_dir = md.is_dir();
+        if !keep(&relp, is_dir) {
+            continue;
+        }
+        let mut stat = Stat {
+            path: relp.clone(),
+            mode: go_mode(md.mode()),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: if md.is_file() { md.size() as i64 } else { 0 },
+            mod_time: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ..Default::default()
+        };
+        if md.file_type().is_symlink() {
+            stat.linkname = std::fs::read_link(&p)
+                .map_err(std_err(relp.clone()))?
+                .to_string_lossy()
+                .into_owned();
+        } else if md.is_file() && md.nlink() > 1 {
+            match inodes.get(&(md.dev(), md.ino())) {
+                Some(first) => stat.linkname = first.clone(),
+                None => {
+                    inodes.insert((md.dev(), md.ino()), relp.clone());
+                }
+            }
+        }
+        out.push(Listed {
+            rel: relp.clone(),
+            stat,
+        });
+        if is_dir {
+            walk_inner(&p, &relp, keep, out, inodes)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn modes_both_ways() {
+        for m in [0o100644, 0o040755, 0o120777, 0o104755, 0o041777, 0o020666] {
+            let g = go_mode(m);
+            assert_eq!(unix_perm(g), m & 0o7777, "{m:o}");
+        }
+        assert_eq!(kind_of(go_mode(0o040755)), Kind::Dir);
+        assert_eq!(kind_of(go_mode(0o120777)), Kind::Symlink);
+        assert_eq!(kind_of(go_mode(0o100644)), Kind::File);
+        assert_eq!(kind_of(go_mode(0o020666)), Kind::Other);
+    }
+
+    #[test]
+    fn paths_must_be_clean_and_relative() {
+        for bad in ["", "/etc", "a/../b", "..", "a//b", "./a", "a/", "a\0b"] {
+            assert_eq!(clean_relative(bad), None, "{bad:?}");
+        }
+        assert_eq!(clean_relative("a/b.c"), Some("a/b.c"));
+    }
+
+    /// Sends `src` to `dst` through in-memory channels.
+    async fn sync(src: &Path, dst: &Path) -> Result<Report, FsError> {
+        let (to_recv_tx, to_recv_rx) = mpsc::channel::<Incoming>(16);
+        let (from_recv_tx, mut from_recv_rx) = mpsc::unbounded_channel::<Packet>();
+        let (to_send_tx, to_send_rx) = mpsc::channel::<Incoming>(16);
+        let (from_send_tx, mut from_send_rx) = mpsc::channel::<Packet>(16);
+        tokio::spawn(async move {
+            while let Some(p) = from_recv_rx.recv().await {
+                if to_send_tx.send(Ok(p)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(p) = from_send_rx.recv().await {
+                if to_recv_tx.send(Ok(p)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let sender = tokio::spawn(send(
+            src.to_path_buf(),
+            |_, _| true,
+            to_send_rx,
+            from_send_tx,
+        ));
+        let r = receive(to_recv_rx, from_recv_tx, dst.to_path_buf()).await;
+        let _ = sender.await;
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trees_sync_and_only_changes_cross_again() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let s = src.path();
+        std::fs::create_dir_all(s.join("a/b")).unwrap();
+        std::fs::write(s.join("a/b/f"), "one").unwrap();
+        std::fs::write(s.join("big"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(s.join("gone"), "x").unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", s.join("a/out")).unwrap();
+        std::fs::hard_link(s.join("big"), s.join("big2")).unwrap();
+        let r = sync(s, dst.path()).await.unwrap();
+        assert_eq!(r.files_sent, 3);
+        assert_eq!(r.bytes, 100_004);
+        let d = dst.path();
+        assert_eq!(std::fs::read_to_string(d.join("a/b/f")).unwrap(), "one");
+        assert_eq!(std::fs::read(d.join("big2")).unwrap().len(), 100_000);
+        assert_eq!(
+            std::fs::metadata(d.join("big")).unwrap().ino(),
+            std::fs::metadata(d.join("big2")).unwrap().ino()
+        );
+        assert_eq!(
+            std::fs::read_link(d.join("a/out")).unwrap(),
+            Path::new("../../etc/passwd")
+        );
+        assert_eq!(
+            std::fs::metadata(s.join("a/b/f")).unwrap().mtime_nsec(),
+            std::fs::metadata(d.join("a/b/f")).unwrap().mtime_nsec()
+        );
+        // a second sync after changing one file moves only that file
+        std::fs::write(s.join("a/b/f"), "two!").unwrap();
+        std::fs::remove_file(s.join("gone")).unwrap();
+        let r = sync(s, dst.path()).await.unwrap();
+        assert_eq!((r.files_sent, r.bytes), (1, 4));
+        assert_eq!(std::fs::read_to_string(d.join("a/b/f")).unwrap(), "two!");
+        assert!(!d.join("gone").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_cannot_write_outside() {
+        let dst = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        for listing in [
+            vec![stat("../x", 0o644)],
+            vec![stat("/x", 0o644)],
+            // a symlink to outside, then a file through it
+            vec![
+                Stat {
+                    linkname: outside.path().display().to_string(),
+                    ..stat("l", GO_SYMLINK | 0o777)
+                },
+                stat("l/x", 0o644),
+            ],
+        ] {
+            let (tx, rx) = mpsc::channel::<Incoming>(16);
+            let (out, _keep) = mpsc::unbounded_channel();
+            for st in listing {
+                tx.send(Ok(Packet {
+                    r#type: PacketType::PacketStat as i32,
+                    stat: Some(st),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            }
+            drop(tx);
+            let r = receive(rx, out, dst.path().to_path_buf()).await;
+            assert!(matches!(r, Err(FsError::Path(_))), "{r:?}");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    fn stat(path: &str, mode: u32) -> Stat {
+        Stat {
+            path: path.into(),
+            mode,
+            ..Default::default()
+        }
+    }
+}

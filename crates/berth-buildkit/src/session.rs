@@ -1,0 +1,245 @@
+//! The daemon's side of a BuildKit session: calls to the services the client exposes
+//! (its directories, registry credentials, secrets, ssh agent, health).
+
+use crate::fsutil::{self, FsError, Incoming, Report};
+use crate::pb::grpc::health::v1::{health_client::HealthClient, HealthCheckRequest};
+use crate::pb::moby::buildkit::secrets::v1::{secrets_client::SecretsClient, GetSecretRequest};
+use crate::pb::moby::filesync::v1::{
+    auth_client::AuthClient, file_send_client::FileSendClient, file_sync_client::FileSyncClient,
+    CredentialsRequest,
+};
+use crate::pb::moby::sshforward::v1::{ssh_client::SshClient, BytesMessage};
+use crate::Packet;
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// gRPC method paths a session may expose (its `X-Docker-Expose-Session-Grpc-Method`
+/// headers).
+pub mod methods {
+    pub const DIFF_COPY: &str = "/moby.filesync.v1.FileSync/DiffCopy";
+    pub const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
+    pub const CREDENTIALS: &str = "/moby.filesync.v1.Auth/Credentials";
+    pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
+    pub const FORWARD_AGENT: &str = "/moby.sshforward.v1.SSH/ForwardAgent";
+}
+
+/// What to take of a client's directory.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOpts {
+    /// the directory's name in the session (`context`, `dockerfile`, a named context)
+    pub name: String,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub follow: Vec<String>,
+}
+
+/// A client's session, over the one connection it opened.
+#[derive(Clone)]
+pub struct SessionClient {
+    channel: tonic::transport::Channel,
+}
+
+fn meta(v: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, FsError> {
+    v.parse()
+        .map_err(|_| FsError::Protocol(format!("a pattern that is not ASCII: {v:?}")))
+}
+
+/// Forwards a gRPC stream of packets into `tx` (its end, or its error, last).
+fn pump(
+    mut inbound: tonic::Streaming<Packet>,
+    tx: mpsc::Sender<Incoming>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(p)) => {
+                    if tx.send(Ok(p)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(s) => {
+                    let _ = tx.send(Err(s.message().to_string())).await;
+                    return;
+                }
+            }
+        }
+    })
+}
+
+impl SessionClient {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        SessionClient { channel }
+    }
+
+    /// Brings `dest` in step with the client's directory `o.name` (only what changed
+    /// crosses).
+    pub async fn sync(&self, o: &SyncOpts, dest: PathBuf) -> Result<Report, FsError> {
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Packet>();
+        let mut req = tonic::Request::new(UnboundedReceiverStream::new(out_rx));
+        let md = req.metadata_mut();
+        md.insert("dir-name", meta(&o.name)?);
+        for p in &o.include {
+            md.append("include-patterns", meta(p)?);
+        }
+        for p in &o.exclude {
+            md.append("exclude-patterns", meta(p)?);
+        }
+        for p in &o.follow {
+            md.append("followpaths", meta(p)?);
+        }
+        let resp = FileSyncClient::new(self.channel.clone())
+            .diff_copy(req)
+            .await
+            .map_err(|s| FsError::Sender(s.message().to_string()))?;
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let pump = pump(resp.into_inner(), in_tx);
+        let r = fsutil::receive(in_rx, out_tx, dest).await;
+        pump.abort();
+        r
+    }
+
+    /// Sends the tree under `src` to the client (`--output type=local`).
+    pub async fn send_dir(&self, src: PathBuf) -> Result<(), FsError> {
+        let (out_tx, out_rx) = mpsc::channel::<Packet>(64);
+        let out_stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
+        let resp = FileSendClient::new(self.channel.clone())
+            .diff_copy(tonic::Request::new(out_stream))
+            .await
+            .map_err(|s| FsError::Receiver(s.message().to_string()))?;
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let pump = pump(resp.into_inner(), in_tx);
+        let r = fsutil::send(src, |_, _| true, in_rx, out_tx).await;
+        pump.abort();
+        r
+    }
+
+    /// Sends `data` (read to its end) to the client as a stream of bytes on
+    /// `FileSend/DiffCopy` (`--output type=tar`).
+    pub async fn send_bytes(
+        &self,
+        mut data: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    ) -> Result<(), FsError> {
+        let (tx, rx) = mpsc::channel::<BytesMessage>(16);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                let n = data.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                if tx
+                    .send(BytesMessage {
+                        data: buf[..n].to_vec(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        });
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| FsError::Receiver(e.to_string()))?;
+        let path = http::uri::PathAndQuery::from_static(methods::FILE_SEND);
+        let resp = grpc
+            .streaming::<_, BytesMessage, BytesMessage, _>(
+                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .map_err(|s| FsError::Receiver(s.message().to_string()))?;
+        let mut inbound = resp.into_inner();
+        // the client reads to the end of our stream, then ends its own
+        while let Ok(Some(_)) = inbound.message().await {}
+        reader
+            .await
+            .map_err(|e| FsError::Protocol(e.to_string()))?
+            .map_err(|err| FsError::Io {
+                what: "reading the output".into(),
+                err,
+            })
+    }
+
+    /// The client's credentials for a registry host (empty when it has none).
+    pub async fn credentials(&self, host: &str) -> Result<(String, String), tonic::Status> {
+        let r = AuthClient::new(self.channel.clone())
+            .credentials(CredentialsRequest {
+                host: host.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok((r.username, r.secret))
+    }
+
+    /// A secret's value (`--secret id=…`).
+    pub async fn secret(&self, id: &str) -> Result<Vec<u8>, tonic::Status> {
+        Ok(SecretsClient::new(self.channel.clone())
+            .get_secret(GetSecretRequest {
+                id: id.to_string(),
+                annotations: Default::default(),
+            })
+            .await?
+            .into_inner()
+            .data)
+    }
+
+    /// Whether the client answers (its health service).
+    pub async fn health(&self) -> Result<(), tonic::Status> {
+        HealthClient::new(self.channel.clone())
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// Joins one connection to an ssh agent socket with the client's agent `id`.
+    pub async fn forward_ssh(
+        &self,
+        id: &str,
+        conn: tokio::net::UnixStream,
+    ) -> Result<(), tonic::Status> {
+        let (mut rd, mut wr) = conn.into_split();
+        let (tx, rx) = mpsc::channel::<BytesMessage>(16);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut().insert(
+            "buildkit.ssh.id",
+            id.parse()
+                .map_err(|_| tonic::Status::invalid_argument("an ssh id that is not ASCII"))?,
+        );
+        let up = tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx
+                            .send(BytesMessage {
+                                data: buf[..n].to_vec(),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut inbound = SshClient::new(self.channel.clone())
+            .forward_agent(req)
+            .await?
+            .into_inner();
+        while let Ok(Some(m)) = inbound.message().await {
+            if wr.write_all(&m.data).await.is_err() {
+                break;
+            }
+        }
+        up.abort();
+        Ok(())
+    }
+}

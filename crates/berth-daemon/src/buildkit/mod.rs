@@ -1,0 +1,221 @@
+//! BuildKit's API in berthd, so that the docker CLI's buildx, Compose v2 and other
+//! BuildKit clients build with the daemon itself (their `docker` driver) instead of
+//! starting a BuildKit container.
+//!
+//! A client opens two upgraded connections: `/session` (berthd becomes the gRPC client
+//! of the services the client exposes: its directories, credentials, secrets, ssh
+//! agent) and `/grpc` (berthd serves `moby.buildkit.v1.Control`). `Solve` with the
+//! `dockerfile.v0` frontend runs the Dockerfile on the same engine as `POST /build`
+//! (`frontend`), reporting vertexes to `Status` (`progress`); the synced context is kept
+//! between builds (`locals`). See ARCHITECTURE.md.
+
+mod control;
+mod frontend;
+mod gateway;
+mod history;
+pub mod locals;
+pub mod progress;
+pub mod session;
+
+use berth_registry::auth::AuthConfig;
+use progress::Progress;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub use control::routes;
+
+/// How long a finished build's progress stays for a `Status` call that comes late.
+const KEEP_FINISHED: Duration = Duration::from_secs(60);
+
+/// The BuildKit side of the daemon.
+pub struct BuildKit {
+    pub sessions: Arc<session::Sessions>,
+    builds: Mutex<HashMap<String, Arc<Progress>>>,
+    changed: watch::Sender<u64>,
+    /// builds whose function runs in the client, by reference
+    gateways: Mutex<HashMap<String, Arc<gateway::Gateway>>>,
+    pub locals: locals::Locals,
+    pub history: history::History,
+}
+
+impl BuildKit {
+    pub fn open(data_root: &std::path::Path) -> std::io::Result<BuildKit> {
+        Ok(BuildKit {
+            sessions: Arc::default(),
+            builds: Mutex::default(),
+            changed: watch::Sender::new(0),
+            gateways: Mutex::default(),
+            locals: locals::Locals::open(data_root)?,
+            history: history::History::default(),
+        })
+    }
+
+    fn register(&self, reference: &str, p: Arc<Progress>) {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reference.to_string(), p);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The client-run build `reference`, waiting up to `wait` for its `Solve` to start
+    /// (the client calls the bridge beside it).
+    async fn gateway(&self, reference: &str, wait: Duration) -> Option<Arc<gateway::Gateway>> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(g) = self
+                .gateways
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(reference)
+            {
+                return Some(g.clone());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    fn set_gateway(&self, reference: &str, g: Option<Arc<gateway::Gateway>>) {
+        let mut m = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        match g {
+            Some(g) => {
+                m.insert(reference.to_string(), g);
+                drop(m);
+                self.changed.send_modify(|n| *n += 1);
+            }
+            None => {
+                m.remove(reference);
+            }
+        }
+    }
+
+    /// Forgets a finished build after a while.
+    fn forget_later(self: &Arc<Self>, reference: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(KEEP_FINISHED).await;
+            me.builds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&reference);
+        });
+    }
+
+    /// The build `reference`, waiting up to `wait` for it to start.
+    async fn build(&self, reference: &str, wait: Duration) -> Option<Arc<Progress>> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(p) = self
+                .builds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(reference)
+            {
+                return Some(p.clone());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
+/// A failed RUN as BuildKit words it (`process "…" did not complete successfully: exit
+/// code: N`), so clients show what they show with BuildKit.
+/// (Clients add `failed to solve: ` themselves.)
+pub fn buildkit_words(msg: String) -> String {
+    let mut inner = msg.as_str();
+    while let Some(rest) = inner.strip_prefix("failed to solve: ") {
+        inner = rest;
+    }
+    if let Some(rest) = inner.strip_prefix("The command '") {
+        if let Some((cmd, code)) = rest.rsplit_once("' returned a non-zero code: ") {
+            return format!("process \"{cmd}\" did not complete successfully: exit code: {code}");
+        }
+    }
+    inner.to_string()
+}
+
+/// Whether a `# syntax=` frontend is the built-in Dockerfile frontend (any version of
+/// `docker/dockerfile`, which berthd's frontend stands for).
+pub fn builtin_frontend(name: &str) -> bool {
+    let n = name.trim();
+    let n = n.strip_prefix("docker.io/").unwrap_or(n);
+    let repo = n.split(['@', ':']).next().unwrap_or_default();
+    matches!(
+        repo,
+        "" | "dockerfile.v0" | "docker/dockerfile" | "docker/dockerfile-upstream"
+    )
+}
+
+/// The client's credentials for a registry (`docker.io`'s under Docker Hub's endpoint,
+/// as BuildKit asks for them); none when it has none or does not answer.
+pub async fn credentials(
+    client: &berth_buildkit::session::SessionClient,
+    domain: &str,
+) -> Option<AuthConfig> {
+    let host = if domain == berth_image::reference::DEFAULT_DOMAIN {
+        berth_registry::client::HUB_ENDPOINT
+    } else {
+        domain
+    };
+    let (user, secret) = tokio::time::timeout(Duration::from_secs(30), client.credentials(host))
+        .await
+        .ok()?
+        .ok()?;
+    if secret.is_empty() {
+        return None;
+    }
+    Some(if user.is_empty() {
+        // a token, not a password
+        AuthConfig {
+            identity_token: secret,
+            server_address: host.to_string(),
+            ..Default::default()
+        }
+    } else {
+        AuthConfig {
+            username: user,
+            password: secret,
+            server_address: host.to_string(),
+            ..Default::default()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_frontend_by_its_names() {
+        for ok in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7-labs",
+            "docker.io/docker/dockerfile@sha256:ab",
+            "dockerfile.v0",
+            "",
+        ] {
+            assert!(builtin_frontend(ok), "{ok}");
+        }
+        for no in [
+            "example.com/my/frontend:1",
+            "tonistiigi/dockerfile",
+            "gateway.v0",
+        ] {
+            assert!(!builtin_frontend(no), "{no}");
+        }
+    }
+}
