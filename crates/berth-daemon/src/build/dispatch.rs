@@ -439,7 +439,7 @@ impl Builder {
                 )));
             }
         }
-        check_flags(&def.from)?;
+        check_flags(&def.from, self.opts.session.is_some())?;
         let base = self.base_name(i)?;
         let (image, config) = if base.eq_ignore_ascii_case("scratch") {
             (None, Map::new())
@@ -558,7 +558,7 @@ impl Builder {
     }
 
     async fn dispatch(&mut self, st: &mut Stage, ins: &Instruction) -> Result<(), Failure> {
-        check_flags(ins)?;
+        check_flags(ins, self.opts.session.is_some())?;
         let esc = self.escape;
         let text = ins.text();
         let nop = |s: &str| format!("/bin/sh -c #(nop)  {s}");
@@ -1025,7 +1025,54 @@ impl Builder {
         } else {
             format!("|{} {} {}", arg_env.len(), arg_env.join(" "), cmd.join(" "))
         };
-        let key = self.key(st, &created_by, &self.opts.network_mode.clone());
+        // BuildKit's RUN flags: in the cache key (not the secrets' values)
+        let specs: Vec<super::runmount::Spec> = ins
+            .flags
+            .iter()
+            .filter(|(n, _)| n == "mount")
+            .map(|(_, v)| super::runmount::parse(v.as_deref().unwrap_or_default()))
+            .collect::<Result<_, _>>()?;
+        let network = match ins.flag("network") {
+            None | Some("default") => self.opts.network_mode.clone(),
+            Some("none") => "none".to_string(),
+            Some("host") => {
+                if !self.opts.entitlements.iter().any(|e| e == "network.host") {
+                    return Err(fail(
+                        "network.host is not allowed: the build must be started with --allow network.host",
+                    ));
+                }
+                "host".to_string()
+            }
+            Some(other) => return Err(fail(format!("unsupported network mode {other:?}"))),
+        };
+        let privileged = match ins.flag("security") {
+            None | Some("sandbox") => false,
+            Some("insecure") => {
+                if !self
+                    .opts
+                    .entitlements
+                    .iter()
+                    .any(|e| e == "security.insecure")
+                {
+                    return Err(fail(
+                        "security.insecure is not allowed: the build must be started with --allow security.insecure",
+                    ));
+                }
+                true
+            }
+            Some(other) => return Err(fail(format!("unsupported security mode {other:?}"))),
+        };
+        let flags_text: Vec<String> = ins
+            .flags
+            .iter()
+            .filter(|(n, _)| matches!(n.as_str(), "mount" | "network" | "security"))
+            .map(|(n, v)| format!("--{n}={}", v.as_deref().unwrap_or_default()))
+            .collect();
+        let key = self.key(
+            st,
+            &created_by,
+            &format!("{network}{}", flags_text.join(" ")),
+        );
         if self.cached(st, &key, &created_by).await? {
             return Ok(());
         }
@@ -1042,10 +1089,46 @@ impl Builder {
                 env.push(format!("{p}={v}"));
             }
         }
+        // --mount: what the step sees beside its image, for its time only
+        let mut from_views = Vec::new();
+        let mut froms = Vec::new();
+        for sp in &specs {
+            if sp.from.is_empty() {
+                froms.push(None);
+                continue;
+            }
+            let id = match self
+                .stage_index(&sp.from, self.current)
+                .and_then(|j| self.built[j].clone())
+            {
+                Some(img) => img,
+                None => Some(self.base_image(&sp.from).await?),
+            };
+            let v = self.view(id.as_ref())?;
+            froms.push(Some(v.tree.root.clone()));
+            from_views.push(v);
+        }
+        let prepared = if specs.is_empty() {
+            super::runmount::Prepared::default()
+        } else {
+            let parent_view = self.view(Some(&parent))?;
+            let tmp = self.d.images.tmp_dir().to_path_buf();
+            let env = super::runmount::Env {
+                data_root: &self.d.config.data_root,
+                tmp: &tmp,
+                session: self.opts.session.as_ref(),
+                parent: &parent_view.tree,
+                context_dir: self.opts.context_dir.as_deref(),
+            };
+            super::runmount::prepare(&env, &specs, &froms).await?
+        };
+        env.extend(prepared.env.iter().cloned());
         let mut hc = json!({
-            "NetworkMode": self.opts.network_mode,
+            "NetworkMode": network,
             "LogConfig": {"Type": "json-file", "Config": {}},
             "ExtraHosts": self.opts.extra_hosts,
+            "Mounts": prepared.mounts,
+            "Privileged": privileged,
         });
         for (k, v) in &self.opts.resources {
             hc[k] = v.clone();
@@ -1072,6 +1155,9 @@ impl Builder {
         let c_short = c.id[..12].to_string();
         self.out.note(format!(" ---> Running in {c_short}\n")).await;
         let result = self.run_container(&c).await;
+        // mount points the runtime made are not the step's changes
+        super::runmount::remove_stubs(&self.d.containers.dir(&c).join("upper"), &prepared.stubs);
+        drop(from_views);
         // failed steps too: a build leaves no container behind unless asked (--rm=false)
         let remove_now = self.opts.rm || self.opts.forcerm;
         let outcome = match result {
@@ -1102,6 +1188,7 @@ impl Builder {
                     .await;
             }
         }
+        drop(prepared);
         let id = outcome?;
         self.done(st, id, &key, &created_by).await
     }
@@ -1396,7 +1483,9 @@ impl Builder {
 
 /// The flags each instruction takes in Docker's classic builder (`--link` is accepted and
 /// changes nothing here: every COPY writes a layer of its own).
-fn check_flags(ins: &Instruction) -> Result<(), Failure> {
+/// Refuses flags the instruction does not take (`RUN --mount`, `--network` and
+/// `--security` only in BuildKit builds).
+fn check_flags(ins: &Instruction, buildkit: bool) -> Result<(), Failure> {
     let allowed: &[&str] = match ins.cmd.as_str() {
         "COPY" => &["from", "chown", "chmod", "link"],
         "ADD" => &["chown", "chmod", "link", "checksum"],
@@ -1412,6 +1501,10 @@ fn check_flags(ins: &Instruction) -> Result<(), Failure> {
     };
     for (name, _) in &ins.flags {
         if allowed.contains(&name.as_str()) {
+            continue;
+        }
+        if ins.cmd == "RUN" && matches!(name.as_str(), "mount" | "network" | "security") && buildkit
+        {
             continue;
         }
         if ins.cmd == "RUN" && matches!(name.as_str(), "mount" | "network" | "security") {

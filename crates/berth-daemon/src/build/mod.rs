@@ -10,6 +10,7 @@
 
 mod dispatch;
 mod options;
+mod runmount;
 pub mod source;
 mod view;
 
@@ -340,7 +341,11 @@ pub(crate) fn prune_cache(d: &Daemon) -> Result<(Vec<String>, i64), ApiError> {
     let after = d.images.layers_size()?;
     let (locals, local_bytes) = d.buildkit.locals.prune();
     deleted.extend(locals);
-    Ok((deleted, (before - after).max(0) + local_bytes as i64))
+    let mount_bytes = runmount::prune_cache_mounts(&d.config.data_root);
+    Ok((
+        deleted,
+        (before - after).max(0) + (local_bytes + mount_bytes) as i64,
+    ))
 }
 
 /// The build cache as `system df` lists it: one record per cached step.

@@ -30,13 +30,17 @@ pub struct Options {
     pub platform: String,
     /// `X-Registry-Config`: credentials for pulling base images, by registry
     pub registry_config: String,
-    /// a BuildKit build: the client's session answers for registry credentials
+    /// a BuildKit build: the client's session (registry credentials, secrets, ssh)
     pub session: Option<SessionAuth>,
+    /// a BuildKit build: what the client allowed (`network.host`, `security.insecure`)
+    pub entitlements: Vec<String>,
+    /// a BuildKit build: its synced context directory (for `RUN --mount=type=bind`)
+    pub context_dir: Option<std::path::PathBuf>,
 }
 
-/// The session of a BuildKit client, for the credentials of base images' registries.
+/// The session of a BuildKit client (and the gRPC methods it serves).
 #[derive(Clone)]
-pub struct SessionAuth(pub berth_buildkit::session::SessionClient);
+pub struct SessionAuth(pub berth_buildkit::session::SessionClient, pub Vec<String>);
 
 impl std::fmt::Debug for SessionAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,6 +147,8 @@ impl Options {
                 .unwrap_or_default()
                 .to_string(),
             session: None,
+            entitlements: Vec::new(),
+            context_dir: None,
         })
     }
 }

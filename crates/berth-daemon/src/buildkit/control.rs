@@ -347,7 +347,8 @@ async fn solve(
     p: Arc<Progress>,
 ) -> Result<HashMap<String, String>, String> {
     let id = if req.frontend.is_empty() {
-        let (g, returned) = super::gateway::Gateway::new(session.clone(), p.clone());
+        let (g, returned) =
+            super::gateway::Gateway::new(session.clone(), p.clone(), req.entitlements.clone());
         d.buildkit.set_gateway(reference, Some(g));
         let r = tokio::select! {
             r = returned => r.unwrap_or_else(|_| Err("the build's client returned nothing".into())),
@@ -360,7 +361,7 @@ async fn solve(
             None => return Ok(HashMap::new()),
         }
     } else {
-        super::frontend::build(d, &req.frontend_attrs, &session, &p).await?
+        super::frontend::build(d, &req.frontend_attrs, &req.entitlements, &session, &p).await?
     };
     super::frontend::export(d, req, &session, &p, &id).await
 }

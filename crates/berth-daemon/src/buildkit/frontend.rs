@@ -135,6 +135,7 @@ fn read_synced(dir: &Path, name: &str) -> Option<String> {
 pub async fn build(
     d: &Arc<Daemon>,
     frontend_attrs: &HashMap<String, String>,
+    entitlements: &[String],
     session: &Session,
     p: &Arc<Progress>,
 ) -> Result<Digest, String> {
@@ -238,7 +239,12 @@ pub async fn build(
         p.log(2, format!("[WARNING]: {w}\n").as_bytes());
     }
     let mut opts = opts;
-    opts.session = Some(crate::build::SessionAuth(session.client.clone()));
+    opts.session = Some(crate::build::SessionAuth(
+        session.client.clone(),
+        session.methods.clone(),
+    ));
+    opts.entitlements = entitlements.to_vec();
+    opts.context_dir = Some(local.path().to_path_buf());
     let mut b = crate::build::dispatch_builder(d, opts, context, out, file)?;
     // the context stays locked while steps read it
     let id = b.run().await.map_err(|f| f.message)?;

@@ -32,6 +32,8 @@ pub type Returned = Result<Option<Digest>, String>;
 pub struct Gateway {
     pub session: Arc<Session>,
     pub progress: Arc<Progress>,
+    /// what the client allowed (`Control.Solve`'s entitlements)
+    pub entitlements: Vec<String>,
     returned: Mutex<Option<oneshot::Sender<Returned>>>,
 }
 
@@ -39,12 +41,14 @@ impl Gateway {
     pub fn new(
         session: Arc<Session>,
         progress: Arc<Progress>,
+        entitlements: Vec<String>,
     ) -> (Arc<Gateway>, oneshot::Receiver<Returned>) {
         let (tx, rx) = oneshot::channel();
         (
             Arc::new(Gateway {
                 session,
                 progress,
+                entitlements,
                 returned: Mutex::new(Some(tx)),
             }),
             rx,
@@ -257,9 +261,15 @@ impl LlbBridge for Bridge {
                 "build contexts given as LLB (frontend inputs) are not supported by berthd yet",
             ));
         }
-        let id = super::frontend::build(&self.d, &r.frontend_opt, &g.session, &g.progress)
-            .await
-            .map_err(|e| Status::unknown(super::buildkit_words(e)))?;
+        let id = super::frontend::build(
+            &self.d,
+            &r.frontend_opt,
+            &g.entitlements,
+            &g.session,
+            &g.progress,
+        )
+        .await
+        .map_err(|e| Status::unknown(super::buildkit_words(e)))?;
         let mut metadata = HashMap::new();
         metadata.insert("containerimage.config".to_string(), self.config_of(&id)?);
         Ok(Response::new(SolveResponse {

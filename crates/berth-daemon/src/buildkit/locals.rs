@@ -157,7 +157,7 @@ fn remove_unlocked(dir: &Path) -> Option<u64> {
 }
 
 /// Bytes of the regular files under `p`.
-fn du(p: &Path) -> u64 {
+pub fn du(p: &Path) -> u64 {
     let mut total = 0;
     let mut todo = vec![p.to_path_buf()];
     while let Some(d) = todo.pop() {
