@@ -19,7 +19,8 @@ fn ping_and_versions() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "OK");
         assert_eq!(r.header("API-Version"), Some("1.50"));
-        assert_eq!(r.header("Builder-Version"), Some("1"));
+        // BuildKit's API is served (/grpc, /session)
+        assert_eq!(r.header("Builder-Version"), Some("2"));
         assert_eq!(r.header("OSType"), Some("linux"));
         assert!(r.header("Server").unwrap().starts_with("berth/"));
     }

@@ -72,11 +72,14 @@ RUN --mount=type=cache,target=/cache sh -c 'echo x >> /cache/runs; wc -l < /cach
 RUN --mount=type=bind,source=app,target=/mnt cat /mnt/a.txt > /bound
 RUN --mount=type=tmpfs,target=/scratch sh -c 'echo t > /scratch/f && cat /scratch/f > /tmpfs-ok'
 RUN echo "$GREETING" > /greeting
+COPY --parents --exclude=**/*.log app/a.txt src/ /tree/
 FROM base AS final
 LABEL from=client
 "#,
     );
     write(c, "app/a.txt", "alpha\n");
+    write(c, "src/lib/keep.rs", "kept\n");
+    write(c, "src/lib/noise.log", "left out\n");
     write(c, ".dockerignore", "ignored.txt\n");
     write(c, "ignored.txt", "not sent\n");
     std::os::unix::fs::symlink("/etc/passwd", c.join("app/outside")).unwrap();
@@ -126,6 +129,24 @@ LABEL from=client
     assert!(
         !out.contains("secrets"),
         "mount points stay out of the image: {out}"
+    );
+    // COPY --parents keeps the sources' directories, --exclude leaves patterns out
+    let tree = run_out(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "bk:1",
+            "sh",
+            "-c",
+            "cd /tree && busybox find . | busybox sort",
+        ],
+    );
+    assert_eq!(
+        tree, ".\n./app\n./app/a.txt\n./src\n./src/lib\n./src/lib/keep.rs\n",
+        "{tree}"
     );
     let img = d.get_json("/images/bk:1/json");
     assert_eq!(img["Config"]["Labels"]["from"], "client");
@@ -275,6 +296,21 @@ LABEL from=client
     )
     .await;
     assert!(ext.result.unwrap_err().message().contains("frontend"));
+    let ext = bkclient::solve(
+        &sock,
+        &session,
+        &[("filename", "Ext.Dockerfile")],
+        vec![],
+        &[],
+    )
+    .await;
+    assert!(
+        ext.result
+            .unwrap_err()
+            .message()
+            .contains("example.com/my/frontend:1"),
+        "the syntax line's frontend is named"
+    );
     assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
 }
 

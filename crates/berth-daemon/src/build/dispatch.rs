@@ -1288,6 +1288,24 @@ impl Builder {
                 ),
                 None => None,
             },
+            exclude: {
+                let pats: Vec<&str> = ins
+                    .flags
+                    .iter()
+                    .filter(|(n, _)| n == "exclude")
+                    .filter_map(|(_, v)| v.as_deref())
+                    .collect();
+                (!pats.is_empty())
+                    .then(|| Arc::new(berth_build::ignore::Ignore::parse(&pats.join("\n"))))
+            },
+        };
+        // --parents: the sources keep their directories (relative to the context or the
+        // source image's root)
+        let parents = match ins.flag("parents") {
+            None => false,
+            Some("" | "true") => true,
+            Some("false") => false,
+            Some(v) => return Err(fail(format!("invalid value for --parents: {v}"))),
         };
         // the source image's view, for --from
         let (src_view, src_image) = match &from_flag {
@@ -1395,6 +1413,9 @@ impl Builder {
                 }
             };
             for p in found {
+                if attrs.exclude.as_ref().is_some_and(|ex| ex.excluded(&p)) {
+                    continue;
+                }
                 let kind = match &src_view {
                     None => self.ctx.meta(&p),
                     Some(v) => v.tree.meta(&p),
@@ -1427,7 +1448,9 @@ impl Builder {
                 && matches!(from, From::Context)
                 && kind == Kind::File
                 && is_archive(&self.ctx, &p);
-            let to = if archive || kind == Kind::Dir {
+            let to = if parents && !archive && matches!(from, From::Context | From::Image) {
+                join(&dest, &p)
+            } else if archive || kind == Kind::Dir {
                 dest.clone()
             } else if dest_is_dir {
                 join(&dest, &base)
@@ -1453,6 +1476,11 @@ impl Builder {
             } else {
                 Planned::Copy(from, p, to)
             });
+        }
+        for (n, v) in &ins.flags {
+            if n == "exclude" {
+                extra.push_str(&format!("exclude:{}\n", v.as_deref().unwrap_or_default()));
+            }
         }
         if !ctx_paths.is_empty() {
             let ctx = self.ctx.clone();
@@ -1487,6 +1515,8 @@ impl Builder {
 /// `--security` only in BuildKit builds).
 fn check_flags(ins: &Instruction, buildkit: bool) -> Result<(), Failure> {
     let allowed: &[&str] = match ins.cmd.as_str() {
+        "COPY" if buildkit => &["from", "chown", "chmod", "link", "parents", "exclude"],
+        "ADD" if buildkit => &["chown", "chmod", "link", "checksum", "exclude"],
         "COPY" => &["from", "chown", "chmod", "link"],
         "ADD" => &["chown", "chmod", "link", "checksum"],
         "FROM" => &["platform"],

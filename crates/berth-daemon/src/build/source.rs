@@ -582,6 +582,8 @@ pub struct Attrs {
     pub owner: Option<(u64, u64)>,
     /// `--chmod`
     pub mode: Option<u32>,
+    /// `--exclude`: patterns of paths below a copied directory that stay out
+    pub exclude: Option<std::sync::Arc<Ignore>>,
 }
 
 /// Writes a layer tar: first `dirs` (missing parents, root-owned 0755), then each item
@@ -620,6 +622,23 @@ impl<W: Write> LayerWriter<W> {
     }
 
     pub fn item(&mut self, it: &Item<'_>, attrs: &Attrs) -> io::Result<()> {
+        let root = it.from.clone();
+        self.item_below(it, attrs, &root)
+    }
+
+    /// [`LayerWriter::item`] of an entry found below `root` (what `--exclude` patterns
+    /// are relative to).
+    fn item_below(&mut self, it: &Item<'_>, attrs: &Attrs, root: &str) -> io::Result<()> {
+        if let Some(ex) = &attrs.exclude {
+            let rel = it
+                .from
+                .strip_prefix(root)
+                .unwrap_or(&it.from)
+                .trim_start_matches('/');
+            if !rel.is_empty() && ex.excluded(rel) {
+                return Ok(());
+            }
+        }
         let Some(meta) = it.src.meta(&it.from) else {
             return Ok(());
         };
@@ -635,7 +654,7 @@ impl<W: Write> LayerWriter<W> {
                         from: join(&it.from, &n),
                         to: join(&it.to, &n),
                     };
-                    self.item(&child, attrs)?;
+                    self.item_below(&child, attrs, root)?;
                 }
                 Ok(())
             }

@@ -204,6 +204,15 @@ pub async fn build(
     p.complete(v, false, None);
     let file =
         berth_build::parser::parse(&text).map_err(|e| format!("dockerfile parse error: {e}"))?;
+    if let Some(s) = file
+        .syntax
+        .as_deref()
+        .filter(|s| !super::builtin_frontend(s))
+    {
+        return Err(format!(
+            "the Dockerfile frontend {s} (its `# syntax=` line) is an image: berthd builds with its own frontend only (remove the line or name docker/dockerfile)"
+        ));
+    }
 
     // the context: only what changed since the project's last build crosses
     let v = p.start("[internal] load build context");
