@@ -226,6 +226,101 @@ async fn push_layer(
     Ok(desc)
 }
 
+/// Pushes image `id` (layers, config, manifest) through `session`: the manifest under
+/// `tag`, or by its digest when there is none. The manifest's digest and size.
+pub async fn push_image(
+    d: &Arc<Daemon>,
+    session: &Session,
+    registry: &str,
+    id: &Digest,
+    tag: Option<&str>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(Digest, usize), String> {
+    let img = d.images.get(id).map_err(|e| e.to_string())?;
+    let short = |l: &LayerRow| {
+        l.diff_id
+            .parse::<Digest>()
+            .map(|g| g.hex()[..12].to_string())
+            .unwrap_or_default()
+    };
+    for l in img.layers.iter().rev() {
+        let _ = tx.send(line("Preparing", &short(l))).await;
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        d.config.max_concurrent_uploads.max(1),
+    ));
+    let mut tasks = Vec::new();
+    for l in img.layers.iter().rev() {
+        let (d2, s2, reg, l2, id2, tx2, sem) = (
+            d.clone(),
+            session.clone(),
+            registry.to_string(),
+            l.clone(),
+            short(l),
+            tx.clone(),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await;
+            push_layer(d2, s2, reg, l2, id2, tx2).await
+        }));
+    }
+    let mut descs = Vec::new();
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(desc)) => descs.push(desc),
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    descs.reverse();
+    // the config, then the manifest naming it all
+    let config_digest = Digest::of(&img.raw_config);
+    if session
+        .blob_exists(&config_digest)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        let raw = Bytes::from(img.raw_config.clone());
+        session
+            .upload_blob(&config_digest, raw.len() as u64, || {
+                reqwest::Body::from(raw.clone())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let doc = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::DOCKER_MANIFEST,
+        "config": {
+            "mediaType": manifest::DOCKER_CONFIG,
+            "size": img.raw_config.len(),
+            "digest": config_digest.to_string(),
+        },
+        "layers": descs.iter().map(manifest::Descriptor::to_json).collect::<Vec<_>>(),
+    });
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())?;
+    let size = bytes.len();
+    let digest = Digest::of(&bytes);
+    let reference = tag
+        .map(str::to_string)
+        .unwrap_or_else(|| digest.to_string());
+    session
+        .put_manifest(&reference, manifest::DOCKER_MANIFEST, bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((digest, size))
+}
+
 /// Pushes each of `images` (resolved by [`resolve`]) to its repository.
 pub async fn run(
     d: Arc<Daemon>,
@@ -250,85 +345,8 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let registry = first.domain().to_string();
     for (r, id) in &images {
-        let img = d.images.get(id).map_err(|e| e.to_string())?;
-        let short = |l: &LayerRow| {
-            l.diff_id
-                .parse::<Digest>()
-                .map(|g| g.hex()[..12].to_string())
-                .unwrap_or_default()
-        };
-        for l in img.layers.iter().rev() {
-            let _ = tx.send(line("Preparing", &short(l))).await;
-        }
-        let sem = Arc::new(tokio::sync::Semaphore::new(
-            d.config.max_concurrent_uploads.max(1),
-        ));
-        let mut tasks = Vec::new();
-        for l in img.layers.iter().rev() {
-            let (d2, s2, reg, l2, id2, tx2, sem) = (
-                d.clone(),
-                session.clone(),
-                registry.clone(),
-                l.clone(),
-                short(l),
-                tx.clone(),
-                sem.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await;
-                push_layer(d2, s2, reg, l2, id2, tx2).await
-            }));
-        }
-        let mut descs = Vec::new();
-        let mut failure = None;
-        for t in tasks {
-            match t.await {
-                Ok(Ok(desc)) => descs.push(desc),
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
-                }
-                Err(e) => {
-                    failure.get_or_insert(e.to_string());
-                }
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        descs.reverse();
-        // the config, then the manifest naming it all
-        let config_digest = Digest::of(&img.raw_config);
-        if session
-            .blob_exists(&config_digest)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            let raw = Bytes::from(img.raw_config.clone());
-            session
-                .upload_blob(&config_digest, raw.len() as u64, || {
-                    reqwest::Body::from(raw.clone())
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let doc = json!({
-            "schemaVersion": 2,
-            "mediaType": manifest::DOCKER_MANIFEST,
-            "config": {
-                "mediaType": manifest::DOCKER_CONFIG,
-                "size": img.raw_config.len(),
-                "digest": config_digest.to_string(),
-            },
-            "layers": descs.iter().map(manifest::Descriptor::to_json).collect::<Vec<_>>(),
-        });
-        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())?;
-        let size = bytes.len();
         let tag = r.tag().unwrap_or("latest").to_string();
-        let digest = session
-            .put_manifest(&tag, manifest::DOCKER_MANIFEST, bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (digest, size) = push_image(&d, &session, &registry, id, Some(&tag), &tx).await?;
         if let Ok(dr) = Reference::parse(&format!("{}@{digest}", r.full_name())) {
             let _ = d.images.add_digest_ref(id, &dr);
         }

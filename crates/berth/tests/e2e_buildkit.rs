@@ -629,3 +629,101 @@ CMD ["cat", "/built"]
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_to_and_from_a_registry() {
+    let Some(d) = daemon_with_busybox("cache_to_and_from_a_registry") else {
+        return;
+    };
+    let reg = tempfile::tempdir().unwrap();
+    let (mut registry, port) = berth_registry(reg.path(), &[]);
+    let sock = d.socket.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM bb\nCOPY a.txt /a.txt\nRUN sh -c 'cat /a.txt > /b.txt'\nRUN echo done > /c\n",
+    );
+    write(ctx.path(), "a.txt", "cached content\n");
+    let spec = SessionSpec {
+        dirs: HashMap::from([
+            ("context".to_string(), ctx.path().to_path_buf()),
+            ("dockerfile".to_string(), ctx.path().to_path_buf()),
+        ]),
+        ..Default::default()
+    };
+    let session = bkclient::session(&sock, "cache", spec).await;
+    let cache_ref = format!("127.0.0.1:{port}/cache/app:buildcache");
+    let inline_ref = format!("127.0.0.1:{port}/cache/inline:1");
+    let to = berth_buildkit::control::CacheOptions {
+        exports: vec![
+            bkclient::cache_entry("registry", Some(&cache_ref)),
+            bkclient::cache_entry("inline", None),
+        ],
+        ..Default::default()
+    };
+    let mut push = moby(&inline_ref);
+    push.attrs.insert("push".into(), "true".into());
+    let first = bkclient::solve_cached(
+        &sock,
+        &session,
+        &[("filename", "Dockerfile")],
+        vec![push],
+        &[],
+        Some(to),
+    )
+    .await;
+    assert!(first.result.is_ok(), "{:?}\n{}", first.result, d.log());
+    assert!(
+        first.cached_steps().is_empty(),
+        "{:?}",
+        first.cached_steps()
+    );
+    // nothing of it is left here
+    ok(d.berth(&["rmi", &inline_ref]));
+    ok(d.berth(&["builder", "prune", "-f"]));
+    let built = |name: &str| {
+        d.request("GET", &format!("/images/{name}/json"), None)
+            .status
+    };
+    assert_eq!(built(&inline_ref), 404);
+    for from in [&cache_ref, &inline_ref] {
+        let with = berth_buildkit::control::CacheOptions {
+            imports: vec![bkclient::cache_entry("registry", Some(from))],
+            ..Default::default()
+        };
+        let again = bkclient::solve_cached(
+            &sock,
+            &session,
+            &[("filename", "Dockerfile")],
+            vec![moby("fromcache:1")],
+            &[],
+            Some(with),
+        )
+        .await;
+        assert!(again.result.is_ok(), "{from}: {:?}", again.result);
+        let cached = again.cached_steps();
+        assert!(
+            cached.iter().any(|n| n.contains("RUN echo done")),
+            "{from}: every step from the cache: {cached:?}\n{:?}",
+            again.vertex_names()
+        );
+        assert_eq!(
+            ok(d.berth(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "fromcache:1",
+                "cat",
+                "/b.txt",
+                "/c"
+            ])),
+            "cached content\ndone\n"
+        );
+        ok(d.berth(&["rmi", "fromcache:1"]));
+        ok(d.berth(&["builder", "prune", "-f"]));
+    }
+    let _ = registry.kill();
+    let _ = registry.wait();
+}

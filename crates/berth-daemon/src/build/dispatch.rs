@@ -186,6 +186,8 @@ pub struct Builder {
     /// `--cache-from` images: a step also hits when one of them was built on the same
     /// history and made this step next
     sources: Arc<Vec<berth_image::Image>>,
+    /// each step's cache key and image, in order (what `--cache-to` exports)
+    pub records: Vec<crate::buildkit::cache::Record>,
 }
 
 impl Builder {
@@ -211,6 +213,7 @@ impl Builder {
             current: 0,
             used_args: BTreeSet::new(),
             sources: Arc::new(Vec::new()),
+            records: Vec::new(),
         };
         if file.instructions.is_empty() {
             return Err(fail("the Dockerfile cannot be empty"));
@@ -858,6 +861,11 @@ impl Builder {
         }
         match hit {
             Some(id) => {
+                self.records.push(crate::buildkit::cache::Record {
+                    key: key.to_string(),
+                    image: id.clone(),
+                    description: created_by.to_string(),
+                });
                 self.out.cache_hit(&short(&id)).await;
                 st.image = Some(id);
                 Ok(true)
@@ -895,6 +903,11 @@ impl Builder {
             .images
             .cache_put(key, &id, desc)
             .map_err(Failure::from)?;
+        self.records.push(crate::buildkit::cache::Record {
+            key: key.to_string(),
+            image: id.clone(),
+            description: desc.to_string(),
+        });
         self.out.step_done(&short(&id)).await;
         st.image = Some(id);
         Ok(())

@@ -346,24 +346,40 @@ async fn solve(
     session: Arc<super::session::Session>,
     p: Arc<Progress>,
 ) -> Result<HashMap<String, String>, String> {
-    let id = if req.frontend.is_empty() {
+    let built = if req.frontend.is_empty() {
         let (g, returned) =
             super::gateway::Gateway::new(session.clone(), p.clone(), req.entitlements.clone());
-        d.buildkit.set_gateway(reference, Some(g));
+        d.buildkit.set_gateway(reference, Some(g.clone()));
         let r = tokio::select! {
             r = returned => r.unwrap_or_else(|_| Err("the build's client returned nothing".into())),
             _ = p.cancelled() => Err("the build was canceled".into()),
         };
         d.buildkit.set_gateway(reference, None);
         match r? {
-            Some(id) => id,
+            Some(id) => super::frontend::Built {
+                records: g.take_records(&id),
+                id,
+            },
             // a build without a result (a check, a lint): nothing to export
             None => return Ok(HashMap::new()),
         }
     } else {
-        super::frontend::build(d, &req.frontend_attrs, &req.entitlements, &session, &p).await?
+        let imports = req
+            .cache
+            .as_ref()
+            .map(|c| c.imports.clone())
+            .unwrap_or_default();
+        super::frontend::build(
+            d,
+            &req.frontend_attrs,
+            &req.entitlements,
+            &imports,
+            &session,
+            &p,
+        )
+        .await?
     };
-    super::frontend::export(d, req, &session, &p, &id).await
+    super::frontend::export(d, req, &session, &p, &built).await
 }
 
 fn version() -> BuildkitVersion {

@@ -136,9 +136,10 @@ pub async fn build(
     d: &Arc<Daemon>,
     frontend_attrs: &HashMap<String, String>,
     entitlements: &[String],
+    cache_imports: &[berth_buildkit::control::CacheOptionsEntry],
     session: &Session,
     p: &Arc<Progress>,
-) -> Result<Digest, String> {
+) -> Result<Built, String> {
     let attrs = Attrs(frontend_attrs);
     if let Some(s) = attrs.get("cmdline").or(attrs.get("source")) {
         if !s.is_empty() && !super::builtin_frontend(s) {
@@ -242,6 +243,18 @@ pub async fn build(
         .map_err(|e| format!("reading the build context: {e}"))?;
     p.complete(v, false, None);
 
+    // caches named by --cache-from: their steps become cache hits
+    let imports = super::cache::imports(cache_imports, frontend_attrs);
+    if !imports.is_empty() {
+        let v = p.start("importing cache manifest from registry");
+        let (found, warnings) = super::cache::import(d, &imports, &session.client).await;
+        for w in warnings {
+            p.log(2, format!("WARNING: {w}\n").as_bytes());
+        }
+        p.status(v, "cached steps found", found as i64, 0, true);
+        p.complete(v, false, None);
+    }
+
     // the steps
     let out = Out::vertexes(p.clone());
     for w in &file.warnings {
@@ -259,7 +272,16 @@ pub async fn build(
     let id = b.run().await.map_err(|f| f.message)?;
     p.complete_current(false, None);
     drop(local);
-    Ok(id)
+    Ok(Built {
+        id,
+        records: std::mem::take(&mut b.records),
+    })
+}
+
+/// A build's image and its steps' cache records.
+pub struct Built {
+    pub id: Digest,
+    pub records: Vec<super::cache::Record>,
 }
 
 /// The exporters of a request (the old single one when the list is empty).
@@ -276,8 +298,42 @@ pub fn exporters(req: &SolveRequest) -> Vec<Exporter> {
     }]
 }
 
-/// Sends image `id` to the exporters of `req`; their response.
+/// Sends the built image to the exporters of `req` (with its inline cache if asked),
+/// then its cache to the request's cache exports; their response.
 pub async fn export(
+    d: &Arc<Daemon>,
+    req: &SolveRequest,
+    session: &Session,
+    p: &Progress,
+    built: &Built,
+) -> Result<HashMap<String, String>, String> {
+    let cache_to = req
+        .cache
+        .as_ref()
+        .map(|c| c.exports.clone())
+        .unwrap_or_default();
+    let inline = cache_to.iter().any(|e| e.r#type == "inline");
+    let with_cache;
+    let id = if inline {
+        let (d2, id, recs) = (d.clone(), built.id.clone(), built.records.clone());
+        with_cache =
+            tokio::task::spawn_blocking(move || super::cache::with_inline(&d2, &id, &recs))
+                .await
+                .map_err(fail)??;
+        &with_cache
+    } else {
+        &built.id
+    };
+    let resp = export_image(d, req, session, p, id).await?;
+    if cache_to.iter().any(|e| e.r#type != "inline") {
+        let v = p.start("exporting cache to registry");
+        super::cache::export(d, &cache_to, &built.records, &session.client).await?;
+        p.complete(v, false, None);
+    }
+    Ok(resp)
+}
+
+async fn export_image(
     d: &Arc<Daemon>,
     req: &SolveRequest,
     session: &Session,

@@ -35,9 +35,20 @@ pub struct Gateway {
     /// what the client allowed (`Control.Solve`'s entitlements)
     pub entitlements: Vec<String>,
     returned: Mutex<Option<oneshot::Sender<Returned>>>,
+    /// the cache records of the images its solves built
+    records: Mutex<HashMap<Digest, Vec<super::cache::Record>>>,
 }
 
 impl Gateway {
+    /// The cache records of the build that made `id`.
+    pub fn take_records(&self, id: &Digest) -> Vec<super::cache::Record> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .unwrap_or_default()
+    }
+
     pub fn new(
         session: Arc<Session>,
         progress: Arc<Progress>,
@@ -50,6 +61,7 @@ impl Gateway {
                 progress,
                 entitlements,
                 returned: Mutex::new(Some(tx)),
+                records: Mutex::default(),
             }),
             rx,
         )
@@ -261,15 +273,21 @@ impl LlbBridge for Bridge {
                 "build contexts given as LLB (frontend inputs) are not supported by berthd yet",
             ));
         }
-        let id = super::frontend::build(
+        let built = super::frontend::build(
             &self.d,
             &r.frontend_opt,
             &g.entitlements,
+            &r.cache_imports,
             &g.session,
             &g.progress,
         )
         .await
         .map_err(|e| Status::unknown(super::buildkit_words(e)))?;
+        let id = built.id.clone();
+        g.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), built.records);
         let mut metadata = HashMap::new();
         metadata.insert("containerimage.config".to_string(), self.config_of(&id)?);
         Ok(Response::new(SolveResponse {

@@ -9,6 +9,7 @@
 //! (`frontend`), reporting vertexes to `Status` (`progress`); the synced context is kept
 //! between builds (`locals`). See ARCHITECTURE.md.
 
+pub mod cache;
 mod control;
 mod frontend;
 mod gateway;

@@ -398,6 +398,18 @@ pub async fn solve(
     exporters: Vec<Exporter>,
     entitlements: &[&str],
 ) -> Solved {
+    solve_cached(sock, session, attrs, exporters, entitlements, None).await
+}
+
+/// [`solve`] with cache imports and exports.
+pub async fn solve_cached(
+    sock: &Path,
+    session: &Session,
+    attrs: &[(&str, &str)],
+    exporters: Vec<Exporter>,
+    entitlements: &[&str],
+    cache: Option<berth_buildkit::control::CacheOptions>,
+) -> Solved {
     let mut c = control(sock).await;
     let reference = format!("ref{}", rand_id());
     let mut st = control(sock).await;
@@ -422,6 +434,7 @@ pub async fn solve(
             .collect(),
         exporters,
         entitlements: entitlements.iter().map(|e| e.to_string()).collect(),
+        cache,
         ..Default::default()
     };
     let result = c.solve(req).await.map(|r| r.into_inner().exporter_response);
@@ -433,5 +446,37 @@ pub fn moby(name: &str) -> Exporter {
     Exporter {
         r#type: "moby".into(),
         attrs: HashMap::from([("name".to_string(), name.to_string())]),
+    }
+}
+
+/// A cache option (`type=registry,ref=…`).
+pub fn cache_entry(
+    kind: &str,
+    reference: Option<&str>,
+) -> berth_buildkit::control::CacheOptionsEntry {
+    berth_buildkit::control::CacheOptionsEntry {
+        r#type: kind.into(),
+        attrs: reference
+            .map(|r| HashMap::from([("ref".to_string(), r.to_string())]))
+            .unwrap_or_default(),
+    }
+}
+
+impl Solved {
+    /// The names of the step vertexes that were cache hits.
+    pub fn cached_steps(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.vertexes
+                    .iter()
+                    .filter(|v| v.cached)
+                    .map(|v| v.name.clone())
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 }
