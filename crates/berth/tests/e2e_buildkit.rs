@@ -727,3 +727,89 @@ async fn cache_to_and_from_a_registry() {
     let _ = registry.kill();
     let _ = registry.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_build_contexts() {
+    let Some(d) = daemon_with_busybox("named_build_contexts") else {
+        return;
+    };
+    let ctx = tempfile::tempdir().unwrap();
+    let extra = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM base\nCOPY --from=extra conf/app.conf /etc/app.conf\nRUN --mount=type=bind,from=extra,source=conf,target=/c cat /c/app.conf > /via-mount\n",
+    );
+    write(extra.path(), "conf/app.conf", "from the named context\n");
+    let spec = SessionSpec {
+        dirs: HashMap::from([
+            ("context".to_string(), ctx.path().to_path_buf()),
+            ("dockerfile".to_string(), ctx.path().to_path_buf()),
+            ("extra".to_string(), extra.path().to_path_buf()),
+        ]),
+        ..Default::default()
+    };
+    let session = bkclient::session(&d.socket, "named", spec).await;
+    let attrs = [
+        ("filename", "Dockerfile"),
+        ("context:base", "docker-image://bb:latest"),
+        ("context:extra", "local:extra"),
+    ];
+    let r = bkclient::solve(&d.socket, &session, &attrs, vec![moby("named:1")], &[]).await;
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    let out = ok(d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "named:1",
+        "cat",
+        "/etc/app.conf",
+        "/via-mount",
+    ]));
+    assert_eq!(out, "from the named context\nfrom the named context\n");
+    // a change in the named context is a new COPY, not a cache hit
+    write(extra.path(), "conf/app.conf", "changed\n");
+    let r = bkclient::solve(&d.socket, &session, &attrs, vec![moby("named:2")], &[]).await;
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    let out = ok(d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "named:2",
+        "cat",
+        "/etc/app.conf",
+    ]));
+    assert_eq!(out, "changed\n");
+    // what a bind mount shows is the step's input: a change there runs it again
+    write(
+        ctx.path(),
+        "Mount.Dockerfile",
+        "FROM bb\nRUN --mount=type=bind,from=extra,source=conf,target=/c cat /c/app.conf > /seen\n",
+    );
+    let attrs2 = [("filename", "Mount.Dockerfile"), ("context:extra", "local:extra")];
+    let r = bkclient::solve(&d.socket, &session, &attrs2, vec![moby("mnt:1")], &[]).await;
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    write(extra.path(), "conf/app.conf", "changed again\n");
+    let r = bkclient::solve(&d.socket, &session, &attrs2, vec![moby("mnt:2")], &[]).await;
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    let out = ok(d.berth(&["run", "--rm", "--network", "none", "mnt:2", "cat", "/seen"]));
+    assert_eq!(out, "changed again\n");
+    let bad = bkclient::solve(
+        &d.socket,
+        &session,
+        &[
+            ("filename", "Dockerfile"),
+            ("context:base", "https://example.com/x.tar"),
+        ],
+        vec![],
+        &[],
+    )
+    .await;
+    assert!(bad
+        .result
+        .unwrap_err()
+        .message()
+        .contains("only docker-image://"));
+}

@@ -446,7 +446,10 @@ impl Builder {
         let base = self.base_name(i)?;
         let (image, config) = if base.eq_ignore_ascii_case("scratch") {
             (None, Map::new())
-        } else if let Some(j) = self.stage_index(&base, i) {
+        } else if let Some(j) = self
+            .stage_index(&base, i)
+            .filter(|_| !self.opts.named_contexts.contains_key(&base))
+        {
             let img = self.built[j].clone().flatten();
             let cfg = match &img {
                 Some(id) => self.config_of(id)?,
@@ -535,6 +538,15 @@ impl Builder {
 
     /// A FROM image: local, or pulled (always with `pull`), progress in the stream.
     async fn base_image(&self, name: &str) -> Result<Digest, Failure> {
+        let name = match self.opts.named_contexts.get(name) {
+            Some(super::NamedContext::Image(r)) => r.as_str(),
+            Some(super::NamedContext::Dir(_)) => {
+                return Err(fail(format!(
+                    "FROM {name}: a local directory context can be copied from, not built on"
+                )))
+            }
+            None => name,
+        };
         if !self.opts.pull {
             if let Ok(img) = self.d.images.inspect(name) {
                 return Ok(img.id);
@@ -1081,10 +1093,40 @@ impl Builder {
             .filter(|(n, _)| matches!(n.as_str(), "mount" | "network" | "security"))
             .map(|(n, v)| format!("--{n}={}", v.as_deref().unwrap_or_default()))
             .collect();
+        // what a bind mount shows the step counts as its input
+        let mut mount_inputs = String::new();
+        for sp in specs.iter().filter(|sp| sp.kind == "bind") {
+            let path = source::clamp(&sp.source);
+            let sum = if sp.from.is_empty() {
+                let ctx = self.ctx.clone();
+                tokio::task::spawn_blocking(move || ctx.checksum(&[path]))
+                    .await
+                    .map_err(Failure::from)?
+                    .map_err(Failure::from)?
+            } else if let Some(super::NamedContext::Dir(dir)) = self.opts.named_contexts.get(&sp.from) {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    source::Context::from_dir(&dir).and_then(|c| c.checksum(&[path]))
+                })
+                .await
+                .map_err(Failure::from)?
+                .map_err(Failure::from)?
+            } else {
+                match self
+                    .stage_index(&sp.from, self.current)
+                    .filter(|_| !self.opts.named_contexts.contains_key(&sp.from))
+                    .and_then(|j| self.built[j].clone())
+                {
+                    Some(img) => img.map(|i| i.to_string()).unwrap_or_default(),
+                    None => self.base_image(&sp.from).await?.to_string(),
+                }
+            };
+            mount_inputs.push_str(&sum);
+        }
         let key = self.key(
             st,
             &created_by,
-            &format!("{network}{}", flags_text.join(" ")),
+            &format!("{network}{}{mount_inputs}", flags_text.join(" ")),
         );
         if self.cached(st, &key, &created_by).await? {
             return Ok(());
@@ -1110,14 +1152,20 @@ impl Builder {
                 froms.push(None);
                 continue;
             }
-            let id = match self
-                .stage_index(&sp.from, self.current)
-                .and_then(|j| self.built[j].clone())
-            {
-                Some(img) => img,
-                None => Some(self.base_image(&sp.from).await?),
-            };
-            let v = self.view(id.as_ref())?;
+            let v =
+                if let Some(super::NamedContext::Dir(p)) = self.opts.named_contexts.get(&sp.from) {
+                    View::of_dir(p.clone())
+                } else {
+                    let id = match self
+                        .stage_index(&sp.from, self.current)
+                        .filter(|_| !self.opts.named_contexts.contains_key(&sp.from))
+                        .and_then(|j| self.built[j].clone())
+                    {
+                        Some(img) => img,
+                        None => Some(self.base_image(&sp.from).await?),
+                    };
+                    self.view(id.as_ref())?
+                };
             froms.push(Some(v.tree.root.clone()));
             from_views.push(v);
         }
@@ -1327,14 +1375,19 @@ impl Builder {
                 if add {
                     return Err(fail("ADD does not support --from: use COPY --from"));
                 }
-                let id = match self
-                    .stage_index(f, self.current)
-                    .and_then(|j| self.built[j].clone())
-                {
-                    Some(img) => img,
-                    None => Some(self.base_image(f).await?),
-                };
-                (Some(self.view(id.as_ref())?), id)
+                if let Some(super::NamedContext::Dir(p)) = self.opts.named_contexts.get(f) {
+                    (Some(View::of_dir(p.clone())), None)
+                } else {
+                    let id = match self
+                        .stage_index(f, self.current)
+                        .filter(|_| !self.opts.named_contexts.contains_key(f))
+                        .and_then(|j| self.built[j].clone())
+                    {
+                        Some(img) => img,
+                        None => Some(self.base_image(f).await?),
+                    };
+                    (Some(self.view(id.as_ref())?), id)
+                }
             }
         };
         let mut mem = Mem::default();
@@ -1342,6 +1395,8 @@ impl Builder {
         let mut extra = String::new();
         let mut ctx_paths: Vec<String> = Vec::new();
         let mut copies: Vec<(From, String, Kind)> = Vec::new();
+        // paths copied from another image or a named directory context
+        let mut from_paths: Vec<String> = Vec::new();
         for s in srcs {
             if let Some(h) = s
                 .strip_prefix("<<")
@@ -1439,6 +1494,7 @@ impl Builder {
                     ctx_paths.push(p.clone());
                     copies.push((From::Context, p, kind));
                 } else {
+                    from_paths.push(p.clone());
                     copies.push((From::Image, p, kind));
                 }
             }
@@ -1506,6 +1562,17 @@ impl Builder {
         }
         if let Some(id) = &src_image {
             extra.push_str(&id.to_string());
+        } else if let (Some(v), false) = (&src_view, from_paths.is_empty()) {
+            // a named directory context: what is copied from it counts, as the context's
+            let root = v.tree.root.clone();
+            let paths = from_paths.clone();
+            let sum = tokio::task::spawn_blocking(move || {
+                source::Context::from_dir(&root).and_then(|c| c.checksum(&paths))
+            })
+            .await
+            .map_err(Failure::from)?
+            .map_err(Failure::from)?;
+            extra.push_str(&sum);
         }
         extra.push_str(&format!("{:?}", attrs));
         let sum = hex::encode(Sha256::digest(extra.as_bytes()));

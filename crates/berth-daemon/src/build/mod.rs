@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-pub use options::{Options, SessionAuth};
+pub use options::{NamedContext, Options, SessionAuth};
 
 /// Where the build's messages go: Docker's JSON stream of the classic builder
 /// (`stream` lines unless quiet, `aux`, errors), or a BuildKit build's progress

@@ -36,6 +36,18 @@ pub struct Options {
     pub entitlements: Vec<String>,
     /// a BuildKit build: its synced context directory (for `RUN --mount=type=bind`)
     pub context_dir: Option<std::path::PathBuf>,
+    /// a BuildKit build: `--build-context NAME=…`, which FROM, COPY --from and
+    /// RUN --mount from= take before stages and images of that name
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a named context is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: that image
+    Image(String),
+    /// `local:NAME`: the client's directory, synced here
+    Dir(std::path::PathBuf),
 }
 
 /// The session of a BuildKit client (and the gRPC methods it serves).
@@ -149,6 +161,7 @@ impl Options {
             session: None,
             entitlements: Vec::new(),
             context_dir: None,
+            named_contexts: BTreeMap::new(),
         })
     }
 }

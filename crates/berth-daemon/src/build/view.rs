@@ -68,6 +68,17 @@ impl View {
     }
 }
 
+impl View {
+    /// A directory as it is (a BuildKit build's named local context).
+    pub fn of_dir(root: std::path::PathBuf) -> View {
+        View {
+            tree: Tree { root },
+            mounted: false,
+            made: None,
+        }
+    }
+}
+
 impl Drop for View {
     fn drop(&mut self) {
         if let Some(dir) = &self.made {

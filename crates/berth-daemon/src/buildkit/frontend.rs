@@ -243,6 +243,44 @@ pub async fn build(
         .map_err(|e| format!("reading the build context: {e}"))?;
     p.complete(v, false, None);
 
+    // --build-context NAME=…: images, and the client's other directories
+    let mut named = BTreeMap::new();
+    let mut named_dirs = Vec::new();
+    for (name, value) in attrs.prefixed("context:") {
+        let ctx = if let Some(r) = value.strip_prefix("docker-image://") {
+            crate::build::NamedContext::Image(r.to_string())
+        } else if let Some(local) = value.strip_prefix("local:") {
+            let v = p.start(&format!("[internal] load build context {name}"));
+            let dir = d
+                .buildkit
+                .locals
+                .dir(&session.shared_key, local)
+                .await
+                .map_err(fail)?;
+            let rep = session
+                .client
+                .sync(
+                    &SyncOpts {
+                        name: local.to_string(),
+                        ..Default::default()
+                    },
+                    dir.path().to_path_buf(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            p.status(v, "transferring context", rep.bytes as i64, 0, true);
+            p.complete(v, false, None);
+            let path = dir.path().to_path_buf();
+            named_dirs.push(dir);
+            crate::build::NamedContext::Dir(path)
+        } else {
+            return Err(format!(
+                "build context {name}={value}: only docker-image:// and local directories are supported"
+            ));
+        };
+        named.insert(name, ctx);
+    }
+
     // caches named by --cache-from: their steps become cache hits
     let imports = super::cache::imports(cache_imports, frontend_attrs);
     if !imports.is_empty() {
@@ -267,11 +305,13 @@ pub async fn build(
     ));
     opts.entitlements = entitlements.to_vec();
     opts.context_dir = Some(local.path().to_path_buf());
+    opts.named_contexts = named;
     let mut b = crate::build::dispatch_builder(d, opts, context, out, file)?;
     // the context stays locked while steps read it
     let id = b.run().await.map_err(|f| f.message)?;
     p.complete_current(false, None);
     drop(local);
+    drop(named_dirs);
     Ok(Built {
         id,
         records: std::mem::take(&mut b.records),
