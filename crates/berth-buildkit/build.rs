@@ -19,5 +19,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    // FileSend/DiffCopy also carries a plain byte stream (`--output type=tar`), with the
+    // same method path: a second client and server for it
+    let bytes = "crate::pb::moby::filesync::v1::BytesMessage";
+    let svc = tonic_build::manual::Service::builder()
+        .name("FileSend")
+        .package("moby.filesync.v1")
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("diff_copy")
+                .route_name("DiffCopy")
+                .input_type(bytes)
+                .output_type(bytes)
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(true)
+        .build_server(true)
+        .compile(&[svc]);
     Ok(())
 }

@@ -40,6 +40,10 @@ pub mod pb {
             }
         }
     }
+    /// `FileSend/DiffCopy` as a plain byte stream (`--output type=tar`)
+    pub mod filesend_bytes {
+        include!(concat!(env!("OUT_DIR"), "/moby.filesync.v1.FileSend.rs"));
+    }
     pub mod fsutil {
         pub mod types {
             tonic::include_proto!("fsutil.types");

@@ -122,7 +122,7 @@ impl SessionClient {
         &self,
         mut data: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     ) -> Result<(), FsError> {
-        let (tx, rx) = mpsc::channel::<BytesMessage>(16);
+        let (tx, rx) = mpsc::channel::<crate::filesync::BytesMessage>(16);
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 32 << 10];
             loop {
@@ -131,7 +131,7 @@ impl SessionClient {
                     return Ok::<(), std::io::Error>(());
                 }
                 if tx
-                    .send(BytesMessage {
+                    .send(crate::filesync::BytesMessage {
                         data: buf[..n].to_vec(),
                     })
                     .await
@@ -141,19 +141,13 @@ impl SessionClient {
                 }
             }
         });
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready()
-            .await
-            .map_err(|e| FsError::Receiver(e.to_string()))?;
-        let path = http::uri::PathAndQuery::from_static(methods::FILE_SEND);
-        let resp = grpc
-            .streaming::<_, BytesMessage, BytesMessage, _>(
-                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                path,
-                tonic_prost::ProstCodec::default(),
-            )
-            .await
-            .map_err(|s| FsError::Receiver(s.message().to_string()))?;
+        let resp =
+            crate::pb::filesend_bytes::file_send_client::FileSendClient::new(self.channel.clone())
+                .diff_copy(tonic::Request::new(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .await
+                .map_err(|s| FsError::Receiver(s.message().to_string()))?;
         let mut inbound = resp.into_inner();
         // the client reads to the end of our stream, then ends its own
         while let Ok(Some(_)) = inbound.message().await {}

@@ -221,6 +221,42 @@ LABEL from=client
         Path::new("/etc/passwd")
     );
 
+    // --output type=tar
+    let tar_file = out_dir.path().join("image.tar");
+    let with_tar = bkclient::session(
+        &sock,
+        "project-a",
+        SessionSpec {
+            output_tar: Some(tar_file.clone()),
+            ..spec.clone()
+        },
+    )
+    .await;
+    let tarred = bkclient::solve(
+        &sock,
+        &with_tar,
+        &[
+            ("filename", "Dockerfile"),
+            ("build-arg:GREETING", "in-a-tar"),
+        ],
+        vec![berth_buildkit::control::Exporter {
+            r#type: "tar".into(),
+            attrs: HashMap::new(),
+        }],
+        &[],
+    )
+    .await;
+    assert!(tarred.result.is_ok(), "{:?}", tarred.result);
+    let mut ar = tar::Archive::new(std::fs::File::open(&tar_file).unwrap());
+    let mut greeting = String::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == "greeting" {
+            std::io::Read::read_to_string(&mut e, &mut greeting).unwrap();
+        }
+    }
+    assert_eq!(greeting, "in-a-tar\n");
+
     // a required secret the client does not have: a clear error
     write(
         c,
@@ -788,7 +824,10 @@ async fn named_build_contexts() {
         "Mount.Dockerfile",
         "FROM bb\nRUN --mount=type=bind,from=extra,source=conf,target=/c cat /c/app.conf > /seen\n",
     );
-    let attrs2 = [("filename", "Mount.Dockerfile"), ("context:extra", "local:extra")];
+    let attrs2 = [
+        ("filename", "Mount.Dockerfile"),
+        ("context:extra", "local:extra"),
+    ];
     let r = bkclient::solve(&d.socket, &session, &attrs2, vec![moby("mnt:1")], &[]).await;
     assert!(r.result.is_ok(), "{:?}", r.result);
     write(extra.path(), "conf/app.conf", "changed again\n");

@@ -1103,7 +1103,9 @@ impl Builder {
                     .await
                     .map_err(Failure::from)?
                     .map_err(Failure::from)?
-            } else if let Some(super::NamedContext::Dir(dir)) = self.opts.named_contexts.get(&sp.from) {
+            } else if let Some(super::NamedContext::Dir(dir)) =
+                self.opts.named_contexts.get(&sp.from)
+            {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || {
                     source::Context::from_dir(&dir).and_then(|c| c.checksum(&[path]))

@@ -76,6 +76,8 @@ pub struct SessionSpec {
     pub ssh_agent: Option<PathBuf>,
     /// where `--output type=local` lands
     pub output: Option<PathBuf>,
+    /// the file `--output type=tar` is written to
+    pub output_tar: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -178,6 +180,33 @@ impl FileSend for Files {
             let _ = fsutil::receive(in_rx, out_tx, dest).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl berth_buildkit::pb::filesend_bytes::file_send_server::FileSend for Files {
+    type DiffCopyStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<berth_buildkit::filesync::BytesMessage, Status>>
+                + Send,
+        >,
+    >;
+    async fn diff_copy(
+        &self,
+        req: Request<Streaming<berth_buildkit::filesync::BytesMessage>>,
+    ) -> Result<Response<Self::DiffCopyStream>, Status> {
+        let dest = self
+            .0
+            .output_tar
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("no output file"))?;
+        let mut inbound = req.into_inner();
+        let mut data = Vec::new();
+        while let Some(m) = inbound.message().await? {
+            data.extend_from_slice(&m.data);
+        }
+        std::fs::write(dest, data).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Box::pin(tokio_stream::empty())))
     }
 }
 
@@ -311,7 +340,7 @@ pub async fn session(sock: &Path, shared_key: &str, spec: SessionSpec) -> Sessio
     if spec.ssh_agent.is_some() {
         methods.push("/moby.sshforward.v1.SSH/ForwardAgent");
     }
-    if spec.output.is_some() {
+    if spec.output.is_some() || spec.output_tar.is_some() {
         methods.push("/moby.filesync.v1.FileSend/DiffCopy");
     }
     let mut headers = vec![
@@ -332,9 +361,19 @@ pub async fn session(sock: &Path, shared_key: &str, spec: SessionSpec) -> Sessio
         ));
     }
     let io = hijack(sock, "/session", &headers).await.expect("/session");
+    let tar = spec.output_tar.is_some();
     let files = Files(spec);
-    let routes = tonic::service::Routes::new(FileSyncServer::new(files.clone()))
-        .add_service(FileSendServer::new(files.clone()))
+    let routes = tonic::service::Routes::new(FileSyncServer::new(files.clone()));
+    let routes = if tar {
+        routes.add_service(
+            berth_buildkit::pb::filesend_bytes::file_send_server::FileSendServer::new(
+                files.clone(),
+            ),
+        )
+    } else {
+        routes.add_service(FileSendServer::new(files.clone()))
+    };
+    let routes = routes
         .add_service(SecretsServer::new(files.clone()))
         .add_service(AuthServer::new(files.clone()))
         .add_service(SshServer::new(files.clone()))
