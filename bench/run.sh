@@ -403,7 +403,7 @@ YML
   printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "$BERTH_HOST" "$compose" > "$work/bk-berth"
   printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "${DOCKER_HOST:-}" "$compose" > "$work/bk-docker"
   chmod +x "$work/bk-berth" "$work/bk-docker"
-  kb() { if [ "$1" = "$BERTH_HOST" ]; then echo "$work/bk-berth $2"; else echo "$work/bk-docker $2"; fi; }
+  kb() { if [ "$1" = "$BERTH_HOST" ]; then echo "$work/bk-berth ${2:-}"; else echo "$work/bk-docker ${2:-}"; fi; }
   kclear() { echo "DOCKER_HOST=$1 docker rmi -f bench/bkbuild >/dev/null 2>&1; DOCKER_HOST=$1 docker builder prune -af >/dev/null 2>&1; sync"; }
   echo "== BuildKit (Compose v2) build, $(du -sm "$kctx" | cut -f1) MB context of $(find "$kctx" | wc -l) files, without cache ($runs runs) =="
   timed bk-uncached "$(kclear "$BERTH_HOST")" "$(kclear "${DOCKER_HOST:-}")" \
