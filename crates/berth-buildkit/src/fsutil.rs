@@ -187,11 +187,12 @@ pub async fn receive(
     .map_err(|e| FsError::Protocol(e.to_string()))?
 }
 
-/// A file being received.
+/// A file asked for. Its temporary file is made when its data starts (the sender sends
+/// a few files at a time: only those hold a descriptor, however many were asked for).
 struct Pending {
-    file: std::fs::File,
-    parent: OwnedFd,
-    name: String,
+    file: Option<std::fs::File>,
+    /// its clean path, and its temporary file's name beside it
+    path: String,
     tmp: String,
     stat: Stat,
 }
@@ -205,6 +206,23 @@ struct Receiver {
     dirs: Vec<(String, Stat)>,
     hardlinks: Vec<(String, String)>,
     report: Report,
+}
+
+impl Drop for Receiver {
+    /// A transfer that broke off leaves no temporary file.
+    fn drop(&mut self) {
+        let made: Vec<(String, String)> = self
+            .pending
+            .values()
+            .filter(|p| p.file.is_some())
+            .map(|p| (p.path.clone(), p.tmp.clone()))
+            .collect();
+        for (path, tmp) in made {
+            if let Ok(parent) = self.parent(&path) {
+                let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+            }
+        }
+    }
 }
 
 impl Receiver {
@@ -364,26 +382,12 @@ impl Receiver {
                 if current {
                     return Ok(());
                 }
-                let tmp = format!(".berth-receiving-{id}");
-                let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
-                let fd = rustix::fs::openat(
-                    &parent,
-                    tmp.as_str(),
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(io_err(format!("writing {path}")))?;
                 self.pending.insert(
                     id,
                     Pending {
-                        file: std::fs::File::from(fd),
-                        parent,
-                        name,
-                        tmp,
+                        file: None,
+                        path: path.clone(),
+                        tmp: format!(".berth-receiving-{id}"),
                         stat: st,
                     },
                 );
@@ -398,16 +402,43 @@ impl Receiver {
         Ok(())
     }
 
-    fn data(&mut self, id: u32, data: &[u8]) -> Result<(), FsError> {
-        if !data.is_empty() {
-            let p = self.pending.get_mut(&id).ok_or_else(|| {
+    /// The temporary file of a pending entry, made on first use.
+    fn open_pending(&mut self, id: u32) -> Result<&mut Pending, FsError> {
+        let (path, tmp, has) = {
+            let p = self.pending.get(&id).ok_or_else(|| {
                 FsError::Protocol(format!("data for a file not asked for ({id})"))
             })?;
+            (p.path.clone(), p.tmp.clone(), p.file.is_some())
+        };
+        if !has {
+            let parent = self.parent(&path)?;
+            let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+            let fd = rustix::fs::openat(
+                &parent,
+                tmp.as_str(),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(io_err(format!("writing {path}")))?;
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.file = Some(std::fs::File::from(fd));
+            }
+        }
+        self.pending
+            .get_mut(&id)
+            .ok_or_else(|| FsError::Protocol(format!("data for a file not asked for ({id})")))
+    }
+
+    fn data(&mut self, id: u32, data: &[u8]) -> Result<(), FsError> {
+        let p = self.open_pending(id)?;
+        if !data.is_empty() {
+            let what = p.stat.path.clone();
+            if let Some(f) = p.file.as_mut() {
+                f.write_all(data)
+                    .map_err(std_err(format!("writing {what}")))?;
+            }
             self.report.bytes += data.len() as u64;
-            return p
-                .file
-                .write_all(data)
-                .map_err(std_err(format!("writing {}", p.stat.path)));
+            return Ok(());
         }
         let p = self
             .pending
@@ -415,30 +446,35 @@ impl Receiver {
             .ok_or_else(|| FsError::Protocol(format!("data for a file not asked for ({id})")))?;
         self.report.files_sent += 1;
         let what = p.stat.path.clone();
+        let file = p
+            .file
+            .ok_or_else(|| FsError::Protocol(format!("no file for {what}")))?;
         rustix::fs::fchown(
-            &p.file,
+            &file,
             Some(rustix::process::Uid::from_raw(p.stat.uid)),
             Some(rustix::process::Gid::from_raw(p.stat.gid)),
         )
         .map_err(io_err(format!("owning {what}")))?;
-        rustix::fs::fchmod(&p.file, Mode::from_raw_mode(unix_perm(p.stat.mode)))
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(unix_perm(p.stat.mode)))
             .map_err(io_err(format!("mode of {what}")))?;
         let t = nanos(p.stat.mod_time);
         rustix::fs::futimens(
-            &p.file,
+            &file,
             &Timestamps {
                 last_access: t,
                 last_modification: t,
             },
         )
         .map_err(io_err(format!("times of {what}")))?;
-        drop(p.file);
-        if let Ok(h) = rustix::fs::statat(&p.parent, p.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        drop(file);
+        let parent = self.parent(&p.path)?;
+        let (_, name) = split_parent(&p.path);
+        if let Ok(h) = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             if kind_of(go_mode(h.st_mode)) == Kind::Dir {
-                remove_at(&p.parent, &p.name)?;
+                remove_at(&parent, name)?;
             }
         }
-        rustix::fs::renameat(&p.parent, p.tmp.as_str(), &p.parent, p.name.as_str())
+        rustix::fs::renameat(&parent, p.tmp.as_str(), &parent, name)
             .map_err(io_err(format!("placing {what}")))
     }
 

@@ -186,6 +186,33 @@ LABEL from=client
     );
     assert_eq!(runs, "2\n", "the cache mount outlived the first build");
 
+    // with the cache: nothing changed, every step is a hit (the context's digests come
+    // from the record kept beside it); a file rewritten with the same size is seen
+    let cached = bkclient::solve(&sock, &session, &attrs, vec![moby("bk:3")], &[]).await;
+    assert!(cached.result.is_ok(), "{:?}", cached.result);
+    let hits = cached.cached_steps();
+    assert!(hits.iter().any(|n| n.contains("COPY app/")), "{hits:?}");
+    write(c, "app/a.txt", "ALPHA\n");
+    let changed = bkclient::solve(&sock, &session, &attrs, vec![moby("bk:3")], &[]).await;
+    assert!(changed.result.is_ok(), "{:?}", changed.result);
+    let hits = changed.cached_steps();
+    assert!(!hits.iter().any(|n| n.contains("COPY app/")), "{hits:?}");
+    let out = run_out(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "bk:3",
+            "cat",
+            "/app/a.txt",
+            "/bound",
+        ],
+    );
+    assert_eq!(out, "ALPHA\nALPHA\n");
+    write(c, "app/a.txt", "alpha\n");
+
     // --output type=local
     let out_dir = tempfile::tempdir().unwrap();
     let with_out = bkclient::session(

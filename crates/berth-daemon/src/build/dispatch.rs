@@ -337,6 +337,11 @@ impl Builder {
         Ok(need)
     }
 
+    /// Keeps the digests the build computed of a kept context's files.
+    pub fn save_context_hashes(&self) {
+        self.ctx.save_hashes();
+    }
+
     pub async fn run(&mut self) -> Result<Digest, Failure> {
         let target = if self.opts.target.is_empty() {
             self.stages.len() - 1

@@ -126,8 +126,73 @@ pub struct Context {
 enum Data {
     /// file contents at the entries' offsets
     Spill(File),
-    /// the directory the entries are in
-    Dir(rustix::fd::OwnedFd),
+    /// the directory the entries are in, and its files' content digests
+    Dir(rustix::fd::OwnedFd, Option<Hashes>),
+}
+
+/// Content digests of a kept directory's files, by path, valid while the file's inode,
+/// size and change time are those recorded (the kernel sets the change time on every
+/// write): a build of an unchanged context reads no file to compute its cache keys.
+pub struct Hashes {
+    file: PathBuf,
+    map: std::sync::Mutex<BTreeMap<String, (u64, u64, i64, String)>>,
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl Hashes {
+    fn load(file: PathBuf) -> Hashes {
+        let map = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Hashes {
+            file,
+            map: std::sync::Mutex::new(map),
+            changed: Default::default(),
+        }
+    }
+
+    /// The digest of the file at `path` (opened as `f`), from the record or computed.
+    fn digest(&self, path: &str, f: &mut File) -> io::Result<String> {
+        let md = f.metadata()?;
+        let stamp = (
+            md.ino(),
+            md.size(),
+            md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        );
+        if let Some((ino, size, ctime, d)) =
+            self.map.lock().unwrap_or_else(|p| p.into_inner()).get(path)
+        {
+            if (*ino, *size, *ctime) == stamp {
+                return Ok(d.clone());
+            }
+        }
+        let mut h = Sha256::new();
+        io::copy(f, &mut HashWriter(&mut h))?;
+        let d = hex::encode(h.finalize());
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), (stamp.0, stamp.1, stamp.2, d.clone()));
+        self.changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(d)
+    }
+
+    /// Writes the records back (those of files still there), when something changed.
+    fn save(&self, keep: &BTreeMap<String, (Meta, u64)>) {
+        if !self.changed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| keep.contains_key(k));
+        if let Ok(b) = serde_json::to_vec(&*map) {
+            let tmp = self.file.with_extension("tmp");
+            if std::fs::write(&tmp, b).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.file);
+            }
+        }
+    }
 }
 
 /// The first tar block's checksum holds, or the block is the zero end-of-archive block.
@@ -249,6 +314,23 @@ impl Context {
 
     /// The tree under `root` as a context (what the client sent is what there is: its
     /// `.dockerignore` was applied on its side). Symlinks are entries, never followed.
+    /// With `hashes`, file digests are kept there between builds.
+    pub fn from_dir_hashed(root: &Path, hashes: Option<PathBuf>) -> io::Result<Context> {
+        let mut c = Self::from_dir(root)?;
+        if let (Data::Dir(_, h), Some(file)) = (&mut c.data, hashes) {
+            *h = Some(Hashes::load(file));
+        }
+        Ok(c)
+    }
+
+    /// Saves the file digests computed by this build (a kept directory's).
+    pub fn save_hashes(&self) {
+        if let Data::Dir(_, Some(h)) = &self.data {
+            h.save(&self.entries);
+        }
+    }
+
+    /// [`Context::from_dir_hashed`] without kept digests.
     pub fn from_dir(root: &Path) -> io::Result<Context> {
         let fd = rustix::fs::open(
             root,
@@ -289,7 +371,7 @@ impl Context {
         }
         Ok(Context {
             entries,
-            data: Data::Dir(fd),
+            data: Data::Dir(fd, None),
         })
     }
 
@@ -351,8 +433,28 @@ impl Context {
                     m.kind, m.mode, m.uid, m.gid
                 ));
                 if m.kind == Kind::File {
-                    let mut r = self.open(&q)?;
-                    io::copy(&mut r, &mut HashWriter(&mut h))?;
+                    match &self.data {
+                        Data::Dir(dir, Some(hashes)) => {
+                            let fd = rustix::fs::openat2(
+                                dir,
+                                q.as_str(),
+                                rustix::fs::OFlags::RDONLY
+                                    | rustix::fs::OFlags::NOFOLLOW
+                                    | rustix::fs::OFlags::CLOEXEC,
+                                rustix::fs::Mode::empty(),
+                                rustix::fs::ResolveFlags::BENEATH
+                                    | rustix::fs::ResolveFlags::NO_SYMLINKS,
+                            )?;
+                            let d = hashes.digest(&q, &mut File::from(fd))?;
+                            h.update(d.as_bytes());
+                        }
+                        // the same key as with kept digests: the digest of the digest
+                        _ => {
+                            let mut fh = Sha256::new();
+                            io::copy(&mut self.open(&q)?, &mut HashWriter(&mut fh))?;
+                            h.update(hex::encode(fh.finalize()).as_bytes());
+                        }
+                    }
                 }
             }
         }
@@ -428,7 +530,7 @@ impl Source for Context {
                 end: off + m.size,
             })),
             // never through a symlink, never out of the directory
-            Data::Dir(dir) => {
+            Data::Dir(dir, _) => {
                 let fd = rustix::fs::openat2(
                     dir,
                     path,
@@ -814,5 +916,39 @@ mod tests {
         assert_eq!(t.resolve("link", true), "real");
         assert_eq!(t.resolve("link", false), "link");
         assert_eq!(t.resolve("nothere/x", true), "nothere/x");
+    }
+
+    #[test]
+    fn kept_digests_give_the_same_keys_and_see_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("a")).unwrap();
+        std::fs::write(tree.join("a/x"), "one").unwrap();
+        std::fs::write(tree.join("y"), "two").unwrap();
+        let hashes = d.path().join("hashes");
+        let all = ["".to_string()];
+        let plain = Context::from_dir(&tree).unwrap().checksum(&all).unwrap();
+        let c = Context::from_dir_hashed(&tree, Some(hashes.clone())).unwrap();
+        assert_eq!(c.checksum(&all).unwrap(), plain);
+        c.save_hashes();
+        assert!(hashes.exists());
+        // from the record, the same key
+        let c = Context::from_dir_hashed(&tree, Some(hashes.clone())).unwrap();
+        assert_eq!(c.checksum(&all).unwrap(), plain);
+        // a file replaced with the same size: a new inode, a new key
+        std::fs::write(tree.join("new"), "ONE").unwrap();
+        std::fs::rename(tree.join("new"), tree.join("a/x")).unwrap();
+        let c = Context::from_dir_hashed(&tree, Some(hashes.clone())).unwrap();
+        let changed = c.checksum(&all).unwrap();
+        assert_ne!(changed, plain);
+        assert_eq!(
+            Context::from_dir(&tree).unwrap().checksum(&all).unwrap(),
+            changed
+        );
+        // rewritten in place: its change time moves
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(tree.join("y"), "TWO").unwrap();
+        let c = Context::from_dir_hashed(&tree, Some(hashes)).unwrap();
+        assert_ne!(c.checksum(&all).unwrap(), changed);
     }
 }

@@ -237,10 +237,12 @@ pub async fn build(
         .map_err(|e| format!("{e}"))?;
     p.status(v, "transferring context", rep.bytes as i64, 0, true);
     let root = local.path().to_path_buf();
-    let context = tokio::task::spawn_blocking(move || Context::from_dir(&root))
-        .await
-        .map_err(fail)?
-        .map_err(|e| format!("reading the build context: {e}"))?;
+    let hashes = local.hashes_file();
+    let context =
+        tokio::task::spawn_blocking(move || Context::from_dir_hashed(&root, Some(hashes)))
+            .await
+            .map_err(fail)?
+            .map_err(|e| format!("reading the build context: {e}"))?;
     p.complete(v, false, None);
 
     // --build-context NAME=…: images, and the client's other directories
@@ -308,7 +310,9 @@ pub async fn build(
     opts.named_contexts = named;
     let mut b = crate::build::dispatch_builder(d, opts, context, out, file)?;
     // the context stays locked while steps read it
-    let id = b.run().await.map_err(|f| f.message)?;
+    let result = b.run().await;
+    b.save_context_hashes();
+    let id = result.map_err(|f| f.message)?;
     p.complete_current(false, None);
     drop(local);
     drop(named_dirs);

@@ -27,6 +27,11 @@ impl LocalDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Where the digests of its files are kept (beside the tree).
+    pub fn hashes_file(&self) -> PathBuf {
+        self.path.with_file_name("hashes")
+    }
 }
 
 impl Locals {
