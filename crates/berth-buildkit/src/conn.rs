@@ -17,6 +17,16 @@ where
         .await
 }
 
+/// What the session may send on one stream before we read it.
+const STREAM_WINDOW: u32 = 1 << 20;
+
+/// What it may send on all streams. h2 ends a connection when the small DATA frames
+/// waiting unread cost more than half of this in framing overhead (`ENHANCE_YOUR_CALM`),
+/// and fsutil sends a frame per entry: a stream window of frames of 11 bytes (a file's
+/// last packet) costs 23 MiB, so half of this window covers that on a stream or two.
+/// What can wait unread stays bounded by the stream window.
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
 /// A gRPC channel whose one HTTP/2 connection is `io`. A second connection attempt
 /// (after `io` closed) fails.
 pub async fn channel<I>(io: I) -> Result<tonic::transport::Channel, tonic::transport::Error>
@@ -36,6 +46,8 @@ where
         }
     });
     tonic::transport::Endpoint::from_static("http://buildkit.session")
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .connect_with_connector(connector)
         .await
 }

@@ -162,11 +162,52 @@ pub struct Report {
 /// A packet from the other side, or the reason the stream ended.
 pub type Incoming = Result<Packet, String>;
 
+/// Bytes of file data asked for and not yet received, at most (one file at least): what
+/// the sender may have in flight, and so what can wait in memory. The receiver asks for
+/// more files as these arrive.
+const MAX_ASKED_BYTES: u64 = 32 << 20;
+
+/// Reads a gRPC stream of packets as they arrive, whatever the pace of the side that
+/// handles them (its end, or its error, last). HTTP/2 stacks end a connection that
+/// buffers many small DATA frames unread, and fsutil sends a frame per entry: the
+/// backlog is kept here instead: file data only as much as the receiver asked for
+/// ([`MAX_ASKED_BYTES`]), the listing whole (as BuildKit keeps it). A client that
+/// floods packets holds the daemon's socket, which is root's power anyway.
+pub fn pump<S>(
+    mut inbound: S,
+) -> (
+    mpsc::UnboundedReceiver<Incoming>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    S: tokio_stream::Stream<Item = Result<Packet, tonic::Status>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        use tokio_stream::StreamExt;
+        loop {
+            match inbound.next().await {
+                Some(Ok(p)) => {
+                    if tx.send(Ok(p)).is_err() {
+                        return;
+                    }
+                }
+                None => return,
+                Some(Err(s)) => {
+                    let _ = tx.send(Err(s.message().to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
 /// Keeps `dest` (a directory that exists) in step with the sender's tree: `incoming`
 /// carries the sender's packets, `outgoing` takes ours. Runs the file work on a blocking
 /// thread; returns once both sides said FIN.
 pub async fn receive(
-    incoming: mpsc::Receiver<Incoming>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
     outgoing: mpsc::UnboundedSender<Packet>,
     dest: PathBuf,
 ) -> Result<Report, FsError> {
@@ -190,6 +231,8 @@ pub async fn receive(
 /// A file asked for. Its temporary file is made when its data starts (the sender sends
 /// a few files at a time: only those hold a descriptor, however many were asked for).
 struct Pending {
+    /// asked for (else waiting in `to_ask`)
+    asked: bool,
     file: Option<std::fs::File>,
     /// its clean path, and its temporary file's name beside it
     path: String,
@@ -206,6 +249,30 @@ struct Receiver {
     dirs: Vec<(String, Stat)>,
     hardlinks: Vec<(String, String)>,
     report: Report,
+    last_parent: Option<(String, std::rc::Rc<OwnedFd>)>,
+    /// files to ask for, in the listing's order, and the bytes asked for and not received
+    to_ask: std::collections::VecDeque<u32>,
+    asked_bytes: u64,
+}
+
+/// The sender's packets as they come, taken from the channel many at a time (one wake-up
+/// of the task that feeds it per batch, not per packet).
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    buf: std::collections::VecDeque<Incoming>,
+}
+
+impl Inbox {
+    fn next(&mut self) -> Option<Incoming> {
+        if self.buf.is_empty() {
+            let mut v = Vec::with_capacity(256);
+            if self.rx.blocking_recv_many(&mut v, 256) == 0 {
+                return None;
+            }
+            self.buf.extend(v);
+        }
+        self.buf.pop_front()
+    }
 }
 
 impl Drop for Receiver {
@@ -242,6 +309,9 @@ impl Receiver {
             dirs: Vec::new(),
             hardlinks: Vec::new(),
             report: Report::default(),
+            last_parent: None,
+            to_ask: Default::default(),
+            asked_bytes: 0,
         })
     }
 
@@ -251,11 +321,15 @@ impl Receiver {
             .map_err(|_| FsError::Protocol("the connection to the sender closed".into()))
     }
 
-    fn run(&mut self, mut incoming: mpsc::Receiver<Incoming>) -> Result<Report, FsError> {
+    fn run(&mut self, incoming: mpsc::UnboundedReceiver<Incoming>) -> Result<Report, FsError> {
+        let mut incoming = Inbox {
+            rx: incoming,
+            buf: std::collections::VecDeque::new(),
+        };
         let mut next_id: u32 = 0;
         let mut listed = false;
         while !(listed && self.pending.is_empty()) {
-            let p = match incoming.blocking_recv() {
+            let p = match incoming.next() {
                 Some(Ok(p)) => p,
                 Some(Err(e)) => return Err(FsError::Protocol(e)),
                 None => {
@@ -298,7 +372,7 @@ impl Receiver {
         })?;
         // the sender's FIN, or the end of its stream
         loop {
-            match incoming.blocking_recv() {
+            match incoming.next() {
                 Some(Ok(p)) if p.r#type == PacketType::PacketFin as i32 => break,
                 Some(Ok(p)) if p.r#type == PacketType::PacketErr as i32 => {
                     return Err(FsError::Sender(
@@ -312,8 +386,21 @@ impl Receiver {
         Ok(std::mem::take(&mut self.report))
     }
 
-    /// The parent directory of `path`, opened without following any symlink.
-    fn parent(&self, path: &str) -> Result<OwnedFd, FsError> {
+    /// The parent directory of `path`, opened without following any symlink (the one
+    /// opened last is kept: a listing names a directory's entries one after another).
+    fn parent(&mut self, path: &str) -> Result<std::rc::Rc<OwnedFd>, FsError> {
+        let (parent, _) = split_parent(path);
+        if let Some((name, fd)) = &self.last_parent {
+            if name == parent {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = std::rc::Rc::new(self.open_parent(path)?);
+        self.last_parent = Some((parent.to_string(), fd.clone()));
+        Ok(fd)
+    }
+
+    fn open_parent(&self, path: &str) -> Result<OwnedFd, FsError> {
         let (parent, _) = split_parent(path);
         let p = if parent.is_empty() { "." } else { parent };
         rustix::fs::openat2(
@@ -346,6 +433,7 @@ impl Receiver {
                 if have_kind != Some(Kind::Dir) {
                     if have.is_some() {
                         remove_at(&parent, &name)?;
+                        self.last_parent = None;
                     }
                     rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700))
                         .map_err(io_err(format!("making {path}")))?;
@@ -359,6 +447,7 @@ impl Receiver {
                 if !same {
                     if have.is_some() {
                         remove_at(&parent, &name)?;
+                        self.last_parent = None;
                     }
                     rustix::fs::symlinkat(st.linkname.as_str(), &parent, name.as_str())
                         .map_err(io_err(format!("making the symlink {path}")))?;
@@ -385,19 +474,41 @@ impl Receiver {
                 self.pending.insert(
                     id,
                     Pending {
+                        asked: false,
                         file: None,
                         path: path.clone(),
                         tmp: format!(".berth-receiving-{id}"),
                         stat: st,
                     },
                 );
-                self.send(Packet {
-                    r#type: PacketType::PacketReq as i32,
-                    id,
-                    ..Default::default()
-                })?;
+                self.to_ask.push_back(id);
+                self.ask()?;
             }
             Kind::Other => {}
+        }
+        Ok(())
+    }
+
+    /// Asks for the next files while what was asked for and has not come stays under
+    /// [`MAX_ASKED_BYTES`].
+    fn ask(&mut self) -> Result<(), FsError> {
+        while let Some(&id) = self.to_ask.front() {
+            let Some(p) = self.pending.get_mut(&id) else {
+                self.to_ask.pop_front();
+                continue;
+            };
+            let size = p.stat.size.max(0) as u64;
+            if self.asked_bytes > 0 && self.asked_bytes + size > MAX_ASKED_BYTES {
+                break;
+            }
+            p.asked = true;
+            self.asked_bytes += size;
+            self.to_ask.pop_front();
+            self.send(Packet {
+                r#type: PacketType::PacketReq as i32,
+                id,
+                ..Default::default()
+            })?;
         }
         Ok(())
     }
@@ -405,7 +516,7 @@ impl Receiver {
     /// The temporary file of a pending entry, made on first use.
     fn open_pending(&mut self, id: u32) -> Result<&mut Pending, FsError> {
         let (path, tmp, has) = {
-            let p = self.pending.get(&id).ok_or_else(|| {
+            let p = self.pending.get(&id).filter(|p| p.asked).ok_or_else(|| {
                 FsError::Protocol(format!("data for a file not asked for ({id})"))
             })?;
             (p.path.clone(), p.tmp.clone(), p.file.is_some())
@@ -445,6 +556,8 @@ impl Receiver {
             .remove(&id)
             .ok_or_else(|| FsError::Protocol(format!("data for a file not asked for ({id})")))?;
         self.report.files_sent += 1;
+        self.asked_bytes = self.asked_bytes.saturating_sub(p.stat.size.max(0) as u64);
+        self.ask()?;
         let what = p.stat.path.clone();
         let file = p
             .file
@@ -472,6 +585,7 @@ impl Receiver {
         if let Ok(h) = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             if kind_of(go_mode(h.st_mode)) == Kind::Dir {
                 remove_at(&parent, name)?;
+                self.last_parent = None;
             }
         }
         rustix::fs::renameat(&parent, p.tmp.as_str(), &parent, name)
@@ -488,6 +602,7 @@ impl Receiver {
             let (_, tname) = split_parent(&target);
             if rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
                 remove_at(&parent, name)?;
+                self.last_parent = None;
             }
             rustix::fs::linkat(&tparent, tname, &parent, name, AtFlags::empty())
                 .map_err(io_err(format!("linking {path} to {target}")))?;
@@ -632,7 +747,7 @@ struct Listed {
 pub async fn send(
     root: PathBuf,
     keep: impl Fn(&str, bool) -> bool + Send + 'static,
-    mut incoming: mpsc::Receiver<Incoming>,
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
     outgoing: mpsc::Sender<Packet>,
 ) -> Result<(), FsError> {
     let listing = {
@@ -842,20 +957,38 @@ mod tests {
 
     /// Sends `src` to `dst` through in-memory channels.
     async fn sync(src: &Path, dst: &Path) -> Result<Report, FsError> {
-        let (to_recv_tx, to_recv_rx) = mpsc::channel::<Incoming>(16);
+        sync_counting(src, dst, Default::default()).await
+    }
+
+    /// [`sync`], keeping in `most` the largest number of files asked for at once.
+    async fn sync_counting(
+        src: &Path,
+        dst: &Path,
+        most: std::sync::Arc<std::sync::Mutex<(i64, i64)>>,
+    ) -> Result<Report, FsError> {
+        let (asked, done) = (most.clone(), most);
+        let (to_recv_tx, to_recv_rx) = mpsc::unbounded_channel::<Incoming>();
         let (from_recv_tx, mut from_recv_rx) = mpsc::unbounded_channel::<Packet>();
-        let (to_send_tx, to_send_rx) = mpsc::channel::<Incoming>(16);
+        let (to_send_tx, to_send_rx) = mpsc::unbounded_channel::<Incoming>();
         let (from_send_tx, mut from_send_rx) = mpsc::channel::<Packet>(16);
         tokio::spawn(async move {
             while let Some(p) = from_recv_rx.recv().await {
-                if to_send_tx.send(Ok(p)).await.is_err() {
+                if p.r#type == PacketType::PacketReq as i32 {
+                    let mut m = asked.lock().unwrap();
+                    m.0 += 1;
+                    m.1 = m.1.max(m.0);
+                }
+                if to_send_tx.send(Ok(p)).is_err() {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
             while let Some(p) = from_send_rx.recv().await {
-                if to_recv_tx.send(Ok(p)).await.is_err() {
+                if p.r#type == PacketType::PacketData as i32 && p.data.is_empty() {
+                    done.lock().unwrap().0 -= 1;
+                }
+                if to_recv_tx.send(Ok(p)).is_err() {
                     break;
                 }
             }
@@ -910,6 +1043,31 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn big_files_are_asked_for_a_few_at_a_time() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        for i in 0..3u8 {
+            std::fs::write(src.path().join(format!("big{i}")), vec![i; 20 << 20]).unwrap();
+        }
+        for i in 0..50 {
+            std::fs::write(src.path().join(format!("small{i}")), "s").unwrap();
+        }
+        let most = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
+        let r = sync_counting(src.path(), dst.path(), most.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.files_sent, 53);
+        for i in 0..3u8 {
+            let got = std::fs::read(dst.path().join(format!("big{i}"))).unwrap();
+            assert!(got.len() == 20 << 20 && got.iter().all(|b| *b == i));
+        }
+        // 20 MiB files under a 32 MiB bound: one of them in flight at a time (with the
+        // small ones, listed first)
+        let (_, at_once) = *most.lock().unwrap();
+        assert_eq!(at_once, 51);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sender_cannot_write_outside() {
         let dst = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
@@ -925,7 +1083,7 @@ mod tests {
                 stat("l/x", 0o644),
             ],
         ] {
-            let (tx, rx) = mpsc::channel::<Incoming>(16);
+            let (tx, rx) = mpsc::unbounded_channel::<Incoming>();
             let (out, _keep) = mpsc::unbounded_channel();
             for st in listing {
                 tx.send(Ok(Packet {
@@ -933,7 +1091,6 @@ mod tests {
                     stat: Some(st),
                     ..Default::default()
                 }))
-                .await
                 .unwrap();
             }
             drop(tx);

@@ -1,7 +1,7 @@
 //! The daemon's side of a BuildKit session: calls to the services the client exposes
 //! (its directories, registry credentials, secrets, ssh agent, health).
 
-use crate::fsutil::{self, FsError, Incoming, Report};
+use crate::fsutil::{self, FsError, Report};
 use crate::pb::grpc::health::v1::{health_client::HealthClient, HealthCheckRequest};
 use crate::pb::moby::buildkit::secrets::v1::{secrets_client::SecretsClient, GetSecretRequest};
 use crate::pb::moby::filesync::v1::{
@@ -46,29 +46,6 @@ fn meta(v: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii
         .map_err(|_| FsError::Protocol(format!("a pattern that is not ASCII: {v:?}")))
 }
 
-/// Forwards a gRPC stream of packets into `tx` (its end, or its error, last).
-fn pump(
-    mut inbound: tonic::Streaming<Packet>,
-    tx: mpsc::Sender<Incoming>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match inbound.message().await {
-                Ok(Some(p)) => {
-                    if tx.send(Ok(p)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(s) => {
-                    let _ = tx.send(Err(s.message().to_string())).await;
-                    return;
-                }
-            }
-        }
-    })
-}
-
 impl SessionClient {
     pub fn new(channel: tonic::transport::Channel) -> Self {
         SessionClient { channel }
@@ -94,8 +71,7 @@ impl SessionClient {
             .diff_copy(req)
             .await
             .map_err(|s| FsError::Sender(s.message().to_string()))?;
-        let (in_tx, in_rx) = mpsc::channel(64);
-        let pump = pump(resp.into_inner(), in_tx);
+        let (in_rx, pump) = fsutil::pump(resp.into_inner());
         let r = fsutil::receive(in_rx, out_tx, dest).await;
         pump.abort();
         r
@@ -109,8 +85,7 @@ impl SessionClient {
             .diff_copy(tonic::Request::new(out_stream))
             .await
             .map_err(|s| FsError::Receiver(s.message().to_string()))?;
-        let (in_tx, in_rx) = mpsc::channel(64);
-        let pump = pump(resp.into_inner(), in_tx);
+        let (in_rx, pump) = fsutil::pump(resp.into_inner());
         let r = fsutil::send(src, |_, _| true, in_rx, out_tx).await;
         pump.abort();
         r

