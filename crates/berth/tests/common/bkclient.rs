@@ -5,7 +5,7 @@
 
 use berth_buildkit::control::control_client::ControlClient;
 use berth_buildkit::control::{Exporter, SolveRequest, StatusRequest, StatusResponse};
-use berth_buildkit::fsutil::{self, Incoming};
+use berth_buildkit::fsutil;
 use berth_buildkit::pb::grpc::health::v1::health_server::{Health, HealthServer};
 use berth_buildkit::pb::grpc::health::v1::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
