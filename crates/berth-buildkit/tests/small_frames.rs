@@ -2,6 +2,8 @@
 //! many small frames wait unread. A listing of many entries must cross whatever the pace
 //! of the side that handles it: `fsutil::pump` reads it as it comes.
 
+#![allow(clippy::unwrap_used)]
+
 use berth_buildkit::filesync::file_sync_client::FileSyncClient;
 use berth_buildkit::filesync::file_sync_server::{FileSync, FileSyncServer};
 use berth_buildkit::{conn, fsutil, Packet, PacketType, Stat};
