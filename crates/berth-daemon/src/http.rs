@@ -320,8 +320,15 @@ where
                 },
                 Err(e) => Err(io::Error::other(format!("reading request body: {e}"))),
             };
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
+            if item.is_err() {
+                let _ = tx.send(item).await;
+                break;
+            }
+            if tx.send(item).await.is_err() {
+                // the reader stopped early (an error, or all it needed was read, like a
+                // build context's tar before its padding): the client may finish
+                // sending, and reads the answer instead of a broken pipe
+                discard(body).await;
                 break;
             }
         }

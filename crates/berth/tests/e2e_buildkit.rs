@@ -875,3 +875,105 @@ async fn named_build_contexts() {
         .message()
         .contains("only docker-image://"));
 }
+
+/// A vertex's start and end, in nanoseconds.
+fn span(v: &berth_buildkit::control::Vertex) -> (i128, i128) {
+    let (s, c) = (v.started.as_ref().unwrap(), v.completed.as_ref().unwrap());
+    (
+        s.seconds as i128 * 1_000_000_000 + s.nanos as i128,
+        c.seconds as i128 * 1_000_000_000 + c.nanos as i128,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_stages_build_at_once() {
+    let Some(d) = daemon_with_busybox("independent_stages_build_at_once") else {
+        return;
+    };
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"FROM bb AS one
+RUN sleep 1 && echo one > /one
+FROM bb AS two
+RUN sleep 1 && echo two > /two
+FROM bb AS only-mounted
+RUN echo three > /three
+FROM bb AS unused
+RUN exit 9
+FROM bb
+COPY --from=one /one /one
+COPY --from=two /two /two
+RUN --mount=type=bind,from=only-mounted,target=/m cat /m/three > /three
+"#,
+    );
+    let spec = SessionSpec {
+        dirs: HashMap::from([
+            ("context".to_string(), ctx.path().to_path_buf()),
+            ("dockerfile".to_string(), ctx.path().to_path_buf()),
+        ]),
+        ..Default::default()
+    };
+    let session = bkclient::session(&d.socket, "stages", spec.clone()).await;
+    let attrs = [("filename", "Dockerfile"), ("no-cache", "")];
+    let r = bkclient::solve(&d.socket, &session, &attrs, vec![moby("stages:1")], &[]).await;
+    assert!(r.result.is_ok(), "{:?}\n{}", r.result, d.log());
+    let out = run_out(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "stages:1",
+            "cat",
+            "/one",
+            "/two",
+            "/three",
+        ],
+    );
+    assert_eq!(out, "one\ntwo\nthree\n");
+    // the two stages' RUNs overlapped; the steps keep their Dockerfile numbers
+    let a = r.vertex("[one 2/10] RUN sleep 1").expect("stage one's RUN");
+    let b = r.vertex("[two 4/10] RUN sleep 1").expect("stage two's RUN");
+    let (a, b) = (span(&a), span(&b));
+    assert!(a.0 < b.1 && b.0 < a.1, "not at once: {a:?} {b:?}");
+    assert!(
+        r.vertex("[only-mounted 6/10]").is_some(),
+        "{:?}",
+        r.vertex_names()
+    );
+    assert!(
+        !r.vertex_names().iter().any(|n| n.contains("exit 9")),
+        "{:?}",
+        r.vertex_names()
+    );
+
+    // a failing stage fails the build and stops the others' steps
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"FROM bb AS slow
+RUN sleep 30
+FROM bb AS broken
+RUN sleep 1; echo stage-broke >&2; exit 3
+FROM bb
+COPY --from=slow /etc/passwd /a
+COPY --from=broken /etc/passwd /b
+"#,
+    );
+    let session = bkclient::session(&d.socket, "stages", spec).await;
+    let r = bkclient::solve(&d.socket, &session, &attrs, vec![moby("stages:2")], &[]).await;
+    let err = r.result.clone().expect_err("the build fails");
+    assert!(err.message().contains("exit code: 3"), "{err:?}");
+    assert!(r.logs().contains("stage-broke"), "{}", r.logs());
+    let slow = r.vertex("RUN sleep 30").expect("the slow stage's RUN");
+    assert!(
+        !slow.error.is_empty(),
+        "the slow step was stopped: {slow:?}"
+    );
+    // no step container is left
+    let all = d.get_json("/containers/json?all=1");
+    assert_eq!(all.as_array().map(Vec::len), Some(0), "{all}");
+}

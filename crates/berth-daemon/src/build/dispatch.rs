@@ -176,18 +176,23 @@ pub struct Builder {
     /// the ARG instructions before the first FROM (shown as steps, as Docker does)
     meta_ins: Vec<Instruction>,
     stages: Vec<StageDef>,
-    /// each built stage's image (None: not built, or `scratch` with nothing added)
-    built: Vec<Option<Option<Digest>>>,
+    /// each built stage's image (None: not built, or `scratch` with nothing added);
+    /// shared by the stages that build at once
+    built: Arc<std::sync::Mutex<Vec<Option<Option<Digest>>>>>,
     step: usize,
     total: usize,
     /// the stage being built
     current: usize,
-    used_args: BTreeSet<String>,
+    used_args: Arc<std::sync::Mutex<BTreeSet<String>>>,
     /// `--cache-from` images: a step also hits when one of them was built on the same
     /// history and made this step next
     sources: Arc<Vec<berth_image::Image>>,
     /// each step's cache key and image, in order (what `--cache-to` exports)
-    pub records: Vec<crate::buildkit::cache::Record>,
+    records: Arc<std::sync::Mutex<Vec<crate::buildkit::cache::Record>>>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Builder {
@@ -207,13 +212,13 @@ impl Builder {
             meta_args: Vec::new(),
             meta_ins: Vec::new(),
             stages: Vec::new(),
-            built: Vec::new(),
+            built: Arc::default(),
             step: 0,
             total: 0,
             current: 0,
-            used_args: BTreeSet::new(),
+            used_args: Arc::default(),
             sources: Arc::new(Vec::new()),
-            records: Vec::new(),
+            records: Arc::default(),
         };
         if file.instructions.is_empty() {
             return Err(fail("the Dockerfile cannot be empty"));
@@ -263,7 +268,7 @@ impl Builder {
                         Some(Some(given)) => Some(given.clone()),
                         _ => v,
                     };
-                    b.used_args.insert(k.clone());
+                    locked(&b.used_args).insert(k.clone());
                     b.meta_args.push((k, v));
                 }
                 b.meta_ins.push(ins);
@@ -279,7 +284,7 @@ impl Builder {
                 "no build stage in current context: the Dockerfile has no FROM",
             ));
         }
-        b.built = vec![None; b.stages.len()];
+        *locked(&b.built) = vec![None; b.stages.len()];
         Ok(b)
     }
 
@@ -313,7 +318,37 @@ impl Builder {
         Ok(base)
     }
 
-    /// The stages a target needs: itself and what its FROMs and `--from`s name.
+    /// The earlier stages stage `i` builds on or copies from: its FROM, the `--from`s of
+    /// its instructions and the `from=` of its RUN mounts (a named context of the same
+    /// name is not a stage).
+    fn refs(&self, i: usize) -> Result<Vec<usize>, Failure> {
+        let mut names = vec![self.base_name(i)?];
+        for ins in &self.stages[i].body {
+            if let Some(f) = ins.flag("from") {
+                names.push(f.to_string());
+            }
+            if ins.cmd == "RUN" {
+                let mounts = ins.flags.iter().filter(|(n, _)| n == "mount");
+                for (_, v) in mounts {
+                    if let Ok(sp) = super::runmount::parse(v.as_deref().unwrap_or("")) {
+                        if !sp.from.is_empty() {
+                            names.push(sp.from);
+                        }
+                    }
+                }
+            }
+        }
+        let mut refs: Vec<usize> = names
+            .iter()
+            .filter(|n| !self.opts.named_contexts.contains_key(n.as_str()))
+            .filter_map(|n| self.stage_index(n, i))
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        Ok(refs)
+    }
+
+    /// The stages a target needs: itself and what it refers to, all the way down.
     fn needed(&self, target: usize) -> Result<Vec<bool>, Failure> {
         let mut need = vec![false; self.stages.len()];
         let mut todo = vec![target];
@@ -322,19 +357,19 @@ impl Builder {
                 continue;
             }
             need[i] = true;
-            let base = self.base_name(i)?;
-            if let Some(j) = self.stage_index(&base, i) {
-                todo.push(j);
-            }
-            for ins in &self.stages[i].body {
-                if let Some(f) = ins.flag("from") {
-                    if let Some(j) = self.stage_index(f, i) {
-                        todo.push(j);
-                    }
-                }
-            }
+            todo.extend(self.refs(i)?);
         }
         Ok(need)
+    }
+
+    /// Stage `j`'s image once built (Some(None): built, and empty).
+    fn built_image(&self, j: usize) -> Option<Option<Digest>> {
+        locked(&self.built).get(j).cloned().flatten()
+    }
+
+    /// The cache records of the steps, in the order they were made or found.
+    pub fn take_records(&mut self) -> Vec<crate::buildkit::cache::Record> {
+        std::mem::take(&mut *locked(&self.records))
     }
 
     /// Keeps the digests the build computed of a kept context's files.
@@ -374,17 +409,21 @@ impl Builder {
         for ins in self.meta_ins.clone() {
             self.announce(&ins).await?;
         }
-        for (i, needed) in need.iter().enumerate().take(target + 1) {
-            if *needed {
+        let stages: Vec<usize> = (0..=target).filter(|i| need[*i]).collect();
+        if stages.len() > 1 && self.out.lanes() {
+            self.stages_at_once(&stages, target).await?;
+        } else {
+            for &i in &stages {
                 let image = self.stage(i, i == target).await?;
-                self.built[i] = Some(image);
+                locked(&self.built)[i] = Some(image);
             }
         }
+        let used = locked(&self.used_args).clone();
         let unused: Vec<&String> = self
             .opts
             .build_args
             .keys()
-            .filter(|k| !self.used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+            .filter(|k| !used.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
             .collect();
         if !unused.is_empty() {
             let names: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
@@ -395,10 +434,109 @@ impl Builder {
                 ))
                 .await;
         }
-        self.built[target]
-            .clone()
+        self.built_image(target)
             .flatten()
             .ok_or_else(|| fail("No image was generated. Is your Dockerfile empty?"))
+    }
+
+    /// Builds `stages` (in Dockerfile order, `target` last), each once the stages it
+    /// refers to are built, those that do not depend on each other at the same time
+    /// (a BuildKit build: each stage's steps are vertexes of their own). Steps keep the
+    /// numbers they have in the Dockerfile's order. The first failure stops the others
+    /// (their running steps are killed) and is the build's.
+    async fn stages_at_once(&mut self, stages: &[usize], target: usize) -> Result<(), Failure> {
+        let mut first_step = Vec::with_capacity(stages.len());
+        let mut n = self.step;
+        for &i in stages {
+            first_step.push(n);
+            n += 1 + self.stages[i].body.len();
+        }
+        let abort = Arc::new(tokio::sync::watch::Sender::new(false));
+        let (done_tx, _) = tokio::sync::broadcast::channel::<(usize, bool)>(stages.len().max(1));
+        let mut lanes = Vec::with_capacity(stages.len());
+        for (k, &i) in stages.iter().enumerate() {
+            let mut lane = self.lane(abort.clone());
+            lane.step = first_step[k];
+            let refs: Vec<usize> = self.refs(i)?;
+            let mut done_rx = done_tx.subscribe();
+            let done_tx = done_tx.clone();
+            let abort = abort.clone();
+            lanes.push(async move {
+                // wait for what it refers to
+                let mut waiting: BTreeSet<usize> = refs
+                    .into_iter()
+                    .filter(|j| lane.built_image(*j).is_none())
+                    .collect();
+                while !waiting.is_empty() {
+                    match done_rx.recv().await {
+                        Ok((j, true)) => {
+                            waiting.remove(&j);
+                        }
+                        // a stage failed: that failure is the build's, and what depends
+                        // on this stage learns it does not come
+                        Ok((_, false)) | Err(_) => {
+                            let _ = done_tx.send((i, false));
+                            return Ok(());
+                        }
+                    }
+                    waiting.retain(|j| lane.built_image(*j).is_none());
+                }
+                if *abort.borrow() {
+                    let _ = done_tx.send((i, false));
+                    return Ok(());
+                }
+                let r = lane.stage(i, i == target).await;
+                match r {
+                    Ok(image) => {
+                        locked(&lane.built)[i] = Some(image);
+                        let _ = done_tx.send((i, true));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let first = !abort.send_replace(true);
+                        let _ = done_tx.send((i, false));
+                        // the first failure is the one to report
+                        if first {
+                            Err(e)
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let results = futures_util::future::join_all(lanes).await;
+        self.step = n;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+        if locked(&self.built)[target].is_none() {
+            return Err(fail("the build was canceled"));
+        }
+        Ok(())
+    }
+
+    /// A copy of the builder for one stage built beside others: the same shared state
+    /// (built stages, used ARGs, cache records), its own step counter and vertexes.
+    fn lane(&self, abort: Arc<tokio::sync::watch::Sender<bool>>) -> Builder {
+        Builder {
+            d: self.d.clone(),
+            opts: self.opts.clone(),
+            ctx: self.ctx.clone(),
+            out: self.out.lane(abort),
+            escape: self.escape,
+            meta_args: self.meta_args.clone(),
+            meta_ins: self.meta_ins.clone(),
+            stages: self.stages.clone(),
+            built: self.built.clone(),
+            step: self.step,
+            total: self.total,
+            current: self.current,
+            used_args: self.used_args.clone(),
+            sources: self.sources.clone(),
+            records: self.records.clone(),
+        }
     }
 
     async fn announce(&mut self, ins: &Instruction) -> Result<(), Failure> {
@@ -455,7 +593,7 @@ impl Builder {
             .stage_index(&base, i)
             .filter(|_| !self.opts.named_contexts.contains_key(&base))
         {
-            let img = self.built[j].clone().flatten();
+            let img = self.built_image(j).flatten();
             let cfg = match &img {
                 Some(id) => self.config_of(id)?,
                 None => Map::new(),
@@ -629,7 +767,7 @@ impl Builder {
                         Some(Some(given)) => Some(given.clone()),
                         _ => default.clone().or_else(|| self.meta_value(&k)),
                     };
-                    self.used_args.insert(k.clone());
+                    locked(&self.used_args).insert(k.clone());
                     desc.push(match &default {
                         Some(dv) => format!("{k}={dv}"),
                         None => k.clone(),
@@ -878,7 +1016,7 @@ impl Builder {
         }
         match hit {
             Some(id) => {
-                self.records.push(crate::buildkit::cache::Record {
+                locked(&self.records).push(crate::buildkit::cache::Record {
                     key: key.to_string(),
                     image: id.clone(),
                     description: created_by.to_string(),
@@ -920,7 +1058,7 @@ impl Builder {
             .images
             .cache_put(key, &id, desc)
             .map_err(Failure::from)?;
-        self.records.push(crate::buildkit::cache::Record {
+        locked(&self.records).push(crate::buildkit::cache::Record {
             key: key.to_string(),
             image: id.clone(),
             description: desc.to_string(),
@@ -1122,7 +1260,7 @@ impl Builder {
                 match self
                     .stage_index(&sp.from, self.current)
                     .filter(|_| !self.opts.named_contexts.contains_key(&sp.from))
-                    .and_then(|j| self.built[j].clone())
+                    .and_then(|j| self.built_image(j))
                 {
                     Some(img) => img.map(|i| i.to_string()).unwrap_or_default(),
                     None => self.base_image(&sp.from).await?.to_string(),
@@ -1166,7 +1304,7 @@ impl Builder {
                     let id = match self
                         .stage_index(&sp.from, self.current)
                         .filter(|_| !self.opts.named_contexts.contains_key(&sp.from))
-                        .and_then(|j| self.built[j].clone())
+                        .and_then(|j| self.built_image(j))
                     {
                         Some(img) => img,
                         None => Some(self.base_image(&sp.from).await?),
@@ -1388,7 +1526,7 @@ impl Builder {
                     let id = match self
                         .stage_index(f, self.current)
                         .filter(|_| !self.opts.named_contexts.contains_key(f))
-                        .and_then(|j| self.built[j].clone())
+                        .and_then(|j| self.built_image(j))
                     {
                         Some(img) => img,
                         None => Some(self.base_image(f).await?),

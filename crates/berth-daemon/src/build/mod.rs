@@ -34,6 +34,23 @@ pub struct Out {
     quiet: bool,
     /// something was written (an error after that goes into the stream)
     started: Arc<std::sync::atomic::AtomicBool>,
+    /// a stage built beside others: its own vertexes
+    lane: Option<Lane>,
+}
+
+/// The vertexes of one stage of a BuildKit build whose stages build at once.
+#[derive(Clone)]
+struct Lane {
+    /// its step under way (or last)
+    current: Arc<std::sync::Mutex<Option<usize>>>,
+    /// set when a stage failed: the others stop
+    abort: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Lane {
+    fn current(&self) -> Option<usize> {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[derive(Clone)]
@@ -48,6 +65,7 @@ impl Out {
             sink: Sink::Json(tx),
             quiet,
             started: Arc::default(),
+            lane: None,
         }
     }
 
@@ -56,6 +74,47 @@ impl Out {
             sink: Sink::Vertexes(p),
             quiet: false,
             started: Arc::default(),
+            lane: None,
+        }
+    }
+
+    /// Whether stages can build at once, each with its own vertexes (a BuildKit build;
+    /// the classic builder's stream is one step after the other).
+    pub fn lanes(&self) -> bool {
+        matches!(self.sink, Sink::Vertexes(_))
+    }
+
+    /// The output of one stage built beside others; `abort` stops them all.
+    pub fn lane(&self, abort: Arc<tokio::sync::watch::Sender<bool>>) -> Out {
+        Out {
+            lane: Some(Lane {
+                current: Arc::default(),
+                abort,
+            }),
+            ..self.clone()
+        }
+    }
+
+    fn log(&self, p: &crate::buildkit::progress::Progress, stream: i64, msg: &[u8]) {
+        match &self.lane {
+            Some(l) => {
+                if let Some(i) = l.current() {
+                    p.log_to(i, stream, msg);
+                }
+            }
+            None => p.log(stream, msg),
+        }
+    }
+
+    /// Ends the step under way (this lane's, or the build's current vertex).
+    fn complete(&self, p: &crate::buildkit::progress::Progress, cached: bool) {
+        match &self.lane {
+            Some(l) => {
+                if let Some(i) = l.current() {
+                    p.complete(i, cached, None);
+                }
+            }
+            None => p.complete_current(cached, None),
         }
     }
 
@@ -66,7 +125,7 @@ impl Out {
                 self.raw(&json!({"stream": text.as_ref()})).await;
             }
             Sink::Json(_) => {}
-            Sink::Vertexes(p) => p.log(1, text.as_ref().as_bytes()),
+            Sink::Vertexes(p) => self.log(p, 1, text.as_ref().as_bytes()),
         }
     }
 
@@ -83,12 +142,21 @@ impl Out {
         match &self.sink {
             Sink::Json(_) => self.say(format!("Step {n}/{total} : {text}\n")).await,
             Sink::Vertexes(p) => {
-                p.complete_current(false, None);
+                self.complete(p, false);
                 let prefix = match stage {
                     Some(s) => format!("{s} {n}/{total}"),
                     None => format!("{n}/{total}"),
                 };
-                p.start_step(&format!("[{prefix}] {text}"));
+                let name = format!("[{prefix}] {text}");
+                match &self.lane {
+                    Some(l) => {
+                        let i = p.start_step_after(&name, l.current());
+                        *l.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(i);
+                    }
+                    None => {
+                        p.start_step(&name);
+                    }
+                }
             }
         }
     }
@@ -100,7 +168,7 @@ impl Out {
                 self.say(format!(" ---> Using cache\n ---> {image}\n"))
                     .await
             }
-            Sink::Vertexes(p) => p.complete_current(true, None),
+            Sink::Vertexes(p) => self.complete(p, true),
         }
     }
 
@@ -108,7 +176,7 @@ impl Out {
     pub async fn step_done(&self, image: &str) {
         match &self.sink {
             Sink::Json(_) => self.say(format!(" ---> {image}\n")).await,
-            Sink::Vertexes(p) => p.complete_current(false, None),
+            Sink::Vertexes(p) => self.complete(p, false),
         }
     }
 
@@ -117,7 +185,7 @@ impl Out {
         match &self.sink {
             Sink::Json(_) if stderr => self.say(format!("\x1b[91m{text}\x1b[0m")).await,
             Sink::Json(_) => self.say(text).await,
-            Sink::Vertexes(p) => p.log(if stderr { 2 } else { 1 }, text.as_bytes()),
+            Sink::Vertexes(p) => self.log(p, if stderr { 2 } else { 1 }, text.as_bytes()),
         }
     }
 
@@ -127,16 +195,34 @@ impl Out {
 
     /// The client went away (the response was dropped, or the build was canceled).
     pub fn gone(&self) -> bool {
-        match &self.sink {
-            Sink::Json(tx) => tx.is_closed(),
-            Sink::Vertexes(p) => p.is_cancelled(),
-        }
+        let aborted = self.lane.as_ref().is_some_and(|l| *l.abort.borrow());
+        aborted
+            || match &self.sink {
+                Sink::Json(tx) => tx.is_closed(),
+                Sink::Vertexes(p) => p.is_cancelled(),
+            }
     }
 
+    /// Resolves when the client went away (or, for a lane, another stage failed).
     pub async fn closed(&self) {
-        match &self.sink {
-            Sink::Json(tx) => tx.closed().await,
-            Sink::Vertexes(p) => p.cancelled().await,
+        let aborted = async {
+            match &self.lane {
+                Some(l) => {
+                    let mut rx = l.abort.subscribe();
+                    let _ = rx.wait_for(|a| *a).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let client = async {
+            match &self.sink {
+                Sink::Json(tx) => tx.closed().await,
+                Sink::Vertexes(p) => p.cancelled().await,
+            }
+        };
+        tokio::select! {
+            _ = aborted => {}
+            _ = client => {}
         }
     }
 

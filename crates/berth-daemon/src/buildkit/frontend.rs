@@ -318,7 +318,7 @@ pub async fn build(
     drop(named_dirs);
     Ok(Built {
         id,
-        records: std::mem::take(&mut b.records),
+        records: b.take_records(),
     })
 }
 

@@ -89,6 +89,31 @@ impl Progress {
         i
     }
 
+    /// A step of a stage built beside others: a vertex after `input` (the stage's step
+    /// before), not the current one.
+    pub fn start_step_after(&self, name: &str, input: Option<usize>) -> usize {
+        self.with(|s| {
+            let i = s.vertexes.len();
+            let v = Vertex {
+                digest: self.digest(i),
+                inputs: input
+                    .and_then(|c| s.vertexes.get(c))
+                    .map(|v| vec![v.digest.clone()])
+                    .unwrap_or_default(),
+                name: name.to_string(),
+                started: Some(now()),
+                ..Default::default()
+            };
+            s.vertexes.push(v.clone());
+            s.steps += 1;
+            s.history.push(StatusResponse {
+                vertexes: vec![v],
+                ..Default::default()
+            });
+            i
+        })
+    }
+
     /// Ends vertex `i` (with `error` if it failed); a cache hit says so.
     pub fn complete(&self, i: usize, cached: bool, error: Option<&str>) {
         self.with(|s| {
@@ -125,9 +150,17 @@ impl Progress {
 
     /// Output of the current vertex (stream 1 stdout, 2 stderr).
     pub fn log(&self, stream: i64, msg: &[u8]) {
+        let cur = self.with(|s| s.current);
+        if let Some(i) = cur {
+            self.log_to(i, stream, msg);
+        }
+    }
+
+    /// Output of vertex `i`.
+    pub fn log_to(&self, i: usize, stream: i64, msg: &[u8]) {
         self.with(|s| {
-            let Some(i) = s.current else { return };
-            let vertex = s.vertexes[i].digest.clone();
+            let Some(v) = s.vertexes.get(i) else { return };
+            let vertex = v.digest.clone();
             s.history.push(StatusResponse {
                 logs: vec![VertexLog {
                     vertex,

@@ -481,6 +481,15 @@ pub fn cache_entry(
 }
 
 impl Solved {
+    /// The last state of the vertex whose name contains `name`.
+    pub fn vertex(&self, name: &str) -> Option<berth_buildkit::control::Vertex> {
+        self.status
+            .iter()
+            .flat_map(|s| s.vertexes.iter())
+            .rfind(|v| v.name.contains(name))
+            .cloned()
+    }
+
     /// The names of the step vertexes that were cache hits.
     pub fn cached_steps(&self) -> Vec<String> {
         let mut v: Vec<String> = self
