@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ssh.proto",
         "proto/health.proto",
         "proto/gateway.proto",
+        "proto/content.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

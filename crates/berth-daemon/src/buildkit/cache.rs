@@ -10,8 +10,14 @@
 //! - `type=inline`: the exported image's config carries the step images' configs and
 //!   keys (`berth.buildcache.v0`); importing it takes the layers from the image itself.
 //!
+//! - `type=local,dest=DIR`: the same index and step images, their layers uncompressed,
+//!   written into the client's directory DIR (an OCI layout) through the content store
+//!   its session exposes (`local:DIR`); the client names the index `latest` in DIR's
+//!   `index.json` from the build's `cache.manifest` response.
+//!
 //! `--cache-from type=registry,ref=R` reads either form (an index of ours, or an image
-//! with inline cache). The format is berth's own: BuildKit's cache manifests are not read.
+//! with inline cache), `type=local,src=DIR` the index the client found in DIR. The format
+//! is berth's own: BuildKit's cache manifests are not read.
 
 use crate::Daemon;
 use base64::Engine;
@@ -101,8 +107,9 @@ pub async fn import(
                 }
                 Err(err) => Err(err),
             },
+            "local" => import_local(d, e, session).await,
             other => Err(format!(
-                "cache type {other:?} is not supported here (registry and inline are)"
+                "cache type {other:?} is not supported here (registry, local and inline are)"
             )),
         };
         match r {
@@ -231,14 +238,16 @@ pub fn with_inline(d: &Daemon, id: &Digest, records: &[Record]) -> Result<Digest
     Ok(new)
 }
 
-/// Exports `records` to each `type=registry` cache of `entries` (inline ones are the
-/// image exporter's).
+/// Exports `records` to each `type=registry` and `type=local` cache of `entries`
+/// (inline ones are the image exporter's); what the build's response adds (a local
+/// cache's `cache.manifest`).
 pub async fn export(
     d: &Arc<Daemon>,
     entries: &[CacheOptionsEntry],
     records: &[Record],
     session: &SessionClient,
-) -> Result<(), String> {
+) -> Result<Vec<(String, String)>, String> {
+    let mut resp = Vec::new();
     for e in entries {
         match e.r#type.as_str() {
             "inline" => {}
@@ -247,14 +256,266 @@ pub async fn export(
                 let creds = super::credentials(session, r.domain()).await;
                 export_registry(d, &r, records, creds).await?;
             }
+            "local" => {
+                let desc = export_local(d, e, records, session).await?;
+                resp.push(("cache.manifest".to_string(), desc.to_string()));
+            }
             other => {
                 return Err(format!(
-                    "cache type {other:?} is not supported here (registry and inline are)"
+                    "cache type {other:?} is not supported here (registry, local and inline are)"
                 ))
             }
         }
     }
-    Ok(())
+    Ok(resp)
+}
+
+/// The client's content store a `type=local` cache names (`dest=` to export, `src=` to
+/// import).
+fn local_store(e: &CacheOptionsEntry, attr: &str) -> Result<String, String> {
+    e.attrs
+        .get(attr)
+        .filter(|v| !v.is_empty())
+        .map(|dir| format!("local:{dir}"))
+        .ok_or_else(|| format!("cache type=local needs {attr}="))
+}
+
+/// Blobs of a local cache: layers as plain tars (their digest is their diff id).
+const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// Writes bytes as a blob of the client's store; its descriptor.
+async fn put_bytes(
+    session: &SessionClient,
+    store: &str,
+    media_type: &str,
+    bytes: Vec<u8>,
+) -> Result<Value, String> {
+    let digest = Digest::of(&bytes).to_string();
+    let size = bytes.len() as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.send(Ok(bytes)).await;
+    drop(tx);
+    session
+        .write_content(store, &digest, size, rx)
+        .await
+        .map_err(|s| format!("writing {digest} to the cache: {}", s.message()))?;
+    Ok(json!({"mediaType": media_type, "digest": digest, "size": size}))
+}
+
+async fn export_local(
+    d: &Arc<Daemon>,
+    e: &CacheOptionsEntry,
+    records: &[Record],
+    session: &SessionClient,
+) -> Result<Value, String> {
+    let store = local_store(e, "dest")?;
+    let mut written = std::collections::HashSet::new();
+    let mut manifests = Vec::new();
+    for rec in records {
+        let img = d.images.get(&rec.image).map_err(|e| e.to_string())?;
+        let mut layers = Vec::new();
+        for l in &img.layers {
+            let size = l.blob_size.max(0) as u64;
+            layers.push(json!({"mediaType": OCI_LAYER_TAR, "digest": l.diff_id, "size": size}));
+            if !written.insert(l.diff_id.clone()) {
+                continue;
+            }
+            // the layer's tar, read on a blocking thread a chunk at a time
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let (d2, l2) = (d.clone(), l.clone());
+            let reader = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut src = match d2.images.layer_tar(&l2) {
+                    Ok(r) => r,
+                    Err(err) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+                        return;
+                    }
+                };
+                loop {
+                    let mut buf = vec![0u8; 1 << 20];
+                    match src.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.blocking_send(Ok(buf)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            let _ = tx.blocking_send(Err(err));
+                            return;
+                        }
+                    }
+                }
+            });
+            let r = session.write_content(&store, &l.diff_id, size, rx).await;
+            reader.abort();
+            r.map_err(|s| format!("writing layer {} to the cache: {}", l.diff_id, s.message()))?;
+        }
+        let config = put_bytes(session, &store, OCI_CONFIG, img.raw_config.clone()).await?;
+        let doc = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+        let mut desc = put_bytes(session, &store, OCI_MANIFEST, bytes).await?;
+        desc["annotations"] = json!({KEY: rec.key, DESCRIPTION: rec.description});
+        manifests.push(desc);
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::OCI_INDEX,
+        "manifests": manifests,
+        "annotations": {INDEX_MARK: "1"},
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    put_bytes(session, &store, manifest::OCI_INDEX, bytes).await
+}
+
+/// A small blob of the client's store (a manifest, a config, an index).
+async fn get_bytes(session: &SessionClient, store: &str, digest: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    session
+        .read_content(store, digest, 16 << 20, |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .await
+        .map_err(|s| format!("reading {digest} from the cache: {}", s.message()))?;
+    if Digest::of(&out).to_string() != digest {
+        return Err(format!("{digest} in the cache does not match its digest"));
+    }
+    Ok(out)
+}
+
+async fn import_local(
+    d: &Arc<Daemon>,
+    e: &CacheOptionsEntry,
+    session: &SessionClient,
+) -> Result<usize, String> {
+    let store = local_store(e, "src")?;
+    let index = e
+        .attrs
+        .get("digest")
+        .filter(|v| !v.is_empty())
+        .ok_or("cache type=local: the client found no index (digest=) in its directory")?;
+    let doc: Value = serde_json::from_slice(&get_bytes(session, &store, index).await?)
+        .map_err(|e| e.to_string())?;
+    if !doc["annotations"][INDEX_MARK].is_string() {
+        return Err(format!("{index} is not a build cache of berth's"));
+    }
+    let mut n = 0;
+    for m in doc["manifests"].as_array().into_iter().flatten() {
+        let (Some(key), Some(digest)) = (m["annotations"][KEY].as_str(), m["digest"].as_str())
+        else {
+            continue;
+        };
+        let desc = m["annotations"][DESCRIPTION].as_str().unwrap_or_default();
+        let man: Value = serde_json::from_slice(&get_bytes(session, &store, digest).await?)
+            .map_err(|e| e.to_string())?;
+        let config_digest = man["config"]["digest"].as_str().unwrap_or_default();
+        let raw = get_bytes(session, &store, config_digest).await?;
+        let id = import_step(d, session, &store, raw, &man).await?;
+        d.images
+            .cache_put(key, &id, desc)
+            .map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// One step image of a local cache: the layers the store has and we lack, then the
+/// image.
+async fn import_step(
+    d: &Arc<Daemon>,
+    session: &SessionClient,
+    store: &str,
+    raw: Vec<u8>,
+    man: &Value,
+) -> Result<Digest, String> {
+    let cfg: Value = serde_json::from_slice(&raw).map_err(|e| e.to_string())?;
+    let diffs: Vec<String> = cfg["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let blobs: Vec<(String, u64)> = man["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap_or_default().to_string(),
+                l["size"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    if blobs.len() != diffs.len() {
+        return Err("a cached step's manifest and config disagree".into());
+    }
+    let mut rows = Vec::new();
+    let mut fresh = Vec::new();
+    let mut parent: Option<Digest> = None;
+    for (diff, (blob, size)) in diffs.iter().zip(&blobs) {
+        let diff_id: Digest = diff.parse().map_err(|_| format!("bad diff id {diff}"))?;
+        let chain = match &parent {
+            None => diff_id.clone(),
+            Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
+        };
+        if let Some(row) = d.images.known_layer(&chain).map_err(|e| e.to_string())? {
+            rows.push(row);
+            parent = Some(chain);
+            continue;
+        }
+        // into a temporary file, then unpacked (and checked against its diff id)
+        let tmp = tempfile::tempfile_in(d.images.tmp_dir()).map_err(|e| e.to_string())?;
+        let mut w = std::io::BufWriter::new(tmp.try_clone().map_err(|e| e.to_string())?);
+        let got = session
+            .read_content(store, blob, (*size).max(1) << 1, |b| {
+                std::io::Write::write_all(&mut w, b)
+            })
+            .await
+            .map_err(|s| format!("reading layer {blob} from the cache: {}", s.message()))?;
+        std::io::Write::flush(&mut w).map_err(|e| e.to_string())?;
+        drop(w);
+        if got != *size {
+            return Err(format!("layer {blob}: {got} bytes, {size} expected"));
+        }
+        let (d2, p2, want) = (d.clone(), parent.clone(), diff_id.clone());
+        let layer = tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            let mut f = tmp;
+            f.rewind()?;
+            d2.images
+                .ingest_layer(&mut f, p2.as_ref(), Some(&want))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let layer = match layer {
+            Ok(l) => l,
+            Err(err) => {
+                d.images.discard(&fresh);
+                return Err(format!("layer {blob}: {err}"));
+            }
+        };
+        rows.push(layer.row.clone());
+        fresh.push(layer);
+        parent = Some(chain);
+    }
+    match d.images.commit_pulled(raw, rows, &[]) {
+        Ok((id, _)) => Ok(id),
+        Err(err) => {
+            d.images.discard(&fresh);
+            Err(err.to_string())
+        }
+    }
 }
 
 async fn export_registry(

@@ -286,7 +286,12 @@ pub async fn build(
     // caches named by --cache-from: their steps become cache hits
     let imports = super::cache::imports(cache_imports, frontend_attrs);
     if !imports.is_empty() {
-        let v = p.start("importing cache manifest from registry");
+        let from = if imports.iter().all(|e| e.r#type == "local") {
+            "client"
+        } else {
+            "registry"
+        };
+        let v = p.start(&format!("importing cache manifest from {from}"));
         let (found, warnings) = super::cache::import(d, &imports, &session.client).await;
         for w in warnings {
             p.log(2, format!("WARNING: {w}\n").as_bytes());
@@ -368,10 +373,16 @@ pub async fn export(
     } else {
         &built.id
     };
-    let resp = export_image(d, req, session, p, id).await?;
-    if cache_to.iter().any(|e| e.r#type != "inline") {
-        let v = p.start("exporting cache to registry");
-        super::cache::export(d, &cache_to, &built.records, &session.client).await?;
+    let mut resp = export_image(d, req, session, p, id).await?;
+    if let Some(kind) = cache_to
+        .iter()
+        .map(|e| e.r#type.as_str())
+        .find(|t| *t != "inline")
+    {
+        let what = if kind == "local" { "client" } else { kind };
+        let v = p.start(&format!("exporting cache to {what}"));
+        let more = super::cache::export(d, &cache_to, &built.records, &session.client).await?;
+        resp.extend(more);
         p.complete(v, false, None);
     }
     Ok(resp)
