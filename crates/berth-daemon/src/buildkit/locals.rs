@@ -41,6 +41,9 @@ impl Locals {
         std::fs::create_dir_all(&root)?;
         // private: files keep the client's owners and modes (setuid ones too)
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // a context synced right after `builder prune` removed one would otherwise land
+        // among the inodes just freed, which ext4 checks one by one (as for snapshots)
+        berth_image::snapshot::spread_subdirs(&root);
         for e in std::fs::read_dir(&root)?.flatten() {
             if e.file_name().to_string_lossy().starts_with("tmp-") {
                 let _ = std::fs::remove_dir_all(e.path());
