@@ -16,6 +16,17 @@ fi
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
+# the docker CLI 20.10 (Debian's docker.io), for the tests of its built-in BuildKit client
+# (`DOCKER_BUILDKIT=1 docker build`: POST /build?version=2); only the client is unpacked,
+# no daemon is installed or started
+docker20=/opt/berth-ci/docker-20.10/docker
+if [ ! -x "$docker20" ] && ! { /usr/bin/docker version --format '{{.Client.Version}}' 2>/dev/null | grep -q '^20\.'; }; then
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && { apt-get download -qq docker.io 2>/dev/null || { apt-get update -qq && apt-get download -qq docker.io 2>/dev/null; }; } )
+  dpkg-deb -x "$tmp"/docker.io_*.deb "$tmp/x"
+  install -D -m 755 "$tmp/x/usr/bin/docker" "$docker20"
+  rm -rf "$tmp"
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is needed: install a Rust toolchain (rustup) first" >&2
   exit 1

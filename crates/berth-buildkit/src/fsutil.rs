@@ -174,7 +174,7 @@ const MAX_ASKED_BYTES: u64 = 32 << 20;
 /// ([`MAX_ASKED_BYTES`]), the listing whole (as BuildKit keeps it). A client that
 /// floods packets holds the daemon's socket, which is root's power anyway.
 pub fn pump<S>(
-    mut inbound: S,
+    inbound: S,
 ) -> (
     mpsc::UnboundedReceiver<Incoming>,
     tokio::task::JoinHandle<()>,
@@ -183,24 +183,30 @@ where
     S: tokio_stream::Stream<Item = Result<Packet, tonic::Status>> + Send + Unpin + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        use tokio_stream::StreamExt;
-        loop {
-            match inbound.next().await {
-                Some(Ok(p)) => {
-                    if tx.send(Ok(p)).is_err() {
-                        return;
-                    }
-                }
-                None => return,
-                Some(Err(s)) => {
-                    let _ = tx.send(Err(s.message().to_string()));
+    let task = tokio::spawn(pump_into(inbound, tx));
+    (rx, task)
+}
+
+/// What [`pump`] does, into a channel made before the stream was there.
+pub async fn pump_into<S>(mut inbound: S, tx: mpsc::UnboundedSender<Incoming>)
+where
+    S: tokio_stream::Stream<Item = Result<Packet, tonic::Status>> + Send + Unpin + 'static,
+{
+    use tokio_stream::StreamExt;
+    loop {
+        match inbound.next().await {
+            Some(Ok(p)) => {
+                if tx.send(Ok(p)).is_err() {
                     return;
                 }
             }
+            None => return,
+            Some(Err(s)) => {
+                let _ = tx.send(Err(s.message().to_string()));
+                return;
+            }
         }
-    });
-    (rx, task)
+    }
 }
 
 /// Keeps `dest` (a directory that exists) in step with the sender's tree: `incoming`

@@ -72,6 +72,8 @@ pub use pb::fsutil::types::{packet::PacketType, Packet, Stat};
 pub use pb::moby::buildkit::v1 as control;
 pub use pb::moby::buildkit::v1::frontend as gateway;
 pub use pb::moby::filesync::v1 as filesync;
+/// The protobuf runtime of the generated messages (to encode them by hand).
+pub use prost;
 
 /// The session headers of a `/session` request, as BuildKit clients send them.
 pub mod headers {

@@ -101,13 +101,24 @@ impl SessionClient {
     pub async fn send_dir(&self, src: PathBuf) -> Result<(), FsError> {
         let (out_tx, out_rx) = mpsc::channel::<Packet>(64);
         let out_stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
-        let resp = FileSendClient::new(self.channel.clone())
-            .diff_copy(tonic::Request::new(out_stream))
-            .await
-            .map_err(|s| FsError::Receiver(s.message().to_string()))?;
-        let (in_rx, pump) = fsutil::pump(resp.into_inner());
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        // a gRPC server (the client's receiver) answers a stream's headers with its
+        // first message, and fsutil's receiver says nothing before the listing: the
+        // listing goes while the call waits for its answer
+        let channel = self.channel.clone();
+        let call = tokio::spawn(async move {
+            match FileSendClient::new(channel)
+                .diff_copy(tonic::Request::new(out_stream))
+                .await
+            {
+                Ok(resp) => fsutil::pump_into(resp.into_inner(), in_tx).await,
+                Err(s) => {
+                    let _ = in_tx.send(Err(format!("the client's receiver: {}", s.message())));
+                }
+            }
+        });
         let r = fsutil::send(src, |_, _| true, in_rx, out_tx).await;
-        pump.abort();
+        call.abort();
         r
     }
 

@@ -1066,3 +1066,205 @@ fn compose_v2_local_build_cache() {
     build(&second);
     assert_ne!(stamp(&second), made);
 }
+
+/// The processes whose command line is `cmd` (to see that a canceled RUN is gone).
+fn processes_running(cmd: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmd)
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// The docker CLI 20.10's own BuildKit client (`DOCKER_BUILDKIT=1 docker build`):
+/// `POST /build?version=2` with its session on `/session`. The same engine as the gRPC
+/// door: build args, secrets, cache mounts, targets, `-q`/`--iidfile`, `--output`,
+/// a failing RUN, and Ctrl-C canceling the build.
+#[test]
+fn docker_cli_20_builds_through_its_buildkit_client() {
+    if skip_unless_root("docker_cli_20_builds_through_its_buildkit_client") {
+        return;
+    }
+    let Some(docker20) = docker_cli_20() else {
+        eprintln!("skipping: the docker CLI 20.10 is not here (scripts/deps.sh unpacks it)");
+        return;
+    };
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let dir = d.dir.path().join("v2ctx");
+    write(
+        &dir,
+        "Dockerfile",
+        r#"FROM bb AS base
+ARG WHO=nobody
+RUN --mount=type=secret,id=tok sh -c 'test "$(head -c 9 /run/secrets/tok)" = v2-secret && test $(wc -c < /run/secrets/tok) = 12 && echo tok-ok'
+RUN --mount=type=cache,target=/c sh -c 'echo r >> /c/n; wc -l < /c/n > /runs'
+RUN echo "hello $WHO" > /hello
+FROM base AS extra
+RUN echo extra > /extra
+FROM base
+COPY app.txt /
+LABEL made=v2
+"#,
+    );
+    write(&dir, "app.txt", "app\n");
+    write(
+        &dir,
+        "Dockerfile.bad",
+        "FROM bb\nRUN echo v2-broke >&2; exit 5\n",
+    );
+    write(&dir, "Dockerfile.slow", "FROM bb\nRUN sleep 61\n");
+    let secret = d.dir.path().join("tok.txt");
+    std::fs::write(&secret, "v2-secret-41").unwrap();
+    let secret_arg = format!("id=tok,src={}", secret.display());
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(&docker20);
+        c.args(["build", "--progress", "plain", "--secret", &secret_arg])
+            .args(args)
+            .arg(".")
+            .current_dir(&dir)
+            .env("DOCKER_HOST", d.host())
+            .env("DOCKER_CONFIG", d.dir.path().join("docker-config"))
+            .env("DOCKER_BUILDKIT", "1")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(std::process::Stdio::null());
+        c
+    };
+    let out = cli(&["-t", "v2app:1", "--build-arg", "WHO=v2"])
+        .output()
+        .unwrap();
+    let text = stdout(&out) + &stderr(&out);
+    assert!(out.status.success(), "{text}\n{}", d.log());
+    assert!(text.contains("tok-ok"), "{text}");
+    assert!(
+        text.contains("naming to docker.io/library/v2app:1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("[extra"),
+        "the default target needs no extra: {text}"
+    );
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", "none"];
+        all.extend_from_slice(args);
+        ok(d.berth(&all))
+    };
+    assert_eq!(
+        run(&["v2app:1", "cat", "/hello", "/app.txt"]),
+        "hello v2\napp\n"
+    );
+    let image = d.get_json("/images/v2app:1/json");
+    assert_eq!(image["Config"]["Labels"]["made"], "v2");
+    assert_eq!(store_contains(&d, b"v2-secret-41"), Vec::<String>::new());
+
+    // -q prints the image ID alone, --iidfile writes it
+    let iid = d.dir.path().join("iid");
+    let iid_arg = iid.display().to_string();
+    let out = cli(&[
+        "-q",
+        "--iidfile",
+        &iid_arg,
+        "-t",
+        "v2app:1",
+        "--build-arg",
+        "WHO=v2",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = image["Id"].as_str().unwrap();
+    assert_eq!(stdout(&out).trim(), id);
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), id);
+
+    // --no-cache runs every step again; the cache mount is kept
+    let out = cli(&["--no-cache", "-t", "v2app:2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        run(&["v2app:2", "cat", "/runs", "/hello"]),
+        "2\nhello nobody\n"
+    );
+
+    // --target and --output type=local / type=tar
+    let local = d.dir.path().join("out-local");
+    let local_arg = format!("type=local,dest={}", local.display());
+    let out = cli(&["--target", "extra", "-o", &local_arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(local.join("extra")).unwrap(),
+        "extra\n"
+    );
+    assert!(local.join("hello").is_file());
+    let tar_path = d.dir.path().join("out.tar");
+    let tar_arg = format!("type=tar,dest={}", tar_path.display());
+    let out = cli(&["-o", &tar_arg]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut names = Vec::new();
+    for e in tar::Archive::new(std::fs::File::open(&tar_path).unwrap())
+        .entries()
+        .unwrap()
+    {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "app.txt"),
+        "{names:?}"
+    );
+
+    // a failing RUN fails the build with its output and exit code
+    let out = cli(&["-f", "Dockerfile.bad"]).output().unwrap();
+    let text = stdout(&out) + &stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("v2-broke"), "{text}");
+    assert!(
+        text.contains("did not complete successfully: exit code: 5"),
+        "{text}"
+    );
+
+    // Ctrl-C cancels the build: the CLI ends, the RUN is killed
+    let mut slow = cli(&["-f", "Dockerfile.slow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while processes_running("sleep 61") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(slow.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = slow.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = slow.kill();
+            panic!("the CLI did not end after Ctrl-C\n{}", d.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while processes_running("sleep 61") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the canceled RUN still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -267,6 +267,9 @@ impl<T: std::fmt::Display> From<T> for Failure {
 
 /// `POST /build`.
 pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    if ctx.query.get("version") == Some("2") {
+        return crate::buildkit::build_v2::build(d, ctx).await;
+    }
     let opts = Options::parse(&ctx.query, &ctx.headers)?;
     let (tx, rx) = mpsc::channel(16);
     let (early_tx, early) = tokio::sync::oneshot::channel();

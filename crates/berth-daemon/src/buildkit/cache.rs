@@ -59,6 +59,22 @@ pub fn imports(
     attrs: &std::collections::HashMap<String, String>,
 ) -> Vec<CacheOptionsEntry> {
     let mut out = req.to_vec();
+    // `cache-from`: images named the classic way (`POST /build?version=2`), registry
+    // caches
+    for r in attrs
+        .get("cache-from")
+        .map(|v| v.split(',').map(str::trim).filter(|r| !r.is_empty()))
+        .into_iter()
+        .flatten()
+    {
+        let entry = CacheOptionsEntry {
+            r#type: "registry".to_string(),
+            attrs: std::collections::HashMap::from([("ref".to_string(), r.to_string())]),
+        };
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
     if let Some(v) = attrs
         .get("cache-imports")
         .and_then(|t| serde_json::from_str::<Value>(t).ok())

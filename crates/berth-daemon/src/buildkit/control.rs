@@ -137,55 +137,8 @@ impl Control for Service {
                 req.frontend
             )));
         }
-        let d = self.d.clone();
         let p = Arc::new(Progress::new(&reference));
-        d.buildkit.register(&reference, p.clone());
-        let _cancel = CancelOnDrop(p.clone());
-        let created = std::time::SystemTime::now();
-        d.buildkit
-            .history
-            .record(record_of(&reference, &req, created), false);
-        let result = match d.buildkit.sessions.get(&req.session, WAIT).await {
-            None => Err(format!(
-                "no active session for {}: the client's session did not open",
-                req.session
-            )),
-            Some(session) => {
-                let task = {
-                    let (d, req, s, p) = (d.clone(), req.clone(), session.clone(), p.clone());
-                    let reference = reference.clone();
-                    tokio::spawn(async move { solve(&d, &req, &reference, s, p).await })
-                };
-                tokio::select! {
-                    r = task => r.unwrap_or_else(|e| Err(e.to_string())),
-                    _ = session.gone() => {
-                        p.cancel();
-                        Err("the build was canceled: its client's session closed".to_string())
-                    }
-                }
-            }
-        };
-        let result = result.map_err(super::buildkit_words);
-        p.finish(result.as_ref().err().map(String::as_str));
-        let (steps, cached) = p.counts();
-        let mut rec = record_of(&reference, &req, created);
-        rec.completed_at = Some(ts(std::time::SystemTime::now()));
-        rec.num_total_steps = steps as i32;
-        rec.num_completed_steps = steps as i32;
-        rec.num_cached_steps = cached as i32;
-        match &result {
-            Ok(resp) => rec.exporter_response = resp.clone(),
-            Err(e) => {
-                rec.error = Some(RpcStatus {
-                    code: tonic::Code::Unknown as i32,
-                    message: e.clone(),
-                })
-            }
-        }
-        d.buildkit.history.record(rec, true);
-        d.buildkit.forget_later(reference);
-        crate::release_memory();
-        match result {
+        match run_solve(&self.d, &req, &reference, p).await {
             Ok(exporter_response) => Ok(Response::new(SolveResponse { exporter_response })),
             Err(e) => Err(Status::unknown(e)),
         }
@@ -428,4 +381,65 @@ fn usage(d: &Daemon) -> Vec<UsageRecord> {
         });
     }
     out
+}
+
+/// Runs a solve whose progress goes to `p` (registered under `reference`, where `Status`
+/// calls find it) and records it in the build history: the exporters' response. Both
+/// front doors use it: `Control.Solve` and `POST /build?version=2`.
+pub async fn run_solve(
+    d: &Arc<Daemon>,
+    req: &SolveRequest,
+    reference: &str,
+    p: Arc<Progress>,
+) -> Result<HashMap<String, String>, String> {
+    d.buildkit.register(reference, p.clone());
+    let _cancel = CancelOnDrop(p.clone());
+    let created = std::time::SystemTime::now();
+    d.buildkit
+        .history
+        .record(record_of(reference, req, created), false);
+    let result = match d.buildkit.sessions.get(&req.session, WAIT).await {
+        None => Err(format!(
+            "no active session for {}: the client's session did not open",
+            req.session
+        )),
+        Some(session) => {
+            let task = {
+                let (d, req, s, p) = (d.clone(), req.clone(), session.clone(), p.clone());
+                let reference = reference.to_string();
+                tokio::spawn(async move { solve(&d, &req, &reference, s, p).await })
+            };
+            tokio::select! {
+                r = task => r.unwrap_or_else(|e| Err(e.to_string())),
+                _ = session.gone() => {
+                    p.cancel();
+                    Err("the build was canceled: its client's session closed".to_string())
+                }
+                // `/build/cancel`, or the client left: what runs is killed, the answer
+                // goes now
+                _ = p.cancelled() => Err("the build was canceled".to_string()),
+            }
+        }
+    };
+    let result = result.map_err(super::buildkit_words);
+    p.finish(result.as_ref().err().map(String::as_str));
+    let (steps, cached) = p.counts();
+    let mut rec = record_of(reference, req, created);
+    rec.completed_at = Some(ts(std::time::SystemTime::now()));
+    rec.num_total_steps = steps as i32;
+    rec.num_completed_steps = steps as i32;
+    rec.num_cached_steps = cached as i32;
+    match &result {
+        Ok(resp) => rec.exporter_response = resp.clone(),
+        Err(e) => {
+            rec.error = Some(RpcStatus {
+                code: tonic::Code::Unknown as i32,
+                message: e.clone(),
+            })
+        }
+    }
+    d.buildkit.history.record(rec, true);
+    d.buildkit.forget_later(reference.to_string());
+    crate::release_memory();
+    result
 }

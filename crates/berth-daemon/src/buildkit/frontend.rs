@@ -217,6 +217,7 @@ pub async fn build(
 
     // the context: only what changed since the project's last build crosses
     let v = p.start("[internal] load build context");
+    let started = std::time::Instant::now();
     let local: LocalDir = d
         .buildkit
         .locals
@@ -236,6 +237,7 @@ pub async fn build(
         .await
         .map_err(|e| format!("{e}"))?;
     p.status(v, "transferring context", rep.bytes as i64, 0, true);
+    let synced = started.elapsed();
     let root = local.path().to_path_buf();
     let hashes = local.hashes_file();
     let context =
@@ -243,6 +245,14 @@ pub async fn build(
             .await
             .map_err(fail)?
             .map_err(|e| format!("reading the build context: {e}"))?;
+    tracing::debug!(
+        entries = rep.entries,
+        files_sent = rep.files_sent,
+        bytes = rep.bytes,
+        sync_ms = synced.as_millis() as u64,
+        read_ms = (started.elapsed() - synced).as_millis() as u64,
+        "build context synced"
+    );
     p.complete(v, false, None);
 
     // --build-context NAME=…: images, and the client's other directories
@@ -315,8 +325,14 @@ pub async fn build(
     opts.named_contexts = named;
     let mut b = crate::build::dispatch_builder(d, opts, context, out, file)?;
     // the context stays locked while steps read it
+    let ran = std::time::Instant::now();
     let result = b.run().await;
     b.save_context_hashes();
+    tracing::debug!(
+        ms = ran.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "build steps run"
+    );
     let id = result.map_err(|f| f.message)?;
     p.complete_current(false, None);
     drop(local);

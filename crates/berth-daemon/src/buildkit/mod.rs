@@ -9,6 +9,7 @@
 //! (`frontend`), reporting vertexes to `Status` (`progress`); the synced context is kept
 //! between builds (`locals`). See ARCHITECTURE.md.
 
+pub mod build_v2;
 pub mod cache;
 mod control;
 mod frontend;
@@ -39,6 +40,9 @@ pub struct BuildKit {
     gateways: Mutex<HashMap<String, Arc<gateway::Gateway>>>,
     pub locals: locals::Locals,
     pub history: history::History,
+    /// `POST /build?version=2` builds by the client's build id (what
+    /// `/build/cancel?id=` names)
+    named: Mutex<HashMap<String, Arc<Progress>>>,
 }
 
 impl BuildKit {
@@ -50,6 +54,7 @@ impl BuildKit {
             gateways: Mutex::default(),
             locals: locals::Locals::open(data_root)?,
             history: history::History::default(),
+            named: Mutex::default(),
         })
     }
 
@@ -96,6 +101,28 @@ impl BuildKit {
                 m.remove(reference);
             }
         }
+    }
+
+    fn name_build(&self, id: &str, p: Arc<Progress>) {
+        self.named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), p);
+    }
+
+    fn forget_build_name(&self, id: &str) {
+        self.named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn named_build(&self, id: &str) -> Option<Arc<Progress>> {
+        self.named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Forgets a finished build after a while.

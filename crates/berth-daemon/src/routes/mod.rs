@@ -176,6 +176,7 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::POST, "/commit") => files::commit(&d, ctx).await,
         (&Method::POST, "/build") => crate::build::build(&d, ctx).await,
         (&Method::POST, "/build/prune") => crate::build::prune(&d, ctx).await,
+        (&Method::POST, "/build/cancel") => crate::buildkit::build_v2::cancel(&d, ctx).await,
         (&Method::POST, "/grpc") => buildkit::grpc(&d, ctx),
         (&Method::POST, "/session") => buildkit::session(&d, ctx),
         (&Method::GET, "/networks") => networks::list(&d, &ctx),

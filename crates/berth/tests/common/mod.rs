@@ -47,6 +47,21 @@ pub fn compose_v2() -> Option<String> {
         .map(str::to_string)
 }
 
+/// The docker CLI 20.10, whose own BuildKit client builds through `POST
+/// /build?version=2` (`scripts/deps.sh` unpacks Debian's when /usr/bin/docker is not it).
+#[allow(dead_code)]
+pub fn docker_cli_20() -> Option<String> {
+    ["/usr/bin/docker", "/opt/berth-ci/docker-20.10/docker"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("version 20.10"))
+        })
+        .map(str::to_string)
+}
+
 /// Skips (returns true) when not root, saying why.
 pub fn skip_unless_root(test: &str) -> bool {
     if !is_root() {
