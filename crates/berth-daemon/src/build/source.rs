@@ -6,7 +6,7 @@
 
 use berth_build::ignore::{glob, Ignore};
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -126,8 +126,10 @@ pub struct Context {
 enum Data {
     /// file contents at the entries' offsets
     Spill(File),
-    /// the directory the entries are in, and its files' content digests
-    Dir(rustix::fd::OwnedFd, Option<Hashes>),
+    /// the directory the entries are in, its files' content digests, and the stamps
+    /// (inode, size, change time) its walk saw, which find a file's recorded digest
+    /// without opening it (the directory is locked during the build)
+    Dir(rustix::fd::OwnedFd, Option<Hashes>, HashMap<String, Stamp>),
 }
 
 /// Content digests of a kept directory's files, by path, valid while the file's inode,
@@ -152,20 +154,18 @@ impl Hashes {
         }
     }
 
+    /// The recorded digest of the file at `path`, when its stamp is the recorded one.
+    fn recorded(&self, path: &str, stamp: Stamp) -> Option<String> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (ino, size, ctime, d) = map.get(path)?;
+        ((*ino, *size, *ctime) == stamp).then(|| d.clone())
+    }
+
     /// The digest of the file at `path` (opened as `f`), from the record or computed.
     fn digest(&self, path: &str, f: &mut File) -> io::Result<String> {
-        let md = f.metadata()?;
-        let stamp = (
-            md.ino(),
-            md.size(),
-            md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-        );
-        if let Some((ino, size, ctime, d)) =
-            self.map.lock().unwrap_or_else(|p| p.into_inner()).get(path)
-        {
-            if (*ino, *size, *ctime) == stamp {
-                return Ok(d.clone());
-            }
+        let stamp = stamp_of(&f.metadata()?);
+        if let Some(d) = self.recorded(path, stamp) {
+            return Ok(d);
         }
         let mut h = Sha256::new();
         io::copy(f, &mut HashWriter(&mut h))?;
@@ -193,6 +193,18 @@ impl Hashes {
             }
         }
     }
+}
+
+/// What identifies a file's contents while it is not rewritten in place: inode, size,
+/// change time (ns).
+pub type Stamp = (u64, u64, i64);
+
+fn stamp_of(md: &std::fs::Metadata) -> Stamp {
+    (
+        md.ino(),
+        md.size(),
+        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+    )
 }
 
 /// The first tar block's checksum holds, or the block is the zero end-of-archive block.
@@ -317,7 +329,7 @@ impl Context {
     /// With `hashes`, file digests are kept there between builds.
     pub fn from_dir_hashed(root: &Path, hashes: Option<PathBuf>) -> io::Result<Context> {
         let mut c = Self::from_dir(root)?;
-        if let (Data::Dir(_, h), Some(file)) = (&mut c.data, hashes) {
+        if let (Data::Dir(_, h, _), Some(file)) = (&mut c.data, hashes) {
             *h = Some(Hashes::load(file));
         }
         Ok(c)
@@ -325,9 +337,38 @@ impl Context {
 
     /// Saves the file digests computed by this build (a kept directory's).
     pub fn save_hashes(&self) {
-        if let Data::Dir(_, Some(h)) = &self.data {
+        if let Data::Dir(_, Some(h), _) = &self.data {
             h.save(&self.entries);
         }
+    }
+
+    /// A kept directory's context from what its transfer listed (the tree as it now
+    /// stands, so nothing is walked), with its recorded digests: `stamp`s (inode, size,
+    /// change time) of files that were already there find their digests unread.
+    pub fn from_listing(
+        root: &Path,
+        listing: impl IntoIterator<Item = (String, Meta, Option<Stamp>)>,
+        hashes: Option<PathBuf>,
+    ) -> io::Result<Context> {
+        let fd = rustix::fs::open(
+            root,
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let mut entries = BTreeMap::new();
+        let mut stamps = HashMap::new();
+        for (path, meta, stamp) in listing {
+            if let Some(s) = stamp {
+                stamps.insert(path.clone(), s);
+            }
+            entries.insert(path, (meta, 0));
+        }
+        Ok(Context {
+            entries,
+            data: Data::Dir(fd, hashes.map(Hashes::load), stamps),
+        })
     }
 
     /// [`Context::from_dir_hashed`] without kept digests.
@@ -340,6 +381,7 @@ impl Context {
             rustix::fs::Mode::empty(),
         )?;
         let mut entries = BTreeMap::new();
+        let mut stamps = HashMap::new();
         let mut todo = vec![String::new()];
         while let Some(dir) = todo.pop() {
             for e in std::fs::read_dir(root.join(&dir))? {
@@ -358,6 +400,9 @@ impl Context {
                 } else {
                     continue;
                 };
+                if kind == Kind::File {
+                    stamps.insert(path.clone(), stamp_of(&md));
+                }
                 let meta = Meta {
                     size: if kind == Kind::File { md.size() } else { 0 },
                     kind,
@@ -371,7 +416,7 @@ impl Context {
         }
         Ok(Context {
             entries,
-            data: Data::Dir(fd, None),
+            data: Data::Dir(fd, None, stamps),
         })
     }
 
@@ -434,7 +479,11 @@ impl Context {
                 ));
                 if m.kind == Kind::File {
                     match &self.data {
-                        Data::Dir(dir, Some(hashes)) => {
+                        Data::Dir(dir, Some(hashes), stamps) => {
+                            if let Some(d) = stamps.get(&q).and_then(|s| hashes.recorded(&q, *s)) {
+                                h.update(d.as_bytes());
+                                continue;
+                            }
                             let fd = rustix::fs::openat2(
                                 dir,
                                 q.as_str(),
@@ -530,7 +579,7 @@ impl Source for Context {
                 end: off + m.size,
             })),
             // never through a symlink, never out of the directory
-            Data::Dir(dir, _) => {
+            Data::Dir(dir, _, _) => {
                 let fd = rustix::fs::openat2(
                     dir,
                     path,

@@ -7,7 +7,7 @@
 use super::locals::LocalDir;
 use super::progress::Progress;
 use super::session::Session;
-use crate::build::source::Context;
+use crate::build::source::{Context, Stamp};
 use crate::build::{Options, Out};
 use crate::Daemon;
 use berth_buildkit::control::{Exporter, SolveRequest};
@@ -224,7 +224,7 @@ pub async fn build(
         .dir(&session.shared_key, &context_key)
         .await
         .map_err(fail)?;
-    let rep = session
+    let mut rep = session
         .client
         .sync(
             &SyncOpts {
@@ -240,11 +240,13 @@ pub async fn build(
     let synced = started.elapsed();
     let root = local.path().to_path_buf();
     let hashes = local.hashes_file();
-    let context =
-        tokio::task::spawn_blocking(move || Context::from_dir_hashed(&root, Some(hashes)))
-            .await
-            .map_err(fail)?
-            .map_err(|e| format!("reading the build context: {e}"))?;
+    let listing = std::mem::take(&mut rep.listing);
+    let context = tokio::task::spawn_blocking(move || {
+        Context::from_listing(&root, listing.into_iter().filter_map(meta_of), Some(hashes))
+    })
+    .await
+    .map_err(fail)?
+    .map_err(|e| format!("reading the build context: {e}"))?;
     tracing::debug!(
         entries = rep.entries,
         files_sent = rep.files_sent,
@@ -528,4 +530,32 @@ async fn push(
         p.status(v, &format!("pushing {r}"), 0, 0, true);
     }
     Ok(())
+}
+
+/// A received entry as the builder's context holds it (what a walk of the tree finds).
+fn meta_of(
+    l: berth_buildkit::fsutil::Received,
+) -> Option<(String, crate::build::source::Meta, Option<Stamp>)> {
+    use crate::build::source::{Kind, Meta};
+    use berth_buildkit::fsutil::{kind_of, unix_perm, Kind as Fs};
+    let st = l.stat;
+    let kind = match kind_of(st.mode) {
+        Fs::Dir => Kind::Dir,
+        Fs::Symlink => Kind::Symlink(st.linkname),
+        Fs::File => Kind::File,
+        Fs::Other => return None,
+    };
+    let meta = Meta {
+        size: if kind == Kind::File {
+            st.size.max(0) as u64
+        } else {
+            0
+        },
+        kind,
+        mode: unix_perm(st.mode),
+        uid: u64::from(st.uid),
+        gid: u64::from(st.gid),
+        mtime: st.mod_time.div_euclid(1_000_000_000).max(0) as u64,
+    };
+    Some((l.path, meta, l.kept))
 }
