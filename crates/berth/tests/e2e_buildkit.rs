@@ -1124,9 +1124,11 @@ LABEL made=v2
     let cli = |args: &[&str]| {
         let mut c = Command::new(&docker20);
         c.args(["build", "--progress", "plain", "--secret", &secret_arg])
-            .args(args)
-            .arg(".")
-            .current_dir(&dir)
+            .args(args);
+        if args.last() != Some(&"-") {
+            c.arg(".");
+        }
+        c.current_dir(&dir)
             .env("DOCKER_HOST", d.host())
             .env("DOCKER_CONFIG", d.dir.path().join("docker-config"))
             .env("DOCKER_BUILDKIT", "1")
@@ -1160,6 +1162,38 @@ LABEL made=v2
     let image = d.get_json("/images/v2app:1/json");
     assert_eq!(image["Config"]["Labels"]["made"], "v2");
     assert_eq!(store_contains(&d, b"v2-secret-41"), Vec::<String>::new());
+
+    // a context uploaded on stdin (`docker build - < context.tar.gz`): its Dockerfile
+    // and .dockerignore apply, a bind mount of the context sees what COPY sees
+    let up = d.dir.path().join("upload");
+    write(
+        &up,
+        "Dockerfile",
+        "FROM bb\nCOPY . /ctx/\nRUN --mount=type=bind,target=/m ls /m > /bound\n",
+    );
+    write(&up, "a.txt", "uploaded\n");
+    write(&up, "skip.txt", "ignored\n");
+    write(&up, ".dockerignore", "skip.txt\n");
+    let tgz = d.dir.path().join("upload.tgz");
+    assert!(Command::new("tar")
+        .arg("czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&up)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let out = cli(&["-t", "v2up:1", "-"])
+        .current_dir(d.dir.path())
+        .stdin(std::fs::File::open(&tgz).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    assert_eq!(
+        run(&["v2up:1", "sh", "-c", "cat /ctx/a.txt; ls /ctx; cat /bound"]),
+        "uploaded\nDockerfile\na.txt\nDockerfile\na.txt\n"
+    );
 
     // -q prints the image ID alone, --iidfile writes it
     let iid = d.dir.path().join("iid");

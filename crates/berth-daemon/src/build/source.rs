@@ -431,6 +431,32 @@ impl Context {
         Ok(())
     }
 
+    /// [`Context::apply_ignore`] for a context unpacked into `root` (this build's own
+    /// directory): what `.dockerignore` excludes also leaves the disk, so that a bind
+    /// mount of the context does not show it either.
+    pub fn exclude_ignored(&mut self, keep: &str, root: &Path) -> Result<(), String> {
+        let before: Vec<String> = self.entries.keys().cloned().collect();
+        self.apply_ignore(keep)?;
+        // children before their directories; a directory that keeps an entry stays
+        for gone in before
+            .iter()
+            .rev()
+            .filter(|p| !self.entries.contains_key(*p))
+        {
+            let path = root.join(gone);
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => {
+                    let _ = std::fs::remove_dir(&path);
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Once the Dockerfile (`dockerfile`) is read: `.dockerignore` and the Dockerfile
     /// leave the context when its `.dockerignore` excludes them, as dockerd's builder
     /// does (docker-py and the docker CLI send a Dockerfile from outside the context under

@@ -35,8 +35,19 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
     let session = q.get("session").filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::bad_request("a BuildKit build (version=2) needs the client's session")
     })?;
+    let mut attrs = HashMap::new();
     match q.get("remote").unwrap_or_default() {
         "client-session" => {}
+        // the context comes in a request of its own (`docker build - < context.tar`)
+        "upload-request" => {
+            let id = q.get("buildid").filter(|s| !s.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("an uploaded context needs the build's ID (buildid)")
+            })?;
+            attrs.insert(
+                "context".to_string(),
+                format!("{}{id}", super::frontend::UPLOAD_PREFIX),
+            );
+        }
         "" => {
             return Err(ApiError::bad_request(
                 "a BuildKit build (version=2) takes its context from the client's session (remote=client-session); send a context in the body with version=1",
@@ -48,7 +59,6 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
             )))
         }
     }
-    let mut attrs = HashMap::new();
     if !opts.target.is_empty() {
         attrs.insert("target".to_string(), opts.target.clone());
     }
@@ -154,6 +164,13 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
 
 /// `POST /build?version=2`.
 pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+    if let Some(id) = ctx
+        .query
+        .get("buildid")
+        .and_then(|b| b.strip_prefix(super::frontend::UPLOAD_PREFIX))
+    {
+        return upload(d, id.to_string(), ctx).await;
+    }
     // the context comes through the session: the body is empty
     tokio::spawn(crate::http::discard(ctx.body));
     let opts = Options::parse(&ctx.query, &ctx.headers)?;
@@ -220,6 +237,39 @@ pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     stream_when_started("application/json", rx, early).await
 }
 
+/// `POST /build?version=2&buildid=upload-request:ID`: the context of build ID (a tar,
+/// plain or compressed), kept in a file until that build takes it.
+async fn upload(d: &Arc<Daemon>, id: String, ctx: Ctx) -> Result<Resp, ApiError> {
+    let reader = crate::http::body_reader(ctx.body);
+    let tmp = d.images.tmp_dir().to_path_buf();
+    let stored = tokio::task::spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
+        let mut reader = reader;
+        let (mut file, path) = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(&tmp)?
+            .keep()
+            .map_err(|e| e.error)?;
+        if let Err(e) = std::io::copy(&mut reader, &mut file) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(path)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    match stored {
+        Ok(path) => {
+            d.buildkit.upload_arrived(&id, Ok(path));
+            Ok(crate::http::status_only(hyper::StatusCode::OK))
+        }
+        Err(e) => {
+            let msg = format!("reading the uploaded build context: {e}");
+            d.buildkit.upload_arrived(&id, Err(msg.clone()));
+            Err(ApiError::bad_request(msg))
+        }
+    }
+}
+
 /// `POST /build/cancel?id=BUILDID`.
 pub async fn cancel(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let id = ctx.query.get("id").unwrap_or_default();
@@ -272,7 +322,12 @@ mod tests {
         let r = solve_request(&q, &opts).unwrap();
         assert_eq!(r.exporters[0].r#type, "local");
         assert_eq!(r.exporters[0].attrs["dest"], "out");
+        let q = query("version=2&session=s&remote=upload-request&buildid=b7");
+        let opts = Options::parse(&q, &Default::default()).unwrap();
+        let r = solve_request(&q, &opts).unwrap();
+        assert_eq!(r.frontend_attrs["context"], "upload-request:b7");
         for bad in [
+            "version=2&session=s&remote=upload-request",
             "version=2&remote=client-session",
             "version=2&session=s",
             "version=2&session=s&remote=https://example.com/x.git",

@@ -130,6 +130,70 @@ fn read_synced(dir: &Path, name: &str) -> Option<String> {
     Some(text)
 }
 
+/// The `context` attribute of a build whose context the client uploaded (`POST
+/// /build?version=2` with `remote=upload-request`): the prefix, then the build's ID.
+pub const UPLOAD_PREFIX: &str = "upload-request:";
+
+/// Where a build's context is while its steps run.
+enum Held {
+    /// kept between builds, locked
+    Local(super::locals::LocalDir),
+    /// this build's only
+    Temp(tempfile::TempDir),
+}
+
+impl Held {
+    fn path(&self) -> &Path {
+        match self {
+            Held::Local(l) => l.path(),
+            Held::Temp(t) => t.path(),
+        }
+    }
+}
+
+/// The context a client uploaded for build `id` (a tar, plain or compressed), once it
+/// has arrived: unpacked into a directory of this build's, its `.dockerignore` applied;
+/// with the Dockerfile's text.
+async fn uploaded_context(
+    d: &Arc<Daemon>,
+    id: &str,
+    filename: &str,
+    p: &Arc<Progress>,
+) -> Result<(String, Context, tempfile::TempDir), String> {
+    let v = p.start("[internal] load remote build context");
+    let tar = d.buildkit.uploaded(id).await?;
+    let dir = d.buildkit.locals.temp().map_err(fail)?;
+    let keep = crate::build::source::clean(filename).unwrap_or_default();
+    let root = dir.path().to_path_buf();
+    let (text, context) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let file = std::fs::File::open(&tar).map_err(fail)?;
+        let _ = std::fs::remove_file(&tar);
+        let plain = berth_image::decompress(file)
+            .map_err(|e| format!("failed to read build context: {e}"))?;
+        let fd = rustix::fs::open(
+            &root,
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(fail)?;
+        berth_image::unpack::extract_at(plain, fd, None, None)
+            .map_err(|e| format!("failed to read build context: {e}"))?;
+        let mut context = Context::from_dir(&root).map_err(fail)?;
+        context.exclude_ignored(&keep, &root)?;
+        let text = context
+            .read_to_string(&keep)
+            .ok_or_else(|| format!("Cannot locate specified Dockerfile: {}", keep))?;
+        context.drop_build_files(&keep);
+        Ok((text, context))
+    })
+    .await
+    .map_err(fail)??;
+    p.complete(v, false, None);
+    Ok((text, context, dir))
+}
+
 /// Builds the Dockerfile of a `dockerfile.v0` request (its frontend attributes); the
 /// image.
 pub async fn build(
@@ -156,53 +220,74 @@ pub async fn build(
     let context_key = attrs.get("contextkey").unwrap_or("context").to_string();
     let opts = options(&attrs, &filename)?;
 
-    // the Dockerfile (and a `Dockerfile.dockerignore` beside it)
-    let v = p.start(&format!("[internal] load build definition from {filename}"));
-    let df_dir = d.buildkit.locals.temp().map_err(fail)?;
-    let own_ignore = format!("{filename}.dockerignore");
-    let rep = session
-        .client
-        .sync(
-            &SyncOpts {
-                name: dockerfile_key,
-                include: vec![filename.clone(), own_ignore.clone()],
-                follow: vec![filename.clone(), own_ignore.clone()],
-                ..Default::default()
-            },
-            df_dir.path().to_path_buf(),
-        )
-        .await
-        .map_err(|e| format!("failed to read dockerfile: {e}"))?;
-    p.status(v, "transferring dockerfile", rep.bytes as i64, 0, true);
-    let text = read_synced(df_dir.path(), &filename).ok_or_else(|| {
-        format!("failed to read dockerfile: open {filename}: no such file or directory")
-    })?;
-    p.complete(v, false, None);
+    // a context the client uploaded (`docker build - < context.tar`), else the
+    // client's session: the Dockerfile (and a `Dockerfile.dockerignore` beside it), the
+    // .dockerignore, then the context
+    let upload = attrs
+        .get("context")
+        .and_then(|c| c.strip_prefix(UPLOAD_PREFIX))
+        .map(str::to_string);
+    if let Some(c) = attrs
+        .get("context")
+        .filter(|c| !c.is_empty() && !c.starts_with(UPLOAD_PREFIX) && !c.starts_with("local://"))
+    {
+        return Err(format!(
+            "build context {c}: berthd builds from the client's directory or an uploaded archive (clone or download it, then build from there)"
+        ));
+    }
+    let (text, ignore, uploaded) = if let Some(id) = &upload {
+        let (text, context, dir) = uploaded_context(d, id, &filename, p).await?;
+        (text, String::new(), Some((context, dir)))
+    } else {
+        // the Dockerfile (and a `Dockerfile.dockerignore` beside it)
+        let v = p.start(&format!("[internal] load build definition from {filename}"));
+        let df_dir = d.buildkit.locals.temp().map_err(fail)?;
+        let own_ignore = format!("{filename}.dockerignore");
+        let rep = session
+            .client
+            .sync(
+                &SyncOpts {
+                    name: dockerfile_key,
+                    include: vec![filename.clone(), own_ignore.clone()],
+                    follow: vec![filename.clone(), own_ignore.clone()],
+                    ..Default::default()
+                },
+                df_dir.path().to_path_buf(),
+            )
+            .await
+            .map_err(|e| format!("failed to read dockerfile: {e}"))?;
+        p.status(v, "transferring dockerfile", rep.bytes as i64, 0, true);
+        let text = read_synced(df_dir.path(), &filename).ok_or_else(|| {
+            format!("failed to read dockerfile: open {filename}: no such file or directory")
+        })?;
+        p.complete(v, false, None);
 
-    // the .dockerignore: the Dockerfile's own, else the context's
-    let v = p.start("[internal] load .dockerignore");
-    let ignore = match read_synced(df_dir.path(), &own_ignore) {
-        Some(t) => t,
-        None => {
-            let tmp = d.buildkit.locals.temp().map_err(fail)?;
-            let rep = session
-                .client
-                .sync(
-                    &SyncOpts {
-                        name: context_key.clone(),
-                        include: vec![".dockerignore".into()],
-                        follow: vec![".dockerignore".into()],
-                        ..Default::default()
-                    },
-                    tmp.path().to_path_buf(),
-                )
-                .await
-                .map_err(|e| format!("{e}"))?;
-            p.status(v, "transferring context", rep.bytes as i64, 0, true);
-            read_synced(tmp.path(), ".dockerignore").unwrap_or_default()
-        }
+        // the .dockerignore: the Dockerfile's own, else the context's
+        let v = p.start("[internal] load .dockerignore");
+        let ignore = match read_synced(df_dir.path(), &own_ignore) {
+            Some(t) => t,
+            None => {
+                let tmp = d.buildkit.locals.temp().map_err(fail)?;
+                let rep = session
+                    .client
+                    .sync(
+                        &SyncOpts {
+                            name: context_key.clone(),
+                            include: vec![".dockerignore".into()],
+                            follow: vec![".dockerignore".into()],
+                            ..Default::default()
+                        },
+                        tmp.path().to_path_buf(),
+                    )
+                    .await
+                    .map_err(|e| format!("{e}"))?;
+                p.status(v, "transferring context", rep.bytes as i64, 0, true);
+                read_synced(tmp.path(), ".dockerignore").unwrap_or_default()
+            }
+        };
+        p.complete(v, false, None);
+        (text, ignore, None)
     };
-    p.complete(v, false, None);
     let file =
         berth_build::parser::parse(&text).map_err(|e| format!("dockerfile parse error: {e}"))?;
     if let Some(s) = file
@@ -215,47 +300,53 @@ pub async fn build(
         ));
     }
 
-    // the context: only what changed since the project's last build crosses
-    let v = p.start("[internal] load build context");
-    let started = std::time::Instant::now();
-    let local: LocalDir = d
-        .buildkit
-        .locals
-        .dir(&session.shared_key, &context_key)
-        .await
-        .map_err(fail)?;
-    let mut rep = session
-        .client
-        .sync(
-            &SyncOpts {
-                name: context_key,
-                exclude: ignore_patterns(&ignore),
-                ..Default::default()
-            },
-            local.path().to_path_buf(),
-        )
-        .await
-        .map_err(|e| format!("{e}"))?;
-    p.status(v, "transferring context", rep.bytes as i64, 0, true);
-    let synced = started.elapsed();
-    let root = local.path().to_path_buf();
-    let hashes = local.hashes_file();
-    let listing = std::mem::take(&mut rep.listing);
-    let context = tokio::task::spawn_blocking(move || {
-        Context::from_listing(&root, listing.into_iter().filter_map(meta_of), Some(hashes))
-    })
-    .await
-    .map_err(fail)?
-    .map_err(|e| format!("reading the build context: {e}"))?;
-    tracing::debug!(
-        entries = rep.entries,
-        files_sent = rep.files_sent,
-        bytes = rep.bytes,
-        sync_ms = synced.as_millis() as u64,
-        read_ms = (started.elapsed() - synced).as_millis() as u64,
-        "build context synced"
-    );
-    p.complete(v, false, None);
+    let (context, held) = match uploaded {
+        Some((context, dir)) => (context, Held::Temp(dir)),
+        None => {
+            // the context: only what changed since the project's last build crosses
+            let v = p.start("[internal] load build context");
+            let started = std::time::Instant::now();
+            let local: LocalDir = d
+                .buildkit
+                .locals
+                .dir(&session.shared_key, &context_key)
+                .await
+                .map_err(fail)?;
+            let mut rep = session
+                .client
+                .sync(
+                    &SyncOpts {
+                        name: context_key,
+                        exclude: ignore_patterns(&ignore),
+                        ..Default::default()
+                    },
+                    local.path().to_path_buf(),
+                )
+                .await
+                .map_err(|e| format!("{e}"))?;
+            p.status(v, "transferring context", rep.bytes as i64, 0, true);
+            let synced = started.elapsed();
+            let root = local.path().to_path_buf();
+            let hashes = local.hashes_file();
+            let listing = std::mem::take(&mut rep.listing);
+            let context = tokio::task::spawn_blocking(move || {
+                Context::from_listing(&root, listing.into_iter().filter_map(meta_of), Some(hashes))
+            })
+            .await
+            .map_err(fail)?
+            .map_err(|e| format!("reading the build context: {e}"))?;
+            tracing::debug!(
+                entries = rep.entries,
+                files_sent = rep.files_sent,
+                bytes = rep.bytes,
+                sync_ms = synced.as_millis() as u64,
+                read_ms = (started.elapsed() - synced).as_millis() as u64,
+                "build context synced"
+            );
+            p.complete(v, false, None);
+            (context, Held::Local(local))
+        }
+    };
 
     // --build-context NAME=…: images, and the client's other directories
     let mut named = BTreeMap::new();
@@ -323,7 +414,7 @@ pub async fn build(
         session.methods.clone(),
     ));
     opts.entitlements = entitlements.to_vec();
-    opts.context_dir = Some(local.path().to_path_buf());
+    opts.context_dir = Some(held.path().to_path_buf());
     opts.named_contexts = named;
     let mut b = crate::build::dispatch_builder(d, opts, context, out, file)?;
     // the context stays locked while steps read it
@@ -337,7 +428,7 @@ pub async fn build(
     );
     let id = result.map_err(|f| f.message)?;
     p.complete_current(false, None);
-    drop(local);
+    drop(held);
     drop(named_dirs);
     Ok(Built {
         id,

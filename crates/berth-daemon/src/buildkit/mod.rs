@@ -22,6 +22,7 @@ pub mod session;
 use berth_registry::auth::AuthConfig;
 use progress::Progress;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,7 +44,16 @@ pub struct BuildKit {
     /// `POST /build?version=2` builds by the client's build id (what
     /// `/build/cancel?id=` names)
     named: Mutex<HashMap<String, Arc<Progress>>>,
+    /// contexts uploaded for `remote=upload-request` builds, by build ID: the file,
+    /// once it has arrived (or why it did not)
+    uploads: Mutex<HashMap<String, UploadSlot>>,
 }
+
+/// Where an uploaded context (its file, or why it could not be read) meets its build.
+type UploadSlot = tokio::sync::watch::Sender<Option<Result<PathBuf, String>>>;
+
+/// How long an uploaded context waits for its build, and a build for its context.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl BuildKit {
     pub fn open(data_root: &std::path::Path) -> std::io::Result<BuildKit> {
@@ -55,6 +65,7 @@ impl BuildKit {
             locals: locals::Locals::open(data_root)?,
             history: history::History::default(),
             named: Mutex::default(),
+            uploads: Mutex::default(),
         })
     }
 
@@ -100,6 +111,51 @@ impl BuildKit {
             None => {
                 m.remove(reference);
             }
+        }
+    }
+
+    fn upload_slot(&self, id: &str) -> tokio::sync::watch::Sender<Option<Result<PathBuf, String>>> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(None))
+            .clone()
+    }
+
+    /// Hands the context uploaded for build `id` (a file, or why it could not be read)
+    /// to the build; removed unless a build takes it within [`UPLOAD_WAIT`].
+    pub fn upload_arrived(self: &Arc<Self>, id: &str, file: Result<PathBuf, String>) {
+        let path = file.as_ref().ok().cloned();
+        self.upload_slot(id).send_replace(Some(file));
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(UPLOAD_WAIT).await;
+            me.uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(p) = path {
+                let _ = std::fs::remove_file(p);
+            }
+        });
+    }
+
+    /// The context uploaded for build `id`, waiting for it; the caller owns the file.
+    pub async fn uploaded(&self, id: &str) -> Result<PathBuf, String> {
+        let mut rx = self.upload_slot(id).subscribe();
+        let got = tokio::time::timeout(UPLOAD_WAIT, rx.wait_for(Option::is_some)).await;
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        match got {
+            Ok(Ok(v)) => v.clone().unwrap_or_else(|| Err("no context".into())),
+            _ => Err(format!(
+                "the build context for {id} was not uploaded within {} s",
+                UPLOAD_WAIT.as_secs()
+            )),
         }
     }
 
