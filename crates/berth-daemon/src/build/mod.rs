@@ -9,6 +9,7 @@
 //! `aux` with the image ID, `errorDetail`), which the docker CLI's legacy builder renders.
 
 mod dispatch;
+pub mod needs;
 mod options;
 mod runmount;
 pub mod source;

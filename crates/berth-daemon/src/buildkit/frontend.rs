@@ -312,18 +312,26 @@ pub async fn build(
                 .dir(&session.shared_key, &context_key)
                 .await
                 .map_err(fail)?;
-            let mut rep = session
-                .client
-                .sync(
-                    &SyncOpts {
-                        name: context_key,
-                        exclude: ignore_patterns(&ignore),
-                        ..Default::default()
-                    },
-                    local.path().to_path_buf(),
-                )
-                .await
-                .map_err(|e| format!("{e}"))?;
+            // only what the steps read (as the client's include patterns), or all
+            let needs =
+                crate::build::needs::context_paths(&file, |image| base_may_trigger(d, image));
+            let mut rep = match needs {
+                // no step reads the context: nothing crosses
+                Some(paths) if paths.is_empty() => berth_buildkit::fsutil::Report::default(),
+                needs => session
+                    .client
+                    .sync(
+                        &SyncOpts {
+                            name: context_key,
+                            exclude: ignore_patterns(&ignore),
+                            include: needs.clone().unwrap_or_default(),
+                            follow: needs.unwrap_or_default(),
+                        },
+                        local.path().to_path_buf(),
+                    )
+                    .await
+                    .map_err(|e| format!("{e}"))?,
+            };
             p.status(v, "transferring context", rep.bytes as i64, 0, true);
             let synced = started.elapsed();
             let root = local.path().to_path_buf();
@@ -649,4 +657,16 @@ fn meta_of(
         mtime: st.mod_time.div_euclid(1_000_000_000).max(0) as u64,
     };
     Some((l.path, meta, l.kept))
+}
+
+/// Whether base image `image` may carry ONBUILD triggers (which read the context): an
+/// image not in the store may.
+fn base_may_trigger(d: &Daemon, image: &str) -> bool {
+    let Ok(img) = d.images.inspect(image) else {
+        return true;
+    };
+    serde_json::from_slice::<serde_json::Value>(&img.raw_config)
+        .ok()
+        .and_then(|c| c["config"]["OnBuild"].as_array().map(|a| !a.is_empty()))
+        .unwrap_or(false)
 }

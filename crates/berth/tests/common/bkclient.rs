@@ -118,9 +118,18 @@ impl FileSync for Files {
         let (in_rx, _pump) = fsutil::pump(req.into_inner());
         let (out_tx, out_rx) = mpsc::channel::<Packet>(64);
         let keep = move |p: &str, dir: bool| {
+            // as fsutil: a pattern takes what it matches and all below it, and the
+            // directories on the way to it
+            let parents = || {
+                p.char_indices()
+                    .filter(|(_, c)| *c == '/')
+                    .map(|(n, _)| &p[..n])
+                    .chain([p])
+            };
             let included = include.is_empty()
                 || include.iter().any(|i| {
-                    berth_build::ignore::glob(i, p) || (dir && i.starts_with(&format!("{p}/")))
+                    parents().any(|q| berth_build::ignore::glob(i, q))
+                        || (dir && i.starts_with(&format!("{p}/")))
                 });
             included && !exclude.excluded(p)
         };
