@@ -373,15 +373,7 @@ impl Context {
 
     /// [`Context::from_dir_hashed`] without kept digests.
     pub fn from_dir(root: &Path) -> io::Result<Context> {
-        let fd = rustix::fs::open(
-            root,
-            rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        let mut entries = BTreeMap::new();
-        let mut stamps = HashMap::new();
+        let mut listing = Vec::new();
         let mut todo = vec![String::new()];
         while let Some(dir) = todo.pop() {
             for e in std::fs::read_dir(root.join(&dir))? {
@@ -400,9 +392,7 @@ impl Context {
                 } else {
                     continue;
                 };
-                if kind == Kind::File {
-                    stamps.insert(path.clone(), stamp_of(&md));
-                }
+                let stamp = (kind == Kind::File).then(|| stamp_of(&md));
                 let meta = Meta {
                     size: if kind == Kind::File { md.size() } else { 0 },
                     kind,
@@ -411,13 +401,10 @@ impl Context {
                     gid: u64::from(md.gid()),
                     mtime: md.mtime().max(0) as u64,
                 };
-                entries.insert(path, (meta, 0));
+                listing.push((path, meta, stamp));
             }
         }
-        Ok(Context {
-            entries,
-            data: Data::Dir(fd, None, stamps),
-        })
+        Self::from_listing(root, listing, None)
     }
 
     fn apply_ignore(&mut self, keep: &str) -> Result<(), String> {
