@@ -141,19 +141,17 @@ impl Prepared {
     }
 }
 
-/// An overlay mount (or a plain directory), unmounted and removed when dropped.
+/// A directory of the step's, removed when dropped; `mount`, what is mounted in it (an
+/// overlay's `merged`, a secret's tmpfs), unmounted first.
 struct Scratch {
     dir: PathBuf,
-    mounted: bool,
+    mount: Option<PathBuf>,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = rustix::mount::unmount(
-                self.dir.join("merged"),
-                rustix::mount::UnmountFlags::DETACH,
-            );
+        if let Some(m) = &self.mount {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -248,7 +246,7 @@ pub async fn prepare(
                     let dir = scratch_dir(env.tmp, "bind")?;
                     let mut sc = Scratch {
                         dir: dir.clone(),
-                        mounted: false,
+                        mount: None,
                     };
                     for d in ["upper", "work", "merged"] {
                         std::fs::create_dir_all(dir.join(d)).map_err(|e| fail(e.to_string()))?;
@@ -269,7 +267,7 @@ pub async fn prepare(
                             Some(data.as_c_str()),
                         )
                         .map_err(|e| fail(format!("--mount rw: {e}")))?;
-                        sc.mounted = true;
+                        sc.mount = Some(dir.join("merged"));
                         let m = dir.join("merged");
                         out.keep(sc);
                         m
@@ -362,10 +360,7 @@ pub async fn prepare(
                     }
                 });
                 out.keep(Task(task));
-                out.keep(Scratch {
-                    dir,
-                    mounted: false,
-                });
+                out.keep(Scratch { dir, mount: None });
                 if ssh_n == 0 {
                     out.env.push(format!("SSH_AUTH_SOCK={target}"));
                 }
@@ -399,22 +394,8 @@ impl super::SessionAuth {
     }
 }
 
-/// A secret's directory on a tmpfs (never on disk), removed when dropped.
-struct SecretDir {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Drop for SecretDir {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn secret_dir(tmp: &Path) -> Result<SecretDir, Failure> {
+/// A secret's directory on a tmpfs (never on disk).
+fn secret_dir(tmp: &Path) -> Result<Scratch, Failure> {
     let dir = scratch_dir(tmp, "secret")?;
     let data = std::ffi::CString::new("size=4m,mode=0700").map_err(|e| fail(e.to_string()))?;
     rustix::mount::mount(
@@ -427,7 +408,10 @@ fn secret_dir(tmp: &Path) -> Result<SecretDir, Failure> {
         Some(data.as_c_str()),
     )
     .map_err(|e| fail(format!("a tmpfs for the secret: {e}")))?;
-    Ok(SecretDir { dir, mounted: true })
+    Ok(Scratch {
+        dir: dir.clone(),
+        mount: Some(dir),
+    })
 }
 
 fn set_owner_mode(p: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), Failure> {
@@ -515,13 +499,7 @@ async fn cache_dir(
                 s.uid.unwrap_or(0),
                 s.gid.unwrap_or(0),
             )?;
-            Ok((
-                dir.clone(),
-                Box::new(Scratch {
-                    dir,
-                    mounted: false,
-                }),
-            ))
+            Ok((dir.clone(), Box::new(Scratch { dir, mount: None })))
         }
         _ => {
             // shared: concurrent steps use it together; a locked one waits for them

@@ -152,31 +152,46 @@ async fn import_registry(
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     if doc["annotations"][INDEX_MARK].is_string() {
         let mut n = 0;
-        for m in doc["manifests"].as_array().into_iter().flatten() {
-            let (Some(key), Some(digest)) = (m["annotations"][KEY].as_str(), m["digest"].as_str())
-            else {
-                continue;
-            };
-            let desc = m["annotations"][DESCRIPTION].as_str().unwrap_or_default();
+        for (key, digest, desc) in index_entries(&doc) {
             let by_digest = Reference::parse(&format!("{}@{digest}", r.full_name()))
                 .map_err(|e| e.to_string())?;
-            let plan = crate::pull::plan(d, by_digest, &manifest::Platform::host(), creds.clone())
-                .await
-                .map_err(|e| e.message)?;
-            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-            let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            let config = plan.config().to_vec();
-            crate::pull::run(d.clone(), plan, tx).await?;
-            let _ = drain.await;
+            let id = pull_quietly(d, by_digest, creds.clone()).await?;
             d.images
-                .cache_put(key, &Digest::of(&config), desc)
+                .cache_put(key, &id, desc)
                 .map_err(|e| e.to_string())?;
             n += 1;
         }
         return Ok(n);
     }
     // an image, with inline cache
-    let plan = crate::pull::plan(d, r.clone(), &manifest::Platform::host(), creds)
+    let id = pull_quietly(d, r.clone(), creds).await?;
+    import_inline(d, &id)
+}
+
+/// The steps a cache index lists: (key, manifest digest, description).
+fn index_entries(doc: &Value) -> impl Iterator<Item = (&str, &str, &str)> {
+    doc["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let key = m["annotations"][KEY].as_str()?;
+            let digest = m["digest"].as_str()?;
+            Some((
+                key,
+                digest,
+                m["annotations"][DESCRIPTION].as_str().unwrap_or_default(),
+            ))
+        })
+}
+
+/// Pulls `r` for this host without showing progress; the image's ID.
+async fn pull_quietly(
+    d: &Arc<Daemon>,
+    r: Reference,
+    creds: Option<AuthConfig>,
+) -> Result<Digest, String> {
+    let plan = crate::pull::plan(d, r, &manifest::Platform::host(), creds)
         .await
         .map_err(|e| e.message)?;
     let config = plan.config().to_vec();
@@ -184,7 +199,7 @@ async fn import_registry(
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     crate::pull::run(d.clone(), plan, tx).await?;
     let _ = drain.await;
-    import_inline(d, &Digest::of(&config))
+    Ok(Digest::of(&config))
 }
 
 /// The step images an image's inline cache describes, stored with their keys.
@@ -426,12 +441,7 @@ async fn import_local(
         return Err(format!("{index} is not a build cache of berth's"));
     }
     let mut n = 0;
-    for m in doc["manifests"].as_array().into_iter().flatten() {
-        let (Some(key), Some(digest)) = (m["annotations"][KEY].as_str(), m["digest"].as_str())
-        else {
-            continue;
-        };
-        let desc = m["annotations"][DESCRIPTION].as_str().unwrap_or_default();
+    for (key, digest, desc) in index_entries(&doc) {
         let man: Value = serde_json::from_slice(&get_bytes(session, &store, digest).await?)
             .map_err(|e| e.to_string())?;
         let config_digest = man["config"]["digest"].as_str().unwrap_or_default();

@@ -49,6 +49,29 @@ pub struct BuildKit {
     uploads: Mutex<HashMap<String, UploadSlot>>,
 }
 
+/// The entry `key` of `map`, waiting up to `wait` for it to appear (`changed` ticks
+/// whenever an entry is added).
+pub(crate) async fn wait_for_entry<T: Clone>(
+    changed: &watch::Sender<u64>,
+    map: &Mutex<HashMap<String, T>>,
+    key: &str,
+    wait: Duration,
+) -> Option<T> {
+    let mut rx = changed.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(v) = map.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Some(v.clone());
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+}
+
 /// Where an uploaded context (its file, or why it could not be read) meets its build.
 type UploadSlot = tokio::sync::watch::Sender<Option<Result<PathBuf, String>>>;
 
@@ -80,24 +103,7 @@ impl BuildKit {
     /// The client-run build `reference`, waiting up to `wait` for its `Solve` to start
     /// (the client calls the bridge beside it).
     async fn gateway(&self, reference: &str, wait: Duration) -> Option<Arc<gateway::Gateway>> {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(g) = self
-                .gateways
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(reference)
-            {
-                return Some(g.clone());
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return None;
-            }
-        }
+        wait_for_entry(&self.changed, &self.gateways, reference, wait).await
     }
 
     fn set_gateway(&self, reference: &str, g: Option<Arc<gateway::Gateway>>) {
@@ -195,24 +201,7 @@ impl BuildKit {
 
     /// The build `reference`, waiting up to `wait` for it to start.
     async fn build(&self, reference: &str, wait: Duration) -> Option<Arc<Progress>> {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(p) = self
-                .builds
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(reference)
-            {
-                return Some(p.clone());
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return None;
-            }
-        }
+        wait_for_entry(&self.changed, &self.builds, reference, wait).await
     }
 }
 

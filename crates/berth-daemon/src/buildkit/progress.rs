@@ -57,27 +57,32 @@ impl Progress {
         format!("sha256:{}", hex::encode(h))
     }
 
+    /// Adds a started vertex named `name` after vertex `input`; its index.
+    fn push_vertex(&self, s: &mut State, name: &str, input: Option<usize>) -> usize {
+        let i = s.vertexes.len();
+        let v = Vertex {
+            digest: self.digest(i),
+            inputs: input
+                .and_then(|c| s.vertexes.get(c))
+                .map(|v| vec![v.digest.clone()])
+                .unwrap_or_default(),
+            name: name.to_string(),
+            started: Some(now()),
+            ..Default::default()
+        };
+        s.vertexes.push(v.clone());
+        s.history.push(StatusResponse {
+            vertexes: vec![v],
+            ..Default::default()
+        });
+        i
+    }
+
     /// Starts a vertex named `name` (it becomes the current one); its index.
     pub fn start(&self, name: &str) -> usize {
         self.with(|s| {
-            let i = s.vertexes.len();
-            let v = Vertex {
-                digest: self.digest(i),
-                inputs: s
-                    .current
-                    .and_then(|c| s.vertexes.get(c))
-                    .map(|v| vec![v.digest.clone()])
-                    .unwrap_or_default(),
-                name: name.to_string(),
-                started: Some(now()),
-                ..Default::default()
-            };
-            s.vertexes.push(v.clone());
+            let i = self.push_vertex(s, name, s.current);
             s.current = Some(i);
-            s.history.push(StatusResponse {
-                vertexes: vec![v],
-                ..Default::default()
-            });
             i
         })
     }
@@ -93,24 +98,8 @@ impl Progress {
     /// before), not the current one.
     pub fn start_step_after(&self, name: &str, input: Option<usize>) -> usize {
         self.with(|s| {
-            let i = s.vertexes.len();
-            let v = Vertex {
-                digest: self.digest(i),
-                inputs: input
-                    .and_then(|c| s.vertexes.get(c))
-                    .map(|v| vec![v.digest.clone()])
-                    .unwrap_or_default(),
-                name: name.to_string(),
-                started: Some(now()),
-                ..Default::default()
-            };
-            s.vertexes.push(v.clone());
             s.steps += 1;
-            s.history.push(StatusResponse {
-                vertexes: vec![v],
-                ..Default::default()
-            });
-            i
+            self.push_vertex(s, name, input)
         })
     }
 

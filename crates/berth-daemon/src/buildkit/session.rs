@@ -85,18 +85,6 @@ impl Sessions {
     /// The session `id`, waiting up to `wait` for its client to open it (clients open it
     /// beside the call that names it).
     pub async fn get(&self, id: &str, wait: Duration) -> Option<Arc<Session>> {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(s) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-                return Some(s.clone());
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return None;
-            }
-        }
+        super::wait_for_entry(&self.changed, &self.map, id, wait).await
     }
 }
