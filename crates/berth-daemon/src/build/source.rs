@@ -324,10 +324,10 @@ impl Context {
         Ok(ctx)
     }
 
-    /// The tree under `root` as a context (what the client sent is what there is: its
-    /// `.dockerignore` was applied on its side). Symlinks are entries, never followed.
-    /// With `hashes`, file digests are kept there between builds.
-    pub fn from_dir_hashed(root: &Path, hashes: Option<PathBuf>) -> io::Result<Context> {
+    /// [`Context::from_dir`] with file digests kept in `hashes` between builds (a
+    /// transferred context goes through [`Context::from_listing`] instead).
+    #[cfg(test)]
+    fn from_dir_hashed(root: &Path, hashes: Option<PathBuf>) -> io::Result<Context> {
         let mut c = Self::from_dir(root)?;
         if let (Data::Dir(_, h, _), Some(file)) = (&mut c.data, hashes) {
             *h = Some(Hashes::load(file));
@@ -371,7 +371,9 @@ impl Context {
         })
     }
 
-    /// [`Context::from_dir_hashed`] without kept digests.
+    /// The tree under `root` as a context, walked (what the client sent is what there
+    /// is: its `.dockerignore` was applied on its side). Symlinks are entries, never
+    /// followed.
     pub fn from_dir(root: &Path) -> io::Result<Context> {
         let mut listing = Vec::new();
         let mut todo = vec![String::new()];

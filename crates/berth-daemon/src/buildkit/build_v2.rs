@@ -65,7 +65,9 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
     if !opts.dockerfile.is_empty() && opts.dockerfile != "." {
         attrs.insert("filename".to_string(), opts.dockerfile.clone());
     }
-    attrs.insert("cache-from".to_string(), opts.cache_from.join(","));
+    if !opts.cache_from.is_empty() {
+        attrs.insert("cache-from".to_string(), opts.cache_from.join(","));
+    }
     for (k, v) in &opts.build_args {
         if let Some(v) = v {
             attrs.insert(format!("build-arg:{k}"), v.clone());
