@@ -1000,30 +1000,52 @@ pub fn free_port() -> u16 {
 
 /// Spawns `cmd` and waits until it listens on `port` (killed and reaped if it never does).
 /// `berth registry serve` on a free loopback port, storing in `root`: (process, port).
+/// Another port is tried when the one picked was taken meanwhile.
 pub fn berth_registry(root: &Path, extra: &[&str]) -> (Child, u16) {
-    let port = free_port();
-    let mut cmd = Command::new(berth_bin());
-    cmd.args([
-        "registry",
-        "serve",
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--root",
-    ])
-    .arg(root)
-    .args(extra);
-    (spawn_listening(cmd, port, "berth registry serve"), port)
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = Command::new(berth_bin());
+        cmd.args([
+            "registry",
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--root",
+        ])
+        .arg(root)
+        .args(extra);
+        if let Some(child) = try_spawn_listening(cmd, port, "berth registry serve") {
+            return (child, port);
+        }
+    }
+    panic!("berth registry serve found no free port");
 }
 
-pub fn spawn_listening(mut cmd: Command, port: u16, what: &str) -> Child {
+/// Spawns `cmd` and waits until it listens on `port` (killed and reaped if it never does).
+pub fn spawn_listening(cmd: Command, port: u16, what: &str) -> Child {
+    try_spawn_listening(cmd, port, what)
+        .unwrap_or_else(|| panic!("{what} exited: port {port} was taken"))
+}
+
+/// [`spawn_listening`], or None when `cmd` exits instead (something else took `port`
+/// after it was picked: then a connection may reach that one, so the process must still
+/// run once the port answers).
+pub fn try_spawn_listening(mut cmd: Command, port: u16, what: &str) -> Option<Child> {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {what}: {e}"));
     for _ in 0..200 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            return Some(child);
         }
         std::thread::sleep(Duration::from_millis(25));
     }
