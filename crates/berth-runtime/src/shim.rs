@@ -519,20 +519,32 @@ impl Shim {
         }
     }
 
-    /// Reads what the container wrote; false once the stream has ended.
+    /// Reads what the container wrote, 256 KiB at most (a process that writes without
+    /// pause never holds the loop); false once the stream has ended.
     fn read_output(&mut self, i: usize) -> bool {
+        self.read_chunks(i, 8) != Some(false)
+    }
+
+    /// Reads what the container wrote up to `max` chunks: Some(true) when all of it
+    /// was read, Some(false) when the stream has ended, None when more is waiting.
+    fn read_chunks(&mut self, i: usize, max: usize) -> Option<bool> {
         let mut buf = [0u8; 32 * 1024];
-        loop {
+        let mut chunks = 0;
+        while chunks < max {
             let (fd, stream) = (&self.outputs[i].0, self.outputs[i].1);
             match rustix::io::read(fd, &mut buf) {
-                Ok(0) => return false,
-                Ok(n) => self.output(stream, &buf[..n]),
-                Err(rustix::io::Errno::AGAIN) => return true,
+                Ok(0) => return Some(false),
+                Ok(n) => {
+                    chunks += 1;
+                    self.output(stream, &buf[..n])
+                }
+                Err(rustix::io::Errno::AGAIN) => return Some(true),
                 Err(rustix::io::Errno::INTR) => continue,
                 // EIO: the pty's other side is gone
-                Err(_) => return false,
+                Err(_) => return Some(false),
             }
         }
+        None
     }
 
     fn command(&mut self, i: usize, line: &str) {
@@ -542,7 +554,16 @@ impl Shim {
                 let started = if self.args.exec.is_some() {
                     self.launch()
                 } else {
-                    self.container.start()
+                    let before = self.pid.and_then(exe_of);
+                    self.container.start().inspect(|_| {
+                        if let Some(pid) = self.pid {
+                            settle(pid, before, SETTLE_LIMIT);
+                        }
+                        // what it wrote by now is in the log before `start` answers
+                        for i in 0..self.outputs.len() {
+                            self.read_output(i);
+                        }
+                    })
                 };
                 match started {
                     Ok(()) => {
@@ -886,7 +907,7 @@ impl Shim {
     /// After the container's init exits: last output, exit file, waiters, cleanup.
     fn finish(&mut self) {
         for i in 0..self.outputs.len() {
-            self.read_output(i);
+            self.read_chunks(i, usize::MAX);
         }
         if let Some(log) = &mut self.log {
             let _ = self.splitters[0].flush(log, "stdout");
@@ -1194,6 +1215,48 @@ pub fn release_memory() {
     }
 }
 
+/// How long a container's `start` waits at most for its command to settle.
+pub const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The file a process runs (device and inode of `/proc/PID/exe`).
+fn exe_of(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((md.dev(), md.ino()))
+}
+
+/// A process's state letter (`R`, `S`, `D`, `Z`…), None once it is gone.
+fn state_of(pid: i32) -> Option<u8> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    stat.get(close + 2).copied()
+}
+
+/// Waits, `limit` at most, until the process that ran `before` (the runtime's init) has
+/// executed the container's command and that command has settled: it waits for
+/// something (input, a timer, a child, room in a pipe) or has exited. The runtime's `start` returns
+/// just before the command is executed; answering only now makes `start` mean the
+/// command runs, and a `logs` or `top` right after it sees what its first instants did,
+/// as clients of Docker (whose start answers well after that) take for granted.
+fn settle(pid: i32, before: Option<(u64, u64)>, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut executed = before.is_none();
+    loop {
+        executed = executed || exe_of(pid).is_some_and(|e| Some(e) != before);
+        match state_of(pid) {
+            None | Some(b'Z' | b'X' | b'x') => return,
+            // running, or waiting for the disk (reading its program, its files)
+            Some(b'R' | b'D') => {}
+            Some(_) if executed => return,
+            Some(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
 /// Detaches from the caller: fork (the parent returns at once, so its caller can reap
 /// it), new session, child subreaper (the container's init becomes our child).
 /// Returns true in the child.
@@ -1232,5 +1295,52 @@ mod tests {
         write_exit_file(d.path(), 137, true).unwrap();
         assert_eq!(read_exit_file(d.path()).unwrap().0, 137);
         assert!(exit_was_oom(d.path()));
+    }
+
+    fn spawn(script: &str) -> std::process::Child {
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn settle_waits_for_the_command_to_exit_or_wait() {
+        let limit = std::time::Duration::from_secs(5);
+        // a command that ends: settled once it is a zombie
+        let mut c = spawn("exit 3");
+        let t = std::time::Instant::now();
+        settle(c.id() as i32, None, limit);
+        assert!(t.elapsed() < limit);
+        assert_eq!(state_of(c.id() as i32), Some(b'Z'));
+        c.wait().unwrap();
+        assert_eq!(state_of(c.id() as i32), None);
+
+        // a command that waits (for its child) is settled; one still running the
+        // program it started as (`before`) is not, though it waits too
+        let mut c = spawn("sleep 0.2; exec sleep 5");
+        let pid = c.id() as i32;
+        let before = exe_of(pid);
+        assert!(before.is_some());
+        let t = std::time::Instant::now();
+        settle(pid, before, limit);
+        let took = t.elapsed();
+        assert!(took >= std::time::Duration::from_millis(200), "{took:?}");
+        assert!(took < limit, "{took:?}");
+        assert_ne!(exe_of(pid), before);
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    #[test]
+    fn settle_gives_up_on_a_busy_command() {
+        let mut c = spawn("while :; do :; done");
+        let limit = std::time::Duration::from_millis(100);
+        let t = std::time::Instant::now();
+        settle(c.id() as i32, None, limit);
+        assert!(t.elapsed() >= limit);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        c.kill().unwrap();
+        c.wait().unwrap();
     }
 }

@@ -204,8 +204,36 @@ fn docker_py_integration_suite() {
     let log = read(out_dir.join("pytest.log"));
     assert!(
         lost.is_empty(),
-        "docker-py tests that pass on dockerd fail against berthd:\n{}\n\n{summary}\n--- pytest log (tail) ---\n{}",
+        "docker-py tests that pass on dockerd fail against berthd:\n{}\n\n{summary}\n{}",
         lost.join("\n"),
-        log.lines().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        lost.iter()
+            .map(|t| failure_report(&log, t))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
+}
+
+/// pytest's report of one test's failure (`tests/x.py::Class::test` is reported under
+/// a `____ Class.test ____` header), or a note that the log has none.
+fn failure_report(log: &str, test: &str) -> String {
+    let name = test.split("::").skip(1).collect::<Vec<_>>().join(".");
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in log.lines() {
+        let header = line.starts_with("____") || line.starts_with("====");
+        if header {
+            inside = line
+                .trim_matches(|c| c == '_' || c == '=' || c == ' ')
+                .split_whitespace()
+                .any(|w| w == name);
+        }
+        if inside {
+            out.push(line);
+        }
+    }
+    if out.is_empty() {
+        format!("--- {test}: no report in the pytest log ---")
+    } else {
+        format!("--- {test} ---\n{}", out.join("\n"))
+    }
 }
