@@ -2,19 +2,30 @@
 # Installs what building and testing berth needs on Debian 12, as root.
 # Only what is missing is installed, so a second run is quick.
 set -euo pipefail
-pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iproute2 curl docker-compose openssh-client)
+# (openssh-server: the ssh:// host tests start an sshd of their own on loopback)
+pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iproute2 curl docker-compose openssh-client openssh-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # packaged services (sshd, the registry) are not started by the install
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
-# the registry peer runs only inside the tests that start it
+# the registry peer and sshd run only inside the tests that start them
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  for unit in docker-registry ssh ssh.socket; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
 fi
 # the docker CLI 20.10 (Debian's docker.io), for the tests of its built-in BuildKit client
 # (`DOCKER_BUILDKIT=1 docker build`: POST /build?version=2); only the client is unpacked,

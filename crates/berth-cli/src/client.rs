@@ -67,8 +67,17 @@ pub struct TlsOptions {
 #[derive(Clone)]
 enum Target {
     Unix(PathBuf),
-    Tcp { addr: String, host: String },
+    Tcp {
+        addr: String,
+        host: String,
+    },
+    /// `ssh` with these arguments runs `berth system dial-stdio` on the remote host
+    Ssh(Vec<String>),
 }
+
+/// A connection to the daemon, whatever carries it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Clone)]
 pub struct Client {
@@ -79,6 +88,133 @@ pub struct Client {
         rustls::pki_types::ServerName<'static>,
     )>,
     version: OnceCell<String>,
+    /// an idle connection kept for the next request (ssh: each connection is a login)
+    idle: Arc<std::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<ReqBody>>>>,
+}
+
+/// The arguments of `ssh` for `ssh://[user@]host[:port][/socket]`: the remote end runs
+/// `berth system dial-stdio` (or `docker`'s, on a host without berth) against the
+/// socket in the path, else its default.
+pub fn ssh_args(url: &str) -> Result<Vec<String>> {
+    let rest = url
+        .strip_prefix("ssh://")
+        .ok_or_else(|| anyhow!("not an ssh URL: {url}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| anyhow!("ssh host connection is not valid: {url}"))?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    if host.is_empty() || host.starts_with('-') {
+        bail!("ssh host connection is not valid: no host specified in {url:?}");
+    }
+    if let Some(p) = port {
+        p.parse::<u16>()
+            .map_err(|_| anyhow!("ssh host connection is not valid: bad port in {url:?}"))?;
+    }
+    let mut args = vec![
+        "-o".to_string(),
+        "ConnectTimeout=30".to_string(),
+        "-T".to_string(),
+    ];
+    if let Some(u) = user {
+        args.extend(["-l".to_string(), u.to_string()]);
+    }
+    if let Some(p) = port {
+        args.extend(["-p".to_string(), p.to_string()]);
+    }
+    args.extend(["--".to_string(), host.to_string()]);
+    let host_flag = if path.trim_matches('/').is_empty() {
+        String::new()
+    } else {
+        format!(" {}", shell_quote(&format!("--host=unix://{path}")))
+    };
+    // one line for the remote user's shell
+    args.push(format!(
+        "if command -v berth >/dev/null 2>&1; then exec berth{host_flag} system dial-stdio; \
+         else exec docker{host_flag} system dial-stdio; fi"
+    ));
+    Ok(args)
+}
+
+/// `s` quoted for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `ssh` running the remote end of a connection: its stdout is what the daemon sends,
+/// its stdin what it receives. Shutting the write side closes its stdin.
+struct SshIo {
+    child: tokio::process::Child,
+    out: tokio::process::ChildStdout,
+    inp: Option<tokio::process::ChildStdin>,
+}
+
+impl SshIo {
+    fn spawn(args: &[String]) -> std::io::Result<SshIo> {
+        let mut child = tokio::process::Command::new("ssh")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let out = child.stdout.take().expect("piped");
+        let inp = child.stdin.take();
+        Ok(SshIo { child, out, inp })
+    }
+}
+
+impl tokio::io::AsyncRead for SshIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().out).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SshIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().inp {
+            Some(w) => Pin::new(w).poll_write(cx, buf),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().inp {
+            Some(w) => Pin::new(w).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().inp = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SshIo {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }
 
 fn certs(p: &PathBuf) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
@@ -109,8 +245,12 @@ impl Client {
                 addr,
                 host: hostname,
             }
+        } else if host.starts_with("ssh://") {
+            Target::Ssh(ssh_args(host)?)
         } else {
-            bail!("unable to parse host {host:?}: use unix:///path or tcp://host:port");
+            bail!(
+                "unable to parse host {host:?}: use unix:///path, tcp://host:port or ssh://[user@]host[:port][/path]"
+            );
         };
         let tls_conf = match (&target, tls.tls || tls.verify) {
             (Target::Tcp { host: h, .. }, true) => {
@@ -144,6 +284,7 @@ impl Client {
             target,
             tls: tls_conf,
             version: OnceCell::new(),
+            idle: Default::default(),
         })
     }
 
@@ -154,45 +295,72 @@ impl Client {
         )
     }
 
-    async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>> {
-        macro_rules! go {
-            ($io:expr) => {{
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
+    /// A new connection to the daemon.
+    pub async fn connect(&self) -> Result<Box<dyn Io>> {
+        let io: Box<dyn Io> = match &self.target {
+            Target::Unix(p) => Box::new(
+                UnixStream::connect(p)
                     .await
-                    .map_err(|e| self.unreachable(e))?;
-                tokio::spawn(async move {
-                    let _ = conn.with_upgrades().await;
-                });
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| self.unreachable(e))
-            }};
-        }
-        match &self.target {
-            Target::Unix(p) => {
-                let s = UnixStream::connect(p)
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
-                go!(s)
-            }
+                    .map_err(|e| self.unreachable(e))?,
+            ),
             Target::Tcp { addr, .. } => {
                 let s = TcpStream::connect(addr)
                     .await
                     .map_err(|e| self.unreachable(e))?;
                 let _ = s.set_nodelay(true);
                 match &self.tls {
-                    None => go!(s),
-                    Some((conn, name)) => {
-                        let t = conn
-                            .connect(name.clone(), s)
+                    None => Box::new(s),
+                    Some((conn, name)) => Box::new(
+                        conn.connect(name.clone(), s)
                             .await
-                            .map_err(|e| self.unreachable(e))?;
-                        go!(t)
-                    }
+                            .map_err(|e| self.unreachable(e))?,
+                    ),
+                }
+            }
+            Target::Ssh(args) => Box::new(SshIo::spawn(args).map_err(|e| {
+                anyhow!(
+                    "Cannot connect to the berth daemon at {}: ssh: {e}",
+                    self.host
+                )
+            })?),
+        };
+        Ok(io)
+    }
+
+    async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>> {
+        // over ssh an idle connection is used again, unless the request takes the
+        // connection over (attach, exec, session)
+        let reuse =
+            matches!(self.target, Target::Ssh(_)) && !req.headers().contains_key(header::UPGRADE);
+        if reuse {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(mut sender) = idle {
+                let ready = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+                if let Poll::Ready(Ok(())) = ready {
+                    let resp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| self.unreachable(e));
+                    *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+                    return resp;
                 }
             }
         }
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.unreachable(e));
+        if reuse {
+            *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        }
+        resp
     }
 
     /// The API version to speak: ours, or the daemon's if older.
@@ -206,8 +374,11 @@ impl Client {
                     .header(header::HOST, "api")
                     .body(ReqBody::Empty)?;
                 let resp = self.send(req).await?;
-                let server = resp
-                    .headers()
+                let (parts, body) = resp.into_parts();
+                // read to its end, so that the connection can carry the next request
+                let _ = body.collect().await;
+                let server = parts
+                    .headers
                     .get("API-Version")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| {
@@ -407,4 +578,41 @@ pub fn blocking_reader(resp: Response<Incoming>) -> impl std::io::Read + Send + 
         }
     });
     ChanRead(rx, Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_urls_become_ssh_arguments() {
+        let a = ssh_args("ssh://me@example.test:2222/run/berth/berth.sock").unwrap();
+        assert_eq!(
+            a[..9],
+            [
+                "-o",
+                "ConnectTimeout=30",
+                "-T",
+                "-l",
+                "me",
+                "-p",
+                "2222",
+                "--",
+                "example.test"
+            ]
+        );
+        assert!(a[9].contains("exec berth '--host=unix:///run/berth/berth.sock' system dial-stdio"));
+        assert!(
+            a[9].contains("exec docker '--host=unix:///run/berth/berth.sock' system dial-stdio")
+        );
+        let a = ssh_args("ssh://host").unwrap();
+        assert_eq!(a[3..5], ["--", "host"]);
+        assert!(a[5].contains("exec berth system dial-stdio"));
+        let a = ssh_args("ssh://[::1]:22").unwrap();
+        assert_eq!(a[3..7], ["-p", "22", "--", "::1"]);
+        assert!(ssh_args("ssh://").is_err());
+        assert!(ssh_args("ssh://-oProxyCommand=x").is_err());
+        assert!(ssh_args("ssh://h:port").is_err());
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
 }

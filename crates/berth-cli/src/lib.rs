@@ -2,8 +2,9 @@
 //! Docker-compatible daemon) and prints what the docker CLI prints: same commands, flags,
 //! columns, `--format` templates and exit codes.
 //!
-//! The daemon is chosen by `-H/--host`, else `BERTH_HOST`, else `DOCKER_HOST`, else
-//! `unix:///run/berth/berth.sock`.
+//! The daemon is chosen by `-H/--host`, else `-c/--context`, else `BERTH_HOST`, else
+//! `DOCKER_HOST`, else `DOCKER_CONTEXT`, else the current context (config.json), else
+//! `unix:///run/berth/berth.sock` (see `commands::context`).
 
 pub mod client;
 pub mod commands;
@@ -22,9 +23,13 @@ use std::path::PathBuf;
     disable_help_subcommand = true
 )]
 pub struct Cli {
-    /// Daemon socket to connect to
+    /// Daemon socket to connect to (unix://, tcp://, ssh://[user@]host[:port][/socket])
     #[arg(short = 'H', long = "host", global = false)]
     pub host: Option<String>,
+    /// Name of the context to use to connect to the daemon (overrides DOCKER_HOST env var
+    /// and default context set with "berth context use")
+    #[arg(short = 'c', long = "context")]
+    pub context: Option<String>,
     /// Use TLS; implied by --tlsverify
     #[arg(long)]
     pub tls: bool,
@@ -110,16 +115,37 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    let env_tls = tls_options(&cli);
+    let Cli {
+        host, context, cmd, ..
+    } = cli;
+    if let commands::Cmd::Context(cmd) = cmd {
+        let current = commands::context::current_name(context.as_deref(), host.is_some());
+        return match commands::context::run(cmd, &current) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e:#}");
+                1
+            }
+        };
+    }
     let code = rt.block_on(async {
-        let host = host_of(cli.host.as_deref());
-        let client = match Client::new(&host, &tls_options(&cli)) {
+        let target = match commands::context::resolve(host.as_deref(), context.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return 1;
+            }
+        };
+        let tls = target.tls.clone().unwrap_or(env_tls);
+        let client = match Client::new(&target.host, &tls) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e:#}");
                 return 1;
             }
         };
-        match commands::run(&client, cli.cmd).await {
+        match commands::run(&client, cmd).await {
             Ok(()) => 0,
             Err(e) => {
                 if let Some(exit) = e.downcast_ref::<Exit>() {

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod containers;
+pub mod context;
 pub mod exec;
 pub mod files;
 pub mod images;
@@ -28,6 +29,9 @@ pub enum Cmd {
     /// Manage berth
     #[command(subcommand)]
     System(SystemCmd),
+    /// Manage contexts
+    #[command(subcommand)]
+    Context(context::ContextCmd),
     /// List images
     Images(images::ListArgs),
     /// Manage images
@@ -169,6 +173,9 @@ pub enum SystemCmd {
     Info(system::InfoArgs),
     /// Get real time events from the server
     Events(system::EventsArgs),
+    /// Proxy the stdio stream to the daemon connection (what `ssh://` hosts run)
+    #[command(hide = true)]
+    DialStdio,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +222,8 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Info(a) | Cmd::System(SystemCmd::Info(a)) => system::info(c, a).await,
         Cmd::Events(a) | Cmd::System(SystemCmd::Events(a)) => system::events(c, a).await,
         Cmd::System(SystemCmd::Df(a)) => system::df(c, a).await,
+        Cmd::System(SystemCmd::DialStdio) => system::dial_stdio(c).await,
+        Cmd::Context(cmd) => context::run(cmd, &context::current_name(None, false)),
         Cmd::Images(a) | Cmd::Image(ImageCmd::Ls(a)) => images::list(c, a).await,
         Cmd::Image(ImageCmd::Inspect(a)) => images::image_inspect(c, a).await,
         Cmd::Inspect(a) => images::inspect(c, a).await,

@@ -55,7 +55,7 @@ pub fn registry_of(image: &str) -> String {
 }
 
 /// The client's config.json, or `{}`.
-fn read_config() -> Value {
+pub(crate) fn read_config() -> Value {
     std::fs::read_to_string(config_dir().join("config.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -64,7 +64,7 @@ fn read_config() -> Value {
 }
 
 /// Writes config.json whole (a temporary file renamed over it), readable by its owner only.
-fn write_config(v: &Value) -> Result<std::path::PathBuf> {
+pub(crate) fn write_config(v: &Value) -> Result<std::path::PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = config_dir();
     std::fs::DirBuilder::new()

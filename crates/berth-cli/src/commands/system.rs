@@ -503,3 +503,22 @@ pub async fn df(c: &Client, a: DfArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `system dial-stdio`: one connection to the daemon, carried over stdin and stdout
+/// (what an `ssh://` host runs at the remote end). The end of stdin closes the
+/// connection's write side; the daemon closing it ends the command.
+pub async fn dial_stdio(c: &Client) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let conn = c.connect().await?;
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(conn);
+    let upstream = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::copy(&mut stdin, &mut to_daemon).await;
+        let _ = to_daemon.shutdown().await;
+    });
+    let mut stdout = tokio::io::stdout();
+    let copied = tokio::io::copy(&mut from_daemon, &mut stdout).await;
+    let _ = stdout.flush().await;
+    upstream.abort();
+    copied.map(|_| ()).map_err(|e| anyhow!("dial-stdio: {e}"))
+}
