@@ -129,6 +129,28 @@ pub fn main() -> i32 {
             }
         };
     }
+    if let commands::Cmd::Plugin(args) = &cmd {
+        let name = args
+            .first()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        // a daemon chosen by a flag reaches the plugin in its command line, a context
+        // through the shared config; otherwise it is told the host berth would use
+        let default_host = match (&host, &context) {
+            (None, None) => commands::context::resolve(None, None)
+                .ok()
+                .filter(|t| t.context == commands::context::DEFAULT)
+                .map(|t| t.host),
+            _ => None,
+        };
+        let err = commands::plugin::exec(&name, &argv, default_host.as_deref())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        eprintln!("{err}");
+        return 1;
+    }
     let code = rt.block_on(async {
         let target = match commands::context::resolve(host.as_deref(), context.as_deref()) {
             Ok(t) => t,

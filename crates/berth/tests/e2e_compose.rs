@@ -163,3 +163,95 @@ fn compose_v2_runs_an_app() {
     }
     run_app(2);
 }
+
+/// `berth compose`: Compose v2 found as a docker CLI plugin and run with berth's
+/// command line; it reaches the daemon berth would (a flag, BERTH_HOST, a context).
+#[test]
+fn berth_compose_runs_the_compose_plugin() {
+    if skip_unless_root("berth_compose_runs_the_compose_plugin") {
+        return;
+    }
+    let Some(go) = compose_v2() else {
+        eprintln!("skipping: no Compose v2 installed");
+        return;
+    };
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    let conf = tempfile::tempdir().unwrap();
+    let plugins = conf.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::os::unix::fs::symlink(&go, plugins.join("docker-compose")).unwrap();
+    std::fs::write(
+        conf.path().join("config.json"),
+        serde_json::json!({"cliPluginsExtraDirs": [plugins]}).to_string(),
+    )
+    .unwrap();
+    let app = conf.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("compose.yaml"),
+        "services:\n  one:\n    image: bb\n    command: sleep 60\n    network_mode: none\n",
+    )
+    .unwrap();
+    let berth = |env: &[(&str, &str)], args: &[&str]| -> Output {
+        let mut c = Command::new(berth_bin());
+        c.args(args)
+            .current_dir(&app)
+            .env("DOCKER_CONFIG", conf.path())
+            .env_remove("DOCKER_HOST")
+            .env_remove("BERTH_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let host = d.host();
+    let v = berth(&[], &["compose", "version"]);
+    assert!(
+        stdout(&v).contains("Docker Compose version v2"),
+        "{}",
+        stderr(&v)
+    );
+    // the daemon named by -H (passed on in the plugin's command line)
+    let up = berth(&[], &["-H", &host, "compose", "-p", "plug", "up", "-d"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let running = d.get_json("/containers/json");
+    assert_eq!(running[0]["Names"][0], "/plug-one-1", "{running}");
+    // by BERTH_HOST (told to the plugin as DOCKER_HOST)
+    let ps = berth(
+        &[("BERTH_HOST", &host)],
+        &["compose", "-p", "plug", "ps", "-q"],
+    );
+    assert_eq!(stdout(&ps).lines().count(), 1, "{}", stderr(&ps));
+    // by a context (the plugin reads the same context store)
+    let ctx = berth(
+        &[],
+        &[
+            "context",
+            "create",
+            "here",
+            "--docker",
+            &format!("host={host}"),
+        ],
+    );
+    assert!(ctx.status.success(), "{}", stderr(&ctx));
+    let down = berth(&[], &["--context", "here", "compose", "-p", "plug", "down"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+    // the plugin's exit code is berth's
+    let bad = berth(
+        &[("BERTH_HOST", &host)],
+        &["compose", "-p", "plug", "restart", "nosuch"],
+    );
+    assert_ne!(bad.status.code(), Some(0));
+    // a command that is neither berth's nor a plugin
+    let none = berth(&[], &["nosuch"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        stderr(&none).contains("unknown command: berth nosuch"),
+        "{}",
+        stderr(&none)
+    );
+}

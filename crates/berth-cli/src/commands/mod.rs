@@ -8,6 +8,7 @@ pub mod files;
 pub mod images;
 pub mod limits;
 pub mod network;
+pub mod plugin;
 pub mod registry;
 pub mod stream;
 pub mod system;
@@ -17,6 +18,7 @@ pub mod volume;
 use crate::client::Client;
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use std::ffi::OsString;
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
@@ -122,6 +124,9 @@ pub enum Cmd {
     /// Manage volumes
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
+    /// A docker CLI plugin (`docker-NAME`: compose, buildx, …)
+    #[command(external_subcommand)]
+    Plugin(Vec<OsString>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +229,14 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::System(SystemCmd::Df(a)) => system::df(c, a).await,
         Cmd::System(SystemCmd::DialStdio) => system::dial_stdio(c).await,
         Cmd::Context(cmd) => context::run(cmd, &context::current_name(None, false)),
+        Cmd::Plugin(args) => {
+            let name = args
+                .first()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            plugin::exec(&name, &argv, Some(&c.host))
+        }
         Cmd::Images(a) | Cmd::Image(ImageCmd::Ls(a)) => images::list(c, a).await,
         Cmd::Image(ImageCmd::Inspect(a)) => images::image_inspect(c, a).await,
         Cmd::Inspect(a) => images::inspect(c, a).await,
