@@ -222,6 +222,31 @@ fn contexts_choose_the_daemon_and_are_shared_with_the_docker_cli() {
         .unwrap();
         assert_eq!(ours, theirs);
         ok(cli(berth, cfg, &["context", "rm", "from-docker"]));
+        // archives go both ways (the docker CLI's ends without the end-of-archive blocks)
+        let piped = |from: &str, to: &str, name: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{from} context export left - | {to} context import {name} -"
+                ))
+                .env("DOCKER_CONFIG", cfg)
+                .env_remove("DOCKER_HOST")
+                .env_remove("BERTH_HOST")
+                .env_remove("DOCKER_CONTEXT")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(stderr(&out).contains(&format!("Successfully imported context \"{name}\"")));
+        };
+        piped("docker", berth, "docker-made");
+        piped(berth, "docker", "berth-made");
+        assert_eq!(with_ctx(berth, "docker-made"), ["on-left"]);
+        assert_eq!(with_ctx("docker", "berth-made"), ["on-left"]);
+        ok(cli(
+            berth,
+            cfg,
+            &["context", "rm", "docker-made", "berth-made"],
+        ));
         let gone = cli("docker", cfg, &["context", "inspect", "from-docker"]);
         assert!(!gone.status.success());
     }

@@ -378,4 +378,73 @@ fn mutual_tls_on_tcp() {
     // plain HTTP on the TLS port gets nothing
     let o = run_cli(berth_bin(), &tcp, &["version"], None);
     assert!(!o.status.success());
+
+    // a context keeps copies of the TLS files, and travels as an archive
+    let conf = tempfile::tempdir().unwrap();
+    let ctx_cli = |bin: &str, args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .env("DOCKER_CONFIG", conf.path())
+            .env_remove("DOCKER_HOST")
+            .env_remove("BERTH_HOST")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .output()
+            .unwrap()
+    };
+    let endpoint = format!(
+        "host={tcp},ca={},cert={},key={}",
+        c("ca.pem"),
+        c("cert.pem"),
+        c("key.pem")
+    );
+    ok(ctx_cli(
+        berth_bin(),
+        &["context", "create", "secure", "--docker", &endpoint],
+    ));
+    let archive = conf.path().join("secure.ctx");
+    let out = ctx_cli(
+        berth_bin(),
+        &["context", "export", "secure", archive.to_str().unwrap()],
+    );
+    assert!(stderr(&out).contains("Written file"), "{}", stderr(&out));
+    ok(ctx_cli(
+        berth_bin(),
+        &["context", "import", "moved", archive.to_str().unwrap()],
+    ));
+    drop(certs);
+    for ctx in ["secure", "moved"] {
+        let v = ctx_cli(
+            berth_bin(),
+            &[
+                "--context",
+                ctx,
+                "version",
+                "--format",
+                "{{.Server.APIVersion}}",
+            ],
+        );
+        assert_eq!(ok(v), "1.50\n");
+        if have("docker") {
+            let i = ctx_cli(
+                "docker",
+                &["--context", ctx, "info", "--format", "{{.OSType}}"],
+            );
+            assert_eq!(ok(i), "linux\n");
+        }
+    }
+    let listed = ok(ctx_cli(
+        berth_bin(),
+        &[
+            "context",
+            "inspect",
+            "moved",
+            "--format",
+            "{{json .TLSMaterial}}",
+        ],
+    ));
+    assert_eq!(
+        listed.trim(),
+        r#"{"docker":["ca.pem","cert.pem","key.pem"]}"#
+    );
 }

@@ -35,6 +35,23 @@ pub enum ContextCmd {
     Show,
     /// Update a context
     Update(UpdateArgs),
+    /// Export a context to a tar archive FILE or a tar stream on STDOUT
+    Export(ExportArgs),
+    /// Import a context from a tar archive (FILE, or STDIN with "-")
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub name: String,
+    /// where to write it: a file (default NAME.dockercontext), or "-" for STDOUT
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub name: String,
+    pub file: String,
 }
 
 #[derive(Debug, Args)]
@@ -611,7 +628,101 @@ pub fn run(cmd: ContextCmd, current: &str) -> Result<()> {
             Ok(())
         }
         ContextCmd::Update(a) => update(a),
+        ContextCmd::Export(a) => export(a),
+        ContextCmd::Import(a) => import(a),
     }
+}
+
+/// `context export`: the docker CLI's archive (meta.json, then tls/docker/*.pem).
+fn export(a: ExportArgs) -> Result<()> {
+    check_name(&a.name)?;
+    let meta = load(&a.name)?;
+    let mut ar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, mode: u32, data: &[u8], dir: bool| -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        ar.append_data(&mut h, path, data)?;
+        Ok(())
+    };
+    add("meta.json", 0o644, &serde_json::to_vec(&meta)?, false)?;
+    let files = tls_files(&a.name);
+    if !files.is_empty() {
+        add("tls", 0o700, &[], true)?;
+        add("tls/docker", 0o700, &[], true)?;
+        for f in files {
+            let data = std::fs::read(tls_dir(&a.name).join("docker").join(&f))?;
+            add(&format!("tls/docker/{f}"), 0o600, &data, false)?;
+        }
+    }
+    let bytes = ar.into_inner()?;
+    match a.file.as_deref() {
+        Some("-") => std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?,
+        other => {
+            let path = other
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{}.dockercontext", a.name));
+            std::fs::write(&path, bytes)?;
+            eprintln!("Written file {path:?}");
+        }
+    }
+    Ok(())
+}
+
+/// `context import`: a `context export` archive stored under a new name.
+fn import(a: ImportArgs) -> Result<()> {
+    check_name(&a.name)?;
+    if exists(&a.name) {
+        bail!("context {:?} already exists", a.name);
+    }
+    let data = if a.file == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b)?;
+        b
+    } else {
+        std::fs::read(&a.file).map_err(|e| anyhow!("open {}: {}", a.file, io_words(&e)))?
+    };
+    let mut meta = None;
+    let mut files = Vec::new();
+    let mut ar = tar::Archive::new(std::io::Cursor::new(data));
+    let entries = ar.entries().map_err(|e| anyhow!("invalid context: {e}"))?;
+    for e in entries {
+        let mut e = match e {
+            Ok(e) => e,
+            // the docker CLI's archives end without the end-of-archive blocks
+            Err(err)
+                if err.kind() == std::io::ErrorKind::UnexpectedEof
+                    || err.to_string().contains("unexpected EOF") =>
+            {
+                break
+            }
+            Err(err) => bail!("invalid context: {err}"),
+        };
+        let path = e.path()?.to_string_lossy().into_owned();
+        let mut body = Vec::new();
+        if e.header().entry_type().is_file() {
+            std::io::Read::read_to_end(&mut e, &mut body)?;
+        }
+        match path.trim_start_matches("./") {
+            "meta.json" => meta = Some(serde_json::from_slice::<Value>(&body)?),
+            "tls/docker/ca.pem" => files.push(("ca.pem", body)),
+            "tls/docker/cert.pem" => files.push(("cert.pem", body)),
+            "tls/docker/key.pem" => files.push(("key.pem", body)),
+            _ => {}
+        }
+    }
+    let mut meta = meta.ok_or_else(|| anyhow!("invalid context: no metadata found"))?;
+    meta["Name"] = json!(a.name);
+    store(&a.name, &meta, Some(files))?;
+    println!("{}", a.name);
+    eprintln!("Successfully imported context {:?}", a.name);
+    Ok(())
 }
 
 #[cfg(test)]
