@@ -491,3 +491,243 @@ fn live_restore_keeps_containers_across_a_daemon_restart() {
     assert_eq!(wait_gone(&d, &keep), Vec::<String>::new());
     assert_eq!(wait_gone(&d, &gone), Vec::<String>::new());
 }
+
+/// `system prune` (with and without `--volumes`, `-a`) removes what docker's does and
+/// says so in its words; both CLIs print the same report.
+#[test]
+fn system_prune_removes_what_is_unused() {
+    if skip_unless_root("system_prune_removes_what_is_unused") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import(&busybox_tar(), "bb:latest");
+    // HEX digests and sizes aside, what a report says
+    let shape = |s: &str| -> String {
+        s.lines()
+            .map(|l| {
+                let l = l.trim_end();
+                if l.len() >= 64 && l.chars().rev().take(64).all(|c| c.is_ascii_hexdigit()) {
+                    format!("{}HEX", &l[..l.len() - 64])
+                } else if let Some(rest) = l.strip_prefix("Total reclaimed space: ") {
+                    assert!(rest.ends_with('B'), "{l}");
+                    "Total reclaimed space: SIZE".into()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut reports = Vec::new();
+    for cli in clis() {
+        // unused: a stopped container (with an anonymous volume), a network, a dangling
+        // image; in use: a running container, its network, a tagged image
+        ok(d.cli(&cli, &["network", "create", "idle-net"]));
+        ok(d.cli(&cli, &["network", "create", "busy-net"]));
+        ok(d.cli(
+            &cli,
+            &[
+                "create",
+                "--name",
+                "stopped",
+                "-v",
+                "/anon",
+                "--network",
+                "none",
+                "bb",
+                "true",
+            ],
+        ));
+        ok(d.cli(
+            &cli,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "running",
+                "--network",
+                "busy-net",
+                "bb",
+                "sleep",
+                "60",
+            ],
+        ));
+        // the first of two builds under one tag is left dangling
+        let ctx = d.dir.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        for n in 1..=2 {
+            std::fs::write(
+                ctx.join("Dockerfile"),
+                format!("FROM bb\nRUN echo {cli:?} {n} > /made\n"),
+            )
+            .unwrap();
+            ok(d.cli(
+                &cli,
+                &["build", "-q", "-t", "made:last", ctx.to_str().unwrap()],
+            ));
+        }
+        let named = ok(d.cli(&cli, &["volume", "create", "named"]));
+        assert_eq!(named.trim(), "named");
+
+        // without --volumes the anonymous volume stays
+        let out = d.cli(&cli, &["system", "prune", "-f"]);
+        let text = ok(out);
+        assert!(text.starts_with("Deleted Containers:\n"), "{cli}: {text}");
+        assert!(
+            text.contains("\nDeleted Networks:\nidle-net\n\n"),
+            "{cli}: {text}"
+        );
+        assert!(
+            text.contains("\nDeleted Images:\ndeleted: sha256:"),
+            "{cli}: {text}"
+        );
+        assert!(
+            text.ends_with('\n') && text.contains("\nTotal reclaimed space: "),
+            "{cli}: {text}"
+        );
+        reports.push(shape(&text));
+        let vols = d.get_json("/volumes")["Volumes"].as_array().unwrap().len();
+        assert_eq!(vols, 2, "{cli}");
+        let ps = ok(d.cli(&cli, &["ps", "-a", "--format", "{{.Names}}"]));
+        assert_eq!(ps.trim(), "running");
+        let nets = ok(d.cli(&cli, &["network", "ls", "--format", "{{.Name}}"]));
+        assert!(
+            nets.contains("busy-net") && !nets.contains("idle-net"),
+            "{nets}"
+        );
+        assert!(ok(d.cli(&cli, &["images", "-q", "bb"])).lines().count() == 1);
+
+        // a second prune finds nothing
+        let again = ok(d.cli(&cli, &["system", "prune", "-f"]));
+        assert_eq!(again, "Total reclaimed space: 0B\n", "{cli}");
+
+        // --volumes takes the anonymous volume of a removed container, never a named one
+        ok(d.cli(&cli, &["rm", "-f", "running"]));
+        ok(d.cli(
+            &cli,
+            &[
+                "create",
+                "--name",
+                "stopped2",
+                "-v",
+                "/anon",
+                "--network",
+                "none",
+                "bb",
+                "true",
+            ],
+        ));
+        let text = ok(d.cli(&cli, &["system", "prune", "-f", "--volumes"]));
+        assert!(text.contains("Deleted Volumes:\n"), "{cli}: {text}");
+        assert!(
+            text.contains("\nDeleted Networks:\nbusy-net\n"),
+            "{cli}: {text}"
+        );
+        let names: Vec<String> = d.get_json("/volumes")["Volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["named"], "{cli}");
+        ok(d.cli(&cli, &["volume", "rm", "named"]));
+
+        // the question, and "until" refused with --volumes
+        let until = d.cli(
+            &cli,
+            &["system", "prune", "-f", "--volumes", "--filter", "until=1h"],
+        );
+        assert_eq!(until.status.code(), Some(1), "{cli}");
+        assert!(
+            stderr(&until)
+                .contains("ERROR: The \"until\" filter is not supported with \"--volumes\""),
+            "{cli}: {}",
+            stderr(&until)
+        );
+        let asked = if cli == "docker" {
+            d.docker_stdin(&["system", "prune", "-a"], Some(b"n\n"))
+        } else {
+            d.berth_stdin(&["system", "prune", "-a"], Some(b"n\n"))
+        };
+        assert!(asked.status.success(), "{cli}");
+        let q = format!("{}{}", stdout(&asked), stderr(&asked));
+        assert!(
+            q.contains("WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  - all images without at least one container associated to them\n  - all build cache\n\nAre you sure you want to continue? [y/N]"),
+            "{cli}: {q}"
+        );
+        // answered no: the image is still there
+        assert!(ok(d.cli(&cli, &["images", "-q", "bb"])).lines().count() == 1);
+        ok(d.cli(&cli, &["rmi", "made:last"]));
+    }
+    if reports.len() == 2 {
+        assert_eq!(
+            reports[0], reports[1],
+            "berth and docker report differently"
+        );
+    }
+}
+
+/// `container SUBCOMMAND` for every container command, as docker has them.
+#[test]
+fn container_subcommands() {
+    let Some(d) = daemon_with_busybox("container_subcommands") else {
+        return;
+    };
+    let b = |args: &[&str]| d.berth(args);
+    assert_eq!(
+        ok(b(&[
+            "container",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "bb",
+            "echo",
+            "hi"
+        ])),
+        "hi\n"
+    );
+    ok(b(&[
+        "container",
+        "create",
+        "--name",
+        "sub",
+        "-p",
+        "127.0.0.1::80",
+        "bb",
+        "sh",
+        "-c",
+        "echo out; sleep 60",
+    ]));
+    ok(b(&["container", "start", "sub"]));
+    assert_eq!(ok(b(&["container", "logs", "sub"])), "out\n");
+    assert!(ok(b(&["container", "port", "sub"])).starts_with("80/tcp -> 127.0.0.1:"));
+    assert_eq!(
+        ok(b(&[
+            "container",
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            "sub"
+        ])),
+        "true\n"
+    );
+    ok(b(&["container", "rename", "sub", "sub2"]));
+    ok(b(&["container", "restart", "-t", "0", "sub2"]));
+    ok(b(&["container", "kill", "sub2"]));
+    assert_eq!(ok(b(&["container", "wait", "sub2"])), "137\n");
+    ok(b(&["container", "start", "sub2"]));
+    ok(b(&["container", "stop", "-t", "0", "sub2"]));
+    assert_eq!(
+        ok(b(&["container", "ps", "-a", "--format", "{{.Names}}"])),
+        "sub2\n"
+    );
+    let missing = b(&["container", "inspect", "nosuch"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("No such container: nosuch"),
+        "{}",
+        stderr(&missing)
+    );
+    ok(b(&["container", "rm", "sub2"]));
+}

@@ -499,23 +499,21 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
     {
         return Ok(());
     }
-    let path = if a.all {
+    let (space, out) = run_prune(c, a.all).await?;
+    super::print_pruned(&out, Some(space));
+    Ok(())
+}
+
+/// Removes the build cache: the space reclaimed and what docker prints of it.
+pub async fn run_prune(c: &Client, all: bool) -> Result<(i64, String)> {
+    let path = if all {
         "/build/prune?all=1"
     } else {
         "/build/prune"
     };
     let v = c.send_json(Method::POST, path).await?;
-    let n = v["CachesDeleted"].as_array().map(|a| a.len()).unwrap_or(0);
-    if n > 0 {
-        println!("Deleted build cache objects:");
-        for id in v["CachesDeleted"].as_array().into_iter().flatten() {
-            println!("{}", id.as_str().unwrap_or_default());
-        }
-        println!();
-    }
-    println!(
-        "Total reclaimed space: {}",
-        crate::format::human_size(v["SpaceReclaimed"].as_i64().unwrap_or(0))
-    );
-    Ok(())
+    Ok((
+        v["SpaceReclaimed"].as_i64().unwrap_or(0),
+        super::deleted_list("Deleted build cache objects:", &v["CachesDeleted"]),
+    ))
 }

@@ -922,23 +922,22 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
     {
         return Ok(());
     }
+    let (space, out) = run_prune(c, &a.filter).await?;
+    super::print_pruned(&out, Some(space));
+    Ok(())
+}
+
+/// Removes stopped containers: the space reclaimed and what docker prints of it.
+pub async fn run_prune(c: &Client, filter: &[String]) -> Result<(i64, String)> {
     let mut path = "/containers/prune".to_string();
-    if let Some(f) = filters_json(&a.filter)? {
+    if let Some(f) = filters_json(filter)? {
         path.push_str(&format!("?filters={}", q(&f)));
     }
     let v = c.send_json(Method::POST, &path).await?;
-    if let Some(ids) = v["ContainersDeleted"].as_array().filter(|a| !a.is_empty()) {
-        println!("Deleted Containers:");
-        for id in ids.iter().filter_map(Value::as_str) {
-            println!("{id}");
-        }
-        println!();
-    }
-    println!(
-        "Total reclaimed space: {}",
-        crate::format::human_size(v["SpaceReclaimed"].as_i64().unwrap_or(0))
-    );
-    Ok(())
+    Ok((
+        v["SpaceReclaimed"].as_i64().unwrap_or(0),
+        super::deleted_list("Deleted Containers:", &v["ContainersDeleted"]),
+    ))
 }
 
 #[derive(Debug, Args)]

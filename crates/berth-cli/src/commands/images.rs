@@ -242,6 +242,8 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     };
     let mut objs = Vec::new();
     let mut missing = Vec::new();
+    // with one type asked for, a name not found is the daemon's own error
+    let mut first_error = None;
     for n in &a.names {
         let mut found = None;
         for k in &kinds {
@@ -257,7 +259,12 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
                     found = Some(v);
                     break;
                 }
-                Err(e) if is_not_found(&e) => continue,
+                Err(e) if is_not_found(&e) => {
+                    if kinds.len() == 1 && first_error.is_none() {
+                        first_error = Some(e);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -268,6 +275,9 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<()> {
     }
     if !objs.is_empty() || a.format.is_none() {
         print_inspected(&objs, a.format.as_deref())?;
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     if let Some(n) = missing.first() {
         return Err(anyhow!("No such object: {n}"));
@@ -423,30 +433,37 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
     if !a.force && !super::confirm(&format!("{warning}\nAre you sure you want to continue?")) {
         return Ok(());
     }
-    let mut filters = a.filter.clone();
-    filters.push(format!("dangling={}", !a.all));
+    let (space, out) = run_prune(c, a.all, &a.filter).await?;
+    super::print_pruned(&out, Some(space));
+    Ok(())
+}
+
+/// Removes dangling (or, with `all`, unused) images: the space reclaimed and what
+/// docker prints of it.
+pub async fn run_prune(c: &Client, all: bool, filter: &[String]) -> Result<(i64, String)> {
+    let mut filters = filter.to_vec();
+    filters.push(format!("dangling={}", !all));
     let f = filters_json(&filters)?.unwrap_or_default();
     let report = c
         .send_json(Method::POST, &format!("/images/prune?filters={}", q(&f)))
         .await?;
-    let deleted = &report["ImagesDeleted"];
-    if deleted.as_array().is_some_and(|a| !a.is_empty()) {
-        println!("Deleted Images:");
-        for it in deleted.as_array().into_iter().flatten() {
+    let mut out = String::new();
+    let deleted = report["ImagesDeleted"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !deleted.is_empty() {
+        out.push_str("Deleted Images:\n");
+        for it in &deleted {
             if let Some(u) = it["Untagged"].as_str() {
-                println!("untagged: {u}");
+                out.push_str(&format!("untagged: {u}\n"));
             }
             if let Some(d) = it["Deleted"].as_str() {
-                println!("deleted: {d}");
+                out.push_str(&format!("deleted: {d}\n"));
             }
         }
-        println!();
     }
-    println!(
-        "Total reclaimed space: {}",
-        human_size(report["SpaceReclaimed"].as_i64().unwrap_or(0))
-    );
-    Ok(())
+    Ok((report["SpaceReclaimed"].as_i64().unwrap_or(0), out))
 }
 
 #[derive(Debug, Args)]

@@ -132,8 +132,30 @@ pub enum Cmd {
 #[derive(Debug, Subcommand)]
 pub enum ContainerCmd {
     /// List containers
-    #[command(alias = "list")]
+    #[command(alias = "list", alias = "ps")]
     Ls(containers::PsArgs),
+    /// Create and run a new container from an image
+    Run(containers::CreateArgs),
+    /// Create a new container
+    Create(containers::CreateArgs),
+    /// Start one or more stopped containers
+    Start(containers::StartArgs),
+    /// Display detailed information on one or more containers
+    Inspect(ContainerInspectArgs),
+    /// Fetch the logs of a container
+    Logs(containers::LogsArgs),
+    /// Stop one or more running containers
+    Stop(containers::StopArgs),
+    /// Restart one or more containers
+    Restart(containers::StopArgs),
+    /// Kill one or more running containers
+    Kill(containers::KillArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(containers::WaitArgs),
+    /// Rename a container
+    Rename(containers::RenameArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(network::PortArgs),
     /// Remove all stopped containers
     Prune(containers::PruneArgs),
     /// Remove one or more containers
@@ -162,6 +184,18 @@ pub enum ContainerCmd {
     Stats(usage::StatsArgs),
 }
 
+#[derive(Debug, Args)]
+pub struct ContainerInspectArgs {
+    /// Format output using a custom template
+    #[arg(short, long)]
+    pub format: Option<String>,
+    /// Display total file sizes
+    #[arg(short, long)]
+    pub size: bool,
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RegistryCmd {
     /// Serve an OCI distribution registry
@@ -178,6 +212,8 @@ pub enum SystemCmd {
     Info(system::InfoArgs),
     /// Get real time events from the server
     Events(system::EventsArgs),
+    /// Remove unused data
+    Prune(system::PruneArgs),
     /// Proxy the stdio stream to the daemon connection (what `ssh://` hosts run)
     #[command(hide = true)]
     DialStdio,
@@ -228,6 +264,7 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Events(a) | Cmd::System(SystemCmd::Events(a)) => system::events(c, a).await,
         Cmd::System(SystemCmd::Df(a)) => system::df(c, a).await,
         Cmd::System(SystemCmd::DialStdio) => system::dial_stdio(c).await,
+        Cmd::System(SystemCmd::Prune(a)) => system::prune(c, a).await,
         Cmd::Context(cmd) => context::run(cmd, &context::current_name(None, false)),
         Cmd::Plugin(args) => {
             let name = args
@@ -256,16 +293,29 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Registry(RegistryCmd::Serve(a)) => registry::serve(a).await,
         Cmd::Registry(RegistryCmd::Gc(a)) => registry::gc(a).await,
         Cmd::Logout(a) => registry::logout(c, a).await,
-        Cmd::Run(a) => containers::run(c, a).await,
-        Cmd::Create(a) => containers::create(c, a).await,
-        Cmd::Start(a) => containers::start(c, a).await,
+        Cmd::Run(a) | Cmd::Container(ContainerCmd::Run(a)) => containers::run(c, a).await,
+        Cmd::Create(a) | Cmd::Container(ContainerCmd::Create(a)) => containers::create(c, a).await,
+        Cmd::Start(a) | Cmd::Container(ContainerCmd::Start(a)) => containers::start(c, a).await,
+        Cmd::Container(ContainerCmd::Inspect(a)) => {
+            let args = images::InspectArgs {
+                format: a.format,
+                size: a.size,
+                kind: Some("container".into()),
+                names: a.names,
+            };
+            images::inspect(c, args).await
+        }
         Cmd::Ps(a) | Cmd::Container(ContainerCmd::Ls(a)) => containers::ps(c, a).await,
-        Cmd::Logs(a) => containers::logs(c, a).await,
-        Cmd::Stop(a) => containers::stop(c, a, "stop").await,
-        Cmd::Restart(a) => containers::stop(c, a, "restart").await,
-        Cmd::Kill(a) => containers::kill(c, a).await,
-        Cmd::Wait(a) => containers::wait(c, a).await,
-        Cmd::Rename(a) => containers::rename(c, a).await,
+        Cmd::Logs(a) | Cmd::Container(ContainerCmd::Logs(a)) => containers::logs(c, a).await,
+        Cmd::Stop(a) | Cmd::Container(ContainerCmd::Stop(a)) => {
+            containers::stop(c, a, "stop").await
+        }
+        Cmd::Restart(a) | Cmd::Container(ContainerCmd::Restart(a)) => {
+            containers::stop(c, a, "restart").await
+        }
+        Cmd::Kill(a) | Cmd::Container(ContainerCmd::Kill(a)) => containers::kill(c, a).await,
+        Cmd::Wait(a) | Cmd::Container(ContainerCmd::Wait(a)) => containers::wait(c, a).await,
+        Cmd::Rename(a) | Cmd::Container(ContainerCmd::Rename(a)) => containers::rename(c, a).await,
         Cmd::Rm(a) | Cmd::Container(ContainerCmd::Rm(a)) => containers::rm(c, a).await,
         Cmd::Container(ContainerCmd::Prune(a)) => containers::prune(c, a).await,
         Cmd::Exec(a) | Cmd::Container(ContainerCmd::Exec(a)) => exec::exec(c, a).await,
@@ -279,7 +329,7 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Unpause(a) | Cmd::Container(ContainerCmd::Unpause(a)) => usage::unpause(c, a).await,
         Cmd::Update(a) | Cmd::Container(ContainerCmd::Update(a)) => usage::update(c, a).await,
         Cmd::Stats(a) | Cmd::Container(ContainerCmd::Stats(a)) => usage::stats(c, a).await,
-        Cmd::Port(a) => network::port(c, a).await,
+        Cmd::Port(a) | Cmd::Container(ContainerCmd::Port(a)) => network::port(c, a).await,
         Cmd::Volume(v) => match v {
             volume::VolumeCmd::Create(a) => volume::create(c, a).await,
             volume::VolumeCmd::Ls(a) => volume::ls(c, a).await,
@@ -358,6 +408,35 @@ pub fn filters_json(filters: &[String]) -> Result<Option<String>> {
 }
 
 /// Asks y/N on the terminal.
+/// `TITLE` and one line per name, or nothing when no name was deleted (what a prune
+/// prints of one kind of object).
+pub fn deleted_list(title: &str, names: &serde_json::Value) -> String {
+    let names: Vec<&str> = names
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{title}\n");
+    for n in names {
+        out.push_str(n);
+        out.push('\n');
+    }
+    out
+}
+
+/// Prints a prune's report as docker does: the list and an empty line when something was
+/// deleted, then the space reclaimed (for the kinds that count it).
+pub fn print_pruned(out: &str, space: Option<i64>) {
+    if !out.is_empty() {
+        println!("{out}");
+    }
+    if let Some(s) = space {
+        println!("Total reclaimed space: {}", crate::format::human_size(s));
+    }
+}
+
 pub fn confirm(prompt: &str) -> bool {
     use std::io::Write;
     eprint!("{prompt} [y/N] ");

@@ -468,18 +468,22 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
     {
         return Ok(());
     }
+    let out = run_prune(c, &a.filter).await?;
+    super::print_pruned(&out, None);
+    Ok(())
+}
+
+/// Removes unused custom networks: what docker prints of it.
+pub async fn run_prune(c: &Client, filter: &[String]) -> Result<String> {
     let mut path = "/networks/prune".to_string();
-    if let Some(f) = filters_json(&a.filter)? {
+    if let Some(f) = filters_json(filter)? {
         path.push_str(&format!("?filters={}", q(&f)));
     }
     let v = c.send_json(Method::POST, &path).await?;
-    if let Some(names) = v["NetworksDeleted"].as_array().filter(|a| !a.is_empty()) {
-        println!("Deleted Networks:");
-        for n in names.iter().filter_map(Value::as_str) {
-            println!("{n}");
-        }
-    }
-    Ok(())
+    Ok(super::deleted_list(
+        "Deleted Networks:",
+        &v["NetworksDeleted"],
+    ))
 }
 
 #[derive(Debug, Args)]

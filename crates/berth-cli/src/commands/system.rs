@@ -522,3 +522,121 @@ pub async fn dial_stdio(c: &Client) -> Result<()> {
     upstream.abort();
     copied.map(|_| ()).map_err(|e| anyhow!("dial-stdio: {e}"))
 }
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove all unused images not just dangling ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Provide filter values (e.g. "label=<key>=<value>")
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    pub force: bool,
+    /// Prune anonymous volumes
+    #[arg(long)]
+    pub volumes: bool,
+}
+
+/// The question `system prune` asks before it removes anything.
+fn prune_warning(a: &PruneArgs) -> String {
+    let mut warnings = vec![
+        "all stopped containers",
+        "all networks not used by at least one container",
+    ];
+    if a.volumes {
+        warnings.push("all anonymous volumes not used by at least one container");
+    }
+    warnings.push(if a.all {
+        "all images without at least one container associated to them"
+    } else {
+        "all dangling images"
+    });
+    warnings.push(if a.all {
+        "all build cache"
+    } else {
+        "unused build cache"
+    });
+    let mut text = String::from("WARNING! This will remove:");
+    for w in warnings {
+        text.push_str(&format!("\n  - {w}"));
+    }
+    text.push('\n');
+    let mut filters: Vec<&String> = a
+        .filter
+        .iter()
+        .filter(|f| {
+            ["label=", "label!=", "until="]
+                .iter()
+                .any(|k| f.starts_with(k))
+        })
+        .collect();
+    filters.sort();
+    if !filters.is_empty() {
+        text.push_str("\n  Items to be pruned will be filtered with:");
+        for f in filters {
+            text.push_str(&format!("\n  - {f}"));
+        }
+        text.push('\n');
+    }
+    text.push_str("\nAre you sure you want to continue?");
+    text
+}
+
+/// `system prune`: stopped containers, unused networks, (anonymous volumes,) dangling or
+/// unused images and the build cache, each reported as its own prune reports it.
+pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
+    if a.volumes && a.filter.iter().any(|f| f.starts_with("until=")) {
+        eprintln!("ERROR: The \"until\" filter is not supported with \"--volumes\"");
+        return Err(crate::Exit(1).into());
+    }
+    if !a.force && !super::confirm(&prune_warning(&a)) {
+        return Ok(());
+    }
+    let mut space = 0i64;
+    let show = |out: String| {
+        if !out.is_empty() {
+            println!("{out}");
+        }
+    };
+    let (s, out) = super::containers::run_prune(c, &a.filter).await?;
+    space += s;
+    show(out);
+    show(super::network::run_prune(c, &a.filter).await?);
+    if a.volumes {
+        let (s, out) = super::volume::run_prune(c, false, &a.filter).await?;
+        space += s;
+        show(out);
+    }
+    let (s, out) = super::images::run_prune(c, a.all, &a.filter).await?;
+    space += s;
+    show(out);
+    let (s, out) = super::build::run_prune(c, a.all).await?;
+    space += s;
+    show(out);
+    println!(
+        "Total reclaimed space: {}",
+        human_size_prec(space as f64, 3)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn the_question_lists_what_goes() {
+        let a = PruneArgs {
+            all: false,
+            filter: vec!["label=a=b".into()],
+            force: false,
+            volumes: true,
+        };
+        assert_eq!(
+            prune_warning(&a),
+            "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  - all anonymous volumes not used by at least one container\n  - all dangling images\n  - unused build cache\n\n  Items to be pruned will be filtered with:\n  - label=a=b\n\nAre you sure you want to continue?"
+        );
+    }
+}

@@ -360,8 +360,16 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
     if !a.force && !super::confirm(warning) {
         return Ok(());
     }
-    let mut filters = a.filter.clone();
-    if a.all {
+    let (space, out) = run_prune(c, a.all, &a.filter).await?;
+    super::print_pruned(&out, Some(space));
+    Ok(())
+}
+
+/// Removes unused anonymous (with `all`, all unused) local volumes: the space reclaimed
+/// and what docker prints of it.
+pub async fn run_prune(c: &Client, all: bool, filter: &[String]) -> Result<(i64, String)> {
+    let mut filters = filter.to_vec();
+    if all {
         filters.push("all=true".into());
     }
     let mut path = "/volumes/prune".to_string();
@@ -369,18 +377,10 @@ pub async fn prune(c: &Client, a: PruneArgs) -> Result<()> {
         path.push_str(&format!("?filters={}", q(&f)));
     }
     let v = c.send_json(Method::POST, &path).await?;
-    if let Some(names) = v["VolumesDeleted"].as_array().filter(|a| !a.is_empty()) {
-        println!("Deleted Volumes:");
-        for n in names.iter().filter_map(Value::as_str) {
-            println!("{n}");
-        }
-        println!();
-    }
-    println!(
-        "Total reclaimed space: {}",
-        crate::format::human_size(v["SpaceReclaimed"].as_i64().unwrap_or(0))
-    );
-    Ok(())
+    Ok((
+        v["SpaceReclaimed"].as_i64().unwrap_or(0),
+        super::deleted_list("Deleted Volumes:", &v["VolumesDeleted"]),
+    ))
 }
 
 #[cfg(test)]
