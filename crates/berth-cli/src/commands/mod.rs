@@ -6,6 +6,7 @@ pub mod context;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod kube;
 pub mod limits;
 pub mod network;
 pub mod plugin;
@@ -34,6 +35,9 @@ pub enum Cmd {
     /// Manage contexts
     #[command(subcommand)]
     Context(context::ContextCmd),
+    /// Generate Kubernetes YAML from containers, and run it
+    #[command(subcommand)]
+    Kube(kube::KubeCmd),
     /// List images
     Images(images::ListArgs),
     /// Manage images
@@ -265,6 +269,7 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::System(SystemCmd::Df(a)) => system::df(c, a).await,
         Cmd::System(SystemCmd::DialStdio) => system::dial_stdio(c).await,
         Cmd::System(SystemCmd::Prune(a)) => system::prune(c, a).await,
+        Cmd::Kube(k) => kube::run(c, k).await,
         Cmd::Context(cmd) => context::run(cmd, &context::current_name(None, false)),
         Cmd::Plugin(args) => {
             let name = args
