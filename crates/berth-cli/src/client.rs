@@ -82,6 +82,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 #[derive(Clone)]
 pub struct Client {
     pub host: String,
+    /// the context the host came from (`default` when none did)
+    pub context: String,
     target: Target,
     tls: Option<(
         tokio_rustls::TlsConnector,
@@ -281,6 +283,7 @@ impl Client {
         };
         Ok(Client {
             host: host.to_string(),
+            context: "default".to_string(),
             target,
             tls: tls_conf,
             version: OnceCell::new(),

@@ -87,7 +87,25 @@ pub fn host_of(flag: Option<&str>) -> String {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    // the CLI plugins installed, in the help as the docker CLI lists them
+    let asks_help = std::env::args().skip(1).all(|a| a.starts_with('-'))
+        && std::env::args().any(|a| a == "--help" || a == "-h");
+    if asks_help {
+        let listed = commands::plugin::installed();
+        if !listed.is_empty() {
+            let mut text = String::from("Plugins:\n");
+            for (name, about) in listed {
+                text.push_str(&format!("  {:<12}{about}\n", format!("{name}*")));
+            }
+            command = command.after_help(text);
+        }
+    }
+    let cli = match command
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
         Err(e) => {
             let code = match e.kind() {
@@ -161,7 +179,10 @@ pub fn main() -> i32 {
         };
         let tls = target.tls.clone().unwrap_or(env_tls);
         let client = match Client::new(&target.host, &tls) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                c.context = target.context.clone();
+                c
+            }
             Err(e) => {
                 eprintln!("{e:#}");
                 return 1;

@@ -208,6 +208,9 @@ fn berth_compose_runs_the_compose_plugin() {
         c.output().unwrap()
     };
     let host = d.host();
+    // listed in the help, as the docker CLI lists its plugins
+    let help = stdout(&berth(&[], &["--help"]));
+    assert!(help.contains("Plugins:\n  compose*"), "{help}");
     let v = berth(&[], &["compose", "version"]);
     assert!(
         stdout(&v).contains("Docker Compose version v2"),

@@ -147,6 +147,18 @@ fn contexts_choose_the_daemon_and_are_shared_with_the_docker_cli() {
     };
     assert_eq!(with_ctx(berth, "left"), ["on-left"]);
     assert_eq!(with_ctx(berth, "right"), ["on-right"]);
+    let v = cli(
+        berth,
+        cfg,
+        &[
+            "--context",
+            "left",
+            "version",
+            "--format",
+            "{{.Client.Context}}",
+        ],
+    );
+    assert_eq!(ok_text(&v), "left\n");
     let out = cli(berth, cfg, &["context", "use", "right"]);
     assert_eq!(ok_text(&out), "right\n");
     assert!(stderr(&out).contains("Current context is now \"right\""));

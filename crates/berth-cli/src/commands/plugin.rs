@@ -74,6 +74,35 @@ pub fn find(name: &str) -> Option<Plugin> {
         })
 }
 
+/// The plugins installed: name and short description, by name.
+pub fn installed() -> Vec<(String, String)> {
+    let mut names: Vec<String> = dirs()
+        .into_iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|d| d.flatten())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("docker-"))
+                .filter(|n| valid_name(n))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let p = find(&n)?;
+            let about = p.metadata["ShortDescription"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Some((n, about))
+        })
+        .collect()
+}
+
 /// Runs plugin `name` in place of this process with the original command line
 /// (`argv` without the program name); returns only if it cannot.
 pub fn exec(name: &str, argv: &[std::ffi::OsString], default_host: Option<&str>) -> Result<()> {

@@ -26,7 +26,7 @@ pub async fn version(c: &Client, a: VersionArgs) -> Result<()> {
         "GitCommit": option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
         "Os": "linux",
         "Arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-        "Context": "default",
+        "Context": c.context,
     });
     let server = c.get_json("/version").await;
     if let Some(f) = a.format.as_deref().filter(|f| !f.is_empty()) {
@@ -65,7 +65,7 @@ pub async fn version(c: &Client, a: VersionArgs) -> Result<()> {
         " OS/Arch:           linux/{}",
         client["Arch"].as_str().unwrap_or_default()
     );
-    println!(" Context:           default");
+    println!(" Context:           {}", c.context);
     let s = server?;
     println!();
     println!(
@@ -136,7 +136,7 @@ pub async fn info(c: &Client, a: InfoArgs) -> Result<()> {
     };
     println!("Client:");
     println!(" Version:    {}", env!("CARGO_PKG_VERSION"));
-    println!(" Context:    default");
+    println!(" Context:    {}", c.context);
     println!(" Debug Mode: false");
     println!();
     println!("Server:");
