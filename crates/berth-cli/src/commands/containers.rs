@@ -332,51 +332,16 @@ async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<Strin
             return Err(crate::Exit(125).into());
         }
     };
-    let mut path = "/containers/create".to_string();
-    if let Some(n) = &a.name {
-        path.push_str(&format!("?name={}", q(n)));
-    }
-    let headers = [("Content-Type", "application/json".to_string())];
-    let send = || {
-        c.request(
-            Method::POST,
-            &path,
-            ReqBody::Full(Some(body.clone().into())),
-            &headers,
-        )
-    };
-    let resp = match send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let missing = e.downcast_ref::<DaemonError>().is_some_and(|d| {
-                d.status == StatusCode::NOT_FOUND && d.message.contains("No such image")
-            });
-            if !missing || a.pull == "never" {
-                if missing {
-                    eprintln!(
-                        "Unable to find image '{}' locally",
-                        super::registry::tagged(&a.image)
-                    );
-                }
-                return Err(fail(e));
-            }
-            // as docker: say so, pull (progress on stderr), create again
-            eprintln!(
-                "Unable to find image '{}' locally",
-                super::registry::tagged(&a.image)
-            );
-            super::registry::pull_image(
-                c,
-                &super::registry::tagged(&a.image),
-                platform,
-                false,
-                true,
-            )
-            .await
-            .map_err(fail)?;
-            send().await.map_err(fail)?
-        }
-    };
+    let resp = create_or_pull(
+        c,
+        a.name.as_deref(),
+        &body,
+        &a.image,
+        platform,
+        a.pull != "never",
+    )
+    .await
+    .map_err(fail)?;
     let v = crate::client::read_json(resp).await?;
     for w in v["Warnings"]
         .as_array()
@@ -397,6 +362,50 @@ pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
     let id = create_container(c, &a, false).await?;
     println!("{id}");
     Ok(())
+}
+
+/// `POST /containers/create` of `body` (named `name`); when its image is missing, says
+/// so as docker does and, if `pull_missing`, pulls it (progress on stderr) and creates
+/// again.
+pub(crate) async fn create_or_pull(
+    c: &Client,
+    name: Option<&str>,
+    body: &[u8],
+    image: &str,
+    platform: Option<&str>,
+    pull_missing: bool,
+) -> Result<hyper::Response<hyper::body::Incoming>> {
+    let mut path = "/containers/create".to_string();
+    if let Some(n) = name {
+        path.push_str(&format!("?name={}", q(n)));
+    }
+    let headers = [("Content-Type", "application/json".to_string())];
+    let send = || {
+        c.request(
+            Method::POST,
+            &path,
+            ReqBody::Full(Some(body.to_vec().into())),
+            &headers,
+        )
+    };
+    match send().await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let missing = e.downcast_ref::<DaemonError>().is_some_and(|d| {
+                d.status == StatusCode::NOT_FOUND && d.message.contains("No such image")
+            });
+            if !missing {
+                return Err(e);
+            }
+            let tagged = super::registry::tagged(image);
+            eprintln!("Unable to find image '{tagged}' locally");
+            if !pull_missing {
+                return Err(e);
+            }
+            super::registry::pull_image(c, &tagged, platform, false, true).await?;
+            send().await
+        }
+    }
 }
 
 /// Exit code docker's CLI gives a failed start.

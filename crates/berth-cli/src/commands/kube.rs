@@ -9,10 +9,10 @@
 //! resolve as they do in a cluster), the others join it (`container:` network mode).
 
 use super::q;
-use crate::client::{Client, DaemonError, ReqBody};
+use crate::client::{Client, ReqBody};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::{json, Map, Value};
 
 /// The network `play` puts pods on.
@@ -760,29 +760,9 @@ async fn create(c: &Client, name: &str, body: &Value, pull: &str) -> Result<Stri
         super::registry::pull_image(c, &tagged, None, false, true).await?;
     }
     let bytes = serde_json::to_vec(body)?;
-    let path = format!("/containers/create?name={}", q(name));
-    let headers = [("Content-Type", "application/json".to_string())];
-    let send = || {
-        c.request(
-            Method::POST,
-            &path,
-            ReqBody::Full(Some(bytes.clone().into())),
-            &headers,
-        )
-    };
-    let resp = match send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let missing = e.downcast_ref::<DaemonError>().is_some_and(|d| {
-                d.status == StatusCode::NOT_FOUND && d.message.contains("No such image")
-            });
-            if !missing || pull == "Never" {
-                return Err(e);
-            }
-            super::registry::pull_image(c, &tagged, None, false, true).await?;
-            send().await?
-        }
-    };
+    let resp =
+        super::containers::create_or_pull(c, Some(name), &bytes, &image, None, pull != "Never")
+            .await?;
     let v = crate::client::read_json(resp).await?;
     Ok(v["Id"].as_str().unwrap_or_default().to_string())
 }
