@@ -330,8 +330,41 @@ pub fn devices(hc: &Value, privileged: bool) -> Result<(Vec<Value>, Vec<Value>),
     Ok((nodes, rules))
 }
 
+/// Device requests (`--gpus`): berth has no device driver (NVIDIA's or another), so a
+/// container that asks for one does not start, with dockerd's words when it has none.
+pub fn device_requests(hc: &Value) -> Result<(), ApiError> {
+    if let Some(r) = hc["DeviceRequests"].as_array().and_then(|a| a.first()) {
+        let caps: Vec<String> = r["Capabilities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|set| {
+                let words: Vec<&str> = set
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                format!("[{}]", words.join(" "))
+            })
+            .collect();
+        return Err(ApiError::internal(format!(
+            "could not select device driver {:?} with capabilities: [{}]",
+            r["Driver"].as_str().unwrap_or_default(),
+            caps.join(" ")
+        )));
+    }
+    Ok(())
+}
+
 /// Create-time checks of everything here, so that a bad option fails the create.
 pub fn validate(hc: &Value, host_network: bool) -> Result<(), ApiError> {
+    // a size limit on the writable layer: overlay on this storage cannot keep one
+    if hc["StorageOpt"].as_object().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::internal(
+            "--storage-opt is not supported: berth's overlay storage cannot limit the size of a container's writable layer",
+        ));
+    }
     capabilities(hc)?;
     options(hc, false)?;
     check_sysctls(hc, host_network)?;
@@ -1038,6 +1071,25 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert!(check_sysctls(&json!({"Sysctls": {"vm.swappiness": "1"}}), false).is_err());
         assert!(check_sysctls(&json!({"Sysctls": {"net.ipv4.ip_forward": "1"}}), true).is_err());
+    }
+
+    #[test]
+    fn device_requests_and_storage_options_are_refused() {
+        let gpus =
+            json!({"DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]});
+        assert_eq!(
+            device_requests(&gpus).unwrap_err().message,
+            "could not select device driver \"\" with capabilities: [[gpu]]"
+        );
+        let two = json!({"DeviceRequests": [{"Driver": "nvidia", "Capabilities": [["gpu", "utility"], ["compute"]]}]});
+        assert_eq!(
+            device_requests(&two).unwrap_err().message,
+            "could not select device driver \"nvidia\" with capabilities: [[gpu utility] [compute]]"
+        );
+        assert!(device_requests(&json!({"DeviceRequests": []})).is_ok());
+        assert!(device_requests(&json!({})).is_ok());
+        assert!(validate(&json!({"StorageOpt": {"size": "1G"}}), false).is_err());
+        assert!(validate(&json!({"StorageOpt": {}}), false).is_ok());
     }
 
     #[test]

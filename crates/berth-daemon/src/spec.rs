@@ -390,6 +390,7 @@ pub fn run_spec(
         }
     }
     let sysctl = crate::security::check_sysctls(&hc, network == Network::Host)?;
+    crate::security::device_requests(&hc)?;
     Ok(RunSpec {
         caps,
         no_new_privileges: opts.no_new_privileges,

@@ -731,3 +731,58 @@ fn container_subcommands() {
     );
     ok(b(&["container", "rm", "sub2"]));
 }
+
+/// What berth cannot give is refused rather than dropped: GPUs (no device driver) fail
+/// the start with dockerd's words, a writable-layer size limit fails the create.
+#[test]
+fn gpus_and_storage_limits_are_refused() {
+    let Some(d) = daemon_with_busybox("gpus_and_storage_limits_are_refused") else {
+        return;
+    };
+    for cli in clis() {
+        let out = d.cli(
+            &cli,
+            &[
+                "run",
+                "--name",
+                "gpu",
+                "--network",
+                "none",
+                "--gpus",
+                "all",
+                "bb",
+                "true",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(125), "{cli}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("could not select device driver \"\" with capabilities: [[gpu]]"),
+            "{cli}: {}",
+            stderr(&out)
+        );
+        let state = d.get_json("/containers/gpu/json");
+        assert_eq!(state["State"]["Running"], false);
+        assert_eq!(state["HostConfig"]["DeviceRequests"][0]["Count"], -1);
+        ok(d.cli(&cli, &["rm", "gpu"]));
+        let out = d.cli(
+            &cli,
+            &[
+                "create",
+                "--network",
+                "none",
+                "--storage-opt",
+                "size=1G",
+                "bb",
+                "true",
+            ],
+        );
+        assert!(!out.status.success(), "{cli}");
+        assert!(
+            stderr(&out).contains("--storage-opt is not supported"),
+            "{cli}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+    d.assert_no_shims();
+}

@@ -80,6 +80,12 @@ pub struct RunLimitArgs {
     /// Sysctl options
     #[arg(long)]
     pub sysctl: Vec<String>,
+    /// GPU devices to add to the container ('all' to pass all GPUs)
+    #[arg(long)]
+    pub gpus: Option<String>,
+    /// Storage driver options for the container
+    #[arg(long = "storage-opt")]
+    pub storage_opt: Vec<String>,
     /// User namespace to use
     #[arg(long)]
     pub userns: Option<String>,
@@ -264,13 +270,85 @@ impl RunLimitArgs {
         if let Some(u) = &self.userns {
             hc["UsernsMode"] = json!(u);
         }
+        if let Some(g) = &self.gpus {
+            hc["DeviceRequests"] = json!([parse_gpus(g)?]);
+        }
+        if !self.storage_opt.is_empty() {
+            let mut m = serde_json::Map::new();
+            for s in &self.storage_opt {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("invalid storage option {s:?}: must be KEY=VALUE"))?;
+                m.insert(k.to_string(), json!(v));
+            }
+            hc["StorageOpt"] = Value::Object(m);
+        }
         Ok(())
     }
+}
+
+/// A `--gpus` request as the docker CLI reads it: `all`, a count, or
+/// `count=…,device=…,driver=…,capabilities=…` (capabilities always include `gpu`).
+pub fn parse_gpus(spec: &str) -> Result<Value> {
+    let mut count: Option<i64> = None;
+    let mut ids: Vec<String> = Vec::new();
+    let mut driver = String::new();
+    let mut caps: Vec<String> = vec!["gpu".into()];
+    let bad = || anyhow!("invalid argument \"{spec}\" for \"--gpus\" flag");
+    let parse_count = |v: &str| -> Result<i64> {
+        if v == "all" {
+            Ok(-1)
+        } else {
+            v.parse::<i64>().map_err(|_| bad())
+        }
+    };
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        match field.split_once('=') {
+            None => count = Some(parse_count(field)?),
+            Some(("count", v)) => count = Some(parse_count(v)?),
+            Some(("device", v)) => ids.extend(v.split(',').map(str::to_string)),
+            Some(("driver", v)) => driver = v.to_string(),
+            Some(("capabilities", v)) => {
+                for c in v.split(',') {
+                    if !caps.iter().any(|x| x == c) {
+                        caps.push(c.to_string());
+                    }
+                }
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if count.is_some() && !ids.is_empty() {
+        return Err(anyhow!(
+            "cannot set both Count and DeviceIDs on device request"
+        ));
+    }
+    Ok(json!({
+        "Driver": driver,
+        "Count": count.unwrap_or(if ids.is_empty() { -1 } else { 0 }),
+        "DeviceIDs": if ids.is_empty() { Value::Null } else { json!(ids) },
+        "Capabilities": [caps],
+        "Options": {},
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_requests() {
+        let all = parse_gpus("all").unwrap();
+        assert_eq!(all["Count"], -1);
+        assert_eq!(all["Capabilities"], json!([["gpu"]]));
+        let two = parse_gpus("2").unwrap();
+        assert_eq!(two["Count"], 2);
+        let d = parse_gpus("driver=nvidia,capabilities=utility").unwrap();
+        assert_eq!(d["Driver"], "nvidia");
+        assert_eq!(d["Capabilities"], json!([["gpu", "utility"]]));
+        assert_eq!(parse_gpus("device=0").unwrap()["DeviceIDs"], json!(["0"]));
+        assert!(parse_gpus("bogus=1").is_err());
+    }
 
     #[test]
     fn sizes() {
