@@ -797,6 +797,32 @@ impl Containers {
         .await;
     }
 
+    /// A pid, ipc or uts namespace as `--pid`/`--ipc`/`--uts` ask for it: the host's, a
+    /// running container's (`container:NAME`), else the container's own.
+    fn ns_mode(
+        &self,
+        what: &str,
+        kind: &str,
+        mode: &str,
+    ) -> Result<berth_runtime::spec::NsMode, ApiError> {
+        use berth_runtime::spec::NsMode;
+        if mode == "host" {
+            return Ok(NsMode::Host);
+        }
+        let Some(other) = mode.strip_prefix("container:") else {
+            return Ok(NsMode::Private);
+        };
+        let o = self.get(other)?;
+        let st = o.state();
+        if st.status != "running" || st.pid <= 0 {
+            return Err(ApiError::conflict(format!(
+                "cannot join {what} of a non running container: {}",
+                o.id
+            )));
+        }
+        Ok(NsMode::Joined(format!("/proc/{}/ns/{kind}", st.pid)))
+    }
+
     /// `--network container:NAME`: the other container's namespace (it must run), and
     /// its hosts and resolv.conf texts.
     fn joined_netns(&self, other: &str) -> Result<crate::networks::Joined, ApiError> {
@@ -1031,6 +1057,10 @@ impl Containers {
         )?;
         run.cgroups = self.cgroup_view.clone();
         run.cgroupns = c.host_config()["CgroupnsMode"].as_str() == Some("private");
+        let hc = c.host_config();
+        run.pid = self.ns_mode("PID", "pid", hc["PidMode"].as_str().unwrap_or_default())?;
+        run.ipc = self.ns_mode("IPC", "ipc", hc["IpcMode"].as_str().unwrap_or_default())?;
+        run.uts = self.ns_mode("UTS", "uts", hc["UTSMode"].as_str().unwrap_or_default())?;
         // link variables come first: the container's own win, as in Docker
         let own: Vec<String> = std::mem::take(&mut run.env);
         let mut env: Vec<String> = link_env

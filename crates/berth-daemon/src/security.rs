@@ -357,6 +357,24 @@ pub fn device_requests(hc: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `PidMode`, `IpcMode` and `UTSMode` as dockerd accepts them.
+fn namespace_modes(hc: &Value) -> Result<(), ApiError> {
+    let joined = |m: &str| m.strip_prefix("container:").is_some_and(|n| !n.is_empty());
+    let pid = hc["PidMode"].as_str().unwrap_or_default();
+    if !(pid.is_empty() || pid == "host" || joined(pid)) {
+        return Err(ApiError::bad_request(format!("invalid PID mode: {pid}")));
+    }
+    let ipc = hc["IpcMode"].as_str().unwrap_or_default();
+    if !(matches!(ipc, "" | "host" | "private" | "shareable" | "none") || joined(ipc)) {
+        return Err(ApiError::bad_request(format!("invalid IPC mode: {ipc}")));
+    }
+    let uts = hc["UTSMode"].as_str().unwrap_or_default();
+    if !matches!(uts, "" | "host") {
+        return Err(ApiError::bad_request(format!("invalid UTS mode: {uts}")));
+    }
+    Ok(())
+}
+
 /// Create-time checks of everything here, so that a bad option fails the create.
 pub fn validate(hc: &Value, host_network: bool) -> Result<(), ApiError> {
     // a size limit on the writable layer: overlay on this storage cannot keep one
@@ -365,6 +383,7 @@ pub fn validate(hc: &Value, host_network: bool) -> Result<(), ApiError> {
             "--storage-opt is not supported: berth's overlay storage cannot limit the size of a container's writable layer",
         ));
     }
+    namespace_modes(hc)?;
     capabilities(hc)?;
     options(hc, false)?;
     check_sysctls(hc, host_network)?;

@@ -402,6 +402,10 @@ pub fn run_spec(
         userns: None,
         cgroups: Default::default(),
         cgroupns: false,
+        pid: Default::default(),
+        ipc: Default::default(),
+        uts: Default::default(),
+        oom_score_adj: hc["OomScoreAdj"].as_i64().filter(|v| *v != 0),
         resources: crate::resources::linux_resources(&hc),
         rlimits: crate::resources::rlimits(&hc, default_ulimits)?,
         shm_size: hc["ShmSize"]

@@ -65,6 +65,16 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
+/// A namespace (pid, ipc, uts) of the container's own, the host's, or another
+/// container's (`/proc/PID/ns/KIND` of its init).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NsMode {
+    #[default]
+    Private,
+    Host,
+    Joined(String),
+}
+
 /// What a container runs, resolved from the image config and the create request.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -107,6 +117,12 @@ pub struct RunSpec {
     pub cgroups: CgroupView,
     /// a cgroup namespace of its own (`--cgroupns private`)
     pub cgroupns: bool,
+    /// the pid, ipc and uts namespaces (`--pid`, `--ipc`, `--uts`)
+    pub pid: NsMode,
+    pub ipc: NsMode,
+    pub uts: NsMode,
+    /// `process.oomScoreAdj` (`--oom-score-adj`)
+    pub oom_score_adj: Option<i64>,
 }
 
 /// The container's own cgroups at `/sys/fs/cgroup`, read-only (writable with
@@ -279,12 +295,15 @@ pub fn build(r: &RunSpec) -> Value {
     for m in &r.mounts {
         mounts.push(json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options}));
     }
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
+    let mut namespaces = Vec::new();
+    for (kind, mode) in [("pid", &r.pid), ("ipc", &r.ipc), ("uts", &r.uts)] {
+        match mode {
+            NsMode::Private => namespaces.push(json!({ "type": kind })),
+            NsMode::Joined(p) => namespaces.push(json!({"type": kind, "path": p})),
+            NsMode::Host => {}
+        }
+    }
+    namespaces.push(json!({"type": "mount"}));
     match &r.network {
         Network::Private => namespaces.push(json!({"type": "network"})),
         Network::Joined(p) => namespaces.push(json!({"type": "network", "path": p})),
@@ -321,6 +340,9 @@ pub fn build(r: &RunSpec) -> Value {
     .to_json();
     if !r.rlimits.is_empty() {
         process["rlimits"] = Value::from(r.rlimits.clone());
+    }
+    if let Some(o) = r.oom_score_adj {
+        process["oomScoreAdj"] = json!(o);
     }
     process["capabilities"] = json!({"bounding": r.caps, "effective": r.caps, "permitted": r.caps});
     // set only when asked: libcontainer loads seccomp before dropping capabilities
@@ -361,14 +383,18 @@ pub fn build(r: &RunSpec) -> Value {
         linux["uidMappings"] = uids.clone();
         linux["gidMappings"] = gids.clone();
     }
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": r.rootfs, "readonly": r.readonly_rootfs},
-        "hostname": r.hostname,
         "mounts": mounts,
         "linux": linux,
-    })
+    });
+    // a hostname is set in a UTS namespace of the container's own only
+    if r.uts == NsMode::Private {
+        spec["hostname"] = json!(r.hostname);
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -410,6 +436,10 @@ mod tests {
             userns: None,
             cgroups: CgroupView::None,
             cgroupns: false,
+            pid: Default::default(),
+            ipc: Default::default(),
+            uts: Default::default(),
+            oom_score_adj: None,
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();

@@ -786,3 +786,228 @@ fn gpus_and_storage_limits_are_refused() {
     assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
     d.assert_no_shims();
 }
+
+/// `run` flags as docker has them, through both CLIs: attaching some streams only,
+/// labels from a file, namespaces, an ID file, annotations, OOM score, block IO limits,
+/// boolean flags given a value; an unknown flag is refused with docker's words.
+#[test]
+fn run_flags_as_docker_has_them() {
+    let Some(d) = daemon_with_busybox("run_flags_as_docker_has_them") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels");
+    std::fs::write(&labels, "# team labels\nteam=core\n\nflag\n").unwrap();
+    for cli in clis() {
+        let n = ["--network", "none"];
+        let run = |extra: &[&str], cmd: &[&str]| {
+            let mut args = vec!["run", "--rm"];
+            args.extend(n);
+            args.extend(extra);
+            args.push("bb");
+            args.extend(cmd);
+            d.cli(&cli, &args)
+        };
+        // -a: only the streams asked for
+        let out = run(&["-a", "stderr"], &["sh", "-c", "echo out; echo err >&2"]);
+        assert_eq!(
+            (stdout(&out).as_str(), stderr(&out).as_str()),
+            ("", "err\n"),
+            "{cli}"
+        );
+        let out = d.cli(&cli, &["run", "-d", "-a", "stdout", "bb", "true"]);
+        assert_eq!(out.status.code(), Some(1), "{cli}");
+        assert!(
+            stderr(&out).contains("conflicting options: cannot specify both --attach and --detach"),
+            "{cli}: {}",
+            stderr(&out)
+        );
+        // --tty=false, -i=true
+        assert_eq!(
+            ok(run(&["--tty=false", "--interactive=true"], &["echo", "b"])),
+            "b\n"
+        );
+        // namespaces, labels, annotations, OOM score, block IO
+        let cid = dir.path().join(format!("cid-{}", cli.len()));
+        let id = ok(d.cli(
+            &cli,
+            &[
+                "create",
+                "--network",
+                "none",
+                "--label-file",
+                labels.to_str().unwrap(),
+                "--label",
+                "extra=1",
+                "--domainname",
+                "example.test",
+                "--pid",
+                "host",
+                "--ipc",
+                "private",
+                "--uts",
+                "host",
+                "--cgroupns",
+                "private",
+                "--annotation",
+                "org.example/key=v",
+                "--oom-score-adj",
+                "300",
+                "--device-read-bps",
+                "/dev/null:1mb",
+                "--device-write-iops",
+                "/dev/null:100",
+                "--cidfile",
+                cid.to_str().unwrap(),
+                "bb",
+                "sh",
+                "-c",
+                "cat /proc/self/oom_score_adj; ls /proc | grep -c '^[0-9]' ",
+            ],
+        ));
+        let id = id.trim();
+        assert_eq!(std::fs::read_to_string(&cid).unwrap(), id, "{cli}");
+        let c = d.get_json(&format!("/containers/{id}/json"));
+        let hc = &c["HostConfig"];
+        assert_eq!(c["Config"]["Labels"]["team"], "core", "{cli}");
+        assert_eq!(
+            c["Config"]["Labels"]["flag"],
+            serde_json::Value::Null,
+            "{cli}"
+        );
+        assert_eq!(c["Config"]["Labels"]["extra"], "1", "{cli}");
+        assert_eq!(c["Config"]["Domainname"], "example.test", "{cli}");
+        assert_eq!(hc["PidMode"], "host", "{cli}");
+        assert_eq!(hc["IpcMode"], "private", "{cli}");
+        assert_eq!(hc["UTSMode"], "host", "{cli}");
+        assert_eq!(hc["CgroupnsMode"], "private", "{cli}");
+        assert_eq!(hc["Annotations"]["org.example/key"], "v", "{cli}");
+        assert_eq!(hc["OomScoreAdj"], 300, "{cli}");
+        assert_eq!(hc["BlkioDeviceReadBps"][0]["Rate"], 1 << 20, "{cli}");
+        assert_eq!(hc["BlkioDeviceWriteIOps"][0]["Path"], "/dev/null", "{cli}");
+        // an ID file is never overwritten
+        let again = d.cli(
+            &cli,
+            &["create", "--cidfile", cid.to_str().unwrap(), "bb", "true"],
+        );
+        assert!(!again.status.success(), "{cli}");
+        assert!(
+            stderr(&again).contains("container ID file found"),
+            "{cli}: {}",
+            stderr(&again)
+        );
+        // it runs: its OOM score is the one asked for, and it sees the host's processes
+        ok(d.cli(&cli, &["start", id]));
+        assert_eq!(ok(d.cli(&cli, &["wait", id])), "0\n");
+        let logs = ok(d.cli(&cli, &["logs", id]));
+        let mut lines = logs.lines();
+        assert_eq!(lines.next(), Some("300"), "{cli}: {logs}");
+        let procs: u32 = lines.next().unwrap().trim().parse().unwrap();
+        assert!(procs > 5, "{cli}: the host's processes are seen: {logs}");
+        ok(d.cli(&cli, &["rm", id]));
+        // a flag neither knows
+        let out = d.cli(&cli, &["run", "--bogus", "bb", "true"]);
+        assert_eq!(out.status.code(), Some(125), "{cli}");
+        assert!(
+            stderr(&out).contains("unknown flag: --bogus"),
+            "{cli}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+}
+
+/// `--pid`, `--ipc` and `--uts`: another container's namespaces, or the host's.
+#[test]
+fn namespaces_shared_with_a_container_or_the_host() {
+    let Some(d) = daemon_with_busybox("namespaces_shared_with_a_container_or_the_host") else {
+        return;
+    };
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "holder",
+        "--network",
+        "none",
+        "--ipc",
+        "shareable",
+        "bb",
+        "sleep",
+        "300",
+    ]));
+    let ns = |c: &str, kind: &str| {
+        ok(d.berth(&[
+            "exec",
+            c,
+            "busybox",
+            "readlink",
+            &format!("/proc/self/ns/{kind}"),
+        ]))
+    };
+    for cli in clis() {
+        let out = ok(d.cli(
+            &cli,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--pid",
+                "container:holder",
+                "--ipc",
+                "container:holder",
+                "bb",
+                "sh",
+                "-c",
+                "ps -o comm | grep -c '^sleep'; busybox readlink /proc/self/ns/pid; busybox readlink /proc/self/ns/ipc",
+            ],
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "1", "{cli}: the holder's sleep is seen: {out}");
+        assert_eq!(lines[1], ns("holder", "pid").trim(), "{cli}");
+        assert_eq!(lines[2], ns("holder", "ipc").trim(), "{cli}");
+        // the host's UTS namespace: its hostname
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let out = ok(d.cli(
+            &cli,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--uts",
+                "host",
+                "bb",
+                "hostname",
+            ],
+        ));
+        assert_eq!(out.trim(), host.trim(), "{cli}");
+        // a stopped container has no namespaces to join
+        ok(d.cli(&cli, &["create", "--name", "idle", "bb", "true"]));
+        let out = d.cli(
+            &cli,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--pid",
+                "container:idle",
+                "bb",
+                "true",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(125), "{cli}");
+        assert!(
+            stderr(&out).contains("cannot join PID of a non running container"),
+            "{cli}: {}",
+            stderr(&out)
+        );
+        ok(d.cli(&cli, &["rm", "idle"]));
+        let out = d.cli(&cli, &["run", "--rm", "--ipc", "bogus", "bb", "true"]);
+        assert_eq!(out.status.code(), Some(125), "{cli}");
+    }
+    ok(d.berth(&["rm", "-f", "holder"]));
+    d.assert_no_shims();
+}

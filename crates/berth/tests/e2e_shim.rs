@@ -99,6 +99,10 @@ fn write_bundle(
         userns: None,
         cgroups: Default::default(),
         cgroupns: false,
+        pid: Default::default(),
+        ipc: Default::default(),
+        uts: Default::default(),
+        oom_score_adj: None,
     };
     std::fs::write(
         bundle.join("config.json"),

@@ -16,17 +16,53 @@ use std::io::Write;
 #[derive(Debug, Args, Clone)]
 pub struct CreateArgs {
     /// Run container in background and print container ID
-    #[arg(short, long)]
+    #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value = "false")]
     pub detach: bool,
     /// Keep STDIN open even if not attached
-    #[arg(short, long)]
+    #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value = "false")]
     pub interactive: bool,
     /// Allocate a pseudo-TTY
-    #[arg(short, long)]
+    #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value = "false")]
     pub tty: bool,
     /// Automatically remove the container when it exits
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value = "false")]
     pub rm: bool,
+    /// Attach to STDIN, STDOUT or STDERR
+    #[arg(short = 'a', long)]
+    pub attach: Vec<String>,
+    /// Read in a line delimited file of labels
+    #[arg(long = "label-file")]
+    pub label_file: Vec<String>,
+    /// Container NIS domain name
+    #[arg(long)]
+    pub domainname: Option<String>,
+    /// PID namespace to use
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// IPC mode to use
+    #[arg(long)]
+    pub ipc: Option<String>,
+    /// UTS namespace to use
+    #[arg(long)]
+    pub uts: Option<String>,
+    /// Cgroup namespace to use (host|private)
+    #[arg(long)]
+    pub cgroupns: Option<String>,
+    /// Write the container ID to the file
+    #[arg(long)]
+    pub cidfile: Option<String>,
+    /// Container isolation technology
+    #[arg(long)]
+    pub isolation: Option<String>,
+    /// Add an annotation to the container (passed through to the OCI runtime)
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    /// Skip image verification
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value = "true")]
+    pub disable_content_trust: bool,
+    /// Suppress the pull output
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Assign a name to the container
     #[arg(long)]
     pub name: Option<String>,
@@ -141,6 +177,15 @@ pub struct CreateArgs {
 }
 
 impl CreateArgs {
+    /// A flag berth does not know stands where the image should (flags end at the
+    /// image): docker's words for it.
+    fn unknown_flag(&self) -> Option<String> {
+        self.image_and_command
+            .first()
+            .filter(|f| f.starts_with('-') && f.len() > 1)
+            .map(|f| f.split('=').next().unwrap_or(f).to_string())
+    }
+
     /// Splits the image from the command after it.
     fn split(mut self) -> Self {
         let mut rest = std::mem::take(&mut self.image_and_command).into_iter();
@@ -150,16 +195,56 @@ impl CreateArgs {
     }
 }
 
+/// The streams `run` attaches: stdin, stdout, stderr (`-a`, else stdout and stderr,
+/// and stdin with `-i`).
+fn attached_streams(a: &CreateArgs) -> Result<(bool, bool, bool)> {
+    if a.attach.is_empty() {
+        return Ok((a.interactive && !a.detach, !a.detach, !a.detach));
+    }
+    if a.detach {
+        bail!("conflicting options: cannot specify both --attach and --detach");
+    }
+    let mut s = (false, false, false);
+    for v in &a.attach {
+        match v.to_ascii_lowercase().as_str() {
+            "stdin" => s.0 = true,
+            "stdout" => s.1 = true,
+            "stderr" => s.2 = true,
+            _ => bail!(
+                "invalid argument \"{v}\" for \"-a, --attach\" flag: valid streams are STDIN, STDOUT and STDERR"
+            ),
+        }
+    }
+    Ok(s)
+}
+
+/// `--label-file` lines (`KEY=VALUE`; as the docker CLI reads them, lines without a
+/// value, blank lines and `#` comments are skipped), before the `--label` flags.
+fn labels_of(a: &CreateArgs) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in &a.label_file {
+        let text = std::fs::read_to_string(f).map_err(|e| anyhow!("open {f}: {e}"))?;
+        out.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('#') && l.contains('='))
+                .map(str::to_string),
+        );
+    }
+    out.extend(a.label.iter().cloned());
+    Ok(out)
+}
+
 fn create_body(a: &CreateArgs) -> Result<Value> {
     let env = super::exec::env_list(&a.env, &a.env_file)?;
-    let labels: serde_json::Map<String, Value> = a
-        .label
+    let labels: serde_json::Map<String, Value> = labels_of(a)?
         .iter()
         .map(|l| match l.split_once('=') {
             Some((k, v)) => (k.to_string(), Value::from(v)),
             None => (l.clone(), Value::from("")),
         })
         .collect();
+    let (attach_in, attach_out, attach_err) = attached_streams(a)?;
     let tmpfs: serde_json::Map<String, Value> = a
         .tmpfs
         .iter()
@@ -181,10 +266,10 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
         "Image": a.image,
         "Tty": a.tty,
         "OpenStdin": a.interactive,
-        "StdinOnce": a.interactive && !a.detach,
-        "AttachStdin": a.interactive && !a.detach,
-        "AttachStdout": !a.detach,
-        "AttachStderr": !a.detach,
+        "StdinOnce": a.interactive && attach_in,
+        "AttachStdin": a.interactive && attach_in,
+        "AttachStdout": attach_out,
+        "AttachStderr": attach_err,
         "Env": env,
         "Labels": labels,
         "HostConfig": {
@@ -208,6 +293,35 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     }
     if let Some(h) = &a.hostname {
         cfg["Hostname"] = json!(h);
+    }
+    if let Some(dn) = &a.domainname {
+        cfg["Domainname"] = json!(dn);
+    }
+    for (flag, key) in [
+        (&a.pid, "PidMode"),
+        (&a.ipc, "IpcMode"),
+        (&a.uts, "UTSMode"),
+        (&a.isolation, "Isolation"),
+    ] {
+        if let Some(v) = flag {
+            cfg["HostConfig"][key] = json!(v);
+        }
+    }
+    if let Some(ns) = &a.cgroupns {
+        if !matches!(ns.as_str(), "host" | "private") {
+            bail!("--cgroupns: invalid CGROUP mode \"{ns}\": must be \"host\" or \"private\"");
+        }
+        cfg["HostConfig"]["CgroupnsMode"] = json!(ns);
+    }
+    if !a.annotation.is_empty() {
+        let mut m = serde_json::Map::new();
+        for an in &a.annotation {
+            let (k, v) = an
+                .split_once('=')
+                .ok_or_else(|| anyhow!("invalid annotation {an:?}: must be KEY=VALUE"))?;
+            m.insert(k.to_string(), json!(v));
+        }
+        cfg["HostConfig"]["Annotations"] = Value::Object(m);
     }
     if let Some(s) = &a.stop_signal {
         cfg["StopSignal"] = json!(s);
@@ -318,10 +432,26 @@ async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<Strin
         )));
     }
     let platform = a.platform.as_deref();
+    // docker refuses to overwrite an ID file: another container may be using it
+    if let Some(f) = a
+        .cidfile
+        .as_deref()
+        .filter(|f| std::path::Path::new(f).exists())
+    {
+        return Err(fail(anyhow!(
+            "container ID file found, make sure the other container isn't running or delete {f}"
+        )));
+    }
     if a.pull == "always" {
-        super::registry::pull_image(c, &super::registry::tagged(&a.image), platform, false, true)
-            .await
-            .map_err(fail)?;
+        super::registry::pull_image(
+            c,
+            &super::registry::tagged(&a.image),
+            platform,
+            a.quiet,
+            true,
+        )
+        .await
+        .map_err(fail)?;
     }
     // a flag the daemon never sees is wrong: 125 for run and create alike, as docker
     let body = match create_body(a) {
@@ -339,6 +469,7 @@ async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<Strin
         &a.image,
         platform,
         a.pull != "never",
+        a.quiet,
     )
     .await
     .map_err(fail)?;
@@ -351,13 +482,28 @@ async fn create_container(c: &Client, a: &CreateArgs, run: bool) -> Result<Strin
     {
         eprintln!("WARNING: {w}");
     }
-    v["Id"]
+    let id = v["Id"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("the daemon answered no container ID"))
+        .ok_or_else(|| anyhow!("the daemon answered no container ID"))?;
+    if let Some(f) = &a.cidfile {
+        std::fs::write(f, &id)
+            .map_err(|e| fail(anyhow!("failed to write the container ID to the file: {e}")))?;
+    }
+    Ok(id)
+}
+
+/// docker's answer to a flag it does not know: the usage hint, exit 125.
+fn refuse_unknown_flag(a: &CreateArgs, verb: &str) -> Result<()> {
+    if let Some(f) = a.unknown_flag() {
+        eprintln!("unknown flag: {f}\nSee 'berth {verb} --help'.");
+        return Err(crate::Exit(125).into());
+    }
+    Ok(())
 }
 
 pub async fn create(c: &Client, a: CreateArgs) -> Result<()> {
+    refuse_unknown_flag(&a, "create")?;
     let a = a.split();
     let id = create_container(c, &a, false).await?;
     println!("{id}");
@@ -374,6 +520,7 @@ pub(crate) async fn create_or_pull(
     image: &str,
     platform: Option<&str>,
     pull_missing: bool,
+    quiet: bool,
 ) -> Result<hyper::Response<hyper::body::Incoming>> {
     let mut path = "/containers/create".to_string();
     if let Some(n) = name {
@@ -402,7 +549,7 @@ pub(crate) async fn create_or_pull(
             if !pull_missing {
                 return Err(e);
             }
-            super::registry::pull_image(c, &tagged, platform, false, true).await?;
+            super::registry::pull_image(c, &tagged, platform, quiet, true).await?;
             send().await
         }
     }
@@ -420,6 +567,11 @@ fn start_error_code(msg: &str) -> i32 {
 }
 
 pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
+    refuse_unknown_flag(&a, "run")?;
+    if a.detach && !a.attach.is_empty() {
+        eprintln!("conflicting options: cannot specify both --attach and --detach");
+        return Err(crate::Exit(1).into());
+    }
     let a = a.split();
     let keys = detach_keys(a.detach_keys.as_deref())?;
     let id = create_container(c, &a, true).await?;
@@ -439,7 +591,13 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let session = attach_session(c, &id, a.interactive, a.tty, &a.detach_keys, keys).await?;
+    let (attach_in, attach_out, attach_err) = attached_streams(&a)?;
+    let streams = Streams {
+        stdin: a.interactive && attach_in,
+        stdout: attach_out,
+        stderr: attach_err,
+    };
+    let session = attach_session(c, &id, streams, a.tty, &a.detach_keys, keys).await?;
     let cond = if a.rm { "removed" } else { "next-exit" };
     let wait = c
         .request(
@@ -466,17 +624,28 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
     follow_session(c, &id, a.tty, a.sig_proxy && !a.tty, session, wait, raw).await
 }
 
+/// Which of a container's streams a client attaches to.
+#[derive(Clone, Copy)]
+struct Streams {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
 /// Attaches to a container for `run` or `start -a`.
 async fn attach_session(
     c: &Client,
     id: &str,
-    stdin: bool,
+    streams: Streams,
     tty: bool,
     keys_flag: &Option<String>,
     keys: Vec<u8>,
 ) -> Result<Session> {
+    let stdin = streams.stdin;
     let mut path = format!(
-        "/containers/{id}/attach?stream=1&stdout=1&stderr=1&stdin={}",
+        "/containers/{id}/attach?stream=1&stdout={}&stderr={}&stdin={}",
+        u8::from(streams.stdout),
+        u8::from(streams.stderr),
         u8::from(stdin)
     );
     if let Some(k) = keys_flag {
@@ -608,7 +777,12 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<()> {
         let id = a.containers.first().cloned().unwrap_or_default();
         let info = c.get_json(&format!("/containers/{id}/json")).await?;
         let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
-        let session = attach_session(c, &id, a.interactive, tty, &a.detach_keys, keys).await?;
+        let streams = Streams {
+            stdin: a.interactive,
+            stdout: true,
+            stderr: true,
+        };
+        let session = attach_session(c, &id, streams, tty, &a.detach_keys, keys).await?;
         let wait = c
             .request(
                 Method::POST,

@@ -760,9 +760,16 @@ async fn create(c: &Client, name: &str, body: &Value, pull: &str) -> Result<Stri
         super::registry::pull_image(c, &tagged, None, false, true).await?;
     }
     let bytes = serde_json::to_vec(body)?;
-    let resp =
-        super::containers::create_or_pull(c, Some(name), &bytes, &image, None, pull != "Never")
-            .await?;
+    let resp = super::containers::create_or_pull(
+        c,
+        Some(name),
+        &bytes,
+        &image,
+        None,
+        pull != "Never",
+        false,
+    )
+    .await?;
     let v = crate::client::read_json(resp).await?;
     Ok(v["Id"].as_str().unwrap_or_default().to_string())
 }

@@ -80,6 +80,36 @@ pub struct RunLimitArgs {
     /// Sysctl options
     #[arg(long)]
     pub sysctl: Vec<String>,
+    /// Kernel memory limit
+    #[arg(long)]
+    pub kernel_memory: Option<String>,
+    /// Limit CPU real-time period in microseconds
+    #[arg(long)]
+    pub cpu_rt_period: Option<i64>,
+    /// Limit CPU real-time runtime in microseconds
+    #[arg(long)]
+    pub cpu_rt_runtime: Option<i64>,
+    /// Block IO weight (relative device weight, DEVICE:WEIGHT)
+    #[arg(long)]
+    pub blkio_weight_device: Vec<String>,
+    /// Limit read rate (bytes per second) from a device
+    #[arg(long)]
+    pub device_read_bps: Vec<String>,
+    /// Limit write rate (bytes per second) to a device
+    #[arg(long)]
+    pub device_write_bps: Vec<String>,
+    /// Limit read rate (IO per second) from a device
+    #[arg(long)]
+    pub device_read_iops: Vec<String>,
+    /// Limit write rate (IO per second) to a device
+    #[arg(long)]
+    pub device_write_iops: Vec<String>,
+    /// Add a rule to the cgroup allowed devices list
+    #[arg(long)]
+    pub device_cgroup_rule: Vec<String>,
+    /// Tune host's OOM preferences (-1000 to 1000)
+    #[arg(long, allow_hyphen_values = true)]
+    pub oom_score_adj: Option<i64>,
     /// GPU devices to add to the container ('all' to pass all GPUs)
     #[arg(long)]
     pub gpus: Option<String>,
@@ -273,6 +303,64 @@ impl RunLimitArgs {
         if let Some(g) = &self.gpus {
             hc["DeviceRequests"] = json!([parse_gpus(g)?]);
         }
+        if let Some(k) = &self.kernel_memory {
+            hc["KernelMemory"] = json!(parse_bytes(k)?);
+        }
+        if let Some(p) = self.cpu_rt_period {
+            hc["CpuRealtimePeriod"] = json!(p);
+        }
+        if let Some(r) = self.cpu_rt_runtime {
+            hc["CpuRealtimeRuntime"] = json!(r);
+        }
+        if let Some(o) = self.oom_score_adj {
+            if !(-1000..=1000).contains(&o) {
+                bail!("invalid value {o} for --oom-score-adj: must be between -1000 and 1000");
+            }
+            hc["OomScoreAdj"] = json!(o);
+        }
+        if !self.device_cgroup_rule.is_empty() {
+            hc["DeviceCgroupRules"] = json!(self.device_cgroup_rule);
+        }
+        if !self.blkio_weight_device.is_empty() {
+            let list = self
+                .blkio_weight_device
+                .iter()
+                .map(|d| {
+                    let (path, w) = device_pair(d, "--blkio-weight-device")?;
+                    let weight: u16 = w
+                        .parse()
+                        .ok()
+                        .filter(|w| *w == 0 || (10..=1000).contains(w))
+                        .ok_or_else(|| anyhow!("invalid weight for device: {d}"))?;
+                    Ok(json!({"Path": path, "Weight": weight}))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            hc["BlkioWeightDevice"] = json!(list);
+        }
+        for (flags, key, bytes) in [
+            (&self.device_read_bps, "BlkioDeviceReadBps", true),
+            (&self.device_write_bps, "BlkioDeviceWriteBps", true),
+            (&self.device_read_iops, "BlkioDeviceReadIOps", false),
+            (&self.device_write_iops, "BlkioDeviceWriteIOps", false),
+        ] {
+            if flags.is_empty() {
+                continue;
+            }
+            let list = flags
+                .iter()
+                .map(|d| {
+                    let (path, rate) = device_pair(d, key)?;
+                    let rate = if bytes {
+                        parse_bytes(rate)?
+                    } else {
+                        rate.parse::<i64>()
+                            .map_err(|_| anyhow!("invalid rate for device: {d}"))?
+                    };
+                    Ok(json!({"Path": path, "Rate": rate}))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            hc[key] = json!(list);
+        }
         if !self.storage_opt.is_empty() {
             let mut m = serde_json::Map::new();
             for s in &self.storage_opt {
@@ -284,6 +372,14 @@ impl RunLimitArgs {
             hc["StorageOpt"] = Value::Object(m);
         }
         Ok(())
+    }
+}
+
+/// `DEVICE:VALUE` of the per-device block IO flags (the device path must be absolute).
+fn device_pair<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
+    match s.rsplit_once(':') {
+        Some((p, v)) if p.starts_with("/dev/") && !v.is_empty() => Ok((p, v)),
+        _ => bail!("bad format for {flag}: {s:?} (DEVICE:VALUE, with DEVICE under /dev)"),
     }
 }
 
