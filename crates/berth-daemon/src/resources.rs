@@ -348,6 +348,46 @@ pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>
             )));
         }
     }
+    if int(hc, "IOMaximumBandwidth") != 0 || int(hc, "IOMaximumIOps") != 0 {
+        return Err(bad(
+            "Invalid QoS settings: linux does not support Maximum IO Bandwidth or Maximum IO IOps",
+        ));
+    }
+    for (key, what) in [("CpuPercent", "CPU percent"), ("CpuCount", "CPU count")] {
+        if int(hc, key) > 0 {
+            warnings.push(format!(
+                "linux does not support {what}. {} discarded.",
+                if key == "CpuPercent" {
+                    "Percent"
+                } else {
+                    "Count"
+                }
+            ));
+            hc[key] = json!(0);
+        }
+    }
+    for key in [
+        "BlkioWeightDevice",
+        "BlkioDeviceReadBps",
+        "BlkioDeviceWriteBps",
+        "BlkioDeviceReadIOps",
+        "BlkioDeviceWriteIOps",
+    ] {
+        for d in hc[key].as_array().into_iter().flatten() {
+            let path = d["Path"].as_str().unwrap_or_default();
+            if device_numbers(path).is_none() {
+                return Err(bad(format!("{path:?} is not a block device")));
+            }
+        }
+    }
+    if hc["BlkioWeightDevice"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+        && !sys.blkio_weight
+    {
+        warnings.push("Your kernel does not support Block I/O weight_device or the cgroup is not mounted. Weight-device discarded.".to_string());
+        hc["BlkioWeightDevice"] = json!([]);
+    }
     let weight = int(hc, "BlkioWeight");
     if weight > 0 && !sys.blkio_weight {
         warnings.push("Your kernel does not support Block I/O weight or the cgroup is not mounted. Weight discarded.".to_string());
@@ -551,10 +591,52 @@ pub fn linux_resources(hc: &Value) -> Value {
     if let Some(p) = pos("PidsLimit") {
         r.insert("pids".into(), json!({"limit": p}));
     }
+    let mut block = Map::new();
     if let Some(w) = pos("BlkioWeight") {
-        r.insert("blockIO".into(), json!({"weight": w}));
+        block.insert("weight".into(), json!(w));
+    }
+    // per-device weights and throttles, by the device's major and minor numbers
+    for (key, field, value) in [
+        ("BlkioWeightDevice", "weightDevice", "Weight"),
+        ("BlkioDeviceReadBps", "throttleReadBpsDevice", "Rate"),
+        ("BlkioDeviceWriteBps", "throttleWriteBpsDevice", "Rate"),
+        ("BlkioDeviceReadIOps", "throttleReadIOPSDevice", "Rate"),
+        ("BlkioDeviceWriteIOps", "throttleWriteIOPSDevice", "Rate"),
+    ] {
+        let list: Vec<Value> = hc[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                let (major, minor) = device_numbers(d["Path"].as_str()?)?;
+                let v = d[value].as_u64()?;
+                let name = if value == "Weight" { "weight" } else { "rate" };
+                Some(json!({"major": major, "minor": minor, name: v}))
+            })
+            .collect();
+        if !list.is_empty() {
+            block.insert(field.into(), json!(list));
+        }
+    }
+    if !block.is_empty() {
+        r.insert("blockIO".into(), Value::Object(block));
     }
     Value::Object(r)
+}
+
+/// The major and minor numbers of the block device at `path` (block IO limits are
+/// kept per block device).
+pub fn device_numbers(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = std::fs::metadata(path).ok()?;
+    if !md.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = md.rdev();
+    Some((
+        u64::from(rustix::fs::major(rdev)),
+        u64::from(rustix::fs::minor(rdev)),
+    ))
 }
 
 /// The container's cgroup path (`cgroupsPath`): under `--cgroup-parent`, or berth's.

@@ -144,6 +144,8 @@ pub struct Options {
     pub seccomp_off: bool,
     /// a custom profile (moby's format)
     pub seccomp_profile: Option<Value>,
+    /// `systempaths=unconfined`: nothing masked or made read-only in /proc and /sys
+    pub system_paths_off: bool,
 }
 
 /// Parses `SecurityOpt` (`key=value`, or the old `key:value`).
@@ -180,8 +182,14 @@ pub fn options(hc: &Value, daemon_nnp: bool) -> Result<Options, ApiError> {
                 })?;
                 o.seccomp_profile = Some(p);
             }
+            "systempaths" if v == "unconfined" => o.system_paths_off = true,
+            "systempaths" => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid --security-opt 2: {opt:?}"
+                )))
+            }
             // accepted as Docker does where there is no such LSM here
-            "apparmor" | "label" | "systempaths" => {}
+            "apparmor" | "label" => {}
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "invalid --security-opt 1: {opt:?}"
@@ -284,8 +292,43 @@ fn device_of(host: &str, ctr: &str, perms: &str) -> Result<(Value, Value), ApiEr
 
 /// `Devices` (and, privileged, every device node of the host's /dev): the nodes to
 /// create and the cgroup rules allowing them.
+/// A `--device-cgroup-rule` (`TYPE MAJOR:MINOR ACCESS`, `*` for any number) as an OCI
+/// device rule.
+pub fn device_cgroup_rule(rule: &str) -> Result<Value, ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid device cgroup format '{rule}'"));
+    let parts: Vec<&str> = rule.split_whitespace().collect();
+    let [kind, numbers, access] = parts[..] else {
+        return Err(bad());
+    };
+    if !matches!(kind, "a" | "b" | "c") {
+        return Err(bad());
+    }
+    let (major, minor) = numbers.split_once(':').ok_or_else(bad)?;
+    let number = |n: &str| -> Result<Value, ApiError> {
+        if n == "*" {
+            Ok(Value::Null)
+        } else {
+            n.parse::<i64>().map(|v| json!(v)).map_err(|_| bad())
+        }
+    };
+    if access.is_empty() || access.len() > 3 || !access.chars().all(|c| "rwm".contains(c)) {
+        return Err(bad());
+    }
+    let mut r = json!({"allow": true, "type": kind, "access": access});
+    for (k, n) in [("major", major), ("minor", minor)] {
+        let v = number(n)?;
+        if !v.is_null() {
+            r[k] = v;
+        }
+    }
+    Ok(r)
+}
+
 pub fn devices(hc: &Value, privileged: bool) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
     let (mut nodes, mut rules) = (Vec::new(), Vec::new());
+    for r in hc["DeviceCgroupRules"].as_array().into_iter().flatten() {
+        rules.push(device_cgroup_rule(r.as_str().unwrap_or_default())?);
+    }
     if privileged {
         let mut stack = vec![std::path::PathBuf::from("/dev")];
         while let Some(dir) = stack.pop() {
@@ -384,6 +427,9 @@ pub fn validate(hc: &Value, host_network: bool) -> Result<(), ApiError> {
         ));
     }
     namespace_modes(hc)?;
+    for r in hc["DeviceCgroupRules"].as_array().into_iter().flatten() {
+        device_cgroup_rule(r.as_str().unwrap_or_default())?;
+    }
     capabilities(hc)?;
     options(hc, false)?;
     check_sysctls(hc, host_network)?;
@@ -1090,6 +1136,21 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert!(check_sysctls(&json!({"Sysctls": {"vm.swappiness": "1"}}), false).is_err());
         assert!(check_sysctls(&json!({"Sysctls": {"net.ipv4.ip_forward": "1"}}), true).is_err());
+    }
+
+    #[test]
+    fn device_cgroup_rules() {
+        assert_eq!(
+            device_cgroup_rule("c 1:3 rwm").unwrap(),
+            json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})
+        );
+        assert_eq!(
+            device_cgroup_rule("b *:* m").unwrap(),
+            json!({"allow": true, "type": "b", "access": "m"})
+        );
+        for bad in ["x 1:2 r", "c 1 r", "c 1:2 rx", "c 1:2", "c a:2 r"] {
+            assert!(device_cgroup_rule(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

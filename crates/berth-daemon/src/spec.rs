@@ -406,6 +406,17 @@ pub fn run_spec(
         ipc: Default::default(),
         uts: Default::default(),
         oom_score_adj: hc["OomScoreAdj"].as_i64().filter(|v| *v != 0),
+        annotations: hc["Annotations"].as_object().cloned().unwrap_or_default(),
+        masked_paths: if opts.system_paths_off {
+            Some(Vec::new())
+        } else {
+            strings(&hc["MaskedPaths"])
+        },
+        readonly_paths: if opts.system_paths_off {
+            Some(Vec::new())
+        } else {
+            strings(&hc["ReadonlyPaths"])
+        },
         resources: crate::resources::linux_resources(&hc),
         rlimits: crate::resources::rlimits(&hc, default_ulimits)?,
         shm_size: hc["ShmSize"]

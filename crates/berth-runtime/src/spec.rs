@@ -123,6 +123,12 @@ pub struct RunSpec {
     pub uts: NsMode,
     /// `process.oomScoreAdj` (`--oom-score-adj`)
     pub oom_score_adj: Option<i64>,
+    /// `annotations` (`--annotation`)
+    pub annotations: serde_json::Map<String, Value>,
+    /// masked and read-only paths other than Docker's (`--security-opt
+    /// systempaths=unconfined`: none; the API's `MaskedPaths`/`ReadonlyPaths`)
+    pub masked_paths: Option<Vec<String>>,
+    pub readonly_paths: Option<Vec<String>>,
 }
 
 /// The container's own cgroups at `/sys/fs/cgroup`, read-only (writable with
@@ -290,7 +296,10 @@ pub fn build(r: &RunSpec) -> Value {
             ],
         ),
     ];
-    let mut readonly: Vec<String> = READONLY.iter().map(|p| p.to_string()).collect();
+    let mut readonly: Vec<String> = match &r.readonly_paths {
+        Some(p) => p.clone(),
+        None => READONLY.iter().map(|p| p.to_string()).collect(),
+    };
     cgroup_mounts(r, &mut mounts, &mut readonly);
     for m in &r.mounts {
         mounts.push(json!({"destination": m.destination, "type": m.kind, "source": m.source, "options": m.options}));
@@ -367,7 +376,10 @@ pub fn build(r: &RunSpec) -> Value {
         "resources": resources,
     });
     if !r.privileged {
-        linux["maskedPaths"] = json!(MASKED);
+        linux["maskedPaths"] = match &r.masked_paths {
+            Some(p) => json!(p),
+            None => json!(MASKED),
+        };
         linux["readonlyPaths"] = json!(readonly);
     }
     if let Some(sc) = &r.seccomp {
@@ -390,6 +402,9 @@ pub fn build(r: &RunSpec) -> Value {
         "mounts": mounts,
         "linux": linux,
     });
+    if !r.annotations.is_empty() {
+        spec["annotations"] = Value::Object(r.annotations.clone());
+    }
     // a hostname is set in a UTS namespace of the container's own only
     if r.uts == NsMode::Private {
         spec["hostname"] = json!(r.hostname);
@@ -440,6 +455,9 @@ mod tests {
             ipc: Default::default(),
             uts: Default::default(),
             oom_score_adj: None,
+            annotations: Default::default(),
+            masked_paths: None,
+            readonly_paths: None,
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();

@@ -788,7 +788,7 @@ fn gpus_and_storage_limits_are_refused() {
 }
 
 /// `run` flags as docker has them, through both CLIs: attaching some streams only,
-/// labels from a file, namespaces, an ID file, annotations, OOM score, block IO limits,
+/// labels from a file, namespaces, an ID file, annotations, OOM score,
 /// boolean flags given a value; an unknown flag is refused with docker's words.
 #[test]
 fn run_flags_as_docker_has_them() {
@@ -853,10 +853,6 @@ fn run_flags_as_docker_has_them() {
                 "org.example/key=v",
                 "--oom-score-adj",
                 "300",
-                "--device-read-bps",
-                "/dev/null:1mb",
-                "--device-write-iops",
-                "/dev/null:100",
                 "--cidfile",
                 cid.to_str().unwrap(),
                 "bb",
@@ -883,8 +879,6 @@ fn run_flags_as_docker_has_them() {
         assert_eq!(hc["CgroupnsMode"], "private", "{cli}");
         assert_eq!(hc["Annotations"]["org.example/key"], "v", "{cli}");
         assert_eq!(hc["OomScoreAdj"], 300, "{cli}");
-        assert_eq!(hc["BlkioDeviceReadBps"][0]["Rate"], 1 << 20, "{cli}");
-        assert_eq!(hc["BlkioDeviceWriteIOps"][0]["Path"], "/dev/null", "{cli}");
         // an ID file is never overwritten
         let again = d.cli(
             &cli,

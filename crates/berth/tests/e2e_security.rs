@@ -340,3 +340,114 @@ fn the_runtime_binary_cannot_be_overwritten() {
         "the host's berth-runtime was not written to"
     );
 }
+
+/// `--security-opt systempaths=unconfined` unmasks /proc, `--device-cgroup-rule` and
+/// `--annotation` reach the runtime's spec, block IO limits name the device by number.
+#[test]
+fn system_paths_device_rules_annotations_and_block_io() {
+    let Some(d) = daemon_with_busybox("system_paths_device_rules_annotations_and_block_io") else {
+        return;
+    };
+    // a block device of this machine, by its numbers
+    let (disk, major, minor) = block_device();
+    for cli in clis() {
+        let lines = |extra: &[&str]| -> String {
+            let mut args = vec!["run", "--rm", "--network", "none"];
+            args.extend(extra);
+            args.extend(["bb", "sh", "-c", "grep -c . /proc/timer_list || true"]);
+            ok(d.cli(&cli, &args)).trim().to_string()
+        };
+        assert_eq!(lines(&[]), "0", "{cli}: masked by default");
+        assert_ne!(
+            lines(&["--security-opt", "systempaths=unconfined"]),
+            "0",
+            "{cli}"
+        );
+        let id = ok(d.cli(
+            &cli,
+            &[
+                "create",
+                "--network",
+                "none",
+                "--device-cgroup-rule",
+                "c 1:4 r",
+                "--device-cgroup-rule",
+                "b *:* m",
+                "--annotation",
+                "org.example/a=b",
+                "--device-read-bps",
+                &format!("{disk}:2mb"),
+                "bb",
+                "true",
+            ],
+        ));
+        let id = id.trim();
+        ok(d.cli(&cli, &["start", id]));
+        assert_eq!(ok(d.cli(&cli, &["wait", id])), "0\n");
+        let spec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                d.data_root()
+                    .join("containers")
+                    .join(id)
+                    .join("bundle/config.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let rules = spec["linux"]["resources"]["devices"].as_array().unwrap();
+        assert!(
+            rules.contains(&serde_json::json!({"allow": true, "type": "c", "major": 1, "minor": 4, "access": "r"})),
+            "{cli}: {rules:?}"
+        );
+        assert!(
+            rules.contains(&serde_json::json!({"allow": true, "type": "b", "access": "m"})),
+            "{cli}: {rules:?}"
+        );
+        assert_eq!(spec["annotations"]["org.example/a"], "b", "{cli}");
+        assert_eq!(
+            spec["linux"]["resources"]["blockIO"]["throttleReadBpsDevice"],
+            serde_json::json!([{"major": major, "minor": minor, "rate": 2 << 20}]),
+            "{cli}"
+        );
+        ok(d.cli(&cli, &["rm", id]));
+        let bad = d.cli(
+            &cli,
+            &["create", "--device-cgroup-rule", "x 1:2 q", "bb", "true"],
+        );
+        assert!(!bad.status.success(), "{cli}");
+        assert!(
+            stderr(&bad).contains("invalid device cgroup format"),
+            "{cli}: {}",
+            stderr(&bad)
+        );
+    }
+}
+
+/// A block device node of this machine (a disk, else a loop device): path, major, minor.
+fn block_device() -> (String, u64, u64) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_by_key(|n| (n.starts_with("loop") || n.starts_with("ram"), n.clone()));
+    for n in names {
+        let path = format!("/dev/{n}");
+        if let Ok(md) = std::fs::metadata(&path) {
+            if md.file_type().is_block_device() {
+                let rdev = md.rdev();
+                return (path, libc_major(rdev), libc_minor(rdev));
+            }
+        }
+    }
+    panic!("no block device node in /dev");
+}
+
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
+}
+
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
+}

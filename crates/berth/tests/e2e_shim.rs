@@ -103,6 +103,9 @@ fn write_bundle(
         ipc: Default::default(),
         uts: Default::default(),
         oom_score_adj: None,
+        annotations: Default::default(),
+        masked_paths: None,
+        readonly_paths: None,
     };
     std::fs::write(
         bundle.join("config.json"),
