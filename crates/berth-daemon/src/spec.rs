@@ -407,6 +407,7 @@ pub fn run_spec(
         uts: Default::default(),
         oom_score_adj: hc["OomScoreAdj"].as_i64().filter(|v| *v != 0),
         annotations: hc["Annotations"].as_object().cloned().unwrap_or_default(),
+        domainname: cfg["Domainname"].as_str().unwrap_or_default().to_string(),
         masked_paths: if opts.system_paths_off {
             Some(Vec::new())
         } else {

@@ -123,6 +123,8 @@ pub struct RunSpec {
     pub uts: NsMode,
     /// `process.oomScoreAdj` (`--oom-score-adj`)
     pub oom_score_adj: Option<i64>,
+    /// `domainname` (`--domainname`), set in a UTS namespace of the container's own
+    pub domainname: String,
     /// `annotations` (`--annotation`)
     pub annotations: serde_json::Map<String, Value>,
     /// masked and read-only paths other than Docker's (`--security-opt
@@ -408,6 +410,9 @@ pub fn build(r: &RunSpec) -> Value {
     // a hostname is set in a UTS namespace of the container's own only
     if r.uts == NsMode::Private {
         spec["hostname"] = json!(r.hostname);
+        if !r.domainname.is_empty() {
+            spec["domainname"] = json!(r.domainname);
+        }
     }
     spec
 }
@@ -456,6 +461,7 @@ mod tests {
             uts: Default::default(),
             oom_score_adj: None,
             annotations: Default::default(),
+            domainname: String::new(),
             masked_paths: None,
             readonly_paths: None,
         };

@@ -822,7 +822,27 @@ fn run_flags_as_docker_has_them() {
             "{cli}: {}",
             stderr(&out)
         );
-        // --tty=false, -i=true
+        // the domain name, in the container's own UTS namespace
+        assert_eq!(
+            ok(run(
+                &["--domainname", "example.test"],
+                &["cat", "/proc/sys/kernel/domainname"]
+            )),
+            "example.test\n",
+            "{cli}"
+        );
+        // a volume driver berthd does not have
+        let out = run(
+            &["--volume-driver", "nfs-plugin", "-v", "data:/data"],
+            &["true"],
+        );
+        assert_eq!(out.status.code(), Some(125), "{cli}");
+        assert!(
+            stderr(&out).contains("plugin \"nfs-plugin\" not found"),
+            "{cli}: {}",
+            stderr(&out)
+        );
+        // --tty=false, --interactive=true
         assert_eq!(
             ok(run(&["--tty=false", "--interactive=true"], &["echo", "b"])),
             "b\n"
@@ -908,6 +928,18 @@ fn run_flags_as_docker_has_them() {
             stderr(&out)
         );
     }
+    // NetworkDisabled (docker-py's network_disabled): the loopback only
+    let r = d.request(
+        "POST",
+        "/containers/create?name=nonet",
+        Some(
+            br#"{"Image":"bb","Cmd":["sh","-c","grep -c : /proc/net/dev"],"NetworkDisabled":true}"#,
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    ok(d.berth(&["start", "-a", "nonet"]));
+    assert_eq!(ok(d.berth(&["logs", "nonet"])), "1\n");
+    ok(d.berth(&["rm", "nonet"]));
     assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
 }
 

@@ -104,6 +104,7 @@ fn write_bundle(
         uts: Default::default(),
         oom_score_adj: None,
         annotations: Default::default(),
+        domainname: String::new(),
         masked_paths: None,
         readonly_paths: None,
     };

@@ -54,6 +54,9 @@ pub struct CreateArgs {
     /// Container isolation technology
     #[arg(long)]
     pub isolation: Option<String>,
+    /// Optional volume driver for the container
+    #[arg(long)]
+    pub volume_driver: Option<String>,
     /// Add an annotation to the container (passed through to the OCI runtime)
     #[arg(long)]
     pub annotation: Vec<String>,
@@ -296,6 +299,9 @@ fn create_body(a: &CreateArgs) -> Result<Value> {
     }
     if let Some(dn) = &a.domainname {
         cfg["Domainname"] = json!(dn);
+    }
+    if let Some(v) = &a.volume_driver {
+        cfg["HostConfig"]["VolumeDriver"] = json!(v);
     }
     for (flag, key) in [
         (&a.pid, "PidMode"),

@@ -570,6 +570,25 @@ pub fn create_from(
         }
     }
     hc["LogConfig"] = log.to_json();
+    // NetworkDisabled: no network but the loopback, as `none` gives
+    if req["NetworkDisabled"].as_bool() == Some(true)
+        && matches!(
+            hc["NetworkMode"].as_str().unwrap_or_default(),
+            "" | "default" | "bridge"
+        )
+    {
+        hc["NetworkMode"] = Value::from("none");
+    }
+    // volumes of a driver other than the built-in one: berthd runs no volume plugin
+    if let Some(driver) = hc["VolumeDriver"]
+        .as_str()
+        .filter(|v| !v.is_empty() && *v != "local")
+    {
+        // (not a 404: a client takes that for a missing image and pulls)
+        return Err(ApiError::internal(format!(
+            "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
+        )));
+    }
     let mut warnings = crate::resources::verify(&mut hc, &d.containers.sys, false)?;
     let mode = hc["NetworkMode"].as_str().unwrap_or_default();
     crate::security::validate(&hc, mode == "host")?;
