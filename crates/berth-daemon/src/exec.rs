@@ -297,6 +297,12 @@ impl Containers {
         for key in ["terminal", "user", "args", "env", "cwd"] {
             process[key] = own[key].clone();
         }
+        // `exec --privileged`: every capability berthd may give, as Docker's
+        if e.flag("Privileged") {
+            let all = crate::security::all_caps();
+            process["capabilities"] =
+                serde_json::json!({"bounding": all, "effective": all, "permitted": all});
+        }
         let dir = self.exec_dir(e);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(e.to_string()))?;

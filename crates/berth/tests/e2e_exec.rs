@@ -325,3 +325,58 @@ fn the_cli_proxies_signals_to_the_container() {
         assert_eq!(status.code(), Some(5), "{cli}");
     }
 }
+
+/// `exec --privileged` gets every capability, even in a container that dropped them all.
+#[test]
+fn privileged_exec_gets_every_capability() {
+    let Some(d) = daemon_with_busybox("privileged_exec_gets_every_capability") else {
+        return;
+    };
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "capless",
+        "--network",
+        "none",
+        "--cap-drop",
+        "ALL",
+        "bb",
+        "sleep",
+        "300",
+    ]));
+    let eff = |out: String| -> u64 {
+        let hex = out
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        u64::from_str_radix(&hex, 16).unwrap()
+    };
+    for cli in clis() {
+        let plain = ok(d.cli(
+            &cli,
+            &["exec", "capless", "grep", "CapEff", "/proc/self/status"],
+        ));
+        assert_eq!(eff(plain), 0, "{cli}");
+        let privileged = ok(d.cli(
+            &cli,
+            &[
+                "exec",
+                "--privileged",
+                "capless",
+                "grep",
+                "CapEff",
+                "/proc/self/status",
+            ],
+        ));
+        // CAP_SYS_ADMIN (21) and CAP_NET_ADMIN (12) among them
+        let caps = eff(privileged);
+        assert!(
+            caps & (1 << 21) != 0 && caps & (1 << 12) != 0,
+            "{cli}: {caps:x}"
+        );
+    }
+    ok(d.berth(&["rm", "-f", "capless"]));
+    d.assert_no_shims();
+}
