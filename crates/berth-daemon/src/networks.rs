@@ -693,6 +693,23 @@ impl Networks {
                 options.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
             }
         }
+        // bridge options berth does not carry out are refused, not dropped
+        if options
+            .get("com.docker.network.bridge.enable_icc")
+            .is_some_and(|v| matches!(v.as_str(), "false" | "0"))
+        {
+            return Err(ApiError::bad_request(
+                "com.docker.network.bridge.enable_icc=false is not supported: containers on a berth network can always reach each other",
+            ));
+        }
+        if let Some(ip) = options
+            .get("com.docker.network.bridge.host_binding_ipv4")
+            .filter(|ip| !matches!(ip.as_str(), "" | "0.0.0.0"))
+        {
+            return Err(ApiError::bad_request(format!(
+                "com.docker.network.bridge.host_binding_ipv4={ip} is not supported: publish ports with their host address (-p {ip}:PORT:PORT)"
+            )));
+        }
         let configs = body["IPAM"]["Config"]
             .as_array()
             .cloned()

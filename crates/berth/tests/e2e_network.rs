@@ -761,6 +761,20 @@ fn bad_network_input() {
             stderr(&out)
         );
         sh(&d, &bin, &["rm", "-f", "user"]);
+        // bridge options berth does not carry out are refused, nothing is made
+        for opt in [
+            "com.docker.network.bridge.enable_icc=false",
+            "com.docker.network.bridge.host_binding_ipv4=127.0.0.1",
+        ] {
+            let out = d.cli(&bin, &["network", "create", "-o", opt, "unsupported"]);
+            assert!(!out.status.success(), "{bin} {opt}");
+            assert!(
+                stderr(&out).contains("is not supported"),
+                "{bin}: {}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(d.request("GET", "/networks/unsupported", None).status, 404);
     }
     assert_eq!(d.request("DELETE", "/networks/taken", None).status, 204);
     assert_eq!(d.request("DELETE", "/networks/taken", None).status, 404);
