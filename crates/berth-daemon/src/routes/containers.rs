@@ -580,9 +580,32 @@ pub fn create_from(
         hc["NetworkMode"] = Value::from("none");
     }
     // volumes of a driver other than the built-in one: berthd runs no volume plugin
+    // (a container without volumes never needs the driver, and may name one)
+    let binds_volumes = hc["Binds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|b| !b.contains(':') || !b.starts_with('/'));
+    let mounts_volumes = hc["Mounts"].as_array().into_iter().flatten().any(|m| {
+        m["Type"].as_str() == Some("volume")
+            && m["VolumeOptions"]["DriverConfig"]["Name"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+    });
+    let declared = |v: &Value| v.as_object().is_some_and(|m| !m.is_empty());
+    let image_volumes = img
+        .config
+        .config
+        .as_ref()
+        .and_then(|c| serde_json::to_value(c).ok())
+        .is_some_and(|c| declared(&c["Volumes"]));
+    let needs_driver =
+        binds_volumes || mounts_volumes || declared(&req["Volumes"]) || image_volumes;
     if let Some(driver) = hc["VolumeDriver"]
         .as_str()
-        .filter(|v| !v.is_empty() && *v != "local")
+        .filter(|v| needs_driver && !v.is_empty() && *v != "local")
     {
         // (not a 404: a client takes that for a missing image and pulls)
         return Err(ApiError::internal(format!(
