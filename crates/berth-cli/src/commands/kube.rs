@@ -865,17 +865,23 @@ async fn remove_pods(c: &Client, pods: &[PodDoc], say: bool) -> Result<Vec<Strin
         let list = c
             .get_json(&format!("/containers/json?all=1&filters={}", q(&filters)))
             .await?;
-        let ids: Vec<String> = list
+        // the containers joined to the pod's network go before its owner
+        let mut ids: Vec<(bool, String)> = list
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|c| c["Id"].as_str().map(str::to_string))
+            .filter_map(|c| {
+                let joined = c["HostConfig"]["NetworkMode"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("container:"));
+                Some((!joined, c["Id"].as_str()?.to_string()))
+            })
             .collect();
         if ids.is_empty() {
             continue;
         }
-        // the containers joined to the pod's network go before its owner
-        for id in ids.iter().rev() {
+        ids.sort();
+        for (_, id) in &ids {
             c.request(
                 Method::DELETE,
                 &format!("/containers/{id}?force=1&v=1"),
