@@ -105,7 +105,7 @@ fn kube_generate_play_and_down() {
     // play it back, with a pod of two containers beside it
     ok(d.berth(&["rm", "-f", "web"]));
     let file = d.dir.path().join("app.yaml");
-    let extra = "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  labels: {app: client}\nspec:\n  containers:\n  - name: main\n    image: bb\n    command: [sleep]\n    args: ['60']\n  - name: side\n    image: bb\n    command: [sh, -c, 'mkdir -p /s && echo side > /s/index.html && exec busybox httpd -f -p 8000 -h /s']\n";
+    let extra = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata:\n  greeting: hello\n  app.conf: \"port=80\\n\"\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  labels: {app: client}\nspec:\n  volumes:\n  - name: conf\n    configMap: {name: settings}\n  containers:\n  - name: main\n    image: bb\n    command: [sleep]\n    args: ['60']\n    env:\n    - name: GREETING\n      valueFrom: {configMapKeyRef: {name: settings, key: greeting}}\n    volumeMounts:\n    - {name: conf, mountPath: /etc/settings}\n  - name: side\n    image: bb\n    command: [sh, -c, 'mkdir -p /s && echo side > /s/index.html && exec busybox httpd -f -p 8000 -h /s']\n";
     std::fs::write(&file, format!("{yaml}{extra}")).unwrap();
     let out = ok(d.berth(&["kube", "play", file.to_str().unwrap()]));
     assert!(out.contains("Pod:\nweb\nContainers:\n"), "{out}");
@@ -128,6 +128,17 @@ fn kube_generate_play_and_down() {
     assert_eq!(
         ok(d.berth(&["exec", "web", "sh", "-c", "echo $MODE"])),
         "prod\n"
+    );
+    // a ConfigMap's key as a variable, its data as files
+    assert_eq!(
+        ok(d.berth(&[
+            "exec",
+            "client-main",
+            "sh",
+            "-c",
+            "echo $GREETING; cat /etc/settings/app.conf /etc/settings/greeting"
+        ])),
+        "hello\nport=80\nhello"
     );
     let web = d.get_json("/containers/web/json");
     assert_eq!(web["HostConfig"]["Memory"], 64 << 20);

@@ -486,11 +486,136 @@ pub fn parse_docs(text: &str) -> Result<Vec<Value>> {
 }
 
 /// A pod to run: its name, labels and spec (a Pod's, or a Deployment's template).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PodDoc {
     pub name: String,
     pub labels: Map<String, Value>,
     pub spec: Value,
+    /// the files of its ConfigMap volumes, by volume name: path in the volume, content
+    pub files: std::collections::BTreeMap<String, Vec<(String, Vec<u8>)>>,
+}
+
+/// ConfigMaps by name: their data.
+type ConfigMaps = std::collections::BTreeMap<String, Map<String, Value>>;
+
+fn config_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// What a pod takes from ConfigMaps, made its own: `valueFrom.configMapKeyRef` values,
+/// `envFrom` `configMapRef` variables, and `configMap` volumes (an emptyDir of the pod's
+/// that is given the files before its containers start).
+fn resolve_config_maps(pod: &mut PodDoc, maps: &ConfigMaps) -> Result<()> {
+    let find = |name: &str| -> Result<&Map<String, Value>> {
+        maps.get(name)
+            .ok_or_else(|| anyhow!("configmap {name:?} not found (pod {})", pod.name))
+    };
+    let mut containers = pod.spec["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for ctr in &mut containers {
+        let mut env: Vec<Value> = Vec::new();
+        for from in ctr["envFrom"].as_array().cloned().unwrap_or_default() {
+            let Some(name) = from["configMapRef"]["name"].as_str() else {
+                bail!(
+                    "envFrom of container {}: only configMapRef is supported",
+                    ctr["name"]
+                );
+            };
+            let prefix = from["prefix"].as_str().unwrap_or_default();
+            for (k, v) in find(name)? {
+                // keys that cannot name a variable are left out, as Kubernetes does
+                let valid = !k.is_empty()
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if valid {
+                    env.push(json!({"name": format!("{prefix}{k}"), "value": config_value(v)}));
+                }
+            }
+        }
+        for e in ctr["env"].as_array().cloned().unwrap_or_default() {
+            let Some(r) = e["valueFrom"].get("configMapKeyRef") else {
+                env.push(e);
+                continue;
+            };
+            let (name, key) = (
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+            );
+            let optional = r["optional"].as_bool() == Some(true);
+            match maps.get(name).and_then(|m| m.get(key)) {
+                Some(v) => env.push(json!({"name": e["name"], "value": config_value(v)})),
+                None if optional => {}
+                None => bail!(
+                    "key {key:?} of configmap {name:?} not found (pod {})",
+                    pod.name
+                ),
+            }
+        }
+        if let Some(o) = ctr.as_object_mut() {
+            o.remove("envFrom");
+            o.insert("env".into(), json!(env));
+        }
+    }
+    pod.spec["containers"] = json!(containers);
+    let mut volumes = pod.spec["volumes"].as_array().cloned().unwrap_or_default();
+    for v in &mut volumes {
+        let Some(name) = v["configMap"]["name"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let data = find(&name)?;
+        let files: Vec<(String, Vec<u8>)> = match v["configMap"]["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .map(|i| {
+                    let key = i["key"].as_str().unwrap_or_default();
+                    let value = data.get(key).ok_or_else(|| {
+                        anyhow!(
+                            "key {key:?} of configmap {name:?} not found (pod {})",
+                            pod.name
+                        )
+                    })?;
+                    let path = i["path"].as_str().unwrap_or(key).to_string();
+                    Ok((path, config_value(value).into_bytes()))
+                })
+                .collect::<Result<_>>()?,
+            None => data
+                .iter()
+                .map(|(k, v)| (k.clone(), config_value(v).into_bytes()))
+                .collect(),
+        };
+        let vol_name = v["name"].as_str().unwrap_or_default().to_string();
+        if files
+            .iter()
+            .any(|(p, _)| p.split('/').any(|c| c == "..") || p.starts_with('/'))
+        {
+            bail!("configmap volume {vol_name:?}: a path must stay inside the volume");
+        }
+        pod.files.insert(vol_name.clone(), files);
+        *v = json!({"name": vol_name, "emptyDir": {}});
+    }
+    if !volumes.is_empty() {
+        pod.spec["volumes"] = json!(volumes);
+    }
+    Ok(())
+}
+
+/// A tar of `files` (regular files, mode 0644, their directories made as needed).
+fn files_tar(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data.as_slice())?;
+    }
+    Ok(b.into_inner()?)
 }
 
 /// A Service: its name and the labels it selects.
@@ -500,6 +625,7 @@ pub type ServiceDoc = (String, Map<String, Value>);
 pub fn pods_of(docs: &[Value]) -> Result<(Vec<PodDoc>, Vec<ServiceDoc>)> {
     let mut pods = Vec::new();
     let mut services = Vec::new();
+    let mut maps = ConfigMaps::new();
     for d in docs {
         let kind = d["kind"].as_str().unwrap_or_default();
         let name = d["metadata"]["name"]
@@ -511,7 +637,14 @@ pub fn pods_of(docs: &[Value]) -> Result<(Vec<PodDoc>, Vec<ServiceDoc>)> {
                 name: dns_name(&name),
                 labels: d["metadata"]["labels"].as_object().cloned().unwrap_or_default(),
                 spec: d["spec"].clone(),
+                ..Default::default()
             }),
+            "ConfigMap" => {
+                maps.insert(
+                    name.clone(),
+                    d["data"].as_object().cloned().unwrap_or_default(),
+                );
+            }
             "Deployment" => {
                 let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
                 if replicas > 1 {
@@ -522,6 +655,7 @@ pub fn pods_of(docs: &[Value]) -> Result<(Vec<PodDoc>, Vec<ServiceDoc>)> {
                     name: dns_name(&name),
                     labels: t["metadata"]["labels"].as_object().cloned().unwrap_or_default(),
                     spec: t["spec"].clone(),
+                    ..Default::default()
                 });
             }
             "Service" => services.push((
@@ -529,13 +663,14 @@ pub fn pods_of(docs: &[Value]) -> Result<(Vec<PodDoc>, Vec<ServiceDoc>)> {
                 d["spec"]["selector"].as_object().cloned().unwrap_or_default(),
             )),
             "" => bail!("a YAML document without a kind"),
-            other => bail!("kind {other:?} is not supported by berth kube play (Pod, Deployment and Service are)"),
+            other => bail!("kind {other:?} is not supported by berth kube play (Pod, Deployment, Service and ConfigMap are)"),
         }
     }
-    for p in &pods {
+    for p in &mut pods {
         if p.name.is_empty() {
             bail!("a pod without a name");
         }
+        resolve_config_maps(p, &maps)?;
     }
     Ok((pods, services))
 }
@@ -577,7 +712,7 @@ fn pod_volumes(pod: &PodDoc) -> Result<Vec<(String, PodVolume)>> {
             }
         } else {
             bail!(
-                "volume {name:?} of pod {}: only persistentVolumeClaim, hostPath and emptyDir volumes are supported",
+                "volume {name:?} of pod {}: only persistentVolumeClaim, hostPath, emptyDir and configMap volumes are supported",
                 pod.name
             );
         };
@@ -603,7 +738,7 @@ pub fn create_body(
     for e in ctr["env"].as_array().into_iter().flatten() {
         let k = e["name"].as_str().unwrap_or_default();
         if e.get("valueFrom").is_some() {
-            bail!("env {k:?} of container {cname:?}: valueFrom is not supported");
+            bail!("env {k:?} of container {cname:?}: valueFrom is not supported (but configMapKeyRef)");
         }
         let v = match &e["value"] {
             Value::String(s) => s.clone(),
@@ -824,7 +959,7 @@ async fn play(c: &Client, a: PlayArgs) -> Result<()> {
             if owner.is_none() {
                 owner = Some(cname.clone());
             }
-            made.push((cname, body, pull));
+            made.push((cname, body, pull, ctr.clone()));
         }
         plan.push((pod, made));
     }
@@ -836,8 +971,22 @@ async fn play(c: &Client, a: PlayArgs) -> Result<()> {
     }
     for (pod, made) in plan {
         let mut ids = Vec::new();
-        for (name, body, pull) in &made {
+        for (name, body, pull, ctr) in &made {
             let id = create(c, name, body, pull).await?;
+            // the files of its ConfigMap volumes, before it starts
+            for vm in ctr["volumeMounts"].as_array().into_iter().flatten() {
+                let Some(files) = vm["name"].as_str().and_then(|n| pod.files.get(n)) else {
+                    continue;
+                };
+                let target = vm["mountPath"].as_str().unwrap_or("/");
+                c.request(
+                    Method::PUT,
+                    &format!("/containers/{id}/archive?path={}", q(target)),
+                    ReqBody::Full(Some(files_tar(files)?.into())),
+                    &[("Content-Type", "application/x-tar".to_string())],
+                )
+                .await?;
+            }
             c.request(
                 Method::POST,
                 &format!("/containers/{id}/start"),
@@ -1042,6 +1191,7 @@ mod tests {
             name: "web".into(),
             labels: json!({"app": "web"}).as_object().unwrap().clone(),
             spec,
+            ..Default::default()
         };
         let first = create_body(
             &pod,
@@ -1095,16 +1245,54 @@ mod tests {
         assert_eq!(pods[1].name, "two");
         assert_eq!(pods[1].labels["app"], "two");
         assert_eq!(services[0].0, "front");
-        assert!(pods_of(&parse_docs("kind: ConfigMap\nmetadata: {name: x}\n").unwrap()).is_err());
+        assert!(pods_of(&parse_docs("kind: Secret\nmetadata: {name: x}\n").unwrap()).is_err());
         let bad = PodDoc {
             name: "p".into(),
             labels: Map::new(),
             spec: json!({"volumes": [{"name": "s", "secret": {"secretName": "x"}}],
                 "containers": [{"name": "c", "image": "bb", "volumeMounts": [{"name": "s", "mountPath": "/s"}]}]}),
+            ..Default::default()
         };
         assert!(create_body(&bad, &bad.spec["containers"][0], None, &[])
             .unwrap_err()
             .to_string()
-            .contains("only persistentVolumeClaim, hostPath and emptyDir"));
+            .contains("only persistentVolumeClaim, hostPath, emptyDir and configMap"));
+    }
+
+    #[test]
+    fn config_maps_become_values_variables_and_files() {
+        let docs = parse_docs(
+            "kind: ConfigMap\nmetadata: {name: cfg}\ndata: {greeting: hi, app.conf: \"port=80\\n\", LEVEL: '3'}\n---\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: bb\n    env:\n    - name: G\n      valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}\n    - name: GONE\n      valueFrom: {configMapKeyRef: {name: cfg, key: nope, optional: true}}\n    envFrom: [{configMapRef: {name: cfg}, prefix: C_}]\n    volumeMounts: [{name: conf, mountPath: /etc/app}]\n  volumes:\n  - name: conf\n    configMap: {name: cfg, items: [{key: app.conf, path: sub/app.conf}]}\n",
+        )
+        .unwrap();
+        let (pods, _) = pods_of(&docs).unwrap();
+        let p = &pods[0];
+        let body = create_body(p, &p.spec["containers"][0], None, &[]).unwrap();
+        let env: Vec<&str> = body["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            env.contains(&"C_greeting=hi") && env.contains(&"C_LEVEL=3"),
+            "{env:?}"
+        );
+        assert!(env.contains(&"G=hi"), "{env:?}");
+        assert!(
+            !env.iter()
+                .any(|e| e.starts_with("GONE") || e.contains("app.conf")),
+            "{env:?}"
+        );
+        assert_eq!(
+            p.files["conf"],
+            vec![("sub/app.conf".to_string(), b"port=80\n".to_vec())]
+        );
+        assert_eq!(body["HostConfig"]["Mounts"][0]["Source"], "p-conf");
+        let missing = parse_docs("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: bb, envFrom: [{configMapRef: {name: none}}]}]\n").unwrap();
+        assert!(pods_of(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("configmap \"none\" not found"));
     }
 }
