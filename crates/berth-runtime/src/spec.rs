@@ -46,9 +46,10 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Network {
     /// a network namespace of its own, made by the runtime (only `lo`: `--network none`)
+    #[default]
     Private,
     /// no network namespace of its own
     Host,
@@ -76,7 +77,7 @@ pub enum NsMode {
 }
 
 /// What a container runs, resolved from the image config and the create request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunSpec {
     pub id: String,
     pub args: Vec<String>,
@@ -428,14 +429,9 @@ mod tests {
             args: vec!["/bin/sh".into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
             hostname: "abc".into(),
             tty: true,
             rootfs: "/tmp/rootfs".into(),
-            readonly_rootfs: false,
-            network: Network::Private,
             mounts: vec![Mount {
                 destination: "/etc/hosts".into(),
                 kind: "bind".into(),
@@ -448,22 +444,7 @@ mod tests {
             cgroups_path: "/berth/abc".into(),
             caps: DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
             no_new_privileges: true,
-            seccomp: None,
-            privileged: false,
-            devices: vec![],
-            device_rules: vec![],
-            sysctl: Default::default(),
-            userns: None,
-            cgroups: CgroupView::None,
-            cgroupns: false,
-            pid: Default::default(),
-            ipc: Default::default(),
-            uts: Default::default(),
-            oom_score_adj: None,
-            annotations: Default::default(),
-            domainname: String::new(),
-            masked_paths: None,
-            readonly_paths: None,
+            ..Default::default()
         };
         let v = build(&r);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();

@@ -5,7 +5,7 @@
 //! behind (mounts, cgroups, runtime state).
 
 mod common;
-use berth_runtime::spec::{self, Network, RunSpec};
+use berth_runtime::spec::{self, RunSpec};
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -76,37 +76,14 @@ fn write_bundle(
         args,
         env,
         cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        additional_gids: vec![],
         hostname: if tty { "tty".into() } else { "boxhost".into() },
         tty,
         rootfs: rootfs.to_path_buf(),
-        readonly_rootfs: false,
-        network: Network::Private,
-        mounts: vec![],
         resources: serde_json::json!({}),
-        rlimits: vec![],
         shm_size: 64 << 20,
         cgroups_path: format!("/berth/{id}"),
         caps: spec::DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
-        no_new_privileges: false,
-        seccomp: None,
-        privileged: false,
-        devices: vec![],
-        device_rules: vec![],
-        sysctl: Default::default(),
-        userns: None,
-        cgroups: Default::default(),
-        cgroupns: false,
-        pid: Default::default(),
-        ipc: Default::default(),
-        uts: Default::default(),
-        oom_score_adj: None,
-        annotations: Default::default(),
-        domainname: String::new(),
-        masked_paths: None,
-        readonly_paths: None,
+        ..Default::default()
     };
     std::fs::write(
         bundle.join("config.json"),
