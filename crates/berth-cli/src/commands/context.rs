@@ -173,17 +173,25 @@ fn meta_of(name: &str) -> Result<Value> {
     }
 }
 
-/// The TLS files stored with a context (ca.pem, cert.pem, key.pem), by name.
-fn tls_files(name: &str) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(tls_dir(name).join("docker"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
+/// The TLS files a context may hold, as the docker CLI names them.
+const TLS_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+
+/// The TLS files stored with a context, by name.
+fn tls_files(name: &str) -> Vec<&'static str> {
+    let dir = tls_dir(name).join("docker");
+    TLS_FILES
+        .into_iter()
+        .filter(|f| dir.join(f).is_file())
+        .collect()
+}
+
+/// The TLS files stored with a context, with their contents.
+fn stored_tls(name: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let dir = tls_dir(name).join("docker");
+    TLS_FILES
+        .into_iter()
+        .filter_map(|f| Some((f, std::fs::read(dir.join(f)).ok()?)))
+        .collect()
 }
 
 /// Which context is current when `flag` (`--context`) is not given.
@@ -224,10 +232,9 @@ pub fn resolve(host_flag: Option<&str>, context_flag: Option<&str>) -> Result<Ta
     let host = ep["Host"].as_str().unwrap_or_default().to_string();
     let files = tls_files(&name);
     let tls = (!files.is_empty() || host.starts_with("https://")).then(|| {
-        let file = |f: &str| {
+        let file = |f: &'static str| {
             files
-                .iter()
-                .any(|x| x == f)
+                .contains(&f)
                 .then(|| tls_dir(&name).join("docker").join(f))
         };
         TlsOptions {
@@ -401,20 +408,7 @@ fn create(a: CreateArgs, current: &str) -> Result<()> {
             if let Some(d) = &a.description {
                 meta["Metadata"]["Description"] = json!(d);
             }
-            let files = tls_files(from)
-                .into_iter()
-                .filter_map(|f| {
-                    let data = std::fs::read(tls_dir(from).join("docker").join(&f)).ok()?;
-                    let f: &'static str = match f.as_str() {
-                        "ca.pem" => "ca.pem",
-                        "cert.pem" => "cert.pem",
-                        "key.pem" => "key.pem",
-                        _ => return None,
-                    };
-                    Some((f, data))
-                })
-                .collect();
-            (meta, files)
+            (meta, stored_tls(from))
         }
     };
     store(&a.name, &meta, Some(files))?;
@@ -652,12 +646,11 @@ fn export(a: ExportArgs) -> Result<()> {
         Ok(())
     };
     add("meta.json", 0o644, &serde_json::to_vec(&meta)?, false)?;
-    let files = tls_files(&a.name);
+    let files = stored_tls(&a.name);
     if !files.is_empty() {
         add("tls", 0o700, &[], true)?;
         add("tls/docker", 0o700, &[], true)?;
-        for f in files {
-            let data = std::fs::read(tls_dir(&a.name).join("docker").join(&f))?;
+        for (f, data) in files {
             add(&format!("tls/docker/{f}"), 0o600, &data, false)?;
         }
     }
@@ -709,12 +702,14 @@ fn import(a: ImportArgs) -> Result<()> {
         if e.header().entry_type().is_file() {
             std::io::Read::read_to_end(&mut e, &mut body)?;
         }
-        match path.trim_start_matches("./") {
-            "meta.json" => meta = Some(serde_json::from_slice::<Value>(&body)?),
-            "tls/docker/ca.pem" => files.push(("ca.pem", body)),
-            "tls/docker/cert.pem" => files.push(("cert.pem", body)),
-            "tls/docker/key.pem" => files.push(("key.pem", body)),
-            _ => {}
+        let path = path.trim_start_matches("./");
+        if path == "meta.json" {
+            meta = Some(serde_json::from_slice::<Value>(&body)?);
+        } else if let Some(f) = path
+            .strip_prefix("tls/docker/")
+            .and_then(|f| TLS_FILES.into_iter().find(|x| *x == f))
+        {
+            files.push((f, body));
         }
     }
     let mut meta = meta.ok_or_else(|| anyhow!("invalid context: no metadata found"))?;
