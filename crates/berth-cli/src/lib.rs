@@ -148,11 +148,6 @@ pub fn main() -> i32 {
         };
     }
     if let commands::Cmd::Plugin(args) = &cmd {
-        let name = args
-            .first()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         // a daemon chosen by a flag reaches the plugin in its command line, a context
         // through the shared config; otherwise it is told the host berth would use
         let default_host = match (&host, &context) {
@@ -162,7 +157,7 @@ pub fn main() -> i32 {
                 .map(|t| t.host),
             _ => None,
         };
-        let err = commands::plugin::exec(&name, &argv, default_host.as_deref())
+        let err = commands::plugin::exec(args, default_host.as_deref())
             .err()
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();

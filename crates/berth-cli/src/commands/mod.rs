@@ -270,15 +270,11 @@ pub async fn run(c: &Client, cmd: Cmd) -> Result<()> {
         Cmd::System(SystemCmd::DialStdio) => system::dial_stdio(c).await,
         Cmd::System(SystemCmd::Prune(a)) => system::prune(c, a).await,
         Cmd::Kube(k) => kube::run(c, k).await,
-        Cmd::Context(cmd) => context::run(cmd, &context::current_name(None, false)),
-        Cmd::Plugin(args) => {
-            let name = args
-                .first()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-            plugin::exec(&name, &argv, Some(&c.host))
-        }
+        Cmd::Context(cmd) => context::run(cmd, &c.context),
+        Cmd::Plugin(args) => plugin::exec(
+            &args,
+            (c.context == context::DEFAULT).then_some(c.host.as_str()),
+        ),
         Cmd::Images(a) | Cmd::Image(ImageCmd::Ls(a)) => images::list(c, a).await,
         Cmd::Image(ImageCmd::Inspect(a)) => images::image_inspect(c, a).await,
         Cmd::Inspect(a) => images::inspect(c, a).await,

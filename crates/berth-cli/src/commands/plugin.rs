@@ -103,16 +103,21 @@ pub fn installed() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Runs plugin `name` in place of this process with the original command line
-/// (`argv` without the program name); returns only if it cannot.
-pub fn exec(name: &str, argv: &[std::ffi::OsString], default_host: Option<&str>) -> Result<()> {
+/// Runs the plugin `args` names (the command line from the plugin's name on) in place
+/// of this process, with the original command line; returns only if it cannot.
+pub fn exec(args: &[std::ffi::OsString], default_host: Option<&str>) -> Result<()> {
     use std::os::unix::process::CommandExt;
-    let Some(plugin) = find(name) else {
+    let name = args
+        .first()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let Some(plugin) = find(&name) else {
         bail!("berth: unknown command: berth {name}\n\nRun 'berth --help' for more information");
     };
     let me = std::env::args_os().next().unwrap_or_else(|| "berth".into());
     let mut cmd = std::process::Command::new(&plugin.path);
-    cmd.args(argv)
+    cmd.args(&argv)
         .env("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND", me);
     if let Some(h) = default_host {
         cmd.env("DOCKER_HOST", h);
