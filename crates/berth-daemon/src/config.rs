@@ -125,6 +125,8 @@ pub struct Config {
     pub dns: Vec<std::net::IpAddr>,
     pub dns_search: Vec<String>,
     pub dns_opts: Vec<String>,
+    /// the oldest API version clients may ask for (`DOCKER_MIN_API_VERSION`)
+    pub min_api_version: crate::apiversion::ApiVersion,
 }
 
 /// The built-in runtime's name.
@@ -554,7 +556,12 @@ impl Config {
                 .transpose()?
                 .unwrap_or(true),
         };
+        let min_api_version = crate::apiversion::ApiVersion::min_from_env(
+            std::env::var("DOCKER_MIN_API_VERSION").ok().as_deref(),
+        )
+        .map_err(ConfigError::Invalid)?;
         let cfg = Config {
+            min_api_version,
             ip_forward,
             firewall_backend,
             bridge,

@@ -293,6 +293,54 @@ impl BodyReader {
     }
 }
 
+/// A request's body, as handlers get it. One dropped before its end (a request refused
+/// before its body was read, say) is read to its end in the background, so a client still
+/// sending it reads the answer rather than a broken pipe (Docker's Go client sends
+/// whole build contexts after parameters the daemon refuses).
+pub struct ReqBody(Option<hyper::body::Incoming>);
+
+impl ReqBody {
+    pub fn new(b: hyper::body::Incoming) -> Self {
+        ReqBody(Some(b))
+    }
+}
+
+impl HttpBody for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut().0.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0
+            .as_ref()
+            .map(HttpBody::size_hint)
+            .unwrap_or_else(|| http_body::SizeHint::with_exact(0))
+    }
+}
+
+impl Drop for ReqBody {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take().filter(|b| !b.is_end_stream()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(discard(b));
+            }
+        }
+    }
+}
+
 /// Reads a request body to its end and drops it: a request refused before its body was
 /// read still lets the client finish sending (else it sees a broken pipe, not the
 /// answer).

@@ -6,6 +6,7 @@
 //! sockets and serves until SIGTERM or SIGINT; SIGHUP re-reads daemon.json for what can
 //! change while running (log level, labels, debug).
 
+pub mod apiversion;
 pub mod build;
 pub mod buildkit;
 pub mod config;

@@ -2,3 +2,4 @@
 
 pub mod detach;
 pub mod duration;
+pub mod gojson;

@@ -100,12 +100,7 @@ fn docker_py_integration_suite() {
     if skip_unless_root("docker_py_integration_suite") {
         return;
     }
-    let shared = std::env::var("BERTH_SHARED")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-        });
-    let harness = shared.join("compat/docker-py");
+    let harness = shared_dir().join("compat/docker-py");
     if !harness.join("run.sh").exists() {
         eprintln!("skipping: no docker-py harness at {}", harness.display());
         return;
@@ -177,22 +172,17 @@ fn docker_py_integration_suite() {
         "the docker-py run passed nothing:\n{summary}\n{}",
         stderr(&out)
     );
-    let known_text = include_str!("dockerpy-known-failures.txt");
-    let known: std::collections::HashSet<&str> = known_text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
     let expected = read(harness.join("expected-pass.txt"));
-    let mut lost = Vec::new();
-    let mut fixed = Vec::new();
-    for t in expected.lines().filter(|l| l.starts_with("tests/")) {
-        match (passed.contains(t), known.contains(t)) {
-            (false, false) => lost.push(t),
-            (true, true) => fixed.push(t),
-            _ => {}
-        }
-    }
+    let expected: String = expected
+        .lines()
+        .filter(|l| l.starts_with("tests/"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (lost, fixed) = against_known(
+        &expected,
+        &passed,
+        include_str!("dockerpy-known-failures.txt"),
+    );
     if !fixed.is_empty() {
         eprintln!(
             "these known failures pass now (take them off dockerpy-known-failures.txt):\n{}",

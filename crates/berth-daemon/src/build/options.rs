@@ -60,9 +60,12 @@ impl std::fmt::Debug for SessionAuth {
     }
 }
 
+/// A parameter holding JSON; absent, empty or `null` (Docker's Go client sends `null`
+/// for a map or list it was not given) mean "not given".
 fn json_param<T: serde::de::DeserializeOwned + Default>(q: &Query, k: &str) -> Result<T, ApiError> {
     match q.get(k).filter(|v| !v.is_empty()) {
-        Some(v) => serde_json::from_str(v)
+        Some(v) => serde_json::from_str::<Option<T>>(v)
+            .map(Option::unwrap_or_default)
             .map_err(|e| ApiError::bad_request(format!("invalid {k} parameter: {e}"))),
         None => Ok(T::default()),
     }
@@ -125,6 +128,10 @@ impl Options {
             if let Some(v) = q.get(k).filter(|v| !v.is_empty()) {
                 resources.insert(field.into(), Value::from(v));
             }
+        }
+        let ulimits: Vec<Value> = json_param(q, "ulimits")?;
+        if !ulimits.is_empty() {
+            resources.insert("Ulimits".into(), Value::from(ulimits));
         }
         let extra_hosts = q
             .all("extrahosts")

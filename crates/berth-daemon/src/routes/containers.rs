@@ -8,7 +8,6 @@ use crate::http::{json, ok_json, status_only, stream, Resp};
 use crate::Daemon;
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -359,14 +358,8 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
 
 pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let name = ctx.query.get("name").map(str::to_string);
-    let body = ctx
-        .body
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?
-        .to_bytes();
-    let mut req: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let mut ctx = ctx;
+    let mut req = ctx.json_required().await?;
     canonical_request(&mut req);
     let (c, warnings) = create_from(d, name.as_deref(), &req)?;
     Ok(json(
@@ -672,6 +665,13 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
     if ctx.method == Method::DELETE && ctx.query.bool("link")? {
         return remove_link(d, rest);
     }
+    // a body these routes need is read (and refused if it is not JSON) before the
+    // container is looked up, as dockerd does
+    let body = match (&ctx.method, action.as_str()) {
+        (&Method::POST, "exec" | "update") => ctx.json_required().await?,
+        (&Method::POST, "copy") => return super::files::legacy_copy(d, ctx, &name).await,
+        _ => Value::Null,
+    };
     let c = d.containers.get(&name)?;
     let m = ctx.method.clone();
     match (m, action.as_str()) {
@@ -750,7 +750,6 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             Ok(status_only(StatusCode::NO_CONTENT))
         }
         (Method::POST, "update") => {
-            let body = ctx.json_body().await?;
             let warnings = d.containers.update(&c, &body).await?;
             d.events.emit("container", "update", &c.id, attrs(&c));
             Ok(ok_json(&json!({"Warnings": warnings})))
@@ -758,7 +757,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
         (Method::GET, "stats") => super::stats::stats(d, &ctx, c),
         (Method::GET, "logs") => logs(d, &ctx, c),
         (Method::POST, "attach") => attach(d, &mut ctx, c),
-        (Method::POST, "exec") => super::exec::create(d, &mut ctx, &c).await,
+        (Method::POST, "exec") => super::exec::create(d, body, &c),
         (Method::GET | Method::HEAD | Method::PUT, "archive") => {
             super::files::archive(d, ctx, c).await
         }

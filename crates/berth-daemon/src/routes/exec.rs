@@ -13,12 +13,11 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// `POST /containers/{id}/exec`.
-pub async fn create(
+pub fn create(
     d: &Arc<Daemon>,
-    ctx: &mut Ctx,
+    mut body: serde_json::Value,
     c: &Arc<crate::containers::Ctr>,
 ) -> Result<Resp, ApiError> {
-    let mut body = ctx.json_body().await?;
     if !body.is_object() {
         return Err(ApiError::bad_request("exec config must be a JSON object"));
     }
@@ -46,6 +45,11 @@ pub async fn create(
 
 pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
     let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    // start's body is read (and refused if it is not JSON) before the lookup, as dockerd
+    let body = match (&ctx.method, action) {
+        (&Method::POST, "start") => ctx.json_required().await?,
+        _ => serde_json::Value::Null,
+    };
     let e = d.containers.execs.get(id)?;
     match (ctx.method.clone(), action) {
         (Method::GET, "json") => Ok(ok_json(&e.inspect())),
@@ -58,7 +62,7 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
             call(&d.containers.exec_socket(&e), &format!("resize {h} {w}")).await?;
             Ok(status_only(StatusCode::OK))
         }
-        (Method::POST, "start") => start(d, &mut ctx, e).await,
+        (Method::POST, "start") => start(d, &mut ctx, body, e).await,
         _ => Err(ApiError::not_found("page not found")),
     }
 }
@@ -67,9 +71,9 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
 async fn start(
     d: &Arc<Daemon>,
     ctx: &mut Ctx,
+    body: serde_json::Value,
     e: Arc<crate::exec::Exec>,
 ) -> Result<Resp, ApiError> {
-    let body = ctx.json_body().await?;
     let detach = body["Detach"].as_bool().unwrap_or(false);
     let size: Option<(i64, i64)> = body["ConsoleSize"]
         .as_array()

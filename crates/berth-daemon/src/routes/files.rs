@@ -105,6 +105,39 @@ pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, Api
     }
 }
 
+/// `POST /containers/{id}/copy` (`{"Resource": PATH}`): the path as a tar, before API
+/// 1.24; dockerd answers later versions with an empty 404, as if there were no route.
+pub async fn legacy_copy(d: &Arc<Daemon>, mut ctx: Ctx, name: &str) -> Result<Resp, ApiError> {
+    if ctx.version >= crate::apiversion::ApiVersion(1, 24) {
+        return Ok(status_only(StatusCode::NOT_FOUND));
+    }
+    let body = ctx.json_required().await?;
+    let path = body["Resource"].as_str().unwrap_or_default().to_string();
+    if path.is_empty() {
+        return Err(ApiError::bad_request("Path cannot be empty"));
+    }
+    let c = d.containers.get(name)?;
+    let (tx, resp) = stream("application/x-tar");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let work = with_root(d.clone(), c, true, move |c, r| {
+        let st = files::stat_path(c, r, &path).map(|_| ());
+        let ok = st.is_ok();
+        let _ = ready_tx.send(st);
+        if ok {
+            files::tar_path(c, r, &path, ChannelWriter::new(tx))?;
+        }
+        Ok(())
+    });
+    let task = tokio::spawn(work);
+    match ready_rx.await {
+        Ok(st) => st.map(|()| resp),
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(ApiError::internal("copy failed")),
+        },
+    }
+}
+
 pub async fn export(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
     let (tx, resp) = stream("application/x-tar");
     let work = with_root(d.clone(), c.clone(), false, move |_, r| {

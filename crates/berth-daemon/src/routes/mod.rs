@@ -21,27 +21,8 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 pub const API_VERSION: &str = "1.50";
-pub const MIN_API_VERSION: &str = "1.24";
 
-/// An API version as (major, minor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ApiVersion(pub u32, pub u32);
-
-impl ApiVersion {
-    pub const CURRENT: ApiVersion = ApiVersion(1, 50);
-    pub const MIN: ApiVersion = ApiVersion(1, 24);
-
-    fn parse(s: &str) -> Option<Self> {
-        let (a, b) = s.split_once('.')?;
-        Some(ApiVersion(a.parse().ok()?, b.parse().ok()?))
-    }
-}
-
-impl std::fmt::Display for ApiVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.0, self.1)
-    }
-}
+pub use crate::apiversion::ApiVersion;
 
 /// What a handler gets: the request parts it needs.
 pub struct Ctx {
@@ -50,28 +31,68 @@ pub struct Ctx {
     pub query: Query,
     pub version: ApiVersion,
     pub headers: http::HeaderMap,
-    pub body: Incoming,
+    pub body: crate::http::ReqBody,
     /// for attach, which takes over the connection
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
-/// Splits `/v1.45/images/json` into the version and the rest.
 impl Ctx {
     /// The request body as JSON; an empty body is `null`.
     pub async fn json_body(&mut self) -> Result<serde_json::Value, ApiError> {
-        let body = http_body_util::BodyExt::collect(&mut self.body)
+        let body = self.json_bytes().await?;
+        parse_json_body(&body, false)
+    }
+
+    /// The request body as JSON, which must be there: an empty body is refused as
+    /// dockerd refuses it.
+    pub async fn json_required(&mut self) -> Result<serde_json::Value, ApiError> {
+        let body = self.json_bytes().await?;
+        parse_json_body(&body, true)
+    }
+
+    async fn json_bytes(&mut self) -> Result<bytes::Bytes, ApiError> {
+        if let Some(ct) = self
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            let mime = ct.split(';').next().unwrap_or_default().trim();
+            if !mime.eq_ignore_ascii_case("application/json") {
+                return Err(ApiError::bad_request(format!(
+                    "Content-Type specified ({ct}) must be 'application/json'"
+                )));
+            }
+        }
+        Ok(http_body_util::BodyExt::collect(&mut self.body)
             .await
             .map_err(|e| ApiError::bad_request(e.to_string()))?
-            .to_bytes();
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+            .to_bytes())
     }
 }
 
-fn split_version(path: &str) -> Result<(ApiVersion, &str), ApiError> {
+/// A JSON request body read as dockerd reads one (Go's decoder, and its words for what is
+/// wrong with it); `required`: an empty body is an error, else `null`.
+pub fn parse_json_body(body: &[u8], required: bool) -> Result<serde_json::Value, ApiError> {
+    use berth_proto::gojson::{scan, Scan};
+    let end = match scan(body) {
+        Scan::Empty if required => {
+            return Err(ApiError::bad_request(
+                "invalid JSON: got EOF while reading request body",
+            ))
+        }
+        Scan::Empty => return Ok(serde_json::Value::Null),
+        Scan::Error(e) => return Err(ApiError::bad_request(format!("invalid JSON: {e}"))),
+        Scan::Value(end) => end,
+    };
+    if !body[end..].iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("unexpected content after JSON"));
+    }
+    serde_json::from_slice(&body[..end])
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// Splits `/v1.45/images/json` into the version and the rest.
+fn split_version(path: &str, min: ApiVersion) -> Result<(ApiVersion, &str), ApiError> {
     if let Some(rest) = path.strip_prefix("/v") {
         let (ver, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -83,9 +104,9 @@ fn split_version(path: &str) -> Result<(ApiVersion, &str), ApiError> {
                     "client version {v} is too new. Maximum supported API version is {API_VERSION}"
                 )));
             }
-            if v < ApiVersion::MIN {
+            if v < min {
                 return Err(ApiError::bad_request(format!(
-                    "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
+                    "client version {v} is too old. Minimum supported API version is {min}, please upgrade your client to a newer version"
                 )));
             }
             return Ok((v, tail));
@@ -99,7 +120,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
     let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let raw_path = parts.uri.path().to_string();
     let decoded = percent_decode(&raw_path);
-    let (version, path) = match split_version(&decoded) {
+    let (version, path) = match split_version(&decoded, d.config.min_api_version) {
         Ok(v) => v,
         Err(e) => return error_response(&e),
     };
@@ -109,7 +130,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
         query: Query::parse(parts.uri.query()),
         version,
         headers: parts.headers,
-        body,
+        body: crate::http::ReqBody::new(body),
         upgrade,
     };
     tracing::debug!(method = %ctx.method, path = %raw_path, "request");
@@ -281,15 +302,15 @@ mod tests {
     #[test]
     fn versions() {
         assert_eq!(
-            split_version("/v1.45/info").unwrap(),
+            split_version("/v1.45/info", ApiVersion::MIN).unwrap(),
             (ApiVersion(1, 45), "/info")
         );
         assert_eq!(
-            split_version("/info").unwrap(),
+            split_version("/info", ApiVersion::MIN).unwrap(),
             (ApiVersion::CURRENT, "/info")
         );
-        assert!(split_version("/v1.99/info").is_err());
-        assert!(split_version("/v1.12/info").is_err());
+        assert!(split_version("/v1.99/info", ApiVersion::MIN).is_err());
+        assert!(split_version("/v1.12/info", ApiVersion::MIN).is_err());
         assert_eq!(percent_decode("/images/a%2Fb:c/json"), "/images/a/b:c/json");
     }
 }

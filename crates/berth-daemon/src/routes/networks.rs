@@ -66,7 +66,7 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
             Ok(crate::http::status_only(StatusCode::NO_CONTENT))
         }
         (&Method::POST, "connect") | (&Method::POST, "disconnect") => {
-            let body = ctx.json_body().await?;
+            let body = ctx.json_required().await?;
             let cname = body["Container"].as_str().unwrap_or_default().to_string();
             if cname.is_empty() {
                 return Err(ApiError::bad_request("container is required"));
@@ -140,7 +140,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
 
 /// `POST /networks/create`.
 pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
-    let body = ctx.json_body().await?;
+    let body = ctx.json_required().await?;
     let (n, warning) = d.containers.net.create(&body).await?;
     d.events.emit(
         "network",

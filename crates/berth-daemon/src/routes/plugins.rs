@@ -323,7 +323,7 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
             )));
         }
         if let Some(name) = split("/set") {
-            let body = ctx.json_body().await?;
+            let body = ctx.json_required().await?;
             let args: Vec<String> = match body.as_array() {
                 Some(a) => a
                     .iter()

@@ -1,6 +1,6 @@
 //! `/_ping`, `/version`, `/info`, `/events`, `/system/df`.
 
-use super::{Ctx, API_VERSION, MIN_API_VERSION};
+use super::{Ctx, API_VERSION};
 use crate::error::ApiError;
 use crate::events::{parse_time, Event};
 use crate::http::{ok_json, stream, Body, Filters, Resp};
@@ -62,7 +62,7 @@ pub fn version(d: &Daemon) -> Resp {
             "Version": v,
             "Details": {
                 "ApiVersion": API_VERSION,
-                "MinAPIVersion": MIN_API_VERSION,
+                "MinAPIVersion": d.config.min_api_version.to_string(),
                 "GitCommit": option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
                 "GoVersion": "rust",
                 "Os": "linux",
@@ -75,7 +75,7 @@ pub fn version(d: &Daemon) -> Resp {
         }],
         "Version": v,
         "ApiVersion": API_VERSION,
-        "MinAPIVersion": MIN_API_VERSION,
+        "MinAPIVersion": d.config.min_api_version.to_string(),
         "GitCommit": option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
         "GoVersion": "rust",
         "Os": "linux",

@@ -57,7 +57,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
 
 /// `POST /volumes/create`.
 pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
-    let body = ctx.json_body().await?;
+    let body = ctx.json_required().await?;
     let opts: BTreeMap<String, String> = body["DriverOpts"]
         .as_object()
         .map(|m| {

@@ -62,6 +62,42 @@ pub fn docker_cli_20() -> Option<String> {
         .map(str::to_string)
 }
 
+/// The workplace's shared folder (compatibility suites, references): `BERTH_SHARED`, or
+/// `shared/` beside the project's checkout.
+pub fn shared_dir() -> PathBuf {
+    std::env::var("BERTH_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+/// The expected tests of a suite that did not pass (`lost`: a failure the known list does
+/// not name) and the known failures that pass now (`fixed`).
+pub fn against_known(
+    expected: &str,
+    passed: &std::collections::HashSet<String>,
+    known: &str,
+) -> (Vec<String>, Vec<String>) {
+    let known: std::collections::HashSet<&str> = known
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let mut lost = Vec::new();
+    let mut fixed = Vec::new();
+    for t in expected
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        match (passed.contains(t), known.contains(t)) {
+            (false, false) => lost.push(t.to_string()),
+            (true, true) => fixed.push(t.to_string()),
+            _ => {}
+        }
+    }
+    (lost, fixed)
+}
+
 /// Skips (returns true) when not root, saying why.
 pub fn skip_unless_root(test: &str) -> bool {
     if !is_root() {
