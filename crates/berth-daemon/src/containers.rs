@@ -34,9 +34,15 @@ pub struct State {
     /// restarts made by the restart policy since the last start by a user
     #[serde(default)]
     pub restart_count: i64,
-    /// stopped by a user (`stop`), which the restart policies respect
+    /// stopped or killed by a user: an `unless-stopped` container stays down when berthd
+    /// starts (dockerd's HasBeenManuallyStopped)
     #[serde(default)]
     pub manually_stopped: bool,
+    /// the next exit is not restarted (dockerd's ExitOnNext): set by `stop`, and by a
+    /// `kill` with SIGKILL, with the container's stop signal, or of one without a stop
+    /// signal of its own
+    #[serde(default)]
+    pub exit_on_next: bool,
     /// with a healthcheck: its status and last probes
     #[serde(default)]
     pub health: Option<crate::health::Health>,
@@ -346,7 +352,7 @@ impl Containers {
             let st = c.state();
             let policy = Restart::of(&c);
             if policy.on_daemon_start(st.manually_stopped)
-                || (!st.manually_stopped && policy.after_exit(code as i64, st.restart_count))
+                || (!st.exit_on_next && policy.after_exit(code as i64, st.restart_count))
             {
                 to_start.push(c);
             }
@@ -610,6 +616,7 @@ impl Containers {
             self.set_state(c, |s| {
                 s.restart_count = 0;
                 s.manually_stopped = false;
+                s.exit_on_next = false;
             });
         }
         self.start_inner(c, events).await
@@ -819,6 +826,18 @@ impl Containers {
                 "cannot join {what} of a non running container: {}",
                 o.id
             )));
+        }
+        // only a container made `shareable` lends its IPC namespace, as with dockerd
+        // (one made before modes were written down has none, and lends it)
+        if kind == "ipc"
+            && !matches!(
+                o.host_config()["IpcMode"].as_str(),
+                None | Some("" | "shareable")
+            )
+        {
+            return Err(ApiError::internal(
+                "non-shareable IPC (hint: use IpcMode:shareable for the donor container)",
+            ));
         }
         Ok(NsMode::Joined(format!("/proc/{}/ns/{kind}", st.pid)))
     }
@@ -1082,6 +1101,11 @@ impl Containers {
                 crate::userns::Remap::spec_maps(&r.ids.gids),
             ));
         }
+        crate::security::default_net_sysctls(
+            &c.host_config(),
+            &mut run.sysctl,
+            run.userns.is_some(),
+        );
         let (mounts, taken) =
             crate::mounts::for_start(&self.vols, &crate::mounts::of(&c.spec()), &rootfs)?;
         *c.vols_taken.lock().unwrap_or_else(|p| p.into_inner()) = taken;
@@ -1215,7 +1239,7 @@ impl Containers {
             return;
         }
         let st = c.state();
-        if !st.manually_stopped && Restart::of(&c).after_exit(code, st.restart_count) {
+        if !st.exit_on_next && Restart::of(&c).after_exit(code, st.restart_count) {
             self.restart_later(c, events).await;
         }
     }
@@ -1262,6 +1286,23 @@ impl Containers {
                 c.id
             )));
         }
+        // as dockerd: a kill is a user's stop for `unless-stopped` at the next daemon
+        // start, and ends the restarts when it is SIGKILL or the stop signal (any signal,
+        // when the container names none)
+        let stop_signal = c.config()["StopSignal"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(berth_proto::signal::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?;
+        let exit = match stop_signal {
+            Some(ss) if sig != 9 => ss == sig,
+            _ => true,
+        };
+        self.set_state(c, |s| {
+            s.manually_stopped = true;
+            s.exit_on_next |= exit;
+        });
         let mut rx = c.state.subscribe();
         if sig == 9 {
             self.sigkill(c, true).await?;
@@ -1366,7 +1407,8 @@ impl Containers {
             }
         }
         if !body["PidsLimit"].is_null() {
-            new["PidsLimit"] = body["PidsLimit"].clone();
+            // 0 and any negative value mean unlimited, recorded as 0 (as dockerd)
+            new["PidsLimit"] = serde_json::json!(get(body, "PidsLimit").max(0));
         }
         let rp = &body["RestartPolicy"];
         if rp["Name"].as_str().is_some_and(|n| !n.is_empty()) {
@@ -1386,6 +1428,10 @@ impl Containers {
             if !body["PidsLimit"].is_null() && get(body, "PidsLimit") <= 0 {
                 // back to unlimited
                 resources["pids"] = serde_json::json!({"limit": -1});
+            }
+            if get(body, "CpuQuota") == -1 {
+                // a quota taken away
+                resources["cpu"]["quota"] = serde_json::json!(-1);
             }
             let file = self.state_dir(c).join("resources.json");
             std::fs::write(&file, resources.to_string())
@@ -1556,7 +1602,10 @@ impl Containers {
 
     /// Signal, then SIGKILL after `timeout` seconds.
     pub async fn stop(&self, c: &Ctr, sig: i32, timeout: i64) -> Result<bool, ApiError> {
-        self.set_state(c, |s| s.manually_stopped = true);
+        self.set_state(c, |s| {
+            s.manually_stopped = true;
+            s.exit_on_next = true;
+        });
         if c.state().status == "restarting" {
             // the pending restart is called off
             self.set_state(c, |s| s.status = "exited".into());
@@ -1574,11 +1623,15 @@ impl Containers {
                 .await
                 .is_ok()
         };
-        let dur = std::time::Duration::from_secs(timeout.max(0) as u64);
-        if timeout < 0
-            || tokio::time::timeout(dur, rx.wait_for(|s| s.status != "running"))
-                .await
-                .is_err()
+        // a negative timeout waits as long as the process takes (dockerd's -1)
+        if timeout < 0 {
+            let _ = rx.wait_for(|s| s.status != "running").await;
+            return Ok(true);
+        }
+        let dur = std::time::Duration::from_secs(timeout as u64);
+        if tokio::time::timeout(dur, rx.wait_for(|s| s.status != "running"))
+            .await
+            .is_err()
         {
             let _ = self.sigkill(c, answered).await;
             self.thaw_if_paused(c).await;

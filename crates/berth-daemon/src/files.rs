@@ -205,6 +205,16 @@ fn split(path: &str) -> (PathBuf, Option<String>) {
     }
 }
 
+/// A path that could not be opened: missing (404), or running through a file that is
+/// not a directory (as dockerd, whose lstat fails so, a 500 naming the cause).
+fn path_error(e: rustix::io::Errno, path: &str, c: &Ctr) -> ApiError {
+    if e == rustix::io::Errno::NOTDIR {
+        ApiError::internal(format!("lstat {path}: not a directory"))
+    } else {
+        not_found(path, c)
+    }
+}
+
 fn not_found(path: &str, c: &Ctr) -> ApiError {
     ApiError::not_found(format!(
         "Could not find the file {path} in container {}",
@@ -258,14 +268,14 @@ fn open_parent(root: &Root, path: &str) -> Result<(OwnedFd, Option<String>), rus
 /// `X-Docker-Container-Path-Stat`: name, size, mode, mtime, linkTarget (a symlink's
 /// target resolved in the container).
 pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, ApiError> {
-    let (dir, name) = open_parent(root, path).map_err(|_| not_found(path, c))?;
+    let (dir, name) = open_parent(root, path).map_err(|e| path_error(e, path, c))?;
     let name_s = base_name(path);
     let st = rfs::statat(
         &dir,
         name.as_deref().unwrap_or("."),
         AtFlags::SYMLINK_NOFOLLOW,
     )
-    .map_err(|_| not_found(path, c))?;
+    .map_err(|e| path_error(e, path, c))?;
     let mut link_target = String::new();
     if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
         // where it leads inside the container: resolve it there and name the result
@@ -278,6 +288,12 @@ pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, 
         ) {
             link_target = resolved_name(root, &fd).unwrap_or_default();
         }
+        if link_target.is_empty() {
+            // a dangling link: where it would lead, as dockerd names it (so `cp -L`
+            // of it fails there rather than copying something else)
+            link_target = dangling_target(root, &dir, name.as_deref().unwrap_or("."), path)
+                .unwrap_or_default();
+        }
     }
     let mtime = chrono::DateTime::from_timestamp(st.st_mtime, st.st_mtime_nsec as u32)
         .unwrap_or_default()
@@ -289,6 +305,39 @@ pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, 
         "mtime": mtime,
         "linkTarget": link_target,
     }))
+}
+
+/// Where the symlink `name` in `dir` (the container path `path`) leads though nothing is
+/// there: its target taken from the link's directory, `..` kept inside the root, and
+/// the part of it that exists resolved in the root.
+fn dangling_target(root: &Root, dir: &OwnedFd, name: &str, path: &str) -> Option<String> {
+    let target = rfs::readlinkat(dir, name, Vec::new()).ok()?;
+    let target = target.to_string_lossy();
+    let joined = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        let parent = path
+            .trim_end_matches('/')
+            .rsplit_once('/')
+            .map(|(p, _)| p)
+            .unwrap_or("");
+        format!("{parent}/{target}")
+    };
+    let clamped = crate::build::source::clamp(&joined);
+    let mut parts: Vec<&str> = clamped.split('/').filter(|p| !p.is_empty()).collect();
+    let last = parts.pop()?;
+    let parent = format!("/{}", parts.join("/"));
+    let base = rfs::openat2(
+        &root.fd,
+        rel(&parent),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        in_root(),
+    )
+    .ok()
+    .and_then(|fd| resolved_name(root, &fd))
+    .unwrap_or(parent);
+    Some(format!("{}/{last}", base.trim_end_matches('/')))
 }
 
 /// The container path of an fd opened inside the root, from the two /proc links.
@@ -306,11 +355,13 @@ fn fd_num(fd: &OwnedFd) -> i32 {
 /// Writes `path` as a tar to `out`: the file itself (a symlink as a symlink) or the
 /// directory with everything in it, named by its last component (`.` for `dir/.`).
 pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<(), ApiError> {
-    let (dir, name) = open_parent(root, path).map_err(|_| not_found(path, c))?;
+    let (dir, name) = open_parent(root, path).map_err(|e| path_error(e, path, c))?;
     let name = name.unwrap_or_else(|| ".".into());
-    rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(|_| not_found(path, c))?;
+    rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| path_error(e, path, c))?;
+    // the root's entries are named `/`, `/NAME`…, as dockerd names them
     let rebase = match base_name(path) {
-        r if r == "/" => ".".to_string(),
+        r if r == "/" => String::new(),
         r => r,
     };
     let mut b = tar::Builder::new(out);
@@ -632,6 +683,8 @@ pub fn layer_tar<W: Write>(
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     match changes {
+        // a container never started has no upper directory yet: no changes
+        None if !dir.exists() => {}
         None => walk_layer(&mut b, dir, "", ids)?,
         Some(list) => {
             for (p, kind) in list {

@@ -44,6 +44,10 @@ pub struct MountPoint {
     /// `-v HOST:CTR` (legacy: a missing host directory is made)
     #[serde(default)]
     pub from_binds: bool,
+    /// `--tmpfs` (`HostConfig.Tmpfs`): mounted, but not among inspect's `Mounts`, as
+    /// dockerd keeps those apart from its mount points
+    #[serde(default)]
+    pub from_tmpfs: bool,
 }
 
 /// A tmpfs at `destination` with `--tmpfs`'s comma-separated options.
@@ -59,6 +63,7 @@ fn tmpfs_point(destination: String, opts: &Value) -> MountPoint {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect(),
+        from_tmpfs: true,
         ..Default::default()
     }
 }
@@ -373,6 +378,7 @@ pub fn of(spec: &Value) -> Vec<MountPoint> {
 pub fn inspect_json(vols: &Volumes, mps: &[MountPoint]) -> Value {
     Value::Array(
         mps.iter()
+            .filter(|m| !m.from_tmpfs)
             .map(|m| match m.kind.as_str() {
                 "volume" => json!({
                     "Type": "volume",

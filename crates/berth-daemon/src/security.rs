@@ -265,6 +265,27 @@ pub fn check_sysctls(hc: &Value, host_network: bool) -> Result<Map<String, Value
     Ok(out)
 }
 
+/// The sysctls dockerd gives every container with a network namespace of its own
+/// (generally safe, and granted by its capabilities anyway): ICMP echo sockets for any
+/// group (not in a user namespace, where it cannot be set) and ports below 1024 for any
+/// user. The container's own `--sysctl`s win.
+pub fn default_net_sysctls(hc: &Value, sysctl: &mut Map<String, Value>, userns: bool) {
+    let mode = hc["NetworkMode"].as_str().unwrap_or_default();
+    if mode == "host" || mode.starts_with("container:") {
+        return;
+    }
+    let mut add = |k: &str, v: &str| {
+        let file = format!("/proc/sys/{}", k.replace('.', "/"));
+        if std::path::Path::new(&file).exists() && !sysctl.contains_key(k) {
+            sysctl.insert(k.into(), json!(v));
+        }
+    };
+    if !userns {
+        add("net.ipv4.ping_group_range", "0 2147483647");
+    }
+    add("net.ipv4.ip_unprivileged_port_start", "0");
+}
+
 /// One device node as the runtime creates it, and its cgroup rule.
 fn device_of(host: &str, ctr: &str, perms: &str) -> Result<(Value, Value), ApiError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};

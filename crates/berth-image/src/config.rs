@@ -107,6 +107,9 @@ pub enum ChangeError {
     /// the instruction's arguments are malformed
     #[error("{instr} requires {what}")]
     Args { instr: String, what: &'static str },
+    /// the instruction's arguments do not parse (quotes, substitutions)
+    #[error("{instr}: {msg}")]
+    Syntax { instr: String, msg: String },
 }
 
 /// JSON array form (`["a","b"]`) or shell form (`a b` → `/bin/sh -c "a b"`).
@@ -120,62 +123,23 @@ fn command_value(rest: &str) -> Value {
     Value::from(vec!["/bin/sh".to_string(), "-c".to_string(), t.to_string()])
 }
 
-/// `k=v k2="v 2"` or the legacy `k v` form.
-fn key_values(instr: &str, rest: &str) -> Result<Vec<(String, String)>, ChangeError> {
-    let rest = rest.trim();
-    let args = |what| ChangeError::Args {
-        instr: instr.to_string(),
-        what,
-    };
-    if rest.is_empty() {
-        return Err(args("at least one argument"));
-    }
-    let first = rest.split_whitespace().next().unwrap_or_default();
-    if !first.contains('=') {
-        let (k, v) = rest
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| args("two arguments"))?;
-        return Ok(vec![(k.to_string(), v.trim().to_string())]);
-    }
-    let mut out = Vec::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut word = String::new();
-        let mut quote: Option<char> = None;
-        while let Some(&c) = chars.peek() {
-            chars.next();
-            match (quote, c) {
-                (None, c) if c.is_whitespace() => break,
-                (None, '"' | '\'') => quote = Some(c),
-                (Some(q), c) if c == q => quote = None,
-                (_, '\\') => {
-                    if let Some(n) = chars.next() {
-                        word.push(n);
-                    }
-                }
-                (_, c) => word.push(c),
-            }
-        }
-        let (k, v) = word
-            .split_once('=')
-            .ok_or_else(|| args("arguments of the form key=value"))?;
-        if k.is_empty() {
-            return Err(args("a non-empty key"));
-        }
-        out.push((k.to_string(), v.to_string()));
-    }
-    Ok(out)
+/// The variables of a config's `Env`, as instructions expand them.
+fn env_vars(cfg: &Map<String, Value>) -> std::collections::HashMap<String, String> {
+    cfg.get("Env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Applies Dockerfile instructions (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD,
-/// STOPSIGNAL, USER, VOLUME, WORKDIR) to a runtime config.
+/// STOPSIGNAL, USER, VOLUME, WORKDIR) to a runtime config, their arguments quoted and
+/// expanded (`$PATH`) as a Dockerfile's are, from the config's `Env` before each.
 pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result<(), ChangeError> {
+    use berth_build::shell;
     for change in changes {
         let change = change.trim();
         if change.is_empty() {
@@ -190,6 +154,24 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
             instr: upper.clone(),
             what,
         };
+        let syntax = |msg: String| ChangeError::Syntax {
+            instr: upper.clone(),
+            msg,
+        };
+        let vars = env_vars(cfg);
+        let lookup = |n: &str| vars.get(n).cloned();
+        let words =
+            |text: &str| shell::split(text, &lookup, '\\').map_err(|e| syntax(e.to_string()));
+        let pairs = |text: &str| -> Result<Vec<(String, String)>, ChangeError> {
+            if text.is_empty() {
+                return Err(need("at least one argument"));
+            }
+            Ok(shell::pairs(text, &lookup, '\\', true)
+                .map_err(syntax)?
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_default()))
+                .collect())
+        };
         match upper.as_str() {
             "CMD" => {
                 cfg.insert("Cmd".into(), command_value(rest));
@@ -203,7 +185,7 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                     *env = Value::Array(vec![]);
                 }
                 if let Value::Array(list) = env {
-                    for (k, v) in key_values("ENV", rest)? {
+                    for (k, v) in pairs(rest)? {
                         let prefix = format!("{k}=");
                         list.retain(|e| !e.as_str().is_some_and(|s| s.starts_with(&prefix)));
                         list.push(Value::from(format!("{k}={v}")));
@@ -218,7 +200,7 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                     *labels = Value::Object(Map::new());
                 }
                 if let Value::Object(m) = labels {
-                    for (k, v) in key_values("LABEL", rest)? {
+                    for (k, v) in pairs(rest)? {
                         m.insert(k, Value::from(v));
                     }
                 }
@@ -231,7 +213,7 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                     .entry("ExposedPorts")
                     .or_insert_with(|| Value::Object(Map::new()));
                 if let Value::Object(m) = ports {
-                    for p in rest.split_whitespace() {
+                    for p in words(rest)? {
                         let p = if p.contains('/') {
                             p.to_string()
                         } else {
@@ -245,7 +227,7 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                 let list: Vec<String> = if rest.starts_with('[') {
                     serde_json::from_str(rest).map_err(|_| need("a JSON array of paths"))?
                 } else {
-                    rest.split_whitespace().map(str::to_string).collect()
+                    words(rest)?
                 };
                 if list.is_empty() {
                     return Err(need("at least one argument"));
@@ -268,7 +250,8 @@ pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result
                     "WORKDIR" => "WorkingDir",
                     _ => "StopSignal",
                 };
-                cfg.insert(key.into(), Value::from(rest));
+                let value = words(rest)?.join(" ");
+                cfg.insert(key.into(), Value::from(value));
             }
             "ONBUILD" => {
                 if rest.is_empty() {
@@ -321,6 +304,29 @@ mod tests {
             apply_changes(&mut m, &["RUN true".into()]).unwrap_err(),
             ChangeError::Unknown("RUN".into())
         );
+    }
+
+    #[test]
+    fn changes_expand_the_configs_variables() {
+        let mut m = Map::new();
+        m.insert("Env".into(), serde_json::json!(["PATH=/bin", "HOME=/root"]));
+        apply_changes(
+            &mut m,
+            &[
+                "ENV PATH=/usr/bin:$PATH".into(),
+                "ENV LIT='$HOME' Q=\"${HOME}/q\"".into(),
+                "WORKDIR $HOME/w".into(),
+                "LABEL at=${HOME:-none}".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            m["Env"],
+            serde_json::json!(["HOME=/root", "PATH=/usr/bin:/bin", "LIT=$HOME", "Q=/root/q"])
+        );
+        assert_eq!(m["WorkingDir"], "/root/w");
+        assert_eq!(m["Labels"]["at"], "/root");
+        assert!(apply_changes(&mut m, &["ENV A=\"open".into()]).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod config;
 pub mod content;
 pub mod digest;
+pub mod platform;
 pub mod reference;
 pub mod snapshot;
 pub mod split;

@@ -3,3 +3,4 @@
 pub mod detach;
 pub mod duration;
 pub mod gojson;
+pub mod signal;

@@ -618,7 +618,8 @@ impl Shim {
                             Err(e) => format!("error {e}\n"),
                         }
                     }
-                    None => "error the container has no tty\n".to_string(),
+                    // nothing to resize: not an error, as dockerd answers
+                    None => "ok\n".to_string(),
                 }
             }
             Some("attach") => {

@@ -139,7 +139,8 @@ async fn copy_out(c: &Client, a: &CpArgs, ctr: &str, src: &str, dest: &str) -> R
     if !dest_exists && dest.ends_with('/') && !src_is_dir {
         bail!("destination directory {dest} does not exist");
     }
-    let contents_only = src.ends_with("/.");
+    // `dir/.` copies the contents, and so does the root (its entries are `/NAME`)
+    let contents_only = src.ends_with("/.") || src_name == "/";
     let n = tokio::task::spawn_blocking(move || -> Result<u64> {
         let counted = Counted(reader, 0);
         let mut ar = tar::Archive::new(counted);

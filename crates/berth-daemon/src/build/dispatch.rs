@@ -221,7 +221,8 @@ impl Builder {
             records: Arc::default(),
         };
         if file.instructions.is_empty() {
-            return Err(fail("the Dockerfile cannot be empty"));
+            // blank lines and comments only (an empty file was refused before)
+            return Err(fail("file with no instructions"));
         }
         for ins in file.instructions {
             if ins.cmd == "FROM" {
@@ -392,7 +393,14 @@ impl Builder {
                     ))
                 })?
         };
-        let need = self.needed(target)?;
+        // the classic builder builds every stage up to the target, as dockerd's does
+        // (and names each stage's image in an aux message); BuildKit only those the
+        // target needs
+        let need = if self.out.lanes() {
+            self.needed(target)?
+        } else {
+            vec![true; self.stages.len()]
+        };
         let sources: Vec<berth_image::Image> = self
             .opts
             .cache_from
@@ -415,6 +423,12 @@ impl Builder {
         } else {
             for &i in &stages {
                 let image = self.stage(i, i == target).await?;
+                if let Some(id) = image.as_ref().filter(|_| i != target) {
+                    // the target's goes out once the build is done
+                    self.out
+                        .raw(&serde_json::json!({"aux": {"ID": id.to_string()}}))
+                        .await;
+                }
                 locked(&self.built)[i] = Some(image);
             }
         }

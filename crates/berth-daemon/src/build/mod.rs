@@ -321,6 +321,13 @@ async fn run(
         )
     })?;
     context.drop_build_files(&keep);
+    if text.is_empty() {
+        return Err(format!(
+            "the Dockerfile ({}) cannot be empty",
+            opts.dockerfile.trim_start_matches("./")
+        )
+        .into());
+    }
     let file = berth_build::parser::parse(&text)?;
     // parser notes, the ignored syntax directive among them
     for w in &file.warnings {

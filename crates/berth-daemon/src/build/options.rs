@@ -101,8 +101,10 @@ impl Options {
         };
         let platform = q.get("platform").unwrap_or_default().to_string();
         if !platform.is_empty() {
-            let host = format!("linux/{}", berth_image::config::host_arch());
-            if platform != host && platform != "linux" {
+            let host = berth_image::platform::Platform::host();
+            let want =
+                berth_image::platform::Platform::parse(&platform).map_err(ApiError::bad_request)?;
+            if !host.matches(&want.os, &want.architecture, &want.variant) {
                 return Err(ApiError::bad_request(format!(
                     "platform {platform} is not supported here; this host builds {host}"
                 )));

@@ -26,10 +26,16 @@ fn upgrade_of(ctx: &mut Ctx) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
         .get(header::UPGRADE)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    if !proto.eq_ignore_ascii_case("h2c") {
+    // BuildKit's words (dockerd answers with them)
+    if proto.is_empty() {
         return Err(ApiError::bad_request(
-            "this endpoint needs a connection upgraded to HTTP/2 (Upgrade: h2c)",
+            "no upgrade proto in request (this endpoint needs Upgrade: h2c)",
         ));
+    }
+    if !proto.eq_ignore_ascii_case("h2c") {
+        return Err(ApiError::bad_request(format!(
+            "protocol {proto} not supported (this endpoint needs Upgrade: h2c)"
+        )));
     }
     ctx.upgrade
         .take()
@@ -53,6 +59,7 @@ pub fn grpc(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
 /// `POST /session`: a client's session (its ID, name, shared key and the gRPC methods it
 /// serves come as headers).
 pub fn session(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+    let up = upgrade_of(&mut ctx)?;
     let one = |k: &str| {
         ctx.headers
             .get(k)
@@ -78,7 +85,6 @@ pub fn session(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty())
         .collect();
-    let up = upgrade_of(&mut ctx)?;
     let sessions = d.buildkit.sessions.clone();
     tokio::spawn(async move {
         let Ok(io) = up.await else { return };

@@ -13,57 +13,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SIGNALS: &[(&str, i32)] = &[
-    ("HUP", 1),
-    ("INT", 2),
-    ("QUIT", 3),
-    ("ILL", 4),
-    ("TRAP", 5),
-    ("ABRT", 6),
-    ("BUS", 7),
-    ("FPE", 8),
-    ("KILL", 9),
-    ("USR1", 10),
-    ("SEGV", 11),
-    ("USR2", 12),
-    ("PIPE", 13),
-    ("ALRM", 14),
-    ("TERM", 15),
-    ("STKFLT", 16),
-    ("CHLD", 17),
-    ("CONT", 18),
-    ("STOP", 19),
-    ("TSTP", 20),
-    ("TTIN", 21),
-    ("TTOU", 22),
-    ("URG", 23),
-    ("XCPU", 24),
-    ("XFSZ", 25),
-    ("VTALRM", 26),
-    ("PROF", 27),
-    ("WINCH", 28),
-    ("IO", 29),
-    ("PWR", 30),
-    ("SYS", 31),
-];
-
 /// `9`, `KILL`, `SIGKILL` → 9.
 pub fn parse_signal(s: &str) -> Result<i32, ApiError> {
-    let bad = || ApiError::bad_request(format!("Invalid signal: {s}"));
-    if let Ok(n) = s.parse::<i32>() {
-        return if (1..=64).contains(&n) {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    SIGNALS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| *v)
-        .ok_or_else(bad)
+    berth_proto::signal::parse(s).map_err(ApiError::bad_request)
 }
 
 fn status_text(s: &State) -> String {
@@ -144,6 +96,25 @@ fn sizes(d: &Daemon, c: &Ctr) -> (i64, i64) {
     ) as i64;
     let image_size = d.images.get(&image).map(|i| i.size).unwrap_or(0);
     (rw, image_size + rw)
+}
+
+/// inspect's `HostConfig`: as created, with legacy links as dockerd shows them
+/// (`/TARGET:/SELF/ALIAS`, by the target's name now; a link to a removed container is
+/// gone).
+fn host_config_json(d: &Daemon, c: &Ctr) -> Value {
+    let mut hc = c.host_config();
+    let links = crate::containers::links_of(&hc);
+    if !links.is_empty() {
+        let shown: Vec<String> = links
+            .iter()
+            .filter_map(|(target, alias)| {
+                let t = d.containers.get(target).ok()?;
+                Some(format!("/{}:/{}/{alias}", t.name(), c.name()))
+            })
+            .collect();
+        hc["Links"] = json!(shown);
+    }
+    hc
 }
 
 /// A container's names in lists: its own, and `/PARENT/ALIAS` for each container that
@@ -269,7 +240,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "ProcessLabel": "",
         "AppArmorProfile": "",
         "ExecIDs": exec_ids,
-        "HostConfig": c.host_config(),
+        "HostConfig": host_config_json(d, c),
         "GraphDriver": {"Name": d.images.driver().name(), "Data": {"MergedDir": dir.join("rootfs"), "UpperDir": dir.join("upper"), "WorkDir": dir.join("work")}},
         "Mounts": crate::mounts::inspect_json(&d.containers.vols, &crate::mounts::of(&c.spec())),
         "Config": c.config(),
@@ -361,11 +332,41 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let mut ctx = ctx;
     let mut req = ctx.json_required().await?;
     canonical_request(&mut req);
+    if let Some(p) = ctx.query.get("platform").filter(|p| !p.is_empty()) {
+        let want = berth_image::platform::Platform::parse(p).map_err(ApiError::bad_request)?;
+        image_for_platform(d, req["Image"].as_str().unwrap_or_default(), &want)?;
+    }
+    super::legacy::create_request(ctx.version, &mut req);
     let (c, warnings) = create_from(d, name.as_deref(), &req)?;
     Ok(json(
         StatusCode::CREATED,
         &json!({"Id": c.id, "Warnings": warnings}),
     ))
+}
+
+/// An image asked for with a platform must be of it (a 404 otherwise, so clients pull
+/// the right one, as dockerd answers).
+fn image_for_platform(
+    d: &Daemon,
+    name: &str,
+    want: &berth_image::platform::Platform,
+) -> Result<(), ApiError> {
+    let Ok(img) = d.images.inspect(name) else {
+        return Ok(()); // the create says what is missing
+    };
+    let c = &img.config;
+    let variant = c.variant.clone().unwrap_or_default();
+    if want.matches(&c.os, &c.architecture, &variant) {
+        return Ok(());
+    }
+    let actual = berth_image::platform::Platform {
+        os: c.os.clone(),
+        architecture: c.architecture.clone(),
+        variant,
+    };
+    Err(ApiError::not_found(format!(
+        "image with reference {name} was found but does not match the specified platform: wanted {want}, actual: {actual}"
+    )))
 }
 
 /// Field names of a create request as Docker spells them (the API's v1.50 definitions):
@@ -499,18 +500,32 @@ pub fn create_from(
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
     crate::containers::Restart::validate(&hc["RestartPolicy"])?;
+    // a variable needs a name (`=x` and `` are refused; `NAME` alone is kept as given)
+    for e in crate::spec::strings(&req["Env"]).unwrap_or_default() {
+        if e.split('=').next().unwrap_or_default().is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "invalid environment variable: {e}"
+            )));
+        }
+    }
     let links = crate::containers::links_of(&hc);
     if !links.is_empty() && hc["NetworkMode"].as_str() == Some("host") {
         return Err(ApiError::bad_request(
             "conflicting options: host type networking can't be used with links. This would result in undefined behavior",
         ));
     }
-    for (target, _) in &links {
-        if let Err(e) = d.containers.get(target) {
-            return Err(ApiError::bad_request(format!(
-                "could not get container for {target}: {}",
-                e.message
-            )));
+    // links are kept by the target's ID (`ID:ALIAS`), so a rename of either side or a
+    // new container taking the target's old name leaves them as they were made
+    let mut link_ids = Vec::with_capacity(links.len());
+    for (target, alias) in &links {
+        match d.containers.get(target) {
+            Ok(t) => link_ids.push(Value::from(format!("{}:{alias}", t.id))),
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "could not get container for {target}: {}",
+                    e.message
+                )))
+            }
         }
     }
     let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
@@ -545,6 +560,9 @@ pub fn create_from(
     .map_err(ApiError::bad_request)?;
     let mut hc = hc;
     hc["Runtime"] = Value::from(runtime);
+    if !link_ids.is_empty() {
+        hc["Links"] = Value::Array(link_ids);
+    }
     // as dockerd: a cgroup namespace of its own by default on cgroup v2 only
     match hc["CgroupnsMode"].as_str().unwrap_or_default() {
         "" => {
@@ -563,6 +581,32 @@ pub fn create_from(
         }
     }
     hc["LogConfig"] = log.to_json();
+    // masked and read-only paths not given are Docker's, written down at create as
+    // dockerd does (none for a privileged container, which has neither)
+    // the IPC namespace is the container's own, not lent to others unless it is made
+    // `shareable` (dockerd's default-ipc-mode)
+    if hc["IpcMode"].as_str().unwrap_or_default().is_empty() {
+        hc["IpcMode"] = Value::from("private");
+    }
+    // (`--security-opt systempaths=unconfined`, which berthd takes too: none)
+    let unconfined = crate::spec::strings(&hc["SecurityOpt"])
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.replace(':', "=") == "systempaths=unconfined");
+    if !hc["Privileged"].as_bool().unwrap_or(false) {
+        for (key, default) in [
+            ("MaskedPaths", berth_runtime::spec::MASKED),
+            ("ReadonlyPaths", berth_runtime::spec::READONLY),
+        ] {
+            if hc[key].is_null() {
+                hc[key] = if unconfined {
+                    json!([])
+                } else {
+                    json!(default)
+                };
+            }
+        }
+    }
     // NetworkDisabled: no network but the loopback, as `none` gives
     if req["NetworkDisabled"].as_bool() == Some(true)
         && matches!(
@@ -644,8 +688,12 @@ pub fn create_from(
     warnings.extend(crate::networks::validate(&d.containers.net, &spec, &|n| {
         d.containers.get(n).map(|_| ())
     })?);
+    // a missing --volumes-from container is bad input (400), as dockerd says
     let mps = crate::mounts::resolve(&spec, &d.containers.vols, &|n| {
-        d.containers.get(n).map(|c| crate::mounts::of(&c.spec()))
+        d.containers
+            .get(n)
+            .map(|c| crate::mounts::of(&c.spec()))
+            .map_err(|e| ApiError::bad_request(e.message))
     })?;
     spec["MountPoints"] = serde_json::to_value(&mps).unwrap_or_default();
     spec["Config"]["Image"] = Value::from(image_name.clone());
@@ -668,7 +716,12 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
     // a body these routes need is read (and refused if it is not JSON) before the
     // container is looked up, as dockerd does
     let body = match (&ctx.method, action.as_str()) {
-        (&Method::POST, "exec" | "update") => ctx.json_required().await?,
+        (&Method::POST, "exec") => ctx.json_required().await?,
+        (&Method::POST, "update") => {
+            let mut b = ctx.json_required().await?;
+            super::legacy::update_request(ctx.version, &mut b);
+            b
+        }
         (&Method::POST, "copy") => return super::files::legacy_copy(d, ctx, &name).await,
         _ => Value::Null,
     };
@@ -682,6 +735,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
                 v["SizeRw"] = json!(rw);
                 v["SizeRootFs"] = json!(rootfs);
             }
+            super::legacy::inspect(ctx.version, &mut v);
             Ok(ok_json(&v))
         }
         (Method::POST, "start") => {
@@ -699,7 +753,15 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
                     .filter(|s| !s.is_empty())
                     .unwrap_or("KILL"),
             )?;
-            d.containers.kill(&c, sig).await?;
+            match d.containers.kill(&c, sig).await {
+                Err(e)
+                    if e.status == StatusCode::CONFLICT
+                        && super::legacy::kill_of_stopped_is_ok(ctx.version) =>
+                {
+                    return Ok(status_only(StatusCode::NO_CONTENT));
+                }
+                r => r?,
+            }
             let mut a = attrs(&c);
             a.insert("signal".into(), sig.to_string());
             d.events.emit("container", "kill", &c.id, a);
@@ -734,6 +796,10 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
         (Method::DELETE, "") => {
             let force = ctx.query.bool("force")?;
             let volumes = ctx.query.bool("v")?;
+            if !force {
+                let st = c.state();
+                super::legacy::remove_refusal(ctx.version, &c.id, &st.status, st.paused)?;
+            }
             d.containers
                 .remove_with(&c, force, volumes, &d.events)
                 .await?;
@@ -802,6 +868,11 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
                 return Err(ApiError::bad_request(format!(
                     "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
                 )));
+            }
+            if new == c.name() {
+                return Err(ApiError::bad_request(
+                    "Renaming a container with the same name as its current name",
+                ));
             }
             if d.containers.get(&new).is_ok() {
                 return Err(ApiError::conflict(format!(

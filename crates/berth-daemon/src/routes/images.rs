@@ -255,6 +255,12 @@ pub fn tag(d: &Daemon, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
             "repository name must have at least one component",
         ));
     }
+    if repo == "sha256" {
+        // `sha256:TAG` would read as a digest
+        return Err(ApiError::bad_request(
+            "refusing to create an ambiguous tag using digest algorithm as name",
+        ));
+    }
     let r = repo_tag(repo, ctx.query.get("tag").unwrap_or_default())?;
     let id = d.images.resolve(name)?;
     d.images.tag(&id, &r)?;
@@ -425,8 +431,10 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         Some(repo_tag(repo, ctx.query.get("tag").unwrap_or_default())?)
     };
     if let Some(p) = ctx.query.get("platform").filter(|p| !p.is_empty()) {
-        let want = format!("linux/{}", berth_image::config::host_arch());
-        if p != want && p != "linux" {
+        let host = berth_image::platform::Platform::host();
+        let asked = berth_image::platform::Platform::parse(p).map_err(ApiError::bad_request)?;
+        let want = format!("linux/{}", host.architecture);
+        if !host.matches(&asked.os, &asked.architecture, &asked.variant) {
             return Err(ApiError::bad_request(format!(
                 "platform {p} is not supported here; this host runs {want}"
             )));

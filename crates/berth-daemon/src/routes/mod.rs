@@ -7,6 +7,7 @@ pub mod containers;
 pub mod exec;
 pub mod files;
 pub mod images;
+pub mod legacy;
 pub mod networks;
 pub mod plugins;
 pub mod stats;
@@ -177,7 +178,7 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     match (&m, path) {
         (&Method::GET | &Method::HEAD, "/_ping") => Ok(system::ping(&ctx)),
         (&Method::GET, "/version") => Ok(system::version(&d)),
-        (&Method::GET, "/info") => system::info(&d),
+        (&Method::GET, "/info") => system::info(&d, ctx.version),
         (&Method::GET, "/events") => system::events(&d, &ctx),
         (&Method::GET, "/system/df") => system::df(&d, &ctx),
         (&Method::POST, "/auth") => images::auth(&d, ctx).await,

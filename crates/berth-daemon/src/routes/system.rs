@@ -112,7 +112,7 @@ fn runtimes(d: &Daemon) -> Value {
     Value::Object(m)
 }
 
-pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
+pub fn info(d: &Daemon, version: super::ApiVersion) -> Result<Resp, ApiError> {
     let images = d.images.count()?;
     let driver = d.images.driver();
     let labels = d.labels();
@@ -130,7 +130,7 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
             _ => stopped += 1,
         }
     }
-    Ok(ok_json(&json!({
+    let mut out = json!({
         "ID": d.engine_id,
         "Containers": all.len(),
         "ContainersRunning": running,
@@ -196,7 +196,9 @@ pub fn info(d: &Daemon) -> Result<Resp, ApiError> {
         },
         "CDISpecDirs": [],
         "Warnings": warnings,
-    })))
+    });
+    super::legacy::info(version, &mut out);
+    Ok(ok_json(&out))
 }
 
 fn event_matches(e: &Event, f: &Filters) -> bool {
