@@ -51,6 +51,9 @@ pub struct Flags {
     /// Allow TCP sockets without TLS (anyone who can connect gets root on this machine)
     #[arg(long)]
     pub insecure_tcp: bool,
+    /// Group of the unix sockets (default "docker", when that group exists)
+    #[arg(short = 'G', long)]
+    pub group: Option<String>,
     /// Storage driver: overlay2 or vfs (a copy per layer)
     #[arg(short = 's', long)]
     pub storage_driver: Option<String>,
@@ -127,6 +130,8 @@ pub struct Config {
     pub dns_opts: Vec<String>,
     /// the oldest API version clients may ask for (`DOCKER_MIN_API_VERSION`)
     pub min_api_version: crate::apiversion::ApiVersion,
+    /// `-G`/`group`: the unix sockets' group, given (None: `docker` if it exists)
+    pub group: Option<String>,
 }
 
 /// The built-in runtime's name.
@@ -160,6 +165,7 @@ pub enum ConfigError {
 /// Keys berth reads from daemon.json.
 const APPLIED: &[&str] = &[
     "hosts",
+    "group",
     "data-root",
     "exec-root",
     "pidfile",
@@ -216,7 +222,6 @@ const ACCEPTED: &[&str] = &[
     "features",
     "fixed-cidr",
     "fixed-cidr-v6",
-    "group",
     "icc",
     "init",
     "init-path",
@@ -319,6 +324,7 @@ impl Config {
         check("tlscert", flags.tlscert.is_some());
         check("tlskey", flags.tlskey.is_some());
         check("storage-driver", flags.storage_driver.is_some());
+        check("group", flags.group.is_some());
         check("userns-remap", flags.userns_remap.is_some());
         if !conflicts.is_empty() {
             return Err(ConfigError::Conflict(conflicts.join(", ")));
@@ -560,7 +566,12 @@ impl Config {
             std::env::var("DOCKER_MIN_API_VERSION").ok().as_deref(),
         )
         .map_err(ConfigError::Invalid)?;
+        let group = match flags.group.clone() {
+            Some(g) => Some(g),
+            None => get("group").map(|v| string(v, "group")).transpose()?,
+        };
         let cfg = Config {
+            group,
             min_api_version,
             ip_forward,
             firewall_backend,

@@ -321,8 +321,10 @@ impl Containers {
                 tokio::spawn(this.watch_exit_boxed(c, ev));
                 continue;
             }
-            let (code, at) =
-                berth_runtime::shim::read_exit_file(&self.state_dir(&c)).unwrap_or((255, 0));
+            let (code, at) = match berth_runtime::shim::read_exit_file(&self.state_dir(&c)) {
+                Some(e) => e,
+                None => (self.end_orphaned(&c).await as i32, 0),
+            };
             unmount(&self.dir(&c).join("rootfs"));
             // no shim deleted it: its cgroups are left, empty once its processes died
             crate::resources::remove_cgroups(&crate::resources::cgroup_path(
@@ -785,6 +787,25 @@ impl Containers {
         }
     }
 
+    /// A container whose shim died without recording an exit (killed, or the machine
+    /// went down): what is left of its processes is killed and its cgroups removed, as
+    /// containerd does for a lost shim. Its exit code: 137 when something had to be
+    /// killed, 255 when nothing was left.
+    async fn end_orphaned(&self, c: &Ctr) -> i64 {
+        let bundle = self.dir(c).join("bundle");
+        let id = short(&c.id).to_string();
+        let killed =
+            tokio::task::spawn_blocking(move || berth_runtime::shim::end_orphaned(&bundle, &id))
+                .await
+                .unwrap_or(0);
+        if killed > 0 {
+            tracing::warn!(container = %c.id, killed, "the container's shim was lost: its processes were killed");
+            128 + 9
+        } else {
+            255
+        }
+    }
+
     /// Ends a container's shim that is still there when the container is removed
     /// without running: a start under way (the process made, not yet started), or a
     /// shim that does not answer. The shim is asked to kill the process; if it has not
@@ -1212,11 +1233,12 @@ impl Containers {
 
     async fn watch_exit(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
         let code = crate::exec::wait_exit_code(&self.shim_socket(&c)).await;
-        let code = code
-            .or_else(|| {
-                berth_runtime::shim::read_exit_file(&self.state_dir(&c)).map(|(c, _)| c as i64)
-            })
-            .unwrap_or(255);
+        let code = match code.or_else(|| {
+            berth_runtime::shim::read_exit_file(&self.state_dir(&c)).map(|(c, _)| c as i64)
+        }) {
+            Some(code) => code,
+            None => self.end_orphaned(&c).await,
+        };
         unmount(&self.dir(&c).join("rootfs"));
         self.release_run(&c).await;
         let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
@@ -1731,6 +1753,15 @@ impl Containers {
         }
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dir);
+            // a shim that has reported the exit may still be having the runtime delete
+            // the container (under its lock), which would leave the runtime's state
+            // folder behind a removal made meanwhile
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while berth_runtime::shim::lock_holder(&state).is_some()
+                && std::time::Instant::now() < end
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let _ = std::fs::remove_dir_all(&state);
         })
         .await;

@@ -137,12 +137,25 @@ fn lock_data_root(cfg: &Config) -> Result<Lock> {
     Ok(Lock(f))
 }
 
+/// Whether `pid` is a berthd that still runs: a zombie (a berthd killed a moment ago
+/// whose parent has not reaped it) or a pid taken by another program is not. The data
+/// root's lock, taken before, is what keeps two daemons off one data root.
+fn berthd_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `PID (COMM) STATE ...`: the name may hold spaces and parentheses
+    let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
+        return false;
+    };
+    let state = rest.chars().next().unwrap_or('?');
+    name == "berthd" && !matches!(state, 'Z' | 'X')
+}
+
 fn write_pidfile(cfg: &Config) -> Result<()> {
     if let Ok(old) = std::fs::read_to_string(&cfg.pidfile) {
         if let Ok(pid) = old.trim().parse::<i32>() {
-            if pid != std::process::id() as i32
-                && std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
+            if pid != std::process::id() as i32 && berthd_alive(pid) {
                 bail!(
                     "pid file found, ensure berthd is not running or delete {} (process {pid} is alive)",
                     cfg.pidfile.display()

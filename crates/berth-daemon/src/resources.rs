@@ -719,16 +719,7 @@ pub fn cgroup_path(hc: &Value, short_id: &str) -> String {
 /// Removes a container's cgroups in every hierarchy (after its processes died with no
 /// runtime left to delete them: a crash). Busy ones stay.
 pub fn remove_cgroups(path: &str) {
-    let rel = path.trim_start_matches('/');
-    let mut dirs = vec![std::path::Path::new("/sys/fs/cgroup").join(rel)];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        dirs.extend(rd.flatten().map(|e| e.path().join(rel)));
-    }
-    for d in dirs.iter().filter(|d| d.is_dir()) {
-        if std::fs::remove_dir(d).is_err() {
-            tracing::debug!(cgroup = %d.display(), "left in place");
-        }
-    }
+    berth_runtime::cgroups::remove(path);
 }
 
 #[cfg(test)]

@@ -67,6 +67,28 @@ fn tls_acceptor(cfg: &Config) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
+/// The group the unix sockets are given, as dockerd chooses it: the one named (a name
+/// from /etc/group or a number; one that does not exist stops the start), else `docker`
+/// when that group exists, else root's.
+fn socket_group(named: Option<&str>) -> Result<Option<u32>> {
+    let lookup = |name: &str| -> Option<u32> {
+        std::fs::read_to_string("/etc/group")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split(':');
+                (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok())?
+            })
+    };
+    match named {
+        Some(g) => match g.parse::<u32>().ok().or_else(|| lookup(g)) {
+            Some(gid) => Ok(Some(gid)),
+            None => bail!("group {g} not found: create it or give another with -G/--group"),
+        },
+        None => Ok(lookup("docker")),
+    }
+}
+
 /// Binds every `-H` address.
 pub async fn bind(cfg: &Config) -> Result<Vec<Listener>> {
     let mut out = Vec::new();
@@ -92,6 +114,10 @@ pub async fn bind(cfg: &Config) -> Result<Vec<Listener>> {
             let l = UnixListener::bind(&path)
                 .with_context(|| format!("listening on {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+            if let Some(gid) = socket_group(cfg.group.as_deref())? {
+                std::os::unix::fs::chown(&path, Some(0), Some(gid))
+                    .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+            }
             tracing::info!(socket = %path.display(), "API listening");
             out.push(Listener::Unix(l, path));
         } else if let Some(addr) = h.strip_prefix("tcp://") {
@@ -113,6 +139,10 @@ pub async fn bind(cfg: &Config) -> Result<Vec<Listener>> {
     Ok(out)
 }
 
+/// How long a connection may take to send a request's header (dockerd allows 5
+/// minutes for the header; hyper's default is 30 s).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Resolves once the daemon is stopping.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
@@ -126,7 +156,11 @@ where
         let d = d.clone();
         async move { Ok::<_, std::convert::Infallible>(routes::handle(d, req).await) }
     });
+    // a client has HEADER_TIMEOUT to send a request's header, whether the connection is
+    // new or idle after an answer: half-sent requests and idle connections do not stay
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);

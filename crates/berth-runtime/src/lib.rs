@@ -5,6 +5,7 @@
 //! format itself.
 
 pub mod builtin;
+pub mod cgroups;
 pub mod logs;
 pub mod shim;
 pub mod spec;

@@ -936,7 +936,7 @@ impl Shim {
         match &cgroups {
             Some(path) => {
                 self.container.delete();
-                remove_cgroups(path);
+                crate::cgroups::remove(path);
             }
             None => reap_remaining(),
         }
@@ -1040,55 +1040,25 @@ pub fn force_end(state: &Path, bundle: &Path, id: &str, grace: std::time::Durati
             libc::kill(shim, libc::SIGKILL);
         }
     }
-    // the init, made by the runtime and now nobody's: only if it is in the container's
-    // cgroup (the pid may have been reused)
-    let init = std::fs::read_to_string(state.join("init.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|p| *p > 0);
-    if let Some(pid) = init {
-        let mine = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|s| s.lines().any(|l| l.ends_with(&cgroups)))
-            .unwrap_or(false);
-        if mine {
-            // SAFETY: kill(2) with the pid of the container's init, checked above
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
+    // the container's processes, now nobody's: every one in its cgroups
+    crate::cgroups::kill_all(&cgroups);
     for _ in 0..100 {
         if lock_holder(state).is_none() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    remove_cgroups(&cgroups);
+    crate::cgroups::remove(&cgroups);
 }
 
-/// Removes the container's cgroups (v1 hierarchies and the v2 tree) at `path`
-/// ("/berth/ID"), for a create that failed half way or a runtime that left them.
-pub fn remove_cgroups(path: &str) {
-    let rel = path.trim_start_matches('/');
-    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
-        return;
-    }
-    let base = Path::new("/sys/fs/cgroup");
-    let mut dirs = vec![base.join(rel)];
-    if let Ok(rd) = std::fs::read_dir(base) {
-        dirs.extend(rd.flatten().map(|e| e.path().join(rel)));
-    }
-    for d in dirs {
-        // the last processes may still be leaving: EBUSY for a moment
-        for _ in 0..50 {
-            match std::fs::remove_dir(&d) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                _ => break,
-            }
-        }
-    }
+/// A container whose shim died without recording an exit: every process left in its
+/// cgroups is killed and the cgroups removed (as containerd does for a lost shim), so
+/// nothing of a container reported exited keeps running. Gives how many were killed.
+pub fn end_orphaned(bundle: &Path, id: &str) -> usize {
+    let cgroups = cgroups_path_of(bundle, id);
+    let killed = crate::cgroups::kill_all(&cgroups);
+    crate::cgroups::remove(&cgroups);
+    killed
 }
 
 /// `exit`: "CODE UNIX_NANOS[ oom]", written whole or not at all.
@@ -1150,7 +1120,7 @@ pub fn serve(args: Args, ready: OwnedFd) -> i32 {
             // a half-made container's init may already wait for `start`, as our child
             kill_children();
             if !exec {
-                remove_cgroups(&cgroups);
+                crate::cgroups::remove(&cgroups);
             }
             let _ = writeln!(ready, "error {e}");
             return 1;

@@ -580,6 +580,9 @@ pub async fn run(c: &Client, a: CreateArgs) -> Result<()> {
     }
     let a = a.split();
     let keys = detach_keys(a.detach_keys.as_deref())?;
+    if !a.detach {
+        super::stream::check_tty(a.interactive, a.tty)?;
+    }
     let id = create_container(c, &a, true).await?;
     if a.detach {
         if let Err(e) = c

@@ -66,6 +66,9 @@ pub fn env_list(env: &[String], files: &[String]) -> Result<Vec<String>> {
 
 pub async fn exec(c: &Client, a: ExecArgs) -> Result<()> {
     let keys = detach_keys(a.detach_keys.as_deref())?;
+    if !a.detach {
+        super::stream::check_tty(a.interactive, a.tty)?;
+    }
     let mut cfg = json!({
         "AttachStdin": a.interactive && !a.detach,
         "AttachStdout": !a.detach,
@@ -175,6 +178,7 @@ pub async fn attach(c: &Client, a: AttachArgs) -> Result<()> {
     let id = info["Id"].as_str().unwrap_or_default().to_string();
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
     let stdin = !a.no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
+    super::stream::check_tty(stdin, tty)?;
     let mut path = format!(
         "/containers/{id}/attach?stream=1&stdout=1&stderr=1&stdin={}",
         u8::from(stdin)

@@ -35,6 +35,17 @@ pub fn demux(buf: &mut Vec<u8>, data: &[u8]) -> Result<()> {
 }
 
 /// Puts the terminal in raw mode while alive.
+/// A tty session needs a terminal to read from: attaching stdin to a tty from a file or
+/// a pipe is refused as the docker CLI refuses it (it would wait for ever otherwise).
+pub fn check_tty(attach_stdin: bool, tty: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if attach_stdin && tty && !std::io::stdin().is_terminal() {
+        eprintln!("the input device is not a TTY");
+        return Err(crate::Exit(1).into());
+    }
+    Ok(())
+}
+
 pub struct RawTerminal(Option<rustix::termios::Termios>);
 impl RawTerminal {
     pub fn enter() -> Self {

@@ -275,6 +275,16 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
     let all = ctx.query.bool("all")?;
     let size = ctx.query.bool("size")?;
     let limit = ctx.query.int("limit")?.unwrap_or(-1);
+    // `id` and `name` are regular expressions (Go's, which the regex crate's syntax
+    // follows) searched in the ID and in `/NAME`, as dockerd matches them; one that does
+    // not compile matches nothing
+    let regexes = |k: &str| -> Vec<regex::Regex> {
+        f.get(k)
+            .iter()
+            .filter_map(|v| regex::Regex::new(v).ok())
+            .collect()
+    };
+    let (id_res, name_res) = (regexes("id"), regexes("name"));
     let mut out = Vec::new();
     for c in d.containers.all() {
         let s = c.state();
@@ -285,8 +295,11 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
             f.get(k).is_empty() || f.get(k).iter().any(|v| pred(v))
         };
         let ok = any("status", &|v| v == s.api_status())
-            && any("id", &|v| c.id.starts_with(v))
-            && any("name", &|v| c.name().contains(v.trim_start_matches('/')))
+            && (f.get("id").is_empty() || id_res.iter().any(|r| r.is_match(&c.id)))
+            && (f.get("name").is_empty()
+                || name_res
+                    .iter()
+                    .any(|r| r.is_match(&format!("/{}", c.name()))))
             && any("health", &|v| {
                 let h = s
                     .health
