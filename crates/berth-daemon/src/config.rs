@@ -130,8 +130,32 @@ pub struct Config {
     pub dns_opts: Vec<String>,
     /// the oldest API version clients may ask for (`DOCKER_MIN_API_VERSION`)
     pub min_api_version: crate::apiversion::ApiVersion,
-    /// `-G`/`group`: the unix sockets' group, given (None: `docker` if it exists)
-    pub group: Option<String>,
+    /// `-G`/`group`: the unix sockets' group (None: root's)
+    pub socket_gid: Option<u32>,
+}
+
+/// The group the unix sockets are given, as dockerd chooses it: the one named (a name
+/// from /etc/group or a number; one that does not exist stops the start), else `docker`
+/// when that group exists, else root's.
+fn socket_group(named: Option<&str>) -> Result<Option<u32>, ConfigError> {
+    let lookup = |name: &str| -> Option<u32> {
+        std::fs::read_to_string("/etc/group")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split(':');
+                (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok())?
+            })
+    };
+    match named {
+        Some(g) => match g.parse::<u32>().ok().or_else(|| lookup(g)) {
+            Some(gid) => Ok(Some(gid)),
+            None => Err(ConfigError::Invalid(format!(
+                "group {g} not found: create it or give another with -G/--group"
+            ))),
+        },
+        None => Ok(lookup("docker")),
+    }
 }
 
 /// The built-in runtime's name.
@@ -570,8 +594,9 @@ impl Config {
             Some(g) => Some(g),
             None => get("group").map(|v| string(v, "group")).transpose()?,
         };
+        let socket_gid = socket_group(group.as_deref())?;
         let cfg = Config {
-            group,
+            socket_gid,
             min_api_version,
             ip_forward,
             firewall_backend,

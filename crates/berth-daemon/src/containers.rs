@@ -286,6 +286,7 @@ impl Containers {
     /// their shims; one whose shim is gone gets the exit its shim recorded (or 255 when
     /// it died with the machine, as Docker reports).
     pub async fn restore(self: &Arc<Self>, events: &Arc<Events>) {
+        self.undo_cut_starts().await;
         let mut to_start = Vec::new();
         for c in self.all() {
             let st = c.state();
@@ -386,6 +387,32 @@ impl Containers {
                     tracing::warn!(container = %c.id, error = %e.message, "restart at daemon start failed")
                 }
             }
+        }
+    }
+
+    /// Starts that a stop of berthd cut short: a shim holds the lock of a container not
+    /// recorded as running (its runtime `create` done or under way, the init waiting for
+    /// `start`). Nobody got an answer for that start, so it is undone as a failed start
+    /// is: the shim, its runtime and every process of the container's cgroups are
+    /// killed and the rootfs unmounted; its network goes with the sweep. The container
+    /// keeps the state it had, and starts again (by hand or by its restart policy).
+    async fn undo_cut_starts(&self) {
+        for c in self.all() {
+            if c.state().status == "running" {
+                continue;
+            }
+            let state = self.state_dir(&c);
+            if berth_runtime::shim::lock_holder(&state).is_none() {
+                continue;
+            }
+            tracing::warn!(container = %c.id, "undoing a start that berthd's stop cut short");
+            let bundle = self.dir(&c).join("bundle");
+            let id = short(&c.id).to_string();
+            let _ = tokio::task::spawn_blocking(move || {
+                berth_runtime::shim::force_end(&state, &bundle, &id, std::time::Duration::ZERO)
+            })
+            .await;
+            unmount(&self.dir(&c).join("rootfs"));
         }
     }
 

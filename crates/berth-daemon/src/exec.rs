@@ -201,7 +201,8 @@ impl Containers {
         }
         let r = self.prepare_exec_inner(e).await;
         if let Err(err) = &r {
-            let code = berth_runtime::shim::exit_code_for_error(&err.message) as i64;
+            let cmd = e.cmd().first().cloned().unwrap_or_default();
+            let code = berth_runtime::shim::exit_code_for_start_error(&cmd, &err.message) as i64;
             e.state.send_modify(|s| {
                 s.exit_code = Some(code);
                 s.finished = Some(std::time::Instant::now());
@@ -343,7 +344,9 @@ impl Containers {
         let pid: i64 = match answer {
             Ok(a) => a.trim_start_matches("ok ").parse().unwrap_or(0),
             Err(err) => {
-                let code = berth_runtime::shim::exit_code_for_error(&err.message) as i64;
+                let cmd = e.cmd().first().cloned().unwrap_or_default();
+                let code =
+                    berth_runtime::shim::exit_code_for_start_error(&cmd, &err.message) as i64;
                 e.state.send_modify(|s| {
                     s.exit_code = Some(code);
                     s.finished = Some(std::time::Instant::now());

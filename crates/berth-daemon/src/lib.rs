@@ -295,6 +295,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         buildkit: Arc::new(buildkit::BuildKit::open(&cfg.data_root)?),
         warnings,
     });
+    tokio::spawn(d.containers.net.clone().watch_host_firewall());
     tracing::info!(
         data_root = %cfg.data_root.display(),
         driver = d.images.driver().name(),
@@ -303,7 +304,19 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     );
     d.containers.restore(&d.events).await;
     build::remove_leftover_steps(&d).await;
-    let listeners = server::bind(&cfg).await?;
+    let listeners = match server::bind(&cfg).await {
+        Ok(l) => l,
+        Err(e) => {
+            // nothing will serve: the rules go as at a stop
+            let running = d
+                .containers
+                .all()
+                .iter()
+                .any(|c| c.state().status == "running");
+            d.containers.net.shutdown(running).await;
+            return Err(e);
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for l in listeners {

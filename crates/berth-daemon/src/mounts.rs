@@ -588,6 +588,13 @@ pub fn for_start(
         }
         Ok(())
     })();
+    // every destination as the container's own symlinks lead it
+    let result = result.and_then(|()| {
+        out.iter_mut().try_for_each(|m| {
+            m.destination = crate::spec::resolve_in_root(rootfs, &m.destination)?;
+            Ok(())
+        })
+    });
     match result {
         Ok(()) => Ok((out, taken)),
         Err(e) => {

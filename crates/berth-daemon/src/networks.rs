@@ -340,7 +340,26 @@ pub struct Networks {
     table: String,
     /// None: neither nft nor iptables-restore is installed (no NAT, no published ports)
     backend: Option<nft::Backend>,
+    /// set at shutdown: no rules are put back after that
+    closed: std::sync::atomic::AtomicBool,
     ip_forward: bool,
+    /// this daemon's hold on its table (and bridge) in the network namespace
+    _claim: berth_network::claim::Claim,
+}
+
+/// The rules table of a daemon: `berth` for the default bridge, `berth-BRIDGE` for
+/// another, and for a daemon without one (`--bridge none`) a name from its data root,
+/// so daemons of several data roots never share one.
+fn table_of(bridge: Option<&str>, data_root: &std::path::Path) -> String {
+    match bridge {
+        Some(DEFAULT_BRIDGE) => nft::TABLE.to_string(),
+        Some(b) => format!("{}-{b}", nft::TABLE),
+        None => {
+            use sha2::Digest as _;
+            let h = sha2::Sha256::digest(data_root.as_os_str().as_encoded_bytes());
+            format!("{}-none-{}", nft::TABLE, &hex::encode(h)[..8])
+        }
+    }
 }
 
 fn now() -> String {
@@ -393,6 +412,7 @@ impl Networks {
         } else {
             cfg.dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect()
         };
+        let table = table_of(cfg.bridge.as_deref(), &cfg.data_root);
         let n = Networks {
             db,
             netns_dir: cfg.exec_root.join("netns"),
@@ -414,10 +434,10 @@ impl Networks {
                 Some(_) => Some(nft::Backend::Nftables),
                 None => nft::Backend::detect(),
             },
-            table: match cfg.bridge.as_deref() {
-                Some(DEFAULT_BRIDGE) | None => nft::TABLE.to_string(),
-                Some(b) => format!("{}-{b}", nft::TABLE),
-            },
+            closed: std::sync::atomic::AtomicBool::new(false),
+            _claim: berth_network::claim::claim(&table, cfg.bridge.as_deref())
+                .map_err(anyhow::Error::msg)?,
+            table,
         };
         let mut nets = Vec::new();
         for row in n.db.networks()? {
@@ -1734,6 +1754,9 @@ impl Networks {
     /// Replaces `table inet berth` with the rules for every network and held port.
     pub async fn apply_rules(&self) -> Result<(), ApiError> {
         let _g = self.rules.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let set = nft::Ruleset {
             table: self.table.clone(),
             bridges: self
@@ -1766,9 +1789,40 @@ impl Networks {
             .map_err(|e| internal(format!("applying network rules: {e}")))
     }
 
+    /// Another program may make an iptables filter table (dockerd, with its FORWARD DROP
+    /// policy) after berth applied its rules: every 10 s, when a host filter table lacks
+    /// berth's jump, the rules are applied again.
+    pub async fn watch_host_firewall(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if self.backend.is_none() || self.all().is_empty() {
+                continue;
+            }
+            let t = self.table.clone();
+            let missing = tokio::task::spawn_blocking(move || berth_network::hostfw::missing(&t))
+                .await
+                .unwrap_or(false);
+            if missing {
+                tracing::info!(
+                    "a host iptables filter table lacks berth's accepts: putting them back"
+                );
+                if let Err(e) = self.apply_rules().await {
+                    tracing::warn!(error = %e.message, "applying network rules");
+                }
+            }
+        }
+    }
+
     /// At daemon exit: berth's rules go with it; bridges and namespaces of running
     /// containers stay (they keep running).
     pub async fn shutdown(&self, any_running: bool) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _g = self.rules.lock().await;
         if !any_running {
             if let Some(b) = self.backend {
                 let t = self.table.clone();

@@ -67,28 +67,6 @@ fn tls_acceptor(cfg: &Config) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
-/// The group the unix sockets are given, as dockerd chooses it: the one named (a name
-/// from /etc/group or a number; one that does not exist stops the start), else `docker`
-/// when that group exists, else root's.
-fn socket_group(named: Option<&str>) -> Result<Option<u32>> {
-    let lookup = |name: &str| -> Option<u32> {
-        std::fs::read_to_string("/etc/group")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                let mut f = l.split(':');
-                (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok())?
-            })
-    };
-    match named {
-        Some(g) => match g.parse::<u32>().ok().or_else(|| lookup(g)) {
-            Some(gid) => Ok(Some(gid)),
-            None => bail!("group {g} not found: create it or give another with -G/--group"),
-        },
-        None => Ok(lookup("docker")),
-    }
-}
-
 /// Binds every `-H` address.
 pub async fn bind(cfg: &Config) -> Result<Vec<Listener>> {
     let mut out = Vec::new();
@@ -114,7 +92,7 @@ pub async fn bind(cfg: &Config) -> Result<Vec<Listener>> {
             let l = UnixListener::bind(&path)
                 .with_context(|| format!("listening on {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
-            if let Some(gid) = socket_group(cfg.group.as_deref())? {
+            if let Some(gid) = cfg.socket_gid {
                 std::os::unix::fs::chown(&path, Some(0), Some(gid))
                     .with_context(|| format!("giving {} to group {gid}", path.display()))?;
             }

@@ -179,6 +179,67 @@ pub fn mkdir_in_root(root: &Path, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Where the container path `dest` leads inside `root`, symlinks followed as the
+/// container would follow them (an absolute link is taken from the container's root,
+/// `..` stops there), as Docker resolves a mount's destination: an image's `VOLUME
+/// /data` where `/data` links to `/srv/data` is mounted on `/srv/data`. The part that
+/// does not exist yet is kept as written (the runtime makes it).
+pub fn resolve_in_root(root: &Path, dest: &str) -> Result<String, ApiError> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
+    let err = |e: rustix::io::Errno| {
+        ApiError::bad_request(format!(
+            "resolving the mount point {dest} in the container: {e}"
+        ))
+    };
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    let link = |fd: &rustix::fd::OwnedFd| {
+        std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(fd)
+        ))
+        .map_err(|e| ApiError::internal(e.to_string()))
+    };
+    let base = link(&rootfd)?;
+    let comps: Vec<&str> = dest
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    // the deepest part that exists, resolved; the rest as written
+    for n in (1..=comps.len()).rev() {
+        match openat2(
+            &rootfd,
+            comps[..n].join("/"),
+            flags,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => {
+                let full = link(&fd)?;
+                let inside = full.strip_prefix(&base).map_err(|_| {
+                    ApiError::internal(format!("{dest} resolved outside the container"))
+                })?;
+                let mut out = format!("/{}", inside.display());
+                for c in &comps[n..] {
+                    if !out.ends_with('/') {
+                        out.push('/');
+                    }
+                    out.push_str(c);
+                }
+                return Ok(out);
+            }
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(format!("/{}", comps.join("/")))
+}
+
 /// Finds the command in the rootfs the way the runtime's exec will, so a missing or
 /// non-executable command fails before the container is created, with Docker's words
 /// (the CLI turns them into exit codes 127 and 126).

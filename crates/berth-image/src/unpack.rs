@@ -60,6 +60,30 @@ fn fs_err(path: &str) -> impl FnOnce(Errno) -> UnpackError + '_ {
     }
 }
 
+/// Copies an entry's content into its file: a read that fails is the stream's fault, a
+/// write that fails (a full disk) is the filesystem's, and the error says which.
+fn copy_entry(
+    from: &mut impl Read,
+    to: &mut impl io::Write,
+    path: &str,
+) -> Result<u64, UnpackError> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UnpackError::Tar(e)),
+        };
+        to.write_all(&buf[..n]).map_err(|source| UnpackError::Fs {
+            path: path.to_string(),
+            source,
+        })?;
+        total += n as u64;
+    }
+}
+
 /// Lexically cleans a tar name into components below the root; `None` if it climbs out.
 pub fn clean_components(name: &str) -> Option<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
@@ -319,7 +343,7 @@ impl Applier<'_> {
                     log.table.push(format!("fs/{}", comps.join("/")));
                     log.tracked.insert(comps.clone(), idx);
                 }
-                size = io::copy(&mut entry, &mut file).map_err(UnpackError::Tar)?;
+                size = copy_entry(&mut entry, &mut file, &raw_name)?;
                 self.finish_fd(file.as_fd(), &raw_name, uid, gid, mode, &xattrs)?;
                 set_times_fd(file.as_fd(), mtime);
             }

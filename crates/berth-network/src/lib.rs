@@ -3,7 +3,9 @@
 //! isolation in nftables' `table inet berth` (`nft`), and the embedded DNS server of
 //! user-defined networks (`dns`).
 
+pub mod claim;
 pub mod dns;
+pub mod hostfw;
 pub mod ipam;
 pub mod link;
 pub mod netns;

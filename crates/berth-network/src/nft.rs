@@ -228,8 +228,15 @@ impl Ruleset {
         s
     }
 
-    /// Replaces berth's rules through `backend`.
+    /// Replaces berth's rules through `backend`, and lets its bridges' traffic through
+    /// the host's iptables filter tables where they exist (`hostfw`).
     pub fn apply_with(&self, backend: Backend) -> io::Result<()> {
+        self.apply_own(backend)?;
+        let bridges: Vec<String> = self.bridges.iter().map(|b| b.bridge.clone()).collect();
+        crate::hostfw::allow(&self.table, &bridges)
+    }
+
+    fn apply_own(&self, backend: Backend) -> io::Result<()> {
         match backend {
             Backend::Nftables => self.apply(),
             Backend::Iptables => {
@@ -256,8 +263,10 @@ impl Ruleset {
     }
 }
 
-/// Removes berth's rules of `table` from `backend`.
+/// Removes berth's rules of `table` from `backend` (and its chain in the host's filter
+/// tables).
 pub fn remove_with(table: &str, backend: Backend) -> io::Result<()> {
+    crate::hostfw::revoke(table);
     match backend {
         Backend::Nftables => remove(table),
         Backend::Iptables => {
@@ -290,7 +299,7 @@ pub fn remove_with(table: &str, backend: Backend) -> io::Result<()> {
     }
 }
 
-fn run_stdin(prog: &str, args: &[&str], input: &str) -> io::Result<()> {
+pub(crate) fn run_stdin(prog: &str, args: &[&str], input: &str) -> io::Result<()> {
     let mut child = Command::new(prog)
         .args(args)
         .stdin(Stdio::piped())

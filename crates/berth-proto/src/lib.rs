@@ -3,4 +3,5 @@
 pub mod detach;
 pub mod duration;
 pub mod gojson;
+pub mod gotypes;
 pub mod signal;

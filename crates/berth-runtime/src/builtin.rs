@@ -154,6 +154,31 @@ pub fn parse_signal(s: &str) -> Result<libcontainer::signal::Signal, String> {
     }
 }
 
+/// The working directory an OCI file (a bundle's config, an exec's process) gives.
+fn cwd_in(file: &Path, pointer: &str) -> String {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.pointer(pointer)
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "/".into())
+}
+
+/// A failed create or exec, with the cause the init recorded.
+fn explained(
+    rec: Option<&crate::initerr::Recorded>,
+    e: impl std::fmt::Display,
+    cwd: &str,
+) -> String {
+    match rec {
+        Some(r) => r.explain(&err(e), cwd),
+        None => err(e),
+    }
+}
+
 /// Carries out `op` on container `id` under `root`; prints what `state` shows.
 pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
     std::fs::create_dir_all(root).map_err(err)?;
@@ -163,6 +188,8 @@ pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
             pid_file,
             console_socket,
         } => {
+            let cwd = cwd_in(&bundle.join("config.json"), "/process/cwd");
+            let rec = crate::initerr::record();
             let (bundle, executor) = confine_init(root, id, &bundle)?;
             let c = builder(root, id, console_socket.as_ref())?
                 .with_executor(executor)
@@ -170,7 +197,7 @@ pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
                 .with_systemd(false)
                 .with_detach(true)
                 .build()
-                .map_err(err)?;
+                .map_err(|e| explained(rec.as_ref(), e, &cwd))?;
             if let (Some(path), Some(pid)) = (pid_file, c.pid()) {
                 write_pid_file(&path, pid.as_raw())?;
             }
@@ -182,6 +209,8 @@ pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
             pid_file,
             console_socket,
         } => {
+            let cwd = cwd_in(&process, "/cwd");
+            let rec = crate::initerr::record();
             let (process, executor) = confine_exec(root, id, &process)?;
             let pid = builder(root, id, console_socket.as_ref())?
                 .with_executor(executor)
@@ -189,7 +218,7 @@ pub fn run(root: &Path, id: &str, op: Op) -> Result<(), String> {
                 .with_process(Some(&process))
                 .with_detach(true)
                 .build()
-                .map_err(err)?;
+                .map_err(|e| explained(rec.as_ref(), e, &cwd))?;
             if let Some(path) = pid_file {
                 write_pid_file(&path, pid.as_raw())?;
             }

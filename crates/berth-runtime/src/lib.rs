@@ -6,6 +6,8 @@
 
 pub mod builtin;
 pub mod cgroups;
+pub mod deadline;
+pub mod initerr;
 pub mod logs;
 pub mod shim;
 pub mod spec;

@@ -245,7 +245,9 @@ fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
 
 /// Receives the pty master the runtime sends over the console socket.
 fn receive_master(listener: &UnixListener) -> io::Result<OwnedFd> {
-    let (conn, _) = listener.accept()?;
+    // the runtime connects during its `create`, which has returned by now
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let conn = crate::deadline::accept_by(listener, deadline, "receiving the pty")?;
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = rustix::net::RecvAncillaryBuffer::new(&mut space);
     let mut buf = [0u8; 4096];
@@ -334,7 +336,7 @@ fn run_oci(
             None
         }
     };
-    let out = cmd.output()?;
+    let out = crate::deadline::output_within(cmd, crate::deadline::RUNTIME_DEADLINE, what)?;
     if out.status.success() {
         return Ok(());
     }
@@ -389,7 +391,21 @@ fn launch(
     // the runtime wants the id last
     let mut with_id = cmd;
     with_id.arg(&args.id);
-    run_oci(with_id, io, err_out, &what)?;
+    if let Err(e) = run_oci(with_id, io, err_out, &what) {
+        if args.exec.is_none() {
+            // a create cut short (its deadline) may have left an init behind
+            let half = Backend::Container {
+                binary: binary.clone(),
+                root: runtime_root,
+                id: args.id.clone(),
+            };
+            let _ = half.oci(&["delete", "--force"]);
+            let cgroups = cgroups_path_of(&args.bundle, &args.id);
+            crate::cgroups::kill_all(&cgroups);
+            crate::cgroups::remove(&cgroups);
+        }
+        return Err(e);
+    }
     let pid = std::fs::read_to_string(&pid_file)?
         .trim()
         .parse::<i32>()
@@ -954,6 +970,22 @@ pub fn exit_code_for_error(msg: &str) -> i32 {
     }
 }
 
+/// The exit code dockerd gives an exec (or container) whose process could not be
+/// started: 127 when the error says its command `cmd` is not found, 126 when it may not
+/// be run, 127 for a mount of a directory on a file (ENOTDIR), 126 otherwise.
+pub fn exit_code_for_start_error(cmd: &str, msg: &str) -> i32 {
+    let m = msg.to_ascii_lowercase();
+    let missing =
+        m.contains("executable file not found") || m.contains("no such file or directory");
+    if m.contains("permission denied") {
+        126
+    } else if m.contains("not a directory") || (missing && !cmd.is_empty() && msg.contains(cmd)) {
+        127
+    } else {
+        126
+    }
+}
+
 /// Reaps the children still ours (the runtime's helpers of an exec that failed), for a
 /// moment at most: whatever we leave would become a zombie of the machine's init.
 fn reap_remaining() {
@@ -1035,12 +1067,18 @@ pub fn force_end(state: &Path, bundle: &Path, id: &str, grace: std::time::Durati
     let cgroups = cgroups_path_of(bundle, id);
     let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     if shim > 0 && comm(shim).trim() == "berth-shim" {
-        // SAFETY: kill(2) with a pid that holds the container's shim lock
+        // the shim leads a session of its own: its process group holds a runtime
+        // command under way (a `create` not yet done) too
+        // SAFETY: getsid(2) only reads
+        let leader = unsafe { libc::getsid(shim) } == shim;
+        let group = if leader { -shim } else { shim };
+        // SAFETY: kill(2) of the process (group) that holds the container's shim lock
         unsafe {
-            libc::kill(shim, libc::SIGKILL);
+            libc::kill(group, libc::SIGKILL);
         }
     }
-    // the container's processes, now nobody's: every one in its cgroups
+    // the container's processes, now nobody's: every one in its cgroups (again once the
+    // lock is free, for an init a killed runtime had just put there)
     crate::cgroups::kill_all(&cgroups);
     for _ in 0..100 {
         if lock_holder(state).is_none() {
@@ -1048,6 +1086,7 @@ pub fn force_end(state: &Path, bundle: &Path, id: &str, grace: std::time::Durati
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    crate::cgroups::kill_all(&cgroups);
     crate::cgroups::remove(&cgroups);
 }
 

@@ -318,7 +318,7 @@ impl Sshd {
         let pubkey = std::fs::read_to_string(p.join("id.pub")).unwrap();
         std::fs::write(
             p.join("authorized_keys"),
-            format!("environment=\"PATH={bin_dir}:/usr/bin:/bin\" {pubkey}"),
+            format!("environment=\"PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin\" {pubkey}"),
         )
         .unwrap();
         // the privilege separation directory sshd insists on

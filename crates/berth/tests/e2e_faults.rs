@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! The engine under faults and beside other daemons: a container whose shim is killed
 //! takes its processes along, half-sent requests are dropped, a zombie's pid file does
-//! not block a start, removals leave no state behind, and the small things an operator
+//! not block a start, starts cut short by a crash of berthd are undone, removals leave
+//! no state behind, and the small things an operator
 //! trips over (`-it` from a file, `ps --filter name=^/x$`, the socket's group).
 
 mod common;
@@ -24,7 +25,12 @@ fn until(secs: u64, what: &str, f: impl Fn() -> bool) {
 
 /// The pid of a container's shim, from its lock file in the exec root.
 fn shim_pid(d: &Daemon, id: &str) -> i32 {
-    let lock = d.dir.path().join("exec/c").join(&id[..16]).join("shim.lock");
+    let lock = d
+        .dir
+        .path()
+        .join("exec/c")
+        .join(&id[..16])
+        .join("shim.lock");
     std::fs::read_to_string(&lock)
         .unwrap_or_else(|e| panic!("{}: {e}", lock.display()))
         .trim()
@@ -132,6 +138,70 @@ fn a_lost_shim_takes_its_container_along() {
     assert!(!has_cgroup(&id));
     ok(d.berth(&["rm", "-f", "ks"]));
     assert!(!d.dir.path().join("exec/c").join(&id[..16]).exists());
+}
+
+/// Ten `run -d` at once with berthd killed (-9) while they are under way, four rounds at
+/// different moments: after each restart every container is running or starts, none is
+/// held by a shim of a start nobody finished, and `rm -f` leaves no process behind.
+#[test]
+fn starts_cut_short_by_a_crash_are_undone() {
+    let Some(mut d) = daemon_with_busybox("starts_cut_short_by_a_crash_are_undone") else {
+        return;
+    };
+    for (round, wait_ms) in [150u64, 300, 450, 600].into_iter().enumerate() {
+        let runs: Vec<std::process::Child> = (0..10)
+            .map(|i| {
+                cli_command(berth_bin(), &d.host())
+                    .args(["run", "-d", "--network", "none", "--name"])
+                    .arg(format!("cut{round}-{i}"))
+                    .args(["bb", "sleep", "600"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        kill9(d.pid());
+        let _ = d.child.take().unwrap().wait();
+        for mut r in runs {
+            let _ = r.wait();
+        }
+        d.spawn();
+        let list = d.get_json("/containers/json?all=1");
+        for c in list.as_array().unwrap() {
+            let name = c["Names"][0].as_str().unwrap().trim_start_matches('/');
+            if c["State"] != "running" {
+                let o = d.berth(&["start", name]);
+                assert!(
+                    o.status.success(),
+                    "round {round}: start of {name} ({}): {}\n{}",
+                    c["State"],
+                    stderr(&o),
+                    d.log()
+                );
+            }
+            let st = inspect(&d, name)["State"].clone();
+            assert_eq!(st["Status"], "running", "round {round}: {name}: {st}");
+            assert!(running(st["Pid"].as_i64().unwrap() as i32), "{name}: {st}");
+        }
+    }
+    let ids: Vec<String> = d
+        .get_json("/containers/json?all=1")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Id"].as_str().unwrap().to_string())
+        .collect();
+    let pids: Vec<i32> = ids.iter().flat_map(|id| pids_of(&d, id)).collect();
+    d.remove_containers();
+    until(10, "the containers' processes' end", || {
+        !pids.iter().any(|p| running(*p))
+    });
+    d.assert_no_shims();
+    for id in &ids {
+        assert!(!has_cgroup(id), "{id}'s cgroup is left");
+    }
 }
 
 #[test]
@@ -325,4 +395,513 @@ fn the_sockets_group() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A network namespace of the test's own (removed with the guard).
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("b{tag}{}", std::process::id());
+        let ok = |args: &[&str]| {
+            assert!(std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success())
+        };
+        ok(&["netns", "add", &name]);
+        ok(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn bridges_work_beside_a_forward_drop_policy() {
+    if skip_unless_root("bridges_work_beside_a_forward_drop_policy") {
+        return;
+    }
+    for prog in ["iptables-nft", "iptables-legacy"] {
+        if !have(prog) {
+            eprintln!("skipping {prog}: not installed (apt-get install iptables)");
+            continue;
+        }
+        // dockerd's FORWARD DROP, before berthd starts (nft) or after (legacy: berthd
+        // notices the new table and puts its accepts there)
+        let ns = Netns::new("fw");
+        let before = prog == "iptables-nft";
+        let drop_policy = || {
+            let o = ns.run(&[prog, "-P", "FORWARD", "DROP"]);
+            assert!(o.status.success(), "{}", stderr(&o));
+        };
+        if before {
+            drop_policy();
+        }
+        // nsenter rather than `ip netns exec`, which gives the command a /sys without
+        // the cgroup hierarchies
+        let netns = format!("--net=/run/netns/{}", ns.0);
+        let mut d = Daemon::start_wrapped_with(&["nsenter", &netns], &["--ip-forward", "true"]);
+        d.import(&busybox_tar(), "bb:latest");
+        ok(d.berth(&["network", "create", "n1"]));
+        let serve = "mkdir /w && echo hello > /w/index.html && exec httpd -f -p 80 -h /w";
+        ok(d.berth(&[
+            "run",
+            "-d",
+            "--name",
+            "srv",
+            "--network",
+            "n1",
+            "bb",
+            "sh",
+            "-c",
+            serve,
+        ]));
+        ok(d.berth(&[
+            "run", "-d", "--name", "srv0", "-p", "8080:80", "bb", "sh", "-c", serve,
+        ]));
+        if !before {
+            drop_policy();
+        }
+        let ip0 = inspect(&d, "srv0")["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fetch = |args: &[&str]| {
+            let out = d.berth(args);
+            String::from_utf8_lossy(&out.stdout).trim() == "hello"
+        };
+        // (busybox's wget -T crashes here: `timeout` bounds it instead)
+        let by_name = [
+            "run",
+            "--rm",
+            "--network",
+            "n1",
+            "bb",
+            "busybox",
+            "timeout",
+            "3",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://srv/",
+        ];
+        let url0 = format!("http://{ip0}/");
+        let on_default = [
+            "run", "--rm", "bb", "busybox", "timeout", "3", "busybox", "wget", "-qO-", &url0,
+        ];
+        // berthd's watch runs every 10 s
+        let wait = if before { 5 } else { 25 };
+        until(
+            wait,
+            &format!("{prog}: a user network's DNS and traffic"),
+            || fetch(&by_name),
+        );
+        assert!(fetch(&on_default), "{prog}: the default bridge");
+        let published = ns.run(&[
+            "timeout",
+            "3",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ]);
+        assert_eq!(
+            stdout(&published).trim(),
+            "hello",
+            "{prog}: a published port"
+        );
+        let rules = stdout(&ns.run(&[prog, "-S"]));
+        assert!(rules.contains("-A FORWARD -j BERTH-"), "{prog}: {rules}");
+        ok(d.berth(&["rm", "-f", "srv", "srv0"]));
+        assert!(d.stop().unwrap().success());
+        // berthd's chain goes with its rules
+        let rules = stdout(&ns.run(&[prog, "-S"]));
+        assert!(!rules.contains("BERTH"), "{prog}: left {rules}");
+        assert!(
+            rules.contains("-P FORWARD DROP"),
+            "{prog}: the host's policy stays"
+        );
+    }
+}
+
+/// A berthd of a test's own, killed if the test ends without stopping it.
+struct Berthd(std::process::Child);
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A berthd in the network namespace `ns` with a data root, exec root and socket of its
+/// own under `dir`, and `args`; started, not waited for.
+fn berthd_in(ns: &Netns, dir: &std::path::Path, args: &[&str]) -> Berthd {
+    std::fs::create_dir_all(dir).unwrap();
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.0))
+        .arg(berthd_bin())
+        .arg("--data-root")
+        .arg(dir.join("root"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .arg("--config-file")
+        .arg("/dev/null")
+        .arg("-H")
+        .arg(format!("unix://{}", dir.join("b.sock").display()))
+        .arg("--ip-forward=false")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    Berthd(child)
+}
+
+fn host_of(dir: &std::path::Path) -> String {
+    format!("unix://{}", dir.join("b.sock").display())
+}
+
+fn serving(dir: &std::path::Path) -> bool {
+    run_cli(berth_bin(), &host_of(dir), &["version"], None)
+        .status
+        .success()
+}
+
+fn sigterm(c: &mut Berthd) -> std::process::ExitStatus {
+    // SAFETY: kill(2) of the test's own child
+    unsafe {
+        libc::kill(c.0.id() as i32, libc::SIGTERM);
+    }
+    c.0.wait().unwrap()
+}
+
+/// Two daemons without `--bridge` in one network namespace: the second refuses, naming
+/// the first's data root and the flag to give; daemons with a bridge of their own, or
+/// none, run side by side, each with its own table, and one stopping leaves the others'
+/// rules alone.
+#[test]
+fn several_daemons_share_a_host() {
+    if skip_unless_root("several_daemons_share_a_host") {
+        return;
+    }
+    let ns = Netns::new("two");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c, e) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+        tmp.path().join("e"),
+    );
+    let mut da = berthd_in(&ns, &a, &[]);
+    until(20, "the first daemon", || serving(&a));
+    let mut db = berthd_in(&ns, &b, &[]);
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = db.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the second daemon did not refuse");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(b.join("log")).unwrap();
+    let want = format!(
+        "another berthd (data root {}) is running with the bridge berth0 and the rules table inet berth: give this daemon a bridge of its own (--bridge NAME",
+        a.join("root").display()
+    );
+    assert!(log.contains(&want), "{log}");
+    let mut dc = berthd_in(&ns, &c, &["--bridge", "bt1"]);
+    let mut de = berthd_in(&ns, &e, &["--bridge", "none"]);
+    until(20, "the other daemons", || serving(&c) && serving(&e));
+    for d in [&a, &c, &e] {
+        ok(run_cli(
+            berth_bin(),
+            &host_of(d),
+            &["network", "create", "mine"],
+            None,
+        ));
+    }
+    let subnet = |d: &std::path::Path, net: &str| {
+        ok(run_cli(
+            berth_bin(),
+            &host_of(d),
+            &[
+                "network",
+                "inspect",
+                "-f",
+                "{{(index .IPAM.Config 0).Subnet}}",
+                net,
+            ],
+            None,
+        ))
+        .trim()
+        .to_string()
+    };
+    let subnets = [
+        subnet(&a, "bridge"),
+        subnet(&c, "bridge"),
+        subnet(&a, "mine"),
+        subnet(&c, "mine"),
+        subnet(&e, "mine"),
+    ];
+    let mut uniq = subnets.to_vec();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), subnets.len(), "{subnets:?}");
+    let tables = || stdout(&ns.run(&["nft", "list", "tables"]));
+    let t = tables();
+    assert!(t.contains("table inet berth\n"), "{t}");
+    assert!(t.contains("table inet berth-bt1\n"), "{t}");
+    assert_eq!(t.matches("table inet berth-none-").count(), 1, "{t}");
+    // one stopping takes only its own table away
+    assert!(sigterm(&mut de).success());
+    let t = tables();
+    assert!(!t.contains("berth-none-"), "{t}");
+    assert!(
+        t.contains("table inet berth\n") && t.contains("table inet berth-bt1\n"),
+        "{t}"
+    );
+    assert!(sigterm(&mut dc).success());
+    assert!(tables().contains("table inet berth\n"));
+    // the bridge is free again once its daemon is gone
+    assert!(sigterm(&mut da).success());
+    let mut db = berthd_in(&ns, &b, &[]);
+    until(20, "the second daemon, alone", || serving(&b));
+    assert!(sigterm(&mut db).success());
+    assert_eq!(tables().trim(), "");
+}
+
+/// A tmpfs of `mib` MiB mounted on a directory of its own, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        unmount_below(self.0.path());
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A data root that fills up: an import too big for it fails saying the disk is full
+/// (not that the archive is damaged) and leaves nothing behind, a container writing
+/// until the disk is full gets ENOSPC and is removed cleanly, and berthd keeps serving.
+#[test]
+fn a_full_data_root() {
+    if skip_unless_root("a_full_data_root") {
+        return;
+    }
+    let disk = SmallDisk::new(48);
+    let dir = disk.0.path();
+    let mut d = Berthd(
+        bare_berthd(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    until(20, "berthd", || serving(dir));
+    let host = host_of(dir);
+    let berth = |args: &[&str], input: Option<&[u8]>| run_cli(berth_bin(), &host, args, input);
+    ok(berth(&["import", "-", "bb"], Some(&busybox_tar())));
+    // 64 MiB of a file that does not compress
+    let mut big = tar::Builder::new(Vec::new());
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    add_file(&mut big, "big.bin", 0o644, &data);
+    drop(data);
+    let big = big.into_inner().unwrap();
+    let out = berth(&["import", "-", "big"], Some(&big));
+    assert!(!out.status.success());
+    let err = stderr(&out).to_lowercase();
+    assert!(err.contains("no space left on device"), "{err}");
+    assert!(!err.contains("invalid tar stream"), "{err}");
+    let images = ok(berth(&["images", "-q"], None));
+    assert_eq!(images.lines().count(), 1, "{images}");
+    // a container fills the disk
+    let out = berth(
+        &[
+            "run",
+            "--name",
+            "filler",
+            "--network",
+            "none",
+            "bb",
+            "busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/fill",
+            "bs=1M",
+            "count=200",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // (attached: the output comes from the shim, whether or not the log could take it)
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    ok(berth(&["rm", "-f", "filler"], None));
+    // the space is back: the same image again, and a container that runs
+    ok(berth(&["import", "-", "bb2"], Some(&busybox_tar())));
+    let out = ok(berth(
+        &["run", "--rm", "--network", "none", "bb2", "echo", "fine"],
+        None,
+    ));
+    assert_eq!(out, "fine\n");
+    assert!(sigterm(&mut d).success());
+}
+
+/// Errors a user can act on, and what Docker does instead of failing: a working
+/// directory the container cannot enter says so in runc's words, a create body with a
+/// field of the wrong type is refused in Go's, and an image VOLUME on a symlink is
+/// mounted where the link leads.
+#[test]
+fn errors_say_what_to_fix() {
+    let Some(d) = daemon_with_busybox("errors_say_what_to_fix") else {
+        return;
+    };
+    for cli in clis() {
+        let out = d.cli(
+            &cli,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-w",
+                "/proc/self/fd/5",
+                "bb",
+                "true",
+            ],
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("chdir to cwd (\"/proc/self/fd/5\") set in config.json failed: "),
+            "{cli}: {err}"
+        );
+        // the CLIs' exit code follows the cause
+        let code = if err.contains("no such file or directory") {
+            127
+        } else {
+            125
+        };
+        assert_eq!(out.status.code(), Some(code), "{cli}: {err}");
+    }
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "wx",
+        "--network",
+        "none",
+        "bb",
+        "sleep",
+        "60",
+    ]));
+    for cli in clis() {
+        let out = d.cli(&cli, &["exec", "-w", "/nowhere", "wx", "true"]);
+        // (dockerd writes an exec's failure into its output stream)
+        let said = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(126), "{cli}: {said}");
+        assert!(
+            said.contains(
+                "chdir to cwd (\"/nowhere\") set in config.json failed: no such file or directory"
+            ),
+            "{cli}: {said}"
+        );
+    }
+    for (body, want) in [
+        (
+            r#"{"Image": 5}"#,
+            "invalid JSON: json: cannot unmarshal number into Go struct field CreateRequest.Image of type string",
+        ),
+        (
+            r#"{"Image": "bb", "HostConfig": {"Memory": "1g"}}"#,
+            "invalid JSON: json: cannot unmarshal string into Go struct field CreateRequest.HostConfig.Memory of type int64",
+        ),
+        (
+            r#"{"Image": "bb", "Env": "A=1"}"#,
+            "invalid JSON: json: cannot unmarshal string into Go struct field CreateRequest.Env of type []string",
+        ),
+    ] {
+        let r = d.request("POST", "/containers/create", Some(body.as_bytes()));
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.json()["message"], want, "{body}");
+    }
+    // VOLUME /data, /data a link to /srv/data
+    ok(d.berth(&[
+        "run",
+        "--name",
+        "mk",
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "mkdir -p /srv/data && echo seed > /srv/data/seed && ln -s /srv/data /data",
+    ]));
+    ok(d.berth(&["commit", "--change", "VOLUME /data", "mk", "vimg"]));
+    let images = ok(d.berth(&["images", "--format", "{{.Repository}}"]));
+    assert!(images.lines().any(|l| l == "vimg"), "{images}");
+    ok(d.berth(&[
+        "run",
+        "--name",
+        "vv",
+        "--network",
+        "none",
+        "--pull",
+        "never",
+        "vimg",
+        "sh",
+        "-c",
+        "echo hi > /data/f && test -L /data && cat /srv/data/seed",
+    ]));
+    let m = inspect(&d, "vv")["Mounts"][0].clone();
+    assert_eq!(m["Destination"], "/data", "{m}");
+    let src = std::path::PathBuf::from(m["Source"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(src.join("f")).unwrap(), "hi\n");
+    assert_eq!(std::fs::read_to_string(src.join("seed")).unwrap(), "seed\n");
 }

@@ -344,6 +344,13 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let name = ctx.query.get("name").map(str::to_string);
     let mut ctx = ctx;
     let mut req = ctx.json_required().await?;
+    // a field of the wrong type is refused as Go's decoder refuses it
+    berth_proto::gotypes::check_body(
+        &req,
+        super::create_types::REQUEST,
+        super::create_types::CONFIG,
+    )
+    .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     canonical_request(&mut req);
     if let Some(p) = ctx.query.get("platform").filter(|p| !p.is_empty()) {
         let want = berth_image::platform::Platform::parse(p).map_err(ApiError::bad_request)?;
@@ -382,114 +389,15 @@ fn image_for_platform(
     )))
 }
 
-/// Field names of a create request as Docker spells them (the API's v1.50 definitions):
-/// dockerd matches them without case, and docker-py sends e.g. `CPURealtimeRuntime`.
-const CONFIG_KEYS: &[&str] = &[
-    "Hostname",
-    "Domainname",
-    "User",
-    "AttachStdin",
-    "AttachStdout",
-    "AttachStderr",
-    "ExposedPorts",
-    "Tty",
-    "OpenStdin",
-    "StdinOnce",
-    "Env",
-    "Cmd",
-    "Healthcheck",
-    "ArgsEscaped",
-    "Image",
-    "Volumes",
-    "WorkingDir",
-    "Entrypoint",
-    "NetworkDisabled",
-    "MacAddress",
-    "OnBuild",
-    "Labels",
-    "StopSignal",
-    "StopTimeout",
-    "Shell",
-    "HostConfig",
-    "NetworkingConfig",
-];
-const HOST_CONFIG_KEYS: &[&str] = &[
-    "CpuShares",
-    "Memory",
-    "CgroupParent",
-    "BlkioWeight",
-    "BlkioWeightDevice",
-    "BlkioDeviceReadBps",
-    "BlkioDeviceWriteBps",
-    "BlkioDeviceReadIOps",
-    "BlkioDeviceWriteIOps",
-    "CpuPeriod",
-    "CpuQuota",
-    "CpuRealtimePeriod",
-    "CpuRealtimeRuntime",
-    "CpusetCpus",
-    "CpusetMems",
-    "Devices",
-    "DeviceCgroupRules",
-    "DeviceRequests",
-    "KernelMemoryTCP",
-    "MemoryReservation",
-    "MemorySwap",
-    "MemorySwappiness",
-    "NanoCpus",
-    "OomKillDisable",
-    "Init",
-    "PidsLimit",
-    "Ulimits",
-    "CpuCount",
-    "CpuPercent",
-    "IOMaximumIOps",
-    "IOMaximumBandwidth",
-    "Binds",
-    "ContainerIDFile",
-    "LogConfig",
-    "NetworkMode",
-    "PortBindings",
-    "RestartPolicy",
-    "AutoRemove",
-    "VolumeDriver",
-    "VolumesFrom",
-    "Mounts",
-    "ConsoleSize",
-    "Annotations",
-    "CapAdd",
-    "CapDrop",
-    "CgroupnsMode",
-    "Dns",
-    "DnsOptions",
-    "DnsSearch",
-    "ExtraHosts",
-    "GroupAdd",
-    "IpcMode",
-    "Cgroup",
-    "Links",
-    "OomScoreAdj",
-    "PidMode",
-    "Privileged",
-    "PublishAllPorts",
-    "ReadonlyRootfs",
-    "SecurityOpt",
-    "StorageOpt",
-    "Tmpfs",
-    "UTSMode",
-    "UsernsMode",
-    "ShmSize",
-    "Sysctls",
-    "Runtime",
-    "Isolation",
-    "MaskedPaths",
-    "ReadonlyPaths",
-];
-
+/// Field names as Docker spells them: dockerd matches them without case, and docker-py
+/// sends e.g. `CPURealtimeRuntime`.
 fn canonical_request(req: &mut Value) {
-    crate::http::canonical_keys(req, CONFIG_KEYS);
+    use super::create_types::{names, CONFIG, HOST_CONFIG};
+    static KEYS: std::sync::LazyLock<(Vec<&str>, Vec<&str>)> =
+        std::sync::LazyLock::new(|| (names(CONFIG), names(HOST_CONFIG)));
+    crate::http::canonical_keys(req, &KEYS.0);
     if let Some(hc) = req.get_mut("HostConfig") {
-        crate::http::canonical_keys(hc, HOST_CONFIG_KEYS);
+        crate::http::canonical_keys(hc, &KEYS.1);
     }
 }
 

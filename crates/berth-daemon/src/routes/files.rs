@@ -210,8 +210,9 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
         } else {
             format!("{repo}:{tag}")
         };
+        // a repository alone is tagged `latest`, as dockerd tags it
         Some(
-            berth_image::reference::Reference::parse(&full)
+            berth_image::reference::Reference::parse_tagged_default(&full)
                 .map_err(|e| ApiError::bad_request(format!("invalid reference format: {e}")))?,
         )
     };

@@ -4,6 +4,7 @@
 
 pub mod buildkit;
 pub mod containers;
+mod create_types;
 pub mod exec;
 pub mod files;
 pub mod images;
