@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! The engine under faults and beside other daemons: a container whose shim is killed
 //! takes its processes along, half-sent requests are dropped, a zombie's pid file does
-//! not block a start, starts cut short by a crash of berthd are undone, removals leave
-//! no state behind, and the small things an operator
+//! not block a start, kills of berthd amid concurrent work leave nothing wedged, removals
+//! leave no state behind, 500 containers come and go, and the small things an operator
 //! trips over (`-it` from a file, `ps --filter name=^/x$`, the socket's group).
 
 mod common;
@@ -140,38 +140,70 @@ fn a_lost_shim_takes_its_container_along() {
     assert!(!d.dir.path().join("exec/c").join(&id[..16]).exists());
 }
 
-/// Ten `run -d` at once with berthd killed (-9) while they are under way, four rounds at
-/// different moments: after each restart every container is running or starts, none is
-/// held by a shim of a start nobody finished, and `rm -f` leaves no process behind.
+/// berthd killed (-9) in the middle of concurrent work, four rounds at different
+/// moments: ten `run -d`, and from the second round on two stops, two execs, a commit
+/// and a build. After each restart every container is running or starts (none held by
+/// a shim of a start nobody finished); at the end `rm -f` leaves no process, shim,
+/// cgroup, mount, network namespace or state folder, and the database is intact.
 #[test]
-fn starts_cut_short_by_a_crash_are_undone() {
-    let Some(mut d) = daemon_with_busybox("starts_cut_short_by_a_crash_are_undone") else {
+fn kills_during_concurrent_work_leave_nothing_wedged() {
+    let Some(mut d) = daemon_with_busybox("kills_during_concurrent_work_leave_nothing_wedged")
+    else {
         return;
     };
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM bb\nRUN echo built > /b && sleep 0.3\nRUN echo again >> /b\n",
+    )
+    .unwrap();
+    let mut figures = Vec::new();
     for (round, wait_ms) in [150u64, 300, 450, 600].into_iter().enumerate() {
-        let runs: Vec<std::process::Child> = (0..10)
+        let berth = |args: Vec<String>| {
+            cli_command(berth_bin(), &d.host())
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let mut work: Vec<std::process::Child> = (0..10)
             .map(|i| {
-                cli_command(berth_bin(), &d.host())
-                    .args(["run", "-d", "--network", "none", "--name"])
-                    .arg(format!("cut{round}-{i}"))
-                    .args(["bb", "sleep", "600"])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
+                berth(words(&format!(
+                    "run -d --network none --name cut{round}-{i} bb sleep 600"
+                )))
             })
             .collect();
+        if round > 0 {
+            let p = round - 1;
+            for cmd in [
+                format!("stop -t 1 cut{p}-0"),
+                format!("stop -t 1 cut{p}-1"),
+                format!("exec cut{p}-2 touch /e"),
+                format!("exec cut{p}-3 sleep 1"),
+                format!("commit cut{p}-4 snap{round}"),
+            ] {
+                work.push(berth(words(&cmd)));
+            }
+            let mut b = words(&format!("build -q --network none -t built{round}"));
+            b.push(ctx.path().display().to_string());
+            work.push(berth(b));
+        }
         std::thread::sleep(Duration::from_millis(wait_ms));
         kill9(d.pid());
         let _ = d.child.take().unwrap().wait();
-        for mut r in runs {
-            let _ = r.wait();
+        for mut w in work {
+            let _ = w.wait();
         }
         d.spawn();
+        let undone = d.log().matches("undoing a start").count();
         let list = d.get_json("/containers/json?all=1");
+        let mut not_running = 0;
         for c in list.as_array().unwrap() {
             let name = c["Names"][0].as_str().unwrap().trim_start_matches('/');
             if c["State"] != "running" {
+                not_running += 1;
                 let o = d.berth(&["start", name]);
                 assert!(
                     o.status.success(),
@@ -185,6 +217,10 @@ fn starts_cut_short_by_a_crash_are_undone() {
             assert_eq!(st["Status"], "running", "round {round}: {name}: {st}");
             assert!(running(st["Pid"].as_i64().unwrap() as i32), "{name}: {st}");
         }
+        figures.push(format!(
+            "kill at {wait_ms} ms: {} containers, {not_running} not running after the restart, {undone} cut starts undone",
+            list.as_array().unwrap().len()
+        ));
     }
     let ids: Vec<String> = d
         .get_json("/containers/json?all=1")
@@ -202,6 +238,40 @@ fn starts_cut_short_by_a_crash_are_undone() {
     for id in &ids {
         assert!(!has_cgroup(id), "{id}'s cgroup is left");
     }
+    let root = d.data_root();
+    // (the seccomp cache, `.seccomp`, stays)
+    let count = |p: std::path::PathBuf| {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(count(root.join("containers")), 0, "container folders left");
+    assert_eq!(count(d.dir.path().join("exec/c")), 0, "state folders left");
+    assert_eq!(
+        count(d.dir.path().join("exec/netns")),
+        0,
+        "network namespaces left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("{}/containers", root.display())),
+        "mounts left"
+    );
+    assert!(d.stop().unwrap().success());
+    if have("sqlite3") {
+        let o = std::process::Command::new("sqlite3")
+            .arg("-readonly")
+            .arg(root.join("berth.db"))
+            .arg("PRAGMA integrity_check")
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o).trim(), "ok", "{}", stderr(&o));
+    }
+    eprintln!("{}", figures.join("\n"));
 }
 
 #[test]
@@ -904,4 +974,114 @@ fn errors_say_what_to_fix() {
     let src = std::path::PathBuf::from(m["Source"].as_str().unwrap());
     assert_eq!(std::fs::read_to_string(src.join("f")).unwrap(), "hi\n");
     assert_eq!(std::fs::read_to_string(src.join("seed")).unwrap(), "seed\n");
+}
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 500 containers started (eight clients at a time) and removed: each one runs, berthd's
+/// memory stays bounded, and nothing of them is left afterwards (shims, cgroups, mounts,
+/// state folders).
+#[test]
+fn five_hundred_containers_come_and_go() {
+    let Some(d) = daemon_with_busybox("five_hundred_containers_come_and_go") else {
+        return;
+    };
+    const N: usize = 500;
+    let idle = rss_kib(d.pid());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let body =
+        br#"{"Image": "bb", "Cmd": ["sleep", "600"], "HostConfig": {"NetworkMode": "none"}}"#;
+    let ids = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= N {
+                    return;
+                }
+                let r = d.request(
+                    "POST",
+                    &format!("/containers/create?name=many{i}"),
+                    Some(body),
+                );
+                assert_eq!(r.status, 201, "{}", r.text());
+                let id = r.json()["Id"].as_str().unwrap().to_string();
+                let r = d.request("POST", &format!("/containers/{id}/start"), None);
+                assert_eq!(r.status, 204, "{}", r.text());
+                ids.lock().unwrap().push(id);
+            });
+        }
+    });
+    let start_time = started.elapsed();
+    let ids = ids.into_inner().unwrap();
+    let running = d.get_json("/containers/json");
+    assert_eq!(running.as_array().unwrap().len(), N);
+    if have("docker") {
+        let ps = ok(d.docker(&["ps", "-q"]));
+        assert_eq!(ps.lines().count(), N);
+    }
+    let busy = rss_kib(d.pid());
+    let shims = d.shims().len();
+    assert_eq!(shims, N);
+    // berthd's own memory for 500 running containers (its per-container state and the
+    // connections that wait for their exits)
+    assert!(
+        busy < idle + 100 * 1024,
+        "berthd RSS {busy} KiB with {N} running (idle {idle})"
+    );
+    let removing = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(id) = ids.get(i) else { return };
+                let r = d.request("DELETE", &format!("/containers/{id}?force=1"), None);
+                assert_eq!(r.status, 204, "{}", r.text());
+            });
+        }
+    });
+    let remove_time = removing.elapsed();
+    assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
+    d.assert_no_shims();
+    for id in &ids {
+        assert!(!has_cgroup(id), "{id}'s cgroup is left");
+    }
+    let root = d.data_root();
+    // (the seccomp cache, `.seccomp`, stays)
+    let left = |p: std::path::PathBuf| {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(left(root.join("containers")), 0, "container folders left");
+    assert_eq!(left(d.dir.path().join("exec/c")), 0, "state folders left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mine = root.display().to_string();
+    assert!(
+        !mounts.contains(&format!("{mine}/containers")),
+        "mounts left"
+    );
+    let after = rss_kib(d.pid());
+    eprintln!(
+        "{N} containers: started in {:.1} s, removed in {:.1} s; berthd RSS {} MiB idle, {} MiB with {N} running, {} MiB after",
+        start_time.as_secs_f64(),
+        remove_time.as_secs_f64(),
+        idle / 1024,
+        busy / 1024,
+        after / 1024
+    );
 }
