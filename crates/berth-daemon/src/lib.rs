@@ -308,12 +308,7 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
         Ok(l) => l,
         Err(e) => {
             // nothing will serve: the rules go as at a stop
-            let running = d
-                .containers
-                .all()
-                .iter()
-                .any(|c| c.state().status == "running");
-            d.containers.net.shutdown(running).await;
+            release_network(&d).await;
             return Err(e);
         }
     };
@@ -344,14 +339,19 @@ async fn serve(cfg: Config, log: LogHandle) -> Result<()> {
     if let Some(r) = &remap {
         r.unmount();
     }
+    release_network(&d).await;
+    tracing::info!("berthd stopped");
+    Ok(())
+}
+
+/// At a stop: berth's rules go (and, with no container running, its bridges).
+async fn release_network(d: &Daemon) {
     let running = d
         .containers
         .all()
         .iter()
         .any(|c| c.state().status == "running");
     d.containers.net.shutdown(running).await;
-    tracing::info!("berthd stopped");
-    Ok(())
 }
 
 fn reload_config(d: &Daemon, log: &LogHandle) {

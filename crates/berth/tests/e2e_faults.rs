@@ -140,6 +140,38 @@ fn a_lost_shim_takes_its_container_along() {
     assert!(!d.dir.path().join("exec/c").join(&id[..16]).exists());
 }
 
+/// Nothing of the removed containers `ids` is left: no shim, cgroup, container or
+/// state folder, network namespace or mount under the data root.
+fn assert_nothing_left(d: &Daemon, ids: &[String]) {
+    d.assert_no_shims();
+    for id in ids {
+        assert!(!has_cgroup(id), "{id}'s cgroup is left");
+    }
+    // (the seccomp cache, `.seccomp`, stays)
+    let count = |p: std::path::PathBuf| {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let root = d.data_root();
+    assert_eq!(count(root.join("containers")), 0, "container folders left");
+    assert_eq!(count(d.dir.path().join("exec/c")), 0, "state folders left");
+    assert_eq!(
+        count(d.dir.path().join("exec/netns")),
+        0,
+        "network namespaces left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("{}/containers", root.display())),
+        "mounts left"
+    );
+}
+
 /// berthd killed (-9) in the middle of concurrent work, four rounds at different
 /// moments: ten `run -d`, and from the second round on two stops, two execs, a commit
 /// and a build. After each restart every container is running or starts (none held by
@@ -234,33 +266,8 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
     until(10, "the containers' processes' end", || {
         !pids.iter().any(|p| running(*p))
     });
-    d.assert_no_shims();
-    for id in &ids {
-        assert!(!has_cgroup(id), "{id}'s cgroup is left");
-    }
+    assert_nothing_left(&d, &ids);
     let root = d.data_root();
-    // (the seccomp cache, `.seccomp`, stays)
-    let count = |p: std::path::PathBuf| {
-        std::fs::read_dir(p)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    assert_eq!(count(root.join("containers")), 0, "container folders left");
-    assert_eq!(count(d.dir.path().join("exec/c")), 0, "state folders left");
-    assert_eq!(
-        count(d.dir.path().join("exec/netns")),
-        0,
-        "network namespaces left"
-    );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(&format!("{}/containers", root.display())),
-        "mounts left"
-    );
     assert!(d.stop().unwrap().success());
     if have("sqlite3") {
         let o = std::process::Command::new("sqlite3")
@@ -1052,29 +1059,7 @@ fn five_hundred_containers_come_and_go() {
     });
     let remove_time = removing.elapsed();
     assert_eq!(d.get_json("/containers/json?all=1"), serde_json::json!([]));
-    d.assert_no_shims();
-    for id in &ids {
-        assert!(!has_cgroup(id), "{id}'s cgroup is left");
-    }
-    let root = d.data_root();
-    // (the seccomp cache, `.seccomp`, stays)
-    let left = |p: std::path::PathBuf| {
-        std::fs::read_dir(p)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    assert_eq!(left(root.join("containers")), 0, "container folders left");
-    assert_eq!(left(d.dir.path().join("exec/c")), 0, "state folders left");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mine = root.display().to_string();
-    assert!(
-        !mounts.contains(&format!("{mine}/containers")),
-        "mounts left"
-    );
+    assert_nothing_left(&d, &ids);
     let after = rss_kib(d.pid());
     eprintln!(
         "{N} containers: started in {:.1} s, removed in {:.1} s; berthd RSS {} MiB idle, {} MiB with {N} running, {} MiB after",
