@@ -398,6 +398,9 @@ impl Containers {
     /// keeps the state it had, and starts again (by hand or by its restart policy).
     async fn undo_cut_starts(&self) {
         for c in self.all() {
+            // execs are not kept across a restart: one still waiting for its start
+            // never gets it
+            abort_waiting_execs(&self.state_dir(&c)).await;
             if c.state().status == "running" {
                 continue;
             }
@@ -1216,6 +1219,7 @@ impl Containers {
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(|e| ApiError::internal(e.to_string()))?;
         }
+        abort_waiting_execs(&state).await;
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).map_err(|e| ApiError::internal(e.to_string()))?;
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -1769,15 +1773,7 @@ impl Containers {
         let dir = self.dir(c);
         unmount(&dir.join("rootfs"));
         let state = self.state_dir(c);
-        // exec shims still waiting for their start go now
-        if let Ok(rd) = std::fs::read_dir(&state) {
-            for e in rd.flatten() {
-                let sock = e.path().join("shim.sock");
-                if e.file_name().to_string_lossy().starts_with('x') && sock.exists() {
-                    let _ = crate::exec::call(&sock, "abort").await;
-                }
-            }
-        }
+        abort_waiting_execs(&state).await;
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dir);
             // a shim that has reported the exit may still be having the runtime delete
@@ -1805,6 +1801,22 @@ impl Containers {
 
 /// Runs a `berth-shim` command with `w` as its ready pipe; the shim detaches at once and
 /// reports `ok PID` or `error MESSAGE` on the pipe once the process is made.
+/// Ends the exec shims in a container's state folder that still wait for their start
+/// (before that folder goes, or when nobody will start them): an unanswered one would
+/// linger for its minute.
+async fn abort_waiting_execs(state: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(state) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let sock = e.path().join("shim.sock");
+        if e.file_name().to_string_lossy().starts_with('x') && sock.exists() {
+            let ask = crate::exec::call(&sock, "abort");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ask).await;
+        }
+    }
+}
+
 pub async fn launch_shim(
     mut cmd: std::process::Command,
     r: rustix::fd::OwnedFd,

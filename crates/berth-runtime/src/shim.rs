@@ -923,6 +923,9 @@ impl Shim {
 
     /// After the container's init exits: last output, exit file, waiters, cleanup.
     fn finish(&mut self) {
+        // a process never made (an exec aborted or never started): its ends of the
+        // pipes go, so what is left to read ends instead of waiting on ourselves
+        self.child = None;
         for i in 0..self.outputs.len() {
             self.read_chunks(i, usize::MAX);
         }

@@ -173,8 +173,8 @@ fn assert_nothing_left(d: &Daemon, ids: &[String]) {
 }
 
 /// berthd killed (-9) in the middle of concurrent work, four rounds at different
-/// moments: ten `run -d`, and from the second round on two stops, two execs, a commit
-/// and a build. After each restart every container is running or starts (none held by
+/// moments: ten `run -d`, and from the second round on two stops, two execs, a commit,
+/// a pull (from a registry of the test's own on loopback) and a build. After each restart every container is running or starts (none held by
 /// a shim of a start nobody finished); at the end `rm -f` leaves no process, shim,
 /// cgroup, mount, network namespace or state folder, and the database is intact.
 #[test]
@@ -189,6 +189,29 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
         "FROM bb\nRUN echo built > /b && sleep 0.3\nRUN echo again >> /b\n",
     )
     .unwrap();
+    // an image of 24 MiB in a registry of the test's own, pulled in every round
+    let store = tempfile::tempdir().unwrap();
+    let (mut registry, port) = berth_registry(store.path(), &[]);
+    let remote = format!("127.0.0.1:{port}/big:latest");
+    ok(d.berth(&[
+        "run",
+        "--name",
+        "mkbig",
+        "--network",
+        "none",
+        "bb",
+        "busybox",
+        "dd",
+        "if=/dev/urandom",
+        "of=/big",
+        "bs=1M",
+        "count=24",
+    ]));
+    ok(d.berth(&["commit", "mkbig", "big:latest"]));
+    ok(d.berth(&["rm", "mkbig"]));
+    ok(d.berth(&["tag", "big:latest", &remote]));
+    ok(d.berth(&["push", "-q", &remote]));
+    ok(d.berth(&["rmi", "big:latest", &remote]));
     let mut figures = Vec::new();
     for (round, wait_ms) in [150u64, 300, 450, 600].into_iter().enumerate() {
         let berth = |args: Vec<String>| {
@@ -218,6 +241,7 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
             ] {
                 work.push(berth(words(&cmd)));
             }
+            work.push(berth(words(&format!("pull -q {remote}"))));
             let mut b = words(&format!("build -q --network none -t built{round}"));
             b.push(ctx.path().display().to_string());
             work.push(berth(b));
@@ -249,6 +273,21 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
             assert_eq!(st["Status"], "running", "round {round}: {name}: {st}");
             assert!(running(st["Pid"].as_i64().unwrap() as i32), "{name}: {st}");
         }
+        // a pull cut short is done again, whole
+        ok(d.berth(&["pull", "-q", &remote]));
+        let o = ok(d.berth(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--pull",
+            "never",
+            &remote,
+            "busybox",
+            "true",
+        ]));
+        assert_eq!(o, "");
+        ok(d.berth(&["rmi", &remote]));
         figures.push(format!(
             "kill at {wait_ms} ms: {} containers, {not_running} not running after the restart, {undone} cut starts undone",
             list.as_array().unwrap().len()
@@ -278,6 +317,8 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
             .unwrap();
         assert_eq!(stdout(&o).trim(), "ok", "{}", stderr(&o));
     }
+    let _ = registry.kill();
+    let _ = registry.wait();
     eprintln!("{}", figures.join("\n"));
 }
 
