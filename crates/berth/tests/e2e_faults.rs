@@ -191,7 +191,8 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
     .unwrap();
     // an image of 24 MiB in a registry of the test's own, pulled in every round
     let store = tempfile::tempdir().unwrap();
-    let (mut registry, port) = berth_registry(store.path(), &[]);
+    let (registry, port) = berth_registry(store.path(), &[]);
+    let _registry = KillOnDrop(registry);
     let remote = format!("127.0.0.1:{port}/big:latest");
     ok(d.berth(&[
         "run",
@@ -317,8 +318,6 @@ fn kills_during_concurrent_work_leave_nothing_wedged() {
             .unwrap();
         assert_eq!(stdout(&o).trim(), "ok", "{}", stderr(&o));
     }
-    let _ = registry.kill();
-    let _ = registry.wait();
     eprintln!("{}", figures.join("\n"));
 }
 
@@ -658,10 +657,11 @@ fn bridges_work_beside_a_forward_drop_policy() {
     }
 }
 
-/// A berthd of a test's own, killed if the test ends without stopping it.
-struct Berthd(std::process::Child);
+/// A process of a test's own (a berthd, a registry), killed if the test ends without
+/// stopping it.
+struct KillOnDrop(std::process::Child);
 
-impl Drop for Berthd {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = self.0.kill();
@@ -672,7 +672,7 @@ impl Drop for Berthd {
 
 /// A berthd in the network namespace `ns` with a data root, exec root and socket of its
 /// own under `dir`, and `args`; started, not waited for.
-fn berthd_in(ns: &Netns, dir: &std::path::Path, args: &[&str]) -> Berthd {
+fn berthd_in(ns: &Netns, dir: &std::path::Path, args: &[&str]) -> KillOnDrop {
     std::fs::create_dir_all(dir).unwrap();
     let child = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", ns.0))
@@ -691,7 +691,7 @@ fn berthd_in(ns: &Netns, dir: &std::path::Path, args: &[&str]) -> Berthd {
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
         .unwrap();
-    Berthd(child)
+    KillOnDrop(child)
 }
 
 fn host_of(dir: &std::path::Path) -> String {
@@ -704,7 +704,7 @@ fn serving(dir: &std::path::Path) -> bool {
         .success()
 }
 
-fn sigterm(c: &mut Berthd) -> std::process::ExitStatus {
+fn sigterm(c: &mut KillOnDrop) -> std::process::ExitStatus {
     // SAFETY: kill(2) of the test's own child
     unsafe {
         libc::kill(c.0.id() as i32, libc::SIGTERM);
@@ -845,7 +845,7 @@ fn a_full_data_root() {
     }
     let disk = SmallDisk::new(48);
     let dir = disk.0.path();
-    let mut d = Berthd(
+    let mut d = KillOnDrop(
         bare_berthd(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.join("log")).unwrap())
