@@ -657,13 +657,22 @@ fn bridges_work_beside_a_forward_drop_policy() {
     }
 }
 
-/// A process of a test's own (a berthd, a registry), killed if the test ends without
-/// stopping it.
+/// A process of a test's own (a berthd, a registry), stopped (SIGTERM, then SIGKILL
+/// after 10 s) if the test ends without stopping it.
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
+            // asked first, so a berthd takes its rules away as at any stop
+            // SAFETY: kill(2) of the test's own child
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGTERM);
+            }
+            let end = Instant::now() + Duration::from_secs(10);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
