@@ -328,7 +328,7 @@ impl Containers {
             };
             unmount(&self.dir(&c).join("rootfs"));
             // no shim deleted it: its cgroups are left, empty once its processes died
-            crate::resources::remove_cgroups(&crate::resources::cgroup_path(
+            berth_runtime::cgroups::remove(&crate::resources::cgroup_path(
                 &c.host_config(),
                 short(&c.id),
             ));
@@ -400,11 +400,11 @@ impl Containers {
         for c in self.all() {
             // execs are not kept across a restart: one still waiting for its start
             // never gets it
-            abort_waiting_execs(&self.state_dir(&c)).await;
+            let state = self.state_dir(&c);
+            abort_waiting_execs(&state).await;
             if c.state().status == "running" {
                 continue;
             }
-            let state = self.state_dir(&c);
             if berth_runtime::shim::lock_holder(&state).is_none() {
                 continue;
             }
@@ -1799,11 +1799,9 @@ impl Containers {
     }
 }
 
-/// Runs a `berth-shim` command with `w` as its ready pipe; the shim detaches at once and
-/// reports `ok PID` or `error MESSAGE` on the pipe once the process is made.
 /// Ends the exec shims in a container's state folder that still wait for their start
-/// (before that folder goes, or when nobody will start them): an unanswered one would
-/// linger for its minute.
+/// (before that folder goes, or when nobody will start them), rather than leaving them
+/// to give up after their minute.
 async fn abort_waiting_execs(state: &std::path::Path) {
     let Ok(rd) = std::fs::read_dir(state) else {
         return;
@@ -1817,6 +1815,8 @@ async fn abort_waiting_execs(state: &std::path::Path) {
     }
 }
 
+/// Runs a `berth-shim` command with `w` as its ready pipe; the shim detaches at once and
+/// reports `ok PID` or `error MESSAGE` on the pipe once the process is made.
 pub async fn launch_shim(
     mut cmd: std::process::Command,
     r: rustix::fd::OwnedFd,

@@ -716,12 +716,6 @@ pub fn cgroup_path(hc: &Value, short_id: &str) -> String {
     format!("/{}/{short_id}", parent.trim_matches('/'))
 }
 
-/// Removes a container's cgroups in every hierarchy (after its processes died with no
-/// runtime left to delete them: a crash). Busy ones stay.
-pub fn remove_cgroups(path: &str) {
-    berth_runtime::cgroups::remove(path);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -391,15 +391,19 @@ fn launch(
     // the runtime wants the id last
     let mut with_id = cmd;
     with_id.arg(&args.id);
+    let mut backend = if args.exec.is_some() {
+        Backend::Exec
+    } else {
+        Backend::Container {
+            binary: binary.clone(),
+            root: runtime_root,
+            id: args.id.clone(),
+        }
+    };
     if let Err(e) = run_oci(with_id, io, err_out, &what) {
         if args.exec.is_none() {
             // a create cut short (its deadline) may have left an init behind
-            let half = Backend::Container {
-                binary: binary.clone(),
-                root: runtime_root,
-                id: args.id.clone(),
-            };
-            let _ = half.oci(&["delete", "--force"]);
+            backend.delete();
             let cgroups = cgroups_path_of(&args.bundle, &args.id);
             crate::cgroups::kill_all(&cgroups);
             crate::cgroups::remove(&cgroups);
@@ -410,15 +414,6 @@ fn launch(
         .trim()
         .parse::<i32>()
         .ok();
-    let backend = if args.exec.is_some() {
-        Backend::Exec
-    } else {
-        Backend::Container {
-            binary: binary.clone(),
-            root: runtime_root,
-            id: args.id.clone(),
-        }
-    };
     Ok((backend, pid))
 }
 

@@ -68,9 +68,9 @@ fn has_cgroup(id: &str) -> bool {
         .any(|h| h.path().join(&rel).exists())
 }
 
-/// A berthd command of its own (fresh data root, exec root and socket under `dir`).
-fn bare_berthd(dir: &std::path::Path) -> std::process::Command {
-    let mut c = std::process::Command::new(berthd_bin());
+/// Adds the arguments of a berthd of its own (fresh data root, exec root and socket
+/// under `dir`, no daemon.json, the host's forwarding left alone).
+fn own_roots(c: &mut std::process::Command, dir: &std::path::Path) {
     c.arg("--data-root")
         .arg(dir.join("root"))
         .arg("--exec-root")
@@ -79,7 +79,14 @@ fn bare_berthd(dir: &std::path::Path) -> std::process::Command {
         .arg("/dev/null")
         .arg("-H")
         .arg(format!("unix://{}", dir.join("b.sock").display()))
-        .args(["--bridge", "none", "--ip-forward=false"]);
+        .arg("--ip-forward=false");
+}
+
+/// A berthd command of its own under `dir`, without a bridge.
+fn bare_berthd(dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(berthd_bin());
+    own_roots(&mut c, dir);
+    c.args(["--bridge", "none"]);
     c
 }
 
@@ -683,18 +690,11 @@ impl Drop for KillOnDrop {
 /// own under `dir`, and `args`; started, not waited for.
 fn berthd_in(ns: &Netns, dir: &std::path::Path, args: &[&str]) -> KillOnDrop {
     std::fs::create_dir_all(dir).unwrap();
-    let child = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.0))
-        .arg(berthd_bin())
-        .arg("--data-root")
-        .arg(dir.join("root"))
-        .arg("--exec-root")
-        .arg(dir.join("exec"))
-        .arg("--config-file")
-        .arg("/dev/null")
-        .arg("-H")
-        .arg(format!("unix://{}", dir.join("b.sock").display()))
-        .arg("--ip-forward=false")
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.0))
+        .arg(berthd_bin());
+    own_roots(&mut cmd, dir);
+    let child = cmd
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
