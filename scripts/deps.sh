@@ -3,9 +3,9 @@
 # Only what is missing is installed, so a second run is quick.
 set -euo pipefail
 # (openssh-server: the ssh:// host tests start an sshd of their own on loopback;
-# sqlite3: the fault tests check the database after kills; golang-1.19-go, debootstrap, file: moby's integration suite, built and given its
+# sqlite3: the fault tests check the database after kills; firewalld, dbus: a fault test runs firewalld on a bus of its own in a namespace of its own; golang-1.19-go, debootstrap, file: moby's integration suite, built and given its
 # images by ../shared/compat/moby)
-pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iptables iproute2 curl docker-compose openssh-client openssh-server golang-1.19-go debootstrap file sqlite3)
+pkgs=(busybox-static skopeo umoci openssl ca-certificates pkg-config gcc libc6-dev libseccomp-dev tmux runc docker-registry nftables iptables iproute2 curl docker-compose openssh-client openssh-server golang-1.19-go debootstrap file sqlite3 firewalld dbus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # the registry peer and sshd run only inside the tests that start them
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  for unit in docker-registry ssh ssh.socket; do
+  for unit in docker-registry ssh ssh.socket firewalld; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi

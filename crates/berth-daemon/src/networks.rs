@@ -342,6 +342,8 @@ pub struct Networks {
     backend: Option<nft::Backend>,
     /// set at shutdown: no rules are put back after that
     closed: std::sync::atomic::AtomicBool,
+    /// this daemon's bridges in firewalld's trusted zone, where firewalld runs
+    firewalld: berth_network::firewalld::Trust,
     ip_forward: bool,
     /// this daemon's hold on its table (and bridge) in the network namespace
     _claim: berth_network::claim::Claim,
@@ -435,6 +437,7 @@ impl Networks {
                 None => nft::Backend::detect(),
             },
             closed: std::sync::atomic::AtomicBool::new(false),
+            firewalld: Default::default(),
             _claim: berth_network::claim::claim(&table, cfg.bridge.as_deref())
                 .map_err(anyhow::Error::msg)?,
             table,
@@ -1783,20 +1786,53 @@ impl Networks {
                 "neither nft (nftables) nor iptables-restore is installed: no NAT or published ports",
             ));
         };
+        let bridges: Vec<String> = set.bridges.iter().map(|b| b.bridge.clone()).collect();
         tokio::task::spawn_blocking(move || set.apply_with(backend))
             .await
             .map_err(internal)?
-            .map_err(|e| internal(format!("applying network rules: {e}")))
+            .map_err(|e| internal(format!("applying network rules: {e}")))?;
+        self.trust_bridges(&bridges).await;
+        Ok(())
+    }
+
+    /// Binds this daemon's bridges to firewalld's trusted zone where firewalld runs
+    /// (and unbinds those of networks gone).
+    async fn trust_bridges(&self, bridges: &[String]) {
+        for (br, zone) in self.firewalld.sync(bridges).await {
+            tracing::warn!(
+                bridge = %br,
+                %zone,
+                "firewalld has this bridge in a zone of its administrator's: its traffic passes only as that zone allows"
+            );
+        }
     }
 
     /// Another program may make an iptables filter table (dockerd, with its FORWARD DROP
     /// policy) after berth applied its rules: every 10 s, when a host filter table lacks
-    /// berth's jump, the rules are applied again.
+    /// berth's jump, the rules are applied again. firewalld drops its runtime bindings
+    /// when it reloads or restarts: its signals (and the same 10 s check) bind berth's
+    /// bridges again.
     pub async fn watch_host_firewall(self: Arc<Self>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut changes: Option<berth_network::firewalld::Changes> = None;
         loop {
-            tick.tick().await;
+            match changes.as_mut() {
+                Some(c) => {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        alive = c.next() => if !alive {
+                            changes = None;
+                            self.firewalld.forget_bus().await;
+                        } else {
+                            tracing::info!("firewalld reloaded or restarted: binding berth's bridges again");
+                        },
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
             if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
@@ -1814,6 +1850,20 @@ impl Networks {
                 if let Err(e) = self.apply_rules().await {
                     tracing::warn!(error = %e.message, "applying network rules");
                 }
+            } else {
+                let _g = self.rules.lock().await;
+                if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    let bridges: Vec<String> =
+                        self.all().iter().map(|n| n.cfg.bridge.clone()).collect();
+                    self.trust_bridges(&bridges).await;
+                }
+            }
+            if changes.is_none() {
+                if let Some(bus) = self.firewalld.bus().await {
+                    changes = berth_network::firewalld::Changes::subscribe(&bus)
+                        .await
+                        .ok();
+                }
             }
         }
     }
@@ -1828,6 +1878,7 @@ impl Networks {
                 let t = self.table.clone();
                 let _ = tokio::task::spawn_blocking(move || nft::remove_with(&t, b)).await;
             }
+            self.firewalld.sync(&[]).await;
         }
     }
 }

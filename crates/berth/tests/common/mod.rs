@@ -3,7 +3,10 @@
 //! built from the host's busybox. Everything is removed when the guard drops.
 #![allow(dead_code)]
 
+pub mod host;
 pub mod schema;
+#[allow(unused_imports)]
+pub use host::{until, KillOnDrop, Netns};
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
