@@ -8,7 +8,7 @@
 //! container holds a `wait` connection to its shim; when the exit comes, it records it,
 //! unmounts the rootfs and removes the container if it was created with AutoRemove.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::events::Events;
 use berth_image::digest::Digest;
 use berth_image::ImageStore;
@@ -452,7 +452,7 @@ impl Containers {
     }
 
     /// By full ID, name (with or without `/`), or unique ID prefix.
-    pub fn get(&self, name: &str) -> Result<Arc<Ctr>, ApiError> {
+    pub fn get(&self, name: &str) -> Result<Arc<Ctr>, EngineError> {
         let name = name.trim_start_matches('/');
         let all = self.all();
         if let Some(c) = all.iter().find(|c| c.id == name || c.name() == name) {
@@ -464,8 +464,8 @@ impl Containers {
             .collect();
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(ApiError::not_found(format!("No such container: {name}"))),
-            _ => Err(ApiError::bad_request(format!(
+            [] => Err(EngineError::not_found(format!("No such container: {name}"))),
+            _ => Err(EngineError::invalid(format!(
                 "multiple IDs found with provided prefix: {name}"
             ))),
         }
@@ -519,12 +519,12 @@ impl Containers {
         name: Option<&str>,
         image_id: &Digest,
         spec: Value,
-    ) -> Result<Arc<Ctr>, ApiError> {
+    ) -> Result<Arc<Ctr>, EngineError> {
         let name = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/');
                 if !valid_name(n) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
                     )));
                 }
@@ -542,18 +542,18 @@ impl Containers {
             state: serde_json::to_string(&State::created()).unwrap_or_default(),
         };
         if let Ok(existing) = self.get(&name) {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
                 existing.id
             )));
         }
         if !self.db.insert_container(&row)? {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Conflict. The container name \"/{name}\" is already in use"
             )));
         }
         std::fs::create_dir_all(self.root.join(&id))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
         Ok(self.insert_mem(row, spec, State::created()))
     }
 
@@ -608,7 +608,7 @@ impl Containers {
     }
 
     /// Sends one command to the shim and reads its one-line answer.
-    pub async fn shim_call(&self, c: &Ctr, cmd: &str) -> Result<String, ApiError> {
+    pub async fn shim_call(&self, c: &Ctr, cmd: &str) -> Result<String, EngineError> {
         self.shim_call_within(c, cmd, SHIM_ANSWER).await
     }
 
@@ -619,19 +619,19 @@ impl Containers {
         c: &Ctr,
         cmd: &str,
         limit: std::time::Duration,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, EngineError> {
         let sock = self.shim_socket(c);
         tokio::time::timeout(limit, crate::exec::call(&sock, cmd))
             .await
             .map_err(|_| {
-                ApiError::internal(format!(
+                EngineError::internal(format!(
                     "the shim of container {} does not answer",
                     &c.id[..12]
                 ))
             })?
             .map_err(|e| match e.message.strip_prefix("no shim: ") {
                 Some(m) => {
-                    ApiError::internal(format!("container {} has no shim: {m}", &c.id[..12]))
+                    EngineError::internal(format!("container {} has no shim: {m}", &c.id[..12]))
                 }
                 None => e,
             })
@@ -643,7 +643,7 @@ impl Containers {
         self: &Arc<Self>,
         c: &Arc<Ctr>,
         events: &Arc<Events>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         if c.state().status != "running" {
             self.set_state(c, |s| {
                 s.restart_count = 0;
@@ -658,7 +658,7 @@ impl Containers {
         self: &Arc<Self>,
         c: &Arc<Ctr>,
         events: &Arc<Events>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let (result, failed) = {
             let _starting = c.starting.lock().await;
             let mut failed = false;
@@ -678,24 +678,24 @@ impl Containers {
         c: &Arc<Ctr>,
         events: &Arc<Events>,
         failed: &mut bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "container {} is marked for removal and cannot be started",
                 &c.id[..12]
             )));
         }
         let st = c.state();
         if st.status == "running" {
-            return Err(ApiError::new(
-                http::StatusCode::NOT_MODIFIED,
+            return Err(EngineError::new(
+                crate::error::Kind::NotModified,
                 "container already started",
             ));
         }
         let image: Digest = c
             .image_id
             .parse()
-            .map_err(|_| ApiError::internal("corrupt image id"))?;
+            .map_err(|_| EngineError::internal("corrupt image id"))?;
         let layers = self.images.layer_dirs(&image)?;
         let driver = self.images.driver();
         let hostname = c.config()["Hostname"]
@@ -719,7 +719,7 @@ impl Containers {
         let prepared =
             tokio::task::spawn_blocking(move || this.prepare(&c2, &layers, driver, attached))
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| EngineError::internal(e.to_string()))?;
         if let Err(e) = prepared {
             return Err(self.start_failed(c, e, failed).await);
         }
@@ -762,7 +762,7 @@ impl Containers {
 
     /// Records a start that failed, as Docker does: exited with 126/127/128 and the
     /// error (the caller removes it if it was created with AutoRemove).
-    async fn start_failed(&self, c: &Ctr, e: ApiError, failed: &mut bool) -> ApiError {
+    async fn start_failed(&self, c: &Ctr, e: EngineError, failed: &mut bool) -> EngineError {
         *failed = true;
         unmount(&self.dir(c).join("rootfs"));
         self.release_run(c).await;
@@ -774,7 +774,7 @@ impl Containers {
             s.pid = 0;
             s.finished_at = now();
         });
-        ApiError::bad_request(msg)
+        EngineError::invalid(msg)
     }
 
     /// Takes a stopped container off its networks and gives back its volumes (once,
@@ -794,10 +794,10 @@ impl Containers {
     /// it (the exit recorded as 137, the cgroups removed), so a stop or removal never
     /// waits on a stuck shim.
     /// `ask`: false when the shim has just failed to answer.
-    async fn sigkill(&self, c: &Ctr, ask: bool) -> Result<(), ApiError> {
+    async fn sigkill(&self, c: &Ctr, ask: bool) -> Result<(), EngineError> {
         let asked = match ask {
             true => self.shim_call_within(c, "kill 9", SHIM_KILL_ANSWER).await,
-            false => Err(ApiError::internal("the shim did not answer")),
+            false => Err(EngineError::internal("the shim did not answer")),
         };
         match asked {
             Ok(_) => Ok(()),
@@ -862,7 +862,7 @@ impl Containers {
         what: &str,
         kind: &str,
         mode: &str,
-    ) -> Result<berth_runtime::spec::NsMode, ApiError> {
+    ) -> Result<berth_runtime::spec::NsMode, EngineError> {
         use berth_runtime::spec::NsMode;
         if mode == "host" {
             return Ok(NsMode::Host);
@@ -873,7 +873,7 @@ impl Containers {
         let o = self.get(other)?;
         let st = o.state();
         if st.status != "running" || st.pid <= 0 {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "cannot join {what} of a non running container: {}",
                 o.id
             )));
@@ -886,7 +886,7 @@ impl Containers {
                 None | Some("" | "shareable")
             )
         {
-            return Err(ApiError::internal(
+            return Err(EngineError::internal(
                 "non-shareable IPC (hint: use IpcMode:shareable for the donor container)",
             ));
         }
@@ -895,11 +895,11 @@ impl Containers {
 
     /// `--network container:NAME`: the other container's namespace (it must run), and
     /// its hosts and resolv.conf texts.
-    fn joined_netns(&self, other: &str) -> Result<crate::networks::Joined, ApiError> {
+    fn joined_netns(&self, other: &str) -> Result<crate::networks::Joined, EngineError> {
         let o = self.get(other)?;
         let st = o.state();
         if st.status != "running" {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "cannot join network namespace of a non running container: container {} is {}",
                 o.id, st.status
             )));
@@ -930,8 +930,8 @@ impl Containers {
         c: &Ctr,
         layers: &[PathBuf],
         driver: berth_image::snapshot::Driver,
-    ) -> Result<(), ApiError> {
-        let io = |e: std::io::Error| ApiError::internal(e.to_string());
+    ) -> Result<(), EngineError> {
+        let io = |e: std::io::Error| EngineError::internal(e.to_string());
         let dir = self.dir(c);
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(io)?;
@@ -960,8 +960,8 @@ impl Containers {
                     upper.display(),
                     work.display()
                 );
-                let data =
-                    std::ffi::CString::new(opts).map_err(|e| ApiError::internal(e.to_string()))?;
+                let data = std::ffi::CString::new(opts)
+                    .map_err(|e| EngineError::internal(e.to_string()))?;
                 rustix::mount::mount(
                     "overlay",
                     &rootfs,
@@ -969,7 +969,9 @@ impl Containers {
                     rustix::mount::MountFlags::empty(),
                     Some(data.as_c_str()),
                 )
-                .map_err(|e| ApiError::internal(format!("mounting the container's rootfs: {e}")))?;
+                .map_err(|e| {
+                    EngineError::internal(format!("mounting the container's rootfs: {e}"))
+                })?;
             }
             berth_image::snapshot::Driver::Copy => {
                 let empty = std::fs::read_dir(&rootfs)
@@ -985,7 +987,7 @@ impl Containers {
                             .status()
                             .map_err(io)?;
                         if !st.success() {
-                            return Err(ApiError::internal(
+                            return Err(EngineError::internal(
                                 "copying the image into the container failed",
                             ));
                         }
@@ -1003,16 +1005,16 @@ impl Containers {
     /// the default bridge: each target must be running; gives the `/etc/hosts` lines and
     /// the environment Docker derives from them (`ALIAS_NAME`, `ALIAS_PORT_…`,
     /// `ALIAS_ENV_…`).
-    fn link_info(&self, c: &Ctr) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    fn link_info(&self, c: &Ctr) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let mut hosts = Vec::new();
         let mut env = Vec::new();
         for (target, alias) in links_of(&c.host_config()) {
             let t = self.get(&target).map_err(|_| {
-                ApiError::bad_request(format!("could not get container for {target}"))
+                EngineError::invalid(format!("could not get container for {target}"))
             })?;
             let st = t.state();
             if st.status != "running" {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "Cannot link to a non running container: /{} AS /{}/{alias}",
                     t.name(),
                     c.name()
@@ -1072,8 +1074,8 @@ impl Containers {
         layers: &[PathBuf],
         driver: berth_image::snapshot::Driver,
         attached: crate::networks::Attachment,
-    ) -> Result<(), ApiError> {
-        let io = |e: std::io::Error| ApiError::internal(e.to_string());
+    ) -> Result<(), EngineError> {
+        let io = |e: std::io::Error| EngineError::internal(e.to_string());
         let (link_hosts, link_env) = self.link_info(c)?;
         let _fs = c.fs_lock.lock();
         self.mount_rootfs(c, layers, driver)?;
@@ -1099,7 +1101,7 @@ impl Containers {
                 let (name, ip) = extra
                     .split_once('=')
                     .or_else(|| extra.split_once(':'))
-                    .ok_or_else(|| ApiError::bad_request(format!("invalid extra host: {extra}")))?;
+                    .ok_or_else(|| EngineError::invalid(format!("invalid extra host: {extra}")))?;
                 h.push_str(&format!("{ip}\t{name}\n"));
             }
             for l in &link_hosts {
@@ -1209,21 +1211,21 @@ impl Containers {
         Ok(())
     }
 
-    async fn spawn_shim(&self, c: &Ctr) -> Result<(), ApiError> {
+    async fn spawn_shim(&self, c: &Ctr) -> Result<(), EngineError> {
         let state = self.state_dir(c);
         if state.join(berth_runtime::shim::LOCK_FILE).exists() {
             // the previous run's shim may still be having the runtime delete it
             let dir = state.clone();
             tokio::task::spawn_blocking(move || berth_runtime::shim::lock_state(&dir))
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| EngineError::internal(e.to_string()))?
+                .map_err(|e| EngineError::internal(e.to_string()))?;
         }
         abort_waiting_execs(&state).await;
         let _ = std::fs::remove_dir_all(&state);
-        std::fs::create_dir_all(&state).map_err(|e| ApiError::internal(e.to_string()))?;
+        std::fs::create_dir_all(&state).map_err(|e| EngineError::internal(e.to_string()))?;
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
         let mut cmd = self.shim_command();
         cmd.arg("--id")
             .arg(short(&c.id))
@@ -1331,9 +1333,9 @@ impl Containers {
 
     /// Sends a signal to the container's init. A paused container is thawed after a
     /// SIGKILL so that it dies (other signals wait for `unpause`), as Docker does.
-    pub async fn kill(&self, c: &Ctr, sig: i32) -> Result<(), ApiError> {
+    pub async fn kill(&self, c: &Ctr, sig: i32) -> Result<(), EngineError> {
         if c.state().status != "running" {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Cannot kill container: {}: container {} is not running",
                 c.name(),
                 c.id
@@ -1347,7 +1349,7 @@ impl Containers {
             .filter(|s| !s.is_empty())
             .map(berth_proto::signal::parse)
             .transpose()
-            .map_err(ApiError::bad_request)?;
+            .map_err(EngineError::invalid)?;
         let exit = match stop_signal {
             Some(ss) if sig != 9 => ss == sig,
             _ => true,
@@ -1387,7 +1389,7 @@ impl Containers {
     }
 
     /// Runs the container's runtime command (`--root STATE/rt OP... ID`).
-    pub async fn runtime_op(&self, c: &Ctr, op: &[&str]) -> Result<(), ApiError> {
+    pub async fn runtime_op(&self, c: &Ctr, op: &[&str]) -> Result<(), EngineError> {
         let mut cmd = std::process::Command::new(self.runtime_binary(c));
         cmd.arg("--root")
             .arg(self.state_dir(c).join("rt"))
@@ -1396,12 +1398,12 @@ impl Containers {
             .stdin(std::process::Stdio::null());
         let out = tokio::task::spawn_blocking(move || cmd.output())
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("running the runtime: {e}")))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?
+            .map_err(|e| EngineError::internal(format!("running the runtime: {e}")))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(ApiError::internal(
+            Err(EngineError::internal(
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),
             ))
         }
@@ -1410,11 +1412,11 @@ impl Containers {
     /// `POST /containers/{id}/update`: new limits and restart policy, checked as Docker
     /// checks them against what is set, stored, and applied at once to a running
     /// container (through its runtime's `update`). Returns Docker's warnings.
-    pub async fn update(&self, c: &Ctr, body: &Value) -> Result<Vec<String>, ApiError> {
+    pub async fn update(&self, c: &Ctr, body: &Value) -> Result<Vec<String>, EngineError> {
         let cannot =
-            |msg: &str| ApiError::bad_request(format!("Cannot update container {}: {msg}", c.id));
+            |msg: &str| EngineError::invalid(format!("Cannot update container {}: {msg}", c.id));
         if c.removing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Cannot update container {}: container is marked for removal and cannot be \"update\"",
                 c.id
             )));
@@ -1488,7 +1490,7 @@ impl Containers {
             }
             let file = self.state_dir(c).join("resources.json");
             std::fs::write(&file, resources.to_string())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| EngineError::internal(e.to_string()))?;
             let path = file.display().to_string();
             let r = self.runtime_op(c, &["update", "--resources", &path]).await;
             let _ = std::fs::remove_file(&file);
@@ -1498,7 +1500,7 @@ impl Containers {
         spec["HostConfig"] = new;
         self.db
             .set_container_spec(&c.id, &spec.to_string())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
         if let Ok(mut s) = c.spec.write() {
             *s = spec;
         }
@@ -1506,12 +1508,12 @@ impl Containers {
     }
 
     /// Changes a container's stored create request.
-    pub fn edit_spec(&self, c: &Ctr, f: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
+    pub fn edit_spec(&self, c: &Ctr, f: impl FnOnce(&mut Value)) -> Result<(), EngineError> {
         let mut spec = c.spec();
         f(&mut spec);
         self.db
             .set_container_spec(&c.id, &spec.to_string())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
         if let Ok(mut s) = c.spec.write() {
             *s = spec;
         }
@@ -1525,17 +1527,17 @@ impl Containers {
         c: &Ctr,
         net: &Arc<crate::networks::Net>,
         ep: &Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         use crate::networks::Mode;
         match Mode::of(&c.host_config()) {
             Mode::Bridge(_) => {}
             Mode::None => {
-                return Err(ApiError::bad_request(
+                return Err(EngineError::invalid(
                     "container cannot be connected to multiple networks with one of the networks in private (none) mode",
                 ))
             }
             _ => {
-                return Err(ApiError::bad_request(
+                return Err(EngineError::invalid(
                     "container sharing network namespace with another container or host cannot be connected to any other network",
                 ))
             }
@@ -1587,7 +1589,7 @@ impl Containers {
         &self,
         c: &Ctr,
         net: &Arc<crate::networks::Net>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let st = c.state();
         if st.status == "running" {
             let mut ns = st.net.clone().unwrap_or_default();
@@ -1597,8 +1599,8 @@ impl Containers {
             .iter()
             .any(|(k, _)| self.net.find(k).is_ok_and(|n| n.cfg.id == net.cfg.id))
         {
-            return Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
+            return Err(EngineError::new(
+                crate::error::Kind::Forbidden,
                 format!(
                     "container {} is not connected to network {}",
                     c.id, net.cfg.name
@@ -1621,16 +1623,16 @@ impl Containers {
     }
 
     /// Freezes every process of a running container (the cgroup freezer).
-    pub async fn pause(&self, c: &Ctr) -> Result<(), ApiError> {
+    pub async fn pause(&self, c: &Ctr) -> Result<(), EngineError> {
         let st = c.state();
         if st.status != "running" {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Container {} is not running",
                 c.id
             )));
         }
         if st.paused {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Container {} is already paused",
                 c.id
             )));
@@ -1640,10 +1642,10 @@ impl Containers {
         Ok(())
     }
 
-    pub async fn unpause(&self, c: &Ctr) -> Result<(), ApiError> {
+    pub async fn unpause(&self, c: &Ctr) -> Result<(), EngineError> {
         let st = c.state();
         if st.status != "running" || !st.paused {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Container {} is not paused",
                 c.id
             )));
@@ -1654,7 +1656,7 @@ impl Containers {
     }
 
     /// Signal, then SIGKILL after `timeout` seconds.
-    pub async fn stop(&self, c: &Ctr, sig: i32, timeout: i64) -> Result<bool, ApiError> {
+    pub async fn stop(&self, c: &Ctr, sig: i32, timeout: i64) -> Result<bool, EngineError> {
         self.set_state(c, |s| {
             s.manually_stopped = true;
             s.exit_on_next = true;
@@ -1701,7 +1703,7 @@ impl Containers {
         force: bool,
         volumes: bool,
         events: &Events,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         self.remove(c, force, events).await?;
         if volumes {
             for m in crate::mounts::of(&c.spec()) {
@@ -1735,10 +1737,10 @@ impl Containers {
             .collect()
     }
 
-    pub async fn remove(&self, c: &Ctr, force: bool, events: &Events) -> Result<(), ApiError> {
+    pub async fn remove(&self, c: &Ctr, force: bool, events: &Events) -> Result<(), EngineError> {
         if c.state().status == "restarting" {
             if !force {
-                return Err(ApiError::conflict(format!(
+                return Err(EngineError::conflict(format!(
                     "cannot remove container \"/{}\": container is restarting: stop the container before removing or force remove",
                     c.name()
                 )));
@@ -1747,7 +1749,7 @@ impl Containers {
         }
         if c.state().status == "running" {
             if !force {
-                return Err(ApiError::conflict(format!(
+                return Err(EngineError::conflict(format!(
                     "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
                     c.name()
                 )));
@@ -1822,7 +1824,7 @@ pub async fn launch_shim(
     r: rustix::fd::OwnedFd,
     w: rustix::fd::OwnedFd,
     keep: Option<i32>,
-) -> Result<(), ApiError> {
+) -> Result<(), EngineError> {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -1856,12 +1858,12 @@ pub async fn launch_shim(
         Ok(line)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| EngineError::internal(e.to_string()))?
+    .map_err(|e| EngineError::internal(e.to_string()))?;
     match line.trim().strip_prefix("error ") {
-        Some(e) => Err(ApiError::internal(e.to_string())),
+        Some(e) => Err(EngineError::internal(e.to_string())),
         None if line.starts_with("ok") => Ok(()),
-        None => Err(ApiError::internal(
+        None => Err(EngineError::internal(
             "berth-shim exited before creating the container",
         )),
     }
@@ -1878,15 +1880,15 @@ pub enum Restart {
 
 impl Restart {
     /// Docker's checks of a `RestartPolicy`.
-    pub fn validate(rp: &Value) -> Result<(), ApiError> {
+    pub fn validate(rp: &Value) -> Result<(), EngineError> {
         let name = rp["Name"].as_str().unwrap_or_default();
         if !matches!(name, "" | "no" | "always" | "unless-stopped" | "on-failure") {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid restart policy '{name}'"
             )));
         }
         if name != "on-failure" && rp["MaximumRetryCount"].as_i64().unwrap_or(0) != 0 {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "maximum retry count cannot be used with restart policy '{name}'"
             )));
         }

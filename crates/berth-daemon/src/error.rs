@@ -1,39 +1,73 @@
-//! API errors, and the one place where domain errors become HTTP status codes.
-//!
-//! Clients rely on the codes: 400 bad input, 404 missing object, 409 conflict, 304 no
-//! change, 500 everything else; the body is always `{"message": "..."}`.
+//! The engine's errors: what went wrong, in the engine's own words (a kind and a
+//! message), with no protocol in them. Each door maps the kind to its own: the Docker
+//! API to an HTTP status (`http::status_of`: 400 invalid, 404 missing, 409 conflict,
+//! 304 no change, 500 everything else; the body is always `{"message": "..."}`).
 
 use berth_image::{reference::ReferenceError, ImageError};
-use http::StatusCode;
+
+/// What kind of failure an engine error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// the request is malformed or names something impossible
+    Invalid,
+    /// an object it names does not exist
+    NotFound,
+    /// it conflicts with the object's state or with another object
+    Conflict,
+    /// there is nothing to do (a start of a running container)
+    NotModified,
+    /// the engine refuses it (a built-in network, a registry's denial)
+    Forbidden,
+    /// the registry wants credentials
+    Unauthorized,
+    /// the engine cannot do it yet or here (swarm, a feature not built)
+    NotImplemented,
+    /// a part it depends on is not there (swarm mode)
+    Unavailable,
+    /// the engine failed
+    Internal,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct ApiError {
-    pub status: StatusCode,
+pub struct EngineError {
+    pub kind: Kind,
     pub message: String,
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
+impl EngineError {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        EngineError {
+            kind,
             message: message.into(),
         }
     }
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, m)
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(Kind::Invalid, m)
     }
     pub fn not_found(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, m)
+        Self::new(Kind::NotFound, m)
     }
     pub fn conflict(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, m)
+        Self::new(Kind::Conflict, m)
+    }
+    pub fn not_modified(m: impl Into<String>) -> Self {
+        Self::new(Kind::NotModified, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(Kind::Forbidden, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(Kind::Unauthorized, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, m)
     }
     pub fn internal(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+        Self::new(Kind::Internal, m)
     }
     pub fn not_implemented(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, m)
+        Self::new(Kind::NotImplemented, m)
     }
 }
 
@@ -52,38 +86,36 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-impl From<ImageError> for ApiError {
+impl From<ImageError> for EngineError {
     fn from(e: ImageError) -> Self {
-        let status = match &e {
-            ImageError::NotFound(_) => StatusCode::NOT_FOUND,
+        let kind = match &e {
+            ImageError::NotFound(_) => Kind::NotFound,
             ImageError::Reference(_)
             | ImageError::Invalid(_)
             | ImageError::Unpack(_)
-            | ImageError::Change(_) => StatusCode::BAD_REQUEST,
-            ImageError::Conflict(_) => StatusCode::CONFLICT,
+            | ImageError::Change(_) => Kind::Invalid,
+            ImageError::Conflict(_) => Kind::Conflict,
             ImageError::Content(berth_image::content::ContentError::DigestMismatch { .. }) => {
-                StatusCode::BAD_REQUEST
+                Kind::Invalid
             }
-            ImageError::Content(_) | ImageError::Store(_) | ImageError::Io { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ImageError::Content(_) | ImageError::Store(_) | ImageError::Io { .. } => Kind::Internal,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if kind == Kind::Internal {
             tracing::error!(error = %chain(&e), "image operation failed");
         }
-        ApiError::new(status, chain(&e))
+        EngineError::new(kind, chain(&e))
     }
 }
 
-impl From<ReferenceError> for ApiError {
+impl From<ReferenceError> for EngineError {
     fn from(e: ReferenceError) -> Self {
-        ApiError::bad_request(e.to_string())
+        EngineError::invalid(e.to_string())
     }
 }
 
-impl From<berth_store::StoreError> for ApiError {
+impl From<berth_store::StoreError> for EngineError {
     fn from(e: berth_store::StoreError) -> Self {
         tracing::error!(error = %e, "metadata database failed");
-        ApiError::internal(e.to_string())
+        EngineError::internal(e.to_string())
     }
 }

@@ -8,7 +8,7 @@
 //! exit code, which `GET /exec/{id}/json` shows; the CLI reads it there.
 
 use crate::containers::{attrs, launch_shim, Containers, Ctr};
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::events::Events;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -96,12 +96,12 @@ pub struct Execs {
 }
 
 impl Execs {
-    pub fn get(&self, id: &str) -> Result<Arc<Exec>, ApiError> {
+    pub fn get(&self, id: &str) -> Result<Arc<Exec>, EngineError> {
         self.by_id
             .lock()
             .ok()
             .and_then(|m| m.get(id).cloned())
-            .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))
+            .ok_or_else(|| EngineError::not_found(format!("No such exec instance: {id}")))
     }
 
     /// IDs of a container's execs, for its inspect.
@@ -125,15 +125,20 @@ impl Execs {
     }
 
     /// `POST /containers/{id}/exec`.
-    pub fn create(&self, c: &Arc<Ctr>, config: Value, events: &Events) -> Result<String, ApiError> {
+    pub fn create(
+        &self,
+        c: &Arc<Ctr>,
+        config: Value,
+        events: &Events,
+    ) -> Result<String, EngineError> {
         if c.state().status != "running" {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "container {} is not running",
                 c.id
             )));
         }
         if c.state().paused {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Container {} is paused, unpause the container before exec",
                 c.id
             )));
@@ -142,13 +147,11 @@ impl Execs {
             .as_array()
             .is_some_and(|a| !a.is_empty() && a.iter().all(|v| v.is_string()));
         if !cmd_ok {
-            return Err(ApiError::bad_request("No exec command specified"));
+            return Err(EngineError::invalid("No exec command specified"));
         }
         if let Some(env) = config["Env"].as_array() {
             if env.iter().any(|e| e.as_str().is_none_or(str::is_empty)) {
-                return Err(ApiError::bad_request(
-                    "invalid environment variable in exec",
-                ));
+                return Err(EngineError::invalid("invalid environment variable in exec"));
             }
         }
         let id = hex::encode(rand::random::<[u8; 32]>());
@@ -192,9 +195,9 @@ impl Containers {
 
     /// Writes the process and launches the exec shim, which waits for `start`. An
     /// error here is the exec's failure to start (the exec then has exit code 126/127).
-    pub async fn prepare_exec(&self, e: &Arc<Exec>) -> Result<(), ApiError> {
+    pub async fn prepare_exec(&self, e: &Arc<Exec>) -> Result<(), EngineError> {
         if e.started.swap(true, Ordering::SeqCst) {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Error: Exec command {} is already running",
                 e.id
             )));
@@ -211,16 +214,16 @@ impl Containers {
         r
     }
 
-    async fn prepare_exec_inner(&self, e: &Arc<Exec>) -> Result<(), ApiError> {
+    async fn prepare_exec_inner(&self, e: &Arc<Exec>) -> Result<(), EngineError> {
         let c = &e.container;
         if c.state().status != "running" {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "container {} is not running",
                 c.id
             )));
         }
         if c.state().paused {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "Container {} is paused, unpause the container before exec",
                 c.id
             )));
@@ -251,7 +254,7 @@ impl Containers {
             .unwrap_or("/")
             .to_string();
         if !cwd.starts_with('/') {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "the working directory '{cwd}' is invalid, it needs to be an absolute path"
             )));
         }
@@ -266,7 +269,7 @@ impl Containers {
             let (root, args, env) = (root.clone(), args.clone(), env.clone());
             tokio::task::spawn_blocking(move || {
                 crate::spec::check_command(&root, &args, &env).map_err(|e| {
-                    ApiError::bad_request(e.message.replace(
+                    EngineError::invalid(e.message.replace(
                         "failed to create task for container: ",
                         "OCI runtime exec failed: exec failed: ",
                     ))
@@ -274,7 +277,7 @@ impl Containers {
                 crate::spec::resolve_user(&root, &user)
             })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))??
+            .map_err(|e| EngineError::internal(e.to_string()))??
         };
         let own = berth_runtime::spec::Process {
             args: &args,
@@ -306,12 +309,12 @@ impl Containers {
         }
         let dir = self.exec_dir(e);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::internal(e.to_string()))?;
         let process_path = dir.join("process.json");
         std::fs::write(&process_path, process.to_string())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
         let mut cmd = self.shim_command();
         cmd.arg("--exec")
             .arg(&process_path)
@@ -339,7 +342,7 @@ impl Containers {
         self: &Arc<Self>,
         e: &Arc<Exec>,
         events: &Arc<Events>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let answer = call(&self.exec_socket(e), "start").await;
         let pid: i64 = match answer {
             Ok(a) => a.trim_start_matches("ok ").parse().unwrap_or(0),
@@ -351,7 +354,7 @@ impl Containers {
                     s.exit_code = Some(code);
                     s.finished = Some(std::time::Instant::now());
                 });
-                return Err(ApiError::internal(format!(
+                return Err(EngineError::internal(format!(
                     "OCI runtime exec failed: {}",
                     err.message
                 )));
@@ -423,20 +426,20 @@ pub async fn attach(sock: &Path, flags: &[&str]) -> Option<UnixStream> {
 }
 
 /// One command to a shim socket, one line back.
-pub async fn call(sock: &Path, cmd: &str) -> Result<String, ApiError> {
+pub async fn call(sock: &Path, cmd: &str) -> Result<String, EngineError> {
     let mut s = UnixStream::connect(sock)
         .await
-        .map_err(|e| ApiError::internal(format!("no shim: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("no shim: {e}")))?;
     s.write_all(format!("{cmd}\n").as_bytes())
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| EngineError::internal(e.to_string()))?;
     let mut line = String::new();
     BufReader::new(s)
         .read_line(&mut line)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| EngineError::internal(e.to_string()))?;
     match line.trim().strip_prefix("error ") {
-        Some(e) => Err(ApiError::internal(e.to_string())),
+        Some(e) => Err(EngineError::internal(e.to_string())),
         None => Ok(line.trim().to_string()),
     }
 }

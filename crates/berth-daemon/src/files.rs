@@ -9,7 +9,7 @@
 //! included); a stopped one through its rootfs, mounted for the time of the work.
 
 use crate::containers::{Containers, Ctr};
-use crate::error::ApiError;
+use crate::error::EngineError;
 use rustix::fd::OwnedFd;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use serde_json::json;
@@ -43,8 +43,8 @@ impl Drop for Root {
     }
 }
 
-fn io_api(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e.to_string())
+fn io_api(e: impl std::fmt::Display) -> EngineError {
+    EngineError::internal(e.to_string())
 }
 
 const DIR: OFlags = OFlags::RDONLY
@@ -58,7 +58,7 @@ fn in_root() -> ResolveFlags {
 impl Containers {
     /// The container's root: `/proc/PID/root` of a running one (with `mounts`), else its
     /// rootfs (mounted now if need be; the caller holds `c.fs_lock` for a stopped one).
-    pub fn open_root(&self, c: &Ctr, mounts: bool) -> Result<Root, ApiError> {
+    pub fn open_root(&self, c: &Ctr, mounts: bool) -> Result<Root, EngineError> {
         let ids = self.remap_of(c).map(|r| r.ids.clone());
         let st = c.state();
         if st.status == "running" && st.pid > 0 {
@@ -79,7 +79,7 @@ impl Containers {
         let image = c
             .image_id
             .parse()
-            .map_err(|_| ApiError::internal("corrupt image id"))?;
+            .map_err(|_| EngineError::internal("corrupt image id"))?;
         let layers = self.images().layer_dirs(&image)?;
         let driver = self.images().driver();
         self.mount_rootfs(c, &layers, driver)?;
@@ -117,7 +117,7 @@ impl Containers {
                     m.options.iter().any(|o| o == "ro"),
                 )
                 .map_err(|e| {
-                    ApiError::internal(format!("mounting {} for the copy: {e}", m.destination))
+                    EngineError::internal(format!("mounting {} for the copy: {e}", m.destination))
                 })?;
                 root.binds.push(target);
             }
@@ -207,16 +207,16 @@ fn split(path: &str) -> (PathBuf, Option<String>) {
 
 /// A path that could not be opened: missing (404), or running through a file that is
 /// not a directory (as dockerd, whose lstat fails so, a 500 naming the cause).
-fn path_error(e: rustix::io::Errno, path: &str, c: &Ctr) -> ApiError {
+fn path_error(e: rustix::io::Errno, path: &str, c: &Ctr) -> EngineError {
     if e == rustix::io::Errno::NOTDIR {
-        ApiError::internal(format!("lstat {path}: not a directory"))
+        EngineError::internal(format!("lstat {path}: not a directory"))
     } else {
         not_found(path, c)
     }
 }
 
-fn not_found(path: &str, c: &Ctr) -> ApiError {
-    ApiError::not_found(format!(
+fn not_found(path: &str, c: &Ctr) -> EngineError {
+    EngineError::not_found(format!(
         "Could not find the file {path} in container {}",
         c.name()
     ))
@@ -267,7 +267,7 @@ fn open_parent(root: &Root, path: &str) -> Result<(OwnedFd, Option<String>), rus
 
 /// `X-Docker-Container-Path-Stat`: name, size, mode, mtime, linkTarget (a symlink's
 /// target resolved in the container).
-pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, ApiError> {
+pub fn stat_path(c: &Ctr, root: &Root, path: &str) -> Result<serde_json::Value, EngineError> {
     let (dir, name) = open_parent(root, path).map_err(|e| path_error(e, path, c))?;
     let name_s = base_name(path);
     let st = rfs::statat(
@@ -354,7 +354,7 @@ fn fd_num(fd: &OwnedFd) -> i32 {
 
 /// Writes `path` as a tar to `out`: the file itself (a symlink as a symlink) or the
 /// directory with everything in it, named by its last component (`.` for `dir/.`).
-pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<(), ApiError> {
+pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<(), EngineError> {
     let (dir, name) = open_parent(root, path).map_err(|e| path_error(e, path, c))?;
     let name = name.unwrap_or_else(|| ".".into());
     rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
@@ -371,7 +371,7 @@ pub fn tar_path<W: Write>(c: &Ctr, root: &Root, path: &str, out: W) -> Result<()
 }
 
 /// Writes the whole root (export): every entry below it, named relative to it.
-pub fn tar_root<W: Write>(root: &Root, out: W) -> Result<(), ApiError> {
+pub fn tar_root<W: Write>(root: &Root, out: W) -> Result<(), EngineError> {
     let mut b = tar::Builder::new(out);
     let mut names = list_dir(&root.fd).map_err(io_api)?;
     names.sort();
@@ -497,7 +497,7 @@ pub fn extract<R: std::io::Read>(
     path: &str,
     reader: R,
     copy_uid_gid: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), EngineError> {
     let fd = match rfs::openat2(
         &root.fd,
         rel(path),
@@ -510,7 +510,7 @@ pub fn extract<R: std::io::Read>(
     };
     let st = rfs::fstat(&fd).map_err(io_api)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        return Err(ApiError::bad_request("extraction point is not a directory"));
+        return Err(EngineError::invalid("extraction point is not a directory"));
     }
     let dir = rfs::openat2(&root.fd, rel(path), DIR, Mode::empty(), in_root())
         .map_err(|_| not_found(path, c))?;
@@ -520,7 +520,7 @@ pub fn extract<R: std::io::Read>(
         .clone()
         .map(|ids| Box::new(move |u, g| ids.to_host(u, g)) as Box<berth_image::unpack::IdFn>);
     berth_image::unpack::extract_at(reader, dir, owner, shift.as_deref())
-        .map_err(|e| ApiError::bad_request(format!("extracting the archive: {e}")))?;
+        .map_err(|e| EngineError::invalid(format!("extracting the archive: {e}")))?;
     Ok(())
 }
 

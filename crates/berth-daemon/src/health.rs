@@ -4,7 +4,7 @@
 //! five probes) and a change of status is announced as a `health_status: …` event.
 
 use crate::containers::{attrs, Containers, Ctr};
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::events::Events;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -89,7 +89,7 @@ impl Check {
 }
 
 /// Docker's checks of a create request's Healthcheck.
-pub fn validate(config: &Value) -> Result<(), ApiError> {
+pub fn validate(config: &Value) -> Result<(), EngineError> {
     let hc = &config["Healthcheck"];
     if hc.is_null() {
         return Ok(());
@@ -97,13 +97,13 @@ pub fn validate(config: &Value) -> Result<(), ApiError> {
     for k in ["Interval", "Timeout", "StartPeriod", "StartInterval"] {
         let n = hc[k].as_i64().unwrap_or(0);
         if n != 0 && n < 1_000_000 {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "{k} in Healthcheck cannot be less than 1ms"
             )));
         }
     }
     if hc["Retries"].as_i64().unwrap_or(0) < 0 {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "Retries in Healthcheck cannot be negative",
         ));
     }

@@ -2,7 +2,7 @@
 //! parsing, and bridges between async bodies and the blocking code that reads or
 //! writes archives.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
@@ -82,8 +82,28 @@ pub fn status_only(status: StatusCode) -> Resp {
     r
 }
 
-pub fn error_response(e: &ApiError) -> Resp {
-    json(e.status, &serde_json::json!({ "message": e.message }))
+/// The Docker API's status for an engine error of `kind`: the one place the engine's
+/// errors become HTTP.
+pub fn status_of(kind: crate::error::Kind) -> StatusCode {
+    use crate::error::Kind;
+    match kind {
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::NotModified => StatusCode::NOT_MODIFIED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+        Kind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub fn error_response(e: &EngineError) -> Resp {
+    json(
+        status_of(e.kind),
+        &serde_json::json!({ "message": e.message }),
+    )
 }
 
 /// A streamed response with the given content type, fed through the returned sender.
@@ -104,8 +124,8 @@ pub fn stream(content_type: &str) -> (mpsc::Sender<Bytes>, Resp) {
 pub async fn stream_when_started(
     content_type: &str,
     mut rx: mpsc::Receiver<Bytes>,
-    early: tokio::sync::oneshot::Receiver<ApiError>,
-) -> Result<Resp, ApiError> {
+    early: tokio::sync::oneshot::Receiver<EngineError>,
+) -> Result<Resp, EngineError> {
     // the early error first: when it is there, nothing was (or will be) written
     let first = tokio::select! {
         biased;
@@ -177,36 +197,36 @@ impl Query {
     }
 
     /// Docker's booleans: `1`, `true`, `True` are true; empty or absent is false.
-    pub fn bool(&self, k: &str) -> Result<bool, ApiError> {
+    pub fn bool(&self, k: &str) -> Result<bool, EngineError> {
         match self.get(k) {
             None | Some("") => Ok(false),
             Some("1" | "true" | "True" | "TRUE" | "yes") => Ok(true),
             Some("0" | "false" | "False" | "FALSE" | "no") => Ok(false),
-            Some(v) => Err(ApiError::bad_request(format!(
+            Some(v) => Err(EngineError::invalid(format!(
                 "invalid value for {k}: {v:?} is not a boolean"
             ))),
         }
     }
 
-    pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
+    pub fn int(&self, k: &str) -> Result<Option<i64>, EngineError> {
         match self.get(k) {
             None | Some("") => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
-                ApiError::bad_request(format!("invalid value for {k}: {v:?} is not an integer"))
+                EngineError::invalid(format!("invalid value for {k}: {v:?} is not an integer"))
             }),
         }
     }
 
     /// The `filters` parameter: `{"key":["v1","v2"]}` or the old `{"key":{"v":true}}`.
-    pub fn filters(&self) -> Result<Filters, ApiError> {
+    pub fn filters(&self) -> Result<Filters, EngineError> {
         let Some(raw) = self.get("filters").filter(|s| !s.is_empty()) else {
             return Ok(Filters::default());
         };
         let v: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
+            .map_err(|e| EngineError::invalid(format!("invalid filter: {e}")))?;
         let obj = v
             .as_object()
-            .ok_or_else(|| ApiError::bad_request("invalid filter: want a JSON object"))?;
+            .ok_or_else(|| EngineError::invalid("invalid filter: want a JSON object"))?;
         let mut out = HashMap::new();
         for (k, vals) in obj {
             let list: Vec<String> = match vals {
@@ -214,13 +234,13 @@ impl Query {
                     .iter()
                     .map(|x| x.as_str().map(str::to_string))
                     .collect::<Option<_>>()
-                    .ok_or_else(|| ApiError::bad_request(format!("invalid filter {k:?}")))?,
+                    .ok_or_else(|| EngineError::invalid(format!("invalid filter {k:?}")))?,
                 serde_json::Value::Object(m) => m
                     .iter()
                     .filter(|(_, on)| on.as_bool() == Some(true))
                     .map(|(v, _)| v.clone())
                     .collect(),
-                _ => return Err(ApiError::bad_request(format!("invalid filter {k:?}"))),
+                _ => return Err(EngineError::invalid(format!("invalid filter {k:?}"))),
             };
             out.insert(k.clone(), list);
         }
@@ -241,10 +261,10 @@ impl Filters {
         self.map.contains_key(k)
     }
     /// Refuses filter keys the endpoint does not know, as Docker does.
-    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+    pub fn only(&self, allowed: &[&str]) -> Result<(), EngineError> {
         for k in self.map.keys() {
             if !allowed.contains(&k.as_str()) {
-                return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+                return Err(EngineError::invalid(format!("invalid filter '{k}'")));
             }
         }
         Ok(())

@@ -62,7 +62,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// The registry client, made on first use.
-    pub fn registry(&self) -> Result<&berth_registry::client::Client, error::ApiError> {
+    pub fn registry(&self) -> Result<&berth_registry::client::Client, error::EngineError> {
         if let Some(c) = self.registry.get() {
             return Ok(c);
         }
@@ -70,7 +70,7 @@ impl Daemon {
             mirrors: self.config.registry_mirrors.clone(),
             insecure: self.config.insecure_registries.clone(),
         })
-        .map_err(|e| error::ApiError::internal(e.to_string()))?;
+        .map_err(|e| error::EngineError::internal(e.to_string()))?;
         Ok(self.registry.get_or_init(|| c))
     }
 

@@ -4,7 +4,7 @@
 //! start: volumes mounted (and populated from the image once), subpaths resolved inside
 //! the volume, binds and tmpfs as asked.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::volumes::Volumes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -68,12 +68,12 @@ fn tmpfs_point(destination: String, opts: &Value) -> MountPoint {
     }
 }
 
-fn bad(m: impl Into<String>) -> ApiError {
-    ApiError::bad_request(m)
+fn bad(m: impl Into<String>) -> EngineError {
+    EngineError::invalid(m)
 }
 
 /// A container path: absolute, with no `..` (nothing may point above the root).
-fn check_target(kind: &str, t: &str, spec: &str) -> Result<String, ApiError> {
+fn check_target(kind: &str, t: &str, spec: &str) -> Result<String, EngineError> {
     if t.is_empty() {
         return Err(bad(format!(
             "invalid mount config for type \"{kind}\": field Target must not be empty"
@@ -106,7 +106,7 @@ const PROPAGATIONS: &[&str] = &[
 ];
 
 /// `SRC:DST[:MODE]` of `-v`/`Binds`.
-fn parse_bind(spec: &str) -> Result<MountPoint, ApiError> {
+fn parse_bind(spec: &str) -> Result<MountPoint, EngineError> {
     let parts: Vec<&str> = spec.split(':').collect();
     let invalid = || bad(format!("invalid volume specification: '{spec}'"));
     let (src, dst, mode) = match parts.as_slice() {
@@ -157,7 +157,7 @@ fn parse_bind(spec: &str) -> Result<MountPoint, ApiError> {
 }
 
 /// One entry of `HostConfig.Mounts` (the API's form of `--mount`), with Docker's errors.
-fn parse_mount(v: &Value) -> Result<MountPoint, ApiError> {
+fn parse_mount(v: &Value) -> Result<MountPoint, EngineError> {
     let kind = v["Type"].as_str().unwrap_or_default();
     let err = |m: &str| bad(format!("invalid mount config for type \"{kind}\": {m}"));
     let source = v["Source"].as_str().unwrap_or_default();
@@ -231,7 +231,7 @@ fn parse_mount(v: &Value) -> Result<MountPoint, ApiError> {
                 .as_str()
                 .filter(|d| !d.is_empty() && *d != "local")
             {
-                return Err(ApiError::not_found(format!(
+                return Err(EngineError::not_found(format!(
                     "error looking up volume plugin {d}: plugin \"{d}\" not found"
                 )));
             }
@@ -273,11 +273,11 @@ fn parse_mount(v: &Value) -> Result<MountPoint, ApiError> {
 pub fn resolve(
     spec: &Value,
     vols: &Volumes,
-    from: &dyn Fn(&str) -> Result<Vec<MountPoint>, ApiError>,
-) -> Result<Vec<MountPoint>, ApiError> {
+    from: &dyn Fn(&str) -> Result<Vec<MountPoint>, EngineError>,
+) -> Result<Vec<MountPoint>, EngineError> {
     let hc = &spec["HostConfig"];
     let mut out: Vec<MountPoint> = Vec::new();
-    let add = |m: MountPoint, out: &mut Vec<MountPoint>| -> Result<(), ApiError> {
+    let add = |m: MountPoint, out: &mut Vec<MountPoint>| -> Result<(), EngineError> {
         if out.iter().any(|x| x.destination == m.destination) {
             return Err(bad(format!("Duplicate mount point: {}", m.destination)));
         }
@@ -413,7 +413,7 @@ pub fn inspect_json(vols: &Volumes, mps: &[MountPoint]) -> Value {
 
 /// A directory inside a volume's data, resolved without leaving it (symlinks inside the
 /// volume may not point out of it: CVE-2021-30465's class).
-fn subpath_in(data: &Path, sub: &str) -> Result<PathBuf, ApiError> {
+fn subpath_in(data: &Path, sub: &str) -> Result<PathBuf, EngineError> {
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
     let flags = OFlags::PATH | OFlags::CLOEXEC;
     let root = rustix::fs::open(
@@ -421,7 +421,7 @@ fn subpath_in(data: &Path, sub: &str) -> Result<PathBuf, ApiError> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| ApiError::internal(format!("opening the volume: {e}")))?;
+    .map_err(|e| EngineError::internal(format!("opening the volume: {e}")))?;
     let fd = openat2(
         &root,
         sub,
@@ -439,7 +439,7 @@ fn subpath_in(data: &Path, sub: &str) -> Result<PathBuf, ApiError> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&fd)
     ))
-    .map_err(|e| ApiError::internal(e.to_string()))
+    .map_err(|e| EngineError::internal(e.to_string()))
 }
 
 /// Copies the image's files at `dest` (inside `rootfs`, resolved there) into an empty
@@ -516,7 +516,7 @@ pub fn for_start(
     vols: &Volumes,
     mps: &[MountPoint],
     rootfs: &Path,
-) -> Result<(Vec<berth_runtime::spec::Mount>, Vec<String>), ApiError> {
+) -> Result<(Vec<berth_runtime::spec::Mount>, Vec<String>), EngineError> {
     let mut out = Vec::new();
     let mut taken = Vec::new();
     let result = (|| {
@@ -530,7 +530,7 @@ pub fn for_start(
                     if !v.populated {
                         if !m.nocopy && m.subpath.is_empty() {
                             copy_up(rootfs, &m.destination, &data).map_err(|e| {
-                                ApiError::internal(format!(
+                                EngineError::internal(format!(
                                     "copying the image's {} into volume {}: {e}",
                                     m.destination, m.name
                                 ))

@@ -9,7 +9,7 @@
 //! crash is swept at the next start.
 
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use berth_network::ipam::{self, Subnet, Subnet6};
 use berth_network::link::Netlink;
 use berth_network::{dns, netns, nft};
@@ -241,8 +241,8 @@ pub fn requested(spec: &Value) -> Vec<(String, Value)> {
 pub fn validate(
     nets: &Networks,
     spec: &Value,
-    container_exists: &dyn Fn(&str) -> Result<(), ApiError>,
-) -> Result<Vec<String>, ApiError> {
+    container_exists: &dyn Fn(&str) -> Result<(), EngineError>,
+) -> Result<Vec<String>, EngineError> {
     let hc = &spec["HostConfig"];
     let mut warnings = Vec::new();
     let mode = Mode::of(hc);
@@ -257,7 +257,7 @@ pub fn validate(
         Mode::Container(other) => {
             container_exists(other)?;
             if publishes {
-                return Err(ApiError::bad_request(
+                return Err(EngineError::invalid(
                     "conflicting options: port publishing and the container type network mode",
                 ));
             }
@@ -269,12 +269,12 @@ pub fn validate(
                     .iter()
                     .any(|k| ep["IPAMConfig"][*k].as_str().is_some_and(|s| !s.is_empty()));
                 if n.default && fixed {
-                    return Err(ApiError::bad_request(
+                    return Err(EngineError::invalid(
                         "user specified IP address is supported on user defined networks only",
                     ));
                 }
                 if n.default && ep["Aliases"].as_array().is_some_and(|a| !a.is_empty()) {
-                    return Err(ApiError::bad_request(
+                    return Err(EngineError::invalid(
                         "network-scoped alias is supported only for containers in user defined networks",
                     ));
                 }
@@ -292,7 +292,7 @@ pub fn pick<'a, T>(
     key: &str,
     name: impl Fn(&T) -> &str,
     id: impl Fn(&T) -> &str,
-) -> Result<&'a T, ApiError> {
+) -> Result<&'a T, EngineError> {
     if let Some(n) = all.iter().find(|n| name(n) == key || id(n) == key) {
         return Ok(n);
     }
@@ -302,8 +302,8 @@ pub fn pick<'a, T>(
         .collect();
     match hits.as_slice() {
         [one] => Ok(one),
-        [] => Err(ApiError::not_found(format!("network {key} not found"))),
-        _ => Err(ApiError::bad_request(format!(
+        [] => Err(EngineError::not_found(format!("network {key} not found"))),
+        _ => Err(EngineError::invalid(format!(
             "network {key} is ambiguous ({} matches found based on ID prefix)",
             hits.len()
         ))),
@@ -368,8 +368,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e.to_string())
+fn internal(e: impl std::fmt::Display) -> EngineError {
+    EngineError::internal(e.to_string())
 }
 
 /// Subnets of the host's routes (so a new network never shadows one).
@@ -556,11 +556,11 @@ impl Networks {
         }
     }
 
-    async fn nl(&self) -> Result<&Netlink, ApiError> {
+    async fn nl(&self) -> Result<&Netlink, EngineError> {
         self.nl
             .get_or_try_init(|| async { Netlink::new() })
             .await
-            .map_err(|e| ApiError::internal(format!("netlink: {e}")))
+            .map_err(|e| EngineError::internal(format!("netlink: {e}")))
     }
 
     /// At daemon start: every network's bridge and DNS server, the sweep of what a
@@ -586,7 +586,7 @@ impl Networks {
 
     /// A network's bridge device (made if missing, with the gateway address) and, for
     /// bridge networks, its DNS server on the gateway.
-    async fn bring_up(&self, n: &Arc<Net>) -> Result<(), ApiError> {
+    async fn bring_up(&self, n: &Arc<Net>) -> Result<(), EngineError> {
         let nl = self.nl().await?;
         nl.ensure_bridge(
             &n.cfg.bridge,
@@ -670,28 +670,28 @@ impl Networks {
     }
 
     /// By full name, full ID or ID prefix, as Docker finds them.
-    pub fn find(&self, key: &str) -> Result<Arc<Net>, ApiError> {
+    pub fn find(&self, key: &str) -> Result<Arc<Net>, EngineError> {
         let all = self.all();
         pick(&all, key, |n| &n.cfg.name, |n| &n.cfg.id).cloned()
     }
 
     /// `POST /networks/create`.
-    pub async fn create(&self, body: &Value) -> Result<(Arc<Net>, String), ApiError> {
+    pub async fn create(&self, body: &Value) -> Result<(Arc<Net>, String), EngineError> {
         let name = body["Name"].as_str().unwrap_or_default().to_string();
         if name.is_empty() {
-            return Err(ApiError::bad_request("network name is required"));
+            return Err(EngineError::invalid("network name is required"));
         }
         // dockerd takes any name (docker-py's tests make "test 01"); one that cannot
         // be named in a path or holds control characters is refused
         if name.trim().is_empty() || name.contains('/') || name.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid network name \"{}\": a name needs a printable character and no '/'",
                 name.escape_debug()
             )));
         }
         if ["bridge", "host", "none", "default"].contains(&name.as_str()) {
-            return Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
+            return Err(EngineError::new(
+                crate::error::Kind::Forbidden,
                 format!("{name} is a pre-defined network and cannot be created"),
             ));
         }
@@ -700,12 +700,12 @@ impl Networks {
             .filter(|d| !d.is_empty())
             .unwrap_or("bridge");
         if driver != "bridge" {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "plugin \"{driver}\" not found: only the bridge driver is supported"
             )));
         }
         if self.find(&name).is_ok_and(|n| n.cfg.name == name) {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "network with name {name} already exists"
             )));
         }
@@ -721,7 +721,7 @@ impl Networks {
             .get("com.docker.network.bridge.enable_icc")
             .is_some_and(|v| matches!(v.as_str(), "false" | "0"))
         {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "com.docker.network.bridge.enable_icc=false is not supported: containers on a berth network can always reach each other",
             ));
         }
@@ -729,7 +729,7 @@ impl Networks {
             .get("com.docker.network.bridge.host_binding_ipv4")
             .filter(|ip| !matches!(ip.as_str(), "" | "0.0.0.0"))
         {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "com.docker.network.bridge.host_binding_ipv4={ip} is not supported: publish ports with their host address (-p {ip}:PORT:PORT)"
             )));
         }
@@ -740,12 +740,12 @@ impl Networks {
         let is_v6 = |c: &Value| c["Subnet"].as_str().is_some_and(|s| s.contains(':'));
         let (v6s, v4s): (Vec<Value>, Vec<Value>) = configs.into_iter().partition(is_v6);
         if v4s.len() > 1 || v6s.len() > 1 {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "only one IPv4 and one IPv6 subnet per network are supported",
             ));
         }
         if let (false, Some(c)) = (enable_ipv6, v6s.first()) {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "the IPv6 subnet {} needs IPv6 enabled on the network (EnableIPv6, --ipv6)",
                 c["Subnet"].as_str().unwrap_or_default()
             )));
@@ -759,10 +759,9 @@ impl Networks {
         let others: Vec<Subnet> = self.all().iter().map(|n| n.subnet).collect();
         let subnet = match conf["Subnet"].as_str().filter(|s| !s.is_empty()) {
             Some(s) => {
-                let s =
-                    Subnet::parse_strict(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let s = Subnet::parse_strict(s).map_err(|e| EngineError::invalid(e.to_string()))?;
                 if others.iter().any(|o| o.overlaps(&s)) {
-                    return Err(ApiError::conflict(
+                    return Err(EngineError::conflict(
                         "invalid pool request: Pool overlaps with other one on this address space",
                     ));
                 }
@@ -772,16 +771,16 @@ impl Networks {
                 let mut avoid = host_routes();
                 avoid.extend(others.iter().copied());
                 ipam::pick_subnet(&self.pools, &avoid).ok_or_else(|| {
-                    ApiError::bad_request("all predefined address pools have been fully subnetted")
+                    EngineError::invalid("all predefined address pools have been fully subnetted")
                 })?
             }
         };
         let range = match conf["IPRange"].as_str().filter(|s| !s.is_empty()) {
             Some(r) => {
                 let r: Subnet =
-                    Subnet::parse_strict(r).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    Subnet::parse_strict(r).map_err(|e| EngineError::invalid(e.to_string()))?;
                 if !subnet.covers(&r) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "invalid pool request: the IP range {r} is not within the subnet {subnet}"
                     )));
                 }
@@ -793,9 +792,9 @@ impl Networks {
             Some(g) => {
                 let g: Ipv4Addr = g
                     .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid gateway address {g}")))?;
+                    .map_err(|_| EngineError::invalid(format!("invalid gateway address {g}")))?;
                 if !subnet.contains(g) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "no matching subnet for gateway {g}"
                     )));
                 }
@@ -803,7 +802,7 @@ impl Networks {
             }
             None => subnet
                 .nth(1)
-                .ok_or_else(|| ApiError::bad_request("subnet too small"))?,
+                .ok_or_else(|| EngineError::invalid("subnet too small"))?,
         };
         let mut aux_addresses = BTreeMap::new();
         for (k, v) in conf["AuxiliaryAddresses"].as_object().into_iter().flatten() {
@@ -813,7 +812,7 @@ impl Networks {
                     aux_addresses.insert(k.clone(), ip.to_string());
                 }
                 _ => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "no matching subnet for aux-address {a}"
                     )))
                 }
@@ -827,10 +826,10 @@ impl Networks {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 {
-                    return Err(ApiError::bad_request(format!("invalid bridge name {b}")));
+                    return Err(EngineError::invalid(format!("invalid bridge name {b}")));
                 }
                 if self.all().iter().any(|n| &n.cfg.bridge == b) {
-                    return Err(ApiError::conflict(format!("bridge name {b} is in use")));
+                    return Err(EngineError::conflict(format!("bridge name {b} is in use")));
                 }
                 b.clone()
             }
@@ -862,7 +861,7 @@ impl Networks {
             body: serde_json::to_string(&cfg).map_err(internal)?,
         };
         if !self.db.insert_network(&row)? {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "network with name {name} already exists"
             )));
         }
@@ -883,8 +882,8 @@ impl Networks {
 
     /// A new network's IPv6 side from its IPAM config (`Subnet`, `IPRange`, `Gateway`):
     /// without a subnet, a unique local /64 of its own.
-    fn v6_config(&self, conf: &Value) -> Result<V6Net, ApiError> {
-        let bad = |e: ipam::SubnetError| ApiError::bad_request(e.to_string());
+    fn v6_config(&self, conf: &Value) -> Result<V6Net, EngineError> {
+        let bad = |e: ipam::SubnetError| EngineError::invalid(e.to_string());
         let others: Vec<Subnet6> = self
             .all()
             .iter()
@@ -894,7 +893,7 @@ impl Networks {
             Some(s) => {
                 let s = Subnet6::parse_strict(s).map_err(bad)?;
                 if others.iter().any(|o| o.overlaps(&s)) {
-                    return Err(ApiError::conflict(
+                    return Err(EngineError::conflict(
                         "invalid pool request: Pool overlaps with other one on this address space",
                     ));
                 }
@@ -911,7 +910,7 @@ impl Networks {
             Some(r) => {
                 let r = Subnet6::parse_strict(r).map_err(bad)?;
                 if !subnet.covers(&r) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "invalid pool request: the IP range {r} is not within the subnet {subnet}"
                     )));
                 }
@@ -923,9 +922,9 @@ impl Networks {
             Some(g) => {
                 let g: Ipv6Addr = g
                     .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid gateway address {g}")))?;
+                    .map_err(|_| EngineError::invalid(format!("invalid gateway address {g}")))?;
                 if !subnet.contains(g) {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "no matching subnet for gateway {g}"
                     )));
                 }
@@ -933,7 +932,7 @@ impl Networks {
             }
             None => subnet
                 .nth(1)
-                .ok_or_else(|| ApiError::bad_request("subnet too small"))?,
+                .ok_or_else(|| EngineError::invalid("subnet too small"))?,
         };
         Ok(V6Net {
             subnet,
@@ -959,16 +958,16 @@ impl Networks {
     }
 
     /// `DELETE /networks/{id}`.
-    pub async fn remove(&self, key: &str) -> Result<Arc<Net>, ApiError> {
+    pub async fn remove(&self, key: &str) -> Result<Arc<Net>, EngineError> {
         let n = self.find(key)?;
         if n.default {
-            return Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
+            return Err(EngineError::new(
+                crate::error::Kind::Forbidden,
                 "bridge is a pre-defined network and cannot be removed",
             ));
         }
         if !self.attached(&n.cfg.id).is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "error while removing network: network {} id {} has active endpoints",
                 n.cfg.name, n.cfg.id
             )));
@@ -1046,18 +1045,18 @@ fn hold(proto: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<(OwnedFd, u16)>
 }
 
 /// The bindings a container asks for: (container port, proto, host ip, host port text).
-fn bindings(spec: &Value) -> Result<Vec<(u16, String, String, String)>, ApiError> {
+fn bindings(spec: &Value) -> Result<Vec<(u16, String, String, String)>, EngineError> {
     let hc = &spec["HostConfig"];
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let parse_key = |k: &str| -> Result<(u16, String), ApiError> {
+    let parse_key = |k: &str| -> Result<(u16, String), EngineError> {
         let (p, proto) = k.split_once('/').unwrap_or((k, "tcp"));
         let port: u16 =
             p.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("invalid port specification: \"{k}\""))
+                EngineError::invalid(format!("invalid port specification: \"{k}\""))
             })?;
         if !matches!(proto, "tcp" | "udp") {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid proto: {proto} (only tcp and udp are supported)"
             )));
         }
@@ -1104,8 +1103,8 @@ impl Networks {
         name: &str,
         hostname: &str,
         spec: &Value,
-        joined: &(dyn Fn(&str) -> Result<Joined, ApiError> + Sync),
-    ) -> Result<Attachment, ApiError> {
+        joined: &(dyn Fn(&str) -> Result<Joined, EngineError> + Sync),
+    ) -> Result<Attachment, EngineError> {
         let hc = &spec["HostConfig"];
         match Mode::of(hc) {
             Mode::Host => {
@@ -1214,7 +1213,7 @@ impl Networks {
         spec: &Value,
         wanted: &[(Arc<Net>, Value)],
         st: &mut NetState,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let nl = self.nl().await?;
         let ns_file = std::fs::File::open(&st.netns).map_err(internal)?;
         let mut routed = false;
@@ -1246,7 +1245,7 @@ impl Networks {
             } else {
                 host_ip
                     .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid IP address: {host_ip}")))?
+                    .map_err(|_| EngineError::invalid(format!("invalid IP address: {host_ip}")))?
             };
             let (lo, hi) = match host_port.split_once('-') {
                 Some((a, b)) => (a.parse::<u16>().ok(), b.parse::<u16>().ok()),
@@ -1257,7 +1256,7 @@ impl Networks {
                 }
             };
             let (Some(lo), Some(hi)) = (lo, hi) else {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "invalid hostPort: {host_port}"
                 )));
             };
@@ -1265,7 +1264,7 @@ impl Networks {
             let mut got = None;
             for candidate in lo..=hi {
                 if candidate != 0 && self.port_taken(&proto, hip, candidate, &held) {
-                    last_err = Some(ApiError::internal(format!(
+                    last_err = Some(EngineError::internal(format!(
                         "Bind for {hip}:{candidate} failed: port is already allocated"
                     )));
                     continue;
@@ -1276,7 +1275,7 @@ impl Networks {
                         break;
                     }
                     Err(e) => {
-                        last_err = Some(ApiError::internal(format!(
+                        last_err = Some(EngineError::internal(format!(
                             "driver failed programming external connectivity on endpoint {name} ({}): failed to bind host port for {hip}:{candidate}:{ip}:{port}/{proto}: {}",
                             st.endpoints[0].endpoint_id,
                             std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0))
@@ -1346,13 +1345,13 @@ impl Networks {
         nl: &Netlink,
         ns_file: &std::fs::File,
         routed: &mut bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let short = &cid[..cid.len().min(12)];
         let aliases = crate::spec::strings(&ep["Aliases"]).unwrap_or_default();
         let asked_mac = match ep["MacAddress"].as_str().filter(|m| !m.is_empty()) {
             Some(m) => Some(
                 ipam::parse_mac(m)
-                    .ok_or_else(|| ApiError::bad_request(format!("invalid MAC address: {m}")))?,
+                    .ok_or_else(|| EngineError::invalid(format!("invalid MAC address: {m}")))?,
             ),
             None => None,
         };
@@ -1363,7 +1362,7 @@ impl Networks {
             .as_str()
             .filter(|s| !s.is_empty());
         if net.default && (fixed.is_some() || fixed6.is_some() || !aliases.is_empty()) {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 if fixed.is_some() || fixed6.is_some() {
                     "user specified IP address is supported on user defined networks only"
                 } else {
@@ -1391,14 +1390,14 @@ impl Networks {
                 Some(f) => {
                     let ip: Ipv4Addr = f
                         .parse()
-                        .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {f}")))?;
+                        .map_err(|_| EngineError::invalid(format!("invalid IPv4 address: {f}")))?;
                     if !net.subnet.contains(ip) || ip == net.gateway {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(EngineError::invalid(format!(
                             "no configured subnet or ip-range contain the IP address {ip}"
                         )));
                     }
                     if used.contains(&ip) {
-                        return Err(ApiError::conflict(format!(
+                        return Err(EngineError::conflict(format!(
                             "Address already in use: {ip} on network {}",
                             net.cfg.name
                         )));
@@ -1407,7 +1406,7 @@ impl Networks {
                 }
                 None => ipam::allocate(&net.subnet, net.range.as_ref(), net.gateway, &used)
                     .ok_or_else(|| {
-                        ApiError::conflict(format!(
+                        EngineError::conflict(format!(
                             "no available IPv4 addresses on this network's address pools: {} ({})",
                             net.cfg.name, net.cfg.id
                         ))
@@ -1416,7 +1415,7 @@ impl Networks {
             let ip6 = match &net.v6 {
                 Some(v6) => Some(self.address6(&live, net, v6, fixed6)?),
                 None if fixed6.is_some() => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "no configured subnet or ip-range contain the IP address {}: network {} has no IPv6",
                         fixed6.unwrap_or_default(),
                         net.cfg.name
@@ -1515,7 +1514,7 @@ impl Networks {
         net: &Net,
         v6: &V6Net,
         fixed: Option<&str>,
-    ) -> Result<Ipv6Addr, ApiError> {
+    ) -> Result<Ipv6Addr, EngineError> {
         let used: HashSet<Ipv6Addr> = live
             .values()
             .flatten()
@@ -1526,14 +1525,14 @@ impl Networks {
             Some(f) => {
                 let ip: Ipv6Addr = f
                     .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid IPv6 address: {f}")))?;
+                    .map_err(|_| EngineError::invalid(format!("invalid IPv6 address: {f}")))?;
                 if !v6.subnet.contains(ip) || ip == v6.gateway {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(EngineError::invalid(format!(
                         "no configured subnet or ip-range contain the IP address {ip}"
                     )));
                 }
                 if used.contains(&ip) {
-                    return Err(ApiError::conflict(format!(
+                    return Err(EngineError::conflict(format!(
                         "Address already in use: {ip} on network {}",
                         net.cfg.name
                     )));
@@ -1542,7 +1541,7 @@ impl Networks {
             }
             None => {
                 ipam::allocate6(&v6.subnet, v6.range.as_ref(), v6.gateway, &used).ok_or_else(|| {
-                    ApiError::conflict(format!(
+                    EngineError::conflict(format!(
                         "no available IPv6 addresses on this network's address pools: {} ({})",
                         net.cfg.name, net.cfg.id
                     ))
@@ -1560,15 +1559,15 @@ impl Networks {
         st: &mut NetState,
         net: &Arc<Net>,
         ep: &Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         if st.netns.is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "container cannot be connected to a network: it does not use bridge networking",
             ));
         }
         if st.endpoints.iter().any(|e| e.network_id == net.cfg.id) {
-            return Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
+            return Err(EngineError::new(
+                crate::error::Kind::Forbidden,
                 format!(
                     "endpoint with name {name} already exists in network {}",
                     net.cfg.name
@@ -1616,10 +1615,10 @@ impl Networks {
         cid: &str,
         st: &mut NetState,
         net: &Net,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), EngineError> {
         let Some(i) = st.endpoints.iter().position(|e| e.network_id == net.cfg.id) else {
-            return Err(ApiError::new(
-                http::StatusCode::FORBIDDEN,
+            return Err(EngineError::new(
+                crate::error::Kind::Forbidden,
                 format!(
                     "container {cid} is not connected to network {}",
                     net.cfg.name
@@ -1755,7 +1754,7 @@ impl Networks {
     }
 
     /// Replaces `table inet berth` with the rules for every network and held port.
-    pub async fn apply_rules(&self) -> Result<(), ApiError> {
+    pub async fn apply_rules(&self) -> Result<(), EngineError> {
         let _g = self.rules.lock().await;
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());

@@ -12,7 +12,7 @@
 //! berthd does not run plugins: `enable` is refused with a clear error, so every plugin
 //! stays disabled (and `disable` answers as dockerd does for a disabled plugin).
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use berth_image::reference::Reference;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -68,16 +68,16 @@ pub struct Plugins {
     list: Mutex<Vec<Arc<Plugin>>>,
 }
 
-fn io_err(what: &str) -> impl Fn(std::io::Error) -> ApiError + '_ {
-    move |e| ApiError::internal(format!("{what}: {e}"))
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::internal(format!("{what}: {e}"))
 }
 
 /// A plugin name as Docker keeps it: `NAME:TAG`, familiar (`vieux/sshfs:latest`).
-pub fn normalize_name(name: &str) -> Result<Reference, ApiError> {
+pub fn normalize_name(name: &str) -> Result<Reference, EngineError> {
     let r = Reference::parse_tagged_default(name)
-        .map_err(|e| ApiError::bad_request(format!("invalid reference format: {name}: {e}")))?;
+        .map_err(|e| EngineError::invalid(format!("invalid reference format: {name}: {e}")))?;
     if r.digest().is_some() {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "invalid plugin name {name}: a plugin name cannot have a digest"
         )));
     }
@@ -116,7 +116,7 @@ impl Plugins {
     }
 
     /// By name (`NAME`, `NAME:TAG`), full ID or unique ID prefix.
-    pub fn find(&self, key: &str) -> Result<Arc<Plugin>, ApiError> {
+    pub fn find(&self, key: &str) -> Result<Arc<Plugin>, EngineError> {
         let all = self.all();
         let name = normalize_name(key).ok().map(|r| r.familiar());
         if let Some(p) = all
@@ -131,8 +131,10 @@ impl Plugins {
             .collect();
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(ApiError::not_found(format!("plugin \"{key}\" not found"))),
-            _ => Err(ApiError::not_found(format!(
+            [] => Err(EngineError::not_found(format!(
+                "plugin \"{key}\" not found"
+            ))),
+            _ => Err(EngineError::not_found(format!(
                 "plugin \"{key}\" not found: multiple IDs found with provided prefix"
             ))),
         }
@@ -140,9 +142,11 @@ impl Plugins {
 
     /// A new plugin's directory (not yet listed): its path and ID. Refused when `name` is
     /// installed already.
-    pub fn reserve(&self, name: &str) -> Result<(PathBuf, String), ApiError> {
+    pub fn reserve(&self, name: &str) -> Result<(PathBuf, String), EngineError> {
         if self.all().iter().any(|p| p.name == name) {
-            return Err(ApiError::conflict(format!("plugin {name} already exists")));
+            return Err(EngineError::conflict(format!(
+                "plugin {name} already exists"
+            )));
         }
         let id = hex::encode(rand::random::<[u8; 32]>());
         let dir = self.dir.join(&id);
@@ -152,11 +156,11 @@ impl Plugins {
     }
 
     /// Records a plugin whose rootfs is in place (its directory from [`Self::reserve`]).
-    pub fn commit(&self, p: Plugin) -> Result<Arc<Plugin>, ApiError> {
+    pub fn commit(&self, p: Plugin) -> Result<Arc<Plugin>, EngineError> {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         if list.iter().any(|x| x.name == p.name) {
             let _ = std::fs::remove_dir_all(self.dir.join(&p.id));
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "plugin {} already exists",
                 p.name
             )));
@@ -168,11 +172,11 @@ impl Plugins {
         Ok(p)
     }
 
-    fn write(&self, p: &Plugin) -> Result<(), ApiError> {
+    fn write(&self, p: &Plugin) -> Result<(), EngineError> {
         let dir = self.dir.join(&p.id);
         let tmp = dir.join("plugin.json.tmp");
         let body =
-            serde_json::to_vec(&p.to_json()).map_err(|e| ApiError::internal(e.to_string()))?;
+            serde_json::to_vec(&p.to_json()).map_err(|e| EngineError::internal(e.to_string()))?;
         std::fs::write(&tmp, body).map_err(io_err("writing the plugin's record"))?;
         std::fs::rename(&tmp, dir.join("plugin.json"))
             .map_err(io_err("writing the plugin's record"))
@@ -184,7 +188,7 @@ impl Plugins {
     }
 
     /// `DELETE /plugins/{name}`.
-    pub fn remove(&self, key: &str) -> Result<Arc<Plugin>, ApiError> {
+    pub fn remove(&self, key: &str) -> Result<Arc<Plugin>, EngineError> {
         let p = self.find(key)?;
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|x| x.id != p.id);
@@ -199,7 +203,7 @@ impl Plugins {
     /// `POST /plugins/{name}/set`: `NAME=VALUE` for an env variable, `NAME.source=PATH`
     /// for a mount, `NAME.path=PATH` for a device, `NAME=V1 V2` for the args; each only
     /// where the config says it is settable.
-    pub fn set(&self, key: &str, args: &[String]) -> Result<(), ApiError> {
+    pub fn set(&self, key: &str, args: &[String]) -> Result<(), EngineError> {
         let p = self.find(key)?;
         let mut settings = p.settings.clone();
         for a in args {
@@ -261,16 +265,16 @@ fn item(v: &Value) -> Map<String, Value> {
 
 /// A plugin config (`config.json`, or a registry's config blob) in the API's spelling,
 /// with Docker's defaults; `diff_ids` of its rootfs layers.
-pub fn normalize_config(raw: &Value, diff_ids: &[String]) -> Result<Value, ApiError> {
+pub fn normalize_config(raw: &Value, diff_ids: &[String]) -> Result<Value, EngineError> {
     if !raw.is_object() {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "the plugin's config is not a JSON object",
         ));
     }
     let c = lower_keys(raw);
     let socket = c["interface"]["socket"].as_str().unwrap_or_default();
     if socket.is_empty() || socket.contains('/') {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "the plugin's config needs interface.socket: a socket file name",
         ));
     }
@@ -461,8 +465,8 @@ pub fn granted(asked: &Value, given: &Value) -> bool {
 }
 
 /// One `plugin set` argument applied to `settings`, as the config allows it.
-fn apply_setting(config: &Value, settings: &mut Value, arg: &str) -> Result<(), ApiError> {
-    let bad = |m: String| ApiError::bad_request(m);
+fn apply_setting(config: &Value, settings: &mut Value, arg: &str) -> Result<(), EngineError> {
+    let bad = |m: String| EngineError::invalid(m);
     let (lhs, value) = arg
         .split_once('=')
         .ok_or_else(|| bad(format!("invalid setting {arg:?}: it should be NAME=VALUE")))?;

@@ -9,7 +9,7 @@
 //! not match fails the pull, and nothing of it is kept. The image and its references
 //! are written last, in one transaction.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::json_line;
 use crate::progress::{line, Reporter};
 use crate::Daemon;
@@ -21,20 +21,19 @@ use berth_registry::auth::AuthConfig;
 use berth_registry::client::{RegistryError, Session};
 use berth_registry::manifest::{self, Document, ImageManifest, Platform};
 use bytes::Bytes;
-use http::StatusCode as ApiStatus;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-impl From<RegistryError> for ApiError {
+impl From<RegistryError> for EngineError {
     fn from(e: RegistryError) -> Self {
         let msg = e.to_string();
         match e {
-            RegistryError::NotFound(_) => ApiError::not_found(msg),
-            RegistryError::Denied(_) => ApiError::new(ApiStatus::FORBIDDEN, msg),
-            RegistryError::Unreachable(_) => ApiError::internal(msg),
-            RegistryError::Status(..) | RegistryError::Invalid(_) => ApiError::internal(msg),
+            RegistryError::NotFound(_) => EngineError::not_found(msg),
+            RegistryError::Denied(_) => EngineError::new(crate::error::Kind::Forbidden, msg),
+            RegistryError::Unreachable(_) => EngineError::internal(msg),
+            RegistryError::Status(..) | RegistryError::Invalid(_) => EngineError::internal(msg),
         }
     }
 }
@@ -80,10 +79,10 @@ pub async fn plan(
     reference: Reference,
     platform: &Platform,
     creds: Option<AuthConfig>,
-) -> Result<Plan, ApiError> {
+) -> Result<Plan, EngineError> {
     let p = plan_any(d, reference, platform, creds).await?;
     if p.is_plugin() {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "Encountered remote \"{}\"(plugin) when fetching",
             crate::plugins::CONFIG_MEDIA_TYPE
         )));
@@ -96,10 +95,10 @@ pub async fn plan_plugin(
     d: &Daemon,
     reference: Reference,
     creds: Option<AuthConfig>,
-) -> Result<Plan, ApiError> {
+) -> Result<Plan, EngineError> {
     let p = plan_any(d, reference, &Platform::host(), creds).await?;
     if !p.is_plugin() {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "Encountered remote \"{}\"(image) when fetching: {} is not a plugin",
             p.manifest.config.media_type,
             p.reference.familiar()
@@ -113,7 +112,7 @@ async fn plan_any(
     reference: Reference,
     platform: &Platform,
     creds: Option<AuthConfig>,
-) -> Result<Plan, ApiError> {
+) -> Result<Plan, EngineError> {
     let client = d.registry()?;
     if client.mirrored(reference.domain()) {
         let via_mirror = match client
@@ -147,7 +146,7 @@ async fn plan_with(
     session: Session,
     reference: Reference,
     platform: &Platform,
-) -> Result<Plan, ApiError> {
+) -> Result<Plan, EngineError> {
     let want = match (reference.digest(), reference.tag()) {
         (Some(dg), _) => dg.to_string(),
         (None, Some(t)) => t.to_string(),
@@ -161,18 +160,18 @@ async fn plan_with(
     let manifest_digest = digest;
     let mut depth = 0;
     let manifest = loop {
-        match manifest::parse(&bytes, &ct).map_err(|e| ApiError::internal(e.to_string()))? {
+        match manifest::parse(&bytes, &ct).map_err(|e| EngineError::internal(e.to_string()))? {
             Document::Image(m) => break m,
             Document::Index(entries) => {
                 depth += 1;
                 if depth > manifest::MAX_INDEX_DEPTH {
-                    return Err(ApiError::internal(format!(
+                    return Err(EngineError::internal(format!(
                         "invalid manifest: indexes nested more than {} deep",
                         manifest::MAX_INDEX_DEPTH
                     )));
                 }
                 let e = manifest::select(&entries, platform)
-                    .map_err(|e| ApiError::not_found(e.to_string()))?;
+                    .map_err(|e| EngineError::not_found(e.to_string()))?;
                 (bytes, ct, _) = session
                     .manifest(&e.desc.digest.to_string())
                     .await
@@ -181,7 +180,7 @@ async fn plan_with(
         }
     };
     if manifest.config.size > manifest::MAX_CONFIG {
-        return Err(ApiError::internal(format!(
+        return Err(EngineError::internal(format!(
             "image config too large: {} bytes",
             manifest.config.size
         )));
@@ -190,7 +189,7 @@ async fn plan_with(
         .small_blob(&manifest.config.digest, manifest::MAX_CONFIG)
         .await?;
     let cfg: Value = serde_json::from_slice(&config)
-        .map_err(|e| ApiError::internal(format!("invalid image config: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("invalid image config: {e}")))?;
     let diff_ids: Vec<Digest> = cfg["rootfs"]["diff_ids"]
         .as_array()
         .map(|a| {
@@ -200,7 +199,7 @@ async fn plan_with(
         })
         .unwrap_or_default();
     if diff_ids.len() != manifest.layers.len() {
-        return Err(ApiError::internal(format!(
+        return Err(EngineError::internal(format!(
             "invalid image: the manifest has {} layers and the config {} diff ids",
             manifest.layers.len(),
             diff_ids.len()
@@ -208,7 +207,7 @@ async fn plan_with(
     }
     if let Some(os) = cfg["os"].as_str() {
         if os != "linux" {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "image operating system \"{os}\" cannot be used on this platform"
             )));
         }
@@ -229,7 +228,7 @@ pub async fn all_tags(
     reference: Reference,
     platform: Platform,
     creds: Option<AuthConfig>,
-) -> Result<crate::http::Resp, ApiError> {
+) -> Result<crate::http::Resp, EngineError> {
     let session = d
         .registry()?
         .session(reference.domain(), reference.path(), creds.clone(), false)
@@ -242,7 +241,7 @@ pub async fn all_tags(
     tags.sort();
     tags.dedup();
     if tags.is_empty() {
-        return Err(ApiError::not_found(format!(
+        return Err(EngineError::not_found(format!(
             "no tags found for {}",
             reference.familiar_name()
         )));
@@ -272,15 +271,14 @@ pub async fn all_tags(
 }
 
 /// Docker's words for a pull that cannot find or may not read the repository.
-fn name_error(r: &Reference, e: RegistryError) -> ApiError {
+fn name_error(r: &Reference, e: RegistryError) -> EngineError {
     match e {
-        RegistryError::NotFound(m) if m.starts_with("manifest") => ApiError::not_found(format!(
+        RegistryError::NotFound(m) if m.starts_with("manifest") => EngineError::not_found(format!(
             "manifest for {} not found: {}",
             r.familiar(),
             m.trim_start_matches("manifest: ")
         )),
-        RegistryError::NotFound(m) | RegistryError::Denied(m) => ApiError::new(
-            ApiStatus::NOT_FOUND,
+        RegistryError::NotFound(m) | RegistryError::Denied(m) => EngineError::new(crate::error::Kind::NotFound,
             format!(
                 "pull access denied for {}, repository does not exist or may require 'docker login': {m}",
                 r.familiar_name()

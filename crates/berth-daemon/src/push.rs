@@ -8,7 +8,7 @@
 //! Uploads run in parallel (`max-concurrent-uploads`). The manifest (Docker schema 2)
 //! goes last, so the registry never names an incomplete image.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::json_line;
 use crate::progress::{line, Reporter};
 use crate::Daemon;
@@ -26,12 +26,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// The local images a push sends: `name:tag`, or every tag of `name` without one.
-pub fn resolve(d: &Daemon, name: &str, tag: &str) -> Result<Vec<(Reference, Digest)>, ApiError> {
+pub fn resolve(d: &Daemon, name: &str, tag: &str) -> Result<Vec<(Reference, Digest)>, EngineError> {
     let base = Reference::parse(name)?;
     if !tag.is_empty() {
         let r = base.with_tag(tag)?;
         let id = d.images.resolve(&r.to_string()).map_err(|_| {
-            ApiError::not_found(format!(
+            EngineError::not_found(format!(
                 "An image does not exist locally with the tag: {}",
                 r.familiar_name()
             ))
@@ -40,7 +40,7 @@ pub fn resolve(d: &Daemon, name: &str, tag: &str) -> Result<Vec<(Reference, Dige
     }
     if base.tag().is_some() {
         let id = d.images.resolve(&base.to_string()).map_err(|_| {
-            ApiError::not_found(format!(
+            EngineError::not_found(format!(
                 "An image does not exist locally with the tag: {}",
                 base.familiar()
             ))
@@ -56,7 +56,7 @@ pub fn resolve(d: &Daemon, name: &str, tag: &str) -> Result<Vec<(Reference, Dige
         }
     }
     if out.is_empty() {
-        return Err(ApiError::not_found(format!(
+        return Err(EngineError::not_found(format!(
             "An image does not exist locally with the tag: {}",
             base.familiar_name()
         )));

@@ -2,7 +2,7 @@
 //! in `info`), Docker's checks of a HostConfig's limits (its words, its warnings, its
 //! defaults), and the OCI `linux.resources`, rlimits and `/dev/shm` size they become.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -179,15 +179,15 @@ fn int(hc: &Value, key: &str) -> i64 {
     hc[key].as_i64().unwrap_or(0)
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
+fn bad(msg: impl Into<String>) -> EngineError {
+    EngineError::invalid(msg)
 }
 
 /// Docker's checks of the limits in `hc`, on create (`update` false) and on update.
 /// Settings the machine cannot apply are dropped from `hc` with a warning, as Docker
 /// does; defaults Docker fills in (swap twice the memory) are filled in. Returns the
 /// warnings.
-pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>, ApiError> {
+pub fn verify(hc: &mut Value, sys: &SysInfo, update: bool) -> Result<Vec<String>, EngineError> {
     let mut warnings = Vec::new();
     let mut memory = int(hc, "Memory");
     let swap = int(hc, "MemorySwap");
@@ -440,7 +440,7 @@ const RLIMITS: &[(&str, libc::__rlimit_resource_t)] = &[
     ("stack", libc::RLIMIT_STACK),
 ];
 
-fn verify_ulimits(v: &Value) -> Result<(), ApiError> {
+fn verify_ulimits(v: &Value) -> Result<(), EngineError> {
     for u in v.as_array().into_iter().flatten() {
         let name = u["Name"].as_str().unwrap_or_default();
         if !RLIMITS.iter().any(|(n, _)| *n == name) {
@@ -476,7 +476,7 @@ fn may_raise_rlimits() -> bool {
 /// `default-ulimits`. Nothing is set that the request does not ask for, so nothing is
 /// raised by default; a hard limit above ours that we may not raise is refused here,
 /// naming the limit, rather than by the runtime.
-pub fn rlimits(hc: &Value, defaults: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+pub fn rlimits(hc: &Value, defaults: &Map<String, Value>) -> Result<Vec<Value>, EngineError> {
     let mut wanted: Vec<(String, i64, i64)> = Vec::new();
     for (name, d) in defaults {
         wanted.push((

@@ -3,7 +3,7 @@
 //! seccomp=unconfined|PROFILE`), `no-new-privileges`, devices, sysctls — checked when a
 //! container is created and turned into the runtime spec when it starts.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use serde_json::{json, Map, Value};
 
 /// Every capability the kernel knows, in number order.
@@ -91,7 +91,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// The container's capability set, as Docker computes it from the defaults, `CapAdd`,
 /// `CapDrop` (`ALL` in either) and `Privileged`.
-pub fn capabilities(hc: &Value) -> Result<Vec<String>, ApiError> {
+pub fn capabilities(hc: &Value) -> Result<Vec<String>, EngineError> {
     let add: Vec<String> = strings(&hc["CapAdd"])
         .iter()
         .map(|c| normalize_cap(c))
@@ -103,7 +103,7 @@ pub fn capabilities(hc: &Value) -> Result<Vec<String>, ApiError> {
     for (what, list) in [("CapAdd", &add), ("CapDrop", &drop)] {
         for c in list {
             if c != "ALL" && !ALL_CAPS.contains(&c.as_str()) {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "invalid {what}: unknown capability: \"{c}\""
                 )));
             }
@@ -149,7 +149,7 @@ pub struct Options {
 }
 
 /// Parses `SecurityOpt` (`key=value`, or the old `key:value`).
-pub fn options(hc: &Value, daemon_nnp: bool) -> Result<Options, ApiError> {
+pub fn options(hc: &Value, daemon_nnp: bool) -> Result<Options, EngineError> {
     let mut o = Options {
         no_new_privileges: daemon_nnp,
         ..Default::default()
@@ -165,7 +165,7 @@ pub fn options(hc: &Value, daemon_nnp: bool) -> Result<Options, ApiError> {
                     "" | "true" => true,
                     "false" => false,
                     _ => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(EngineError::invalid(format!(
                             "invalid --security-opt 2: {opt:?}"
                         )))
                     }
@@ -175,23 +175,23 @@ pub fn options(hc: &Value, daemon_nnp: bool) -> Result<Options, ApiError> {
             "seccomp" if v == "builtin" || v.is_empty() => {}
             "seccomp" => {
                 let p: Value = serde_json::from_str(v).map_err(|e| {
-                    ApiError::bad_request(format!("Decoding seccomp profile failed: {e}"))
+                    EngineError::invalid(format!("Decoding seccomp profile failed: {e}"))
                 })?;
                 check_profile(&p).map_err(|e| {
-                    ApiError::bad_request(format!("Decoding seccomp profile failed: {e}"))
+                    EngineError::invalid(format!("Decoding seccomp profile failed: {e}"))
                 })?;
                 o.seccomp_profile = Some(p);
             }
             "systempaths" if v == "unconfined" => o.system_paths_off = true,
             "systempaths" => {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "invalid --security-opt 2: {opt:?}"
                 )))
             }
             // accepted as Docker does where there is no such LSM here
             "apparmor" | "label" => {}
             _ => {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "invalid --security-opt 1: {opt:?}"
                 )))
             }
@@ -229,7 +229,7 @@ fn check_profile(p: &Value) -> Result<(), String> {
 
 /// Sysctls a container may set: the namespaced ones (Docker's list), `net.*` only
 /// with its own network namespace.
-pub fn check_sysctls(hc: &Value, host_network: bool) -> Result<Map<String, Value>, ApiError> {
+pub fn check_sysctls(hc: &Value, host_network: bool) -> Result<Map<String, Value>, EngineError> {
     const IPC: &[&str] = &[
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -245,14 +245,12 @@ pub fn check_sysctls(hc: &Value, host_network: bool) -> Result<Map<String, Value
         let ok = IPC.contains(&k.as_str()) || k.starts_with("fs.mqueue.");
         let net = k.starts_with("net.");
         if net && host_network {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "sysctl '{k}' not allowed in host network namespace"
             )));
         }
         if !ok && !net {
-            return Err(ApiError::bad_request(format!(
-                "sysctl '{k}' is not allowed"
-            )));
+            return Err(EngineError::invalid(format!("sysctl '{k}' is not allowed")));
         }
         out.insert(
             k.clone(),
@@ -287,10 +285,10 @@ pub fn default_net_sysctls(hc: &Value, sysctl: &mut Map<String, Value>, userns: 
 }
 
 /// One device node as the runtime creates it, and its cgroup rule.
-fn device_of(host: &str, ctr: &str, perms: &str) -> Result<(Value, Value), ApiError> {
+fn device_of(host: &str, ctr: &str, perms: &str) -> Result<(Value, Value), EngineError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let md = std::fs::metadata(host).map_err(|e| {
-        ApiError::bad_request(format!(
+        EngineError::invalid(format!(
             "error gathering device information while adding custom device \"{host}\": {e}"
         ))
     })?;
@@ -299,7 +297,7 @@ fn device_of(host: &str, ctr: &str, perms: &str) -> Result<(Value, Value), ApiEr
     } else if md.file_type().is_block_device() {
         "b"
     } else {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "error gathering device information while adding custom device \"{host}\": not a device node"
         )));
     };
@@ -315,8 +313,8 @@ fn device_of(host: &str, ctr: &str, perms: &str) -> Result<(Value, Value), ApiEr
 /// create and the cgroup rules allowing them.
 /// A `--device-cgroup-rule` (`TYPE MAJOR:MINOR ACCESS`, `*` for any number) as an OCI
 /// device rule.
-pub fn device_cgroup_rule(rule: &str) -> Result<Value, ApiError> {
-    let bad = || ApiError::bad_request(format!("invalid device cgroup format '{rule}'"));
+pub fn device_cgroup_rule(rule: &str) -> Result<Value, EngineError> {
+    let bad = || EngineError::invalid(format!("invalid device cgroup format '{rule}'"));
     let parts: Vec<&str> = rule.split_whitespace().collect();
     let [kind, numbers, access] = parts[..] else {
         return Err(bad());
@@ -325,7 +323,7 @@ pub fn device_cgroup_rule(rule: &str) -> Result<Value, ApiError> {
         return Err(bad());
     }
     let (major, minor) = numbers.split_once(':').ok_or_else(bad)?;
-    let number = |n: &str| -> Result<Value, ApiError> {
+    let number = |n: &str| -> Result<Value, EngineError> {
         if n == "*" {
             Ok(Value::Null)
         } else {
@@ -345,7 +343,7 @@ pub fn device_cgroup_rule(rule: &str) -> Result<Value, ApiError> {
     Ok(r)
 }
 
-pub fn devices(hc: &Value, privileged: bool) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+pub fn devices(hc: &Value, privileged: bool) -> Result<(Vec<Value>, Vec<Value>), EngineError> {
     let (mut nodes, mut rules) = (Vec::new(), Vec::new());
     for r in hc["DeviceCgroupRules"].as_array().into_iter().flatten() {
         rules.push(device_cgroup_rule(r.as_str().unwrap_or_default())?);
@@ -396,7 +394,7 @@ pub fn devices(hc: &Value, privileged: bool) -> Result<(Vec<Value>, Vec<Value>),
 
 /// Device requests (`--gpus`): berth has no device driver (NVIDIA's or another), so a
 /// container that asks for one does not start, with dockerd's words when it has none.
-pub fn device_requests(hc: &Value) -> Result<(), ApiError> {
+pub fn device_requests(hc: &Value) -> Result<(), EngineError> {
     if let Some(r) = hc["DeviceRequests"].as_array().and_then(|a| a.first()) {
         let caps: Vec<String> = r["Capabilities"]
             .as_array()
@@ -412,7 +410,7 @@ pub fn device_requests(hc: &Value) -> Result<(), ApiError> {
                 format!("[{}]", words.join(" "))
             })
             .collect();
-        return Err(ApiError::internal(format!(
+        return Err(EngineError::internal(format!(
             "could not select device driver {:?} with capabilities: [{}]",
             r["Driver"].as_str().unwrap_or_default(),
             caps.join(" ")
@@ -422,28 +420,28 @@ pub fn device_requests(hc: &Value) -> Result<(), ApiError> {
 }
 
 /// `PidMode`, `IpcMode` and `UTSMode` as dockerd accepts them.
-fn namespace_modes(hc: &Value) -> Result<(), ApiError> {
+fn namespace_modes(hc: &Value) -> Result<(), EngineError> {
     let joined = |m: &str| m.strip_prefix("container:").is_some_and(|n| !n.is_empty());
     let pid = hc["PidMode"].as_str().unwrap_or_default();
     if !(pid.is_empty() || pid == "host" || joined(pid)) {
-        return Err(ApiError::bad_request(format!("invalid PID mode: {pid}")));
+        return Err(EngineError::invalid(format!("invalid PID mode: {pid}")));
     }
     let ipc = hc["IpcMode"].as_str().unwrap_or_default();
     if !(matches!(ipc, "" | "host" | "private" | "shareable" | "none") || joined(ipc)) {
-        return Err(ApiError::bad_request(format!("invalid IPC mode: {ipc}")));
+        return Err(EngineError::invalid(format!("invalid IPC mode: {ipc}")));
     }
     let uts = hc["UTSMode"].as_str().unwrap_or_default();
     if !matches!(uts, "" | "host") {
-        return Err(ApiError::bad_request(format!("invalid UTS mode: {uts}")));
+        return Err(EngineError::invalid(format!("invalid UTS mode: {uts}")));
     }
     Ok(())
 }
 
 /// Create-time checks of everything here, so that a bad option fails the create.
-pub fn validate(hc: &Value, host_network: bool) -> Result<(), ApiError> {
+pub fn validate(hc: &Value, host_network: bool) -> Result<(), EngineError> {
     // a size limit on the writable layer: overlay on this storage cannot keep one
     if hc["StorageOpt"].as_object().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::internal(
+        return Err(EngineError::internal(
             "--storage-opt is not supported: berth's overlay storage cannot limit the size of a container's writable layer",
         ));
     }
@@ -457,13 +455,13 @@ pub fn validate(hc: &Value, host_network: bool) -> Result<(), ApiError> {
     for d in hc["Devices"].as_array().into_iter().flatten() {
         let perms = d["CgroupPermissions"].as_str().unwrap_or("rwm");
         if perms.is_empty() || !perms.chars().all(|c| "rwm".contains(c)) {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid device mode: {perms}"
             )));
         }
         let host = d["PathOnHost"].as_str().unwrap_or_default();
         if !host.starts_with('/') {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid device path: {host:?}"
             )));
         }

@@ -2,7 +2,7 @@
 //! Docker stores (image defaults under the request's values), and the runtime spec.
 
 use crate::containers::Ctr;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use berth_runtime::spec::{Mount, Network, RunSpec};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -153,11 +153,11 @@ fn read_in_root(root: &Path, rel: &str) -> Option<String> {
 
 /// Creates `path` (and its parents) inside the container's rootfs, as Docker does for
 /// the working directory; symlinks resolve inside the rootfs.
-pub fn mkdir_in_root(root: &Path, path: &str) -> Result<(), ApiError> {
+pub fn mkdir_in_root(root: &Path, path: &str) -> Result<(), EngineError> {
     use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let err = |e: rustix::io::Errno| {
-        ApiError::bad_request(format!("creating the working directory {path}: {e}"))
+        EngineError::invalid(format!("creating the working directory {path}: {e}"))
     };
     let rootfd = rustix::fs::open(root, flags, Mode::empty()).map_err(err)?;
     let mut prefix = std::path::PathBuf::from(".");
@@ -184,11 +184,11 @@ pub fn mkdir_in_root(root: &Path, path: &str) -> Result<(), ApiError> {
 /// `..` stops there), as Docker resolves a mount's destination: an image's `VOLUME
 /// /data` where `/data` links to `/srv/data` is mounted on `/srv/data`. The part that
 /// does not exist yet is kept as written (the runtime makes it).
-pub fn resolve_in_root(root: &Path, dest: &str) -> Result<String, ApiError> {
+pub fn resolve_in_root(root: &Path, dest: &str) -> Result<String, EngineError> {
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
     let flags = OFlags::PATH | OFlags::CLOEXEC;
     let err = |e: rustix::io::Errno| {
-        ApiError::bad_request(format!(
+        EngineError::invalid(format!(
             "resolving the mount point {dest} in the container: {e}"
         ))
     };
@@ -203,7 +203,7 @@ pub fn resolve_in_root(root: &Path, dest: &str) -> Result<String, ApiError> {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(fd)
         ))
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(|e| EngineError::internal(e.to_string()))
     };
     let base = link(&rootfd)?;
     let comps: Vec<&str> = dest
@@ -222,7 +222,7 @@ pub fn resolve_in_root(root: &Path, dest: &str) -> Result<String, ApiError> {
             Ok(fd) => {
                 let full = link(&fd)?;
                 let inside = full.strip_prefix(&base).map_err(|_| {
-                    ApiError::internal(format!("{dest} resolved outside the container"))
+                    EngineError::internal(format!("{dest} resolved outside the container"))
                 })?;
                 let mut out = format!("/{}", inside.display());
                 for c in &comps[n..] {
@@ -243,13 +243,13 @@ pub fn resolve_in_root(root: &Path, dest: &str) -> Result<String, ApiError> {
 /// Finds the command in the rootfs the way the runtime's exec will, so a missing or
 /// non-executable command fails before the container is created, with Docker's words
 /// (the CLI turns them into exit codes 127 and 126).
-pub fn check_command(root: &Path, args: &[String], env: &[String]) -> Result<(), ApiError> {
+pub fn check_command(root: &Path, args: &[String], env: &[String]) -> Result<(), EngineError> {
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
     let Some(cmd) = args.first() else {
-        return Err(ApiError::bad_request("no command specified"));
+        return Err(EngineError::invalid("no command specified"));
     };
     let fail = |m: String| {
-        Err(ApiError::bad_request(format!("failed to create task for container: unable to start container process: exec: \"{cmd}\": {m}")))
+        Err(EngineError::invalid(format!("failed to create task for container: unable to start container process: exec: \"{cmd}\": {m}")))
     };
     let rootfd = match rustix::fs::open(
         root,
@@ -298,7 +298,7 @@ pub fn check_command(root: &Path, args: &[String], env: &[String]) -> Result<(),
 }
 
 /// `user`, `uid`, `user:group`, `uid:gid` → (uid, gid, supplementary gids).
-pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), ApiError> {
+pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), EngineError> {
     if user.is_empty() {
         return Ok((0, 0, vec![]));
     }
@@ -326,7 +326,7 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Api
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() > 3 && f[0] == u)
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!(
+                    EngineError::invalid(format!(
                         "unable to find user {u}: no matching entries in passwd file"
                     ))
                 })?;
@@ -346,7 +346,7 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Api
                 .find(|f| f.len() > 2 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!(
+                    EngineError::invalid(format!(
                         "unable to find group {g}: no matching entries in group file"
                     ))
                 })?,
@@ -382,13 +382,13 @@ pub fn run_spec(
     hostname: &str,
     default_ulimits: &Map<String, Value>,
     network: Network,
-) -> Result<RunSpec, ApiError> {
+) -> Result<RunSpec, EngineError> {
     let cfg = c.config();
     let hc = c.host_config();
     let mut args = strings(&cfg["Entrypoint"]).unwrap_or_default();
     args.extend(strings(&cfg["Cmd"]).unwrap_or_default());
     if args.is_empty() {
-        return Err(ApiError::bad_request("no command specified"));
+        return Err(EngineError::invalid("no command specified"));
     }
     let mut env = strings(&cfg["Env"]).unwrap_or_default();
     // a name without `=` is unset, not set empty
@@ -403,7 +403,7 @@ pub fn run_spec(
         .unwrap_or("/")
         .to_string();
     if !cwd.starts_with('/') {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "the working directory '{cwd}' is invalid, it needs to be an absolute path"
         )));
     }
@@ -441,7 +441,7 @@ pub fn run_spec(
         let gid = match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => group_id(rootfs, &g).ok_or_else(|| {
-                ApiError::bad_request(format!(
+                EngineError::invalid(format!(
                     "Unable to find group {g}: no matching entries in group file"
                 ))
             })?,

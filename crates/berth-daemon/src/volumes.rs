@@ -3,7 +3,7 @@
 //! a bind of a host path, anything `mount(2)` takes). A volume is populated from the
 //! image once, the first time a container mounts it over a non-empty image directory.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use berth_store::Db;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -40,16 +40,16 @@ pub struct Volumes {
 }
 
 /// Docker's rule for local volume names.
-pub fn valid_name(name: &str) -> Result<(), ApiError> {
+pub fn valid_name(name: &str) -> Result<(), EngineError> {
     if name.len() < 2 {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "create {name}: volume name is too short, names should be at least two alphanumeric characters"
         )));
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "create {name}: \"{name}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
         )));
     }
@@ -95,13 +95,13 @@ impl Volumes {
             .collect()
     }
 
-    pub fn get(&self, name: &str) -> Result<Volume, ApiError> {
+    pub fn get(&self, name: &str) -> Result<Volume, EngineError> {
         self.all
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))
+            .ok_or_else(|| EngineError::not_found(format!("get {name}: no such volume")))
     }
 
     /// `volume create` (and the volumes containers name): an existing volume of the same
@@ -113,10 +113,10 @@ impl Volumes {
         options: BTreeMap<String, String>,
         labels: Map<String, Value>,
         anonymous: bool,
-    ) -> Result<Volume, ApiError> {
+    ) -> Result<Volume, EngineError> {
         let driver = if driver.is_empty() { "local" } else { driver };
         if driver != "local" {
-            return Err(ApiError::not_found(format!(
+            return Err(EngineError::not_found(format!(
                 "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
             )));
         }
@@ -129,13 +129,13 @@ impl Volumes {
         };
         for k in options.keys() {
             if !matches!(k.as_str(), "type" | "device" | "o" | "size") {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "create {name}: invalid option key: \"{k}\""
                 )));
             }
         }
         if options.contains_key("type") != options.contains_key("device") {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "create {name}: missing required option: \"{}\"",
                 if options.contains_key("type") {
                     "device"
@@ -162,18 +162,18 @@ impl Volumes {
             populated: false,
         };
         std::fs::create_dir_all(self.data(&name))
-            .map_err(|e| ApiError::internal(format!("create {name}: {e}")))?;
-        let body = serde_json::to_string(&v).map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(format!("create {name}: {e}")))?;
+        let body = serde_json::to_string(&v).map_err(|e| EngineError::internal(e.to_string()))?;
         self.db.insert_volume(&name, &body)?;
         all.insert(name, v.clone());
         Ok(v)
     }
 
     /// Removes a volume no container uses (`users`: the containers that do).
-    pub fn remove(&self, name: &str, users: &[String]) -> Result<(), ApiError> {
+    pub fn remove(&self, name: &str, users: &[String]) -> Result<(), EngineError> {
         let v = self.get(name)?;
         if !users.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "remove {name}: volume is in use - [{}]",
                 users.join(", ")
             )));
@@ -214,7 +214,7 @@ impl Volumes {
 
     /// The volume's data directory for a container, its filesystem mounted there first
     /// for a volume with options.
-    pub fn mount(&self, name: &str) -> Result<PathBuf, ApiError> {
+    pub fn mount(&self, name: &str) -> Result<PathBuf, EngineError> {
         let v = self.get(name)?;
         let data = self.data(name);
         if !v.has_mount() {
@@ -225,7 +225,7 @@ impl Volumes {
         // (still mounted from before a daemon restart: used as it is)
         if *n == 0 && !is_mountpoint(&data) {
             v.mount_on(&data).map_err(|e| {
-                ApiError::internal(format!(
+                EngineError::internal(format!(
                     "error while mounting volume '{}': {e}",
                     data.display()
                 ))

@@ -15,7 +15,7 @@ mod runmount;
 pub mod source;
 mod view;
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{body_reader, json_line, stream_when_started, Resp};
 use crate::routes::Ctx;
 use crate::Daemon;
@@ -267,7 +267,7 @@ impl<T: std::fmt::Display> From<T> for Failure {
 }
 
 /// `POST /build`.
-pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     if ctx.query.get("version") == Some("2") {
         return crate::buildkit::build_v2::build(d, ctx).await;
     }
@@ -282,7 +282,7 @@ pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         if let Err(f) = r {
             if !out.started() {
                 // nothing written yet: the response itself is the error, as dockerd's
-                let _ = early_tx.send(ApiError::bad_request(f.message));
+                let _ = early_tx.send(EngineError::invalid(f.message));
             } else {
                 let mut detail = json!({"message": f.message});
                 if let Some(c) = f.code {
@@ -392,12 +392,12 @@ pub async fn remove_leftover_steps(d: &Arc<Daemon>) {
 /// (untagged, unused by containers and by other images); reports the space reclaimed.
 /// Every record goes, with or without `all`: a record is only a key to an image, and the
 /// images the rest of the store needs stay either way.
-pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     ctx.query.bool("all")?;
     let d2 = d.clone();
     let (ids, reclaimed) = tokio::task::spawn_blocking(move || prune_cache(&d2))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| EngineError::internal(e.to_string()))??;
     Ok(crate::http::ok_json(
         &json!({"CachesDeleted": ids, "SpaceReclaimed": reclaimed}),
     ))
@@ -405,10 +405,10 @@ pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 
 /// Forgets every cached step (and the client directories BuildKit builds kept) and
 /// removes the images only the cache held.
-pub(crate) fn prune_cache(d: &Daemon) -> Result<(Vec<String>, i64), ApiError> {
+pub(crate) fn prune_cache(d: &Daemon) -> Result<(Vec<String>, i64), EngineError> {
     let rows =
         d.db.cache_rows()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()))?;
     let mut deleted = Vec::new();
     let before = d.images.layers_size()?;
     for r in &rows {

@@ -1,6 +1,6 @@
 //! `POST /build`'s query parameters, checked before the context is read.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::Query;
 use berth_image::reference::Reference;
 use serde_json::{Map, Value};
@@ -62,34 +62,36 @@ impl std::fmt::Debug for SessionAuth {
 
 /// A parameter holding JSON; absent, empty or `null` (Docker's Go client sends `null`
 /// for a map or list it was not given) mean "not given".
-fn json_param<T: serde::de::DeserializeOwned + Default>(q: &Query, k: &str) -> Result<T, ApiError> {
+fn json_param<T: serde::de::DeserializeOwned + Default>(
+    q: &Query,
+    k: &str,
+) -> Result<T, EngineError> {
     match q.get(k).filter(|v| !v.is_empty()) {
         Some(v) => serde_json::from_str::<Option<T>>(v)
             .map(Option::unwrap_or_default)
-            .map_err(|e| ApiError::bad_request(format!("invalid {k} parameter: {e}"))),
+            .map_err(|e| EngineError::invalid(format!("invalid {k} parameter: {e}"))),
         None => Ok(T::default()),
     }
 }
 
 impl Options {
-    pub fn parse(q: &Query, headers: &http::HeaderMap) -> Result<Options, ApiError> {
+    pub fn parse(q: &Query, headers: &http::HeaderMap) -> Result<Options, EngineError> {
         let dockerfile = q
             .get("dockerfile")
             .filter(|f| !f.is_empty())
             .unwrap_or("Dockerfile")
             .to_string();
         if dockerfile.contains("://") {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "a Dockerfile from a URL is not supported: send it in the context",
             ));
         }
         let mut tags = Vec::new();
         for t in q.all("t") {
-            let r = Reference::parse_tagged_default(&t).map_err(|e| {
-                ApiError::bad_request(format!("invalid reference format: {t}: {e}"))
-            })?;
+            let r = Reference::parse_tagged_default(&t)
+                .map_err(|e| EngineError::invalid(format!("invalid reference format: {t}: {e}")))?;
             if r.digest().is_some() {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "invalid reference format: {t}: a build's tag cannot be a digest"
                 )));
             }
@@ -103,9 +105,9 @@ impl Options {
         if !platform.is_empty() {
             let host = berth_image::platform::Platform::host();
             let want =
-                berth_image::platform::Platform::parse(&platform).map_err(ApiError::bad_request)?;
+                berth_image::platform::Platform::parse(&platform).map_err(EngineError::invalid)?;
             if !host.matches(&want.os, &want.architecture, &want.variant) {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "platform {platform} is not supported here; this host builds {host}"
                 )));
             }
@@ -122,7 +124,7 @@ impl Options {
             if let Some(v) = q.get(k).filter(|v| !v.is_empty() && *v != "0") {
                 let n: i64 = v
                     .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid {k}: {v}")))?;
+                    .map_err(|_| EngineError::invalid(format!("invalid {k}: {v}")))?;
                 resources.insert(field.into(), Value::from(n));
             }
         }

@@ -10,7 +10,7 @@
 
 use super::progress::Progress;
 use crate::build::Options;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{json_line, stream_when_started, Resp};
 use crate::routes::Ctx;
 use crate::Daemon;
@@ -31,9 +31,9 @@ struct Output {
 }
 
 /// The solve a `version=2` build stands for.
-fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest, ApiError> {
+fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest, EngineError> {
     let session = q.get("session").filter(|s| !s.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("a BuildKit build (version=2) needs the client's session")
+        EngineError::invalid("a BuildKit build (version=2) needs the client's session")
     })?;
     let mut attrs = HashMap::new();
     match q.get("remote").unwrap_or_default() {
@@ -41,7 +41,7 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
         // the context comes in a request of its own (`docker build - < context.tar`)
         "upload-request" => {
             let id = q.get("buildid").filter(|s| !s.is_empty()).ok_or_else(|| {
-                ApiError::bad_request("an uploaded context needs the build's ID (buildid)")
+                EngineError::invalid("an uploaded context needs the build's ID (buildid)")
             })?;
             attrs.insert(
                 "context".to_string(),
@@ -49,12 +49,12 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
             );
         }
         "" => {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "a BuildKit build (version=2) takes its context from the client's session (remote=client-session); send a context in the body with version=1",
             ))
         }
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "remote context {other}: BuildKit builds here take their context from the client's session"
             )))
         }
@@ -101,7 +101,7 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
         }
         "" | "default" => {}
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "network mode {other:?} not supported by buildkit"
             )))
         }
@@ -119,11 +119,11 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
     }
     let outputs: Vec<Output> = match q.get("outputs").filter(|v| !v.is_empty()) {
         Some(v) => serde_json::from_str(v)
-            .map_err(|e| ApiError::bad_request(format!("invalid outputs parameter: {e}")))?,
+            .map_err(|e| EngineError::invalid(format!("invalid outputs parameter: {e}")))?,
         None => Vec::new(),
     };
     if outputs.len() > 1 {
-        return Err(ApiError::bad_request("only one output is supported"));
+        return Err(EngineError::invalid("only one output is supported"));
     }
     let (kind, mut exporter_attrs) = match outputs.into_iter().next() {
         None => ("moby".to_string(), HashMap::new()),
@@ -165,7 +165,7 @@ fn solve_request(q: &crate::http::Query, opts: &Options) -> Result<SolveRequest,
 }
 
 /// `POST /build?version=2`.
-pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     if let Some(id) = ctx
         .query
         .get("buildid")
@@ -180,7 +180,7 @@ pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     let build_id = ctx.query.get("buildid").unwrap_or_default().to_string();
     let quiet = opts.quiet;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let (early_tx, early) = tokio::sync::oneshot::channel::<ApiError>();
+    let (early_tx, early) = tokio::sync::oneshot::channel::<EngineError>();
     let d = d.clone();
     tokio::spawn(async move {
         let reference = req.r#ref.clone();
@@ -241,7 +241,7 @@ pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 
 /// `POST /build?version=2&buildid=upload-request:ID`: the context of build ID (a tar,
 /// plain or compressed), kept in a file until that build takes it.
-async fn upload(d: &Arc<Daemon>, id: String, ctx: Ctx) -> Result<Resp, ApiError> {
+async fn upload(d: &Arc<Daemon>, id: String, ctx: Ctx) -> Result<Resp, EngineError> {
     let reader = crate::http::body_reader(ctx.body);
     let tmp = d.images.tmp_dir().to_path_buf();
     let stored = tokio::task::spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
@@ -258,7 +258,7 @@ async fn upload(d: &Arc<Daemon>, id: String, ctx: Ctx) -> Result<Resp, ApiError>
         Ok(path)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| EngineError::internal(e.to_string()))?;
     match stored {
         Ok(path) => {
             d.buildkit.upload_arrived(&id, Ok(path));
@@ -267,13 +267,13 @@ async fn upload(d: &Arc<Daemon>, id: String, ctx: Ctx) -> Result<Resp, ApiError>
         Err(e) => {
             let msg = format!("reading the uploaded build context: {e}");
             d.buildkit.upload_arrived(&id, Err(msg.clone()));
-            Err(ApiError::bad_request(msg))
+            Err(EngineError::invalid(msg))
         }
     }
 }
 
 /// `POST /build/cancel?id=BUILDID`.
-pub async fn cancel(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn cancel(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let id = ctx.query.get("id").unwrap_or_default();
     if let Some(p) = d.buildkit.named_build(id) {
         p.cancel();

@@ -163,7 +163,7 @@ impl Bridge {
             .images
             .get(id)
             .map(|img| img.raw_config)
-            .map_err(|e| Status::not_found(e.to_string()))
+            .map_err(|e| super::status_of(e.into()))
     }
 
     /// Runs `f` on the filesystem of result `reference`.
@@ -231,7 +231,7 @@ impl LlbBridge for Bridge {
             None,
         )
         .await
-        .map_err(|e| Status::not_found(e.message))?;
+        .map_err(super::status_of)?;
         Ok(Response::new(ResolveImageConfigResponse {
             digest: plan.manifest_digest().to_string(),
             config: plan.config().to_vec(),

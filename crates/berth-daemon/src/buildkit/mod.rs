@@ -205,6 +205,23 @@ impl BuildKit {
     }
 }
 
+/// The gRPC status for an engine error: the one place the engine's errors become
+/// BuildKit's codes.
+pub fn status_of(e: crate::error::EngineError) -> tonic::Status {
+    use crate::error::Kind;
+    let code = match e.kind {
+        Kind::Invalid => tonic::Code::InvalidArgument,
+        Kind::NotFound => tonic::Code::NotFound,
+        Kind::Conflict | Kind::NotModified => tonic::Code::FailedPrecondition,
+        Kind::Forbidden => tonic::Code::PermissionDenied,
+        Kind::Unauthorized => tonic::Code::Unauthenticated,
+        Kind::NotImplemented => tonic::Code::Unimplemented,
+        Kind::Unavailable => tonic::Code::Unavailable,
+        Kind::Internal => tonic::Code::Internal,
+    };
+    tonic::Status::new(code, e.message)
+}
+
 /// A failed RUN as BuildKit words it (`process "…" did not complete successfully: exit
 /// code: N`), so clients show what they show with BuildKit.
 /// (Clients add `failed to solve: ` themselves.)

@@ -3,7 +3,7 @@
 //! gRPC client of the services the client exposes.
 
 use super::Ctx;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{Body, Resp};
 use crate::Daemon;
 use berth_buildkit::headers;
@@ -20,7 +20,7 @@ fn switching() -> Resp {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-fn upgrade_of(ctx: &mut Ctx) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
+fn upgrade_of(ctx: &mut Ctx) -> Result<hyper::upgrade::OnUpgrade, EngineError> {
     let proto = ctx
         .headers
         .get(header::UPGRADE)
@@ -28,22 +28,22 @@ fn upgrade_of(ctx: &mut Ctx) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
         .unwrap_or_default();
     // BuildKit's words (dockerd answers with them)
     if proto.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "no upgrade proto in request (this endpoint needs Upgrade: h2c)",
         ));
     }
     if !proto.eq_ignore_ascii_case("h2c") {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "protocol {proto} not supported (this endpoint needs Upgrade: h2c)"
         )));
     }
     ctx.upgrade
         .take()
-        .ok_or_else(|| ApiError::bad_request("this endpoint needs an upgradable connection"))
+        .ok_or_else(|| EngineError::invalid("this endpoint needs an upgradable connection"))
 }
 
 /// `POST /grpc`: BuildKit's control API on the upgraded connection.
-pub fn grpc(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+pub fn grpc(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> {
     let up = upgrade_of(&mut ctx)?;
     let d = d.clone();
     tokio::spawn(async move {
@@ -58,7 +58,7 @@ pub fn grpc(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
 
 /// `POST /session`: a client's session (its ID, name, shared key and the gRPC methods it
 /// serves come as headers).
-pub fn session(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+pub fn session(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> {
     let up = upgrade_of(&mut ctx)?;
     let one = |k: &str| {
         ctx.headers
@@ -69,7 +69,7 @@ pub fn session(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
     };
     let id = one(headers::SESSION_UUID);
     if id.is_empty() {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "a session needs its ID ({})",
             headers::SESSION_UUID
         )));

@@ -3,7 +3,7 @@
 
 use super::Ctx;
 use crate::containers::{attrs, Ctr, State, ZERO_TIME};
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{json, ok_json, status_only, stream, Resp};
 use crate::Daemon;
 use bytes::Bytes;
@@ -14,8 +14,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `9`, `KILL`, `SIGKILL` → 9.
-pub fn parse_signal(s: &str) -> Result<i32, ApiError> {
-    berth_proto::signal::parse(s).map_err(ApiError::bad_request)
+pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
+    berth_proto::signal::parse(s).map_err(EngineError::invalid)
 }
 
 fn status_text(s: &State) -> String {
@@ -133,19 +133,19 @@ fn names_of(d: &Daemon, c: &Ctr) -> Vec<String> {
 
 /// `DELETE /containers/PARENT/ALIAS?link=1`: the parent's legacy link goes (both
 /// containers stay).
-fn remove_link(d: &Daemon, rest: &str) -> Result<Resp, ApiError> {
+fn remove_link(d: &Daemon, rest: &str) -> Result<Resp, EngineError> {
     let full = rest.trim_matches('/');
     let Some((parent, alias)) = full.rsplit_once('/') else {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "Conflict, cannot remove the default link name of the container",
         ));
     };
     let p = d.containers.get(parent).map_err(|_| {
-        ApiError::not_found(format!("Cannot get parent /{parent} for link name /{full}"))
+        EngineError::not_found(format!("Cannot get parent /{parent} for link name /{full}"))
     })?;
     let links = crate::containers::links_of(&p.host_config());
     if !links.iter().any(|(_, a)| a == alias) {
-        return Err(ApiError::not_found(format!(
+        return Err(EngineError::not_found(format!(
             "Could not find entity for /{full}"
         )));
     }
@@ -253,7 +253,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
     })
 }
 
-pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&[
         "ancestor",
@@ -340,7 +340,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
     Ok(ok_json(&out))
 }
 
-pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let name = ctx.query.get("name").map(str::to_string);
     let mut ctx = ctx;
     let mut req = ctx.json_required().await?;
@@ -350,10 +350,10 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         super::create_types::REQUEST,
         super::create_types::CONFIG,
     )
-    .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    .map_err(|e| EngineError::invalid(format!("invalid JSON: {e}")))?;
     canonical_request(&mut req);
     if let Some(p) = ctx.query.get("platform").filter(|p| !p.is_empty()) {
-        let want = berth_image::platform::Platform::parse(p).map_err(ApiError::bad_request)?;
+        let want = berth_image::platform::Platform::parse(p).map_err(EngineError::invalid)?;
         image_for_platform(d, req["Image"].as_str().unwrap_or_default(), &want)?;
     }
     super::legacy::create_request(ctx.version, &mut req);
@@ -370,7 +370,7 @@ fn image_for_platform(
     d: &Daemon,
     name: &str,
     want: &berth_image::platform::Platform,
-) -> Result<(), ApiError> {
+) -> Result<(), EngineError> {
     let Ok(img) = d.images.inspect(name) else {
         return Ok(()); // the create says what is missing
     };
@@ -384,7 +384,7 @@ fn image_for_platform(
         architecture: c.architecture.clone(),
         variant,
     };
-    Err(ApiError::not_found(format!(
+    Err(EngineError::not_found(format!(
         "image with reference {name} was found but does not match the specified platform: wanted {want}, actual: {actual}"
     )))
 }
@@ -407,10 +407,10 @@ pub fn create_from(
     d: &Arc<Daemon>,
     name: Option<&str>,
     req: &Value,
-) -> Result<(Arc<Ctr>, Vec<String>), ApiError> {
+) -> Result<(Arc<Ctr>, Vec<String>), EngineError> {
     let image_name = req["Image"].as_str().unwrap_or_default().to_string();
     if image_name.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "config cannot be empty in order to create a container",
         ));
     }
@@ -424,14 +424,14 @@ pub fn create_from(
     // a variable needs a name (`=x` and `` are refused; `NAME` alone is kept as given)
     for e in crate::spec::strings(&req["Env"]).unwrap_or_default() {
         if e.split('=').next().unwrap_or_default().is_empty() {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid environment variable: {e}"
             )));
         }
     }
     let links = crate::containers::links_of(&hc);
     if !links.is_empty() && hc["NetworkMode"].as_str() == Some("host") {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "conflicting options: host type networking can't be used with links. This would result in undefined behavior",
         ));
     }
@@ -442,7 +442,7 @@ pub fn create_from(
         match d.containers.get(target) {
             Ok(t) => link_ids.push(Value::from(format!("{}:{alias}", t.id))),
             Err(e) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "could not get container for {target}: {}",
                     e.message
                 )))
@@ -451,13 +451,13 @@ pub fn create_from(
     }
     let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
     if hc["AutoRemove"].as_bool().unwrap_or(false) && !matches!(rp, "" | "no") {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "can't create 'AutoRemove' container with restart policy",
         ));
     }
     if let Some(t) = req["StopTimeout"].as_i64() {
         if t < -1 {
-            return Err(ApiError::bad_request("invalid stop timeout"));
+            return Err(EngineError::invalid("invalid stop timeout"));
         }
     }
     // docker-py's `create_container(runtime=…)` puts `Runtime` beside the config
@@ -469,7 +469,7 @@ pub fn create_from(
         .unwrap_or(&d.config.default_runtime)
         .to_string();
     if runtime != crate::config::BUILTIN_RUNTIME && !d.config.runtimes.contains_key(&runtime) {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "unknown or invalid runtime name: {runtime}"
         )));
     }
@@ -478,7 +478,7 @@ pub fn create_from(
         &crate::logconfig::opts_of(&hc["LogConfig"]["Config"]),
         Some((&d.config.log_driver, &d.config.log_opts)),
     )
-    .map_err(ApiError::bad_request)?;
+    .map_err(EngineError::invalid)?;
     let mut hc = hc;
     hc["Runtime"] = Value::from(runtime);
     if !link_ids.is_empty() {
@@ -496,7 +496,7 @@ pub fn create_from(
         }
         "private" | "host" => {}
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid cgroup namespace mode: {other}"
             )))
         }
@@ -566,7 +566,7 @@ pub fn create_from(
         .filter(|v| needs_driver && !v.is_empty() && *v != "local")
     {
         // (not a 404: a client takes that for a missing image and pulls)
-        return Err(ApiError::internal(format!(
+        return Err(EngineError::internal(format!(
             "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
         )));
     }
@@ -575,16 +575,14 @@ pub fn create_from(
     crate::security::validate(&hc, mode == "host")?;
     let userns = hc["UsernsMode"].as_str().unwrap_or_default();
     if !matches!(userns, "" | "host") {
-        return Err(ApiError::bad_request(format!(
-            "invalid USER mode: {userns}"
-        )));
+        return Err(EngineError::invalid(format!("invalid USER mode: {userns}")));
     }
     if d.containers.remap.is_some() && userns != "host" {
         if hc["Privileged"].as_bool().unwrap_or(false) {
-            return Err(ApiError::bad_request("privileged mode is incompatible with user namespaces.  You must run the container in the host namespace when running privileged mode"));
+            return Err(EngineError::invalid("privileged mode is incompatible with user namespaces.  You must run the container in the host namespace when running privileged mode"));
         }
         if mode == "host" {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "cannot share the host's network namespace when user namespaces are enabled",
             ));
         }
@@ -614,7 +612,7 @@ pub fn create_from(
         d.containers
             .get(n)
             .map(|c| crate::mounts::of(&c.spec()))
-            .map_err(|e| ApiError::bad_request(e.message))
+            .map_err(|e| EngineError::invalid(e.message))
     })?;
     spec["MountPoints"] = serde_json::to_value(&mps).unwrap_or_default();
     spec["Config"]["Image"] = Value::from(image_name.clone());
@@ -623,13 +621,13 @@ pub fn create_from(
     Ok((c, warnings))
 }
 
-pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
+pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, EngineError> {
     let (name, action) = match rest.split_once('/') {
         Some((n, a)) => (n.to_string(), a.to_string()),
         None => (rest.to_string(), String::new()),
     };
     if name.is_empty() {
-        return Err(ApiError::not_found("page not found"));
+        return Err(EngineError::not_found("page not found"));
     }
     if ctx.method == Method::DELETE && ctx.query.bool("link")? {
         return remove_link(d, rest);
@@ -676,7 +674,7 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             )?;
             match d.containers.kill(&c, sig).await {
                 Err(e)
-                    if e.status == StatusCode::CONFLICT
+                    if e.kind == crate::error::Kind::Conflict
                         && super::legacy::kill_of_stopped_is_ok(ctx.version) =>
                 {
                     return Ok(status_only(StatusCode::NO_CONTENT));
@@ -754,21 +752,21 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             let args = ctx.query.get("ps_args").unwrap_or("-ef").to_string();
             let pid = c.state().pid;
             if c.state().status != "running" || pid <= 0 {
-                return Err(ApiError::conflict(format!(
+                return Err(EngineError::conflict(format!(
                     "container {} is not running",
                     c.id
                 )));
             }
             let v = tokio::task::spawn_blocking(move || top(pid, &args))
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))??;
+                .map_err(|e| EngineError::internal(e.to_string()))??;
             Ok(ok_json(&v))
         }
         (Method::POST, "resize") => {
             let h = ctx.query.int("h")?.unwrap_or(0);
             let w = ctx.query.int("w")?.unwrap_or(0);
             if c.state().status != "running" {
-                return Err(ApiError::conflict(format!(
+                return Err(EngineError::conflict(format!(
                     "Container {} is not running",
                     c.id
                 )));
@@ -786,22 +784,22 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
                 .trim_start_matches('/')
                 .to_string();
             if !crate::containers::valid_name(&new) {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
                 )));
             }
             if new == c.name() {
-                return Err(ApiError::bad_request(
+                return Err(EngineError::invalid(
                     "Renaming a container with the same name as its current name",
                 ));
             }
             if d.containers.get(&new).is_ok() {
-                return Err(ApiError::conflict(format!(
+                return Err(EngineError::conflict(format!(
                     "Conflict. The container name \"/{new}\" is already in use"
                 )));
             }
             if !d.db.rename_container(&c.id, &new)? {
-                return Err(ApiError::conflict(format!(
+                return Err(EngineError::conflict(format!(
                     "Conflict. The container name \"/{new}\" is already in use"
                 )));
             }
@@ -811,18 +809,18 @@ pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, 
             d.events.emit("container", "rename", &c.id, attrs(&c));
             Ok(status_only(StatusCode::NO_CONTENT))
         }
-        _ => Err(ApiError::not_found("page not found")),
+        _ => Err(EngineError::not_found("page not found")),
     }
 }
 
 /// The processes in the pid namespace of `init`: the host's `ps` with the client's
 /// arguments, filtered to those pids, as Docker does.
-fn top(init: i64, ps_args: &str) -> Result<Value, ApiError> {
+fn top(init: i64, ps_args: &str) -> Result<Value, EngineError> {
     let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
     let target = ns_of(&init.to_string())
-        .ok_or_else(|| ApiError::conflict("the container's process is gone"))?;
+        .ok_or_else(|| EngineError::conflict("the container's process is gone"))?;
     let pids: std::collections::HashSet<String> = std::fs::read_dir("/proc")
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| EngineError::internal(e.to_string()))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
         .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
@@ -831,9 +829,9 @@ fn top(init: i64, ps_args: &str) -> Result<Value, ApiError> {
     let out = std::process::Command::new("ps")
         .args(ps_args.split_whitespace())
         .output()
-        .map_err(|e| ApiError::internal(format!("running ps: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("running ps: {e}")))?;
     if !out.status.success() {
-        return Err(ApiError::internal(format!(
+        return Err(EngineError::internal(format!(
             "ps: {}: {}",
             String::from_utf8_lossy(&out.stderr).trim(),
             ps_args
@@ -849,7 +847,7 @@ fn top(init: i64, ps_args: &str) -> Result<Value, ApiError> {
     let pid_col = titles
         .iter()
         .position(|t| *t == "PID")
-        .ok_or_else(|| ApiError::internal("Couldn't find PID field in ps output"))?;
+        .ok_or_else(|| EngineError::internal("Couldn't find PID field in ps output"))?;
     let mut procs = Vec::new();
     for l in lines {
         // the last column (the command) keeps its spaces
@@ -868,14 +866,14 @@ fn top(init: i64, ps_args: &str) -> Result<Value, ApiError> {
     Ok(json!({"Titles": titles, "Processes": procs}))
 }
 
-fn wait(ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+fn wait(ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let cond = ctx
         .query
         .get("condition")
         .unwrap_or("not-running")
         .to_string();
     if !matches!(cond.as_str(), "" | "not-running" | "next-exit" | "removed") {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "invalid condition: \"{cond}\""
         )));
     }
@@ -912,11 +910,11 @@ fn wait(ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
     Ok(resp)
 }
 
-fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let stdout = ctx.query.bool("stdout")?;
     let stderr = ctx.query.bool("stderr")?;
     if !stdout && !stderr {
-        return Err(ApiError::bad_request("You must choose at least one stream"));
+        return Err(EngineError::invalid("You must choose at least one stream"));
     }
     let follow = ctx.query.bool("follow")?;
     let timestamps = ctx.query.bool("timestamps")?;
@@ -924,7 +922,7 @@ fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
         "all" | "" => None,
         n => Some(
             n.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid tail value {n:?}")))?,
+                .map_err(|_| EngineError::invalid(format!("invalid tail value {n:?}")))?,
         ),
     };
     let since = ctx
@@ -938,7 +936,7 @@ fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
         .filter(|u| !u.is_empty())
         .and_then(crate::events::parse_time);
     if !crate::logconfig::LogConfig::of(&c.host_config()).readable() {
-        return Err(ApiError::not_implemented(
+        return Err(EngineError::not_implemented(
             "configured logging driver does not support reading",
         ));
     }
@@ -1010,11 +1008,11 @@ fn logs(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
     Ok(resp)
 }
 
-fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let want = |k: &str| ctx.query.bool(k);
     let (stdin, stdout, stderr) = (want("stdin")?, want("stdout")?, want("stderr")?);
     let Some(upgrade) = ctx.upgrade.take() else {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "attach needs an upgraded connection (Upgrade: tcp)",
         ));
     };
@@ -1202,18 +1200,18 @@ pub fn detach_scanner(
     keys: Option<&str>,
     tty: bool,
     stdin: bool,
-) -> Result<Option<berth_proto::detach::Scanner>, ApiError> {
+) -> Result<Option<berth_proto::detach::Scanner>, EngineError> {
     if !(tty && stdin) {
         return Ok(None);
     }
     let keys = match keys.filter(|k| !k.is_empty()) {
-        Some(k) => berth_proto::detach::parse(k).map_err(ApiError::bad_request)?,
+        Some(k) => berth_proto::detach::parse(k).map_err(EngineError::invalid)?,
         None => berth_proto::detach::DEFAULT.to_vec(),
     };
     Ok(Some(berth_proto::detach::Scanner::new(keys)))
 }
 
-pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["label", "label!", "until"])?;
     let mut deleted = Vec::new();

@@ -2,7 +2,7 @@
 
 use super::containers::{detach_scanner, splice, upgraded};
 use super::Ctx;
-use crate::error::ApiError;
+use crate::error::{EngineError, Kind};
 use crate::exec::call;
 use crate::http::{json, ok_json, status_only, Resp};
 use crate::Daemon;
@@ -17,9 +17,9 @@ pub fn create(
     d: &Arc<Daemon>,
     mut body: serde_json::Value,
     c: &Arc<crate::containers::Ctr>,
-) -> Result<Resp, ApiError> {
+) -> Result<Resp, EngineError> {
     if !body.is_object() {
-        return Err(ApiError::bad_request("exec config must be a JSON object"));
+        return Err(EngineError::invalid("exec config must be a JSON object"));
     }
     // dockerd decodes field names in any case (docker-py sends `detachKeys`)
     crate::http::canonical_keys(
@@ -43,7 +43,7 @@ pub fn create(
     Ok(json(StatusCode::CREATED, &json!({"Id": id})))
 }
 
-pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
+pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, EngineError> {
     let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
     // start's body is read (and refused if it is not JSON) before the lookup, as dockerd
     let body = match (&ctx.method, action) {
@@ -57,13 +57,16 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
             let h = ctx.query.int("h")?.unwrap_or(0);
             let w = ctx.query.int("w")?.unwrap_or(0);
             if !e.state.borrow().running {
-                return Err(ApiError::conflict(format!("Exec {} is not running", e.id)));
+                return Err(EngineError::conflict(format!(
+                    "Exec {} is not running",
+                    e.id
+                )));
             }
             call(&d.containers.exec_socket(&e), &format!("resize {h} {w}")).await?;
             Ok(status_only(StatusCode::OK))
         }
         (Method::POST, "start") => start(d, &mut ctx, body, e).await,
-        _ => Err(ApiError::not_found("page not found")),
+        _ => Err(EngineError::not_found("page not found")),
     }
 }
 
@@ -73,7 +76,7 @@ async fn start(
     ctx: &mut Ctx,
     body: serde_json::Value,
     e: Arc<crate::exec::Exec>,
-) -> Result<Resp, ApiError> {
+) -> Result<Resp, EngineError> {
     let detach = body["Detach"].as_bool().unwrap_or(false);
     let size: Option<(i64, i64)> = body["ConsoleSize"]
         .as_array()
@@ -87,12 +90,12 @@ async fn start(
     // refusals come back as HTTP errors; a failure to run the process goes into the
     // stream, where the client shows it, and the exit code says it
     if let Err(err) = &prepared {
-        if err.status == StatusCode::CONFLICT || err.status == StatusCode::NOT_FOUND {
-            return Err(ApiError::new(err.status, err.message.clone()));
+        if matches!(err.kind, Kind::Conflict | Kind::NotFound) {
+            return Err(EngineError::new(err.kind, err.message.clone()));
         }
     }
     let Some(upgrade) = ctx.upgrade.take() else {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "exec start needs an upgraded connection (Upgrade: tcp)",
         ));
     };

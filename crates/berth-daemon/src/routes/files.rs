@@ -2,7 +2,7 @@
 
 use super::Ctx;
 use crate::containers::Ctr;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::files::{self, Root};
 use crate::http::{ok_json, status_only, stream, ChannelWriter, Resp};
 use crate::Daemon;
@@ -17,21 +17,21 @@ async fn with_root<T: Send + 'static>(
     d: Arc<Daemon>,
     c: Arc<Ctr>,
     mounts: bool,
-    f: impl FnOnce(&Ctr, &Root) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce(&Ctr, &Root) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(move || {
         let _lock = (c.state().status != "running").then(|| c.fs_lock.lock());
         let root = d.containers.open_root(&c, mounts)?;
         f(&c, &root)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| EngineError::internal(e.to_string()))?
 }
 
-fn path_param(ctx: &Ctx) -> Result<String, ApiError> {
+fn path_param(ctx: &Ctx) -> Result<String, EngineError> {
     match ctx.query.get("path") {
         Some(p) if !p.is_empty() => Ok(p.to_string()),
-        _ => Err(ApiError::bad_request("bad parameter: path cannot be empty")),
+        _ => Err(EngineError::invalid("bad parameter: path cannot be empty")),
     }
 }
 
@@ -39,7 +39,7 @@ fn stat_header(v: &Value) -> String {
     base64::engine::general_purpose::STANDARD.encode(v.to_string())
 }
 
-pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let path = path_param(&ctx)?;
     match ctx.method {
         Method::HEAD => {
@@ -74,7 +74,7 @@ pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, Api
                     // the work failed before the stat: its error
                     return match task.await {
                         Ok(Err(e)) => Err(e),
-                        _ => Err(ApiError::internal("archive failed")),
+                        _ => Err(EngineError::internal("archive failed")),
                     };
                 }
             };
@@ -87,8 +87,8 @@ pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, Api
             let copy_ids = ctx.query.bool("copyUIDGID")?;
             ctx.query.bool("noOverwriteDirNonDir")?;
             if c.host_config()["ReadonlyRootfs"].as_bool().unwrap_or(false) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(EngineError::new(
+                    crate::error::Kind::Forbidden,
                     "container rootfs is marked read-only",
                 ));
             }
@@ -101,20 +101,20 @@ pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, Api
             .await?;
             Ok(status_only(StatusCode::OK))
         }
-        _ => Err(ApiError::not_found("page not found")),
+        _ => Err(EngineError::not_found("page not found")),
     }
 }
 
 /// `POST /containers/{id}/copy` (`{"Resource": PATH}`): the path as a tar, before API
 /// 1.24; dockerd answers later versions with an empty 404, as if there were no route.
-pub async fn legacy_copy(d: &Arc<Daemon>, mut ctx: Ctx, name: &str) -> Result<Resp, ApiError> {
+pub async fn legacy_copy(d: &Arc<Daemon>, mut ctx: Ctx, name: &str) -> Result<Resp, EngineError> {
     if ctx.version >= crate::apiversion::ApiVersion(1, 24) {
         return Ok(status_only(StatusCode::NOT_FOUND));
     }
     let body = ctx.json_required().await?;
     let path = body["Resource"].as_str().unwrap_or_default().to_string();
     if path.is_empty() {
-        return Err(ApiError::bad_request("Path cannot be empty"));
+        return Err(EngineError::invalid("Path cannot be empty"));
     }
     let c = d.containers.get(name)?;
     let (tx, resp) = stream("application/x-tar");
@@ -133,12 +133,12 @@ pub async fn legacy_copy(d: &Arc<Daemon>, mut ctx: Ctx, name: &str) -> Result<Re
         Ok(st) => st.map(|()| resp),
         Err(_) => match task.await {
             Ok(Err(e)) => Err(e),
-            _ => Err(ApiError::internal("copy failed")),
+            _ => Err(EngineError::internal("copy failed")),
         },
     }
 }
 
-pub async fn export(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+pub async fn export(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let (tx, resp) = stream("application/x-tar");
     let work = with_root(d.clone(), c.clone(), false, move |_, r| {
         files::tar_root(r, ChannelWriter::new(tx))
@@ -151,11 +151,11 @@ pub async fn export(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
     Ok(resp)
 }
 
-pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let image = c
         .image_id
         .parse()
-        .map_err(|_| ApiError::internal("corrupt image id"))?;
+        .map_err(|_| EngineError::internal("corrupt image id"))?;
     let layers = d.images.layer_dirs(&image)?;
     let dir = d.containers.dir(&c);
     let driver = d.images.driver();
@@ -179,8 +179,8 @@ pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
         }
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| EngineError::internal(e.to_string()))?
+    .map_err(|e| EngineError::internal(e.to_string()))?;
     if list.is_empty() {
         return Ok(ok_json(&Value::Null));
     }
@@ -193,7 +193,7 @@ pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, ApiError> {
 
 /// `POST /commit?container=&repo=&tag=&comment=&author=&changes=`: a new image from a
 /// container's filesystem changes, its config (the body's fields over the container's).
-pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> {
     let name = ctx.query.get("container").unwrap_or_default().to_string();
     let c = d.containers.get(&name)?;
     ctx.query.bool("pause")?;
@@ -201,7 +201,7 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
     let tag = ctx.query.get("tag").unwrap_or_default().to_string();
     let reference = if repo.is_empty() {
         if !tag.is_empty() {
-            return Err(ApiError::bad_request("tag requires a repository"));
+            return Err(EngineError::invalid("tag requires a repository"));
         }
         None
     } else {
@@ -213,7 +213,7 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
         // a repository alone is tagged `latest`, as dockerd tags it
         Some(
             berth_image::reference::Reference::parse_tagged_default(&full)
-                .map_err(|e| ApiError::bad_request(format!("invalid reference format: {e}")))?,
+                .map_err(|e| EngineError::invalid(format!("invalid reference format: {e}")))?,
         )
     };
     let body = ctx.json_body().await?;
@@ -241,7 +241,7 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
     let parent: berth_image::digest::Digest = c
         .image_id
         .parse()
-        .map_err(|_| ApiError::internal("corrupt image id"))?;
+        .map_err(|_| EngineError::internal("corrupt image id"))?;
     let id = commit_changes(d, &c, Some(parent), opts).await?;
     let mut a = crate::containers::attrs(&c);
     a.insert(
@@ -262,7 +262,7 @@ pub async fn commit_changes(
     c: &Ctr,
     parent: Option<berth_image::digest::Digest>,
     opts: berth_image::CommitOptions,
-) -> Result<berth_image::digest::Digest, ApiError> {
+) -> Result<berth_image::digest::Digest, EngineError> {
     let layers = match &parent {
         Some(p) => d.images.layer_dirs(p)?,
         None => Vec::new(),
@@ -271,8 +271,8 @@ pub async fn commit_changes(
     let driver = d.images.driver();
     let ids = d.containers.remap_of(c).map(|r| r.ids.clone());
     let d2 = d.clone();
-    tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let (r, w) = std::io::pipe().map_err(|e| ApiError::internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+        let (r, w) = std::io::pipe().map_err(|e| EngineError::internal(e.to_string()))?;
         let writer = std::thread::spawn(move || match driver {
             berth_image::snapshot::Driver::Overlay => {
                 files::layer_tar(&dir.join("upper"), None, ids.as_ref(), w)
@@ -292,12 +292,14 @@ pub async fn commit_changes(
         let id = id?;
         match written {
             Ok(Ok(())) => Ok(id),
-            Ok(Err(e)) => Err(ApiError::internal(format!(
+            Ok(Err(e)) => Err(EngineError::internal(format!(
                 "reading the container's changes: {e}"
             ))),
-            Err(_) => Err(ApiError::internal("reading the container's changes failed")),
+            Err(_) => Err(EngineError::internal(
+                "reading the container's changes failed",
+            )),
         }
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| EngineError::internal(e.to_string()))?
 }

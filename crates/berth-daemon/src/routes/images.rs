@@ -1,7 +1,7 @@
 //! `/images/...`: list, inspect, history, tag, remove, prune, import, save, load.
 
 use super::{ApiVersion, Ctx};
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{body_reader, error_line, json_line, ok_json, stream, ChannelWriter, Resp};
 use crate::Daemon;
 use berth_image::reference::Reference;
@@ -68,7 +68,7 @@ fn reference_matches(pattern: &str, r: &Reference) -> bool {
     glob(pattern, &name) || glob(pattern, &full) || glob(pattern, &r.to_string())
 }
 
-pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["dangling", "label", "reference", "before", "since", "until"])?;
     let mut imgs = d.images.list()?;
@@ -77,13 +77,14 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
         [v] if v == "true" || v == "1" => Some(true),
         [v] if v == "false" || v == "0" => Some(false),
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid filter 'dangling={}'",
                 other.join(",")
             )))
         }
     };
-    let created_of = |name: &str| -> Result<i64, ApiError> { Ok(d.images.inspect(name)?.created) };
+    let created_of =
+        |name: &str| -> Result<i64, EngineError> { Ok(d.images.inspect(name)?.created) };
     let before = f
         .get("before")
         .iter()
@@ -202,12 +203,12 @@ pub fn inspect_json(d: &Daemon, i: &Image, v: ApiVersion) -> Value {
     o
 }
 
-pub fn inspect(d: &Daemon, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
+pub fn inspect(d: &Daemon, ctx: &Ctx, name: &str) -> Result<Resp, EngineError> {
     let i = d.images.inspect(name)?;
     Ok(ok_json(&inspect_json(d, &i, ctx.version)))
 }
 
-pub fn history(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
+pub fn history(d: &Daemon, name: &str) -> Result<Resp, EngineError> {
     let id = d.images.resolve(name)?;
     let rows: Vec<Value> = d
         .images
@@ -232,11 +233,11 @@ fn attrs(name: &str) -> BTreeMap<String, String> {
 }
 
 /// Repo and tag query values into one reference (`repo` may carry its own tag).
-fn repo_tag(repo: &str, tag: &str) -> Result<Reference, ApiError> {
+fn repo_tag(repo: &str, tag: &str) -> Result<Reference, EngineError> {
     let r = Reference::parse(repo)?;
     if !tag.is_empty() {
         if r.digest().is_some() {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "cannot specify both a digest and a tag",
             ));
         }
@@ -248,16 +249,16 @@ fn repo_tag(repo: &str, tag: &str) -> Result<Reference, ApiError> {
     Ok(r)
 }
 
-pub fn tag(d: &Daemon, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
+pub fn tag(d: &Daemon, ctx: &Ctx, name: &str) -> Result<Resp, EngineError> {
     let repo = ctx.query.get("repo").unwrap_or_default();
     if repo.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "repository name must have at least one component",
         ));
     }
     if repo == "sha256" {
         // `sha256:TAG` would read as a digest
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "refusing to create an ambiguous tag using digest algorithm as name",
         ));
     }
@@ -289,7 +290,7 @@ fn emit_deletes(d: &Daemon, items: &[DeleteItem]) {
     }
 }
 
-pub async fn remove(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
+pub async fn remove(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, EngineError> {
     let force = ctx.query.bool("force")?;
     // checked for shape; untagged parents are always kept (images here have none)
     ctx.query.bool("noprune")?;
@@ -299,12 +300,12 @@ pub async fn remove(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiE
         d2.images.remove(&name, force, &|id| d2.image_in_use(id))
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .map_err(|e| EngineError::internal(e.to_string()))??;
     emit_deletes(d, &items);
     Ok(ok_json(&delete_items(&items)))
 }
 
-pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["dangling", "label", "label!", "until"])?;
     let all = match f.get("dangling") {
@@ -312,7 +313,7 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
         [v] if v == "false" || v == "0" => true,
         [v] if v == "true" || v == "1" => false,
         other => {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid filter 'dangling={}'",
                 other.join(",")
             )))
@@ -321,7 +322,7 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
     let until = match f.get("until") {
         [] => None,
         [u] => Some(parse_until(u)?),
-        _ => return Err(ApiError::bad_request("only one until filter is allowed")),
+        _ => return Err(EngineError::invalid("only one until filter is allowed")),
     };
     let d2 = d.clone();
     let (items, reclaimed) = tokio::task::spawn_blocking(move || {
@@ -346,7 +347,7 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
         Ok::<_, berth_image::ImageError>((items, reclaimed + partial))
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .map_err(|e| EngineError::internal(e.to_string()))??;
     let shown = items;
     emit_deletes(d, &shown);
     d.events.emit(
@@ -362,30 +363,30 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
 }
 
 /// `until` as a timestamp or a Go duration before now (`10m`, `24h`).
-fn parse_until(s: &str) -> Result<i64, ApiError> {
+fn parse_until(s: &str) -> Result<i64, EngineError> {
     if let Some(ns) = crate::events::parse_time(s) {
         return Ok(ns / 1_000_000_000);
     }
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = num
         .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid until filter {s:?}")))?;
+        .map_err(|_| EngineError::invalid(format!("invalid until filter {s:?}")))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(ApiError::bad_request(format!("invalid until filter {s:?}"))),
+        _ => return Err(EngineError::invalid(format!("invalid until filter {s:?}"))),
     };
     Ok(chrono::Utc::now().timestamp() - secs)
 }
 
 /// `POST /images/create`: `fromSrc=-` imports the body; `fromImage` pulls.
-pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let from_src = ctx.query.get("fromSrc").unwrap_or_default().to_string();
     if from_src.is_empty() {
         let what = ctx.query.get("fromImage").unwrap_or_default();
         if what.is_empty() {
-            return Err(ApiError::bad_request("fromImage or fromSrc is required"));
+            return Err(EngineError::invalid("fromImage or fromSrc is required"));
         }
         let tag = ctx.query.get("tag").unwrap_or_default();
         let mut reference = Reference::parse(what)?;
@@ -401,7 +402,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         }
         let platform = match ctx.query.get("platform").filter(|p| !p.is_empty()) {
             Some(p) => {
-                berth_registry::manifest::Platform::parse(p).map_err(ApiError::bad_request)?
+                berth_registry::manifest::Platform::parse(p).map_err(EngineError::invalid)?
             }
             None => berth_registry::manifest::Platform::host(),
         };
@@ -420,7 +421,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         return Ok(resp);
     }
     if from_src != "-" {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "importing from a URL is not supported: send the tarball as the request body (fromSrc=-)",
         ));
     }
@@ -432,10 +433,10 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
     };
     if let Some(p) = ctx.query.get("platform").filter(|p| !p.is_empty()) {
         let host = berth_image::platform::Platform::host();
-        let asked = berth_image::platform::Platform::parse(p).map_err(ApiError::bad_request)?;
+        let asked = berth_image::platform::Platform::parse(p).map_err(EngineError::invalid)?;
         let want = format!("linux/{}", host.architecture);
         if !host.matches(&asked.os, &asked.architecture, &asked.variant) {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "platform {p} is not supported here; this host runs {want}"
             )));
         }
@@ -458,7 +459,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         r
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| EngineError::internal(e.to_string()))?;
     match result {
         Ok(id) => {
             d.events
@@ -478,28 +479,28 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 /// The credentials a pull or push got in `X-Registry-Auth`, if any.
 pub(crate) fn registry_auth(
     ctx: &Ctx,
-) -> Result<Option<berth_registry::auth::AuthConfig>, ApiError> {
+) -> Result<Option<berth_registry::auth::AuthConfig>, EngineError> {
     match ctx
         .headers
         .get("x-registry-auth")
         .and_then(|h| h.to_str().ok())
     {
-        Some(h) => berth_registry::auth::AuthConfig::from_header(h).map_err(ApiError::bad_request),
+        Some(h) => berth_registry::auth::AuthConfig::from_header(h).map_err(EngineError::invalid),
         None => Ok(None),
     }
 }
 
 /// `POST /auth`: checks credentials against a registry (`docker login`); the client
 /// stores them.
-pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let body = ctx
         .body
         .collect()
         .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .map_err(|e| EngineError::invalid(e.to_string()))?
         .to_bytes();
     let mut creds: berth_registry::auth::AuthConfig = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        .map_err(|e| EngineError::invalid(format!("invalid JSON: {e}")))?;
     creds.fill_from_auth();
     let server = creds.server_address.clone();
     let host = server
@@ -521,7 +522,7 @@ pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         .await?;
     session.check_login().await.map_err(|e| match e {
         berth_registry::client::RegistryError::Denied(m) => {
-            ApiError::new(http::StatusCode::UNAUTHORIZED, m)
+            EngineError::new(crate::error::Kind::Unauthorized, m)
         }
         other => other.into(),
     })?;
@@ -532,7 +533,7 @@ pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 
 /// `POST /images/{name}/push?tag=`: the image (every tag of the repository without a
 /// tag) to its registry, with Docker's progress messages.
-pub async fn push(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiError> {
+pub async fn push(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, EngineError> {
     let tag = ctx.query.get("tag").unwrap_or_default().to_string();
     let images = crate::push::resolve(d, name, &tag)?;
     let creds = registry_auth(ctx)?;
@@ -546,9 +547,9 @@ pub async fn push(d: &Arc<Daemon>, ctx: &Ctx, name: &str) -> Result<Resp, ApiErr
     Ok(resp)
 }
 
-pub async fn save(d: &Arc<Daemon>, _ctx: &Ctx, names: Vec<String>) -> Result<Resp, ApiError> {
+pub async fn save(d: &Arc<Daemon>, _ctx: &Ctx, names: Vec<String>) -> Result<Resp, EngineError> {
     if names.is_empty() {
-        return Err(ApiError::bad_request("no image names given to save"));
+        return Err(EngineError::invalid("no image names given to save"));
     }
     d.images.check_save(&names)?;
     let (tx, resp) = stream("application/x-tar");
@@ -570,7 +571,7 @@ pub async fn save(d: &Arc<Daemon>, _ctx: &Ctx, names: Vec<String>) -> Result<Res
     Ok(resp)
 }
 
-pub async fn load(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn load(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let quiet = ctx.query.bool("quiet")?;
     let mut reader = body_reader(ctx.body);
     let d2 = d.clone();
@@ -581,11 +582,11 @@ pub async fn load(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         r
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| EngineError::internal(e.to_string()))?;
     let events = match result {
         Ok(ev) => ev,
         Err(e) => {
-            let api: ApiError = e.into();
+            let api: EngineError = e.into();
             if quiet {
                 return Err(api);
             }

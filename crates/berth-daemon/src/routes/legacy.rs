@@ -61,7 +61,7 @@ pub fn remove_refusal(
     id: &str,
     status: &str,
     paused: bool,
-) -> Result<(), crate::error::ApiError> {
+) -> Result<(), crate::error::EngineError> {
     if !before(v, 44) || status != "running" {
         return Ok(());
     }
@@ -76,7 +76,7 @@ pub fn remove_refusal(
             "Stop the container before attempting removal or force remove",
         )
     };
-    Err(crate::error::ApiError::conflict(format!(
+    Err(crate::error::EngineError::conflict(format!(
         "You cannot remove a {state} container {id}. {procedure}"
     )))
 }

@@ -15,7 +15,7 @@ pub mod stats;
 pub mod system;
 pub mod volumes;
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{error_response, Query, Resp};
 use crate::Daemon;
 use http::{Method, Request};
@@ -40,19 +40,19 @@ pub struct Ctx {
 
 impl Ctx {
     /// The request body as JSON; an empty body is `null`.
-    pub async fn json_body(&mut self) -> Result<serde_json::Value, ApiError> {
+    pub async fn json_body(&mut self) -> Result<serde_json::Value, EngineError> {
         let body = self.json_bytes().await?;
         parse_json_body(&body, false)
     }
 
     /// The request body as JSON, which must be there: an empty body is refused as
     /// dockerd refuses it.
-    pub async fn json_required(&mut self) -> Result<serde_json::Value, ApiError> {
+    pub async fn json_required(&mut self) -> Result<serde_json::Value, EngineError> {
         let body = self.json_bytes().await?;
         parse_json_body(&body, true)
     }
 
-    async fn json_bytes(&mut self) -> Result<bytes::Bytes, ApiError> {
+    async fn json_bytes(&mut self) -> Result<bytes::Bytes, EngineError> {
         if let Some(ct) = self
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -60,41 +60,41 @@ impl Ctx {
         {
             let mime = ct.split(';').next().unwrap_or_default().trim();
             if !mime.eq_ignore_ascii_case("application/json") {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "Content-Type specified ({ct}) must be 'application/json'"
                 )));
             }
         }
         Ok(http_body_util::BodyExt::collect(&mut self.body)
             .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .map_err(|e| EngineError::invalid(e.to_string()))?
             .to_bytes())
     }
 }
 
 /// A JSON request body read as dockerd reads one (Go's decoder, and its words for what is
 /// wrong with it); `required`: an empty body is an error, else `null`.
-pub fn parse_json_body(body: &[u8], required: bool) -> Result<serde_json::Value, ApiError> {
+pub fn parse_json_body(body: &[u8], required: bool) -> Result<serde_json::Value, EngineError> {
     use berth_proto::gojson::{scan, Scan};
     let end = match scan(body) {
         Scan::Empty if required => {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "invalid JSON: got EOF while reading request body",
             ))
         }
         Scan::Empty => return Ok(serde_json::Value::Null),
-        Scan::Error(e) => return Err(ApiError::bad_request(format!("invalid JSON: {e}"))),
+        Scan::Error(e) => return Err(EngineError::invalid(format!("invalid JSON: {e}"))),
         Scan::Value(end) => end,
     };
     if !body[end..].iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("unexpected content after JSON"));
+        return Err(EngineError::invalid("unexpected content after JSON"));
     }
     serde_json::from_slice(&body[..end])
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+        .map_err(|e| EngineError::invalid(format!("invalid JSON: {e}")))
 }
 
 /// Splits `/v1.45/images/json` into the version and the rest.
-fn split_version(path: &str, min: ApiVersion) -> Result<(ApiVersion, &str), ApiError> {
+fn split_version(path: &str, min: ApiVersion) -> Result<(ApiVersion, &str), EngineError> {
     if let Some(rest) = path.strip_prefix("/v") {
         let (ver, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -102,12 +102,12 @@ fn split_version(path: &str, min: ApiVersion) -> Result<(ApiVersion, &str), ApiE
         };
         if let Some(v) = ApiVersion::parse(ver) {
             if v > ApiVersion::CURRENT {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "client version {v} is too new. Maximum supported API version is {API_VERSION}"
                 )));
             }
             if v < min {
-                return Err(ApiError::bad_request(format!(
+                return Err(EngineError::invalid(format!(
                     "client version {v} is too old. Minimum supported API version is {min}, please upgrade your client to a newer version"
                 )));
             }
@@ -139,8 +139,9 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Resp {
     let mut resp = match route(d, ctx).await {
         Ok(r) => r,
         Err(e) => {
-            if e.status.is_server_error() {
-                tracing::warn!(method = %parts.method, path = %raw_path, status = %e.status, error = %e.message, "request failed");
+            let status = crate::http::status_of(e.kind);
+            if status.is_server_error() {
+                tracing::warn!(method = %parts.method, path = %raw_path, %status, error = %e.message, "request failed");
             }
             error_response(&e)
         }
@@ -172,7 +173,7 @@ fn percent_decode(p: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let m = ctx.method.clone();
     let path = ctx.path.trim_end_matches('/').to_string();
     let path = path.as_str();
@@ -189,7 +190,7 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         (&Method::POST, "/images/load") => images::load(&d, ctx).await,
         (&Method::GET, "/images/get") => images::save(&d, &ctx, ctx.query.all("names")).await,
         (&Method::POST, "/images/prune") => images::prune(&d, &ctx).await,
-        (&Method::GET, "/images/search") => Err(ApiError::not_implemented(
+        (&Method::GET, "/images/search") => Err(EngineError::not_implemented(
             "searching registries is not supported by this berth yet",
         )),
 
@@ -240,7 +241,7 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
             if let Some(e) = swarm_error(path) {
                 return Err(e);
             }
-            Err(ApiError::not_found("page not found"))
+            Err(EngineError::not_found("page not found"))
         }
     }
 }
@@ -248,16 +249,14 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 /// berthd is never part of a swarm: the swarm API answers as dockerd does on a node
 /// that has not joined one (503), so clients such as docker-py's `leave_swarm(force)`
 /// take it as "nothing to leave".
-fn swarm_error(path: &str) -> Option<ApiError> {
+fn swarm_error(path: &str) -> Option<EngineError> {
     let first = path.trim_start_matches('/').split('/').next()?;
     match (first, path) {
-        (_, "/swarm/leave") => Some(ApiError::new(
-            http::StatusCode::SERVICE_UNAVAILABLE,
+        (_, "/swarm/leave") => Some(EngineError::new(crate::error::Kind::Unavailable,
             "This node is not part of a swarm",
         )),
         ("swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs", _) => {
-            Some(ApiError::new(
-                http::StatusCode::SERVICE_UNAVAILABLE,
+            Some(EngineError::new(crate::error::Kind::Unavailable,
                 "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
             ))
         }
@@ -265,7 +264,7 @@ fn swarm_error(path: &str) -> Option<ApiError> {
     }
 }
 
-async fn image_route(d: &Arc<Daemon>, ctx: Ctx, rest: String) -> Result<Resp, ApiError> {
+async fn image_route(d: &Arc<Daemon>, ctx: Ctx, rest: String) -> Result<Resp, EngineError> {
     let m = ctx.method.clone();
     let split = |suffix: &str| {
         rest.strip_suffix(suffix)
@@ -294,7 +293,7 @@ async fn image_route(d: &Arc<Daemon>, ctx: Ctx, rest: String) -> Result<Resp, Ap
     if m == Method::DELETE {
         return images::remove(d, &ctx, &rest).await;
     }
-    Err(ApiError::not_found("page not found"))
+    Err(EngineError::not_found("page not found"))
 }
 
 #[cfg(test)]

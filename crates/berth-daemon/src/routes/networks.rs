@@ -1,6 +1,6 @@
 //! `/networks`: list, inspect, create, remove, prune, connect and disconnect.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{ok_json, Resp};
 use crate::networks::{network_json, pseudo_json};
 use crate::routes::Ctx;
@@ -24,7 +24,7 @@ fn all_json(d: &Daemon) -> Vec<Value> {
 }
 
 /// A network by name, ID or ID prefix, built-in pseudo networks included.
-fn find_json(d: &Daemon, key: &str) -> Result<Value, ApiError> {
+fn find_json(d: &Daemon, key: &str) -> Result<Value, EngineError> {
     let all = all_json(d);
     let found = crate::networks::pick(
         &all,
@@ -35,7 +35,7 @@ fn find_json(d: &Daemon, key: &str) -> Result<Value, ApiError> {
     Ok(found.clone())
 }
 
-pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
+pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, EngineError> {
     let m = ctx.method.clone();
     let (key, action) = match rest.split_once('/') {
         Some((k, a)) => (k.to_string(), a.to_string()),
@@ -48,8 +48,8 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
         }
         (&Method::DELETE, "") => {
             if key == "host" || key == "none" {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(EngineError::new(
+                    crate::error::Kind::Forbidden,
                     format!("{key} is a pre-defined network and cannot be removed"),
                 ));
             }
@@ -69,13 +69,13 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
             let body = ctx.json_required().await?;
             let cname = body["Container"].as_str().unwrap_or_default().to_string();
             if cname.is_empty() {
-                return Err(ApiError::bad_request("container is required"));
+                return Err(EngineError::invalid("container is required"));
             }
             let net = match d.containers.net.find(&key) {
                 Ok(n) => n,
                 Err(e) if key == "host" || key == "none" => {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
+                    return Err(EngineError::new(
+                        crate::error::Kind::Forbidden,
                         format!(
                             "container cannot be disconnected from or connected to {key}: {}",
                             e.message
@@ -103,12 +103,12 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
             );
             Ok(crate::http::status_only(StatusCode::OK))
         }
-        _ => Err(ApiError::not_found("page not found")),
+        _ => Err(EngineError::not_found("page not found")),
     }
 }
 
 /// `GET /networks`, with Docker's filters.
-pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["dangling", "driver", "id", "label", "name", "scope", "type"])?;
     let mut out = Vec::new();
@@ -139,7 +139,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
 }
 
 /// `POST /networks/create`.
-pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> {
     let body = ctx.json_required().await?;
     let (n, warning) = d.containers.net.create(&body).await?;
     d.events.emit(
@@ -158,7 +158,7 @@ pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
 }
 
 /// `POST /networks/prune`: user networks no container uses (stopped ones included).
-pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["label", "label!", "until"])?;
     let mut deleted = Vec::new();

@@ -2,7 +2,7 @@
 //! remove; enable is refused (berthd does not run plugins).
 
 use super::Ctx;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{json_line, ok_json, status_only, stream, Resp};
 use crate::plugins::{self, Plugin};
 use crate::Daemon;
@@ -27,7 +27,7 @@ fn emit(d: &Daemon, action: &str, p: &Plugin) {
 }
 
 /// `GET /plugins`, with Docker's filters (`capability`, `enable`).
-pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["capability", "enable"])?;
     let out: Vec<Value> = d
@@ -51,16 +51,16 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
     Ok(ok_json(&Value::Array(out)))
 }
 
-fn remote_of(ctx: &Ctx) -> Result<berth_image::reference::Reference, ApiError> {
+fn remote_of(ctx: &Ctx) -> Result<berth_image::reference::Reference, EngineError> {
     let remote = ctx.query.get("remote").unwrap_or_default();
     if remote.is_empty() {
-        return Err(ApiError::bad_request("remote is required"));
+        return Err(EngineError::invalid("remote is required"));
     }
     plugins::normalize_name(remote)
 }
 
 /// `GET /plugins/privileges?remote=`: what the plugin in the registry asks for.
-pub async fn privileges(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub async fn privileges(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     let remote = remote_of(ctx)?;
     let creds = super::images::registry_auth(ctx)?;
     let plan = crate::pull::plan_plugin(d, remote, creds).await?;
@@ -69,16 +69,16 @@ pub async fn privileges(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
 }
 
 /// The plugin's config from a pull plan, in the API's spelling.
-fn plugin_config(plan: &crate::pull::Plan) -> Result<Value, ApiError> {
+fn plugin_config(plan: &crate::pull::Plan) -> Result<Value, EngineError> {
     let raw: Value = serde_json::from_slice(plan.config())
-        .map_err(|e| ApiError::internal(format!("invalid plugin config: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("invalid plugin config: {e}")))?;
     let ids: Vec<String> = plan.diff_ids().iter().map(ToString::to_string).collect();
     plugins::normalize_config(&raw, &ids)
 }
 
 /// `POST /plugins/pull?remote=&name=`: installs a plugin from its registry, once the
 /// client has granted (in the body) exactly the privileges it asks for.
-pub async fn pull(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn pull(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> {
     let remote = remote_of(&ctx)?;
     let name = match ctx.query.get("name").filter(|n| !n.is_empty()) {
         Some(n) => plugins::normalize_name(n)?,
@@ -91,7 +91,7 @@ pub async fn pull(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
     let config = plugin_config(&plan)?;
     let asked = plugins::privileges(&config);
     if !plugins::granted(&asked, &given) {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::invalid(format!(
             "the privileges granted are not the ones the plugin asks for: {asked}"
         )));
     }
@@ -128,62 +128,62 @@ pub async fn pull(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
 
 /// Downloads a plugin's layers into `rootfs`, each checked against its digest and its
 /// diff id.
-async fn fetch_layers(plan: &crate::pull::Plan, rootfs: &Path) -> Result<(), ApiError> {
+async fn fetch_layers(plan: &crate::pull::Plan, rootfs: &Path) -> Result<(), EngineError> {
     for (desc, diff) in plan.layers().iter().zip(plan.diff_ids()) {
         let resp = plan.session().blob(&desc.digest, 0).await?;
         let reader = crate::http::body_reader(reqwest::Body::from(resp));
         let (rootfs, want, diff) = (rootfs.to_path_buf(), desc.digest.clone(), diff.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
             let mut blob = HashingReader::new(reader);
             let got_diff = {
                 let plain = berth_image::decompress(&mut blob)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                    .map_err(|e| EngineError::internal(e.to_string()))?;
                 let mut layer = HashingReader::new(plain);
                 let root = open_dir(&rootfs)?;
                 berth_image::unpack::extract_at(&mut layer, root, None, None)
-                    .map_err(|e| ApiError::internal(format!("unpacking the plugin: {e}")))?;
+                    .map_err(|e| EngineError::internal(format!("unpacking the plugin: {e}")))?;
                 layer.finish().map_err(io)?.0
             };
             let (got, _) = blob.finish().map_err(io)?;
             if got != want {
-                return Err(ApiError::internal(format!(
+                return Err(EngineError::internal(format!(
                     "filesystem layer verification failed for digest {want}"
                 )));
             }
             if got_diff != diff {
-                return Err(ApiError::internal(format!(
+                return Err(EngineError::internal(format!(
                     "the layer {want} does not match its diff id {diff}"
                 )));
             }
             Ok(())
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| EngineError::internal(e.to_string()))??;
     }
     Ok(())
 }
 
-fn io(e: std::io::Error) -> ApiError {
-    ApiError::internal(e.to_string())
+fn io(e: std::io::Error) -> EngineError {
+    EngineError::internal(e.to_string())
 }
 
-fn open_dir(p: &Path) -> Result<rustix::fd::OwnedFd, ApiError> {
+fn open_dir(p: &Path) -> Result<rustix::fd::OwnedFd, EngineError> {
     rustix::fs::open(
         p,
         rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))
+    .map_err(|e| EngineError::internal(format!("{}: {e}", p.display())))
 }
 
 /// `POST /plugins/create?name=`: a plugin from a tar of its directory (`config.json`
 /// and `rootfs/`).
-pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
     let reserved = match ctx.query.get("name").filter(|n| !n.is_empty()) {
         Some(n) => plugins::normalize_name(n)
             .map(|r| r.familiar())
             .and_then(|name| Ok((d.plugins.reserve(&name)?, name))),
-        None => Err(ApiError::bad_request("name is required")),
+        None => Err(EngineError::invalid("name is required")),
     };
     let ((dir, id), name) = match reserved {
         Ok(r) => r,
@@ -200,7 +200,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
         r
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))
+    .map_err(|e| EngineError::internal(e.to_string()))
     .and_then(|r| r);
     let (raw, diff) = match made {
         Ok(x) => x,
@@ -229,12 +229,12 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, ApiError> {
 
 /// Unpacks a plugin's directory tar beside `dir/rootfs` and moves its `rootfs/` there;
 /// its `config.json` (parsed) and the diff id of the rootfs as one layer.
-fn unpack_context(reader: &mut impl Read, dir: &Path) -> Result<(Value, Digest), ApiError> {
+fn unpack_context(reader: &mut impl Read, dir: &Path) -> Result<(Value, Digest), EngineError> {
     let ctx = dir.join("context");
     std::fs::create_dir_all(&ctx).map_err(io)?;
     let r = (|| {
         berth_image::unpack::extract_at(&mut *reader, open_dir(&ctx)?, None, None)
-            .map_err(|e| ApiError::bad_request(format!("reading the plugin's directory: {e}")))?;
+            .map_err(|e| EngineError::invalid(format!("reading the plugin's directory: {e}")))?;
         // the config, not through a symlink, and small
         let f = rustix::fs::openat(
             open_dir(&ctx)?,
@@ -242,24 +242,24 @@ fn unpack_context(reader: &mut impl Read, dir: &Path) -> Result<(Value, Digest),
             rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
-        .map_err(|_| ApiError::bad_request("the plugin's directory has no config.json"))?;
+        .map_err(|_| EngineError::invalid("the plugin's directory has no config.json"))?;
         let mut text = Vec::new();
         std::fs::File::from(f)
             .take(MAX_CONFIG + 1)
             .read_to_end(&mut text)
             .map_err(io)?;
         if text.len() as u64 > MAX_CONFIG {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "the plugin's config.json is too large",
             ));
         }
         let raw: Value = serde_json::from_slice(&text)
-            .map_err(|e| ApiError::bad_request(format!("the plugin's config.json: {e}")))?;
+            .map_err(|e| EngineError::invalid(format!("the plugin's config.json: {e}")))?;
         let src = ctx.join("rootfs");
         let st = std::fs::symlink_metadata(&src)
-            .map_err(|_| ApiError::bad_request("the plugin's directory has no rootfs/"))?;
+            .map_err(|_| EngineError::invalid("the plugin's directory has no rootfs/"))?;
         if !st.is_dir() {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::invalid(
                 "the plugin's rootfs is not a directory",
             ));
         }
@@ -274,7 +274,7 @@ fn unpack_context(reader: &mut impl Read, dir: &Path) -> Result<(Value, Digest),
 }
 
 /// The digest of `rootfs` written as one layer tar (the plugin's `rootfs.diff_ids`).
-fn layer_digest(rootfs: &Path) -> Result<Digest, ApiError> {
+fn layer_digest(rootfs: &Path) -> Result<Digest, EngineError> {
     struct Hash(berth_image::digest::Hasher);
     impl std::io::Write for Hash {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -294,7 +294,7 @@ fn layer_digest(rootfs: &Path) -> Result<Digest, ApiError> {
 }
 
 /// `/plugins/{name}/…` and `DELETE /plugins/{name}`.
-pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, ApiError> {
+pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, EngineError> {
     let m = ctx.method.clone();
     let split = |suffix: &str| {
         rest.strip_suffix(suffix)
@@ -310,14 +310,14 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
         if let Some(name) = split("/enable") {
             let p = d.plugins.find(&name)?;
             ctx.query.get("timeout");
-            return Err(ApiError::not_implemented(format!(
+            return Err(EngineError::not_implemented(format!(
                 "plugin {} cannot be enabled: berthd does not run managed plugins yet",
                 p.name
             )));
         }
         if let Some(name) = split("/disable") {
             let p = d.plugins.find(&name)?;
-            return Err(ApiError::conflict(format!(
+            return Err(EngineError::conflict(format!(
                 "plugin {} is already disabled",
                 p.name
             )));
@@ -329,14 +329,14 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
                     .iter()
                     .map(|x| x.as_str().map(str::to_string))
                     .collect::<Option<_>>()
-                    .ok_or_else(|| ApiError::bad_request("settings must be strings"))?,
-                None => return Err(ApiError::bad_request("settings must be a list of strings")),
+                    .ok_or_else(|| EngineError::invalid("settings must be strings"))?,
+                None => return Err(EngineError::invalid("settings must be a list of strings")),
             };
             d.plugins.set(&name, &args)?;
             return Ok(status_only(StatusCode::NO_CONTENT));
         }
         if split("/push").is_some() || split("/upgrade").is_some() {
-            return Err(ApiError::not_implemented(
+            return Err(EngineError::not_implemented(
                 "pushing and upgrading plugins is not supported by this berth yet",
             ));
         }
@@ -347,5 +347,5 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, Ap
         emit(d, "remove", &p);
         return Ok(status_only(StatusCode::OK));
     }
-    Err(ApiError::not_found("page not found"))
+    Err(EngineError::not_found("page not found"))
 }

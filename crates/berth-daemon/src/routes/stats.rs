@@ -4,7 +4,7 @@
 
 use super::Ctx;
 use crate::containers::Ctr;
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{ok_json, stream, Resp};
 use crate::stats::Cgroup;
 use crate::Daemon;
@@ -88,14 +88,14 @@ fn message(
     v
 }
 
-pub fn stats(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, ApiError> {
+pub fn stats(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, EngineError> {
     let streaming = match ctx.query.get("stream") {
         None | Some("") => true,
         Some(_) => ctx.query.bool("stream")?,
     };
     let one_shot = ctx.query.bool("one-shot")?;
     if one_shot && streaming {
-        return Err(ApiError::bad_request(
+        return Err(EngineError::invalid(
             "cannot have stream=true and one-shot=true",
         ));
     }

@@ -1,7 +1,7 @@
 //! `/_ping`, `/version`, `/info`, `/events`, `/system/df`.
 
 use super::{Ctx, API_VERSION};
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::events::{parse_time, Event};
 use crate::http::{ok_json, stream, Body, Filters, Resp};
 use crate::Daemon;
@@ -112,7 +112,7 @@ fn runtimes(d: &Daemon) -> Value {
     Value::Object(m)
 }
 
-pub fn info(d: &Daemon, version: super::ApiVersion) -> Result<Resp, ApiError> {
+pub fn info(d: &Daemon, version: super::ApiVersion) -> Result<Resp, EngineError> {
     let images = d.images.count()?;
     let driver = d.images.driver();
     let labels = d.labels();
@@ -228,9 +228,9 @@ fn event_matches(e: &Event, f: &Filters) -> bool {
         })
 }
 
-pub fn events(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn events(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     let bad_time = |k: &str, v: &str| {
-        ApiError::bad_request(format!("invalid value for {k}: {v:?} is not a timestamp"))
+        EngineError::invalid(format!("invalid value for {k}: {v:?} is not a timestamp"))
     };
     let since = match ctx.query.get("since").filter(|s| !s.is_empty()) {
         Some(s) => Some(parse_time(s).ok_or_else(|| bad_time("since", s))?),
@@ -308,7 +308,7 @@ pub fn events(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
     Ok(resp)
 }
 
-pub fn df(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn df(d: &Daemon, ctx: &Ctx) -> Result<Resp, EngineError> {
     let types = ctx.query.all("type");
     let want = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
     let mut body = serde_json::Map::new();

@@ -1,6 +1,6 @@
 //! `/volumes`: list, create, inspect, remove, prune.
 
-use crate::error::ApiError;
+use crate::error::EngineError;
 use crate::http::{json, ok_json, status_only, Resp};
 use crate::routes::Ctx;
 use crate::volumes::{volume_json, Volume};
@@ -26,7 +26,7 @@ fn used(d: &Daemon) -> HashSet<String> {
 }
 
 /// `GET /volumes` with Docker's filters (`dangling`, `driver`, `label`, `name`).
-pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["dangling", "driver", "label", "name"])?;
     let in_use = used(d);
@@ -47,7 +47,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
     }
     for x in f.get("dangling") {
         if !matches!(x.as_str(), "true" | "1" | "false" | "0") {
-            return Err(ApiError::bad_request(format!(
+            return Err(EngineError::invalid(format!(
                 "invalid filter 'dangling={x}'"
             )));
         }
@@ -56,7 +56,7 @@ pub fn list(d: &Daemon, ctx: &Ctx) -> Result<Resp, ApiError> {
 }
 
 /// `POST /volumes/create`.
-pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> {
     let body = ctx.json_required().await?;
     let opts: BTreeMap<String, String> = body["DriverOpts"]
         .as_object()
@@ -80,7 +80,7 @@ pub async fn create(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, ApiError> {
     ))
 }
 
-pub async fn route(d: &Arc<Daemon>, ctx: Ctx, name: &str) -> Result<Resp, ApiError> {
+pub async fn route(d: &Arc<Daemon>, ctx: Ctx, name: &str) -> Result<Resp, EngineError> {
     match ctx.method {
         Method::GET => {
             let v = d.containers.vols.get(name)?;
@@ -98,12 +98,12 @@ pub async fn route(d: &Arc<Daemon>, ctx: Ctx, name: &str) -> Result<Resp, ApiErr
             d.events.emit("volume", "destroy", name, attrs(&v));
             Ok(status_only(StatusCode::NO_CONTENT))
         }
-        _ => Err(ApiError::not_found("page not found")),
+        _ => Err(EngineError::not_found("page not found")),
     }
 }
 
 /// `POST /volumes/prune`: unused anonymous volumes; named ones too with `all=true`.
-pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, ApiError> {
+pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     let f = ctx.query.filters()?;
     f.only(&["label", "label!", "all"])?;
     let all = f
