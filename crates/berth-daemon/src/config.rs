@@ -6,6 +6,9 @@ use clap::Parser;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// The default bridge's device.
+pub const DEFAULT_BRIDGE: &str = "berth0";
+
 pub const DEFAULT_SOCKET: &str = "unix:///run/berth/berth.sock";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/berth/daemon.json";
 
@@ -489,7 +492,7 @@ impl Config {
             None => get("bridge")
                 .map(|v| string(v, "bridge"))
                 .transpose()?
-                .unwrap_or_else(|| crate::networks::DEFAULT_BRIDGE.to_string()),
+                .unwrap_or_else(|| DEFAULT_BRIDGE.to_string()),
         };
         if bridge.is_empty()
             || bridge.len() > 15

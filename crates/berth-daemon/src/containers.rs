@@ -10,10 +10,10 @@
 
 use crate::error::EngineError;
 use crate::events::Events;
+use crate::model::{attrs, short, Ctr, State, ZERO_TIME};
 use berth_image::digest::Digest;
 use berth_image::ImageStore;
 use berth_store::{ContainerRow, Db};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,119 +21,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-
-/// What is stored of a container's state, as the API shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct State {
-    pub status: String,
-    pub pid: i64,
-    pub exit_code: i64,
-    pub error: String,
-    pub started_at: String,
-    pub finished_at: String,
-    /// restarts made by the restart policy since the last start by a user
-    #[serde(default)]
-    pub restart_count: i64,
-    /// stopped or killed by a user: an `unless-stopped` container stays down when berthd
-    /// starts (dockerd's HasBeenManuallyStopped)
-    #[serde(default)]
-    pub manually_stopped: bool,
-    /// the next exit is not restarted (dockerd's ExitOnNext): set by `stop`, and by a
-    /// `kill` with SIGKILL, with the container's stop signal, or of one without a stop
-    /// signal of its own
-    #[serde(default)]
-    pub exit_on_next: bool,
-    /// with a healthcheck: its status and last probes
-    #[serde(default)]
-    pub health: Option<crate::health::Health>,
-    /// frozen (`pause`); the status stays "running"
-    #[serde(default)]
-    pub paused: bool,
-    /// the last run ended with the kernel's OOM killer killing in it
-    #[serde(default)]
-    pub oom_killed: bool,
-    /// while it runs on bridge networks: its namespace, endpoints and ports
-    #[serde(default)]
-    pub net: Option<crate::networks::NetState>,
-}
-
-pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
-
-impl State {
-    /// The status the API shows: "paused" for a paused running container.
-    pub fn api_status(&self) -> &str {
-        if self.paused && self.status == "running" {
-            "paused"
-        } else {
-            &self.status
-        }
-    }
-
-    fn created() -> Self {
-        State {
-            status: "created".into(),
-            started_at: ZERO_TIME.into(),
-            finished_at: ZERO_TIME.into(),
-            ..Default::default()
-        }
-    }
-}
-
-/// A container the daemon knows, with a channel that announces state changes.
-pub struct Ctr {
-    pub id: String,
-    pub name: Mutex<String>,
-    pub image_id: String,
-    pub created: String,
-    /// the create request: {Config, HostConfig, Image, ...}; `update` changes HostConfig
-    pub spec: std::sync::RwLock<Value>,
-    pub state: watch::Sender<State>,
-    /// attach requests waiting for the shim before `start` is sent
-    pub pending_attach: watch::Sender<usize>,
-    /// a removal is under way
-    removing: std::sync::atomic::AtomicBool,
-    /// held for the time of a start
-    starting: tokio::sync::Mutex<()>,
-    /// the next restart delay's step
-    backoff: std::sync::atomic::AtomicU32,
-    /// held while the rootfs is mounted for a start, or for file work on a stopped
-    /// container
-    pub fs_lock: Mutex<()>,
-    /// the removal is complete
-    pub removed: watch::Sender<bool>,
-    /// volumes its current run mounted (given back when it stops)
-    pub vols_taken: Mutex<Vec<String>>,
-}
-
-impl Ctr {
-    pub fn state(&self) -> State {
-        self.state.borrow().clone()
-    }
-    pub fn health(&self) -> Option<crate::health::Health> {
-        self.state.borrow().health.clone()
-    }
-    pub fn name(&self) -> String {
-        self.name.lock().map(|n| n.clone()).unwrap_or_default()
-    }
-    pub fn spec(&self) -> Value {
-        self.spec.read().map(|s| s.clone()).unwrap_or_default()
-    }
-    pub fn config(&self) -> Value {
-        self.spec
-            .read()
-            .map(|s| s["Config"].clone())
-            .unwrap_or_default()
-    }
-    pub fn host_config(&self) -> Value {
-        self.spec
-            .read()
-            .map(|s| s["HostConfig"].clone())
-            .unwrap_or_default()
-    }
-    pub fn tty(&self) -> bool {
-        self.config()["Tty"].as_bool().unwrap_or(false)
-    }
-}
 
 pub struct Containers {
     db: Arc<Db>,
@@ -150,7 +37,7 @@ pub struct Containers {
     default_ulimits: serde_json::Map<String, Value>,
     runtimes: std::collections::BTreeMap<String, PathBuf>,
     by_id: Mutex<HashMap<String, Arc<Ctr>>>,
-    pub execs: crate::exec::Execs,
+    pub execs: crate::model::Execs,
     images: Arc<ImageStore>,
     /// berth-init, written out at start, for `--init`
     init: PathBuf,
@@ -326,7 +213,7 @@ impl Containers {
                 Some(e) => e,
                 None => (self.end_orphaned(&c).await as i32, 0),
             };
-            unmount(&self.dir(&c).join("rootfs"));
+            crate::sys::unmount(&self.dir(&c).join("rootfs"));
             // no shim deleted it: its cgroups are left, empty once its processes died
             berth_runtime::cgroups::remove(&crate::resources::cgroup_path(
                 &c.host_config(),
@@ -361,7 +248,7 @@ impl Containers {
             }
         }
         // networking: the running containers' endpoints back, the rest swept away
-        let running: Vec<(String, String, crate::networks::NetState)> = self
+        let running: Vec<(String, String, crate::model::NetState)> = self
             .all()
             .into_iter()
             .filter(|c| c.state().status == "running")
@@ -415,7 +302,7 @@ impl Containers {
                 berth_runtime::shim::force_end(&state, &bundle, &id, std::time::Duration::ZERO)
             })
             .await;
-            unmount(&self.dir(&c).join("rootfs"));
+            crate::sys::unmount(&self.dir(&c).join("rootfs"));
         }
     }
 
@@ -621,7 +508,7 @@ impl Containers {
         limit: std::time::Duration,
     ) -> Result<String, EngineError> {
         let sock = self.shim_socket(c);
-        tokio::time::timeout(limit, crate::exec::call(&sock, cmd))
+        tokio::time::timeout(limit, crate::shimctl::call(&sock, cmd))
             .await
             .map_err(|_| {
                 EngineError::internal(format!(
@@ -764,7 +651,7 @@ impl Containers {
     /// error (the caller removes it if it was created with AutoRemove).
     async fn start_failed(&self, c: &Ctr, e: EngineError, failed: &mut bool) -> EngineError {
         *failed = true;
-        unmount(&self.dir(c).join("rootfs"));
+        crate::sys::unmount(&self.dir(c).join("rootfs"));
         self.release_run(c).await;
         let msg = e.message.clone();
         self.set_state(c, |s| {
@@ -1251,7 +1138,7 @@ impl Containers {
         if c.config()["OpenStdin"].as_bool().unwrap_or(false) {
             cmd.arg("--stdin");
         }
-        launch_shim(cmd, r, w, keep).await
+        crate::shimctl::launch_shim(cmd, r, w, keep).await
     }
 
     /// [`Self::watch_exit`] behind a named Send type: a restart starts the container
@@ -1265,14 +1152,14 @@ impl Containers {
     }
 
     async fn watch_exit(self: Arc<Self>, c: Arc<Ctr>, events: Arc<Events>) {
-        let code = crate::exec::wait_exit_code(&self.shim_socket(&c)).await;
+        let code = crate::shimctl::wait_exit_code(&self.shim_socket(&c)).await;
         let code = match code.or_else(|| {
             berth_runtime::shim::read_exit_file(&self.state_dir(&c)).map(|(c, _)| c as i64)
         }) {
             Some(code) => code,
             None => self.end_orphaned(&c).await,
         };
-        unmount(&self.dir(&c).join("rootfs"));
+        crate::sys::unmount(&self.dir(&c).join("rootfs"));
         self.release_run(&c).await;
         let oom = berth_runtime::shim::exit_was_oom(&self.state_dir(&c));
         self.set_state(&c, |s| {
@@ -1773,7 +1660,7 @@ impl Containers {
             self.release_run(c).await;
         }
         let dir = self.dir(c);
-        unmount(&dir.join("rootfs"));
+        crate::sys::unmount(&dir.join("rootfs"));
         let state = self.state_dir(c);
         abort_waiting_execs(&state).await;
         let _ = tokio::task::spawn_blocking(move || {
@@ -1811,61 +1698,9 @@ async fn abort_waiting_execs(state: &std::path::Path) {
     for e in rd.flatten() {
         let sock = e.path().join("shim.sock");
         if e.file_name().to_string_lossy().starts_with('x') && sock.exists() {
-            let ask = crate::exec::call(&sock, "abort");
+            let ask = crate::shimctl::call(&sock, "abort");
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ask).await;
         }
-    }
-}
-
-/// Runs a `berth-shim` command with `w` as its ready pipe; the shim detaches at once and
-/// reports `ok PID` or `error MESSAGE` on the pipe once the process is made.
-pub async fn launch_shim(
-    mut cmd: std::process::Command,
-    r: rustix::fd::OwnedFd,
-    w: rustix::fd::OwnedFd,
-    keep: Option<i32>,
-) -> Result<(), EngineError> {
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
-    // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it
-    // lets exactly the ready pipe and the sealed runtime (and no other fd of berthd)
-    // reach the shim
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            for fd in [Some(wfd), keep].into_iter().flatten() {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let line = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let status = cmd.status()?;
-        drop(w);
-        if !status.success() {
-            return Err(std::io::Error::other(format!(
-                "berth-shim failed to start: {status}"
-            )));
-        }
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(std::fs::File::from(r)),
-            &mut line,
-        )?;
-        Ok(line)
-    })
-    .await
-    .map_err(|e| EngineError::internal(e.to_string()))?
-    .map_err(|e| EngineError::internal(e.to_string()))?;
-    match line.trim().strip_prefix("error ") {
-        Some(e) => Err(EngineError::internal(e.to_string())),
-        None if line.starts_with("ok") => Ok(()),
-        None => Err(EngineError::internal(
-            "berth-shim exited before creating the container",
-        )),
     }
 }
 
@@ -1938,10 +1773,6 @@ const SHIM_ANSWER: std::time::Duration = std::time::Duration::from_secs(60);
 /// ... to a kill, which the shim answers at once.
 const SHIM_KILL_ANSWER: std::time::Duration = std::time::Duration::from_secs(3);
 
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(16)]
-}
-
 /// Docker's codes for a process that could not be started.
 fn exit_code_for(msg: &str) -> i64 {
     if msg.contains("no such file") || msg.contains("not found") {
@@ -1951,21 +1782,6 @@ fn exit_code_for(msg: &str) -> i64 {
     } else {
         128
     }
-}
-
-pub fn attrs(c: &Ctr) -> BTreeMap<String, String> {
-    let mut a = BTreeMap::new();
-    a.insert("name".into(), c.name());
-    a.insert(
-        "image".into(),
-        c.spec()["Image"].as_str().unwrap_or_default().to_string(),
-    );
-    if let Some(l) = c.config()["Labels"].as_object() {
-        for (k, v) in l {
-            a.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
-        }
-    }
-    a
 }
 
 /// A container's legacy links, `HostConfig.Links` entries `NAME:ALIAS` (also dockerd's
@@ -1981,8 +1797,4 @@ pub fn links_of(hc: &Value) -> Vec<(String, String)> {
             (t, a)
         })
         .collect()
-}
-
-pub fn unmount(p: &Path) {
-    let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
 }

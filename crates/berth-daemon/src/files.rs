@@ -8,8 +8,9 @@
 //! any symlink. A running container is seen through `/proc/PID/root` (its mounts
 //! included); a stopped one through its rootfs, mounted for the time of the work.
 
-use crate::containers::{Containers, Ctr};
+use crate::containers::Containers;
 use crate::error::EngineError;
+use crate::model::Ctr;
 use rustix::fd::OwnedFd;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use serde_json::json;
@@ -32,10 +33,10 @@ pub struct Root {
 impl Drop for Root {
     fn drop(&mut self) {
         for b in self.binds.iter().rev() {
-            crate::containers::unmount(b);
+            crate::sys::unmount(b);
         }
         if let Some(p) = &self.mounted {
-            crate::containers::unmount(p);
+            crate::sys::unmount(p);
         }
         if let Some((vols, taken)) = &self.taken {
             crate::mounts::release(vols, taken);
@@ -89,7 +90,7 @@ impl Containers {
             Ok(fd) => fd,
             Err(e) => {
                 if let Some(m) = &mounted {
-                    crate::containers::unmount(m);
+                    crate::sys::unmount(m);
                 }
                 return Err(io_api(e));
             }

@@ -3,40 +3,14 @@
 //! `docker exec`); the result updates `State.Health` (status, failing streak, the last
 //! five probes) and a change of status is announced as a `health_status: …` event.
 
-use crate::containers::{attrs, Containers, Ctr};
+use crate::containers::Containers;
 use crate::error::EngineError;
 use crate::events::Events;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use crate::model::{attrs, Ctr};
+use crate::model::{Health, Probe};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Health {
-    pub status: String,
-    pub failing_streak: i64,
-    pub log: Vec<Probe>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Probe {
-    pub start: String,
-    pub end: String,
-    pub exit_code: i64,
-    pub output: String,
-}
-
-impl Health {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "Status": self.status,
-            "FailingStreak": self.failing_streak,
-            "Log": self.log.iter().map(|p| json!({
-                "Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output,
-            })).collect::<Vec<_>>(),
-        })
-    }
-}
 
 /// Docker keeps this many probes, and this much of each probe's output.
 const KEEP_PROBES: usize = 5;
@@ -192,14 +166,14 @@ impl Containers {
         events: &Arc<Events>,
     ) -> (i64, String) {
         use tokio::io::AsyncReadExt;
-        let e = crate::exec::Exec::internal(c, &check.cmd);
+        let e = crate::model::Exec::new(c, crate::model::ExecSpec::internal(&check.cmd));
         if let Err(err) = self.prepare_exec(&e).await {
             let code = e.state.borrow().exit_code.unwrap_or(1);
             return (code, err.message);
         }
         let sock = self.exec_socket(&e);
-        let Some(mut out) = crate::exec::attach(&sock, &["stdout", "stderr"]).await else {
-            let _ = crate::exec::call(&sock, "abort").await;
+        let Some(mut out) = crate::shimctl::attach(&sock, &["stdout", "stderr"]).await else {
+            let _ = crate::shimctl::call(&sock, "abort").await;
             return (1, "health check: the exec shim did not answer".into());
         };
         if let Err(err) = self.run_exec(&e, events).await {
@@ -222,7 +196,7 @@ impl Containers {
             let _ = st.wait_for(|s| s.exit_code.is_some()).await;
         };
         if tokio::time::timeout(check.timeout, read).await.is_err() {
-            let _ = crate::exec::call(&sock, "kill 9").await;
+            let _ = crate::shimctl::call(&sock, "kill 9").await;
             return (
                 -1,
                 format!("Health check exceeded timeout ({:?})", check.timeout),
@@ -253,6 +227,7 @@ impl Containers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn checks_with_docker_defaults() {

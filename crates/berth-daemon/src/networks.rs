@@ -10,6 +10,7 @@
 
 use crate::config::Config;
 use crate::error::EngineError;
+use crate::model::{Endpoint, NetState, Published};
 use berth_network::ipam::{self, Subnet, Subnet6};
 use berth_network::link::Netlink;
 use berth_network::{dns, netns, nft};
@@ -22,8 +23,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-/// The default bridge's device.
-pub const DEFAULT_BRIDGE: &str = "berth0";
 /// Where subnets come from unless daemon.json says otherwise: clear of Docker's
 /// 172.17.0.0/16 (and its 172.18-31 and 192.168 pools) and Podman's 10.88.0.0/16.
 const DEFAULT_POOL: &str = "10.210.0.0/16";
@@ -98,70 +97,6 @@ impl Net {
             .get("com.docker.network.driver.mtu")
             .and_then(|m| m.parse().ok())
     }
-}
-
-/// A container's place on one network while it runs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Endpoint {
-    pub network_id: String,
-    pub network: String,
-    pub endpoint_id: String,
-    pub ip: String,
-    pub prefix: u8,
-    pub gateway: String,
-    pub mac: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    #[serde(default)]
-    pub dns_names: Vec<String>,
-    pub veth: String,
-    pub ifname: String,
-    /// the IPv6 address, prefix length and gateway (empty without IPv6)
-    #[serde(default)]
-    pub ip6: String,
-    #[serde(default)]
-    pub prefix6: u8,
-    #[serde(default)]
-    pub gateway6: String,
-    #[serde(default)]
-    pub container_name: String,
-    /// network-scoped links (`EndpointSettings.Links`): (container, alias); the alias
-    /// resolves to that container for this endpoint only
-    #[serde(default)]
-    pub links: Vec<(String, String)>,
-}
-
-impl Endpoint {
-    /// Its IPv4 address, and its IPv6 one if it has one.
-    fn addresses(&self) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = self.ip.parse().ok().into_iter().collect();
-        out.extend(self.ip6.parse::<IpAddr>().ok());
-        out
-    }
-}
-
-/// A published port: `host_ip:host_port` → the container's `port/proto`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Published {
-    pub proto: String,
-    pub host_ip: String,
-    pub host_port: u16,
-    pub port: u16,
-}
-
-/// What a running container's networking is, kept in its state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct NetState {
-    /// the pinned namespace (empty: none of berthd's)
-    #[serde(default)]
-    pub netns: String,
-    #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
-    #[serde(default)]
-    pub ports: Vec<Published>,
-    /// resolver settings for its queries that are not for a container
-    #[serde(default)]
-    pub dns: Vec<String>,
 }
 
 /// How a container asks to be connected (HostConfig.NetworkMode).
@@ -354,7 +289,7 @@ pub struct Networks {
 /// so daemons of several data roots never share one.
 fn table_of(bridge: Option<&str>, data_root: &std::path::Path) -> String {
     match bridge {
-        Some(DEFAULT_BRIDGE) => nft::TABLE.to_string(),
+        Some(crate::config::DEFAULT_BRIDGE) => nft::TABLE.to_string(),
         Some(b) => format!("{}-{b}", nft::TABLE),
         None => {
             use sha2::Digest as _;

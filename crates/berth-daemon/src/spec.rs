@@ -1,8 +1,8 @@
 //! From a create request and its image to what the container runs: the merged Config
 //! Docker stores (image defaults under the request's values), and the runtime spec.
 
-use crate::containers::Ctr;
 use crate::error::EngineError;
+use crate::model::Ctr;
 use berth_runtime::spec::{Mount, Network, RunSpec};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -424,7 +424,7 @@ pub fn run_spec(
         bind("/etc/hostname", &dir.join("hostname"), false),
         bind("/etc/hosts", &dir.join("hosts"), false),
     ];
-    let short = crate::containers::short(&c.id);
+    let short = crate::model::short(&c.id);
     let caps = crate::security::capabilities(&hc)?;
     let privileged = hc["Privileged"].as_bool().unwrap_or(false);
     let opts = crate::security::options(&hc, false)?;

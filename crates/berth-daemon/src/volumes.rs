@@ -179,7 +179,7 @@ impl Volumes {
             )));
         }
         if v.has_mount() {
-            crate::containers::unmount(&self.data(name));
+            crate::sys::unmount(&self.data(name));
         }
         self.db.delete_volume(name)?;
         self.all
@@ -258,7 +258,7 @@ impl Volumes {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 m.remove(name);
-                crate::containers::unmount(&self.data(name));
+                crate::sys::unmount(&self.data(name));
             }
         }
     }

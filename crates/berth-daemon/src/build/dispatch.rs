@@ -1370,8 +1370,8 @@ impl Builder {
             "AttachStderr": true,
             "HostConfig": hc,
         });
-        let (c, _) = crate::routes::containers::create_from(&self.d, None, &req)
-            .map_err(|e| fail(e.message))?;
+        let (c, _) =
+            crate::create::create_from(&self.d, None, &req).map_err(|e| fail(e.message))?;
         let c_short = c.id[..12].to_string();
         self.out.note(format!(" ---> Running in {c_short}\n")).await;
         let result = self.run_container(&c).await;
@@ -1383,7 +1383,7 @@ impl Builder {
         let outcome = match result {
             Ok(0) => {
                 let opts = self.commit_opts(st, created_by.clone());
-                crate::routes::files::commit_changes(&self.d, &c, Some(parent), opts)
+                crate::commit::commit_changes(&self.d, &c, Some(parent), opts)
                     .await
                     .map_err(|e| fail(e.message))
             }
@@ -1414,7 +1414,7 @@ impl Builder {
     }
 
     /// Starts a RUN container, streams its output, returns its exit code.
-    async fn run_container(&self, c: &Arc<crate::containers::Ctr>) -> Result<i64, Failure> {
+    async fn run_container(&self, c: &Arc<crate::model::Ctr>) -> Result<i64, Failure> {
         let mut rx = c.state.subscribe();
         self.d
             .containers

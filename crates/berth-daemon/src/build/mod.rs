@@ -10,14 +10,13 @@
 
 mod dispatch;
 pub mod needs;
-mod options;
+pub(crate) mod options;
 mod runmount;
 pub mod source;
 mod view;
 
 use crate::error::EngineError;
-use crate::http::{body_reader, json_line, stream_when_started, Resp};
-use crate::routes::Ctx;
+use crate::http::json_line;
 use crate::Daemon;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -190,7 +189,7 @@ impl Out {
         }
     }
 
-    fn started(&self) -> bool {
+    pub(crate) fn started(&self) -> bool {
         self.started.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -266,38 +265,7 @@ impl<T: std::fmt::Display> From<T> for Failure {
     }
 }
 
-/// `POST /build`.
-pub async fn build(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
-    if ctx.query.get("version") == Some("2") {
-        return crate::buildkit::build_v2::build(d, ctx).await;
-    }
-    let opts = Options::parse(&ctx.query, &ctx.headers)?;
-    let (tx, rx) = mpsc::channel(16);
-    let (early_tx, early) = tokio::sync::oneshot::channel();
-    let out = Out::json(tx, opts.quiet);
-    let reader = body_reader(ctx.body);
-    let d = d.clone();
-    tokio::spawn(async move {
-        let r = run(&d, opts, reader, &out).await;
-        if let Err(f) = r {
-            if !out.started() {
-                // nothing written yet: the response itself is the error, as dockerd's
-                let _ = early_tx.send(EngineError::invalid(f.message));
-            } else {
-                let mut detail = json!({"message": f.message});
-                if let Some(c) = f.code {
-                    detail["code"] = Value::from(c);
-                }
-                out.raw(&json!({"errorDetail": detail, "error": f.message}))
-                    .await;
-            }
-        }
-        crate::release_memory();
-    });
-    stream_when_started("application/json", rx, early).await
-}
-
-async fn run(
+pub(crate) async fn run(
     d: &Arc<Daemon>,
     opts: Options,
     reader: crate::http::BodyReader,
@@ -386,21 +354,6 @@ pub async fn remove_leftover_steps(d: &Arc<Daemon>) {
             let _ = d.containers.remove_with(&c, true, true, &d.events).await;
         }
     }
-}
-
-/// `POST /build/prune`: forgets cached steps and removes the images only the cache held
-/// (untagged, unused by containers and by other images); reports the space reclaimed.
-/// Every record goes, with or without `all`: a record is only a key to an image, and the
-/// images the rest of the store needs stay either way.
-pub async fn prune(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
-    ctx.query.bool("all")?;
-    let d2 = d.clone();
-    let (ids, reclaimed) = tokio::task::spawn_blocking(move || prune_cache(&d2))
-        .await
-        .map_err(|e| EngineError::internal(e.to_string()))??;
-    Ok(crate::http::ok_json(
-        &json!({"CachesDeleted": ids, "SpaceReclaimed": reclaimed}),
-    ))
 }
 
 /// Forgets every cached step (and the client directories BuildKit builds kept) and

@@ -1,6 +1,7 @@
 //! `moby.buildkit.v1.Control`, served on `/grpc`.
 
 use super::progress::Progress;
+use super::worker::{version, worker};
 use crate::Daemon;
 use berth_buildkit::control::control_server::{Control, ControlServer};
 use berth_buildkit::control::*;
@@ -11,10 +12,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-
-/// The BuildKit version berthd's builder answers for: the API level of its Dockerfile
-/// frontend and control API.
-pub const BUILDKIT_VERSION: &str = "v0.23.0";
 
 /// How long `Solve` waits for its session to open, and `Status` for its build to start.
 const WAIT: Duration = Duration::from_secs(30);
@@ -260,36 +257,6 @@ impl Control for Service {
     }
 }
 
-/// The one worker: this daemon, building for its own platform.
-pub fn worker(d: &Daemon) -> WorkerRecord {
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    let labels = HashMap::from([
-        (
-            "org.mobyproject.buildkit.worker.executor".to_string(),
-            "oci".to_string(),
-        ),
-        ("org.mobyproject.buildkit.worker.hostname".to_string(), host),
-        (
-            "org.mobyproject.buildkit.worker.snapshotter".to_string(),
-            d.images.driver().name().to_string(),
-        ),
-    ]);
-    WorkerRecord {
-        id: d.engine_id.clone(),
-        labels,
-        platforms: vec![Platform {
-            architecture: berth_image::config::host_arch().to_string(),
-            os: "linux".into(),
-            ..Default::default()
-        }],
-        gc_policy: Vec::new(),
-        buildkit_version: Some(version()),
-    }
-}
-
 /// A solve: the Dockerfile frontend here, or (no frontend named) a build whose function
 /// runs in the client and hands its result back through the bridge; then the exporters.
 async fn solve(
@@ -333,14 +300,6 @@ async fn solve(
         .await?
     };
     super::frontend::export(d, req, &session, &p, &built).await
-}
-
-fn version() -> BuildkitVersion {
-    BuildkitVersion {
-        package: "github.com/moby/buildkit".into(),
-        version: BUILDKIT_VERSION.into(),
-        revision: format!("berth-{}", env!("CARGO_PKG_VERSION")),
-    }
 }
 
 /// The build cache (each cached step) and the kept client directories, as records.

@@ -392,7 +392,7 @@ impl LlbBridge for Bridge {
         Ok(Response::new(PongResponse {
             frontend_api_caps: FRONTEND_CAPS.iter().map(|c| cap(c)).collect(),
             llb_caps: LLB_CAPS.iter().map(|c| cap(c)).collect(),
-            workers: vec![super::control::worker(&self.d)],
+            workers: vec![super::worker::worker(&self.d)],
         }))
     }
 

@@ -18,6 +18,7 @@ mod history;
 pub mod locals;
 pub mod progress;
 pub mod session;
+mod worker;
 
 use berth_registry::auth::AuthConfig;
 use progress::Progress;

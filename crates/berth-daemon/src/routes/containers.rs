@@ -1,17 +1,18 @@
 //! `/containers/...`: create, start, wait, attach, logs, kill, stop, restart, rename,
 //! resize, remove, prune, list, inspect.
 
+use super::streams::{detach_scanner, splice, upgraded};
 use super::Ctx;
-use crate::containers::{attrs, Ctr, State, ZERO_TIME};
 use crate::error::EngineError;
 use crate::http::{json, ok_json, status_only, stream, Resp};
+use crate::model::{attrs, Ctr, State, ZERO_TIME};
 use crate::Daemon;
 use bytes::Bytes;
-use http::{header, Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// `9`, `KILL`, `SIGKILL` → 9.
 pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
@@ -69,16 +70,6 @@ fn status_text(s: &State) -> String {
         "created" => "Created".into(),
         other => other.to_string(),
     }
-}
-
-pub(crate) fn command_of(c: &Ctr) -> String {
-    let mut args: Vec<String> = Vec::new();
-    for k in ["Entrypoint", "Cmd"] {
-        if let Some(a) = c.config()[k].as_array() {
-            args.extend(a.iter().filter_map(|x| x.as_str().map(str::to_string)));
-        }
-    }
-    args.join(" ")
 }
 
 /// (SizeRw, SizeRootFs) of a container.
@@ -173,7 +164,7 @@ fn summary(d: &Daemon, c: &Ctr) -> Value {
         "Names": names_of(d, c),
         "Image": c.spec()["Image"],
         "ImageID": c.image_id,
-        "Command": command_of(c),
+        "Command": c.command_line(),
         "Created": chrono::DateTime::parse_from_rfc3339(&c.created).map(|t| t.timestamp()).unwrap_or(0),
         "Ports": crate::networks::ports_list(&spec, net),
         "Labels": c.config()["Labels"].as_object().cloned().unwrap_or_default(),
@@ -213,7 +204,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "FinishedAt": s.finished_at,
     });
     if let Some(h) = &s.health {
-        state["Health"] = h.to_json();
+        state["Health"] = health_json(h);
     }
     let exec_ids = d.containers.execs.of(&c.id);
     let exec_ids = if exec_ids.is_empty() {
@@ -357,7 +348,7 @@ pub async fn create(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
         image_for_platform(d, req["Image"].as_str().unwrap_or_default(), &want)?;
     }
     super::legacy::create_request(ctx.version, &mut req);
-    let (c, warnings) = create_from(d, name.as_deref(), &req)?;
+    let (c, warnings) = crate::create::create_from(d, name.as_deref(), &req)?;
     Ok(json(
         StatusCode::CREATED,
         &json!({"Id": c.id, "Warnings": warnings}),
@@ -399,226 +390,6 @@ fn canonical_request(req: &mut Value) {
     if let Some(hc) = req.get_mut("HostConfig") {
         crate::http::canonical_keys(hc, &KEYS.1);
     }
-}
-
-/// Creates a container from a create request (the API's body): checks it, merges it
-/// with its image, resolves networks and mounts, records it; returns it with warnings.
-pub fn create_from(
-    d: &Arc<Daemon>,
-    name: Option<&str>,
-    req: &Value,
-) -> Result<(Arc<Ctr>, Vec<String>), EngineError> {
-    let image_name = req["Image"].as_str().unwrap_or_default().to_string();
-    if image_name.is_empty() {
-        return Err(EngineError::invalid(
-            "config cannot be empty in order to create a container",
-        ));
-    }
-    let img = d.images.inspect(&image_name)?;
-    let hc = req
-        .get("HostConfig")
-        .cloned()
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
-    crate::containers::Restart::validate(&hc["RestartPolicy"])?;
-    // a variable needs a name (`=x` and `` are refused; `NAME` alone is kept as given)
-    for e in crate::spec::strings(&req["Env"]).unwrap_or_default() {
-        if e.split('=').next().unwrap_or_default().is_empty() {
-            return Err(EngineError::invalid(format!(
-                "invalid environment variable: {e}"
-            )));
-        }
-    }
-    let links = crate::containers::links_of(&hc);
-    if !links.is_empty() && hc["NetworkMode"].as_str() == Some("host") {
-        return Err(EngineError::invalid(
-            "conflicting options: host type networking can't be used with links. This would result in undefined behavior",
-        ));
-    }
-    // links are kept by the target's ID (`ID:ALIAS`), so a rename of either side or a
-    // new container taking the target's old name leaves them as they were made
-    let mut link_ids = Vec::with_capacity(links.len());
-    for (target, alias) in &links {
-        match d.containers.get(target) {
-            Ok(t) => link_ids.push(Value::from(format!("{}:{alias}", t.id))),
-            Err(e) => {
-                return Err(EngineError::invalid(format!(
-                    "could not get container for {target}: {}",
-                    e.message
-                )))
-            }
-        }
-    }
-    let rp = hc["RestartPolicy"]["Name"].as_str().unwrap_or_default();
-    if hc["AutoRemove"].as_bool().unwrap_or(false) && !matches!(rp, "" | "no") {
-        return Err(EngineError::invalid(
-            "can't create 'AutoRemove' container with restart policy",
-        ));
-    }
-    if let Some(t) = req["StopTimeout"].as_i64() {
-        if t < -1 {
-            return Err(EngineError::invalid("invalid stop timeout"));
-        }
-    }
-    // docker-py's `create_container(runtime=…)` puts `Runtime` beside the config
-    // rather than in HostConfig; either names the runtime asked for
-    let runtime = hc["Runtime"]
-        .as_str()
-        .filter(|r| !r.is_empty())
-        .or_else(|| req["Runtime"].as_str().filter(|r| !r.is_empty()))
-        .unwrap_or(&d.config.default_runtime)
-        .to_string();
-    if runtime != crate::config::BUILTIN_RUNTIME && !d.config.runtimes.contains_key(&runtime) {
-        return Err(EngineError::invalid(format!(
-            "unknown or invalid runtime name: {runtime}"
-        )));
-    }
-    let log = crate::logconfig::LogConfig::resolve(
-        hc["LogConfig"]["Type"].as_str().unwrap_or_default(),
-        &crate::logconfig::opts_of(&hc["LogConfig"]["Config"]),
-        Some((&d.config.log_driver, &d.config.log_opts)),
-    )
-    .map_err(EngineError::invalid)?;
-    let mut hc = hc;
-    hc["Runtime"] = Value::from(runtime);
-    if !link_ids.is_empty() {
-        hc["Links"] = Value::Array(link_ids);
-    }
-    // as dockerd: a cgroup namespace of its own by default on cgroup v2 only
-    match hc["CgroupnsMode"].as_str().unwrap_or_default() {
-        "" => {
-            let mode = if d.containers.sys.v2 {
-                "private"
-            } else {
-                "host"
-            };
-            hc["CgroupnsMode"] = Value::from(mode);
-        }
-        "private" | "host" => {}
-        other => {
-            return Err(EngineError::invalid(format!(
-                "invalid cgroup namespace mode: {other}"
-            )))
-        }
-    }
-    hc["LogConfig"] = log.to_json();
-    // masked and read-only paths not given are Docker's, written down at create as
-    // dockerd does (none for a privileged container, which has neither)
-    // the IPC namespace is the container's own, not lent to others unless it is made
-    // `shareable` (dockerd's default-ipc-mode)
-    if hc["IpcMode"].as_str().unwrap_or_default().is_empty() {
-        hc["IpcMode"] = Value::from("private");
-    }
-    // (`--security-opt systempaths=unconfined`, which berthd takes too: none)
-    let unconfined = crate::spec::strings(&hc["SecurityOpt"])
-        .unwrap_or_default()
-        .iter()
-        .any(|o| o.replace(':', "=") == "systempaths=unconfined");
-    if !hc["Privileged"].as_bool().unwrap_or(false) {
-        for (key, default) in [
-            ("MaskedPaths", berth_runtime::spec::MASKED),
-            ("ReadonlyPaths", berth_runtime::spec::READONLY),
-        ] {
-            if hc[key].is_null() {
-                hc[key] = if unconfined {
-                    json!([])
-                } else {
-                    json!(default)
-                };
-            }
-        }
-    }
-    // NetworkDisabled: no network but the loopback, as `none` gives
-    if req["NetworkDisabled"].as_bool() == Some(true)
-        && matches!(
-            hc["NetworkMode"].as_str().unwrap_or_default(),
-            "" | "default" | "bridge"
-        )
-    {
-        hc["NetworkMode"] = Value::from("none");
-    }
-    // volumes of a driver other than the built-in one: berthd runs no volume plugin
-    // (a container without volumes never needs the driver, and may name one)
-    let binds_volumes = hc["Binds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .any(|b| !b.contains(':') || !b.starts_with('/'));
-    let mounts_volumes = hc["Mounts"].as_array().into_iter().flatten().any(|m| {
-        m["Type"].as_str() == Some("volume")
-            && m["VolumeOptions"]["DriverConfig"]["Name"]
-                .as_str()
-                .unwrap_or_default()
-                .is_empty()
-    });
-    let declared = |v: &Value| v.as_object().is_some_and(|m| !m.is_empty());
-    let image_volumes = img
-        .config
-        .config
-        .as_ref()
-        .and_then(|c| serde_json::to_value(c).ok())
-        .is_some_and(|c| declared(&c["Volumes"]));
-    let needs_driver =
-        binds_volumes || mounts_volumes || declared(&req["Volumes"]) || image_volumes;
-    if let Some(driver) = hc["VolumeDriver"]
-        .as_str()
-        .filter(|v| needs_driver && !v.is_empty() && *v != "local")
-    {
-        // (not a 404: a client takes that for a missing image and pulls)
-        return Err(EngineError::internal(format!(
-            "error looking up volume plugin {driver}: plugin \"{driver}\" not found"
-        )));
-    }
-    let mut warnings = crate::resources::verify(&mut hc, &d.containers.sys, false)?;
-    let mode = hc["NetworkMode"].as_str().unwrap_or_default();
-    crate::security::validate(&hc, mode == "host")?;
-    let userns = hc["UsernsMode"].as_str().unwrap_or_default();
-    if !matches!(userns, "" | "host") {
-        return Err(EngineError::invalid(format!("invalid USER mode: {userns}")));
-    }
-    if d.containers.remap.is_some() && userns != "host" {
-        if hc["Privileged"].as_bool().unwrap_or(false) {
-            return Err(EngineError::invalid("privileged mode is incompatible with user namespaces.  You must run the container in the host namespace when running privileged mode"));
-        }
-        if mode == "host" {
-            return Err(EngineError::invalid(
-                "cannot share the host's network namespace when user namespaces are enabled",
-            ));
-        }
-    }
-    crate::health::validate(req)?;
-    let merged = crate::spec::merge_config(req, &img.config.config.clone().unwrap_or_default());
-    let mut spec = json!({"Image": image_name, "Config": merged, "HostConfig": hc});
-    if spec["HostConfig"]["NetworkMode"].as_str() == Some("host")
-        && spec["Config"]["Hostname"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty()
-    {
-        // as dockerd: a container on the host's network has the host's name
-        if let Ok(h) = rustix::system::uname().nodename().to_str() {
-            spec["Config"]["Hostname"] = Value::from(h);
-        }
-    }
-    if req["NetworkingConfig"].is_object() {
-        spec["NetworkingConfig"] = req["NetworkingConfig"].clone();
-    }
-    warnings.extend(crate::networks::validate(&d.containers.net, &spec, &|n| {
-        d.containers.get(n).map(|_| ())
-    })?);
-    // a missing --volumes-from container is bad input (400), as dockerd says
-    let mps = crate::mounts::resolve(&spec, &d.containers.vols, &|n| {
-        d.containers
-            .get(n)
-            .map(|c| crate::mounts::of(&c.spec()))
-            .map_err(|e| EngineError::invalid(e.message))
-    })?;
-    spec["MountPoints"] = serde_json::to_value(&mps).unwrap_or_default();
-    spec["Config"]["Image"] = Value::from(image_name.clone());
-    let c = d.containers.create(name, &img.id, spec)?;
-    d.events.emit("container", "create", &c.id, attrs(&c));
-    Ok((c, warnings))
 }
 
 pub async fn by_name(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, EngineError> {
@@ -1086,7 +857,7 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, EngineErr
         let sock = d2.containers.shim_socket(&c);
         let mut shim = None;
         for _ in 0..600 {
-            shim = crate::exec::attach(&sock, &flags).await;
+            shim = crate::shimctl::attach(&sock, &flags).await;
             if shim.is_some() || (c.state().status == "exited" && running) {
                 break;
             }
@@ -1103,112 +874,6 @@ fn attach(d: &Arc<Daemon>, ctx: &mut Ctx, c: Arc<Ctr>) -> Result<Resp, EngineErr
         }
     });
     Ok(upgraded(tty))
-}
-
-/// The 101 answer that turns the connection into the container's streams.
-pub fn upgraded(tty: bool) -> Resp {
-    let ctype = if tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    };
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "tcp")
-        .header(header::CONTENT_TYPE, ctype)
-        .body(crate::http::Body::empty())
-        .unwrap_or_else(|_| Response::new(crate::http::Body::empty()))
-}
-
-/// Joins a hijacked client connection and a shim's attach connection: output to the
-/// client until the shim closes it, the client's input to the shim (when `stdin`); at
-/// the end of the client's input, with `stdin_once` (the shim was attached with
-/// `once`), the shim connection is half-closed, which closes the process's stdin after
-/// everything before it; `before_close` runs before the client's side is shut.
-/// With `detach`, typing the detach keys ends the session (true is returned) and
-/// leaves the process running.
-pub async fn splice<C, G>(
-    client: C,
-    shim: tokio::net::UnixStream,
-    stdin: bool,
-    stdin_once: bool,
-    mut detach: Option<berth_proto::detach::Scanner>,
-    before_close: G,
-) -> bool
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-    G: std::future::Future<Output = ()>,
-{
-    let (mut sr, mut sw) = shim.into_split();
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let detached = {
-        let to_client = async {
-            let _ = tokio::io::copy(&mut sr, &mut cw).await;
-            before_close.await;
-            let _ = cw.shutdown().await;
-        };
-        let from_client = async {
-            let mut buf = vec![0u8; 8192];
-            loop {
-                match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if !stdin {
-                            continue;
-                        }
-                        let (data, detached) = match detach.as_mut().map(|d| d.feed(&buf[..n])) {
-                            None => (buf[..n].to_vec(), false),
-                            Some(berth_proto::detach::Scan::Pass(d)) => (d, false),
-                            Some(berth_proto::detach::Scan::Detach(d)) => (d, true),
-                        };
-                        if sw.write_all(&data).await.is_err() {
-                            break;
-                        }
-                        if detached {
-                            return true;
-                        }
-                    }
-                }
-            }
-            if stdin_once {
-                let _ = sw.shutdown().await;
-            }
-            std::future::pending::<bool>().await
-        };
-        tokio::select! {
-            _ = to_client => false,
-            d = from_client => d,
-        }
-    };
-    if !detached {
-        // Input the process no longer takes may still be on its way: it is read (up to
-        // the client's close, which follows the end of output it has seen) so that
-        // closing with unread input does not reset the connection under the client
-        // before it has read everything.
-        let mut buf = vec![0u8; 8192];
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            while matches!(cr.read(&mut buf).await, Ok(n) if n > 0) {}
-        })
-        .await;
-    }
-    detached
-}
-
-/// The detach-key scanner for a session: only with a tty and stdin, as Docker does.
-pub fn detach_scanner(
-    keys: Option<&str>,
-    tty: bool,
-    stdin: bool,
-) -> Result<Option<berth_proto::detach::Scanner>, EngineError> {
-    if !(tty && stdin) {
-        return Ok(None);
-    }
-    let keys = match keys.filter(|k| !k.is_empty()) {
-        Some(k) => berth_proto::detach::parse(k).map_err(EngineError::invalid)?,
-        None => berth_proto::detach::DEFAULT.to_vec(),
-    };
-    Ok(Some(berth_proto::detach::Scanner::new(keys)))
 }
 
 pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
@@ -1233,4 +898,15 @@ pub async fn prune(d: &Arc<Daemon>, ctx: &Ctx) -> Result<Resp, EngineError> {
     Ok(ok_json(
         &json!({"ContainersDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) }, "SpaceReclaimed": 0}),
     ))
+}
+
+/// `State.Health` as the API shows it.
+fn health_json(h: &crate::model::Health) -> Value {
+    json!({
+        "Status": h.status,
+        "FailingStreak": h.failing_streak,
+        "Log": h.log.iter().map(|p| json!({
+            "Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output,
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -1,14 +1,15 @@
 //! `/containers/{id}/exec` and `/exec/{id}/…`.
 
-use super::containers::{detach_scanner, splice, upgraded};
+use super::streams::{detach_scanner, splice, upgraded};
 use super::Ctx;
 use crate::error::{EngineError, Kind};
-use crate::exec::call;
 use crate::http::{json, ok_json, status_only, Resp};
+use crate::model::{Exec, ExecSpec};
+use crate::shimctl::call;
 use crate::Daemon;
 use http::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
@@ -16,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 pub fn create(
     d: &Arc<Daemon>,
     mut body: serde_json::Value,
-    c: &Arc<crate::containers::Ctr>,
+    c: &Arc<crate::model::Ctr>,
 ) -> Result<Resp, EngineError> {
     if !body.is_object() {
         return Err(EngineError::invalid("exec config must be a JSON object"));
@@ -39,8 +40,65 @@ pub fn create(
             "Cmd",
         ],
     );
-    let id = d.containers.execs.create(c, body, &d.events)?;
+    let id = d.containers.create_exec(c, exec_spec(&body), &d.events)?;
     Ok(json(StatusCode::CREATED, &json!({"Id": id})))
+}
+
+/// An exec's create body (keys made canonical) as the engine's `ExecSpec`. A `Cmd`
+/// that is not a list of strings is no command, an `Env` entry that is not a string an
+/// empty one: the engine refuses both, after it has looked at the container.
+fn exec_spec(body: &Value) -> ExecSpec {
+    let flag = |k: &str| body[k].as_bool().unwrap_or(false);
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+    let cmd = body["Cmd"]
+        .as_array()
+        .and_then(|a| a.iter().map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let env = body["Env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ExecSpec {
+        cmd,
+        env,
+        user: text("User"),
+        working_dir: text("WorkingDir"),
+        tty: flag("Tty"),
+        privileged: flag("Privileged"),
+        attach_stdin: flag("AttachStdin"),
+        attach_stdout: flag("AttachStdout"),
+        attach_stderr: flag("AttachStderr"),
+        detach_keys: body["DetachKeys"].as_str().map(String::from),
+    }
+}
+
+/// `GET /exec/{id}/json`.
+fn exec_json(e: &Exec) -> Value {
+    let st = e.state.borrow().clone();
+    let s = &e.spec;
+    json!({
+        "CanRemove": false,
+        "ContainerID": e.container.id,
+        "DetachKeys": s.detach_keys.clone().unwrap_or_default(),
+        "ExitCode": st.exit_code,
+        "ID": e.id,
+        "OpenStderr": s.attach_stderr,
+        "OpenStdin": s.attach_stdin,
+        "OpenStdout": s.attach_stdout,
+        "ProcessConfig": {
+            "arguments": s.cmd.iter().skip(1).collect::<Vec<_>>(),
+            "entrypoint": s.cmd.first().cloned().unwrap_or_default(),
+            "privileged": s.privileged,
+            "tty": s.tty,
+            "user": s.user,
+        },
+        "Running": st.running,
+        "Pid": st.pid,
+    })
 }
 
 pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, EngineError> {
@@ -52,7 +110,7 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, En
     };
     let e = d.containers.execs.get(id)?;
     match (ctx.method.clone(), action) {
-        (Method::GET, "json") => Ok(ok_json(&e.inspect())),
+        (Method::GET, "json") => Ok(ok_json(&exec_json(&e))),
         (Method::POST, "resize") => {
             let h = ctx.query.int("h")?.unwrap_or(0);
             let w = ctx.query.int("w")?.unwrap_or(0);
@@ -75,7 +133,7 @@ async fn start(
     d: &Arc<Daemon>,
     ctx: &mut Ctx,
     body: serde_json::Value,
-    e: Arc<crate::exec::Exec>,
+    e: Arc<crate::model::Exec>,
 ) -> Result<Resp, EngineError> {
     let detach = body["Detach"].as_bool().unwrap_or(false);
     let size: Option<(i64, i64)> = body["ConsoleSize"]
@@ -102,13 +160,13 @@ async fn start(
     // the process's tty, and how the stream is framed: as dockerd, the start request's
     // `Tty` decides the framing (docker-py starts a tty exec with `Tty: false` and reads
     // frames)
-    let tty = e.tty();
+    let tty = e.spec.tty;
     let raw = body["Tty"].as_bool().unwrap_or(tty);
-    let flag = |k: &str| e.config[k].as_bool().unwrap_or(false);
+
     let (stdin, stdout, stderr) = (
-        flag("AttachStdin"),
-        flag("AttachStdout"),
-        flag("AttachStderr"),
+        e.spec.attach_stdin,
+        e.spec.attach_stdout,
+        e.spec.attach_stderr,
     );
     let mut flags = Vec::new();
     for (on, name) in [(stdin, "stdin"), (stdout, "stdout"), (stderr, "stderr")] {
@@ -124,7 +182,7 @@ async fn start(
     if stdin_once {
         flags.push("once");
     }
-    let scanner = detach_scanner(e.config["DetachKeys"].as_str(), tty, stdin)?;
+    let scanner = detach_scanner(e.spec.detach_keys.as_deref(), tty, stdin)?;
     let d = d.clone();
     tokio::spawn(async move {
         let sock = d.containers.exec_socket(&e);
@@ -148,7 +206,7 @@ async fn start(
             let _ = client.shutdown().await;
             return;
         }
-        let Some(shim) = crate::exec::attach(&sock, &flags).await else {
+        let Some(shim) = crate::shimctl::attach(&sock, &flags).await else {
             let _ = call(&sock, "abort").await;
             let _ = client.shutdown().await;
             return;

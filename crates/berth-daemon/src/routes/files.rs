@@ -1,10 +1,10 @@
 //! `/containers/{id}/archive` (GET, HEAD, PUT), `/export` and `/changes`.
 
 use super::Ctx;
-use crate::containers::Ctr;
 use crate::error::EngineError;
 use crate::files::{self, Root};
 use crate::http::{ok_json, status_only, stream, ChannelWriter, Resp};
+use crate::model::Ctr;
 use crate::Daemon;
 use base64::Engine;
 use http::{Method, StatusCode};
@@ -235,15 +235,15 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> 
         changes: ctx.query.all("changes"),
         comment: ctx.query.get("comment").unwrap_or_default().to_string(),
         author: ctx.query.get("author").unwrap_or_default().to_string(),
-        created_by: super::containers::command_of(&c),
+        created_by: c.command_line(),
         reference,
     };
     let parent: berth_image::digest::Digest = c
         .image_id
         .parse()
         .map_err(|_| EngineError::internal("corrupt image id"))?;
-    let id = commit_changes(d, &c, Some(parent), opts).await?;
-    let mut a = crate::containers::attrs(&c);
+    let id = crate::commit::commit_changes(d, &c, Some(parent), opts).await?;
+    let mut a = crate::model::attrs(&c);
     a.insert(
         "comment".into(),
         ctx.query.get("comment").unwrap_or_default().to_string(),
@@ -254,52 +254,4 @@ pub async fn commit(d: &Arc<Daemon>, mut ctx: Ctx) -> Result<Resp, EngineError> 
         StatusCode::CREATED,
         &json!({"Id": id.to_string()}),
     ))
-}
-
-/// A new image of `parent` plus the container's filesystem changes as one layer.
-pub async fn commit_changes(
-    d: &Arc<Daemon>,
-    c: &Ctr,
-    parent: Option<berth_image::digest::Digest>,
-    opts: berth_image::CommitOptions,
-) -> Result<berth_image::digest::Digest, EngineError> {
-    let layers = match &parent {
-        Some(p) => d.images.layer_dirs(p)?,
-        None => Vec::new(),
-    };
-    let dir = d.containers.dir(c);
-    let driver = d.images.driver();
-    let ids = d.containers.remap_of(c).map(|r| r.ids.clone());
-    let d2 = d.clone();
-    tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-        let (r, w) = std::io::pipe().map_err(|e| EngineError::internal(e.to_string()))?;
-        let writer = std::thread::spawn(move || match driver {
-            berth_image::snapshot::Driver::Overlay => {
-                files::layer_tar(&dir.join("upper"), None, ids.as_ref(), w)
-            }
-            berth_image::snapshot::Driver::Copy => {
-                let rootfs = dir.join("rootfs");
-                // no layers below (`FROM scratch`): an empty path, which has nothing
-                let base = layers.last().cloned().unwrap_or_default();
-                let list = files::copy_changes(&rootfs, &base, ids.as_ref())?;
-                files::layer_tar(&rootfs, Some(&list), ids.as_ref(), w)
-            }
-        });
-        let mut r = r;
-        let id = d2.images.child(parent.as_ref(), Some(&mut r), opts);
-        drop(r);
-        let written = writer.join();
-        let id = id?;
-        match written {
-            Ok(Ok(())) => Ok(id),
-            Ok(Err(e)) => Err(EngineError::internal(format!(
-                "reading the container's changes: {e}"
-            ))),
-            Err(_) => Err(EngineError::internal(
-                "reading the container's changes failed",
-            )),
-        }
-    })
-    .await
-    .map_err(|e| EngineError::internal(e.to_string()))?
 }

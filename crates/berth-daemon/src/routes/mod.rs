@@ -2,6 +2,7 @@
 //! what we serve), then dispatches on method and path. Image names may hold `/`, so
 //! `/images/{name}/...` routes match on prefix and suffix rather than path segments.
 
+mod build;
 pub mod buildkit;
 pub mod containers;
 mod create_types;
@@ -12,6 +13,7 @@ pub mod legacy;
 pub mod networks;
 pub mod plugins;
 pub mod stats;
+pub mod streams;
 pub mod system;
 pub mod volumes;
 
@@ -198,8 +200,8 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
         (&Method::POST, "/containers/create") => containers::create(&d, ctx).await,
         (&Method::POST, "/containers/prune") => containers::prune(&d, &ctx).await,
         (&Method::POST, "/commit") => files::commit(&d, ctx).await,
-        (&Method::POST, "/build") => crate::build::build(&d, ctx).await,
-        (&Method::POST, "/build/prune") => crate::build::prune(&d, ctx).await,
+        (&Method::POST, "/build") => build::build(&d, ctx).await,
+        (&Method::POST, "/build/prune") => build::prune(&d, ctx).await,
         (&Method::POST, "/build/cancel") => crate::buildkit::build_v2::cancel(&d, ctx).await,
         (&Method::POST, "/grpc") => buildkit::grpc(&d, ctx),
         (&Method::POST, "/session") => buildkit::session(&d, ctx),

@@ -3,9 +3,9 @@
 //! container stops or the client goes.
 
 use super::Ctx;
-use crate::containers::Ctr;
 use crate::error::EngineError;
 use crate::http::{ok_json, stream, Resp};
+use crate::model::Ctr;
 use crate::stats::Cgroup;
 use crate::Daemon;
 use bytes::Bytes;
@@ -34,7 +34,7 @@ fn read(c: &Ctr, cg: &Cgroup) -> (String, Map<String, Value>) {
         if running {
             now()
         } else {
-            crate::containers::ZERO_TIME.into()
+            crate::model::ZERO_TIME.into()
         },
         fields,
     )
@@ -42,7 +42,7 @@ fn read(c: &Ctr, cg: &Cgroup) -> (String, Map<String, Value>) {
 
 /// Each interface's counters, as the container sees them: its veth's host side counts
 /// the other way round.
-fn networks(net: &crate::networks::NetState) -> Value {
+fn networks(net: &crate::model::NetState) -> Value {
     let mut out = Map::new();
     for e in &net.endpoints {
         let dir = format!("/sys/class/net/{}/statistics", e.veth);
@@ -75,7 +75,7 @@ fn message(
         "name": format!("/{}", c.name()),
         "id": c.id,
         "read": cur.0,
-        "preread": pre.map(|p| p.0.clone()).unwrap_or_else(|| crate::containers::ZERO_TIME.into()),
+        "preread": pre.map(|p| p.0.clone()).unwrap_or_else(|| crate::model::ZERO_TIME.into()),
         "num_procs": 0,
         "storage_stats": {},
     });
@@ -102,12 +102,12 @@ pub fn stats(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, EngineErro
     let hc = c.host_config();
     let cg = Cgroup {
         root: "/sys/fs/cgroup".into(),
-        path: crate::resources::cgroup_path(&hc, crate::containers::short(&c.id)),
+        path: crate::resources::cgroup_path(&hc, crate::model::short(&c.id)),
         v2: d.containers.sys.v2,
     };
     if !streaming {
         let first = read(&c, &cg);
-        if one_shot || first.0 == crate::containers::ZERO_TIME {
+        if one_shot || first.0 == crate::model::ZERO_TIME {
             return Ok(ok_json(&message(&c, &first, None)));
         }
         let (tx, resp) = stream("application/json");
@@ -123,7 +123,7 @@ pub fn stats(d: &Arc<Daemon>, ctx: &Ctx, c: Arc<Ctr>) -> Result<Resp, EngineErro
         let mut pre: Option<(String, Map<String, Value>)> = None;
         loop {
             let cur = read(&c, &cg);
-            let stopped = cur.0 == crate::containers::ZERO_TIME;
+            let stopped = cur.0 == crate::model::ZERO_TIME;
             if tx
                 .send(line(&message(&c, &cur, pre.as_ref())))
                 .await
