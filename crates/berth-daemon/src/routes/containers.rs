@@ -158,7 +158,7 @@ fn summary(d: &Daemon, c: &Ctr) -> Value {
     let spec = c.spec();
     let running = s.status == "running";
     let net = s.net.as_ref().filter(|_| running);
-    let settings = crate::networks::settings_json(&d.containers.net, &c.id, &spec, net);
+    let settings = super::netjson::settings_json(&d.containers.net, &c.id, &spec, net);
     json!({
         "Id": c.id,
         "Names": names_of(d, c),
@@ -166,7 +166,7 @@ fn summary(d: &Daemon, c: &Ctr) -> Value {
         "ImageID": c.image_id,
         "Command": c.command_line(),
         "Created": chrono::DateTime::parse_from_rfc3339(&c.created).map(|t| t.timestamp()).unwrap_or(0),
-        "Ports": crate::networks::ports_list(&spec, net),
+        "Ports": super::netjson::ports_list(&spec, net),
         "Labels": c.config()["Labels"].as_object().cloned().unwrap_or_default(),
         "State": s.api_status(),
         "Status": status_text(&s),
@@ -235,7 +235,7 @@ fn inspect_json(d: &Daemon, c: &Ctr) -> Value {
         "GraphDriver": {"Name": d.images.driver().name(), "Data": {"MergedDir": dir.join("rootfs"), "UpperDir": dir.join("upper"), "WorkDir": dir.join("work")}},
         "Mounts": crate::mounts::inspect_json(&d.containers.vols, &crate::mounts::of(&c.spec())),
         "Config": c.config(),
-        "NetworkSettings": crate::networks::settings_json(
+        "NetworkSettings": super::netjson::settings_json(
             &d.containers.net,
             &c.id,
             &c.spec(),

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod files;
 pub mod images;
 pub mod legacy;
+pub mod netjson;
 pub mod networks;
 pub mod plugins;
 pub mod stats;

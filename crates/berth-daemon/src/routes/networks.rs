@@ -1,8 +1,8 @@
 //! `/networks`: list, inspect, create, remove, prune, connect and disconnect.
 
+use super::netjson::{network_json, pseudo_json};
 use crate::error::EngineError;
 use crate::http::{ok_json, Resp};
-use crate::networks::{network_json, pseudo_json};
 use crate::routes::Ctx;
 use crate::Daemon;
 use http::{Method, StatusCode};
