@@ -24,14 +24,14 @@ pub async fn commit_changes(
         let (r, w) = std::io::pipe().map_err(|e| EngineError::internal(e.to_string()))?;
         let writer = std::thread::spawn(move || match driver {
             berth_image::snapshot::Driver::Overlay => {
-                crate::files::layer_tar(&dir.join("upper"), None, ids.as_ref(), w)
+                crate::changes::layer_tar(&dir.join("upper"), None, ids.as_ref(), w)
             }
             berth_image::snapshot::Driver::Copy => {
                 let rootfs = dir.join("rootfs");
                 // no layers below (`FROM scratch`): an empty path, which has nothing
                 let base = layers.last().cloned().unwrap_or_default();
-                let list = crate::files::copy_changes(&rootfs, &base, ids.as_ref())?;
-                crate::files::layer_tar(&rootfs, Some(&list), ids.as_ref(), w)
+                let list = crate::changes::copy_changes(&rootfs, &base, ids.as_ref())?;
+                crate::changes::layer_tar(&rootfs, Some(&list), ids.as_ref(), w)
             }
         });
         let mut r = r;

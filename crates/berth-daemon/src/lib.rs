@@ -9,6 +9,7 @@
 pub mod apiversion;
 pub mod build;
 pub mod buildkit;
+pub mod changes;
 pub mod commit;
 pub mod config;
 pub mod containers;
@@ -29,6 +30,7 @@ pub mod pull;
 pub mod push;
 pub mod resources;
 pub mod routes;
+pub mod seccomp;
 pub mod security;
 pub mod server;
 pub mod shimctl;

@@ -431,9 +431,9 @@ pub fn run_spec(
     let seccomp = if privileged || opts.seccomp_off {
         None
     } else if let Some(p) = &opts.seccomp_profile {
-        Some(crate::security::from_profile(p, &caps))
+        Some(crate::seccomp::from_profile(p, &caps))
     } else {
-        Some(crate::security::default_profile(&caps))
+        Some(crate::seccomp::default_profile(&caps))
     };
     let (devices, device_rules) = crate::security::devices(&hc, privileged)?;
     let mut additional_gids = additional_gids;

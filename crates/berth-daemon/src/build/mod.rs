@@ -9,6 +9,7 @@
 //! `aux` with the image ID, `errorDetail`), which the docker CLI's legacy builder renders.
 
 mod dispatch;
+mod layer;
 pub mod needs;
 pub(crate) mod options;
 mod runmount;

@@ -166,13 +166,13 @@ pub async fn changes(d: &Arc<Daemon>, c: Arc<Ctr>) -> Result<Resp, EngineError> 
             if !upper.exists() {
                 return Ok(Vec::new());
             }
-            files::overlay_changes(&upper, &layers)
+            crate::changes::overlay_changes(&upper, &layers)
         }
         berth_image::snapshot::Driver::Copy => {
             let rootfs = dir.join("rootfs");
             match layers.last() {
                 Some(top) if rootfs.join("bin").exists() || rootfs.read_dir()?.next().is_some() => {
-                    files::copy_changes(&rootfs, top, ids.as_ref())
+                    crate::changes::copy_changes(&rootfs, top, ids.as_ref())
                 }
                 _ => Ok(Vec::new()),
             }

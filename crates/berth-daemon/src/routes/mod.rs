@@ -4,6 +4,7 @@
 
 mod build;
 pub mod buildkit;
+mod container_io;
 pub mod containers;
 mod create_types;
 pub mod exec;

@@ -9,7 +9,8 @@ mod steps;
 use copy::*;
 use instructions::*;
 
-use super::source::{self, clamp, Attrs, Context, Item, Kind, LayerWriter, Meta, Source, Tree};
+use super::layer::{Attrs, Item, LayerWriter};
+use super::source::{self, clamp, Context, Kind, Meta, Source, Tree};
 use super::view::View;
 use super::{Failure, Options, Out};
 use crate::Daemon;
