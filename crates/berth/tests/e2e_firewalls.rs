@@ -6,6 +6,27 @@
 mod common;
 use common::*;
 
+/// Two web servers answering `hello`: `srv` on the network `n1`, `srv0` on the default
+/// bridge with its port 80 published on 8080.
+fn serve_hello(d: &Daemon) {
+    let serve = "mkdir /w && echo hello > /w/index.html && exec httpd -f -p 80 -h /w";
+    ok(d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "n1",
+        "bb",
+        "sh",
+        "-c",
+        serve,
+    ]));
+    ok(d.berth(&[
+        "run", "-d", "--name", "srv0", "-p", "8080:80", "bb", "sh", "-c", serve,
+    ]));
+}
+
 fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
     d.get_json(&format!("/containers/{name}/json"))
 }
@@ -37,22 +58,7 @@ fn bridges_work_beside_a_forward_drop_policy() {
         let mut d = Daemon::start_wrapped_with(&["nsenter", &netns], &["--ip-forward", "true"]);
         d.import(&busybox_tar(), "bb:latest");
         ok(d.berth(&["network", "create", "n1"]));
-        let serve = "mkdir /w && echo hello > /w/index.html && exec httpd -f -p 80 -h /w";
-        ok(d.berth(&[
-            "run",
-            "-d",
-            "--name",
-            "srv",
-            "--network",
-            "n1",
-            "bb",
-            "sh",
-            "-c",
-            serve,
-        ]));
-        ok(d.berth(&[
-            "run", "-d", "--name", "srv0", "-p", "8080:80", "bb", "sh", "-c", serve,
-        ]));
+        serve_hello(&d);
         if !before {
             drop_policy();
         }
@@ -260,22 +266,7 @@ fn beside_firewalld(backend: &str) {
         "com.docker.network.bridge.name=bfw1",
         "n1",
     ]));
-    let serve = "mkdir /w && echo hello > /w/index.html && exec httpd -f -p 80 -h /w";
-    ok(d.berth(&[
-        "run",
-        "-d",
-        "--name",
-        "srv",
-        "--network",
-        "n1",
-        "bb",
-        "sh",
-        "-c",
-        serve,
-    ]));
-    ok(d.berth(&[
-        "run", "-d", "--name", "srv0", "-p", "8080:80", "bb", "sh", "-c", serve,
-    ]));
+    serve_hello(&d);
     let default_bridge = d.get_json("/networks/bridge")["Options"]
         ["com.docker.network.bridge.name"]
         .as_str()
