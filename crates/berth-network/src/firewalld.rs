@@ -44,7 +44,7 @@ impl Trust {
     /// there is no system bus.
     pub async fn bus(&self) -> Option<Connection> {
         let mut bus = self.bus.lock().await;
-        if bus.is_none() {
+        if bus.is_none() && system_bus_may_exist() {
             *bus = Connection::system().await.ok();
         }
         bus.clone()
@@ -99,6 +99,18 @@ impl Trust {
         }
         elsewhere
     }
+}
+
+/// Whether a system bus may be there to connect to: its address is given, or its
+/// socket is at the usual place (so a host without one costs a stat every 10 s).
+fn system_bus_may_exist() -> bool {
+    std::env::var_os("DBUS_SYSTEM_BUS_ADDRESS").is_some()
+        || [
+            "/run/dbus/system_bus_socket",
+            "/var/run/dbus/system_bus_socket",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
 }
 
 /// firewalld's `Reloaded` signals and its bus name's owner changes, on one bus.
