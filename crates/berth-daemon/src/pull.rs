@@ -31,7 +31,7 @@ impl From<RegistryError> for EngineError {
         let msg = e.to_string();
         match e {
             RegistryError::NotFound(_) => EngineError::not_found(msg),
-            RegistryError::Denied(_) => EngineError::new(crate::error::Kind::Forbidden, msg),
+            RegistryError::Denied(_) => EngineError::forbidden(msg),
             RegistryError::Unreachable(_) => EngineError::internal(msg),
             RegistryError::Status(..) | RegistryError::Invalid(_) => EngineError::internal(msg),
         }
@@ -278,8 +278,7 @@ fn name_error(r: &Reference, e: RegistryError) -> EngineError {
             r.familiar(),
             m.trim_start_matches("manifest: ")
         )),
-        RegistryError::NotFound(m) | RegistryError::Denied(m) => EngineError::new(crate::error::Kind::NotFound,
-            format!(
+        RegistryError::NotFound(m) | RegistryError::Denied(m) => EngineError::not_found(format!(
                 "pull access denied for {}, repository does not exist or may require 'docker login': {m}",
                 r.familiar_name()
             ),

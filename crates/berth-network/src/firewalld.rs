@@ -26,8 +26,15 @@ pub const ZONE: &str = "trusted";
 #[derive(Default)]
 pub struct Trust {
     bus: Mutex<Option<Connection>>,
+    bound: Mutex<Bindings>,
+}
+
+#[derive(Default)]
+struct Bindings {
     /// bridges berth bound (or found bound) to `ZONE`
-    bound: Mutex<BTreeSet<String>>,
+    trusted: BTreeSet<String>,
+    /// bridges found in another zone (said once)
+    elsewhere: BTreeSet<String>,
 }
 
 /// What binding a bridge came to.
@@ -57,10 +64,15 @@ impl Trust {
 
     /// Binds each of `bridges` to `ZONE` (those in no zone), and unbinds those berth
     /// bound that are no longer among them. Nothing happens where firewalld does not
-    /// run. Answers the bridges the administrator put in another zone, with the zone.
+    /// run. Answers the bridges newly found in a zone of the administrator's, with the
+    /// zone.
     pub async fn sync(&self, bridges: &[String]) -> Vec<(String, String)> {
-        let mut bound = self.bound.lock().await;
-        if bridges.is_empty() && bound.is_empty() {
+        let mut guard = self.bound.lock().await;
+        let Bindings {
+            trusted,
+            elsewhere: noted,
+        } = &mut *guard;
+        if bridges.is_empty() && trusted.is_empty() {
             return Vec::new();
         }
         let Some(conn) = self.bus().await else {
@@ -73,11 +85,14 @@ impl Trust {
         for br in bridges {
             match bind(&conn, br).await {
                 Ok(Bound::Trusted) => {
-                    bound.insert(br.clone());
+                    trusted.insert(br.clone());
+                    noted.remove(br);
                 }
                 Ok(Bound::Elsewhere(z)) => {
-                    bound.remove(br);
-                    elsewhere.push((br.clone(), z));
+                    trusted.remove(br);
+                    if noted.insert(br.clone()) {
+                        elsewhere.push((br.clone(), z));
+                    }
                 }
                 Err(e) => tracing::warn!(
                     bridge = %br,
@@ -86,7 +101,8 @@ impl Trust {
                 ),
             }
         }
-        let gone: Vec<String> = bound
+        noted.retain(|x| bridges.contains(x));
+        let gone: Vec<String> = trusted
             .iter()
             .filter(|x| !bridges.contains(x))
             .cloned()
@@ -95,7 +111,7 @@ impl Trust {
             if let Err(e) = call(&conn, "removeInterface", &(ZONE, br.as_str())).await {
                 tracing::debug!(bridge = %br, error = %e, "unbinding a bridge from firewalld");
             }
-            bound.remove(&br);
+            trusted.remove(&br);
         }
         elsewhere
     }

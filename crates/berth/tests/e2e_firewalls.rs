@@ -27,6 +27,26 @@ fn serve_hello(d: &Daemon) {
     ]));
 }
 
+/// What `url` answers to a container on the network `net`, trimmed.
+fn wget(d: &Daemon, net: &str, url: &str) -> String {
+    // (busybox's wget -T crashes here: `timeout` bounds it instead)
+    let args = [
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "bb",
+        "busybox",
+        "timeout",
+        "3",
+        "busybox",
+        "wget",
+        "-qO-",
+        url,
+    ];
+    stdout(&d.berth(&args)).trim().to_string()
+}
+
 fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
     d.get_json(&format!("/containers/{name}/json"))
 }
@@ -66,37 +86,19 @@ fn bridges_work_beside_a_forward_drop_policy() {
             .as_str()
             .unwrap()
             .to_string();
-        let fetch = |args: &[&str]| {
-            let out = d.berth(args);
-            String::from_utf8_lossy(&out.stdout).trim() == "hello"
-        };
-        // (busybox's wget -T crashes here: `timeout` bounds it instead)
-        let by_name = [
-            "run",
-            "--rm",
-            "--network",
-            "n1",
-            "bb",
-            "busybox",
-            "timeout",
-            "3",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://srv/",
-        ];
         let url0 = format!("http://{ip0}/");
-        let on_default = [
-            "run", "--rm", "bb", "busybox", "timeout", "3", "busybox", "wget", "-qO-", &url0,
-        ];
         // berthd's watch runs every 10 s
         let wait = if before { 5 } else { 25 };
         until(
             wait,
             &format!("{prog}: a user network's DNS and traffic"),
-            || fetch(&by_name),
+            || wget(&d, "n1", "http://srv/") == "hello",
         );
-        assert!(fetch(&on_default), "{prog}: the default bridge");
+        assert_eq!(
+            wget(&d, "bridge", &url0),
+            "hello",
+            "{prog}: the default bridge"
+        );
         let published = ns.run(&[
             "timeout",
             "3",
@@ -280,23 +282,7 @@ fn beside_firewalld(backend: &str) {
     };
     assert!(both_trusted(), "trusted zone: {}", trusted());
 
-    let get = |args: &[&str]| stdout(&d.berth(args)).trim().to_string();
-    let wget = |net: &str, url: &str| {
-        get(&[
-            "run",
-            "--rm",
-            "--network",
-            net,
-            "bb",
-            "busybox",
-            "timeout",
-            "3",
-            "busybox",
-            "wget",
-            "-qO-",
-            url,
-        ])
-    };
+    let wget = |net: &str, url: &str| wget(&d, net, url);
     let works = || {
         wget("n1", "http://srv/") == "hello"
             && wget("n1", "http://198.18.7.2:8081/") == "far"

@@ -52,10 +52,7 @@ impl Containers {
         }
         let st = c.state();
         if st.status == "running" {
-            return Err(EngineError::new(
-                crate::error::Kind::NotModified,
-                "container already started",
-            ));
+            return Err(EngineError::not_modified("container already started"));
         }
         let image: Digest = c
             .image_id

@@ -191,13 +191,10 @@ impl Containers {
             .iter()
             .any(|(k, _)| self.net.find(k).is_ok_and(|n| n.cfg.id == net.cfg.id))
         {
-            return Err(EngineError::new(
-                crate::error::Kind::Forbidden,
-                format!(
-                    "container {} is not connected to network {}",
-                    c.id, net.cfg.name
-                ),
-            ));
+            return Err(EngineError::forbidden(format!(
+                "container {} is not connected to network {}",
+                c.id, net.cfg.name
+            )));
         }
         let (id, name) = (net.cfg.id.clone(), net.cfg.name.clone());
         let is_mode = |m: &str| {

@@ -511,13 +511,10 @@ impl Networks {
             ));
         }
         if st.endpoints.iter().any(|e| e.network_id == net.cfg.id) {
-            return Err(EngineError::new(
-                crate::error::Kind::Forbidden,
-                format!(
-                    "endpoint with name {name} already exists in network {}",
-                    net.cfg.name
-                ),
-            ));
+            return Err(EngineError::forbidden(format!(
+                "endpoint with name {name} already exists in network {}",
+                net.cfg.name
+            )));
         }
         let nl = self.nl().await?;
         let ns_file = std::fs::File::open(&st.netns).map_err(internal)?;
@@ -561,13 +558,10 @@ impl Networks {
         net: &Net,
     ) -> Result<(), EngineError> {
         let Some(i) = st.endpoints.iter().position(|e| e.network_id == net.cfg.id) else {
-            return Err(EngineError::new(
-                crate::error::Kind::Forbidden,
-                format!(
-                    "container {cid} is not connected to network {}",
-                    net.cfg.name
-                ),
-            ));
+            return Err(EngineError::forbidden(format!(
+                "container {cid} is not connected to network {}",
+                net.cfg.name
+            )));
         };
         let e = st.endpoints.remove(i);
         self.forget_endpoint(cid, &e.network_id);

@@ -19,10 +19,9 @@ impl Networks {
             )));
         }
         if ["bridge", "host", "none", "default"].contains(&name.as_str()) {
-            return Err(EngineError::new(
-                crate::error::Kind::Forbidden,
-                format!("{name} is a pre-defined network and cannot be created"),
-            ));
+            return Err(EngineError::forbidden(format!(
+                "{name} is a pre-defined network and cannot be created"
+            )));
         }
         let driver = body["Driver"]
             .as_str()
@@ -272,8 +271,7 @@ impl Networks {
     pub async fn remove(&self, key: &str) -> Result<Arc<Net>, EngineError> {
         let n = self.find(key)?;
         if n.default {
-            return Err(EngineError::new(
-                crate::error::Kind::Forbidden,
+            return Err(EngineError::forbidden(
                 "bridge is a pre-defined network and cannot be removed",
             ));
         }

@@ -87,8 +87,7 @@ pub async fn archive(d: &Arc<Daemon>, ctx: Ctx, c: Arc<Ctr>) -> Result<Resp, Eng
             let copy_ids = ctx.query.bool("copyUIDGID")?;
             ctx.query.bool("noOverwriteDirNonDir")?;
             if c.host_config()["ReadonlyRootfs"].as_bool().unwrap_or(false) {
-                return Err(EngineError::new(
-                    crate::error::Kind::Forbidden,
+                return Err(EngineError::forbidden(
                     "container rootfs is marked read-only",
                 ));
             }

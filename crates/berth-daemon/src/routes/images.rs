@@ -521,9 +521,7 @@ pub async fn auth(d: &Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
         .session(&domain, "", Some(creds), true)
         .await?;
     session.check_login().await.map_err(|e| match e {
-        berth_registry::client::RegistryError::Denied(m) => {
-            EngineError::new(crate::error::Kind::Unauthorized, m)
-        }
+        berth_registry::client::RegistryError::Denied(m) => EngineError::unauthorized(m),
         other => other.into(),
     })?;
     Ok(crate::http::ok_json(

@@ -256,12 +256,10 @@ async fn route(d: Arc<Daemon>, ctx: Ctx) -> Result<Resp, EngineError> {
 fn swarm_error(path: &str) -> Option<EngineError> {
     let first = path.trim_start_matches('/').split('/').next()?;
     match (first, path) {
-        (_, "/swarm/leave") => Some(EngineError::new(crate::error::Kind::Unavailable,
-            "This node is not part of a swarm",
+        (_, "/swarm/leave") => Some(EngineError::unavailable("This node is not part of a swarm",
         )),
         ("swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs", _) => {
-            Some(EngineError::new(crate::error::Kind::Unavailable,
-                "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
+            Some(EngineError::unavailable("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
             ))
         }
         _ => None,

@@ -48,10 +48,9 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, En
         }
         (&Method::DELETE, "") => {
             if key == "host" || key == "none" {
-                return Err(EngineError::new(
-                    crate::error::Kind::Forbidden,
-                    format!("{key} is a pre-defined network and cannot be removed"),
-                ));
+                return Err(EngineError::forbidden(format!(
+                    "{key} is a pre-defined network and cannot be removed"
+                )));
             }
             let n = d.containers.net.remove(&key).await?;
             d.events.emit(
@@ -74,13 +73,10 @@ pub async fn route(d: &Arc<Daemon>, mut ctx: Ctx, rest: &str) -> Result<Resp, En
             let net = match d.containers.net.find(&key) {
                 Ok(n) => n,
                 Err(e) if key == "host" || key == "none" => {
-                    return Err(EngineError::new(
-                        crate::error::Kind::Forbidden,
-                        format!(
-                            "container cannot be disconnected from or connected to {key}: {}",
-                            e.message
-                        ),
-                    ))
+                    return Err(EngineError::forbidden(format!(
+                        "container cannot be disconnected from or connected to {key}: {}",
+                        e.message
+                    )))
                 }
                 Err(e) => return Err(e),
             };
